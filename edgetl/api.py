@@ -1,0 +1,322 @@
+"""Component types: the contracts every plugin implements.
+
+A plugin registers *instances* of these classes through the hooks in
+:mod:`edgetl.hookspecs`; the plugin manager stamps each with ``plugin`` (the name
+of the plugin that registered it) so every listing and error can name it.
+
+Nothing here imports an ML framework: types such as ``torch.nn.Module`` appear
+only in annotations. Shapes and units are stated in each docstring.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import numpy as np
+    import torch
+
+RESIZE_MODES = ("resize", "letterbox", "center_crop")
+TASKS = ("classify", "anomaly")
+OUTPUTS = ("probabilities", "anomaly_score")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a network expects as input, and how a raw frame gets there.
+
+    Attributes:
+        size: (height, width) in pixels of the network input.
+        mean: per-channel mean, in the 0..1 scale, in ``color`` order.
+        std: per-channel standard deviation, in the 0..1 scale.
+        color: channel order the network expects, ``"RGB"`` or ``"BGR"``.
+        resize: one of :data:`RESIZE_MODES`; ``resize`` (whole frame, the
+            default for inspection), ``letterbox`` or ``center_crop``.
+        crop_pct: for ``center_crop``: the crop is ``size / crop_pct`` before
+            cropping (ImageNet convention 0.875).
+        roi: optional (x, y, w, h) region cut from the frame before resizing.
+        tile: optional (rows, cols): split the (ROI of the) frame into tiles,
+            each preprocessed as its own image.
+    """
+
+    size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    color: str = "RGB"
+    resize: str = "resize"
+    crop_pct: float = 0.875
+    roi: tuple[int, int, int, int] | None = None
+    tile: tuple[int, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "size": list(self.size), "mean": list(self.mean), "std": list(self.std),
+            "color": self.color, "resize": self.resize, "crop_pct": self.crop_pct,
+            "roi": list(self.roi) if self.roi else None,
+            "tile": list(self.tile) if self.tile else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "InputSpec":
+        def tup(v):
+            return tuple(v) if v is not None else None
+
+        return cls(
+            size=tuple(data["size"]), mean=tuple(data["mean"]), std=tuple(data["std"]),
+            color=data.get("color", "RGB"), resize=data.get("resize", "resize"),
+            crop_pct=float(data.get("crop_pct", 0.875)), roi=tup(data.get("roi")),
+            tile=tup(data.get("tile")),
+        )
+
+
+class Component(ABC):
+    """Base of every registered component.
+
+    Attributes:
+        kind: the registry a component lives in (``backbone``, ``strategy``, …).
+        name: unique per kind; what users type in configs and on the command line.
+        description: one line for ``edgetl plugins show``.
+        requires: importable module names this component needs to be used.
+        extra: the ``edgetl[extra]`` that installs ``requires``.
+        plugin: stamped by the plugin manager at registration.
+    """
+
+    kind: ClassVar[str] = ""
+    name: str = ""
+    description: str = ""
+    requires: tuple[str, ...] = ()
+    extra: str | None = None
+    plugin: str | None = None
+
+    def missing_modules(self) -> list[str]:
+        """Required modules that cannot be imported here (checked without importing)."""
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+
+class Backbone(Component):
+    """A pretrained feature extractor (host side, torch).
+
+    Attributes:
+        input: the :class:`InputSpec` its weights were trained with.
+        feature_dim: D, the width of the pooled features.
+    """
+
+    kind = "backbone"
+    input: InputSpec = InputSpec()
+    feature_dim: int = 0
+
+    @abstractmethod
+    def build(self, pretrained: bool = True, weights: str | Path | None = None) -> "torch.nn.Module":
+        """Return a module mapping a normalised batch (N, 3, H, W) float32 to pooled features (N, D)."""
+
+    @abstractmethod
+    def layer_groups(self, module: "torch.nn.Module") -> list["torch.nn.Module"]:
+        """Trainable blocks of ``module`` ordered from input (stem) to output (head)."""
+
+    @abstractmethod
+    def feature_maps(self, module: "torch.nn.Module", x: "torch.Tensor") -> list["torch.Tensor"]:
+        """Intermediate feature maps (N, C_i, H_i, W_i), shallow to deep, for patch-level methods."""
+
+    def variant(self, name: str) -> "Backbone":
+        """For a family registered as ``prefix:*``: the backbone for ``prefix:name``."""
+        raise NotImplementedError(f"backbone {self.name!r} has no variants")
+
+
+@dataclass
+class TrainedModel:
+    """What a strategy returns: one module from normalised images to its output.
+
+    Attributes:
+        module: ``torch.nn.Module``; (N, 3, H, W) float32 normalised ->
+            (N, K) probabilities (classify) or (N,) normalised anomaly scores,
+            0.5 being the threshold (anomaly).
+        task: ``classify`` or ``anomaly``.
+        labels: class names, index order of the output.
+        threshold: operating point; for classify with a recall policy, the
+            probability of the positive class above which it is predicted.
+        output: ``probabilities`` or ``anomaly_score``.
+        positive: the label the threshold applies to (e.g. ``defect``), if any.
+    """
+
+    module: Any
+    task: str
+    labels: list[str]
+    threshold: float | None = None
+    output: str = "probabilities"
+    positive: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FitContext:
+    """Everything a strategy's ``fit`` may use.
+
+    Attributes:
+        backbone: the Backbone component; ``module`` its built network.
+        train, val: datasets (see :mod:`edgetl.host.data`); ``unlabeled`` optional.
+        labels: class names in index order.
+        options: the strategy's ``options`` from the run config.
+        config: the whole resolved run config.
+        device: a ``torch.device``.
+        progress: callback(stage: str, done: int, total: int).
+        log_epoch: callback(row: dict) for one row of history.csv.
+    """
+
+    backbone: Backbone
+    module: Any
+    train: Any
+    val: Any
+    labels: list[str]
+    options: dict[str, Any]
+    config: Any
+    device: Any
+    unlabeled: Any = None
+    progress: Callable[[str, int, int], None] = lambda stage, done, total: None
+    log_epoch: Callable[[dict[str, Any]], None] = lambda row: None
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy(Component):
+    """An adaptation method: how a pretrained backbone becomes a model for this data."""
+
+    kind = "strategy"
+    task: str = "classify"
+
+    @abstractmethod
+    def fit(self, ctx: FitContext) -> TrainedModel:
+        """Train on ``ctx.train``, select on ``ctx.val``, return the :class:`TrainedModel`."""
+
+
+class Runtime(ABC):
+    """A loaded model on this machine (device side: numpy in, numpy out, no torch)."""
+
+    @abstractmethod
+    def predict(self, batch: "np.ndarray") -> "np.ndarray":
+        """(N, 3, H, W) float32 normalised -> the model output, float32, batch first."""
+
+    def info(self) -> dict[str, Any]:
+        """Facts for reports: runtime name, version, device, precision."""
+        return {}
+
+    def close(self) -> None:
+        """Release the runtime's resources."""
+
+
+@dataclass(frozen=True)
+class FallbackStep:
+    """One step of a target's precision chain, e.g. (int8, ptq) or (fp16, weights)."""
+
+    precision: str
+    method: str = "default"
+
+
+class Target(Component):
+    """An export format plus the runtime that runs it on a device.
+
+    The host half (:meth:`export`) may import torch; the device half
+    (:meth:`load`) must not. ``requires``/``extra`` describe the device half;
+    ``export_requires``/``export_extra`` the host half.
+    """
+
+    kind = "target"
+    precisions: tuple[str, ...] = ("fp32",)
+    fallback: tuple[FallbackStep, ...] = (FallbackStep("fp32"),)
+    export_requires: tuple[str, ...] = ("torch",)
+    export_extra: str | None = "train"
+
+    @abstractmethod
+    def export(self, model: "torch.nn.Module", example: "torch.Tensor", out_dir: Path,
+               options: dict[str, Any]) -> list[Path]:
+        """Write the FP32 model files for ``model`` under ``out_dir``; return them."""
+
+    @abstractmethod
+    def load(self, files: Sequence[Path], manifest: dict[str, Any],
+             options: dict[str, Any] | None = None) -> Runtime:
+        """Load exported (maybe quantized) files into a :class:`Runtime` (no torch)."""
+
+    def facts(self) -> dict[str, Any]:
+        """Compatibility facts of this machine's runtime (versions), for the manifest."""
+        return {}
+
+
+class Quantizer(Component):
+    """Turns a target's FP32 files into a lower precision, keyed by (target, precision, method)."""
+
+    kind = "quantizer"
+    target: str = ""
+    precision: str = "int8"
+    method: str = "ptq"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.target, self.precision, self.method)
+
+    @abstractmethod
+    def quantize(self, files: Sequence[Path], out_dir: Path, calibration: Iterable["np.ndarray"],
+                 options: dict[str, Any]) -> list[Path]:
+        """Quantize ``files`` into ``out_dir`` using calibration batches (N, 3, H, W) float32."""
+
+
+@dataclass
+class Frame:
+    """One camera frame: ``image`` (H, W, 3) BGR uint8, ``timestamp`` in seconds since the epoch."""
+
+    image: "np.ndarray"
+    timestamp: float
+    index: int
+    source: str = ""
+
+
+class FrameStream(ABC):
+    """An open source: iterate for frames; ``close`` releases the device."""
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[Frame]: ...
+
+    def close(self) -> None:
+        """Release the camera/stream."""
+
+
+class Source(Component):
+    """Opens a URI (camera index, rtsp://, http://, video file, image folder, gst:) into frames."""
+
+    kind = "source"
+
+    @abstractmethod
+    def accepts(self, uri: str) -> bool:
+        """Whether this source handles ``uri``."""
+
+    @abstractmethod
+    def open(self, uri: str, options: dict[str, Any]) -> FrameStream:
+        """Open ``uri``; raise :class:`edgetl.errors.EdgetlError` if it cannot be opened."""
+
+
+class SinkWriter(ABC):
+    """An open sink: ``write`` each result document, ``close`` at the end."""
+
+    @abstractmethod
+    def write(self, result: dict[str, Any], frame: Frame | None = None) -> None: ...
+
+    def close(self) -> None:
+        """Flush and release."""
+
+
+class Sink(Component):
+    """Receives each pipeline result (JSON lines, stdout, webhook, MQTT, capture)."""
+
+    kind = "sink"
+
+    @abstractmethod
+    def open(self, options: dict[str, Any]) -> SinkWriter:
+        """Create a writer from the sink's options (validated here, with clear errors)."""
+
+
+COMPONENT_TYPES: dict[str, type[Component]] = {
+    "backbone": Backbone, "strategy": Strategy, "quantizer": Quantizer,
+    "target": Target, "source": Source, "sink": Sink,
+}

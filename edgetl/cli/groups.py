@@ -1,0 +1,37 @@
+"""The list of built-in commands, in ``--help`` order.
+
+A command of DESIGN.md that is not built yet is a placeholder that says so and
+exits with status 2: never fake output.
+"""
+
+from __future__ import annotations
+
+import click
+
+from edgetl.cli.plugins_cmd import plugins_group
+from edgetl.errors import NotImplementedYet
+
+
+def _placeholder(name: str, summary: str) -> click.Command:
+    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                   help=f"{summary} (not implemented yet).", add_help_option=True)
+    def command() -> None:
+        raise NotImplementedYet(name)
+
+    return command
+
+
+COMMANDS: list[click.Command] = [
+    plugins_group,
+    _placeholder("data", "Materialise and inspect datasets"),
+    _placeholder("train", "Adapt a pretrained backbone to your images"),
+    _placeholder("eval", "Evaluate a run or bundle on a labelled folder"),
+    _placeholder("predict", "Predict images with a run or bundle"),
+    _placeholder("export", "Export a run to a signed bundle"),
+    _placeholder("bundle", "Inspect or verify a bundle"),
+    _placeholder("keys", "Generate signing keys"),
+    _placeholder("agent", "Run the device agent"),
+    _placeholder("deploy", "Deploy a bundle to a device or a fleet"),
+    _placeholder("device", "Query or roll back a device"),
+    _placeholder("bench", "Measure latency and accuracy of runs and bundles"),
+]

@@ -1,0 +1,1 @@
+"""Device side (no torch): agent, install state machine, camera pipeline."""

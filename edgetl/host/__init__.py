@@ -1,0 +1,1 @@
+"""Host side (torch): training engine, run directories, export orchestration, the gate."""
