@@ -31,6 +31,9 @@ from edgetl.errors import PluginError, UnknownComponentError
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "edgetl_stdio",
+    "edgetl_timm",
+    "edgetl_camera",
+    "edgetl_sinks",
 )
 
 ENTRY_POINT_GROUP = "edgetl"
