@@ -129,7 +129,10 @@ class PluginManager:
 
     def _broken(self, info: PluginInfo, reason: str, cause: BaseException | None = None) -> None:
         info.status, info.reason, info.components = "broken", reason, []
-        self.plugins[info.name] = info
+        key = info.name
+        while key in self.plugins and self.plugins[key] is not info:  # never hide the one loaded first
+            key += "'"
+        self.plugins[key] = info
         warning = PluginWarning(f"skipping plugin '{info.name}': {reason}")
         warning.__cause__ = cause
         warnings.warn(warning, stacklevel=3)

@@ -1,0 +1,170 @@
+"""The command line's core: version, help, plugins list/show/install, errors, JSON schemas."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+from edgetl import __version__
+from edgetl.cli import cli
+from edgetl.cli.groups import _placeholder
+from tests.plugin_factory import make_plugin
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMAS = ROOT / "docs" / "schemas"
+
+
+def schema(name: str) -> dict:
+    return json.loads((SCHEMAS / name).read_text())
+
+
+def run_edgetl(*args: str, env: dict | None = None, check_torch: bool = False) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh interpreter; with check_torch, print whether torch got imported."""
+    code = "import sys; from edgetl.cli import main\ntry:\n    main()\nfinally:\n"
+    code += ("    print('TORCH_LOADED=' + str('torch' in sys.modules), file=sys.stderr)\n" if check_torch
+             else "    pass\n")
+    full_env = {**os.environ, "EDGETL_LOAD_PLUGINS": "", **(env or {})}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=full_env)
+
+
+def test_version():
+    out = run_edgetl("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"edgetl, version {__version__}"
+
+
+@pytest.mark.parametrize("args", [("--help",), ("plugins", "list"), ("plugins", "list", "--json")])
+def test_help_and_plugins_list_do_not_import_torch(args):
+    out = run_edgetl(*args, check_torch=True)
+    assert out.returncode == 0, out.stderr
+    assert "TORCH_LOADED=False" in out.stderr
+
+
+def test_plugins_list_json_validates_and_is_the_only_stdout():
+    out = run_edgetl("plugins", "list", "--json")
+    doc = json.loads(out.stdout)
+    jsonschema.validate(doc, schema("plugins-list.schema.json"))
+    assert any(p["name"] == "edgetl_stdio" and p["status"] == "ok" for p in doc)
+
+
+def test_plugins_list_json_shows_broken_third_party(tmp_path):
+    make_plugin(tmp_path, "kaputt", "raise RuntimeError('kaputt')\n")
+    out = run_edgetl("plugins", "list", "--json", env={"PYTHONPATH": str(tmp_path), "EDGETL_LOAD_PLUGINS": "kaputt"})
+    doc = json.loads(out.stdout)
+    jsonschema.validate(doc, schema("plugins-list.schema.json"))
+    broken = next(p for p in doc if p["name"] == "kaputt")
+    assert broken["status"] == "broken" and "kaputt" in broken["reason"] and broken["source"] == "third-party"
+
+
+def test_plugins_show_json_validates():
+    result = CliRunner().invoke(cli, ["plugins", "show", "edgetl_stdio", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    jsonschema.validate(doc, schema("plugins-show.schema.json"))
+    assert {c["name"] for c in doc["components"]} >= {"stdout", "jsonl"}
+
+
+def test_unknown_plugin_is_one_line_error_exit_1():
+    out = run_edgetl("plugins", "show", "edgetl_stdo")
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown plugin 'edgetl_stdo'; did you mean 'edgetl_stdio'")
+
+
+def test_debug_shows_traceback():
+    out = run_edgetl("--debug", "plugins", "show", "nope")
+    assert out.returncode == 1 and "Traceback" in out.stderr
+    out = run_edgetl("plugins", "show", "nope", env={"EDGETL_DEBUG": "1"})
+    assert "Traceback" in out.stderr
+
+
+def test_usage_error_exits_2():
+    result = CliRunner().invoke(cli, ["plugins", "list", "--no-such-flag"])
+    assert result.exit_code == 2
+
+
+def test_placeholder_says_not_implemented_and_exits_2():
+    import click
+
+    group = click.Group("g", commands=[_placeholder("later", "Something later")])
+    from edgetl.cli import EdgetlGroup
+
+    root = EdgetlGroup("edgetl", commands=[group.commands["later"]])
+    result = CliRunner().invoke(root, ["later", "--anything"])
+    assert result.exit_code == 2 and "'edgetl later' is not implemented yet" in result.output
+
+
+def test_internal_error_is_one_line_without_debug(monkeypatch):
+    def boom(*a, **k):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr("edgetl.plugins.get_manager", boom)
+    monkeypatch.delenv("EDGETL_DEBUG", raising=False)
+    result = CliRunner().invoke(cli, ["plugins", "list"])
+    assert result.exit_code == 1
+    assert result.output.strip() == ("error: internal error: ZeroDivisionError: division by zero "
+                                     "(run with --debug for the traceback)")
+
+
+def _pip_target(tmp_path: Path, project: Path) -> Path:
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    "--no-build-isolation", "--target", str(target), str(project)], check=True,
+                   capture_output=True, text=True)
+    return target
+
+
+def test_example_third_party_plugin_installs_offline_and_is_listed(tmp_path):
+    site = _pip_target(tmp_path, ROOT / "examples" / "third_party_plugin")
+    out = run_edgetl("plugins", "list", "--json", env={"PYTHONPATH": str(site), "EDGETL_LOAD_PLUGINS": "csv"})
+    doc = json.loads(out.stdout)
+    csv_plugin = next(p for p in doc if p["name"] == "csv")
+    assert csv_plugin == {"name": "csv", "version": "0.1.0", "source": "third-party", "status": "ok",
+                          "reason": None, "hooks": ["edgetl_sinks"], "components": [{"kind": "sink", "name": "csv"}]}
+    test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(ROOT / "examples" / "third_party_plugin" / "tests")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(site)})
+    assert test.returncode == 0, test.stdout + test.stderr
+
+
+def _pip_env() -> dict:
+    return {**os.environ, "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "false", "PIP_NO_DEPS": "1",
+            "EDGETL_LOAD_PLUGINS": ""}
+
+
+def test_plugins_install_confirms_registration_then_uninstall():
+    project = ROOT / "examples" / "third_party_plugin"
+    env = _pip_env()
+    env.pop("EDGETL_LOAD_PLUGINS")
+    try:
+        out = subprocess.run([sys.executable, "-m", "edgetl", "plugins", "install", str(project)],
+                             capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        assert "plugin 'csv' from edgetl-csv-sink registered (ok)" in out.stdout
+    finally:
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "edgetl-csv-sink"],
+                       capture_output=True)
+
+
+def test_plugins_install_errors_when_package_registers_nothing(tmp_path):
+    project = tmp_path / "noplugin"
+    (project / "edgetl_noplugin_pkg").mkdir(parents=True)
+    (project / "edgetl_noplugin_pkg" / "__init__.py").write_text("")
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires=["setuptools"]\nbuild-backend="setuptools.build_meta"\n'
+        '[project]\nname="edgetl-noplugin-pkg"\nversion="0.0.1"\n'
+        '[tool.setuptools]\npackages=["edgetl_noplugin_pkg"]\n')
+    try:
+        out = subprocess.run([sys.executable, "-m", "edgetl", "plugins", "install", str(project)],
+                             capture_output=True, text=True, env=_pip_env())
+        assert out.returncode == 1
+        assert "registers no edgetl plugin" in out.stderr.strip().splitlines()[-1]
+    finally:
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "edgetl-noplugin-pkg"],
+                       capture_output=True)
