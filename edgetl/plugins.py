@@ -32,7 +32,6 @@ from edgetl.errors import PluginError, UnknownComponentError
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "edgetl_stdio",
     "edgetl_timm",
-    "edgetl_timm",
     "edgetl_camera",
     "edgetl_sinks",
 )
