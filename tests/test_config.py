@@ -1,0 +1,139 @@
+"""Config files: every target profile validates; bad files give one-line errors naming file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgetl.config import (
+    RunConfig, TargetProfile, apply_overrides, load_fleet, load_run_config, load_target_profile,
+)
+from edgetl.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = sorted((ROOT / "targets").glob("*.yaml"))
+
+
+def test_the_five_device_profiles_ship():
+    assert {p.stem for p in TARGETS} >= {"jetson-orin-nano", "jetson-agx-orin", "x86-openvino-cpu",
+                                         "x86-onnxruntime-cpu", "x86-nvidia-tensorrt"}
+
+
+@pytest.mark.parametrize("path", TARGETS, ids=lambda p: p.stem)
+def test_every_target_profile_validates(path):
+    profile = load_target_profile(path)
+    assert isinstance(profile, TargetProfile) and profile.name == path.stem
+    assert profile.fallback[-1].split("/")[0] in profile.precisions
+
+
+def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def one_line_error(fn, *args, **kwargs) -> str:
+    with pytest.raises(ConfigError) as exc:
+        fn(*args, **kwargs)
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+def test_minimal_run_config_gets_design_defaults(tmp_path):
+    cfg = load_run_config(write(tmp_path, "name: x\ndata: {train: d/train, val: d/val}\n"))
+    assert cfg.backbone.name == "efficientnet_lite0" and cfg.strategy.name == "finetune"
+    assert cfg.train.threshold.policy == "argmax" and cfg.train.baseline == "none"
+    assert cfg.augment == ["hflip", "vflip", "rot90", "color_jitter"]
+
+
+def test_set_overrides_nested_keys_with_yaml_values(tmp_path):
+    path = write(tmp_path, "name: x\ndata: {train: a}\n")
+    cfg = load_run_config(path, ["train.epochs=3", "train.lr=5e-4", "data.val_split=0.2",
+                                 "train.threshold.policy=recall", "train.threshold.class=defect",
+                                 "train.threshold.target=0.99", "augment=[hflip]"])
+    assert (cfg.train.epochs, cfg.train.lr, cfg.data.val_split) == (3, 5e-4, 0.2)
+    assert cfg.train.threshold.class_ == "defect" and cfg.augment == ["hflip"]
+
+
+def test_missing_file(tmp_path):
+    assert one_line_error(load_run_config, tmp_path / "nope.yaml") == f"{tmp_path / 'nope.yaml'}: file not found"
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    msg = one_line_error(load_run_config, write(tmp_path, "name: x\ndata: [unclosed\n"))
+    assert msg.startswith(f"{tmp_path / 'run.yaml'}: not valid YAML (line ")
+
+
+def test_negative_lr_names_the_field(tmp_path):
+    msg = one_line_error(load_run_config, write(tmp_path, "name: x\ndata: {train: a}\ntrain: {lr: -1}\n"))
+    assert msg == f"{tmp_path / 'run.yaml'}: train.lr: Input should be greater than 0 (got -1)"
+
+
+def test_unknown_key_is_rejected(tmp_path):
+    msg = one_line_error(load_run_config, write(tmp_path, "name: x\ndata: {train: a}\ntrian: {}\n"))
+    assert "trian: Extra inputs are not permitted" in msg
+
+
+def test_missing_required_field(tmp_path):
+    msg = one_line_error(load_run_config, write(tmp_path, "name: x\n"))
+    assert msg == f"{tmp_path / 'run.yaml'}: data: Field required"
+
+
+def test_recall_policy_needs_class_and_target(tmp_path):
+    msg = one_line_error(load_run_config, write(tmp_path, "name: x\ndata: {train: a}\n"),
+                         ["train.threshold.policy=recall"])
+    assert "train.threshold: policy 'recall' needs 'class'" in msg
+
+
+def test_unknown_augmentation(tmp_path):
+    msg = one_line_error(load_run_config, write(tmp_path, "name: x\ndata: {train: a}\naugment: [hflip, blur]\n"))
+    assert "augment: unknown augmentation 'blur'" in msg
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        apply_overrides({}, ["train.epochs"])
+
+
+def test_top_level_must_be_mapping(tmp_path):
+    msg = one_line_error(load_run_config, write(tmp_path, "- a\n- b\n"))
+    assert msg.endswith("expected a mapping of keys at the top level, got list")
+
+
+def test_target_profile_fallback_outside_precisions(tmp_path):
+    path = write(tmp_path, "name: t\nformat: onnx\nprecisions: [fp32]\nfallback: [int8/ptq, fp32]\n", "t.yaml")
+    assert "fallback step 'int8/ptq' uses precision 'int8'" in one_line_error(load_target_profile, path)
+
+
+def test_target_profile_unknown_format(tmp_path):
+    path = write(tmp_path, "name: t\nformat: coreml\nprecisions: [fp32]\nfallback: [fp32]\n", "t.yaml")
+    assert "format: Input should be 'onnx', 'openvino' or 'tensorrt'" in one_line_error(load_target_profile, path)
+
+
+def test_fleet_file(tmp_path):
+    good = write(tmp_path, "devices:\n  - {name: a, url: 'https://10.0.0.11:8470', token_file: t}\n"
+                           "  - {name: b, url: 'https://10.0.0.12:8470', token_env: B}\n", "fleet.yaml")
+    assert [d.name for d in load_fleet(good).devices] == ["a", "b"]
+    dup = write(tmp_path, "devices:\n  - {name: a, url: 'https://x:1', token_env: A}\n"
+                          "  - {name: a, url: 'https://y:1', token_env: A}\n", "dup.yaml")
+    assert "repeated: a" in one_line_error(load_fleet, dup)
+    notoken = write(tmp_path, "devices:\n  - {name: a, url: 'https://x:1'}\n", "nt.yaml")
+    assert "devices.0: give exactly one of 'token_file' or 'token_env'" in one_line_error(load_fleet, notoken)
+
+
+def test_run_config_schema_accepts_every_design_key():
+    RunConfig.model_validate({
+        "name": "elpv-lite0",
+        "data": {"train": "data/elpv/train", "val": "data/elpv/val", "target_unlabeled": None},
+        "backbone": {"name": "efficientnet_lite0", "pretrained": True},
+        "strategy": {"name": "finetune", "options": {}},
+        "train": {"epochs": 10, "batch_size": 32, "lr": 1.0e-3, "image_size": None, "optimizer": "adamw",
+                  "weight_decay": 0.01, "schedule": {"kind": "cosine", "warmup_epochs": 1},
+                  "label_smoothing": 0.0, "dropout": 0.2, "class_weights": "none",
+                  "early_stopping": {"metric": "balanced_accuracy", "patience": 5}, "grad_clip": None,
+                  "threshold": {"policy": "argmax"}, "baseline": "none", "seed": 0},
+        "augment": ["hflip", "vflip", "rot90", "color_jitter", "random_resized_crop", "rotate", "cutout",
+                    "mixup", "cutmix"],
+    })
