@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from edgetl.cli.bundle_cmd import bundle_group
+from edgetl.cli.keys_cmd import keys_group
 from edgetl.cli.plugins_cmd import plugins_group
 from edgetl.errors import NotImplementedYet
 
@@ -28,8 +30,8 @@ COMMANDS: list[click.Command] = [
     _placeholder("eval", "Evaluate a run or bundle on a labelled folder"),
     _placeholder("predict", "Predict images with a run or bundle"),
     _placeholder("export", "Export a run to a signed bundle"),
-    _placeholder("bundle", "Inspect or verify a bundle"),
-    _placeholder("keys", "Generate signing keys"),
+    bundle_group,
+    keys_group,
     _placeholder("agent", "Run the device agent"),
     _placeholder("deploy", "Deploy a bundle to a device or a fleet"),
     _placeholder("device", "Query or roll back a device"),
