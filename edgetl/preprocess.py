@@ -56,9 +56,21 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Area averaging along an axis that shrinks, bilinear along one that grows.
+
+    Linear interpolation alone would skip rows/columns when shrinking, and a
+    thin defect could vanish; when one axis shrinks and the other grows, each
+    axis is resized on its own so the shrinking one still averages.
+    """
     cv2 = _cv2()
     h, w = image.shape[:2]
-    interp = cv2.INTER_AREA if (width < w and height < h) else cv2.INTER_LINEAR
+    if (width < w) != (height < h) and width != w and height != h:
+        if width < w:
+            image = cv2.resize(image, (width, h), interpolation=cv2.INTER_AREA)
+        else:
+            image = cv2.resize(image, (w, height), interpolation=cv2.INTER_AREA)
+        h, w = image.shape[:2]
+    interp = cv2.INTER_AREA if (width <= w and height <= h) else cv2.INTER_LINEAR
     return cv2.resize(image, (width, height), interpolation=interp)
 
 

@@ -1,0 +1,140 @@
+"""Torch datasets over :class:`edgetl.data.folder.Samples`, with augmentation on top of THE preprocessing.
+
+Every image goes through :func:`edgetl.preprocess.read_image` and
+:func:`edgetl.preprocess.prepare` (decode, ROI, resize mode, colour order) and
+ends in :func:`edgetl.preprocess.normalize` — the exact calls evaluation, the
+export's reference check and the device make. Random augmentation
+(torchvision.transforms.v2) acts only on the prepared uint8 image in between,
+so with augmentation off the training tensor equals the evaluation tensor bit
+for bit. MixUp/CutMix mix whole batches: :func:`batch_mix`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from edgetl.api import InputSpec
+from edgetl.data.folder import Samples
+from edgetl.errors import ConfigError
+from edgetl.preprocess import normalize, prepare, read_image
+
+PER_IMAGE = ("hflip", "vflip", "rot90", "rotate", "color_jitter", "random_resized_crop", "cutout")
+PER_BATCH = ("mixup", "cutmix")
+
+
+def _rot90(img: torch.Tensor) -> torch.Tensor:
+    """Rotate (C, H, W) by a random multiple of 90° (of 180° when H != W, to keep the shape)."""
+    square = img.shape[-1] == img.shape[-2]
+    k = int(torch.randint(0, 4, ()).item()) if square else 2 * int(torch.randint(0, 2, ()).item())
+    return torch.rot90(img, k, dims=(-2, -1))
+
+
+def build_transform(names: list[str], spec: InputSpec) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Compose the per-image augmentations in ``names`` for (3, H, W) uint8 tensors; None if none.
+
+    The order is fixed whatever the config order: geometry (crop, flips,
+    rotations), then photometric jitter, then CutOut.
+
+    Raises:
+        ConfigError: an unknown augmentation name.
+    """
+    from torchvision.transforms import v2
+
+    for name in names:
+        if name not in PER_IMAGE + PER_BATCH:
+            raise ConfigError(f"augment: unknown augmentation '{name}' "
+                              f"(known: {', '.join(PER_IMAGE + PER_BATCH)})")
+    steps: list[Any] = []
+    if "random_resized_crop" in names:
+        steps.append(v2.RandomResizedCrop(tuple(spec.size), scale=(0.6, 1.0), antialias=True))
+    if "hflip" in names:
+        steps.append(v2.RandomHorizontalFlip())
+    if "vflip" in names:
+        steps.append(v2.RandomVerticalFlip())
+    if "rot90" in names:
+        steps.append(v2.Lambda(_rot90))
+    if "rotate" in names:
+        steps.append(v2.RandomRotation(15.0))
+    if "color_jitter" in names:
+        steps.append(v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.2, hue=0.02))
+    if "cutout" in names:
+        steps.append(v2.RandomErasing(p=0.5, scale=(0.02, 0.12), value=0))
+    return v2.Compose(steps) if steps else None
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """(3, H, W) float32 normalised tensors and integer labels for ``samples``.
+
+    Args:
+        samples: images and labels (see :mod:`edgetl.data.folder`).
+        spec: the InputSpec; with tiling, the first tile is used.
+        augment: augmentation names of the run config (batch-level ones —
+            mixup, cutmix — are ignored here; see :func:`batch_mix`).
+        train: augment only when True.
+        seed: augmentation is drawn from (seed, epoch, index), so a run is
+            reproducible whatever the number of DataLoader workers; call
+            :meth:`set_epoch` each epoch for fresh draws.
+    """
+
+    def __init__(self, samples: Samples, spec: InputSpec, augment: list[str] | None = None,
+                 train: bool = False, seed: int = 0):
+        self.samples, self.spec, self.train, self.seed = samples, spec, train, seed
+        self.augment = list(augment or [])
+        self.transform = build_transform(self.augment, spec) if train else None
+        if not train:
+            build_transform(self.augment, spec)  # validate names either way
+        self.epoch = 0
+
+    @property
+    def classes(self) -> list[str]:
+        return self.samples.classes
+
+    @property
+    def targets(self) -> list[int]:
+        return self.samples.labels
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples.items)
+
+    def image(self, i: int) -> np.ndarray:
+        """Sample ``i`` decoded and prepared: (h, w, 3) uint8 in the network's colour order."""
+        return prepare(read_image(self.samples.items[i].path), self.spec)[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = self.image(i)
+        if self.transform is not None:
+            key = zlib.crc32(f"{self.seed}:{self.epoch}:{i}".encode())
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(key)
+                out = self.transform(torch.from_numpy(image).permute(2, 0, 1).contiguous())
+            image = np.ascontiguousarray(out.permute(1, 2, 0).numpy())
+        return torch.from_numpy(normalize(image, self.spec)), self.samples.items[i].label
+
+
+def batch_mix(names: list[str], num_classes: int) -> Callable | None:
+    """MixUp and/or CutMix for a batch: ``(x (N,3,H,W), y (N,) int) -> (x, y_soft (N, K) float)``.
+
+    With both named, each batch picks one at random. None when neither is named.
+    """
+    from torchvision.transforms import v2
+
+    chosen = []
+    if "cutmix" in names:
+        chosen.append(v2.CutMix(num_classes=num_classes, alpha=1.0))
+    if "mixup" in names:
+        chosen.append(v2.MixUp(num_classes=num_classes, alpha=0.2))
+    if not chosen:
+        return None
+    mix = chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)
+
+    def apply(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return mix(x, y)
+
+    return apply
