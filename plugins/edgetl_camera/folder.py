@@ -27,6 +27,7 @@ class FolderStream(FrameStream):
             raise DataError(f"source {str(root)!r}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
         fps = float(options.get("fps") or 0)
         self.live = fps > 0
+        self.reconnect = False
         self._pace = 1.0 / fps if fps > 0 else 0.0
         self.skip_bad = bool(options.get("skip_bad", True))
         self.skipped: list[str] = []

@@ -37,6 +37,7 @@ class VideoStream(FrameStream):
     """Frames from one ``cv2.VideoCapture``.
 
     Attributes:
+        reconnect: True for cameras, streams and ``gst:``: the pipeline reopens them when they die.
         live: True for cameras, streams, ``gst:`` and video files played at
             their own frame rate (``realtime``, the default for files): the
             pipeline may drop their frames. False for a file read flat out.
@@ -64,6 +65,7 @@ class VideoStream(FrameStream):
         self.fps = float(self.capture.get(cv2.CAP_PROP_FPS) or 0.0)
         realtime = bool(options.get("realtime", True))
         self.live = kind != "file" or realtime
+        self.reconnect = kind != "file"  # a camera or stream that dies is reopened; a file just ends
         self._pace = 1.0 / self.fps if (kind == "file" and realtime and self.fps > 0) else 0.0
         self._index = 0
 

@@ -1,0 +1,63 @@
+"""The install journal: an append-only JSON-lines file, fsync'ed per record.
+
+Every install writes ``begin`` before a stage and ``done``/``failed`` after
+it, so after a crash or ``kill -9`` the agent knows which install was half
+done and at which stage. The pointer (``current.json``) says whether the
+switch happened; recovery needs nothing else (see :mod:`edgetl.device.install`).
+Threshold changes and rollbacks are journaled too, for the audit trail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+TERMINAL = ("installed", "failed")
+
+
+class Journal:
+    """Append records; read back the last state of every install."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+
+    def append(self, **record: Any) -> dict[str, Any]:
+        record = {"time": time.time(), **record}
+        line = json.dumps(record, sort_keys=True) + "\n"
+        with self._lock, open(self.path, "a", encoding="utf-8") as out:
+            out.write(line)
+            out.flush()
+            os.fsync(out.fileno())
+        return record
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every complete record; a torn last line (crash mid-write) is ignored."""
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def installs(self) -> dict[str, list[dict[str, Any]]]:
+        """install id -> its records, in order."""
+        table: dict[str, list[dict[str, Any]]] = {}
+        for record in self.records():
+            if record.get("install_id") and record.get("event") == "install":
+                table.setdefault(record["install_id"], []).append(record)
+        return table
+
+    def unfinished(self) -> dict[str, list[dict[str, Any]]]:
+        """Installs whose last record is not terminal: interrupted by a crash."""
+        return {iid: recs for iid, recs in self.installs().items()
+                if recs[-1].get("status") not in TERMINAL}

@@ -1,0 +1,270 @@
+"""The camera pipeline: source → THE preprocessing → runtime → sinks, in two threads.
+
+The reader thread pulls frames from the source into a one-frame slot; the
+inference thread takes the newest frame from it. From a *live* source (a
+camera, a stream, a video played at its frame rate) a frame still waiting
+when the next arrives is replaced and counted as dropped: latency never
+builds up behind a slow model. A replay (image folder, video read flat out)
+waits for the slot instead, so every frame is predicted. A camera or stream
+that dies is reopened with exponential backoff (0.5 s doubling to 30 s, back to 0.5 s
+after it ran for 30 s).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from edgetl.errors import ConfigError, EdgetlError
+
+log = logging.getLogger("edgetl.agent.pipeline")
+BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 30.0
+STABLE_S = 30.0  # a stream that delivered this long before dying is retried from the shortest wait
+
+
+@dataclass
+class PipelineConfig:
+    """What ``POST /v1/pipeline`` starts (and ``pipeline.json`` keeps).
+
+    Attributes:
+        source: a URI the source plugins accept (camera index, rtsp://, file, folder, gst:).
+        source_options: passed to the source (e.g. ``realtime``, ``fps``).
+        sinks: ``[{"name": ..., "options": {...}}]``.
+        fps_limit: at most this many predictions per second (None: as fast as the model goes).
+        roi: (x, y, w, h) cut from each frame before the model's own preprocessing.
+    """
+
+    source: str
+    sinks: list[dict[str, Any]] = field(default_factory=list)
+    source_options: dict[str, Any] = field(default_factory=dict)
+    fps_limit: float | None = None
+    roi: list[int] | None = None
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> "PipelineConfig":
+        if not isinstance(doc, dict) or not isinstance(doc.get("source"), (str, int)) or doc.get("source") == "":
+            raise ConfigError("pipeline: 'source' is required (camera index, rtsp://, http://, video file, "
+                              "image folder or gst:<pipeline>)")
+        sinks = doc.get("sinks") or []
+        if not isinstance(sinks, list) or not all(isinstance(s, dict) and s.get("name") for s in sinks):
+            raise ConfigError("pipeline: 'sinks' must be a list of {name, options}")
+        fps = doc.get("fps_limit")
+        if fps is not None and (not isinstance(fps, (int, float)) or fps <= 0):
+            raise ConfigError(f"pipeline: 'fps_limit' must be a positive number (got {fps!r})")
+        roi = doc.get("roi")
+        if roi is not None and (not isinstance(roi, list) or len(roi) != 4 or not all(isinstance(v, int) for v in roi)):
+            raise ConfigError(f"pipeline: 'roi' must be [x, y, w, h] integers (got {roi!r})")
+        return cls(source=str(doc["source"]), sinks=[{"name": s["name"], "options": dict(s.get("options") or {})}
+                                                     for s in sinks],
+                   source_options=dict(doc.get("source_options") or {}), fps_limit=fps, roi=roi)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "source_options": self.source_options, "sinks": self.sinks,
+                "fps_limit": self.fps_limit, "roi": self.roi}
+
+
+def open_source(uri: str, options: dict[str, Any]):
+    """The first source plugin that accepts ``uri``, opened."""
+    from edgetl.plugins import get_manager
+
+    for source in get_manager().all("source"):
+        if source.accepts(uri):
+            return source.open(uri, options)
+    raise ConfigError(f"pipeline: no source plugin accepts {uri!r} (camera index, rtsp://, http://, "
+                      "video file, image folder or gst:<pipeline>)")
+
+
+class Pipeline:
+    """One running pipeline. ``predict(image_bgr, roi)`` returns a predict document, or None (no model)."""
+
+    def __init__(self, config: PipelineConfig, predict: Callable[[np.ndarray, Any], dict | None],
+                 metrics: Any = None):
+        self.config, self.predict, self.metrics = config, predict, metrics
+        self.state, self.error = "starting", None
+        self.frames = self.dropped = self.reconnects = self.sink_errors = self.skipped = 0
+        self._times: collections.deque[float] = collections.deque(maxlen=30)
+        self._cond = threading.Condition()
+        self._slot = None
+        self._eof = False
+        self._live = True
+        self._stop = threading.Event()
+        self.started = time.time()
+
+    # -- control -------------------------------------------------------------------
+    def start(self, strict: bool = True) -> None:
+        """Open the source and every sink, then start the threads.
+
+        Args:
+            strict: a source that cannot be opened is an error for the caller
+                (the API's start); False (resuming at boot) keeps retrying it
+                with backoff instead, as when a camera comes up after the agent.
+        """
+        from edgetl.plugins import get_manager
+
+        try:
+            self._stream = open_source(self.config.source, self.config.source_options)
+        except EdgetlError as exc:
+            if strict:
+                raise
+            self._stream, self.error = None, str(exc)
+        self._writers = []
+        try:
+            for spec in self.config.sinks:
+                self._writers.append(get_manager().get("sink", spec["name"]).open(spec.get("options") or {}))
+        except Exception:
+            self._close_all()
+            raise
+        self.state = "running" if self._stream is not None else "reconnecting"
+        self._reader = threading.Thread(target=self._read_loop, name="pipeline-reader", daemon=True)
+        self._worker = threading.Thread(target=self._work_loop, name="pipeline-worker", daemon=True)
+        self._reader.start()
+        self._worker.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        for thread in (getattr(self, "_reader", None), getattr(self, "_worker", None)):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout)
+        if self.state in ("running", "reconnecting", "starting"):
+            self.state = "stopped"
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for a replay to finish; True if it did."""
+        self._worker.join(timeout)
+        return not self._worker.is_alive()
+
+    def status(self) -> dict[str, Any]:
+        return {"state": self.state, "config": self.config.to_dict(), "frames": self.frames,
+                "dropped": self.dropped, "skipped_no_model": self.skipped, "reconnects": self.reconnects,
+                "sink_errors": self.sink_errors, "fps": round(self.fps, 3), "error": self.error,
+                "started": self.started}
+
+    @property
+    def fps(self) -> float:
+        if len(self._times) < 2:
+            return 0.0
+        span = self._times[-1] - self._times[0]
+        return (len(self._times) - 1) / span if span > 0 else 0.0
+
+    # -- threads ---------------------------------------------------------------------
+    def _read_loop(self) -> None:
+        backoff = BACKOFF_START_S
+        stream = self._stream
+        min_gap = 1.0 / self.config.fps_limit if self.config.fps_limit else 0.0
+        last_accepted = 0.0
+        try:
+            while not self._stop.is_set():
+                if stream is None:
+                    try:
+                        stream = open_source(self.config.source, self.config.source_options)
+                        self.state = "running"
+                    except EdgetlError as exc:
+                        self.error = str(exc)
+                        self._stop.wait(backoff)
+                        backoff = min(backoff * 2, BACKOFF_MAX_S)
+                        continue
+                live = self._live = bool(getattr(stream, "live", True))
+                opened_at = time.monotonic()
+                try:
+                    for frame in stream:
+                        if self._stop.is_set():
+                            break
+                        if live:
+                            if min_gap and frame.timestamp - last_accepted < min_gap:
+                                self._drop()
+                                continue
+                            last_accepted = frame.timestamp
+                            with self._cond:
+                                if self._slot is not None:
+                                    self._drop()
+                                self._slot = frame
+                                self._cond.notify_all()
+                        else:
+                            with self._cond:
+                                while self._slot is not None and not self._stop.is_set():
+                                    self._cond.wait(0.5)
+                                self._slot = frame
+                                self._cond.notify_all()
+                except EdgetlError as exc:
+                    self.error = str(exc)
+                finally:
+                    stream.close()
+                if self._stop.is_set() or not getattr(stream, "reconnect", False):
+                    break
+                stream = None
+                if time.monotonic() - opened_at > STABLE_S:  # it ran a good while: start over at short waits
+                    backoff = BACKOFF_START_S
+                self.state, self.reconnects = "reconnecting", self.reconnects + 1
+                if self.metrics is not None:
+                    self.metrics.reconnects.inc()
+                log.warning("source %s ended; reconnecting in %.1f s", self.config.source, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+        finally:
+            with self._cond:
+                self._eof = True
+                self._cond.notify_all()
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        if self.metrics is not None:
+            self.metrics.dropped_frames.inc()
+
+    def _work_loop(self) -> None:
+        roi = tuple(self.config.roi) if self.config.roi else None
+        pace = 1.0 / self.config.fps_limit if self.config.fps_limit else 0.0
+        next_at = time.monotonic()
+        try:
+            while True:
+                with self._cond:
+                    while self._slot is None and not self._eof and not self._stop.is_set():
+                        self._cond.wait(0.5)
+                    if self._stop.is_set() or (self._slot is None and self._eof):
+                        break
+                    frame, self._slot = self._slot, None
+                    self._cond.notify_all()
+                doc = self.predict(frame.image, roi)
+                if doc is None:
+                    self.skipped += 1
+                    continue
+                result = {"timestamp": frame.timestamp, "source": frame.source, "frame": frame.index, **doc}
+                for writer in self._writers:
+                    try:
+                        writer.write(result, frame)
+                    except Exception as exc:  # one bad sink must not stop the line
+                        self.sink_errors += 1
+                        log.warning("sink %s failed: %s", type(writer).__name__, exc)
+                self.frames += 1
+                self._times.append(time.monotonic())
+                if self.metrics is not None:
+                    self.metrics.pipeline_frames.inc()
+                    self.metrics.pipeline_fps.set(self.fps)
+                if pace and not self._live:  # a replay is paced; a live source was thinned by the reader
+                    next_at += pace
+                    time.sleep(max(0.0, next_at - time.monotonic()))
+            if not self._stop.is_set():
+                self.state = "finished"
+        except Exception as exc:
+            self.state, self.error = "error", f"{type(exc).__name__}: {exc}"
+            log.exception("pipeline stopped")
+            self._stop.set()
+        finally:
+            self._close_all()
+            if self.metrics is not None:
+                self.metrics.pipeline_fps.set(0)
+
+    def _close_all(self) -> None:
+        for writer in getattr(self, "_writers", []):
+            try:
+                writer.close()
+            except Exception as exc:
+                log.warning("closing sink failed: %s", exc)
+        self._writers = []

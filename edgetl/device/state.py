@@ -1,0 +1,111 @@
+"""The agent's state directory: one place for everything that must survive a restart.
+
+Layout::
+
+    STATE/
+      current.json     {"current": ID | null, "previous": ID | null}: THE pointer.
+                       Replaced by rename, so a crash leaves the old or the new
+                       pointer, never a torn one.
+      models/ID/       an installed bundle, extracted (ID = its install id)
+      staging/ID/      an install in progress (deleted on failure or recovery)
+      uploads/ID.edgetl the uploaded bundle until its install ends
+      journal.jsonl    the install journal (see journal.py)
+      threshold.json   an operating threshold set through the API, for one model
+      pipeline.json    the last pipeline config and whether it was running
+      engines/         runtime caches (TensorRT engines, keyed by the target)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgetl.errors import ConfigError
+
+
+def atomic_write_json(path: Path, document: Any) -> None:
+    """Write ``document`` to ``path`` through a temp file, fsync and ``os.replace`` (atomic on POSIX)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(document, out, indent=2, sort_keys=True)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """Parse a JSON file, or ``default`` when it does not exist."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable agent state ({exc}); fix or remove the file") from None
+
+
+class StateDir:
+    """Paths and the atomic pointer of one agent's state directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        for sub in ("models", "staging", "uploads", "engines"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.pointer_path = self.root / "current.json"
+        self.journal_path = self.root / "journal.jsonl"
+        self.threshold_path = self.root / "threshold.json"
+        self.pipeline_path = self.root / "pipeline.json"
+
+    def model_dir(self, install_id: str) -> Path:
+        return self.root / "models" / install_id
+
+    def staging_dir(self, install_id: str) -> Path:
+        return self.root / "staging" / install_id
+
+    def upload_path(self, install_id: str) -> Path:
+        return self.root / "uploads" / f"{install_id}.edgetl"
+
+    @property
+    def engines_dir(self) -> Path:
+        return self.root / "engines"
+
+    # -- the pointer ---------------------------------------------------------
+    def pointer(self) -> dict[str, str | None]:
+        doc = read_json(self.pointer_path, {}) or {}
+        return {"current": doc.get("current"), "previous": doc.get("previous")}
+
+    def set_pointer(self, current: str | None, previous: str | None) -> None:
+        """Switch models: one rename replaces both ``current`` and ``previous`` at once."""
+        atomic_write_json(self.pointer_path, {"current": current, "previous": previous})
+
+    def manifest(self, install_id: str | None) -> dict[str, Any] | None:
+        if not install_id:
+            return None
+        return read_json(self.model_dir(install_id) / "manifest.json")
+
+    def prune(self, keep: set[str]) -> list[str]:
+        """Remove models, staging dirs and uploads not in ``keep``; return what was removed."""
+        removed = []
+        for folder in ("models", "staging"):
+            for child in (self.root / folder).iterdir():
+                if child.name not in keep:
+                    shutil.rmtree(child, ignore_errors=True)
+                    removed.append(f"{folder}/{child.name}")
+        for upload in (self.root / "uploads").iterdir():
+            if upload.name.split(".")[0] not in keep:
+                upload.unlink(missing_ok=True)
+                removed.append(f"uploads/{upload.name}")
+        return removed
