@@ -34,6 +34,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "edgetl_timm",
     "edgetl_camera",
     "edgetl_sinks",
+    "edgetl_onnx",
 )
 
 ENTRY_POINT_GROUP = "edgetl"

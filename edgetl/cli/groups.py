@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import click
 
+from edgetl.cli.agent_cmd import agent_group
 from edgetl.cli.bundle_cmd import bundle_group
+from edgetl.cli.deploy_cmd import deploy_command
+from edgetl.cli.device_cmd import device_group
 from edgetl.cli.keys_cmd import keys_group
 from edgetl.cli.plugins_cmd import plugins_group
 from edgetl.errors import NotImplementedYet
@@ -32,8 +35,8 @@ COMMANDS: list[click.Command] = [
     _placeholder("export", "Export a run to a signed bundle"),
     bundle_group,
     keys_group,
-    _placeholder("agent", "Run the device agent"),
-    _placeholder("deploy", "Deploy a bundle to a device or a fleet"),
-    _placeholder("device", "Query or roll back a device"),
+    agent_group,
+    deploy_command,
+    device_group,
     _placeholder("bench", "Measure latency and accuracy of runs and bundles"),
 ]

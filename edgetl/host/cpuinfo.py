@@ -1,0 +1,45 @@
+"""This machine's CPU, as far as INT8 quantization cares (no torch).
+
+INT8 kernels take different paths by ISA: without VNNI, x86 U8S8 convolutions
+accumulate pairs in 16 bits and can saturate (ONNX Runtime documents this; it
+is why ``reduce_range`` exists), with AVX512-VNNI / AVX-VNNI / AMX they do not.
+The export records these flags in the manifest (``compat.host_cpu``) so a
+device can tell that its CPU differs from the one the INT8 choice was made for.
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+             "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile",
+             "asimd", "asimddp", "fphp", "asimdhp", "i8mm", "bf16")
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@lru_cache(maxsize=1)
+def host_cpu() -> dict[str, Any]:
+    """``{"model", "arch", "flags": [ISA flags relevant to int8/fp16], "vnni": bool}`` from /proc/cpuinfo."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("model name", "hardware") and model in ("unknown", "", platform.machine()):
+                model = value.strip()
+            elif key in ("flags", "features"):
+                flags.update(value.split())
+    except OSError:
+        pass
+    found = sorted(f for f in ISA_FLAGS if f in flags)
+    return {"model": model, "arch": platform.machine(), "flags": found,
+            "vnni": any(f in flags for f in VNNI_FLAGS)}
+
+
+def needs_reduce_range() -> bool:
+    """True on x86 without VNNI: 7-bit weights avoid the 16-bit accumulation saturation of U8S8 kernels."""
+    cpu = host_cpu()
+    return cpu["arch"] in ("x86_64", "AMD64", "i686") and not cpu["vnni"]

@@ -1,0 +1,86 @@
+"""Built-in ONNX target (ONNX Runtime on the device) and its quantizers.
+
+Registration imports nothing heavy: the host half (:mod:`edgetl_onnx.export`,
+:mod:`edgetl_onnx.quantize`; torch, onnx) and the device half
+(:mod:`edgetl_onnx.runtime`; onnxruntime, no torch) load on use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from edgetl.api import FallbackStep, Quantizer, Runtime, Target
+from edgetl.hookspecs import hookimpl
+
+
+class OnnxTarget(Target):
+    name = "onnx"
+    description = "ONNX (dynamo exporter, opset 20) run by ONNX Runtime"
+    precisions = ("fp32", "fp16", "int8")
+    fallback = (FallbackStep("int8", "ptq"), FallbackStep("int8", "accuracy-aware"),
+                FallbackStep("fp16"), FallbackStep("fp32"))
+    requires = ("onnxruntime",)
+    extra = "onnxruntime"
+    export_requires = ("torch", "onnx", "onnxscript")
+
+    def export(self, model: Any, example: Any, out_dir: Path, options: dict[str, Any]) -> list[Path]:
+        from edgetl_onnx.export import export_onnx
+
+        report = options.setdefault("report", {})
+        return [export_onnx(model, example, Path(out_dir) / "model.onnx",
+                            dynamic_batch=bool(options.get("dynamic_batch")), report=report)]
+
+    def load(self, files: Sequence[Path], manifest: dict[str, Any],
+             options: dict[str, Any] | None = None) -> Runtime:
+        from edgetl_onnx.runtime import load
+
+        return load(files, manifest, options)
+
+    def facts(self) -> dict[str, Any]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return {"onnxruntime": version("onnxruntime")}
+        except PackageNotFoundError:
+            return {}
+
+
+class _OnnxQuantizer(Quantizer):
+    target = "onnx"
+    requires = ("onnx", "onnxruntime")
+    extra = "train"
+    impl = ""
+
+    def quantize(self, files: Sequence[Path], out_dir: Path, calibration: Iterable[Any],
+                 options: dict[str, Any]) -> list[Path]:
+        from edgetl_onnx import quantize
+
+        return getattr(quantize, self.impl)().quantize(files, Path(out_dir), calibration, options)
+
+
+class OnnxFp16(_OnnxQuantizer):
+    name, precision, method, impl = "onnx-fp16", "fp16", "default", "Fp16"
+    description = "float16 weights and compute, float32 inputs/outputs"
+
+
+class OnnxInt8Ptq(_OnnxQuantizer):
+    name, precision, method, impl = "onnx-int8-ptq", "int8", "ptq", "Int8Ptq"
+    description = "static INT8 QDQ, per-channel weights (reduce_range on x86 without VNNI)"
+
+
+class OnnxInt8AccuracyAware(_OnnxQuantizer):
+    name, precision, method, impl = "onnx-int8-accuracy-aware", "int8", "accuracy-aware", "Int8AccuracyAware"
+    description = "INT8 QDQ with the most sensitive layers left in float (per-layer sensitivity pass)"
+
+
+@hookimpl
+def edgetl_targets(register):
+    register(OnnxTarget())
+
+
+@hookimpl
+def edgetl_quantizers(register):
+    register(OnnxFp16())
+    register(OnnxInt8Ptq())
+    register(OnnxInt8AccuracyAware())

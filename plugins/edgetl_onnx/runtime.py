@@ -1,0 +1,73 @@
+"""Device half of the ONNX target: an ONNX Runtime session (no torch).
+
+A model exported with a static batch is fed in chunks of that batch (the last
+chunk padded), so callers may pass any N.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgetl.api import Runtime
+from edgetl.errors import BundleError
+
+
+def run_static(run_one, batch: np.ndarray, fixed: int | None) -> np.ndarray:
+    """Run ``run_one`` on ``batch`` in chunks of ``fixed`` rows (pad the last); whole batch if None."""
+    if fixed is None or len(batch) == fixed:
+        return run_one(batch)
+    outs = []
+    for start in range(0, len(batch), fixed):
+        chunk = batch[start:start + fixed]
+        real = len(chunk)
+        if real < fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - real, axis=0)])
+        outs.append(run_one(chunk)[:real])
+    return np.concatenate(outs)
+
+
+class OnnxRuntimeModel(Runtime):
+    """An ``onnxruntime.InferenceSession`` over the bundle's ``.onnx`` file."""
+
+    def __init__(self, path: Path, runtime: dict[str, Any], precision: str):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if runtime.get("threads"):
+            opts.intra_op_num_threads = int(runtime["threads"])
+        available = ort.get_available_providers()
+        wanted = [p for p in (runtime.get("providers") or []) if p in available]
+        providers = wanted or ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as exc:
+            raise BundleError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self.precision = precision
+        self.providers = self.session.get_providers()
+        self.ort_version = ort.__version__
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0]
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return np.asarray(run_static(self._run, batch, self.fixed_batch), dtype=np.float32)
+
+    def info(self) -> dict[str, Any]:
+        return {"runtime": "onnxruntime", "version": self.ort_version, "providers": self.providers,
+                "precision": self.precision, "batch": self.fixed_batch or "dynamic"}
+
+
+def load(files: Sequence[Path], manifest: dict[str, Any], options: dict[str, Any] | None = None) -> Runtime:
+    target = manifest.get("target", {})
+    runtime = {**(target.get("runtime") or {}), **(options or {})}
+    onnx_files = [Path(f) for f in files if str(f).endswith(".onnx")]
+    if not onnx_files:
+        raise BundleError("the bundle's target files hold no .onnx model")
+    return OnnxRuntimeModel(onnx_files[0], runtime, target.get("precision", "fp32"))

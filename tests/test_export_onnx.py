@@ -1,0 +1,228 @@
+"""ONNX export end to end on the tiny model: round trips, the gate, the chain, the reference set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bundle_factory import make_tiny_run
+from click.testing import CliRunner
+
+from edgetl.bundle import extract_bundle, open_bundle, verify_bundle
+from edgetl.cli import cli
+from edgetl.errors import GateFailedError
+from edgetl.host.export import ExportOptions, export_run
+from edgetl.keys import generate_keypair
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(run_dir, data root, key, pub): one tiny run shared by the module's tests (built in ~2 s)."""
+    root = tmp_path_factory.mktemp("tiny")
+    run_dir = make_tiny_run(root)
+    key, pub = generate_keypair(root / "signer")
+    return run_dir, root / "data", key, pub
+
+
+def _options(tmp_path, **kw):
+    base = dict(format="onnx", calib_count=24, latency_runs=3, out=tmp_path / "b.edgetl")
+    base.update(kw)
+    return ExportOptions(**base)
+
+
+def _torch_probs(run_dir, paths):
+    import torch
+
+    from edgetl.host.run import load_run
+    from edgetl.preprocess import preprocess_file
+
+    run = load_run(run_dir)
+    x = np.concatenate([preprocess_file(p, run.input) for p in paths])
+    with torch.no_grad():
+        return run.model(torch.from_numpy(x)).numpy()
+
+
+def _sabotage_head(src: Path, dst: Path) -> Path:
+    """Negate the classifier's weight matrix: a model that disagrees with FP32 on most images."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    last = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul")][-1]
+    inits = {i.name: i for i in model.graph.initializer}
+    weight = next(inits[name] for name in last.input if name in inits and len(inits[name].dims) == 2)
+    weight.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weight), weight.name))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))
+    return dst
+
+
+@pytest.fixture()
+def broken_ptq(monkeypatch):
+    """Make the (onnx, int8, ptq) quantizer produce a model that must fail the gate."""
+    import edgetl_onnx
+
+    def quantize(self, files, out_dir, calibration, options):
+        return [_sabotage_head(Path(files[0]), Path(out_dir) / "model.onnx")]
+
+    monkeypatch.setattr(edgetl_onnx.OnnxInt8Ptq, "quantize", quantize)
+
+
+@pytest.fixture()
+def broken_int8(monkeypatch):
+    """Both INT8 quantizers produce models that must fail the gate."""
+    import edgetl_onnx
+
+    def quantize(self, files, out_dir, calibration, options):
+        return [_sabotage_head(Path(files[0]), Path(out_dir) / "model.onnx")]
+
+    for cls in (edgetl_onnx.OnnxInt8Ptq, edgetl_onnx.OnnxInt8AccuracyAware):
+        monkeypatch.setattr(cls, "quantize", quantize)
+
+
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-4), ("fp16", 1e-2), ("int8", 0.1)])
+def test_round_trip_bundle_reproduces_torch_within_tolerance(tiny, tmp_path, precision, tol):
+    from edgetl.bundle_predictor import BundlePredictor
+    from edgetl.preprocess import preprocess_file
+
+    run_dir, data, key, pub = tiny
+    result = export_run(run_dir, _options(tmp_path, precision=precision, sign=key))
+    assert result.manifest["target"]["precision"] == precision
+    verify_bundle(result.bundle, [pub])
+    paths = sorted((data / "val").rglob("*.png"))[::4]
+    want = _torch_probs(run_dir, paths)
+    with BundlePredictor(result.bundle) as predictor:
+        got = np.concatenate([predictor.predict(preprocess_file(p, predictor.input)) for p in paths])
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() < tol
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+
+
+def test_auto_walks_the_chain_past_a_failing_gate_and_records_every_attempt(tiny, tmp_path, broken_ptq):
+    run_dir, *_ = tiny
+    result = export_run(run_dir, _options(tmp_path, precision="auto"))
+    attempts = result.manifest["export"]["attempts"]
+    assert [(a["precision"], a["method"]) for a in attempts] == [("int8", "ptq"), ("int8", "accuracy-aware")]
+    first, second = attempts
+    assert not first["passed"] and "agreement" in first["reason"] and first["agreement"] < 0.98
+    assert second["passed"] and second["agreement"] >= 0.98 and second["n"] == 32
+    assert result.manifest["target"]["method"] == "accuracy-aware"
+    assert "float_layers" in second["details"] and second["details"]["sensitivity"]
+
+
+def test_explicit_precision_failing_the_gate_fails_without_fallback(tiny, tmp_path, broken_int8):
+    run_dir, *_ = tiny
+    out = tmp_path / "never.edgetl"
+    runner = CliRunner()
+    res = runner.invoke(cli, ["export", str(run_dir), "--format", "onnx", "--precision", "int8",
+                              "--calib-count", "16", "--latency-runs", "0", "--out", str(out), "--json"])
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    assert doc["passed"] is False and doc["bundle"] is None
+    assert {a["method"] for a in doc["attempts"]} == {"ptq", "accuracy-aware"}  # both int8 methods tried
+    assert doc["attempts"][0]["agreement"] < 0.98 and doc["attempts"][0]["n"] == 32  # the numbers
+    assert "--precision int8 failed the gate" in res.stderr and "--fallback" in res.stderr
+    assert not out.exists()
+
+
+def test_explicit_precision_with_fallback_takes_the_next_step(tiny, tmp_path, broken_int8):
+    run_dir, *_ = tiny
+    with pytest.raises(GateFailedError):
+        export_run(run_dir, _options(tmp_path, precision="int8"))
+    result = export_run(run_dir, _options(tmp_path, precision="int8", fallback=True))
+    assert result.manifest["target"]["precision"] == "fp16"
+    assert [a["passed"] for a in result.attempts] == [False, False, True]
+
+
+def test_reference_set_reproduces_host_outputs_through_the_manifest_preprocessing(tiny, tmp_path):
+    from edgetl.bundle import load_runtime
+    from edgetl.reference import check_reference
+
+    run_dir, *_ = tiny
+    result = export_run(run_dir, _options(tmp_path, precision="fp32"))
+    with open_bundle(result.bundle) as b:
+        manifest = b.manifest
+    ref = manifest["reference"]
+    assert 16 <= ref["count"] <= 32
+    outputs = json.loads(open_bundle(result.bundle).read(ref["outputs"]))["images"]
+    assert {o["label"] for o in outputs} == {"defect", "good"}  # stratified
+    dest = extract_bundle(result.bundle, tmp_path / "x", 1 << 26)
+    runtime = load_runtime(dest, manifest)
+    report = check_reference(dest, manifest, runtime)
+    assert report["passed"] and report["n"] == ref["count"] and report["max_abs_diff"] < 1e-5
+    # the check is not vacuous: another preprocessing gives other outputs and fails it
+    other = {**manifest, "input": {**manifest["input"], "color": "BGR"}}
+    assert not check_reference(dest, other, runtime)["passed"]
+
+
+def test_failure_mid_export_leaves_no_bundle(tiny, tmp_path, monkeypatch):
+    import edgetl.host.bundle_build as bb
+
+    run_dir, *_ = tiny
+    out = tmp_path / "atomic.edgetl"
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full while writing")
+
+    monkeypatch.setattr(bb, "write_bundle", boom, raising=False)
+    monkeypatch.setattr("edgetl.bundle.write_bundle", boom)
+    with pytest.raises(RuntimeError):
+        export_run(run_dir, _options(tmp_path, precision="fp32", out=out))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_json_matches_schema_and_bundle_verify_reruns_the_reference(tiny, tmp_path):
+    import jsonschema
+
+    run_dir, _, key, pub = tiny
+    out = tmp_path / "cli.edgetl"
+    runner = CliRunner()
+    res = runner.invoke(cli, ["export", str(run_dir), "--format", "onnx", "--target",
+                              str(Path(__file__).resolve().parent.parent / "targets" / "x86-onnxruntime-cpu.yaml"),
+                              "--calib-count", "16", "--latency-runs", "2", "--sign", str(key),
+                              "--model-version", "v-test", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    jsonschema.validate(doc, json.loads((SCHEMAS / "export.schema.json").read_text()))
+    assert doc["model_version"] == "v-test" and doc["signed"] and "export" in res.stderr
+    manifest = open_bundle(out).manifest
+    assert manifest["target"]["profile"] == "x86-onnxruntime-cpu"
+    assert manifest["compat"]["host_cpu"]["flags"]
+    ver = runner.invoke(cli, ["bundle", "verify", str(out), "--trust", str(pub), "--json"])
+    assert ver.exit_code == 0, ver.output
+    assert json.loads(ver.stdout)["reference"]["status"] == "passed"
+
+
+def test_device_half_runs_a_bundle_without_torch(tiny, tmp_path):
+    run_dir, data, *_ = tiny
+    bundle = export_run(run_dir, _options(tmp_path, precision="int8")).bundle
+    image = sorted((data / "val").rglob("*.png"))[0]
+    code = ("import sys\n"
+            "for name in ('torch', 'timm', 'torchvision', 'onnx', 'onnxscript'):\n"
+            "    sys.modules[name] = None\n"
+            "from edgetl.bundle_predictor import BundlePredictor\n"
+            "from edgetl.preprocess import preprocess_file\n"
+            f"p = BundlePredictor({str(bundle)!r})\n"
+            f"out = p.predict(preprocess_file({str(image)!r}, p.input))\n"
+            "assert out.shape == (1, 2), out.shape\n"
+            "print(p.info()['runtime'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "onnxruntime"
+
+
+def test_dynamic_batch_export_accepts_any_batch(tiny, tmp_path):
+    from edgetl.bundle_predictor import BundlePredictor
+
+    run_dir, *_ = tiny
+    result = export_run(run_dir, _options(tmp_path, precision="fp32", dynamic_batch=True))
+    assert result.manifest["target"]["dynamic_batch"] is True
+    with BundlePredictor(result.bundle) as predictor:
+        assert predictor.runtime.fixed_batch is None
+        assert predictor.predict(np.zeros((5, 3, 48, 48), np.float32)).shape == (5, 2)
