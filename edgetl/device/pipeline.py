@@ -84,8 +84,8 @@ class Pipeline:
     """One running pipeline. ``predict(image_bgr, roi)`` returns a predict document, or None (no model)."""
 
     def __init__(self, config: PipelineConfig, predict: Callable[[np.ndarray, Any], dict | None],
-                 metrics: Any = None):
-        self.config, self.predict, self.metrics = config, predict, metrics
+                 metrics: Any = None, on_end: Callable[["Pipeline"], None] | None = None):
+        self.config, self.predict, self.metrics, self.on_end = config, predict, metrics, on_end
         self.state, self.error = "starting", None
         self.frames = self.dropped = self.reconnects = self.sink_errors = self.skipped = 0
         self._times: collections.deque[float] = collections.deque(maxlen=30)
@@ -260,6 +260,8 @@ class Pipeline:
             self._close_all()
             if self.metrics is not None:
                 self.metrics.pipeline_fps.set(0)
+            if self.on_end is not None:
+                self.on_end(self)
 
     def _close_all(self) -> None:
         for writer in getattr(self, "_writers", []):

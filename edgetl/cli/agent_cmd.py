@@ -1,0 +1,45 @@
+"""``edgetl agent serve``: the device agent (FastAPI + uvicorn, no torch)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group("agent")
+def agent_group() -> None:
+    """Run the device agent."""
+
+
+@agent_group.command("serve")
+@click.option("--state-dir", required=True, type=click.Path(file_okay=False),
+              help="Where models, the journal and the pipeline config live (created if missing).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8470, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--token-file", required=True, type=click.Path(dir_okay=False),
+              help="File whose first line is the bearer token clients must send.")
+@click.option("--trust", "trust", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Public key (KEY.pub) whose signatures are accepted; repeat for several.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="TLS certificate (PEM).")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="TLS private key (PEM).")
+@click.option("--max-bundle-mb", default=512.0, show_default=True, type=click.FloatRange(min=1),
+              help="Largest bundle accepted (upload and unpacked size), in MiB.")
+@click.option("--autostart", is_flag=True, help="Start the saved pipeline at boot even if it was stopped.")
+@click.option("--insecure-http", is_flag=True, help="Allow a bind beyond loopback without TLS.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve_cmd(state_dir, host, port, token_file, trust, tls_cert, tls_key, max_bundle_mb, autostart,
+              insecure_http, log_level) -> None:
+    """Serve the agent API: install signed bundles, predict, run the camera pipeline.
+
+    \b
+      edgetl agent serve --state-dir /var/lib/edgetl --token-file /etc/edgetl/token \\
+          --trust /etc/edgetl/release.pub --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
+    """
+    import logging
+
+    from edgetl.device.server import serve
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(state_dir=state_dir, host=host, port=port, token_file=token_file, trust=list(trust), tls_cert=tls_cert,
+          tls_key=tls_key, max_bundle_mb=max_bundle_mb, autostart=autostart, insecure_http=insecure_http,
+          log_level=log_level)

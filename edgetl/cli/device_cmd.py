@@ -1,0 +1,72 @@
+"""``edgetl device info|rollback``: ask one agent what it runs, or roll it back."""
+
+from __future__ import annotations
+
+import click
+
+from edgetl.cli.common import emit_json, json_option
+
+device_options = [
+    click.option("--device", "device_url", required=True, help="The agent's URL, e.g. https://cam1:8470."),
+    click.option("--token-file", required=True, type=click.Path(dir_okay=False), help="File holding the token."),
+    click.option("--ca", type=click.Path(dir_okay=False), help="CA certificate (PEM) for the device's own CA."),
+    json_option,
+]
+
+
+def _with_options(func):
+    for option in reversed(device_options):
+        func = option(func)
+    return func
+
+
+def _client(device_url: str, token_file: str, ca: str | None):
+    from edgetl.deploy.client import DeviceClient
+    from edgetl.device.server import read_token
+
+    return DeviceClient(device_url, read_token(token_file), ca=ca)
+
+
+@click.group("device")
+def device_group() -> None:
+    """Query or roll back a device."""
+
+
+@device_group.command("info")
+@_with_options
+def info_cmd(device_url, token_file, ca, as_json) -> None:
+    """Device facts, runtimes and the current/previous model."""
+    with _client(device_url, token_file, ca) as client:
+        doc = client.info()
+    if as_json:
+        emit_json(doc)
+        return
+    dev = doc["device"]
+    click.echo(f"device    {dev['arch']}, {dev['os'].get('pretty_name') or dev['os'].get('system')}, "
+               f"Python {dev['python']}, edgetl {dev['edgetl']}")
+    click.echo(f"cpu       {dev['cpu'].get('model')} ({dev['cpu'].get('cores')} cores; "
+               f"{' '.join(dev['cpu'].get('flags') or []) or 'no INT8 ISA flags'})")
+    for gpu in dev.get("gpus") or []:
+        click.echo(f"gpu       {gpu.get('name')}")
+    for name, rt in dev["runtimes"].items():
+        state = "available" if rt["available"] else f"missing {', '.join(rt['missing'])} (edgetl[{rt['extra']}])"
+        click.echo(f"runtime   {name}: {state}")
+    for key in ("current", "previous"):
+        m = doc.get(key)
+        click.echo(f"{key:<9} " + (f"{m['model_version']} ({m['target']['format']} {m['target']['precision']}, "
+                                    f"{m['task']}: {', '.join(m['labels'])})" if m else "(none)"))
+    serving = doc.get("serving")
+    if serving and serving.get("threshold") is not None:
+        click.echo(f"threshold {serving['threshold']}")
+
+
+@device_group.command("rollback")
+@_with_options
+def rollback_cmd(device_url, token_file, ca, as_json) -> None:
+    """Swap the current and previous model (a second rollback returns)."""
+    with _client(device_url, token_file, ca) as client:
+        doc = client.rollback()
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(f"rolled back: {doc.get('from')} -> {doc.get('to')}")

@@ -1,0 +1,243 @@
+"""The agent: one model per state directory, its installer, pipeline and metrics (no torch).
+
+Everything the HTTP layer (:mod:`edgetl.device.app`) calls lives here, so the
+behaviour can be driven and tested without a server. Predictions read
+``self.model`` once per request: an install or rollback swaps that reference
+under a lock, so requests in flight finish on the model they started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl.device.install import Installer
+from edgetl.device.journal import Journal
+from edgetl.device.metrics import Metrics
+from edgetl.device.model import DeviceModel
+from edgetl.device.state import StateDir, atomic_write_json, read_json
+from edgetl.errors import ConfigError, EdgetlError
+
+log = logging.getLogger("edgetl.agent")
+
+
+class NoModelError(EdgetlError):
+    """No model is installed yet (HTTP 503)."""
+
+
+class ConflictError(EdgetlError):
+    """The request cannot apply in the current state (HTTP 409), e.g. rollback without a previous model."""
+
+
+class Agent:
+    """State, model, installer and pipeline of one device agent.
+
+    Args:
+        state_dir: where everything persistent lives (created if missing).
+        trusted: public key files; a bundle installs only if one of them signed it.
+        max_bundle_mb: cap on the upload and on the extracted size, in MiB.
+        autostart: start the saved pipeline at boot even if it was stopped.
+        strict_int8: refuse (not just warn about) INT8 bundles made for CPU features this CPU lacks.
+    """
+
+    def __init__(self, state_dir: str | Path, trusted: list[str | Path], max_bundle_mb: float = 512,
+                 autostart: bool = False, strict_int8: bool = False):
+        from edgetl.keys import load_public_key
+
+        if not trusted:
+            raise ConfigError("agent: at least one --trust KEY.pub is required (only signed bundles install)")
+        self.trusted_keys = [load_public_key(Path(p)) for p in trusted]
+        self.trusted_paths = [str(p) for p in trusted]
+        self.state = StateDir(state_dir)
+        self.journal = Journal(self.state.journal_path)
+        self.metrics = Metrics()
+        self.max_bundle_bytes = int(max_bundle_mb * 1024 * 1024)
+        self.autostart, self.strict_int8 = autostart, strict_int8
+        self.installer = Installer(self)
+        self.model: DeviceModel | None = None
+        self.pipeline = None
+        self._switch = threading.Lock()
+        self._pipeline_lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------
+    def startup(self) -> dict[str, Any]:
+        """Recover interrupted installs, load the current model, resume the pipeline."""
+        recovered = self.installer.recover()
+        pointer = self.state.pointer()
+        if pointer["current"]:
+            try:
+                self.model = self._load(pointer["current"])
+            except Exception as exc:  # the current model no longer loads: serve the previous one
+                log.error("current model %s does not load (%s)", pointer["current"], exc)
+                if not pointer["previous"]:
+                    raise
+                self.model = self._load(pointer["previous"])
+                self.state.set_pointer(pointer["previous"], pointer["current"])
+                self.journal.append(event="rollback", reason=f"current model failed to load: {exc}")
+        self.metrics.set_model(self.model.name if self.model else None)
+        self._resume_pipeline()
+        return {"recovered": recovered, "model": self.model.name if self.model else None}
+
+    def shutdown(self) -> None:
+        with self._pipeline_lock:
+            if self.pipeline is not None:
+                self.pipeline.stop()
+        if self.model is not None:
+            self.model.close()
+
+    def _threshold_override(self, install_id: str) -> float | None:
+        doc = read_json(self.state.threshold_path, None)
+        if doc and doc.get("install_id") == install_id:
+            return float(doc["threshold"])
+        return None
+
+    def _load(self, install_id: str) -> DeviceModel:
+        return DeviceModel.load(install_id, self.state.model_dir(install_id), self.state.engines_dir,
+                                threshold=self._threshold_override(install_id))
+
+    # -- model changes -------------------------------------------------------------
+    def switch_to(self, install_id: str, staging: Path, model: DeviceModel, crash_hook=None) -> dict[str, Any]:
+        """The install's last step: move the staged model in place and point ``current`` at it."""
+        with self._switch:
+            old = self.state.pointer()["current"]
+            staging.rename(self.state.model_dir(install_id))
+            self.state.set_pointer(install_id, old)
+            if crash_hook is not None:
+                crash_hook("switched")
+            previous_model, self.model = self.model, model
+            self.state.prune({i for i in (install_id, old) if i})
+            self.metrics.set_model(model.name)
+        if previous_model is not None:
+            previous_model.close()
+        old_manifest = self.state.manifest(old)
+        return {"from": old_manifest["model_version"] if old_manifest else None, "to": model.name,
+                "previous_kept": bool(old)}
+
+    def rollback(self) -> dict[str, Any]:
+        """Swap current and previous (a second rollback returns); ConflictError without a previous."""
+        with self._switch:
+            pointer = self.state.pointer()
+            if not pointer["previous"]:
+                raise ConflictError("no previous model to roll back to")
+            model = self._load(pointer["previous"])
+            self.state.set_pointer(pointer["previous"], pointer["current"])
+            old, self.model = self.model, model
+            self.journal.append(event="rollback", **{"from": pointer["current"], "to": pointer["previous"]})
+            self.metrics.rollbacks.inc()
+            self.metrics.set_model(model.name)
+        if old is not None:
+            old.close()
+        return {"from": old.name if old else None, "to": model.name}
+
+    def set_threshold(self, value: float) -> dict[str, Any]:
+        """Change the operating threshold of the current model (journaled; reset by the next install)."""
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
+            raise ConfigError(f"threshold: expected a number in [0, 1], got {value!r}")
+        with self._switch:
+            model = self.model
+            if model is None:
+                raise NoModelError("no model installed")
+            old = model.threshold
+            atomic_write_json(self.state.threshold_path, {"install_id": model.install_id, "threshold": float(value)})
+            model.threshold = float(value)
+            self.journal.append(event="threshold", install_id=model.install_id, old=old, new=float(value))
+        return {"model": model.name, "threshold": float(value), "previous_threshold": old}
+
+    # -- predictions ------------------------------------------------------------------
+    def predict_image(self, image_bgr: np.ndarray, roi: tuple | None = None, origin: str = "api") -> dict[str, Any]:
+        """The predict document for one decoded image (NoModelError if none is installed)."""
+        from dataclasses import replace
+
+        from edgetl.predictor import predict_document
+
+        model = self.model
+        if model is None:
+            raise NoModelError("no model installed; deploy a bundle first")
+        predictor = model
+        if roi is not None:
+            predictor = _WithInput(model, replace(model.input, roi=tuple(roi)))
+        doc = predict_document(predictor, image_bgr)
+        self.metrics.observe_prediction(doc, image_bgr, origin)
+        return doc
+
+    # -- info ---------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        from edgetl.device.facts import device_facts
+
+        pointer = self.state.pointer()
+        model = self.model
+        return {"device": device_facts(), "current": self.state.manifest(pointer["current"]),
+                "previous": self.state.manifest(pointer["previous"]),
+                "serving": {"model": model.name, "install_id": model.install_id, "threshold": model.threshold,
+                            "runtime": model.runtime.info()} if model else None,
+                "trusted_keys": self._trusted_ids(), "max_bundle_bytes": self.max_bundle_bytes}
+
+    def _trusted_ids(self) -> list[str]:
+        from edgetl.keys import key_id
+
+        return [key_id(k) for k in self.trusted_keys]
+
+    # -- pipeline -------------------------------------------------------------------------
+    def pipeline_status(self) -> dict[str, Any]:
+        saved = read_json(self.state.pipeline_path, None) or {}
+        live = self.pipeline.status() if self.pipeline is not None else None
+        return {"running": bool(live and live["state"] in ("running", "reconnecting")),
+                "status": live, "saved": saved.get("config"), "autostart": self.autostart}
+
+    def start_pipeline(self, doc: dict[str, Any], strict: bool = True) -> dict[str, Any]:
+        from edgetl.device.pipeline import Pipeline, PipelineConfig
+
+        config = PipelineConfig.from_dict(doc)
+        with self._pipeline_lock:
+            if self.pipeline is not None:
+                self.pipeline.stop()
+            pipeline = Pipeline(config, self._pipeline_predict, self.metrics, on_end=self._pipeline_ended)
+            pipeline.start(strict=strict)
+            self.pipeline = pipeline
+            atomic_write_json(self.state.pipeline_path, {"running": True, "config": config.to_dict()})
+        return self.pipeline_status()
+
+    def stop_pipeline(self) -> dict[str, Any]:
+        with self._pipeline_lock:
+            if self.pipeline is not None:
+                self.pipeline.stop()
+            saved = read_json(self.state.pipeline_path, None) or {}
+            atomic_write_json(self.state.pipeline_path, {"running": False, "config": saved.get("config")})
+        return self.pipeline_status()
+
+    def _pipeline_ended(self, pipeline: Any) -> None:
+        """A replay that ran to its end is not resumed at the next start."""
+        if pipeline.state in ("finished", "error") and pipeline is self.pipeline:
+            atomic_write_json(self.state.pipeline_path, {"running": False, "config": pipeline.config.to_dict(),
+                                                         "ended": pipeline.state})
+
+    def _pipeline_predict(self, image_bgr: np.ndarray, roi: tuple | None) -> dict[str, Any] | None:
+        try:
+            return self.predict_image(image_bgr, roi, origin="pipeline")
+        except NoModelError:
+            return None
+
+    def _resume_pipeline(self) -> None:
+        saved = read_json(self.state.pipeline_path, None) or {}
+        if saved.get("config") and (saved.get("running") or self.autostart):
+            try:
+                self.start_pipeline(saved["config"], strict=False)
+                log.info("pipeline resumed: %s", saved["config"]["source"])
+            except EdgetlError as exc:
+                log.error("saved pipeline not resumed: %s", exc)
+
+
+class _WithInput:
+    """A predictor view with another InputSpec (the pipeline's ROI), same model and threshold."""
+
+    def __init__(self, model: DeviceModel, spec: Any):
+        self._model, self.input = model, spec
+        self.name, self.labels, self.task = model.name, model.labels, model.task
+        self.threshold, self.positive = model.threshold, model.positive
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self._model.predict(batch)

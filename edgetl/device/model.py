@@ -1,0 +1,79 @@
+"""The model an agent serves: an installed bundle's runtime behind the Predictor protocol.
+
+It satisfies :class:`edgetl.predictor.Predictor`, so the agent's answers come
+from the same :func:`edgetl.predictor.predict_document` as ``edgetl predict``
+(same threshold rule, same tile aggregation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl.api import InputSpec
+
+
+@dataclass
+class DeviceModel:
+    """One loaded model.
+
+    Attributes:
+        install_id: the install that put it on this device (its folder under models/).
+        manifest: the bundle's manifest.
+        runtime: the target's :class:`edgetl.api.Runtime`.
+        threshold: the operating point in force (the manifest's, or one set by PATCH).
+    """
+
+    install_id: str
+    manifest: dict[str, Any]
+    runtime: Any
+    threshold: float | None = None
+    input: InputSpec = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.input = InputSpec.from_dict(self.manifest["input"])
+        if self.threshold is None:
+            self.threshold = self.manifest.get("threshold")
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["model_version"])
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    @property
+    def task(self) -> str:
+        return str(self.manifest["task"])
+
+    @property
+    def positive(self) -> str | None:
+        return self.manifest.get("positive")
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) float32 normalised -> the runtime's output (N, K), or (N,) anomaly scores."""
+        return self.runtime.predict(batch)
+
+    def close(self) -> None:
+        self.runtime.close()
+
+    @classmethod
+    def load(cls, install_id: str, folder: Path, engines_dir: Path | None = None,
+             threshold: float | None = None, progress: Any = None) -> "DeviceModel":
+        """Load an extracted bundle from ``folder`` (its manifest.json and model files)."""
+        import json
+
+        from edgetl.bundle import load_runtime
+
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        options: dict[str, Any] = {}
+        if engines_dir is not None:
+            options["cache_dir"] = str(engines_dir)
+        if progress is not None:
+            options["progress"] = progress
+        runtime = load_runtime(folder, manifest, options)
+        return cls(install_id=install_id, manifest=manifest, runtime=runtime, threshold=threshold)

@@ -1,0 +1,104 @@
+"""Request and response models of the agent API: the OpenAPI document is generated from them.
+
+Documents that carry manifests or reports stay open (``extra="allow"``): their
+own shapes are defined by the bundle schema (docs/schemas/manifest.schema.json)
+and the install stages.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDoc(BaseModel):
+    error: str = Field(description="one line saying what went wrong and what to do")
+
+
+class HealthDoc(BaseModel):
+    status: Literal["ok"]
+
+
+class InfoDoc(_Open):
+    device: dict[str, Any] = Field(description="arch, os, python, cpu, gpus, versions, runtimes")
+    current: dict[str, Any] | None = Field(description="the serving bundle's manifest")
+    previous: dict[str, Any] | None = Field(description="the manifest kept for rollback")
+    serving: dict[str, Any] | None
+    trusted_keys: list[str]
+    max_bundle_bytes: int
+
+
+class InstallAccepted(BaseModel):
+    install_id: str
+    status_url: str
+
+
+class StageDoc(_Open):
+    stage: str
+    status: str
+    seconds: float | None = None
+
+
+class InstallStatusDoc(_Open):
+    install_id: str
+    status: Literal["receiving", "running", "installed", "failed"]
+    stage: str | None
+    progress: float = Field(ge=0, le=1)
+    stages: list[StageDoc]
+    report: dict[str, Any] = Field(description="verify, signature, compatibility, runtime, reference, switch")
+    error: str | None
+    started: float
+    finished: float | None
+
+
+class RollbackDoc(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: str | None = Field(alias="from")
+    to: str
+
+
+class ThresholdRequest(BaseModel):
+    threshold: float = Field(ge=0, le=1)
+
+
+class ThresholdDoc(BaseModel):
+    model: str
+    threshold: float
+    previous_threshold: float | None
+
+
+class PredictDoc(_Open):
+    label: str
+    scores: dict[str, float]
+    latency_ms: float
+    model: str
+    anomaly_score: float | None = None
+    threshold: float | None = None
+    heatmap_png: str | None = Field(default=None, description="base64 PNG, anomaly models, ?heatmap=true")
+
+
+class SinkSpec(BaseModel):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineRequest(BaseModel):
+    action: Literal["start", "stop"] = "start"
+    source: str | None = None
+    source_options: dict[str, Any] = Field(default_factory=dict)
+    sinks: list[SinkSpec] = Field(default_factory=list)
+    fps_limit: float | None = Field(default=None, gt=0)
+    roi: list[int] | None = Field(default=None, min_length=4, max_length=4)
+
+
+class PipelineStatusDoc(_Open):
+    running: bool
+    status: dict[str, Any] | None
+    saved: dict[str, Any] | None
+    autostart: bool

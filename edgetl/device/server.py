@@ -1,0 +1,68 @@
+"""Run the agent under uvicorn: bind checks, TLS, the token file, graceful stop."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+
+from edgetl.errors import ConfigError, UsageError
+
+log = logging.getLogger("edgetl.agent")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(path: str | Path) -> str:
+    """The token on the file's first line, whitespace stripped; a missing or empty file is an error."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the token file ({exc.strerror or exc})") from None
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise ConfigError(f"{path}: the token file is empty (expected the token on its first line)")
+    return token
+
+
+def check_bind(host: str, tls: bool, insecure_http: bool) -> None:
+    """Refuse a bind beyond loopback without TLS, unless --insecure-http says the user means it."""
+    if not is_loopback(host) and not tls and not insecure_http:
+        raise UsageError(f"refusing to listen on {host} without TLS: give --tls-cert and --tls-key, "
+                         "or --insecure-http if the network is trusted")
+
+
+def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str], tls_cert: str | None,
+          tls_key: str | None, max_bundle_mb: float, autostart: bool, insecure_http: bool,
+          log_level: str = "info") -> None:
+    """Start the agent and serve until interrupted (SIGINT/SIGTERM)."""
+    import uvicorn
+
+    from edgetl.device.agent import Agent
+    from edgetl.device.app import create_app
+
+    if bool(tls_cert) != bool(tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    for name, value in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{name} {value}: file not found")
+    check_bind(host, bool(tls_cert), insecure_http)
+    token = read_token(token_file)
+    agent = Agent(state_dir, trust, max_bundle_mb=max_bundle_mb, autostart=autostart)
+    started = agent.startup()
+    log.info("agent ready: model %s, state %s", started["model"] or "none", state_dir)
+    app = create_app(agent, token)
+    config = uvicorn.Config(app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
+                            log_level=log_level, access_log=False, server_header=False)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        agent.shutdown()
