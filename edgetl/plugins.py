@@ -35,6 +35,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "edgetl_camera",
     "edgetl_sinks",
     "edgetl_onnx",
+    "edgetl_strategies",
 )
 
 ENTRY_POINT_GROUP = "edgetl"

@@ -14,6 +14,7 @@ from edgetl.cli.deploy_cmd import deploy_command
 from edgetl.cli.device_cmd import device_group
 from edgetl.cli.keys_cmd import keys_group
 from edgetl.cli.plugins_cmd import plugins_group
+from edgetl.cli.train_cmd import eval_command, predict_command, train_command
 from edgetl.errors import NotImplementedYet
 
 
@@ -29,9 +30,9 @@ def _placeholder(name: str, summary: str) -> click.Command:
 COMMANDS: list[click.Command] = [
     plugins_group,
     _placeholder("data", "Materialise and inspect datasets"),
-    _placeholder("train", "Adapt a pretrained backbone to your images"),
-    _placeholder("eval", "Evaluate a run or bundle on a labelled folder"),
-    _placeholder("predict", "Predict images with a run or bundle"),
+    train_command,
+    eval_command,
+    predict_command,
     _placeholder("export", "Export a run to a signed bundle"),
     bundle_group,
     keys_group,

@@ -12,12 +12,36 @@ import torch
 from torch import nn
 
 
+TTA_VIEWS = ("hflip", "vflip", "rot180")
+
+
+def flip_view(x: torch.Tensor, view: str) -> torch.Tensor:
+    """One test-time view of a (N, 3, H, W) batch; flips are exact on normalised tensors."""
+    if view == "hflip":
+        return torch.flip(x, dims=(3,))
+    if view == "vflip":
+        return torch.flip(x, dims=(2,))
+    if view == "rot180":
+        return torch.flip(x, dims=(2, 3))
+    raise ValueError(f"unknown test-time view {view!r} (known: {', '.join(TTA_VIEWS)})")
+
+
 class ClassifierModel(nn.Module):
-    """(N, 3, H, W) normalised -> (N, K) probabilities (softmax of ``logits``)."""
+    """(N, 3, H, W) normalised -> (N, K) probabilities (softmax of ``logits``).
+
+    ``tta`` (e.g. ``("hflip", "vflip")``) makes ``forward`` average the
+    probabilities of the identity view and those flips, inside the module, so
+    the exported graph and the device compute exactly what was evaluated.
+    ``logits`` (training) always uses the single identity view.
+    """
 
     def __init__(self, features: nn.Module, feature_dim: int, num_classes: int,
-                 dropout: float = 0.2, hidden: int | None = None):
+                 dropout: float = 0.2, hidden: int | None = None, tta: tuple[str, ...] | list[str] = ()):
         super().__init__()
+        for view in tta:
+            if view not in TTA_VIEWS:
+                raise ValueError(f"unknown test-time view {view!r} (known: {', '.join(TTA_VIEWS)})")
+        self.tta = tuple(tta)
         self.features = features
         layers: list[nn.Module] = [nn.Dropout(dropout)]
         if hidden:
@@ -26,18 +50,25 @@ class ClassifierModel(nn.Module):
         layers.append(nn.Linear(feature_dim, num_classes))
         self.head = nn.Sequential(*layers)
         self.head_spec = {"feature_dim": int(feature_dim if not hidden else self.head[1].in_features),
-                          "num_classes": num_classes, "dropout": dropout, "hidden": hidden}
+                          "num_classes": num_classes, "dropout": dropout, "hidden": hidden,
+                          "tta": list(self.tta)}
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(x), dim=1)
+        probs = torch.softmax(self.logits(x), dim=1)
+        if not self.tta:
+            return probs
+        for view in self.tta:
+            probs = probs + torch.softmax(self.logits(flip_view(x, view)), dim=1)
+        return probs / (1 + len(self.tta))
 
 
 def build_classifier(backbone: Any, num_classes: int, *, pretrained: bool = True,
                      weights: str | None = None, dropout: float = 0.2,
-                     hidden: int | None = None) -> ClassifierModel:
+                     hidden: int | None = None, tta: tuple[str, ...] = ()) -> ClassifierModel:
     """Build backbone ``backbone`` (a :class:`edgetl.api.Backbone`) with a fresh head."""
     features = backbone.build(pretrained=pretrained, weights=weights)
-    return ClassifierModel(features, backbone.feature_dim, num_classes, dropout=dropout, hidden=hidden)
+    return ClassifierModel(features, backbone.feature_dim, num_classes, dropout=dropout, hidden=hidden,
+                           tta=tta)

@@ -88,7 +88,7 @@ def load_run(run_dir: str | Path) -> Run:
     head = payload["head"]
     features = backbone.build(pretrained=False)
     model = ClassifierModel(features, head["feature_dim"], head["num_classes"],
-                            dropout=head["dropout"], hidden=head["hidden"])
+                            dropout=head["dropout"], hidden=head["hidden"], tta=tuple(head.get("tta") or ()))
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return Run(dir=run_dir, name=payload["name"], model=model, task=payload["task"],

@@ -1,0 +1,154 @@
+"""Optimiser, learning-rate schedule, loss and class weights of the training loop.
+
+Learning rates per layer group: the head trains at ``train.lr``; each backbone
+group below it at ``lr * decay**depth`` (depth 1 = the group next to the
+head), the discriminative rates of ULMFiT. Frozen groups stay in the optimiser
+with ``requires_grad = False`` (AdamW/SGD skip parameters without gradients),
+so unfreezing later (progressive) never rebuilds the optimiser.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from edgetl.errors import ConfigError
+
+
+def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> np.ndarray | None:
+    """Per-class loss weights (K,), normalised so the average weight over the training set is 1.
+
+    ``balanced``: 1 / n_c; ``sqrt``: 1 / sqrt(n_c) (milder, often better on ELPV);
+    ``none``: None.
+    """
+    if mode == "none":
+        return None
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_classes).astype(np.float64)
+    safe = np.maximum(counts, 1)
+    w = 1.0 / safe if mode == "balanced" else 1.0 / np.sqrt(safe)
+    w = w / (float((counts * w).sum()) / max(counts.sum(), 1))
+    return w
+
+
+def soft_targets(y: Any, num_classes: int, smoothing: float) -> Any:
+    """One-hot (or already soft, from mixup) targets (N, K), label-smoothed."""
+    import torch
+
+    if y.ndim == 1:
+        y = torch.nn.functional.one_hot(y.long(), num_classes).float()
+    if smoothing:
+        y = y * (1 - smoothing) + smoothing / num_classes
+    return y
+
+
+def loss_sum(logits: Any, target: Any, weights: Any | None) -> Any:
+    """Sum over the batch of (class-weighted) soft-target cross-entropy; the caller divides.
+
+    Dividing by the *global* batch size (not this rank's) keeps DDP's gradient
+    average equal to the single-process gradient.
+    """
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=1)
+    per = -(target * logp).sum(dim=1)
+    if weights is not None:
+        per = per * (target @ weights)
+    return per.sum()
+
+
+def param_groups(model: Any, backbone_groups: list[Any], lr: float, decay: float,
+                 weight_decay: float) -> list[dict[str, Any]]:
+    """Optimiser groups: ``head`` at ``lr``, then backbone groups from the top down.
+
+    Args:
+        model: a :class:`edgetl.host.model.ClassifierModel`.
+        backbone_groups: ``Backbone.layer_groups(model.features)``, stem first.
+        lr: the head's learning rate.
+        decay: factor per group toward the stem (1.0 = one rate for all).
+
+    Returns:
+        ``[{"name": "head", ...}, {"name": "group{i}", "depth": d, ...}, ...]``,
+        each with ``params``, ``lr``, ``initial_lr`` and ``weight_decay``.
+        Feature parameters in no group (rare) join the stem group.
+    """
+    groups: list[dict[str, Any]] = [{"name": "head", "depth": 0, "index": len(backbone_groups),
+                                     "params": list(model.head.parameters())}]
+    seen: set[int] = set()
+    n = len(backbone_groups)
+    for i in reversed(range(n)):
+        params = [p for p in backbone_groups[i].parameters() if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        groups.append({"name": f"group{i}", "depth": n - i, "index": i, "params": params})
+    rest = [p for p in model.features.parameters() if id(p) not in seen]
+    if rest:
+        groups[-1]["params"] = groups[-1]["params"] + rest
+    for g in groups:
+        g["lr"] = g["initial_lr"] = lr * decay ** g["depth"]
+        g["weight_decay"] = weight_decay
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float, weight_decay: float) -> Any:
+    import torch
+
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    raise ConfigError(f"train.optimizer: unknown optimiser '{name}' (expected adamw or sgd)")
+
+
+class Schedule:
+    """Learning-rate factor per step: linear warmup, then cosine to 0, constant, or plateau steps.
+
+    Built on ``torch.optim.lr_scheduler.LambdaLR``; ``plateau`` multiplies the
+    factor by 0.1 after ``patience`` epochs without a better validation metric
+    (the same rule as ``ReduceLROnPlateau``, kept here so it composes with warmup).
+    """
+
+    def __init__(self, optimizer: Any, kind: str, warmup_epochs: float, epochs: int, steps_per_epoch: int,
+                 patience: int = 3):
+        import torch
+
+        self.kind, self.patience = kind, patience
+        self.warmup = max(0, int(round(warmup_epochs * steps_per_epoch)))
+        self.total = max(1, epochs * steps_per_epoch)
+        self.plateau_mult = 1.0
+        self._best: float | None = None
+        self._bad = 0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.factor)
+
+    def factor(self, step: int) -> float:
+        warm = (step + 1) / self.warmup if self.warmup and step < self.warmup else 1.0
+        if self.kind == "cosine":
+            progress = min(1.0, max(0, step - self.warmup) / max(1, self.total - self.warmup))
+            return warm * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.kind == "plateau":
+            return warm * self.plateau_mult
+        return warm
+
+    def step(self) -> None:
+        self.scheduler.step()
+
+    def epoch_end(self, value: float, higher_is_better: bool) -> None:
+        """Plateau bookkeeping with the epoch's validation metric."""
+        if self.kind != "plateau":
+            return
+        better = self._best is None or (value > self._best if higher_is_better else value < self._best)
+        if better:
+            self._best, self._bad = value, 0
+            return
+        self._bad += 1
+        if self._bad >= self.patience:
+            self.plateau_mult *= 0.1
+            self._bad = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler.state_dict(), "plateau_mult": self.plateau_mult,
+                "best": self._best, "bad": self._bad}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.plateau_mult, self._best, self._bad = state["plateau_mult"], state["best"], state["bad"]

@@ -1,0 +1,109 @@
+"""The run's data: train/val(/test) splits as datasets plus what the loop needs beside them.
+
+A :class:`Split` is a dataset (``len``/``[]`` go to the augmented dataset) that
+also carries the un-augmented view (``plain``: validation, feature caching),
+the integer labels (class weights, metrics) and the file paths (reports).
+Selection uses ``val`` only; ``test`` is evaluated once, at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl.api import InputSpec
+from edgetl.errors import DataError
+
+
+@dataclass
+class Split:
+    """One split: ``dataset`` (augmented for train), ``plain`` (never augmented), labels (N,), paths."""
+
+    name: str
+    dataset: Any
+    plain: Any
+    labels: np.ndarray
+    paths: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[i]
+
+
+@dataclass
+class RunData:
+    train: Split
+    val: Split
+    test: Split | None
+    classes: list[str]
+    skipped: list[str]
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held_out): ``fraction`` of every class held out (at least one when a class has ≥ 2)."""
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        n_held = int(round(fraction * len(idx)))
+        if len(idx) >= 2:
+            n_held = min(max(n_held, 1), len(idx) - 1)
+        held.extend(idx[:n_held])
+        keep.extend(idx[n_held:])
+    return np.sort(np.asarray(keep, dtype=int)), np.sort(np.asarray(held, dtype=int))
+
+
+def _load(path: str, what: str, skip_bad: bool, skipped: list[str], classes: list[str] | None = None) -> Any:
+    from edgetl.data.folder import check_images, load_split
+
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"{what}: {root}: no such directory (expected an image folder with one "
+                        "sub-folder per class, or a .csv manifest)")
+    samples = check_images(load_split(root, classes=classes), skip_bad=skip_bad)
+    skipped.extend(str(p) for p in samples.skipped)
+    return samples
+
+
+def _split(name: str, items: list[Any], classes: list[str], spec: InputSpec, augment: list[str],
+           train: bool, seed: int) -> Split:
+    from edgetl.data.folder import Samples
+    from edgetl.host.data import ImageDataset
+
+    samples = Samples(items=list(items), classes=list(classes))
+    geometric = [a for a in augment if a not in ("mixup", "cutmix")]
+    plain = ImageDataset(samples, spec, augment=[], train=False, seed=seed)
+    dataset = ImageDataset(samples, spec, augment=geometric, train=True, seed=seed) if train and geometric else plain
+    labels = np.asarray([s.label for s in items], dtype=int)
+    return Split(name, dataset, plain, labels, [Path(s.path) for s in items])
+
+
+def load_run_data(config: Any, spec: InputSpec, skip_bad: bool = False) -> RunData:
+    """Train, val (folder or stratified ``val_split``) and optional test splits of a run config."""
+    data, seed = config.data, config.train.seed
+    skipped: list[str] = []
+    train = _load(data.train, "data.train", skip_bad, skipped)
+    classes = list(train.classes)
+    if len(classes) < 2:
+        raise DataError(f"data.train: {data.train}: found {len(classes)} class folder(s), need at least 2")
+    train_items = list(train.items)
+    if data.val:
+        val_items = list(_load(data.val, "data.val", skip_bad, skipped, classes).items)
+    else:
+        fraction = data.val_split or 0.15
+        labels = np.asarray([s.label for s in train_items])
+        keep, held = stratified_split(labels, fraction, seed)
+        val_items = [train_items[i] for i in held]
+        train_items = [train_items[i] for i in keep]
+    test_items = list(_load(data.test, "data.test", skip_bad, skipped, classes).items) if data.test else None
+    return RunData(
+        train=_split("train", train_items, classes, spec, config.augment, True, seed),
+        val=_split("val", val_items, classes, spec, [], False, seed),
+        test=_split("test", test_items, classes, spec, [], False, seed) if test_items else None,
+        classes=classes, skipped=skipped)

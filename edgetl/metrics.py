@@ -1,0 +1,190 @@
+"""Classification metrics and the operating point, in numpy only (no torch, no sklearn).
+
+The host's ``edgetl eval``, the export gate and the device agent all compute the
+same evaluation document from (labels, probabilities), so it lives here, light
+enough for a device that has neither torch nor scikit-learn.
+
+The document (DESIGN.md, ``eval``)::
+
+    {accuracy, balanced_accuracy, per_class: {label: {precision, recall, f1, support}},
+     confusion_matrix, labels, roc_auc, threshold, recall_at_threshold,
+     false_reject_rate, n}
+
+Every figure is a fraction in [0, 1]. ``confusion_matrix[i][j]`` counts images
+of true class ``labels[i]`` predicted as ``labels[j]``.
+
+The operating point: a stored ``threshold`` applies to the ``positive`` class
+(e.g. ``defect``): an image is that class when its probability is at least the
+threshold, otherwise the most probable of the other classes. Without a
+threshold the decision is the argmax.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+DEFECT_NAMES = ("defect", "anomaly", "bad", "ng", "reject")
+
+
+def positive_index(labels: Sequence[str], positive: str | None) -> int | None:
+    """Index of the class whose recall is reported: the stored one, else a defect-like name."""
+    if positive is not None:
+        return list(labels).index(positive) if positive in labels else None
+    for name in DEFECT_NAMES:
+        if name in labels:
+            return list(labels).index(name)
+    return None
+
+
+def decide(probs: np.ndarray, labels: Sequence[str], threshold: float | None = None,
+           positive: str | None = None) -> np.ndarray:
+    """Predicted class indices (N,) from probabilities (N, K) under the operating point."""
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = probs.argmax(axis=1)
+    pos = positive_index(labels, positive) if positive is not None else None
+    if threshold is None or pos is None:
+        return pred
+    others = probs.copy()
+    others[:, pos] = -np.inf
+    fallback = others.argmax(axis=1) if probs.shape[1] > 1 else np.zeros(len(probs), dtype=int)
+    return np.where(probs[:, pos] >= threshold, pos, fallback)
+
+
+def pick_threshold(y_true: np.ndarray, probs: np.ndarray, pos: int, target_recall: float) -> float:
+    """The highest threshold on ``probs[:, pos]`` whose recall of class ``pos`` is >= target.
+
+    Highest, because among the thresholds that catch enough defects it rejects
+    the fewest good parts. Chosen on validation data only.
+
+    Args:
+        y_true: (N,) int true class indices.
+        probs: (N, K) probabilities.
+        pos: the positive (defect) class index.
+        target_recall: e.g. 0.99.
+
+    Returns:
+        A threshold in [0, 1]; 0.0 when the class has no validation samples.
+    """
+    y_true = np.asarray(y_true)
+    scores = np.sort(np.asarray(probs, dtype=np.float64)[y_true == pos, pos])[::-1]
+    if scores.size == 0:
+        return 0.0
+    need = int(np.ceil(target_recall * scores.size - 1e-9))
+    need = min(max(need, 1), scores.size)
+    return float(scores[need - 1])
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) int counts, rows = true class, columns = predicted class."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)), 1)
+    return cm
+
+
+def binary_auc(is_pos: np.ndarray, score: np.ndarray) -> float | None:
+    """Area under the ROC curve via the rank-sum (Mann-Whitney U) formula; ties count half."""
+    is_pos = np.asarray(is_pos, dtype=bool)
+    n_pos, n_neg = int(is_pos.sum()), int((~is_pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    score = np.asarray(score, dtype=np.float64)
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score), dtype=np.float64)
+    sorted_scores = score[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[is_pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def roc_auc(y_true: np.ndarray, probs: np.ndarray, pos: int | None = None) -> float | None:
+    """Binary: AUC of the positive class (index ``pos``, else 1). Multi-class: macro one-vs-rest.
+
+    Returns None when it is undefined (a class has no samples).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    y_true = np.asarray(y_true)
+    k = probs.shape[1]
+    if k == 2:
+        p = 1 if pos is None else pos
+        return binary_auc(y_true == p, probs[:, p])
+    aucs = [binary_auc(y_true == c, probs[:, c]) for c in range(k)]
+    if any(a is None for a in aucs):
+        return None
+    return float(np.mean(aucs))
+
+
+def roc_curve(is_pos: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every distinct threshold, for plots."""
+    is_pos = np.asarray(is_pos, dtype=bool)
+    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="mergesort")
+    tp = np.concatenate([[0], np.cumsum(is_pos[order])])
+    fp = np.concatenate([[0], np.cumsum(~is_pos[order])])
+    return fp / max(fp[-1], 1), tp / max(tp[-1], 1)
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b else 0.0
+
+
+def evaluate(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, labels: Sequence[str],
+             threshold: float | None = None, positive: str | None = None) -> dict[str, Any]:
+    """The DESIGN.md evaluation document for true indices (N,) and probabilities (N, K).
+
+    ``recall_at_threshold`` is the recall of the positive class under the
+    operating decision and ``false_reject_rate`` the fraction of the other
+    classes' images predicted as the positive class (good parts rejected).
+    Both are None when there is no positive class (e.g. ELPV's four classes
+    with the argmax policy). ``balanced_accuracy`` averages recall over the
+    classes present in ``y_true``.
+    """
+    labels = list(labels)
+    y_true = np.asarray(y_true, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64)
+    k = len(labels)
+    if probs.ndim != 2 or probs.shape[1] != k or len(probs) != len(y_true):
+        raise ValueError(f"expected probabilities of shape ({len(y_true)}, {k}), got {probs.shape}")
+    pred = decide(probs, labels, threshold, positive)
+    cm = confusion_matrix(y_true, pred, k)
+    n = int(len(y_true))
+    per_class: dict[str, dict[str, float | int]] = {}
+    recalls = []
+    for i, name in enumerate(labels):
+        tp, support, predicted = cm[i, i], cm[i].sum(), cm[:, i].sum()
+        precision, recall = _ratio(tp, predicted), _ratio(tp, support)
+        f1 = _ratio(2 * precision * recall, precision + recall)
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(support)}
+        if support:
+            recalls.append(recall)
+    pos = positive_index(labels, positive)
+    recall_at, frr = None, None
+    if pos is not None and n:
+        is_pos = y_true == pos
+        recall_at = _ratio(int(((pred == pos) & is_pos).sum()), int(is_pos.sum()))
+        frr = _ratio(int(((pred == pos) & ~is_pos).sum()), int((~is_pos).sum()))
+    return {
+        "accuracy": _ratio(np.trace(cm), n),
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else 0.0,
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+        "labels": labels,
+        "roc_auc": roc_auc(y_true, probs, pos) if n else None,
+        "threshold": None if threshold is None else float(threshold),
+        "recall_at_threshold": recall_at,
+        "false_reject_rate": frr,
+        "n": n,
+    }
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (accuracy over ``n`` images)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))

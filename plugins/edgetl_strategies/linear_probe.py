@@ -1,0 +1,222 @@
+"""``linear-probe``: a frozen backbone, features computed once, a head trained on the cache.
+
+The backbone runs once per image and view (train: the identity plus the
+flip/rotation views asked for in ``augment``; val: the identity), so
+``train.epochs`` epochs of the head take seconds. Colour and crop
+augmentations cannot be cached and are ignored (said in the log).
+With ``cache_dir`` set, features are also kept on disk, keyed by backbone,
+weights, preprocessing, view and the SHA-256 of every file, so a rerun skips
+the backbone pass entirely.
+
+options:
+    views: list of views to cache for training (default: derived from
+        ``augment``: hflip, vflip, both → rot180; rot90 → rot90 and rot270).
+    hidden: width of an MLP head's hidden layer, or null for a linear head.
+    cache_dir: a folder for the on-disk feature cache, or null (memory only).
+    batch_size: images per backbone forward pass while caching (default 64).
+
+The returned module is backbone + head as one ClassifierModel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl.api import FitContext, Strategy, TrainedModel
+from edgetl.errors import ConfigError
+from edgetl_strategies.finetune import build_model
+from edgetl_strategies.options import resolve
+
+VIEWS = ("identity", "hflip", "vflip", "rot180", "rot90", "rot270")
+
+
+def views_from_augment(augment: list[str]) -> list[str]:
+    """The cacheable views implied by the run's geometric augmentations."""
+    views = ["identity"]
+    if "hflip" in augment:
+        views.append("hflip")
+    if "vflip" in augment:
+        views.append("vflip")
+    if "hflip" in augment and "vflip" in augment:
+        views.append("rot180")
+    if "rot90" in augment:
+        views += ["rot90", "rot270"]
+    return views
+
+
+def apply_view(x: Any, view: str) -> Any:
+    """One view of a (N, 3, H, W) batch (rot90/rot270 need H == W)."""
+    import torch
+
+    if view == "identity":
+        return x
+    if view == "hflip":
+        return torch.flip(x, dims=(3,))
+    if view == "vflip":
+        return torch.flip(x, dims=(2,))
+    if view == "rot180":
+        return torch.flip(x, dims=(2, 3))
+    if view == "rot90":
+        return torch.rot90(x, 1, dims=(2, 3))
+    if view == "rot270":
+        return torch.rot90(x, 3, dims=(2, 3))
+    raise ConfigError(f"strategy.options.views: unknown view {view!r} (known: {', '.join(VIEWS)})")
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def cache_key(ctx: FitContext, paths: list[Path], view: str) -> str:
+    """Backbone + weights + preprocessing + view + file contents -> a hex key."""
+    cfg = ctx.config.backbone
+    h = hashlib.sha256()
+    spec = ctx.state.get("spec")
+    h.update(repr((ctx.backbone.name, cfg.pretrained, cfg.weights, spec.to_dict() if spec else None,
+                   view)).encode())
+    if cfg.weights:
+        h.update(_file_digest(Path(cfg.weights)).encode())
+    for p in paths:
+        h.update(_file_digest(p).encode())
+    return h.hexdigest()[:32]
+
+
+def extract(ctx: FitContext, features: Any, split: Any, views: list[str], batch_size: int,
+            cache_dir: str | None) -> dict[str, np.ndarray]:
+    """Features (N, D) float32 per view of ``split.plain``; one backbone pass per image and view."""
+    import torch
+
+    from edgetl.host import ddp
+    from edgetl.host.loop import _to, num_workers
+
+    info, device = ctx.state["dist"], ctx.device
+    out: dict[str, np.ndarray] = {}
+    todo = []
+    for view in views:
+        path = Path(cache_dir) / f"{cache_key(ctx, split.paths, view)}.npy" if cache_dir else None
+        if path is not None and path.is_file():
+            out[view] = np.load(path)
+        else:
+            todo.append((view, path))
+    if not todo:
+        return out
+    idx = ddp.shard(len(split), info)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(split.plain, idx), batch_size=batch_size,
+                                         shuffle=False, num_workers=num_workers(device.type))
+    parts: dict[str, list[np.ndarray]] = {v: [] for v, _ in todo}
+    done, total = 0, len(idx)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for x, _ in loader:
+            x = _to(x, device)
+            for view, _ in todo:
+                parts[view].append(features(apply_view(x, view)).float().cpu().numpy())
+            done += len(x)
+            ctx.progress(f"features {split.name}", done, total)
+    elapsed = time.perf_counter() - start
+    ctx.state.setdefault("feature_pass", []).append(
+        {"split": split.name, "images": len(split), "views": len(todo), "seconds": elapsed})
+    for view, path in todo:
+        mine = np.concatenate(parts[view]) if parts[view] else np.zeros((0, ctx.backbone.feature_dim), np.float32)
+        gathered = [p for p in ddp.all_gather_object(info, mine) if len(p)]
+        out[view] = np.concatenate(gathered) if gathered else mine
+        if path is not None and info.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, out[view])
+    return out
+
+
+class LinearProbe(Strategy):
+    name = "linear-probe"
+    description = "frozen backbone, features cached once (flip views), linear or MLP head trained on the cache"
+    requires = ("torch",)
+    extra = "train"
+    DEFAULTS = {"views": None, "hidden": None, "cache_dir": None, "batch_size": 64}
+
+    def fit(self, ctx: FitContext) -> TrainedModel:
+        import torch
+
+        from edgetl.host.loop import EarlyStopper, HIGHER_IS_BETTER, selection_value, val_row
+        from edgetl.host.optim import Schedule, class_weights, loss_sum, make_optimizer, soft_targets
+
+        opts = resolve(self.name, ctx.options, self.DEFAULTS)
+        cfg = ctx.config.train
+        views = list(opts["views"]) if opts["views"] is not None else views_from_augment(ctx.config.augment)
+        if "identity" not in views:
+            views.insert(0, "identity")
+        for v in views:
+            if v not in VIEWS:
+                raise ConfigError(f"strategy.options.views: unknown view {v!r} (known: {', '.join(VIEWS)})")
+        ignored = [a for a in ctx.config.augment if a not in ("hflip", "vflip", "rot90")]
+        model = build_model(ctx, opts["hidden"])
+        model.features.requires_grad_(False)
+        model.to(ctx.device).eval()
+        ctx.progress(f"linear-probe: caching features for views {views}"
+                     + (f" (not cacheable, ignored: {', '.join(ignored)})" if ignored else ""), 0, 1)
+        t0 = time.perf_counter()
+        train_feats = extract(ctx, model.features, ctx.train, views, opts["batch_size"], opts["cache_dir"])
+        val_feats = extract(ctx, model.features, ctx.val, ["identity"], opts["batch_size"], opts["cache_dir"])
+        ctx.state["feature_seconds"] = time.perf_counter() - t0
+        x_train = torch.from_numpy(np.concatenate([train_feats[v] for v in views]))
+        y_train = torch.from_numpy(np.tile(ctx.train.labels, len(views)))
+        x_val = torch.from_numpy(val_feats["identity"])
+        k = len(ctx.labels)
+        head = model.head.cpu()
+        head.requires_grad_(True)
+        torch.manual_seed(cfg.seed)
+        for m in head.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        steps = max(1, -(-len(x_train) // cfg.batch_size))
+        opt = make_optimizer(cfg.optimizer, [{"params": list(head.parameters()), "lr": cfg.lr,
+                                               "initial_lr": cfg.lr, "name": "head"}], cfg.lr, cfg.weight_decay)
+        schedule = Schedule(opt, cfg.schedule.kind, cfg.schedule.warmup_epochs, cfg.epochs, steps,
+                            cfg.schedule.patience)
+        w = class_weights(ctx.train.labels, k, cfg.class_weights)
+        w_t = None if w is None else torch.tensor(w, dtype=torch.float32)
+        stopper = EarlyStopper(cfg.early_stopping.metric, cfg.early_stopping.patience)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        for epoch in range(cfg.epochs):
+            t_epoch = time.perf_counter()
+            head.train()
+            order = torch.randperm(len(x_train), generator=gen)
+            total = 0.0
+            for i in range(0, len(order), cfg.batch_size):
+                b = order[i:i + cfg.batch_size]
+                target = soft_targets(y_train[b], k, cfg.label_smoothing)
+                loss = loss_sum(head(x_train[b]), target, w_t) / len(b)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+                opt.step()
+                schedule.step()
+                total += float(loss.detach()) * len(b)
+            head.eval()
+            with torch.inference_mode():
+                probs = torch.softmax(head(x_val), dim=1).numpy()
+            row = {"strategy": self.name, "epoch": epoch + 1, "train_loss": total / len(x_train),
+                   **val_row(ctx, probs), "lr_head": opt.param_groups[0]["lr"],
+                   "trainable_params": sum(p.numel() for p in head.parameters()),
+                   "epoch_time_s": time.perf_counter() - t_epoch,
+                   "train_images_per_s": len(x_train) / max(time.perf_counter() - t_epoch, 1e-9),
+                   "unfrozen_groups": 0}
+            value = selection_value(row, stopper.metric)
+            row["best"] = stopper.update(value, epoch + 1, head)
+            schedule.epoch_end(value, HIGHER_IS_BETTER[stopper.metric])
+            ctx.log_epoch(row)
+            if stopper.stop:
+                ctx.progress(f"early stop: no better val {stopper.metric} for {stopper.patience} epochs",
+                             epoch + 1, cfg.epochs)
+                break
+        stopper.restore(head)
+        head.requires_grad_(False)
+        model.head = head.to(ctx.device)
+        model.eval()
+        ctx.state["best_epoch"] = stopper.best_epoch
+        return TrainedModel(module=model, task="classify", labels=list(ctx.labels))

@@ -1,0 +1,174 @@
+"""``edgetl train``: the run directory, errors a user can act on, resume, determinism, DDP, baseline."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+from click.testing import CliRunner  # noqa: E402
+from test_train_fixtures import make_dataset, write_config  # noqa: E402
+
+from edgetl.cli import cli  # noqa: E402
+from edgetl.config import load_run_config  # noqa: E402
+from edgetl.host import loop  # noqa: E402
+from edgetl.host.engine import Trainer  # noqa: E402
+from edgetl.host.run import load_run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("tiny"), n_test=6)
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "model.pt", weights_only=True)["state_dict"]
+
+
+def test_train_writes_the_run_directory(tmp_path, data):
+    cfg = write_config(tmp_path / "c.yaml", data, epochs=2)
+    code, out, err = run_cli("train", str(cfg), "--out", str(tmp_path / "run"), "--device", "cpu", "--json",
+                             "--set", "train.threshold.policy=recall", "--set", "train.threshold.class=defect",
+                             "--set", "train.threshold.target=0.9")
+    assert code == 0, err
+    summary = json.loads(out)  # stdout holds only the JSON document
+    run = tmp_path / "run"
+    for name in ("model.pt", "config.yaml", "metrics.json", "history.csv", "report.md", "curves.png",
+                 "confusion_val.png", "per_class_val.png", "roc_val.png", "confusion_test.png",
+                 "predictions_val.csv", "predictions_test.csv"):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    assert "finetune epoch   1" in err and "finetune epoch   2" in err  # one line per epoch on stderr
+    history = list(csv.DictReader((run / "history.csv").open()))
+    assert [r["epoch"] for r in history] == ["1", "2"]
+    assert {"train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "lr_head", "epoch_time_s"} <= set(
+        history[0])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["final"]["test"]["n"] == 12 and metrics["final"]["val"]["n"] == 20
+    assert metrics["positive"] == "defect" and 0 <= metrics["threshold"] <= 1
+    assert metrics["final"]["val"]["recall_at_threshold"] >= 0.9  # chosen on val, so it holds there
+    assert summary["threshold"] == metrics["threshold"] and summary["test"]["n"] == 12
+    loaded = load_run(run)
+    assert loaded.labels == ["defect", "good"] and loaded.threshold == metrics["threshold"]
+    assert loaded.positive == "defect" and loaded.input.size == (32, 32) and loaded.name == "tiny"
+    probs = loaded.model(torch.zeros(2, 3, 32, 32))
+    assert probs.shape == (2, 2) and torch.allclose(probs.sum(1), torch.ones(2))
+    report = (run / "report.md").read_text()
+    assert "validation split only" in report and "![curves](curves.png)" in report
+
+
+def test_out_exists_needs_resume_or_force(tmp_path, data):
+    cfg = write_config(tmp_path / "c.yaml", data, epochs=1)
+    (tmp_path / "run").mkdir()
+    code, _, err = run_cli("train", str(cfg), "--out", str(tmp_path / "run"))
+    assert code == 2 and "already exists; pass --resume" in err and "Traceback" not in err
+    code, _, err = run_cli("train", str(cfg), "--out", str(tmp_path / "run"), "--force", "--device", "cpu")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("strategy.name=finetun", "unknown strategy 'finetun'; did you mean 'finetune'"),
+    ("train.lr=-0.1", "train.lr: Input should be greater than 0"),
+    ("data.train=/nonexistent/train", "data.train: /nonexistent/train: no such directory"),
+    ("strategy.options.unfrezee=2", "strategy.options.unfrezee: unknown option of 'finetune'; did you mean 'unfreeze'"),
+    ("train.threshold.policy=recall", "policy 'recall' needs 'class'"),
+    ("backbone.name=timm:no_such_net_xyz", "timm:no_such_net_xyz"),
+])
+def test_bad_configs_fail_with_one_line(tmp_path, data, override, message):
+    cfg = write_config(tmp_path / "c.yaml", data, epochs=1)
+    code, out, err = run_cli("train", str(cfg), "--out", str(tmp_path / "run"), "--set", override,
+                             "--device", "cpu")
+    assert code in (1, 2) and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3 and out == ""
+
+
+def test_threshold_class_must_be_a_label(tmp_path, data):
+    cfg = write_config(tmp_path / "c.yaml", data, epochs=1)
+    code, _, err = run_cli("train", str(cfg), "--out", str(tmp_path / "run"), "--device", "cpu",
+                           "--set", "train.threshold={policy: recall, class: crack, target: 0.9}")
+    assert code == 1 and "train.threshold.class: 'crack' is not a class" in err
+
+
+def _trainer(tmp_path, data, out, resume=False, epochs=3):
+    cfg = load_run_config(write_config(tmp_path / "c.yaml", data, epochs=epochs, dropout=0.2, lr=0.01),
+                          ["augment=[hflip, vflip]", "strategy.options.freeze_bn=false"])
+    return Trainer(cfg, tmp_path / out, device="cpu", resume=resume, log=lambda m: None)
+
+
+def test_rerun_is_deterministic_and_resume_continues_exactly(tmp_path, data, monkeypatch):
+    # an interrupted-then-resumed run equal to bit to an uninterrupted one proves both re-run
+    # determinism (same seed -> same weights) and an exact resume
+    _trainer(tmp_path, data, "full").run()
+    a = weights(tmp_path / "full")
+
+    def interrupt(epoch, tag):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "after_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(tmp_path, data, "cut").run()
+    assert not (tmp_path / "cut" / "model.pt").exists() and (tmp_path / "cut" / "checkpoint.pt").exists()
+    monkeypatch.setattr(loop, "after_epoch", lambda epoch, tag: None)
+    _trainer(tmp_path, data, "cut", resume=True).run()
+    c = weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    history = list(csv.DictReader((tmp_path / "cut" / "history.csv").open()))
+    assert [r["epoch"] for r in history] == ["1", "2", "3"]
+    full = list(csv.DictReader((tmp_path / "full" / "history.csv").open()))
+    assert [r["train_loss"] for r in history] == [r["train_loss"] for r in full]
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, data):
+    cfg = write_config(tmp_path / "c.yaml", data, epochs=1)
+    (tmp_path / "run").mkdir()
+    code, _, err = run_cli("train", str(cfg), "--out", str(tmp_path / "run"), "--resume", "--device", "cpu")
+    assert code == 2 and "nothing to resume" in err
+
+
+def test_scratch_baseline_is_reported(tmp_path, data):
+    cfg = load_run_config(write_config(tmp_path / "c.yaml", data, epochs=2), ["train.baseline=scratch"])
+    summary = Trainer(cfg, tmp_path / "run", device="cpu", log=lambda m: None).run()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    base = metrics["baseline"]
+    assert base["kind"] == "scratch" and isinstance(base["helped"], bool)
+    assert base["delta_val"] == pytest.approx(base["main_val"] - base["baseline_val"])
+    assert summary["baseline"]["kind"] == "scratch"
+    assert "Negative-transfer check" in (tmp_path / "run" / "report.md").read_text()
+    history = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert {r["strategy"] for r in history} == {"finetune", "baseline-scratch"}
+
+
+def test_ddp_two_gloo_processes_match_single_process(tmp_path, data):
+    cfg = write_config(tmp_path / "c.yaml", data, epochs=2, lr=0.01)
+    common = ["--set", "strategy.options.freeze_bn=true", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EDGETL_WORKERS": "0"}
+    exe = [sys.executable, "-m", "edgetl"]
+    single = subprocess.run([*exe, "train", str(cfg), "--out", str(tmp_path / "one"), *common],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    multi = subprocess.run([*exe, "train", str(cfg), "--out", str(tmp_path / "two"), "--nproc", "2", "--json",
+                            *common], capture_output=True, text=True, env=env, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    summary = json.loads(multi.stdout)  # only rank 0 printed
+    assert summary["processes"] == 2
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-4, rtol=1e-3), k
+    h1 = list(csv.DictReader((tmp_path / "one" / "history.csv").open()))
+    h2 = list(csv.DictReader((tmp_path / "two" / "history.csv").open()))
+    for r1, r2 in zip(h1, h2):
+        assert float(r1["train_loss"]) == pytest.approx(float(r2["train_loss"]), rel=1e-4)
+        assert r1["val_accuracy"] == r2["val_accuracy"]

@@ -1,0 +1,174 @@
+"""The three strategies on a tiny backbone and a tiny synthetic set: each behaviour in seconds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+from test_train_fixtures import make_dataset, write_config  # noqa: E402
+
+from edgetl.config import load_run_config  # noqa: E402
+from edgetl.host import loop  # noqa: E402
+from edgetl.host.engine import Trainer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+def train(tmp_path, data, strategy="finetune", options=None, out="run", overrides=(), **kw):
+    cfg_path = write_config(tmp_path / f"{out}.yaml", data, strategy, options, **kw)
+    cfg = load_run_config(cfg_path, list(overrides))
+    summary = Trainer(cfg, tmp_path / out, device="cpu", log=lambda m: None).run()
+    history = list(csv.DictReader((tmp_path / out / "history.csv").open()))
+    return summary, history
+
+
+@pytest.fixture
+def count_backbone_calls(monkeypatch):
+    """Counts forward passes through every backbone module built during the test."""
+    from edgetl_timm.backbones import TimmBackbone
+
+    calls = {"n": 0}
+    original = TimmBackbone.build
+
+    def build(self, *a, **k):
+        module = original(self, *a, **k)
+        module.register_forward_hook(lambda m, i, o: calls.__setitem__("n", calls["n"] + 1))
+        return module
+
+    monkeypatch.setattr(TimmBackbone, "build", build)
+    return calls
+
+
+def test_finetune_loss_decreases(tmp_path, data):
+    _, history = train(tmp_path, data, options={"freeze_bn": False}, epochs=4, lr=0.01)
+    losses = [float(r["train_loss"]) for r in history]
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_linear_probe_caches_features_once(tmp_path, data, count_backbone_calls):
+    # 48 train images in one batch of 64, 4 views (identity, hflip, vflip, rot180); 20 val images
+    _, history = train(tmp_path, data, "linear-probe", {"batch_size": 64}, out="a", epochs=2, lr=0.05,
+                       overrides=["augment=[hflip, vflip]"])
+    short = count_backbone_calls["n"]
+    count_backbone_calls["n"] = 0
+    _, history = train(tmp_path, data, "linear-probe", {"batch_size": 64}, out="b", epochs=25, lr=0.05,
+                       overrides=["augment=[hflip, vflip]"])
+    assert count_backbone_calls["n"] == short  # 12x the epochs, not one more backbone pass
+    feature_pass = 4 * 1 + 1  # train views x batches + val
+    final_eval = 1  # the returned model on val (no test split here)
+    assert short == feature_pass + final_eval
+    losses = [float(r["train_loss"]) for r in history]
+    assert losses[-1] < losses[0]
+    assert all(r["unfrozen_groups"] == "0" for r in history)
+
+
+def test_linear_probe_disk_cache_skips_backbone_on_rerun(tmp_path, data, count_backbone_calls):
+    opts = {"cache_dir": str(tmp_path / "cache")}
+    train(tmp_path, data, "linear-probe", opts, out="a", epochs=2)
+    first = count_backbone_calls["n"]
+    count_backbone_calls["n"] = 0
+    train(tmp_path, data, "linear-probe", opts, out="b", epochs=2)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # train identity + val identity
+    assert count_backbone_calls["n"] == 1 and first > 1  # only the final evaluation runs the backbone
+
+
+def test_progressive_unfreezes_one_group_every_k_epochs(tmp_path, data, monkeypatch):
+    seen = []
+
+    def record(epoch, tag):
+        seen.append(None)
+
+    monkeypatch.setattr(loop, "after_epoch", record)
+    trainable = []
+    original = loop.train_epochs
+
+    def spy(ctx, model, groups, **kw):
+        start = kw["on_epoch_start"]
+
+        def wrapped(epoch):
+            extra = start(epoch)
+            names = [n for n, p in model.features.named_parameters() if p.requires_grad]
+            trainable.append((epoch, extra["unfrozen_groups"], names,
+                              all(p.requires_grad for p in model.head.parameters())))
+            return extra
+
+        kw["on_epoch_start"] = wrapped
+        return original(ctx, model, groups, **kw)
+
+    monkeypatch.setattr(loop, "train_epochs", spy)
+    _, history = train(tmp_path, data, "progressive", {"every": 2}, epochs=6)
+    assert [int(r["unfrozen_groups"]) for r in history] == [0, 0, 1, 1, 2, 2]
+    # epochs 1-2: head only; 3-4: + the last group (conv_head/bn2); 5-6: + the last stage of blocks
+    assert trainable[0][2] == [] and trainable[0][3]
+    assert trainable[2][2] and all(n.startswith(("conv_head", "bn2")) for n in trainable[2][2])
+    last_stage = max(int(n.split(".")[1]) for n, _ in _named(trainable[4][2]) if n.startswith("blocks."))
+    assert {n for n in trainable[4][2] if not n.startswith(("conv_head", "bn2"))} and all(
+        n.startswith(f"blocks.{last_stage}.") for n in trainable[4][2] if n.startswith("blocks."))
+    counts = [int(r["trainable_params"]) for r in history]
+    assert counts[0] < counts[2] < counts[4]
+
+
+def _named(names):
+    return [(n, None) for n in names]
+
+
+def test_discriminative_learning_rates_have_configured_ratio(tmp_path, data):
+    _, history = train(tmp_path, data, options={"lr_decay": 0.3}, epochs=1, lr=0.01)
+    row = history[0]
+    lrs = [float(row["lr_head"])] + [float(row[f"lr_group{i}"]) for i in range(6, -1, -1)]
+    assert lrs[0] == pytest.approx(0.01)
+    for upper, lower in zip(lrs, lrs[1:]):
+        assert lower / upper == pytest.approx(0.3)
+
+
+def test_finetune_top_n_freezes_the_rest(tmp_path, data):
+    _, history = train(tmp_path, data, options={"unfreeze": 1}, epochs=1)
+    _, all_history = train(tmp_path, data, out="all", options={"unfreeze": "all"}, epochs=1)
+    assert 0 < int(history[0]["trainable_params"]) < int(all_history[0]["trainable_params"])
+
+
+def test_early_stopping_restores_best_weights(tmp_path, data, monkeypatch):
+    script = iter([0.6, 0.9, 0.7, 0.65, 0.95])  # best at epoch 2, patience 2 stops after epoch 4
+    real = loop.val_row
+
+    def scripted(ctx, probs, prefix="val_"):
+        row = real(ctx, probs, prefix)
+        row["val_balanced_accuracy"] = next(script)
+        return row
+
+    states = {}
+
+    def keep(epoch, tag):
+        ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+        states[epoch] = ck["model"]
+
+    monkeypatch.setattr(loop, "val_row", scripted)
+    monkeypatch.setattr(loop, "after_epoch", keep)
+    summary, history = train(tmp_path, data, epochs=5, lr=0.01,
+                             overrides=["train.early_stopping.patience=2"])
+    assert len(history) == 4 and summary["best_epoch"] == 2
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"]
+    for k, v in states[2].items():
+        assert torch.equal(saved[k], v), k
+    assert any(not torch.equal(saved[k], v) for k, v in states[4].items())
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["best"] == {"epoch": 2, "metric": "val_balanced_accuracy", "value": 0.9}
+
+
+def test_cosine_warmup_schedule_shapes_the_lr(tmp_path, data):
+    _, history = train(tmp_path, data, epochs=4, overrides=[
+        "train.schedule.kind=cosine", "train.schedule.warmup_epochs=1"])
+    lrs = [float(r["lr_head"]) for r in history]
+    # per-step LambdaLR: after epoch 1 warmup is done (factor ~1), then cosine decays to 0
+    assert lrs[0] == pytest.approx(3e-3 * 0.5 * (1 + math.cos(0)), rel=0.05) or lrs[0] <= 3e-3
+    assert lrs[1] > lrs[2] > lrs[3] >= 0
+    assert lrs[3] == pytest.approx(0, abs=1e-9)
