@@ -24,19 +24,31 @@ from net_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A meta_path finder that refuses torch/timm/torchvision and records every attempt in $EDGETL_TEST_BLOCK_LOG.
+# A meta_path finder that refuses torch/timm/torchvision imports and records every attempt in
+# $EDGETL_TEST_BLOCK_LOG. An availability probe (importlib.util.find_spec, as `plugins list` does)
+# imports nothing and is let through.
 BLOCKED_RUNNER = r"""
 import os, sys
 class _Block:
     names = ('torch', 'torchvision', 'timm')
     def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in self.names:
-            log = os.environ.get('EDGETL_TEST_BLOCK_LOG')
-            if log:
-                with open(log, 'a') as out:
-                    out.write(name + '\n')
-            raise ImportError(f'{name} is blocked: the device side must not import it')
-        return None
+        if name.split('.')[0] not in self.names:
+            return None
+        frame, importing = sys._getframe(1), False
+        while frame is not None:
+            if frame.f_code.co_name == '_find_and_load_unlocked':
+                importing = True
+                break
+            if frame.f_code.co_name == 'find_spec' and 'importlib' in frame.f_code.co_filename:
+                break
+            frame = frame.f_back
+        if not importing:
+            return None  # a probe (find_spec) imports nothing: let it look
+        log = os.environ.get('EDGETL_TEST_BLOCK_LOG')
+        if log:
+            with open(log, 'a') as out:
+                out.write(name + '\\n')
+        raise ModuleNotFoundError(f'{name} is blocked: the device side must not import it', name=name)
 sys.meta_path.insert(0, _Block())
 from edgetl.cli import main
 sys.argv = ['edgetl'] + sys.argv[1:]

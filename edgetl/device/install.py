@@ -223,5 +223,5 @@ class Installer:
                 outcome = "failed"
             outcomes.append({"install_id": install_id, "stage": stage, "outcome": outcome})
             log.warning("recovered install %s interrupted during %s: %s", install_id, stage, outcome)
-        self.state.prune({i for i in pointer.values() if i})
+        self.state.prune({i for i in pointer.values() if i}, uploads=True)  # no upload survives a restart
         return outcomes

@@ -96,16 +96,15 @@ class StateDir:
             return None
         return read_json(self.model_dir(install_id) / "manifest.json")
 
-    def prune(self, keep: set[str]) -> list[str]:
-        """Remove models, staging dirs and uploads not in ``keep``; return what was removed."""
+    def prune(self, keep: set[str], uploads: bool = False) -> list[str]:
+        """Remove models and staging dirs not in ``keep`` (and, with ``uploads``, every upload)."""
         removed = []
         for folder in ("models", "staging"):
             for child in (self.root / folder).iterdir():
                 if child.name not in keep:
                     shutil.rmtree(child, ignore_errors=True)
                     removed.append(f"{folder}/{child.name}")
-        for upload in (self.root / "uploads").iterdir():
-            if upload.name.split(".")[0] not in keep:
-                upload.unlink(missing_ok=True)
-                removed.append(f"uploads/{upload.name}")
+        for upload in (self.root / "uploads").iterdir() if uploads else ():
+            upload.unlink(missing_ok=True)
+            removed.append(f"uploads/{upload.name}")
         return removed
