@@ -10,6 +10,7 @@ import click
 
 from edgetl.cli.agent_cmd import agent_group
 from edgetl.cli.bundle_cmd import bundle_group
+from edgetl.cli.export_cmd import export_cmd
 from edgetl.cli.deploy_cmd import deploy_command
 from edgetl.cli.device_cmd import device_group
 from edgetl.cli.keys_cmd import keys_group
@@ -33,7 +34,7 @@ COMMANDS: list[click.Command] = [
     train_command,
     eval_command,
     predict_command,
-    _placeholder("export", "Export a run to a signed bundle"),
+    export_cmd,
     bundle_group,
     keys_group,
     agent_group,

@@ -10,8 +10,10 @@ what the user asked for is never silently changed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -170,14 +172,21 @@ def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
         t = time.perf_counter()
         export_report: dict[str, Any] = {}
         example = torch.from_numpy(np.ascontiguousarray(val.x[:1].repeat(batch, axis=0)))
-        fp32_files = target.export(run.model, example, work / "fp32",
-                                   {"dynamic_batch": dynamic, "report": export_report, "profile": profile})
+        with contextlib.redirect_stdout(sys.stderr):
+            fp32_files = target.export(run.model, example, work / "fp32",
+                                       {"dynamic_batch": dynamic, "report": export_report, "profile": profile})
         stages.append({"stage": "export", "seconds": time.perf_counter() - t, "size_bytes": _size(fp32_files),
                        "detail": export_report})
         say(f"export    {stages[-1]['seconds']:6.1f} s  {_kb(stages[-1]['size_bytes']):>9}  "
             + ", ".join(f"{k} {v}" for k, v in export_report.items() if k != "fallback_reason")
             + (f" (fallback: {export_report['fallback_reason']})" if "fallback_reason" in export_report else ""))
 
+        from edgetl.host.gate import decisions
+
+        # for quantizers that tune against validation accuracy (nncf accuracy control): untiled images only
+        validation = None if len(val.x) != len(val) else {
+            "x": val.x, "y": y,
+            "decide": lambda out: decisions(np.asarray(out, dtype=np.float64), run.labels, run.threshold, run.positive)}
         chosen = None
         for step in chain:
             label = f"{step.precision}/{step.method}"
@@ -192,10 +201,11 @@ def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
                     quantizer = pm.quantizer(target.name, step.precision, step.method)
                     if quantizer is None:
                         raise ExportError(f"no quantizer registered for ({target.name}, {step.precision}, {step.method})")
-                    files = quantizer.quantize(fp32_files, work / label.replace("/", "-"), calib,
-                                               {"report": details, "min_agreement": options.min_agreement,
-                                                "gate": options.gate, "profile": profile,
-                                                "fp32_files": fp32_files})
+                    with contextlib.redirect_stdout(sys.stderr):  # library progress bars: keep stdout for --json
+                        files = quantizer.quantize(
+                            fp32_files, work / label.replace("/", "-"), calib,
+                            {"report": details, "min_agreement": options.min_agreement, "gate": options.gate,
+                             "profile": profile, "fp32_files": fp32_files, "validation": validation})
                 quantize_s = time.perf_counter() - t
                 stages.append({"stage": f"quantize {label}", "seconds": quantize_s, "size_bytes": _size(files),
                                "detail": details})

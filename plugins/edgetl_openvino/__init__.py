@@ -1,0 +1,85 @@
+"""Built-in OpenVINO target (OpenVINO IR run by ``openvino.Core``) and its quantizers.
+
+Registration imports nothing heavy: the host half (:mod:`edgetl_openvino.export`,
+:mod:`edgetl_openvino.quantize`; torch, onnx, openvino, nncf) and the device
+half (:mod:`edgetl_openvino.runtime`; openvino, no torch) load on use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from edgetl.api import FallbackStep, Quantizer, Runtime, Target
+from edgetl.hookspecs import hookimpl
+
+
+class OpenVinoTarget(Target):
+    name = "openvino"
+    description = "OpenVINO IR (from the dynamo ONNX graph) run by openvino.Core"
+    precisions = ("fp32", "fp16", "int8")
+    fallback = (FallbackStep("int8", "ptq"), FallbackStep("int8", "accuracy-control"),
+                FallbackStep("fp16", "weights"), FallbackStep("fp32"))
+    requires = ("openvino",)
+    extra = "openvino"
+    export_requires = ("torch", "onnx", "onnxscript", "openvino")
+
+    def export(self, model: Any, example: Any, out_dir: Path, options: dict[str, Any]) -> list[Path]:
+        from edgetl_openvino.export import export_ir
+
+        return export_ir(model, example, Path(out_dir), dynamic_batch=bool(options.get("dynamic_batch")),
+                         report=options.setdefault("report", {}))
+
+    def load(self, files: Sequence[Path], manifest: dict[str, Any],
+             options: dict[str, Any] | None = None) -> Runtime:
+        from edgetl_openvino.runtime import load
+
+        return load(files, manifest, options)
+
+    def facts(self) -> dict[str, Any]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return {"openvino": version("openvino")}
+        except PackageNotFoundError:
+            return {}
+
+
+class _OvQuantizer(Quantizer):
+    target = "openvino"
+    requires = ("openvino", "nncf")
+    extra = "train"
+    impl = ""
+
+    def quantize(self, files: Sequence[Path], out_dir: Path, calibration: Iterable[Any],
+                 options: dict[str, Any]) -> list[Path]:
+        from edgetl_openvino import quantize
+
+        return getattr(quantize, self.impl)(files, Path(out_dir), list(calibration), options)
+
+
+class OvFp16Weights(_OvQuantizer):
+    name, precision, method, impl = "openvino-fp16-weights", "fp16", "weights", "fp16_weights"
+    description = "FP16-compressed weights (half the file; inference precision per device)"
+
+
+class OvInt8Ptq(_OvQuantizer):
+    name, precision, method, impl = "openvino-int8-ptq", "int8", "ptq", "int8_ptq"
+    description = "nncf.quantize: INT8 post-training quantization"
+
+
+class OvInt8AccuracyControl(_OvQuantizer):
+    name, precision, method, impl = "openvino-int8-accuracy-control", "int8", "accuracy-control", "int8_accuracy_control"
+    description = "nncf.quantize_with_accuracy_control: INT8, reverting layers until the drop fits the gate"
+
+
+@hookimpl
+def edgetl_targets(register):
+    register(OpenVinoTarget())
+
+
+@hookimpl
+def edgetl_quantizers(register):
+    register(OvFp16Weights())
+    register(OvInt8Ptq())
+    register(OvInt8AccuracyControl())

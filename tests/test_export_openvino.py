@@ -1,0 +1,81 @@
+"""OpenVINO export on the tiny model: IR round trips, nncf INT8 through the gate, profile runtime settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bundle_factory import make_tiny_run
+
+from edgetl.bundle import extract_bundle, load_runtime, open_bundle
+from edgetl.errors import BundleError
+from edgetl.host.export import ExportOptions, export_run
+
+pytest.importorskip("openvino", reason="openvino is not installed (pip install 'edgetl[openvino]')")
+PROFILE = Path(__file__).resolve().parent.parent / "targets" / "x86-openvino-cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("ov"))
+
+
+def _torch_probs(run_dir, x):
+    import torch
+
+    from edgetl.host.run import load_run
+
+    with torch.no_grad():
+        return load_run(run_dir).model(torch.from_numpy(x)).numpy()
+
+
+def _val_batch(run_dir):
+    from edgetl.host.run import load_run
+    from edgetl.preprocess import preprocess_file
+
+    spec = load_run(run_dir).input
+    paths = sorted((run_dir.parent.parent / "data" / "val").rglob("*.png"))[::4]
+    return np.concatenate([preprocess_file(p, spec) for p in paths])
+
+
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-4), ("fp16", 2e-2)])
+def test_ir_round_trip_matches_torch(run_dir, tmp_path, precision, tol):
+    from edgetl.bundle_predictor import BundlePredictor
+
+    result = export_run(run_dir, ExportOptions(format="openvino", precision=precision, calib_count=16,
+                                               latency_runs=2, out=tmp_path / "ov.edgetl", target=PROFILE))
+    manifest = result.manifest
+    assert manifest["target"]["files"] == ["model/model.bin", "model/model.xml"]
+    assert manifest["target"]["method"] == ("weights" if precision == "fp16" else "default")
+    x = _val_batch(run_dir)
+    with BundlePredictor(result.bundle) as predictor:
+        info = predictor.info()
+        got = predictor.predict(x)
+    assert info["runtime"] == "openvino" and info["device"] == "CPU"
+    assert info["inference_precision"] == "f32" or precision == "fp16"
+    assert np.abs(got - _torch_probs(run_dir, x)).max() < tol
+    if precision == "fp16":  # weights compressed: the .bin is about half
+        assert result.attempts[-1]["size_bytes"] < 0.7 * result.stages[0]["size_bytes"]
+
+
+def test_int8_goes_through_nncf_and_the_gate_records_each_method(run_dir, tmp_path):
+    result = export_run(run_dir, ExportOptions(format="openvino", precision="int8", calib_count=24,
+                                               latency_runs=2, out=tmp_path / "ov8.edgetl"))
+    attempts = result.manifest["export"]["attempts"]
+    assert attempts[-1]["passed"] and all(a["precision"] == "int8" for a in attempts)
+    assert [a["method"] for a in attempts][0] == "ptq"
+    assert attempts[0]["details"]["tool"] == "nncf.quantize"
+    if len(attempts) == 2:
+        assert attempts[1]["details"]["tool"] == "nncf.quantize_with_accuracy_control"
+    ref = json.loads(open_bundle(result.bundle).read("reference/outputs.json"))
+    assert len(ref["images"]) == result.manifest["reference"]["count"]
+
+
+def test_unavailable_device_is_a_clear_error(run_dir, tmp_path):
+    result = export_run(run_dir, ExportOptions(format="openvino", precision="fp32", calib_count=8,
+                                               latency_runs=0, out=tmp_path / "d.edgetl"))
+    dest = extract_bundle(result.bundle, tmp_path / "x", 1 << 26)
+    with pytest.raises(BundleError, match="device 'NPU.7' is not available here"):
+        load_runtime(dest, result.manifest, {"device": "NPU.7"})
