@@ -37,6 +37,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "edgetl_onnx",
     "edgetl_strategies",
     "edgetl_openvino",
+    "edgetl_tensorrt",
 )
 
 ENTRY_POINT_GROUP = "edgetl"

@@ -10,9 +10,9 @@ import click
 
 from edgetl.cli.agent_cmd import agent_group
 from edgetl.cli.bundle_cmd import bundle_group
-from edgetl.cli.export_cmd import export_cmd
 from edgetl.cli.deploy_cmd import deploy_command
 from edgetl.cli.device_cmd import device_group
+from edgetl.cli.export_cmd import export_cmd
 from edgetl.cli.keys_cmd import keys_group
 from edgetl.cli.plugins_cmd import plugins_group
 from edgetl.cli.train_cmd import eval_command, predict_command, train_command
