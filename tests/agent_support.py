@@ -15,11 +15,11 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
-
 from net_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,9 +103,10 @@ class ProcessAgent:
     """``edgetl agent serve`` in a subprocess whose torch imports are blocked (and logged)."""
 
     def __init__(self, state_dir: Path, trusted: list[Path], token_file: Path, env: dict[str, str] | None = None,
-                 extra_args: list[str] | None = None):
+                 extra_args: list[str] | None = None, ca: Path | None = None):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.ca = ca
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
         self.token = token_file.read_text().strip()
         self.block_log = state_dir.parent / f"{state_dir.name}.blocked.log"
         args = [sys.executable, "-c", BLOCKED_RUNNER, "agent", "serve", "--state-dir", str(state_dir),
@@ -124,7 +125,8 @@ class ProcessAgent:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited ({self.proc.returncode}): {self.log_path.read_text()[-2000:]}")
             try:
-                if httpx.get(self.url + "/v1/health", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/v1/health", timeout=1, verify=str(self.ca) if self.ca else True
+                             ).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -132,7 +134,8 @@ class ProcessAgent:
         raise RuntimeError(f"agent not ready: {self.log_path.read_text()[-2000:]}")
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30,
+                            verify=str(self.ca) if self.ca else True)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -153,6 +156,34 @@ class ProcessAgent:
 
     def blocked_imports(self) -> list[str]:
         return self.block_log.read_text().split() if self.block_log.exists() else []
+
+
+def self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (and localhost) and its key, PEM; the cert is its own CA."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgetl-test-agent")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "agent.crt", folder / "agent.key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 def upload(client: httpx.Client, bundle: Path) -> httpx.Response:

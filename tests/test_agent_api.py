@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 import zipfile
 
 import pytest
-
-from agent_support import ThreadAgent, bundles, install, resign, serving, upload, wait_install, with_symlink_member
+from agent_support import (
+    ThreadAgent,
+    bundles,
+    install,
+    resign,
+    serving,
+    upload,
+    wait_install,
+    with_symlink_member,
+)
 
 
 @pytest.fixture(scope="module")

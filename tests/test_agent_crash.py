@@ -12,11 +12,10 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
-
 from agent_support import BLOCKED_RUNNER, ProcessAgent, bundles, install, serving, upload, write_token
+
 from edgetl.device.install import STAGES
 
 CRASH_POINTS = list(STAGES) + ["switched"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from agent_support import ThreadAgent
+
 from edgetl.keys import generate_keypair
 
 ROOT = Path(__file__).resolve().parents[1]

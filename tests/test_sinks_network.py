@@ -6,10 +6,10 @@ import json
 import threading
 
 import pytest
+from net_helpers import MqttBroker, RecordingServer, free_port
 
 from edgetl.errors import ConfigError
 from edgetl.plugins import get_manager
-from net_helpers import MqttBroker, RecordingServer, free_port
 
 RESULT = {"timestamp": 1.0, "source": "cam", "frame": 3, "label": "defect",
           "scores": {"good": 0.1, "defect": 0.9}, "model": "m-1", "latency_ms": 2.5}

@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgetl.deploy.client import DeviceClient
 from edgetl.errors import ConfigError, DeployError, EdgetlError

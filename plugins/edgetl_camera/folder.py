@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from edgetl.api import Frame, FrameStream, Source
 from edgetl.errors import ConfigError, DataError
