@@ -10,6 +10,7 @@ import click
 
 from edgetl.cli.agent_cmd import agent_group
 from edgetl.cli.bundle_cmd import bundle_group
+from edgetl.cli.data_cmd import data_group
 from edgetl.cli.deploy_cmd import deploy_command
 from edgetl.cli.device_cmd import device_group
 from edgetl.cli.export_cmd import export_cmd
@@ -30,7 +31,7 @@ def _placeholder(name: str, summary: str) -> click.Command:
 
 COMMANDS: list[click.Command] = [
     plugins_group,
-    _placeholder("data", "Materialise and inspect datasets"),
+    data_group,
     train_command,
     eval_command,
     predict_command,
