@@ -83,11 +83,10 @@ class Agent:
         return {"recovered": recovered, "model": self.model.name if self.model else None}
 
     def shutdown(self) -> None:
+        """Stop the pipeline (its sinks flush and close); the model stays loaded until the process ends."""
         with self._pipeline_lock:
             if self.pipeline is not None:
                 self.pipeline.stop()
-        if self.model is not None:
-            self.model.close()
 
     def _threshold_override(self, install_id: str) -> float | None:
         doc = read_json(self.state.threshold_path, None)

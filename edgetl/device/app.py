@@ -8,6 +8,7 @@ is kept in docs/agent-openapi.json.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import time
@@ -50,7 +51,13 @@ def _status_for(exc: EdgetlError) -> int:
 
 def create_app(agent: Agent, token: str) -> FastAPI:
     """The FastAPI application serving ``agent``, protected by ``token``."""
-    app = FastAPI(title="edgetl device agent", version=__version__,
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if hasattr(agent, "shutdown"):  # uvicorn's graceful stop (SIGTERM/SIGINT): close sinks and runtime
+            agent.shutdown()
+
+    app = FastAPI(title="edgetl device agent", version=__version__, lifespan=lifespan,
                   description="Installs, verifies and runs signed edgetl bundles on a device (DESIGN.md).")
     bearer = HTTPBearer(auto_error=False)
     expected = token.encode("utf-8")

@@ -62,7 +62,4 @@ def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str
     app = create_app(agent, token)
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
                             log_level=log_level, access_log=False, server_header=False)
-    try:
-        uvicorn.Server(config).run()
-    finally:
-        agent.shutdown()
+    uvicorn.Server(config).run()  # the app's lifespan stops the pipeline on SIGTERM/SIGINT
