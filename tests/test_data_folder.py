@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from edgetl.api import InputSpec
-from edgetl.data.folder import (DataWarning, check_images, load_split, read_csv_manifest,
-                                scan_image_folder)
+from edgetl.data.folder import DataWarning, check_images, load_split, read_csv_manifest, scan_image_folder
 from edgetl.errors import DataError
 
 

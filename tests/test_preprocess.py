@@ -10,8 +10,17 @@ import pytest
 
 from edgetl.api import InputSpec
 from edgetl.errors import DataError
-from edgetl.preprocess import (crop_roi, decode_image, fit, normalize, prepare, preprocess,
-                               preprocess_file, read_image, split_tiles)
+from edgetl.preprocess import (
+    crop_roi,
+    decode_image,
+    fit,
+    normalize,
+    prepare,
+    preprocess,
+    preprocess_file,
+    read_image,
+    split_tiles,
+)
 
 BGR = InputSpec(size=(2, 2), mean=(0.0,) * 3, std=(1.0,) * 3, color="BGR")
 

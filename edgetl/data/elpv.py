@@ -111,13 +111,13 @@ def materialise_elpv(out: str | Path, *, classes: str = "binary", cell_type: str
     if limit is not None:
         keep = stratified_split([(c.label(classes), c.cell_type) for c in cells],
                                 1 - min(1.0, limit / len(cells)) or 1e-9, 0, seed + 1)
-        cells = [c for c, s in zip(cells, keep) if s == "train"]
+        cells = [c for c, s in zip(cells, keep, strict=False) if s == "train"]
     keys = [(c.label(classes), c.cell_type) for c in cells]
     splits = stratified_split(keys, test_size, val_size, seed)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     rows = []
-    for cell, split, (label, _) in zip(cells, splits, keys):
+    for cell, split, (label, _) in zip(cells, splits, keys, strict=False):
         dest = tmp / split / label / cell.source.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(cell.source, dest)

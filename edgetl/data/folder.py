@@ -186,7 +186,7 @@ def check_images(samples: Samples, *, skip_bad: bool, workers: int = 4) -> Sampl
     """
     with ThreadPoolExecutor(max_workers=workers) as pool:
         reasons = list(pool.map(_bad_reason, [s.path for s in samples.items]))
-    bad = [(s, r) for s, r in zip(samples.items, reasons) if r is not None]
+    bad = [(s, r) for s, r in zip(samples.items, reasons, strict=False) if r is not None]
     if not bad:
         return samples
     if not skip_bad:

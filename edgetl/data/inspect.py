@@ -61,7 +61,7 @@ def inspect_dataset(root: str | Path, *, sheet: str | Path | None = None, per_cl
     with ThreadPoolExecutor(max_workers=workers) as pool:
         probes = list(pool.map(_probe, everything))
     sizes = Counter(f"{wh[0]}x{wh[1]}" for _, wh in probes if wh)
-    corrupt = [{"path": str(p), "error": err} for p, (err, _) in zip(everything, probes) if err]
+    corrupt = [{"path": str(p), "error": err} for p, (err, _) in zip(everything, probes, strict=False) if err]
     doc: dict[str, Any] = {
         "root": str(root), "layout": "folder" if "all" in found else "splits", "classes": classes,
         "splits": {}, "n": len(everything), "image_sizes": dict(sizes.most_common()),

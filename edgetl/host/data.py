@@ -12,7 +12,8 @@ for bit. MixUp/CutMix mix whole batches: :func:`batch_mix`.
 from __future__ import annotations
 
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
