@@ -35,6 +35,7 @@ def test_scan_image_folder_sorts_classes_and_counts(folder):
     assert samples.classes == ["defect", "good"]
     assert samples.counts() == {"defect": 2, "good": 3} and len(samples) == 5
     assert {s.path.name for s in samples.items if s.label == 1} == {"g0.png", "g1.png", "g2.png"}
+    assert load_split(folder.parent, split="train").counts() == samples.counts()
     val = scan_image_folder(folder, classes=["good", "defect", "extra"])
     assert val.counts() == {"good": 3, "defect": 2, "extra": 0} and val.items[0].label == 1
 

@@ -23,7 +23,7 @@ def _print_counts(counts: dict[str, dict[str, int]]) -> None:
                    + str(sum(row.values())).rjust(8))
 
 
-@data_group.command("elpv")
+@data_group.command("elpv", short_help="Materialise the ELPV solar-cell defect set (CC BY-NC-SA 4.0).")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--classes", type=click.Choice(["binary", "four"]), default="binary", show_default=True,
               help="binary: good (defect probability < 0.5) / defect; four: p000 p033 p067 p100.")
@@ -60,7 +60,7 @@ def elpv_cmd(out: str, classes: str, cell_type: str, test_size: float, val_size:
     info(f"wrote {out} (licence CC BY-NC-SA 4.0; see {out}/README.md for the citations)")
 
 
-@data_group.command("textures")
+@data_group.command("textures", short_help="Generate a synthetic good/defect texture set (seconds).")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--per-class", type=click.IntRange(4), default=200, show_default=True,
@@ -78,7 +78,7 @@ def textures_cmd(out: str, seed: int, per_class: int) -> None:
     info(f"wrote {out}")
 
 
-@data_group.command("inspect")
+@data_group.command("inspect", short_help="Counts, sizes, corrupt files, imbalance, contact sheet.")
 @click.argument("directory", metavar="DIR", type=click.Path())
 @click.option("--sheet", type=click.Path(dir_okay=False), default=None,
               help="Write a PNG contact sheet (one row of samples per class).")
