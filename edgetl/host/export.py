@@ -156,7 +156,7 @@ def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
     train_dir, val_dir = cal.run_folders(run.config)
     val_paths, y = cal.scan(val_dir, run.labels)
     val = cal.load_set(val_paths, y, run.input)
-    reference = per_image(torch_outputs(run.model, val.x), val.owner, len(val))
+    reference = per_image(torch_outputs(run.model, val.x), val.owner, len(val), run.labels, run.positive)
     calib = cal.calibration_batches(train_dir, run.labels, run.input, options.calib_count, batch=batch)
     say(f"data      {len(val)} validation images (gate), {sum(len(b) for b in calib)} calibration images "
         f"from {train_dir}")
@@ -215,7 +215,7 @@ def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
                 stub = {"target": {"format": target.name, "precision": step.precision, "method": step.method,
                                    "runtime": runtime_settings}, "input": run.input.to_dict()}
                 runtime = getattr(target, "load_for_gate", target.load)(files, stub, {})
-                out = per_image(runtime.predict(val.x), val.owner, len(val))
+                out = per_image(runtime.predict(val.x), val.owner, len(val), run.labels, run.positive)
                 attempt.update(gate(out, reference, y, task=run.task, labels=run.labels,
                                     threshold=run.threshold, positive=run.positive,
                                     max_drop_points=options.gate, min_agreement=options.min_agreement))

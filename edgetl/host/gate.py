@@ -28,15 +28,21 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return [low, high]
 
 
-def per_image(outputs: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
-    """Tile rows -> one row per image (mean of its tiles; identity without tiling)."""
+def per_image(outputs: np.ndarray, owner: np.ndarray, n: int, labels: list[str] | None = None,
+              positive: str | None = None) -> np.ndarray:
+    """Tile rows -> one row per image, aggregated exactly as ``edgetl predict`` does (identity without tiling)."""
     outputs = np.asarray(outputs, dtype=np.float64)
     if len(outputs) == n:
         return outputs
-    return np.stack([outputs[owner == i].mean(axis=0) for i in range(n)])
+    from edgetl.predictor import aggregate_tiles
+
+    rows = [aggregate_tiles(outputs[owner == i], list(labels or []), positive) for i in range(n)]
+    return np.stack(rows).reshape(n, -1) if outputs.ndim > 1 else np.concatenate(rows)
 
 
 def decisions(outputs: np.ndarray, labels: list[str], threshold: float | None, positive: str | None) -> np.ndarray:

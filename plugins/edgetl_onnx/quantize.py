@@ -95,6 +95,9 @@ def quantize_int8(src: Path, dst: Path, batches: list[np.ndarray], *, symmetric:
     """``quantize_static`` in QDQ format with per-channel weights (see the module docstring)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    # keep the head's output op (softmax/sigmoid) in float: probabilities at 1/255 resolution would
+    # make a recall threshold such as 0.003 meaningless
+    nodes_to_exclude = list(nodes_to_exclude or []) + output_ops(src)
     extra: dict[str, Any] = {}
     if symmetric:
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
@@ -109,6 +112,15 @@ def quantize_int8(src: Path, dst: Path, batches: list[np.ndarray], *, symmetric:
         calibration_cache_path=str(cache) if cache is not None else None,
     )
     return dst
+
+
+def output_ops(path: Path) -> list[str]:
+    """Names of the nodes that produce the graph's outputs."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    outputs = {o.name for o in graph.output}
+    return [n.name for n in graph.node if n.name and outputs.intersection(n.output)]
 
 
 def _session_outputs(path: Path, x: np.ndarray) -> np.ndarray:
