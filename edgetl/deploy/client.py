@@ -100,7 +100,7 @@ class DeviceClient:
         last = None
         while True:
             status = self.install_status(install_id)
-            key = (status["stage"], round(status["progress"], 2))
+            key = (status["stage"], round(status["progress"], 2), status.get("detail"))
             if on_progress is not None and key != last:
                 on_progress(status)
                 last = key

@@ -102,7 +102,8 @@ def install_on(target: DeviceTarget, bundle: Path, ca: str | None,
             log(f"{target.name}: uploaded, install {result.install_id}")
 
             def progress(status: dict[str, Any]) -> None:
-                log(f"{target.name}: {status['stage']:<13} {status['progress'] * 100:5.1f} %")
+                detail = f"  {status['detail']}" if status.get("detail") else ""
+                log(f"{target.name}: {status['stage']:<13} {status['progress'] * 100:5.1f} %{detail}")
 
             final = client.wait_install(result.install_id, progress)
             result.report = final.get("report") or {}

@@ -154,8 +154,10 @@ class Installer:
 
             t = self._stage(install_id, "load")
 
-            def progress(done: float, total: float = 1.0, _base=STAGES.index("load")) -> None:
-                status["progress"] = (_base + min(1.0, done / total if total else 1.0)) / len(STAGES)
+            def progress(phase: str, done: float, total: float, _base=STAGES.index("load")) -> None:
+                """A TensorRT engine build takes minutes: show its phase and step in the status."""
+                status["detail"] = f"{phase} {done:g}/{total:g}"
+                status["progress"] = (_base + min(1.0, done / total if total else 0.0)) / len(STAGES)
 
             model = DeviceModel.load(install_id, staging, self.state.engines_dir, progress=progress)
             report["runtime"] = model.runtime.info()

@@ -64,15 +64,20 @@ class DeviceModel:
     @classmethod
     def load(cls, install_id: str, folder: Path, engines_dir: Path | None = None,
              threshold: float | None = None, progress: Any = None) -> "DeviceModel":
-        """Load an extracted bundle from ``folder`` (its manifest.json and model files)."""
+        """Load an extracted bundle from ``folder`` (its manifest.json and model files).
+
+        Args:
+            progress: ``progress(phase, done, total)``, called by targets with a long load
+                (a TensorRT engine build) so the install status can show it.
+        """
         import json
 
         from edgetl.bundle import load_runtime
 
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
         options: dict[str, Any] = {}
-        if engines_dir is not None:
-            options["cache_dir"] = str(engines_dir)
+        if engines_dir is not None:  # TensorRT keeps its engines here, keyed by (GPU, TensorRT, bundle)
+            options["engine_cache"] = str(engines_dir)
         if progress is not None:
             options["progress"] = progress
         runtime = load_runtime(folder, manifest, options)

@@ -49,6 +49,7 @@ class InstallStatusDoc(_Open):
     status: Literal["receiving", "running", "installed", "failed"]
     stage: str | None
     progress: float = Field(ge=0, le=1)
+    detail: str | None = Field(default=None, description="sub-step of a long stage, e.g. a TensorRT build phase")
     stages: list[StageDoc]
     report: dict[str, Any] = Field(description="verify, signature, compatibility, runtime, reference, switch")
     error: str | None
