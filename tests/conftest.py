@@ -8,6 +8,9 @@ import pytest
 
 os.environ["EDGETL_LOAD_PLUGINS"] = ""
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Nothing in the suite may touch a model hub: a test that forgets `pretrained: false` fails fast.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["EDGETL_OFFLINE"] = "1"
 
 
 @pytest.fixture(autouse=True)
