@@ -19,9 +19,10 @@ import os
 import stat
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any
 
 from edgetl.errors import BundleError, MissingDependencyError, SignatureError, SignatureNotCheckedError
 

@@ -15,8 +15,9 @@ import base64
 import binascii
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from edgetl.errors import EdgetlError, SignatureError
 

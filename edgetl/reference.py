@@ -70,7 +70,7 @@ def check_reference(extracted_dir: str | Path, manifest: dict[str, Any], runtime
     spec = InputSpec.from_dict(manifest["input"])
     outputs = run_images([extracted_dir / item["file"] for item in images], spec, runtime)
     agree, total, worst, failures = 0, 0, 0.0, []
-    for item, got in zip(images, outputs):
+    for item, got in zip(images, outputs, strict=True):
         want = np.asarray(item["output"], dtype=np.float32)
         if want.shape != got.shape:
             failures.append(f"{item['file']}: output shape {list(got.shape)}, stored {list(want.shape)}")

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 
 from edgetl.bundle import extract_bundle, open_bundle, verify_bundle
 from edgetl.cli import cli
-from edgetl.errors import GateFailedError
 from edgetl.host.export import ExportOptions, export_run
 from edgetl.keys import generate_keypair
 
@@ -28,6 +27,22 @@ def tiny(tmp_path_factory):
     run_dir = make_tiny_run(root)
     key, pub = generate_keypair(root / "signer")
     return run_dir, root / "data", key, pub
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory):
+    """``exported(precision)``: one signed ONNX export per precision, shared by the module's tests."""
+    cache: dict[str, object] = {}
+    folder = tmp_path_factory.mktemp("bundles")
+
+    def get(precision: str):
+        if precision not in cache:
+            run_dir, _, key, _ = tiny
+            cache[precision] = export_run(run_dir, _options(folder, precision=precision, sign=key,
+                                                            out=folder / f"{precision}.edgetl"))
+        return cache[precision]
+
+    return get
 
 
 def _options(tmp_path, **kw):
@@ -87,12 +102,12 @@ def broken_int8(monkeypatch):
 
 
 @pytest.mark.parametrize("precision,tol", [("fp32", 1e-4), ("fp16", 1e-2), ("int8", 0.1)])
-def test_round_trip_bundle_reproduces_torch_within_tolerance(tiny, tmp_path, precision, tol):
+def test_round_trip_bundle_reproduces_torch_within_tolerance(tiny, exported, precision, tol):
     from edgetl.bundle_predictor import BundlePredictor
     from edgetl.preprocess import preprocess_file
 
     run_dir, data, key, pub = tiny
-    result = export_run(run_dir, _options(tmp_path, precision=precision, sign=key))
+    result = exported(precision)
     assert result.manifest["target"]["precision"] == precision
     verify_bundle(result.bundle, [pub])
     paths = sorted((data / "val").rglob("*.png"))[::4]
@@ -116,7 +131,7 @@ def test_auto_walks_the_chain_past_a_failing_gate_and_records_every_attempt(tiny
     assert "float_layers" in second["details"] and second["details"]["sensitivity"]
 
 
-def test_explicit_precision_failing_the_gate_fails_without_fallback(tiny, tmp_path, broken_int8):
+def test_explicit_precision_failing_the_gate_fails_without_fallback_and_falls_back_with_it(tiny, tmp_path, broken_int8):
     run_dir, *_ = tiny
     out = tmp_path / "never.edgetl"
     runner = CliRunner()
@@ -129,23 +144,17 @@ def test_explicit_precision_failing_the_gate_fails_without_fallback(tiny, tmp_pa
     assert doc["attempts"][0]["agreement"] < 0.98 and doc["attempts"][0]["n"] == 32  # the numbers
     assert "--precision int8 failed the gate" in res.stderr and "--fallback" in res.stderr
     assert not out.exists()
-
-
-def test_explicit_precision_with_fallback_takes_the_next_step(tiny, tmp_path, broken_int8):
-    run_dir, *_ = tiny
-    with pytest.raises(GateFailedError):
-        export_run(run_dir, _options(tmp_path, precision="int8"))
-    result = export_run(run_dir, _options(tmp_path, precision="int8", fallback=True))
+    # with --fallback the chain goes on (int8/ptq, int8/accuracy-aware, fp16): fp16 is kept
+    result = export_run(run_dir, _options(tmp_path, precision="int8", fallback=True, latency_runs=0))
     assert result.manifest["target"]["precision"] == "fp16"
     assert [a["passed"] for a in result.attempts] == [False, False, True]
 
 
-def test_reference_set_reproduces_host_outputs_through_the_manifest_preprocessing(tiny, tmp_path):
+def test_reference_set_reproduces_host_outputs_through_the_manifest_preprocessing(exported, tmp_path):
     from edgetl.bundle import load_runtime
     from edgetl.reference import check_reference
 
-    run_dir, *_ = tiny
-    result = export_run(run_dir, _options(tmp_path, precision="fp32"))
+    result = exported("fp32")
     with open_bundle(result.bundle) as b:
         manifest = b.manifest
     ref = manifest["reference"]
@@ -199,9 +208,9 @@ def test_cli_export_json_matches_schema_and_bundle_verify_reruns_the_reference(t
     assert json.loads(ver.stdout)["reference"]["status"] == "passed"
 
 
-def test_device_half_runs_a_bundle_without_torch(tiny, tmp_path):
-    run_dir, data, *_ = tiny
-    bundle = export_run(run_dir, _options(tmp_path, precision="int8")).bundle
+def test_device_half_runs_a_bundle_without_torch(tiny, exported):
+    _, data, *_ = tiny
+    bundle = exported("int8").bundle
     image = sorted((data / "val").rglob("*.png"))[0]
     code = ("import sys\n"
             "for name in ('torch', 'timm', 'torchvision', 'onnx', 'onnxscript'):\n"
@@ -226,3 +235,21 @@ def test_dynamic_batch_export_accepts_any_batch(tiny, tmp_path):
     with BundlePredictor(result.bundle) as predictor:
         assert predictor.runtime.fixed_batch is None
         assert predictor.predict(np.zeros((5, 3, 48, 48), np.float32)).shape == (5, 2)
+
+
+def test_bundle_verify_fails_when_this_machine_does_not_reproduce_the_reference(exported, tiny, tmp_path):
+    from edgetl.bundle import write_bundle
+    from edgetl.keys import load_private_key
+
+    _, _, key, pub = tiny
+    src = exported("fp32").bundle
+    with open_bundle(src) as b:
+        manifest = b.manifest
+        members = {n: b.read(n) for n in manifest["files"]}
+    doc = json.loads(members["reference/outputs.json"])
+    doc["images"][0]["output"] = [[1.0 - v for v in row] for row in doc["images"][0]["output"]]  # swap the answer
+    members["reference/outputs.json"] = json.dumps(doc).encode()
+    bad = write_bundle(tmp_path / "bad.edgetl", manifest, members, load_private_key(key))
+    res = CliRunner().invoke(cli, ["bundle", "verify", str(bad), "--trust", str(pub)])
+    assert res.exit_code == 1
+    assert "reference check failed on this machine" in res.output and "reference/000" in res.output

@@ -10,8 +10,7 @@ from click.testing import CliRunner
 
 from edgetl.cli import cli
 from edgetl.errors import EdgetlError, SignatureError
-from edgetl.keys import (generate_keypair, key_id, load_private_key, load_public_key, sign,
-                         verify_signature)
+from edgetl.keys import generate_keypair, key_id, load_private_key, load_public_key, sign, verify_signature
 
 
 def test_generate_writes_pem_pair_private_mode_0600_and_name_may_be_a_path(tmp_path):

@@ -41,7 +41,7 @@ def reference_members(val: Any, labels: list[str], spec: Any, runtime: Any, coun
     outputs = run_images(paths, spec, runtime)
     members: dict[str, bytes] = {}
     images = []
-    for n, (i, path, out) in enumerate(zip(idx, paths, outputs)):
+    for n, (i, path, out) in enumerate(zip(idx, paths, outputs, strict=True)):
         name = f"reference/{n:03d}{path.suffix.lower()}"
         members[name] = path.read_bytes()
         images.append({"file": name, "label": labels[int(val.labels[i])], "source": path.name,

@@ -16,9 +16,10 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ class ExportOptions:
     calib_count: int = 300
     dynamic_batch: bool = False
     model_version: str | None = None
-    sign: str | Path | None = None
+    sign: Any = None  # path to NAME.key, or a loaded Ed25519 private key
     out: str | Path | None = None
     reference_count: int = 32
     latency_runs: int = 50
@@ -147,7 +148,8 @@ def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
         raise UsageError(f"--target {options.target}: profile '{profile.name}' is for format "
                          f"'{profile.format}', not '{target.name}'")
     chain = resolve_chain(target, profile, options.precision, options.fallback)
-    private_key = load_private_key(options.sign) if options.sign else None
+    private_key = (load_private_key(options.sign) if isinstance(options.sign, (str, Path))
+                   else options.sign)  # a path, or an already loaded key
     batch = profile.input.batch if profile is not None else 1
     dynamic = options.dynamic_batch or bool(profile and profile.input.dynamic_batch)
     runtime_settings = profile.runtime.model_dump(exclude_none=True) if profile is not None else {}
@@ -220,7 +222,8 @@ def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
                                     threshold=run.threshold, positive=run.positive,
                                     max_drop_points=options.gate, min_agreement=options.min_agreement))
                 attempt["latency_ms"] = median_latency_ms(runtime.predict, val.x[:batch], options.latency_runs)
-                stages.append({"stage": f"gate {label}", "seconds": time.perf_counter() - t, "size_bytes": None})
+                attempt["gate_seconds"] = time.perf_counter() - t
+                stages.append({"stage": f"gate {label}", "seconds": attempt["gate_seconds"], "size_bytes": None})
             except Exception as exc:  # a quantizer or runtime that fails is a failed attempt, not a crash
                 log.debug("attempt %s failed", label, exc_info=True)
                 attempt["reason"] = f"{type(exc).__name__}: {exc}"[:500]
@@ -251,7 +254,8 @@ def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
 
 
 def _attempt_line(a: dict[str, Any]) -> str:
-    head = f"gate      {a['precision']}/{a['method']}: {'PASS' if a['passed'] else 'FAIL'}"
+    secs = f"{a['gate_seconds']:6.1f} s  " if a.get("gate_seconds") is not None else ""
+    head = f"gate      {secs}{a['precision']}/{a['method']}: {'PASS' if a['passed'] else 'FAIL'}"
     if a.get("n") is None:
         return f"{head}  ({a.get('reason')})"
     lo, hi = a["agreement_ci95"]

@@ -7,8 +7,9 @@ Registration imports nothing heavy: the host half (:mod:`edgetl_onnx.export`,
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from edgetl.api import FallbackStep, Quantizer, Runtime, Target
 from edgetl.hookspecs import hookimpl

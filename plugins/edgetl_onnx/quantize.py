@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,6 @@ def to_fp16(src: Path, dst: Path) -> Path:
     """Float16 weights and compute; float32 graph inputs and outputs."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
-
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = OnnxModel(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True))

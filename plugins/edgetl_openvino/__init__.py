@@ -7,8 +7,9 @@ half (:mod:`edgetl_openvino.runtime`; openvino, no torch) load on use.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from edgetl.api import FallbackStep, Quantizer, Runtime, Target
 from edgetl.hookspecs import hookimpl

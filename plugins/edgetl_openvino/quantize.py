@@ -8,8 +8,9 @@ run's validation images. The gate then re-measures the result independently.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -8,14 +8,15 @@ advertises FP16, else f32.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+from edgetl_onnx.runtime import run_static
 
 from edgetl.api import Runtime
 from edgetl.errors import BundleError
-from edgetl_onnx.runtime import run_static
 
 
 class OpenVinoModel(Runtime):

@@ -14,8 +14,9 @@ cuda-python; no torch) loads on the device.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from edgetl.api import FallbackStep, Quantizer, Runtime, Target
 from edgetl.hookspecs import hookimpl
