@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from edgetl.cli.agent_cmd import agent_group
+from edgetl.cli.bench_cmd import bench_command
 from edgetl.cli.bundle_cmd import bundle_group
 from edgetl.cli.data_cmd import data_group
 from edgetl.cli.deploy_cmd import deploy_command
@@ -41,5 +42,5 @@ COMMANDS: list[click.Command] = [
     agent_group,
     deploy_command,
     device_group,
-    _placeholder("bench", "Measure latency and accuracy of runs and bundles"),
+    bench_command,
 ]
