@@ -134,6 +134,7 @@ class Installer:
         upload = self.state.upload_path(install_id)
         staging = self.state.staging_dir(install_id)
         model = None
+        final: dict[str, Any] = {"status": "failed", "error": "internal error: install ended unexpectedly"}
         try:
             t = self._stage(install_id, "verify")
             verified = verify_bundle(upload, self.agent.trusted_keys)
@@ -179,10 +180,10 @@ class Installer:
             t = self._stage(install_id, "switch")
             report["switch"] = self.agent.switch_to(install_id, staging, model, crash_hook=_crash_point)
             self._ok(install_id, "switch", t)
-            status.update(status="installed", progress=1.0, finished=time.time())
             self.journal.append(event="install", install_id=install_id, stage="done", status="installed",
                                 report=report)
             self.agent.metrics.installs.labels(result="installed").inc()
+            final = {"status": "installed", "progress": 1.0}
         except Exception as exc:  # every failure leaves the previous model serving
             if model is not None and self.agent.model is not model:
                 model.close()
@@ -193,16 +194,19 @@ class Installer:
                 message = f"bundle refused: {message}"
             stage = status["stage"]
             status["stages"].append({"stage": stage, "status": "failed"})
-            status.update(status="failed", error=message, finished=time.time())
-            self.journal.append(event="install", install_id=install_id, stage=stage, status="failed",
-                                error=message, report=report)
             if self.state.pointer()["current"] != install_id:
                 shutil.rmtree(staging, ignore_errors=True)
                 shutil.rmtree(self.state.model_dir(install_id), ignore_errors=True)
+            self.journal.append(event="install", install_id=install_id, stage=stage, status="failed",
+                                error=message, report=report)
             self.agent.metrics.installs.labels(result="failed").inc()
+            final = {"status": "failed", "error": message}
         finally:
+            # clean up and free the slot *before* the status says the install ended, so a client that
+            # sees "installed"/"failed" finds no leftovers and may upload the next bundle at once
             upload.unlink(missing_ok=True)
             self._busy.release()
+        status.update(finished=time.time(), **final)
 
     # -- recovery --------------------------------------------------------------------
     def recover(self) -> list[dict[str, Any]]:
