@@ -138,3 +138,21 @@ def test_input_batch_repeats_few_images_and_falls_back_to_seeded_noise(models):
     assert np.array_equal(batch[0], batch[2]) and not np.array_equal(batch[0], batch[1])
     noise, source = input_batch(spec, 3, None)
     assert source == "noise" and noise.shape == (3, 3, 24, 32) and np.array_equal(noise, input_batch(spec, 3, [])[0])
+
+
+def test_run_all_plan_gives_quick_settings_and_skips_elpv_training_unless_full(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    sys.modules["run_all"] = run_all  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(run_all)
+    finally:
+        del sys.modules["run_all"]
+    assert run_all.main(["--mode", "quick", "--list"]) == 0
+    quick = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert quick["elpv_strategies"].startswith("skipped: trains three")
+    assert "--rounds 1" in quick["train_throughput"] and "--clients 8" in quick["agent_load"]
+    assert run_all.main(["--mode", "full", "--list", "--only", "elpv_strategies"]) == 0
+    assert "elpv_strategies.py --results" in capsys.readouterr().out
