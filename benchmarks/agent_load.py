@@ -191,12 +191,16 @@ def measure_fleet(root: Path, bundle: Path, pub: Path, n: int, parallel: int) ->
         results, ok_all = deploy_fleet(bundle, targets[1:], parallel=parallel)
         fleet_s = time.perf_counter() - start
         per_device = [r.seconds for r in results]
+        start = time.perf_counter()  # again, every device at once after the canary
+        _, ok_wide = deploy_fleet(bundle, targets[1:], parallel=n - 1)
+        wide_s = time.perf_counter() - start
     finally:
         for agent in agents:
             agent.stop()
     return {"agents": n, "boot_s": boot_s, "one_device_s": one_s, "one_ok": ok_one,
             "fleet_devices": n - 1, "parallel": parallel, "fleet_s": fleet_s, "fleet_ok": ok_all,
             "fleet_over_one": fleet_s / one_s, "per_device_p50_s": statistics.median(per_device),
+            "fleet_all_parallel_s": wide_s, "fleet_all_parallel_ok": ok_wide,
             "per_device_max_s": max(per_device)}
 
 
@@ -252,6 +256,8 @@ def main() -> None:
         ("rollout to 1 device", f"{fleet['one_device_s']:.2f} s"),
         (f"rollout to {fleet['fleet_devices']} devices (canary + parallel {fleet['parallel']})",
          f"{fleet['fleet_s']:.2f} s ({fleet['fleet_over_one']:.1f} x one device, ok={fleet['fleet_ok']})"),
+        (f"rollout to {fleet['fleet_devices']} devices (canary + parallel {fleet['fleet_devices'] - 1})",
+         f"{fleet['fleet_all_parallel_s']:.2f} s (ok={fleet['fleet_all_parallel_ok']})"),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"agent load benchmark on {doc['machine']['cores']} cores, 127.0.0.1 ({doc['bundle']})")

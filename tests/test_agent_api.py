@@ -254,6 +254,8 @@ def test_bad_requests_get_one_line_errors_without_traces(agent, b):
         assert r.status_code == 400 and "not a readable image" in r.json()["error"]
         r = client.post("/v1/predict", content=b.jpeg(), headers={"Content-Type": "text/plain"})
         assert r.status_code == 415
+        r = client.post("/v1/predict?heatmap=true", content=b.jpeg(), headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 400 and "gives no anomaly map" in r.json()["error"]
         r = client.get("/v1/model/install/nope")
         assert r.status_code == 404 and r.json() == {"error": "no install 'nope' on this device"}
         r = client.post("/v1/pipeline", json={"source": "nowhere-at-all"})
