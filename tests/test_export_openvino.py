@@ -60,22 +60,43 @@ def test_ir_round_trip_matches_torch(run_dir, tmp_path, precision, tol):
         assert result.attempts[-1]["size_bytes"] < 0.7 * result.stages[0]["size_bytes"]
 
 
-def test_int8_goes_through_nncf_and_the_gate_records_each_method(run_dir, tmp_path):
-    result = export_run(run_dir, ExportOptions(format="openvino", precision="int8", calib_count=24,
-                                               latency_runs=2, out=tmp_path / "ov8.edgetl"))
-    attempts = result.manifest["export"]["attempts"]
+def test_int8_goes_through_nncf_and_the_gate_and_json_stdout_stays_clean(run_dir, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ov8.edgetl"
+    proc = subprocess.run([sys.executable, "-m", "edgetl", "export", str(run_dir), "--format", "openvino",
+                           "--precision", "int8", "--calib-count", "24", "--latency-runs", "2",
+                           "--out", str(out), "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)  # nncf's logs and progress bars went to stderr
+    assert doc["passed"] and doc["precision"] == "int8" and "quantize" in proc.stderr
+    attempts = open_bundle(out).manifest["export"]["attempts"]
     assert attempts[-1]["passed"] and all(a["precision"] == "int8" for a in attempts)
-    assert [a["method"] for a in attempts][0] == "ptq"
-    assert attempts[0]["details"]["tool"] == "nncf.quantize"
+    assert attempts[0]["method"] == "ptq" and attempts[0]["details"]["tool"] == "nncf.quantize"
     if len(attempts) == 2:
         assert attempts[1]["details"]["tool"] == "nncf.quantize_with_accuracy_control"
-    ref = json.loads(open_bundle(result.bundle).read("reference/outputs.json"))
-    assert len(ref["images"]) == result.manifest["reference"]["count"]
+    ref = json.loads(open_bundle(out).read("reference/outputs.json"))
+    assert len(ref["images"]) == open_bundle(out).manifest["reference"]["count"]
 
 
-def test_unavailable_device_is_a_clear_error(run_dir, tmp_path):
+def test_unavailable_device_is_a_clear_error_and_the_device_half_needs_no_torch(run_dir, tmp_path):
+    import subprocess
+    import sys
+
     result = export_run(run_dir, ExportOptions(format="openvino", precision="fp32", calib_count=8,
                                                latency_runs=0, out=tmp_path / "d.edgetl"))
     dest = extract_bundle(result.bundle, tmp_path / "x", 1 << 26)
     with pytest.raises(BundleError, match="device 'NPU.7' is not available here"):
         load_runtime(dest, result.manifest, {"device": "NPU.7"})
+    code = ("import sys\n"
+            "for name in ('torch', 'timm', 'torchvision', 'onnx', 'nncf'):\n"
+            "    sys.modules[name] = None\n"
+            "import numpy as np\n"
+            "from edgetl.bundle_predictor import BundlePredictor\n"
+            f"p = BundlePredictor({str(result.bundle)!r})\n"
+            "assert p.predict(np.zeros((3, 3, 48, 48), np.float32)).shape == (3, 2)\n"
+            "print(p.info()['runtime'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "openvino"

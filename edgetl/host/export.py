@@ -68,6 +68,29 @@ class ExportResult:
                 "gate": self.manifest["export"]["gate"], "attempts": self.attempts, "stages": self.stages}
 
 
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Keep stdout for ``--json``: route prints *and* logging handlers bound to stdout to stderr.
+
+    Libraries write progress to stdout (the dynamo exporter prints, nncf's
+    logger holds a ``StreamHandler(sys.stdout)`` made at import time).
+    """
+    import logging as _logging
+
+    real = sys.stdout
+    swapped = []
+    for logger in [_logging.getLogger(), *(_logging.getLogger(n) for n in list(_logging.root.manager.loggerDict))]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, _logging.StreamHandler) and handler.stream in (real, sys.__stdout__):
+                swapped.append((handler, handler.setStream(sys.stderr)))
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for handler, stream in swapped:
+            handler.setStream(stream)
+
+
 def parse_step(text: str) -> FallbackStep:
     precision, _, method = text.partition("/")
     return FallbackStep(precision, method or "default")
@@ -174,7 +197,7 @@ def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
         t = time.perf_counter()
         export_report: dict[str, Any] = {}
         example = torch.from_numpy(np.ascontiguousarray(val.x[:1].repeat(batch, axis=0)))
-        with contextlib.redirect_stdout(sys.stderr):
+        with stdout_to_stderr():
             fp32_files = target.export(run.model, example, work / "fp32",
                                        {"dynamic_batch": dynamic, "report": export_report, "profile": profile})
         stages.append({"stage": "export", "seconds": time.perf_counter() - t, "size_bytes": _size(fp32_files),
@@ -203,7 +226,7 @@ def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
                     quantizer = pm.quantizer(target.name, step.precision, step.method)
                     if quantizer is None:
                         raise ExportError(f"no quantizer registered for ({target.name}, {step.precision}, {step.method})")
-                    with contextlib.redirect_stdout(sys.stderr):  # library progress bars: keep stdout for --json
+                    with stdout_to_stderr():  # library progress bars and logs: keep stdout for --json
                         files = quantizer.quantize(
                             fp32_files, work / label.replace("/", "-"), calib,
                             {"report": details, "min_agreement": options.min_agreement, "gate": options.gate,
