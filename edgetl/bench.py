@@ -216,15 +216,14 @@ def run_bench(paths: list[str | Path], options: BenchOptions) -> dict[str, Any]:
     """
     from edgetl.errors import UsageError
 
-    if options.batch < 1 or options.runs < 1 or options.warmup < 0:
-        raise UsageError(f"--batch {options.batch}, --runs {options.runs}, --warmup {options.warmup}: "
-                         "expected batch >= 1, runs >= 1, warm-up >= 0")
+    threads = usable_cpus() if options.threads is None else options.threads
+    for flag, value, least in (("--batch", options.batch, 1), ("--runs", options.runs, 1),
+                               ("--warmup", options.warmup, 0), ("--threads", threads, 1)):
+        if value < least:
+            raise UsageError(f"{flag} {value}: expected {least} or more")
     if not paths:
         raise UsageError("give at least one RUN_DIR or BUNDLE")
     kinds = [model_kind(p) for p in paths]  # every path checked before anything loads
-    threads = options.threads or usable_cpus()
-    if threads < 1:
-        raise UsageError(f"--threads {threads}: expected 1 or more")
     files: list[Path] = []
     truth: list[str] = []
     classes: list[str] | None = None

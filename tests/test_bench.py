@@ -102,6 +102,9 @@ def test_bench_names_a_path_that_is_neither_a_run_nor_a_bundle(models, tmp_path)
         code, out, err = invoke("bench", models["bundle"], bad, "--json")
         assert code == 1 and out == ""
         assert err.strip().count("\n") == 0 and str(bad) in err and words in err, err
+    for flag in ("--batch", "--runs", "--threads"):
+        code, out, err = invoke("bench", models["bundle"], flag, 0)
+        assert code == 2 and f"{flag} 0: expected 1 or more" in err
 
 
 def test_bench_rejects_a_data_class_the_model_does_not_know(models, tmp_path):

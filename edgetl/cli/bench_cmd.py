@@ -20,12 +20,16 @@ def _fmt(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
 def render_table(doc: dict[str, Any]) -> Any:
     """A ``rich`` table of the bench document, one row per model, the reference first."""
     from rich.table import Table
 
     title = (f"edgetl bench: batch {doc['batch']}, {doc['runs']} runs after {doc['warmup']} warm-up, "
-             f"{doc['threads']} threads, {doc['host']['machine']} ({doc['host']['usable_cpus']} CPUs)")
+             f"{_threads(doc['threads'])}, {doc['host']['machine']} ({doc['host']['usable_cpus']} CPUs)")
     table = Table(title=title, caption=f"ratios vs the first model: {doc['reference']}"
                   + (f"; accuracy on {doc['data']}" if doc["data"] else ""))
     for name, justify in (("model", "left"), ("format", "left"), ("thr", "right"), ("size MB", "right"),
@@ -65,7 +69,8 @@ def write_outputs(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_xticks(range(1, len(doc["models"]) + 1),
                   [f"{m['name']}\n{m['format']} {m['precision']}" for m in doc["models"]], fontsize=8)
     ax.set_ylabel(f"latency per batch of {doc['batch']} (ms)")
-    ax.set_title(f"{doc['runs']} runs, {doc['threads']} threads, {doc['host']['machine']}", fontsize=9)
+    ax.set_title(f"{doc['runs']} runs, {_threads(doc['threads'])}, {doc['host']['machine']}; "
+                 "box: quartiles, whiskers: p1-p99", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     written.append(out_dir / "latency.png")
