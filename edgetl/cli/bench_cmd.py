@@ -79,7 +79,7 @@ def write_outputs(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     return written
 
 
-@click.command("bench")
+@click.command("bench", short_help="Latency, size and accuracy of runs and bundles, side by side.")
 @click.argument("models", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR|BUNDLE...")
 @click.option("--data", type=click.Path(), default=None,
               help="A labelled ImageFolder (e.g. a val or test split): adds accuracy and agreement.")
