@@ -45,7 +45,7 @@ def summarise(labels: list[str], truth: list[str], probs: np.ndarray) -> dict:
     y = np.array([labels.index(t) for t in truth])
     doc = evaluate(y, probs, labels)
     pred = np.array(labels)[probs.argmax(1)]
-    binary = float(np.mean([(p in GOOD) == (t in GOOD) for p, t in zip(pred, truth)]))
+    binary = float(np.mean([(p in GOOD) == (t in GOOD) for p, t in zip(pred, truth, strict=True)]))
     n = len(y)
     return {"accuracy": doc["accuracy"], "accuracy_ci95": wilson_interval(round(doc["accuracy"] * n), n),
             "balanced_accuracy": doc["balanced_accuracy"], "binary_accuracy": binary, "n": n,

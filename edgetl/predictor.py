@@ -107,7 +107,7 @@ def predict_document(predictor: Predictor, image_bgr: np.ndarray) -> dict[str, A
         return doc
     probs = aggregate_tiles(out, labels, predictor.positive)
     index = int(decide(probs[None, :], labels, predictor.threshold, predictor.positive)[0])
-    doc = {"label": labels[index], "scores": {name: float(p) for name, p in zip(labels, probs)},
+    doc = {"label": labels[index], "scores": {name: float(p) for name, p in zip(labels, probs, strict=True)},
            "latency_ms": latency_ms, "model": predictor.name}
     if predictor.threshold is not None:
         doc["threshold"] = float(predictor.threshold)

@@ -23,6 +23,15 @@ from edgetl.host.engine import Trainer  # noqa: E402
 from edgetl.predictor import open_predictor, predict_document  # noqa: E402
 from edgetl.preprocess import read_image  # noqa: E402
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: one thread. Several spin-wait for each other on a busy shared CPU (10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 SCHEMAS = Path(__file__).parents[1] / "docs" / "schemas"
 EVAL_SCHEMA = json.loads((SCHEMAS / "eval.schema.json").read_text())
 PREDICT_SCHEMA = json.loads((SCHEMAS / "predict.schema.json").read_text())

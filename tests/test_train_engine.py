@@ -24,6 +24,15 @@ from edgetl.host.engine import Trainer  # noqa: E402
 from edgetl.host.run import load_run  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: one thread. Several spin-wait for each other on a busy shared CPU (10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("tiny"), n_test=6)

@@ -15,8 +15,9 @@ import copy
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -257,7 +258,7 @@ def train_epochs(ctx: FitContext, model: Any, groups: list[dict[str, Any]], *, t
         t0 = time.perf_counter()
         total_loss, seen = 0.0, 0
         bar = progress_bar(len(sizes), f"{tag} {epoch + 1}/{epochs}", info.is_main)
-        for (x, y), global_n in zip(loader, sizes):
+        for (x, y), global_n in zip(loader, sizes, strict=True):
             x, y = _to(x, device), torch.as_tensor(y).to(device, non_blocking=True)
             if mix is not None:
                 x, y = mix(x, y)

@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from torch import nn
 
-
 TTA_VIEWS = ("hflip", "vflip", "rot180")
 
 

@@ -39,7 +39,7 @@ def _predictions_csv(path: Path, split: Any, probs: np.ndarray, labels: list[str
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "predicted", *[f"p_{c}" for c in labels]])
-        for p, y, yhat, row in zip(split.paths, split.labels, pred, probs):
+        for p, y, yhat, row in zip(split.paths, split.labels, pred, probs, strict=True):
             writer.writerow([str(p), labels[y], labels[yhat], *[f"{v:.6f}" for v in row]])
 
 

@@ -134,7 +134,7 @@ class Progressive(Strategy):
             plan = self.plan(every, len(groups), epochs, cap)
             steps = [f"epoch {plan.index(n) + 1}: +group{len(groups) - n} (lr {lr * decay ** n:.2g})"
                      for n in sorted(set(plan)) if n > 0]
-            ctx.progress("progressive schedule: epoch 1: head (lr %.2g); " % lr + "; ".join(steps), 0, epochs)
+            ctx.progress(f"progressive schedule: epoch 1: head (lr {lr:.2g}); " + "; ".join(steps), 0, epochs)
         else:
             ctx.progress(f"progressive schedule: head first, then one more group after {every} epochs "
                          f"without a better val {ctx.config.train.early_stopping.metric}", 0, epochs)

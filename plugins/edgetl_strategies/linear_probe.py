@@ -156,8 +156,8 @@ class LinearProbe(Strategy):
     def fit(self, ctx: FitContext) -> TrainedModel:
         import torch
 
-        from edgetl.host.loop import EarlyStopper, HIGHER_IS_BETTER, selection_value, val_row
-        from edgetl.host.optim import Schedule, class_weights, loss_sum, make_optimizer, soft_targets
+        from edgetl.host.loop import EarlyStopper
+        from edgetl.host.optim import Schedule, class_weights, make_optimizer
 
         opts = resolve(self.name, ctx.options, self.DEFAULTS)
         cfg = ctx.config.train
@@ -199,6 +199,31 @@ class LinearProbe(Strategy):
         w_t = None if w is None else torch.tensor(w, dtype=torch.float32)
         stopper = EarlyStopper(cfg.early_stopping.metric, cfg.early_stopping.patience)
         gen = torch.Generator().manual_seed(cfg.seed)
+        threads = torch.get_num_threads()
+        # tiny matmuls: one thread; several spin-wait on a busy CPU (measured 10-25 s per epoch
+        # instead of well under one on a loaded 2-core machine)
+        torch.set_num_threads(1)
+        try:
+            self._train_head(ctx, head, x_train, y_train, x_val, opt, schedule, w_t, stopper, gen, k)
+        finally:
+            torch.set_num_threads(threads)
+        stopper.restore(head)
+        fold_standardisation(head, mean, std)
+        head.requires_grad_(False)
+        model.head = head.to(ctx.device)
+        model.eval()
+        ctx.state["best_epoch"] = stopper.best_epoch
+        return TrainedModel(module=model, task="classify", labels=list(ctx.labels))
+
+    def _train_head(self, ctx: FitContext, head: Any, x_train: Any, y_train: Any, x_val: Any, opt: Any,
+                    schedule: Any, w_t: Any, stopper: Any, gen: Any, k: int) -> None:
+        """Epochs of the head on the cached features, with validation and early stopping."""
+        import torch
+
+        from edgetl.host.loop import HIGHER_IS_BETTER, selection_value, val_row
+        from edgetl.host.optim import loss_sum, soft_targets
+
+        cfg = ctx.config.train
         for epoch in range(cfg.epochs):
             t_epoch = time.perf_counter()
             head.train()
@@ -232,10 +257,3 @@ class LinearProbe(Strategy):
                 ctx.progress(f"early stop: no better val {stopper.metric} for {stopper.patience} epochs",
                              epoch + 1, cfg.epochs)
                 break
-        stopper.restore(head)
-        fold_standardisation(head, mean, std)
-        head.requires_grad_(False)
-        model.head = head.to(ctx.device)
-        model.eval()
-        ctx.state["best_epoch"] = stopper.best_epoch
-        return TrainedModel(module=model, task="classify", labels=list(ctx.labels))
