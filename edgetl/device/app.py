@@ -95,15 +95,7 @@ def create_app(agent: Agent, token: str) -> FastAPI:
         return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the agent's log"},
                             status_code=500)
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        agent.metrics.requests.labels(method=request.method, route=path, status=str(response.status_code)).inc()
-        agent.metrics.request_latency.labels(route=path).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(_RequestMetrics, metrics=agent.metrics)
 
     # -- routes ------------------------------------------------------------------------
     @app.get("/v1/health", response_model=schemas.HealthDoc, tags=["agent"])
@@ -193,11 +185,15 @@ def create_app(agent: Agent, token: str) -> FastAPI:
         if content_type not in IMAGE_TYPES:
             raise ApiError(415, f"Content-Type must be image/jpeg or image/png (got {content_type or 'none'})")
         body = await request.body()
-        image = await run_in_threadpool(decode_image, body, "request body")
-        doc = await run_in_threadpool(agent.predict_image, image)
-        if heatmap:
-            doc["heatmap_png"] = await run_in_threadpool(_heatmap, agent, image)
-        return doc
+
+        def work() -> dict[str, Any]:  # one thread hop for decode, preprocess and inference
+            image = decode_image(body, "request body")
+            doc = agent.predict_image(image)
+            if heatmap:
+                doc["heatmap_png"] = _heatmap(agent, image)
+            return doc
+
+        return await run_in_threadpool(work)
 
     @app.get("/v1/pipeline", response_model=schemas.PipelineStatusDoc, dependencies=auth, tags=["pipeline"],
              responses=ERRORS)
@@ -214,6 +210,33 @@ def create_app(agent: Agent, token: str) -> FastAPI:
         return agent.start_pipeline(body.model_dump(exclude={"action"}))
 
     return app
+
+
+class _RequestMetrics:
+    """Pure ASGI middleware: count requests and time them per route template (cheaper than
+    Starlette's BaseHTTPMiddleware, which wraps every response in a stream)."""
+
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.metrics is None:
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(method=scope["method"], route=route, status=str(status["code"])).inc()
+            self.metrics.request_latency.labels(route=route).observe(time.perf_counter() - start)
 
 
 def _heatmap(agent: Agent, image) -> str:

@@ -61,5 +61,6 @@ def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str
     log.info("agent ready: model %s, state %s", started["model"] or "none", state_dir)
     app = create_app(agent, token)
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
-                            log_level=log_level, access_log=False, server_header=False)
+                            log_level=log_level, access_log=False, server_header=False,
+                            timeout_keep_alive=30)  # clients and load balancers keep connections longer than 5 s
     uvicorn.Server(config).run()  # the app's lifespan stops the pipeline on SIGTERM/SIGINT

@@ -63,7 +63,7 @@ class MqttWriter(SinkWriter):
 class MqttSink(Sink):
     name = "mqtt"
     description = "publish each result as JSON (options: host, port=1883, topic, qos=1, username, password, ca)"
-    requires = ("paho.mqtt",)
+    requires = ("paho",)  # find_spec("paho.mqtt") raises, not None, when paho is absent
     extra = "agent"
 
     def open(self, options: dict[str, Any]) -> SinkWriter:
