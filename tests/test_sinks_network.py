@@ -82,3 +82,18 @@ def test_mqtt_sink_publishes_results_to_the_topic():
 def test_mqtt_sink_refuses_an_unreachable_broker_with_a_clear_error():
     with pytest.raises(ConfigError, match="cannot connect to broker 127.0.0.1"):
         get_manager().get("sink", "mqtt").open({"host": "127.0.0.1", "port": free_port()})
+
+
+def test_without_paho_the_mqtt_sink_is_listed_unavailable_and_everything_else_loads():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['paho'] = None\n"
+            "from edgetl.plugins import get_manager\n"
+            "info = get_manager().plugins['edgetl_sinks']\n"
+            "print(info.status, '|', info.reason)\n"
+            "get_manager().get('sink', 'webhook'); get_manager().get('source', 'opencv')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-1500:]
+    status, reason = out.stdout.strip().split(" | ")
+    assert status == "unavailable" and "paho" in reason and "agent" in reason
