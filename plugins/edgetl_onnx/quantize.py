@@ -9,8 +9,10 @@
   weights) avoids it there, so it is on exactly when the host lacks VNNI.
 - Accuracy-aware INT8: a per-layer sensitivity pass (quantize one layer at a
   time, measured through the real optimised ONNX Runtime kernels, on
-  calibration images against the FP32 ONNX outputs), then the most sensitive
-  layers are left in float, doubling the count until the outputs agree.
+  validation images against the FP32 ONNX outputs), then the most sensitive
+  layers are left in float, doubling the count until top-1 agreement on the
+  validation images reaches the gate's minimum (nncf's accuracy control uses
+  the validation set the same way; the gate then re-measures independently).
 - Symmetric Q/DQ (for TensorRT's explicit quantization): signed INT8
   activations and weights, zero points 0, per-channel weights, float bias.
 """
@@ -136,16 +138,24 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def accuracy_aware_int8(src: Path, dst: Path, batches: list[np.ndarray], *, min_agreement: float,
-                        reduce_range: bool, sample: int = 64, report: dict[str, Any]) -> Path:
-    """INT8 with the most sensitive layers left in float (see the module docstring)."""
+                        reduce_range: bool, check: np.ndarray | None = None, sample: int = 64,
+                        report: dict[str, Any]) -> Path:
+    """INT8 with the most sensitive layers left in float (see the module docstring).
+
+    ``check`` (M, 3, H, W): the images the agreement target is checked on —
+    the validation set when the export provides it (as nncf's accuracy control
+    does); the calibration images otherwise, which the quantization ranges were
+    fitted to and so flatter the result. Sensitivity is ranked on ``sample`` of them.
+    """
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="edgetl-aaq-") as tmp:
         tmp = Path(tmp)
         prep = preprocess(src, tmp / "prep.onnx")
         cache = tmp / "calibration.json"
-        x = np.concatenate(batches)[:sample]
-        ref = _session_outputs(prep, x)
+        check = np.concatenate(batches) if check is None else check
+        check_ref = _session_outputs(prep, check)
+        x, ref = check[:sample], check_ref[:sample]
         quantize_int8(prep, tmp / "full.onnx", batches, reduce_range=reduce_range, cache=cache)
         candidates = [n.name for n in onnx.load(str(prep)).graph.node if n.op_type in WEIGHTED_OPS and n.name]
         scores = {}
@@ -159,16 +169,16 @@ def accuracy_aware_int8(src: Path, dst: Path, batches: list[np.ndarray], *, min_
         while True:
             out = quantize_int8(prep, tmp / f"k{k}.onnx", batches, reduce_range=reduce_range,
                                 nodes_to_exclude=ranked[:k], cache=cache)
-            agree = _agreement(_session_outputs(out, x), ref)
+            agree = _agreement(_session_outputs(out, check), check_ref)
             chosen = (k, out, agree)
-            log.info("accuracy-aware int8: %d of %d layers in float: agreement %.3f on %d calibration images",
-                     k, len(ranked), agree, len(x))
+            log.info("accuracy-aware int8: %d of %d layers in float: agreement %.3f on %d images",
+                     k, len(ranked), agree, len(check))
             if agree >= min_agreement or k >= len(ranked) // 2:
                 break
             k = max(1, 2 * k)
         k, out, agree = chosen
         report.update(float_layers=ranked[:k], quantized_layers=len(ranked) - k,
-                      calibration_agreement=agree)
+                      selection_agreement=agree, selection_images=len(check))
         dst.write_bytes(out.read_bytes())
     return dst
 
@@ -216,8 +226,9 @@ class Int8AccuracyAware(_Base):
     def _quantize(self, src, dst, batches, options, report):
         reduce = options.get("reduce_range")
         reduce = needs_reduce_range() if reduce is None else bool(reduce)
+        validation = options.get("validation") or {}
         accuracy_aware_int8(src, dst, batches, min_agreement=float(options.get("min_agreement", 0.98)),
-                            reduce_range=reduce, report=report)
+                            reduce_range=reduce, check=validation.get("x"), report=report)
         report.update(format="QDQ", per_channel=True, reduce_range=reduce)
 
 
