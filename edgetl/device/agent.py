@@ -208,11 +208,11 @@ class Agent:
             atomic_write_json(self.state.pipeline_path, {"running": False, "config": saved.get("config")})
         return self.pipeline_status()
 
-    def _pipeline_ended(self, pipeline: Any) -> None:
-        """A replay that ran to its end is not resumed at the next start."""
-        if pipeline.state in ("finished", "error") and pipeline is self.pipeline:
+    def _pipeline_ended(self, pipeline: Any, end_state: str | None) -> None:
+        """A replay that ran to its end (or broke) is not resumed at the next start."""
+        if end_state in ("finished", "error") and pipeline is self.pipeline:
             atomic_write_json(self.state.pipeline_path, {"running": False, "config": pipeline.config.to_dict(),
-                                                         "ended": pipeline.state})
+                                                         "ended": end_state})
 
     def _pipeline_predict(self, image_bgr: np.ndarray, roi: tuple | None) -> dict[str, Any] | None:
         try:

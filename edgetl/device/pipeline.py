@@ -85,7 +85,7 @@ class Pipeline:
     """One running pipeline. ``predict(image_bgr, roi)`` returns a predict document, or None (no model)."""
 
     def __init__(self, config: PipelineConfig, predict: Callable[[np.ndarray, Any], dict | None],
-                 metrics: Any = None, on_end: Callable[["Pipeline"], None] | None = None):
+                 metrics: Any = None, on_end: Callable[["Pipeline", str | None], None] | None = None):
         self.config, self.predict, self.metrics, self.on_end = config, predict, metrics, on_end
         self.state, self.error = "starting", None
         self.frames = self.dropped = self.reconnects = self.sink_errors = self.skipped = 0
@@ -223,6 +223,7 @@ class Pipeline:
         roi = tuple(self.config.roi) if self.config.roi else None
         pace = 1.0 / self.config.fps_limit if self.config.fps_limit else 0.0
         next_at = time.monotonic()
+        end_state: str | None = None
         try:
             while True:
                 with self._cond:
@@ -251,18 +252,21 @@ class Pipeline:
                 if pace and not self._live:  # a replay is paced; a live source was thinned by the reader
                     next_at += pace
                     time.sleep(max(0.0, next_at - time.monotonic()))
-            if not self._stop.is_set():
-                self.state = "finished"
+            end_state = None if self._stop.is_set() else "finished"
         except Exception as exc:
-            self.state, self.error = "error", f"{type(exc).__name__}: {exc}"
+            end_state, self.error = "error", f"{type(exc).__name__}: {exc}"
             log.exception("pipeline stopped")
             self._stop.set()
         finally:
+            # sinks closed and on_end done *before* the state says so: whoever sees "finished"
+            # finds the results flushed and the saved config updated
             self._close_all()
             if self.metrics is not None:
                 self.metrics.pipeline_fps.set(0)
             if self.on_end is not None:
-                self.on_end(self)
+                self.on_end(self, end_state)
+            if end_state:
+                self.state = end_state
 
     def _close_all(self) -> None:
         for writer in getattr(self, "_writers", []):
