@@ -209,9 +209,11 @@ def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
         from edgetl.host.gate import decisions
 
         # for quantizers that tune against validation accuracy (nncf accuracy control): untiled images only
+        def decide(out: Any) -> np.ndarray:
+            return decisions(np.asarray(out, dtype=np.float64), run.labels, run.threshold, run.positive)
+
         validation = None if len(val.x) != len(val) else {
-            "x": val.x, "y": y,
-            "decide": lambda out: decisions(np.asarray(out, dtype=np.float64), run.labels, run.threshold, run.positive)}
+            "x": val.x, "y": y, "decide": decide, "reference_decisions": decide(reference)}
         chosen = None
         for step in chain:
             label = f"{step.precision}/{step.method}"

@@ -1,9 +1,11 @@
 """Host-side OpenVINO quantizers: FP16 weights, nncf INT8 PTQ, nncf INT8 with accuracy control.
 
-``nncf.quantize_with_accuracy_control`` quantizes, measures the validation
+``nncf.quantize_with_accuracy_control`` quantizes, measures a validation
 metric, and reverts the most harmful layers to float until the drop is within
-``max_drop``; it is given the gate's own budget (``--gate`` points) and the
-run's validation images. The gate then re-measures the result independently.
+``max_drop``. The metric given to it is top-1 agreement with the FP32 model on
+the run's validation images, with ``max_drop = 1 - min_agreement``: the gate
+also bounds the accuracy drop, but that one is usually met first. The gate then
+re-measures the result independently.
 """
 
 from __future__ import annotations
@@ -60,20 +62,23 @@ def int8_accuracy_control(files: Sequence[Path], out_dir: Path, batches: list[np
     validation = options.get("validation")
     if not validation:
         raise ExportError("accuracy-control needs the validation set (options['validation'])")
-    x, y, decide = validation["x"], validation["y"], validation["decide"]
-    items = [(x[i:i + 1], int(y[i])) for i in range(len(y))]
+    # the controlled metric is top-1 agreement with the FP32 model, not accuracy: the gate asks for
+    # both, and on ELPV accuracy stayed within budget (-0.67 pt) while 8 % of the answers changed
+    x, ref, decide = validation["x"], validation["reference_decisions"], validation["decide"]
+    items = [(x[i:i + 1], int(ref[i])) for i in range(len(ref))]
+    max_drop = max(0.0, 1.0 - float(options.get("min_agreement", 0.98)))
 
-    def validate(compiled: Any, data: Any) -> tuple[float, list[float]]:
+    def agreement(compiled: Any, data: Any) -> tuple[float, list[float]]:
         output = compiled.outputs[0]
         per_item = [float(decide(np.asarray(compiled(item[0])[output]))[0] == item[1]) for item in data]
         return float(np.mean(per_item)) if per_item else 0.0, per_item
 
     model = ov.Core().read_model(str(_xml(files)))
     quantized = nncf.quantize_with_accuracy_control(
-        model, nncf.Dataset(batches), nncf.Dataset(items, lambda item: item[0]), validate,
-        max_drop=float(options.get("gate", 1.0)) / 100.0, drop_type=nncf.DropType.ABSOLUTE,
+        model, nncf.Dataset(batches), nncf.Dataset(items, lambda item: item[0]), agreement,
+        max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
         subset_size=len(batches), target_device=nncf.TargetDevice.CPU)
     options.setdefault("report", {}).update(tool="nncf.quantize_with_accuracy_control", nncf=nncf.__version__,
-                                            max_drop=float(options.get("gate", 1.0)) / 100.0,
+                                            metric="top-1 agreement with FP32", max_drop=max_drop,
                                             validation_images=len(items))
     return _save(quantized, out_dir, compress=False)
