@@ -195,9 +195,19 @@ class Agent:
             if self.pipeline is not None:
                 self.pipeline.stop()
             pipeline = Pipeline(config, self._pipeline_predict, self.metrics, on_end=self._pipeline_ended)
-            pipeline.start(strict=strict)
-            self.pipeline = pipeline
+            saved_before = read_json(self.state.pipeline_path, None)
+            # saved and current *before* it starts: a short replay may end (and say so) at once
             atomic_write_json(self.state.pipeline_path, {"running": True, "config": config.to_dict()})
+            self.pipeline = pipeline
+            try:
+                pipeline.start(strict=strict)
+            except Exception:
+                self.pipeline = None
+                if saved_before is None:
+                    self.state.pipeline_path.unlink(missing_ok=True)
+                else:
+                    atomic_write_json(self.state.pipeline_path, saved_before)
+                raise
         return self.pipeline_status()
 
     def stop_pipeline(self) -> dict[str, Any]:
