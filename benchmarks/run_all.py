@@ -79,13 +79,13 @@ def _ensure_elpv_four() -> None:
 
 
 def _bench_argv(mode: str) -> list[str] | None:
-    work = _export_dir(mode) / "work"
-    bundles = sorted(str(p) for p in work.glob("*.edgetl"))
-    if not (work / "run" / "model.pt").is_file() or not bundles:
+    work = (_export_dir(mode) / "work").relative_to(ROOT)  # relative: the table stays narrow (cwd is ROOT)
+    bundles = sorted(str(p.relative_to(ROOT)) for p in (ROOT / work).glob("*.edgetl"))
+    if not (ROOT / work / "run" / "model.pt").is_file() or not bundles:
         return None
     runs = "30" if _quick(mode) else "200"
     return ["bench", str(work / "run"), *bundles, "--data", str(work / "elpv" / "val"), "--runs", runs,
-            "--out", str(RESULTS / f"bench-{mode}")]
+            "--out", str((RESULTS / f"bench-{mode}").relative_to(ROOT))]
 
 
 def _headline_export(doc: dict[str, Any]) -> dict[str, Any]:
