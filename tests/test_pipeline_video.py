@@ -144,3 +144,40 @@ def test_pipeline_config_errors_name_the_field():
         PipelineConfig.from_dict({"source": "0", "roi": [1, 2]})
     with pytest.raises(ConfigError, match="no source plugin accepts"):
         Pipeline(PipelineConfig.from_dict({"source": "nowhere-at-all"}), slow_predict(0)).start()
+
+
+def test_pipeline_reads_an_http_stream_and_reconnects_when_it_ends(tmp_path, monkeypatch):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    import edgetl.device.pipeline as pl
+
+    write_video(tmp_path / "clip.avi", frames=8, fps=100.0)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(pl, "BACKOFF_START_S", 0.05)
+    out = tmp_path / "r.jsonl"
+    url = f"http://127.0.0.1:{server.server_address[1]}/clip.avi"
+    pipeline = Pipeline(PipelineConfig.from_dict({"source": url, "sinks": [{"name": "jsonl",
+                                                                             "options": {"path": str(out)}}]}),
+                        slow_predict(0))
+    try:
+        pipeline.start()
+        deadline = time.monotonic() + 10
+        while pipeline.reconnects < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pipeline.stop()
+    finally:
+        server.shutdown()
+        server.server_close()
+    status = pipeline.status()
+    assert status["reconnects"] >= 2 and status["state"] == "stopped"
+    assert status["frames"] + status["dropped"] >= 16  # 8 frames per connection, read more than once
+    lines = read_lines(out)
+    assert len(lines) == status["frames"] >= 2 and all(r["source"] == url for r in lines)
