@@ -25,10 +25,13 @@ def agent_group() -> None:
               help="Largest bundle accepted (upload and unpacked size), in MiB.")
 @click.option("--autostart", is_flag=True, help="Start the saved pipeline at boot even if it was stopped.")
 @click.option("--insecure-http", is_flag=True, help="Allow a bind beyond loopback without TLS.")
+@click.option("--strict-int8", is_flag=True,
+              help="Refuse INT8 bundles chosen for CPU features this CPU lacks (default: warn; the reference "
+                   "check decides).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve_cmd(state_dir, host, port, token_file, trust, tls_cert, tls_key, max_bundle_mb, autostart,
-              insecure_http, log_level) -> None:
+              insecure_http, strict_int8, log_level) -> None:
     """Serve the agent API: install signed bundles, predict, run the camera pipeline.
 
     \b
@@ -42,4 +45,4 @@ def serve_cmd(state_dir, host, port, token_file, trust, tls_cert, tls_key, max_b
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(state_dir=state_dir, host=host, port=port, token_file=token_file, trust=list(trust), tls_cert=tls_cert,
           tls_key=tls_key, max_bundle_mb=max_bundle_mb, autostart=autostart, insecure_http=insecure_http,
-          log_level=log_level)
+          strict_int8=strict_int8, log_level=log_level)

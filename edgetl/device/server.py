@@ -42,7 +42,7 @@ def check_bind(host: str, tls: bool, insecure_http: bool) -> None:
 
 def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str], tls_cert: str | None,
           tls_key: str | None, max_bundle_mb: float, autostart: bool, insecure_http: bool,
-          log_level: str = "info") -> None:
+          strict_int8: bool = False, log_level: str = "info") -> None:
     """Start the agent and serve until interrupted (SIGINT/SIGTERM)."""
     import uvicorn
 
@@ -56,7 +56,7 @@ def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str
             raise ConfigError(f"{name} {value}: file not found")
     check_bind(host, bool(tls_cert), insecure_http)
     token = read_token(token_file)
-    agent = Agent(state_dir, trust, max_bundle_mb=max_bundle_mb, autostart=autostart)
+    agent = Agent(state_dir, trust, max_bundle_mb=max_bundle_mb, autostart=autostart, strict_int8=strict_int8)
     started = agent.startup()
     log.info("agent ready: model %s, state %s", started["model"] or "none", state_dir)
     app = create_app(agent, token)
