@@ -10,6 +10,7 @@ selection), prints a table and writes JSON (+ a PNG) under benchmarks/results/.
 
     python benchmarks/elpv_strategies.py                      # all three
     python benchmarks/elpv_strategies.py --only linear-probe  # one
+    python benchmarks/elpv_strategies.py --report-only        # table + figure from the saved results
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def main() -> None:
     ap.add_argument("--only", action="append", choices=list(CONFIGS))
     ap.add_argument("--set", dest="extra", action="append", default=[], help="extra --set for every run")
     ap.add_argument("--results", default="benchmarks/results/elpv_strategies.json")
+    ap.add_argument("--report-only", action="store_true", help="no training: table, ensemble, figure from --results")
     args = ap.parse_args()
     data, results_path = ROOT / args.data, ROOT / args.results
     if not (data / "train").is_dir():
@@ -123,7 +125,7 @@ def main() -> None:
         materialise_elpv(data, classes="four")
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(results_path.read_text())["runs"] if results_path.is_file() else {}
-    for strategy in args.only or list(CONFIGS):
+    for strategy in [] if args.report_only else args.only or list(CONFIGS):
         results[strategy] = run_one(strategy, data, ROOT / args.runs, args.extra)
         results_path.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "runs": results}, indent=2))
     table = dict(results)
