@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
 
+    from edgetl.cpuinfo import cpu_info
     from edgetl.errors import GateFailedError
-    from edgetl.host.cpuinfo import host_cpu
     from edgetl.host.export import ExportOptions, export_run
 
     work = args.out / "work"
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                              "export_seconds": seconds})
     print_table(rows)
     doc = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "run": str(args.run),
-           "cpu": host_cpu(), "python": platform.python_version(), "latency_runs": args.runs,
+           "cpu": cpu_info(), "python": platform.python_version(), "latency_runs": args.runs,
            "rows": rows}
     out = args.out / f"export_targets-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     out.write_text(json.dumps(doc, indent=2, default=str))

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
@@ -239,9 +240,22 @@ class Target(Component):
              options: dict[str, Any] | None = None) -> Runtime:
         """Load exported (maybe quantized) files into a :class:`Runtime` (no torch)."""
 
+    runtime_packages: tuple[str, ...] = ()
+
     def facts(self) -> dict[str, Any]:
-        """Compatibility facts of this machine's runtime (versions), for the manifest."""
-        return {}
+        """Compatibility facts for the manifest: the installed version of each ``runtime_packages``.
+
+        Read from package metadata, so nothing is imported just to learn a version.
+        """
+        from importlib.metadata import PackageNotFoundError, version
+
+        found = {}
+        for package in self.runtime_packages:
+            try:
+                found[package] = version(package)
+            except PackageNotFoundError:
+                pass
+        return found
 
 
 class Quantizer(Component):

@@ -12,7 +12,8 @@ plugin can be reported and skipped without losing the others.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 

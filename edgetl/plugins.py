@@ -172,9 +172,9 @@ class PluginManager:
                 continue
             expected = COMPONENT_TYPES[kind]
 
-            def register(component: Any, _kind=kind, _expected=expected) -> None:
+            def register(component: Any, _kind=kind, _expected=expected, _hook=hook) -> None:
                 if not isinstance(component, _expected):
-                    raise TypeError(f"plugin '{info.name}' registered {component!r} with {hook}, "
+                    raise TypeError(f"plugin '{info.name}' registered {component!r} with {_hook}, "
                                     f"expected an instance of edgetl.api.{_expected.__name__}")
                 if not component.name:
                     raise TypeError(f"plugin '{info.name}' registered a {_kind} without a name")

@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from edgetl.config import (
-    RunConfig, TargetProfile, apply_overrides, load_fleet, load_run_config, load_target_profile,
+    RunConfig,
+    TargetProfile,
+    apply_overrides,
+    load_fleet,
+    load_run_config,
+    load_target_profile,
 )
 from edgetl.errors import ConfigError
 

@@ -16,7 +16,6 @@ from typing import Any
 
 RUNTIME_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "opencv-python-headless",
                     "opencv-python", "numpy")
-INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "avx512f", "avx2", "asimddp", "i8mm")
 
 
 def _version(package: str) -> str | None:
@@ -26,23 +25,11 @@ def _version(package: str) -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_facts() -> dict[str, Any]:
-    """``{"model", "cores", "flags"}``; flags are the ISA extensions that matter for INT8 kernels."""
-    import os
+    """``{"model", "arch", "cores", "flags", "vnni"}``: the same reading the host records in the manifest."""
+    from edgetl.cpuinfo import cpu_info
 
-    model, flags = platform.processor() or "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("model name", "hardware") and not model:
-                model = value.strip()
-            elif key in ("flags", "features"):
-                flags.update(value.split())
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(), "flags": sorted(f for f in flags if f in INT8_CPU_FLAGS)}
+    return cpu_info()
 
 
 @functools.lru_cache(maxsize=1)

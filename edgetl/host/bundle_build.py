@@ -61,7 +61,7 @@ def build_and_write(*, run: Any, target: Any, profile: Any, step: Any, files: li
 
     from edgetl import __version__
     from edgetl.bundle import write_bundle
-    from edgetl.host.cpuinfo import host_cpu
+    from edgetl.cpuinfo import cpu_info
     from edgetl.keys import key_id
 
     say = options.progress
@@ -81,7 +81,7 @@ def build_and_write(*, run: Any, target: Any, profile: Any, step: Any, files: li
     model_version = options.model_version or f"{run.name}-{now:%Y%m%d}-{digest}"
     build = target.build_settings(profile, step, {"batch": batch, "dynamic_batch": dynamic}) \
         if hasattr(target, "build_settings") else None
-    cpu = host_cpu()
+    cpu = cpu_info()
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "name": run.name, "model_version": model_version,
         "created": now.isoformat(timespec="seconds"), "task": run.task, "labels": list(run.labels),

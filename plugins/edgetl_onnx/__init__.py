@@ -23,6 +23,7 @@ class OnnxTarget(Target):
                 FallbackStep("fp16"), FallbackStep("fp32"))
     requires = ("onnxruntime",)
     extra = "onnxruntime"
+    runtime_packages = ("onnxruntime",)
     export_requires = ("torch", "onnx", "onnxscript")
 
     def export(self, model: Any, example: Any, out_dir: Path, options: dict[str, Any]) -> list[Path]:
@@ -38,13 +39,6 @@ class OnnxTarget(Target):
 
         return load(files, manifest, options)
 
-    def facts(self) -> dict[str, Any]:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return {"onnxruntime": version("onnxruntime")}
-        except PackageNotFoundError:
-            return {}
 
 
 class _OnnxQuantizer(Quantizer):

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from edgetl.cpuinfo import cpu_info, needs_reduce_range
 from edgetl.errors import ExportError
-from edgetl.host.cpuinfo import host_cpu, needs_reduce_range
 
 log = logging.getLogger("edgetl.export.onnx")
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
@@ -219,7 +219,7 @@ class Int8Ptq(_Base):
         report.update(format="QDQ", per_channel=True, activations="uint8", weights="int8",
                       reduce_range=reduce, calibration_images=sum(len(b) for b in batches),
                       reduce_range_reason=("host CPU lacks VNNI: U8S8 kernels would saturate"
-                                           if reduce and not host_cpu()["vnni"] else None))
+                                           if reduce and not cpu_info()["vnni"] else None))
 
 
 class Int8AccuracyAware(_Base):

@@ -23,6 +23,7 @@ class OpenVinoTarget(Target):
                 FallbackStep("fp16", "weights"), FallbackStep("fp32"))
     requires = ("openvino",)
     extra = "openvino"
+    runtime_packages = ("openvino",)
     export_requires = ("torch", "onnx", "onnxscript", "openvino")
 
     def export(self, model: Any, example: Any, out_dir: Path, options: dict[str, Any]) -> list[Path]:
@@ -37,13 +38,6 @@ class OpenVinoTarget(Target):
 
         return load(files, manifest, options)
 
-    def facts(self) -> dict[str, Any]:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return {"openvino": version("openvino")}
-        except PackageNotFoundError:
-            return {}
 
 
 class _OvQuantizer(Quantizer):

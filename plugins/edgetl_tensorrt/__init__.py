@@ -31,6 +31,7 @@ class TensorRtTarget(Target):
     fallback = (FallbackStep("int8", "qdq"), FallbackStep("fp16"), FallbackStep("fp32"))
     requires = ("tensorrt",)
     extra = "tensorrt"
+    runtime_packages = ("onnxruntime",)  # the host gates with ONNX Runtime; TensorRT is the device's business
     export_requires = ("torch", "onnx", "onnxscript")
     gate_requires = ("onnxruntime",)
 
@@ -69,13 +70,6 @@ class TensorRtTarget(Target):
 
         return load(files, manifest, options)
 
-    def facts(self) -> dict[str, Any]:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:  # the host gates with ONNX Runtime; TensorRT's version is the device's business
-            return {"onnxruntime": version("onnxruntime")}
-        except PackageNotFoundError:
-            return {}
 
 
 class _TrtQuantizer(Quantizer):

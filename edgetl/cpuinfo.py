@@ -1,4 +1,4 @@
-"""This machine's CPU, as far as INT8 quantization cares (no torch).
+"""This machine's CPU, as far as INT8 quantization cares (no torch; host and device alike).
 
 INT8 kernels take different paths by ISA: without VNNI, x86 U8S8 convolutions
 accumulate pairs in 16 bits and can saturate (ONNX Runtime documents this; it
@@ -9,6 +9,7 @@ device can tell that its CPU differs from the one the INT8 choice was made for.
 
 from __future__ import annotations
 
+import os
 import platform
 from functools import lru_cache
 from pathlib import Path
@@ -21,8 +22,11 @@ VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 @lru_cache(maxsize=1)
-def host_cpu() -> dict[str, Any]:
-    """``{"model", "arch", "flags": [ISA flags relevant to int8/fp16], "vnni": bool}`` from /proc/cpuinfo."""
+def cpu_info() -> dict[str, Any]:
+    """``{"model", "arch", "cores", "flags": [ISA flags relevant to int8/fp16], "vnni": bool}`` from /proc/cpuinfo.
+
+    The host records it in the manifest; the device reads its own to compare.
+    """
     model, flags = platform.processor() or "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -35,11 +39,11 @@ def host_cpu() -> dict[str, Any]:
     except OSError:
         pass
     found = sorted(f for f in ISA_FLAGS if f in flags)
-    return {"model": model, "arch": platform.machine(), "flags": found,
+    return {"model": model, "arch": platform.machine(), "cores": os.cpu_count(), "flags": found,
             "vnni": any(f in flags for f in VNNI_FLAGS)}
 
 
 def needs_reduce_range() -> bool:
     """True on x86 without VNNI: 7-bit weights avoid the 16-bit accumulation saturation of U8S8 kernels."""
-    cpu = host_cpu()
+    cpu = cpu_info()
     return cpu["arch"] in ("x86_64", "AMD64", "i686") and not cpu["vnni"]
