@@ -130,17 +130,12 @@ def torch_outputs(model: Any, x: np.ndarray, batch: int = 64) -> np.ndarray:
 
 
 def median_latency_ms(fn: Callable[[np.ndarray], Any], x: np.ndarray, runs: int, warmup: int = 5) -> float | None:
-    """Median wall time of ``fn(x)`` in milliseconds after ``warmup`` calls."""
+    """Median wall time of ``fn(x)`` in milliseconds after ``warmup`` calls (the bench's timer)."""
     if runs <= 0:
         return None
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(times))
+    from edgetl.bench import time_calls
+
+    return float(np.median(time_calls(fn, x, warmup, runs)))
 
 
 def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
