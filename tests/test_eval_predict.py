@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
 from click.testing import CliRunner  # noqa: E402
-from test_train_fixtures import make_dataset, write_config  # noqa: E402
+from train_fixtures import make_dataset, one_torch_thread, write_config  # noqa: E402, F401
 
 from edgetl.api import InputSpec  # noqa: E402
 from edgetl.cli import cli  # noqa: E402
@@ -22,15 +22,6 @@ from edgetl.config import load_run_config  # noqa: E402
 from edgetl.host.engine import Trainer  # noqa: E402
 from edgetl.predictor import open_predictor, predict_document  # noqa: E402
 from edgetl.preprocess import read_image  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one thread. Several spin-wait for each other on a busy shared CPU (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 SCHEMAS = Path(__file__).parents[1] / "docs" / "schemas"
 EVAL_SCHEMA = json.loads((SCHEMAS / "eval.schema.json").read_text())

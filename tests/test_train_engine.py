@@ -15,22 +15,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
 from click.testing import CliRunner  # noqa: E402
-from test_train_fixtures import make_dataset, write_config  # noqa: E402
+from train_fixtures import make_dataset, one_torch_thread, write_config  # noqa: E402, F401
 
 from edgetl.cli import cli  # noqa: E402
 from edgetl.config import load_run_config  # noqa: E402
 from edgetl.host import loop  # noqa: E402
 from edgetl.host.engine import Trainer  # noqa: E402
 from edgetl.host.run import load_run  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one thread. Several spin-wait for each other on a busy shared CPU (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +169,6 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path, data):
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-4, rtol=1e-3), k
     h1 = list(csv.DictReader((tmp_path / "one" / "history.csv").open()))
     h2 = list(csv.DictReader((tmp_path / "two" / "history.csv").open()))
-    for r1, r2 in zip(h1, h2):
+    for r1, r2 in zip(h1, h2, strict=True):
         assert float(r1["train_loss"]) == pytest.approx(float(r2["train_loss"]), rel=1e-4)
         assert r1["val_accuracy"] == r2["val_accuracy"]

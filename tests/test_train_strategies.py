@@ -11,20 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from test_train_fixtures import make_dataset, write_config  # noqa: E402
+from train_fixtures import make_dataset, one_torch_thread, write_config  # noqa: E402, F401
 
 from edgetl.config import load_run_config  # noqa: E402
 from edgetl.host import loop  # noqa: E402
 from edgetl.host.engine import Trainer  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one thread. Several spin-wait for each other on a busy shared CPU (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +126,7 @@ def test_discriminative_learning_rates_have_configured_ratio(tmp_path, data):
     row = history[0]
     lrs = [float(row["lr_head"])] + [float(row[f"lr_group{i}"]) for i in range(6, -1, -1)]
     assert lrs[0] == pytest.approx(0.01)
-    for upper, lower in zip(lrs, lrs[1:]):
+    for upper, lower in zip(lrs, lrs[1:], strict=False):
         assert lower / upper == pytest.approx(0.3)
 
 

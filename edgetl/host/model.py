@@ -11,18 +11,25 @@ from typing import Any
 import torch
 from torch import nn
 
-TTA_VIEWS = ("hflip", "vflip", "rot180")
+VIEWS = ("identity", "hflip", "vflip", "rot180", "rot90", "rot270")
+TTA_VIEWS = ("hflip", "vflip", "rot180")  # shape-preserving for any H, W
 
 
-def flip_view(x: torch.Tensor, view: str) -> torch.Tensor:
-    """One test-time view of a (N, 3, H, W) batch; flips are exact on normalised tensors."""
+def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
+    """One view of a (N, 3, H, W) batch; flips are exact on normalised tensors (rot90/rot270 need H == W)."""
+    if view == "identity":
+        return x
     if view == "hflip":
         return torch.flip(x, dims=(3,))
     if view == "vflip":
         return torch.flip(x, dims=(2,))
     if view == "rot180":
         return torch.flip(x, dims=(2, 3))
-    raise ValueError(f"unknown test-time view {view!r} (known: {', '.join(TTA_VIEWS)})")
+    if view == "rot90":
+        return torch.rot90(x, 1, dims=(2, 3))
+    if view == "rot270":
+        return torch.rot90(x, 3, dims=(2, 3))
+    raise ValueError(f"unknown view {view!r} (known: {', '.join(VIEWS)})")
 
 
 class ClassifierModel(nn.Module):
@@ -60,7 +67,7 @@ class ClassifierModel(nn.Module):
         if not self.tta:
             return probs
         for view in self.tta:
-            probs = probs + torch.softmax(self.logits(flip_view(x, view)), dim=1)
+            probs = probs + torch.softmax(self.logits(apply_view(x, view)), dim=1)
         return probs / (1 + len(self.tta))
 
 

@@ -41,7 +41,9 @@ class OnnxTarget(Target):
 
 
 
-class _OnnxQuantizer(Quantizer):
+class OnnxFileQuantizer(Quantizer):
+    """Quantizes ONNX files with :mod:`edgetl_onnx.quantize` (``impl`` names the class); the TensorRT target reuses it."""
+
     target = "onnx"
     requires = ("onnx", "onnxruntime")
     extra = "train"
@@ -54,17 +56,17 @@ class _OnnxQuantizer(Quantizer):
         return getattr(quantize, self.impl)().quantize(files, Path(out_dir), calibration, options)
 
 
-class OnnxFp16(_OnnxQuantizer):
+class OnnxFp16(OnnxFileQuantizer):
     name, precision, method, impl = "onnx-fp16", "fp16", "default", "Fp16"
     description = "float16 weights and compute, float32 inputs/outputs"
 
 
-class OnnxInt8Ptq(_OnnxQuantizer):
+class OnnxInt8Ptq(OnnxFileQuantizer):
     name, precision, method, impl = "onnx-int8-ptq", "int8", "ptq", "Int8Ptq"
     description = "static INT8 QDQ, per-channel weights (reduce_range on x86 without VNNI)"
 
 
-class OnnxInt8AccuracyAware(_OnnxQuantizer):
+class OnnxInt8AccuracyAware(OnnxFileQuantizer):
     name, precision, method, impl = "onnx-int8-accuracy-aware", "int8", "accuracy-aware", "Int8AccuracyAware"
     description = "INT8 QDQ with the most sensitive layers left in float (per-layer sensitivity pass)"
 

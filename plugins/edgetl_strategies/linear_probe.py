@@ -37,7 +37,7 @@ from edgetl.errors import ConfigError
 from edgetl_strategies.finetune import build_model
 from edgetl_strategies.options import resolve
 
-VIEWS = ("identity", "hflip", "vflip", "rot180", "rot90", "rot270")
+VIEWS = ("identity", "hflip", "vflip", "rot180", "rot90", "rot270")  # as edgetl.host.model.VIEWS (no torch import here)
 
 
 def views_from_augment(augment: list[str]) -> list[str]:
@@ -55,22 +55,12 @@ def views_from_augment(augment: list[str]) -> list[str]:
 
 
 def apply_view(x: Any, view: str) -> Any:
-    """One view of a (N, 3, H, W) batch (rot90/rot270 need H == W)."""
-    import torch
+    """One view of a (N, 3, H, W) batch; an unknown name is an error naming the option."""
+    from edgetl.host.model import apply_view as view_of
 
-    if view == "identity":
-        return x
-    if view == "hflip":
-        return torch.flip(x, dims=(3,))
-    if view == "vflip":
-        return torch.flip(x, dims=(2,))
-    if view == "rot180":
-        return torch.flip(x, dims=(2, 3))
-    if view == "rot90":
-        return torch.rot90(x, 1, dims=(2, 3))
-    if view == "rot270":
-        return torch.rot90(x, 3, dims=(2, 3))
-    raise ConfigError(f"strategy.options.views: unknown view {view!r} (known: {', '.join(VIEWS)})")
+    if view not in VIEWS:
+        raise ConfigError(f"strategy.options.views: unknown view {view!r} (known: {', '.join(VIEWS)})")
+    return view_of(x, view)
 
 
 def _file_digest(path: Path) -> str:

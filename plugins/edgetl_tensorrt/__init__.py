@@ -14,11 +14,13 @@ cuda-python; no torch) loads on the device.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgetl.api import FallbackStep, Quantizer, Runtime, Target
+from edgetl_onnx import OnnxFileQuantizer
+
+from edgetl.api import FallbackStep, Runtime, Target
 from edgetl.hookspecs import hookimpl
 
 MIN_TENSORRT = "10.0"  # strongly typed networks + explicit (Q/DQ) INT8 without implicit calibration
@@ -72,17 +74,10 @@ class TensorRtTarget(Target):
 
 
 
-class _TrtQuantizer(Quantizer):
+class _TrtQuantizer(OnnxFileQuantizer):
+    """The device builds from ONNX, so the host quantizes ONNX exactly as the onnx target does."""
+
     target = "tensorrt"
-    requires = ("onnx", "onnxruntime")
-    extra = "train"
-    impl = ""
-
-    def quantize(self, files: Sequence[Path], out_dir: Path, calibration: Iterable[Any],
-                 options: dict[str, Any]) -> list[Path]:
-        from edgetl_onnx import quantize
-
-        return getattr(quantize, self.impl)().quantize(files, Path(out_dir), calibration, options)
 
 
 class TrtInt8Qdq(_TrtQuantizer):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 
@@ -65,3 +66,17 @@ def write_config(path: Path, data: Path, strategy: str = "finetune", options: di
         cfg["data"]["test"] = str(data / "test")
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models: one thread. Several spin-wait for each other on a busy shared CPU (10x slower).
+
+    Import it into a test module to apply it there (autouse, module scope).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
