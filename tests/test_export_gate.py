@@ -46,7 +46,7 @@ def test_gate_fails_on_agreement_even_when_accuracy_is_unchanged():
                   positive=None, max_drop_points=1.0, min_agreement=0.98)
     assert result["drop_points"] == pytest.approx(0.0)
     assert result["agreement"] == pytest.approx(0.94)
-    assert not result["passed"] and "agreement 0.940 < 0.98" in result["reason"]
+    assert not result["passed"] and "agreement 94/100 = 0.9400 < 0.98" in result["reason"]
 
 
 def test_gate_fails_on_a_drop_beyond_the_budget():

@@ -110,7 +110,7 @@ def gate(exported: np.ndarray, reference: np.ndarray, y: np.ndarray, *, task: st
     if drop > max_drop_points + 1e-9:
         reasons.append(f"{name} drops {drop:.2f} points > {max_drop_points:g}")
     if agreement < min_agreement:
-        reasons.append(f"top-1 agreement {agreement:.3f} < {min_agreement:g}")
+        reasons.append(f"top-1 agreement {same}/{n} = {agreement:.4f} < {min_agreement:g}")
     if not np.isfinite(exported).all():
         reasons.append("non-finite outputs")
     return {
