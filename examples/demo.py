@@ -73,7 +73,7 @@ def main() -> None:
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir()
-    budget = "about 3 minutes" if QUICK else "about 15-20 minutes on a 2-core CPU (DEMO=quick: ~3)"
+    budget = "about 3 minutes" if QUICK else "about 20 minutes on a 2-core CPU (DEMO=quick: about 3)"
     print(f"edgetl demo ({'texture set' if QUICK else 'ELPV solar cells'}); expected time: {budget}")
 
     step("1. edgetl and its plugins")
