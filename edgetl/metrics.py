@@ -188,4 +188,6 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+    low = 0.0 if correct == 0 else float(max(0.0, centre - half))  # exact at the ends, not 1 - 1e-16
+    high = 1.0 if correct == n else float(min(1.0, centre + half))
+    return (low, high)

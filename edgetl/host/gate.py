@@ -12,25 +12,13 @@ interval; under 200 images the interval is wide, and the report says so.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
+from edgetl.metrics import wilson_interval
+
 SMALL_N = 200
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
-    """Wilson score interval of a proportion, [low, high] in [0, 1]."""
-    if n == 0:
-        return [0.0, 1.0]
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    low = 0.0 if successes == 0 else max(0.0, centre - half)
-    high = 1.0 if successes == n else min(1.0, centre + half)
-    return [low, high]
 
 
 def per_image(outputs: np.ndarray, owner: np.ndarray, n: int, labels: list[str] | None = None,
@@ -85,7 +73,7 @@ def task_metric(outputs: np.ndarray, y: np.ndarray, task: str, labels: list[str]
         if value is not None:
             return "roc_auc", value, [float("nan"), float("nan")]
     correct = int((decisions(outputs, labels, threshold, positive) == y).sum())
-    return "accuracy", correct / max(1, len(y)), wilson_interval(correct, len(y))
+    return "accuracy", correct / max(1, len(y)), list(wilson_interval(correct, len(y)))
 
 
 def gate(exported: np.ndarray, reference: np.ndarray, y: np.ndarray, *, task: str, labels: list[str],
@@ -116,7 +104,7 @@ def gate(exported: np.ndarray, reference: np.ndarray, y: np.ndarray, *, task: st
     return {
         "passed": not reasons, "reason": "; ".join(reasons) or None, "n": n, "metric": name,
         "reference_metric": ref_value, "exported_metric": exp_value, "exported_metric_ci95": exp_ci,
-        "drop_points": drop, "agreement": agreement, "agreement_ci95": wilson_interval(same, n),
+        "drop_points": drop, "agreement": agreement, "agreement_ci95": list(wilson_interval(same, n)),
         "max_abs_diff": diff,
         "warning": (f"only {n} validation images: the 95 % intervals are wide (want >= {SMALL_N})"
                     if n < SMALL_N else None),
