@@ -198,13 +198,13 @@ def measure_load(url: str, token: str, jpeg: bytes, clients: int, requests: int,
 def measure_fleet(root: Path, bundle: Path, pub: Path, n: int, parallel: int) -> dict:
     from edgetl.deploy.rollout import DeviceTarget, deploy_fleet
 
-    agents = [Agent(root, f"fleet{i}", pub, f"token-{i}") for i in range(n)]
+    agents = [Agent(root, f"fleet{i}", pub, f"fleet-token-{i:02d}-0123456") for i in range(n)]
     try:
         start = time.perf_counter()
         for agent in agents:
             agent.wait()
         boot_s = time.perf_counter() - start
-        targets = [DeviceTarget(f"dev{i}", a.url, f"token-{i}") for i, a in enumerate(agents)]
+        targets = [DeviceTarget(f"dev{i}", a.url, f"fleet-token-{i:02d}-0123456") for i, a in enumerate(agents)]
         start = time.perf_counter()
         results, ok_one = deploy_fleet(bundle, targets[:1])
         one_s = time.perf_counter() - start
@@ -248,10 +248,10 @@ def main() -> None:
             bundle, pub, jpeg = args.bundle, args.trust, args.image.read_bytes()
         else:
             bundle, pub, jpeg = make_bundle(root)
-        agent = Agent(root, "main", pub, "bench-token")
+        agent = Agent(root, "main", pub, "bench-token-0123456789")
         try:
             agent.wait()
-            (_, ok) = deploy_fleet(bundle, [DeviceTarget("main", agent.url, "bench-token")])
+            (_, ok) = deploy_fleet(bundle, [DeviceTarget("main", agent.url, "bench-token-0123456789")])
             assert ok, "the bundle did not install"
             latency = measure_latency(agent, "bench-token", bundle, jpeg, args.n)
             load = measure_load(agent.url, "bench-token", jpeg, args.clients, args.requests, args.client_procs)

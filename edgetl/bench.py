@@ -182,7 +182,9 @@ def _accuracy(loaded: _Loaded, files: list[Path], truth: list[str], data: Path, 
     labels = list(p.labels)
     unknown = sorted(set(truth) - set(labels))
     if unknown:
-        raise DataError(f"{data}: class folder '{unknown[0]}' is not a label of {loaded.path} {labels}")
+        from edgetl.data.folder import not_a_label_error
+
+        raise not_a_label_error(data, unknown[0], labels, str(loaded.path))
     step = max(1, len(files) // 4)
 
     def tick(done: int, total: int) -> None:

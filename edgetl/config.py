@@ -7,13 +7,14 @@ before validation, so they are checked exactly like the file.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgetl.errors import ConfigError
+from edgetl.errors import ConfigError, did_you_mean
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -225,25 +226,99 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return data
 
 
-def format_validation_error(source: str, exc: ValidationError) -> str:
-    """``source: field.path: message`` for the first error (plus a count of others)."""
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that holds the keys at ``loc`` (list indexes skipped), or None."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        if field is None:
+            return None
+        inner = [a for a in (field.annotation, *_flat_args(field.annotation))
+                 if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return None
+        model = inner[0]
+    return model
+
+
+def _flat_args(annotation: Any) -> list[Any]:
+    args = list(typing.get_args(annotation))
+    return args + [b for a in args for b in _flat_args(a)]
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    holder = _model_at(model, loc)
+    return [] if holder is None else [f.alias or name for name, f in holder.model_fields.items()]
+
+
+def format_validation_error(source: str, exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """``source: field.path: message`` for the first error (plus a count of others).
+
+    An unknown key names the nearest known key ("did you mean") and the keys
+    that section accepts, rather than pydantic's wording.
+    """
     errors = exc.errors()
     first = errors[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
     msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden" and model is not None:
+        known = _known_keys(model, tuple(first["loc"][:-1]))
+        msg = (f"unknown key '{first['loc'][-1]}'{did_you_mean(str(first['loc'][-1]), known)}"
+               + (f" (known here: {', '.join(known)})" if known else ""))
     got = first.get("input")
     shown = "" if first["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{source}: {loc}: {msg}{shown}{more}"
 
 
-def validate(model: type[M], data: Any, source: str) -> M:
+def _blamed_override(exc: ValidationError, overrides: list[str] | tuple[str, ...]) -> str | None:
+    """The ``--set`` item the first error is about (its key is, or holds, the failing field), if any."""
+    first = exc.errors()[0]
+    loc = [str(p) for p in first["loc"] if not isinstance(p, int)]
+    for item in reversed(overrides):  # the last --set of a key wins, so it is the one to blame
+        key = [p for p in item.split("=", 1)[0].strip().split(".") if p]
+        # the failing field is the key or below it; or an unknown section the --set itself created
+        if key and (loc[: len(key)] == key or (first["type"] == "extra_forbidden" and key[: len(loc)] == loc)):
+            return item
+    return None
+
+
+def validate(model: type[M], data: Any, source: str, overrides: list[str] | tuple[str, ...] = ()) -> M:
+    """Validate ``data`` into ``model``; an error names ``source`` or the ``--set`` option that caused it."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(data).__name__}")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, exc)) from None
+        item = _blamed_override(exc, overrides)
+        where = f"--set {item}" if item else source
+        raise ConfigError(format_validation_error(where, exc, model)) from None
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def shipped(folder: str) -> list[str]:
+    """Names of the YAML files edgetl ships in ``edgetl/<folder>/`` (``targets``, ``configs``)."""
+    return sorted(p.stem for p in (PACKAGE_DIR / folder).glob("*.yaml"))
+
+
+def resolve_named(path: str | Path, folder: str, what: str) -> Path:
+    """``path`` itself when it exists or looks like a path, else the shipped file of that name.
+
+    ``--target x86-openvino-cpu`` finds ``targets/x86-openvino-cpu.yaml`` shipped
+    with edgetl (package data, so it works from a wheel too).
+    """
+    given = Path(path)
+    if given.exists() or given.suffix in (".yaml", ".yml") or len(given.parts) > 1:
+        return given
+    candidate = PACKAGE_DIR / folder / f"{given.name}.yaml"
+    if candidate.is_file():
+        return candidate
+    names = shipped(folder)
+    raise ConfigError(f"{path}: no such file, and no shipped {what} of that name"
+                      f"{did_you_mean(given.name, names)} (shipped: {', '.join(names) or 'none'})")
 
 
 def load(model: type[M], path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> M:
@@ -251,15 +326,17 @@ def load(model: type[M], path: str | Path, overrides: list[str] | tuple[str, ...
     data = read_yaml(path)
     if overrides and isinstance(data, dict):
         data = apply_overrides(data, overrides)
-    return validate(model, data, str(path))
+    return validate(model, data, str(path), overrides)
 
 
 def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    return load(RunConfig, path, overrides)
+    """A run config from a file, or by the name of a shipped example (``textures-linear-probe``)."""
+    return load(RunConfig, resolve_named(path, "configs", "example config"), overrides)
 
 
 def load_target_profile(path: str | Path) -> TargetProfile:
-    return load(TargetProfile, path)
+    """A device profile from a file, or by the name of a shipped one (``x86-openvino-cpu``)."""
+    return load(TargetProfile, resolve_named(path, "targets", "device profile"))
 
 
 def load_fleet(path: str | Path) -> FleetFile:

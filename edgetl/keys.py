@@ -76,6 +76,9 @@ def load_private_key(path: str | Path) -> Any:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     data = _read(path, "private key")
+    if b"-----BEGIN PUBLIC KEY-----" in data:  # the .pub handed where the .key belongs
+        raise EdgetlError(f"{path}: that is the public key; sign with the private key "
+                          f"{Path(path).with_suffix('.key')} (edgetl keys generate writes both)")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -91,6 +94,8 @@ def load_public_key(path: str | Path) -> Any:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     data = _read(path, "public key")
+    if b"PRIVATE KEY-----" in data:  # never hand the private key to a device
+        raise EdgetlError(f"{path}: that is the private key; trust the public key {Path(path).with_suffix('.pub')}")
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:

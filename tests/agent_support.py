@@ -56,7 +56,7 @@ main()
 """
 
 
-def write_token(path: Path, token: str = "s3cret-token") -> Path:
+def write_token(path: Path, token: str = "s3cret-token-for-tests") -> Path:
     path.write_text(token + "\n")
     return path
 
@@ -64,7 +64,8 @@ def write_token(path: Path, token: str = "s3cret-token") -> Path:
 class ThreadAgent:
     """An Agent + uvicorn on 127.0.0.1 in this process (a thread per agent)."""
 
-    def __init__(self, state_dir: Path, trusted: list[Path], token: str = "s3cret-token", **agent_kwargs: Any):
+    def __init__(self, state_dir: Path, trusted: list[Path], token: str = "s3cret-token-for-tests",
+                 **agent_kwargs: Any):
         import uvicorn
 
         from edgetl.device.agent import Agent

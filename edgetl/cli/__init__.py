@@ -30,7 +30,7 @@ class EdgetlGroup(click.Group):
                 traceback.print_exc()
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, BrokenPipeError):
             raise
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -44,10 +44,14 @@ class EdgetlGroup(click.Group):
             ctx.exit(1)
 
 
-@click.group(cls=EdgetlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=EdgetlGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             invoke_without_command=True)
 @click.version_option(__version__, "--version", prog_name="edgetl")
-@click.option("--debug", is_flag=True, help="Show tracebacks (same as EDGETL_DEBUG=1).")
-def cli(debug: bool) -> None:
+@click.option("--debug", is_flag=True, help="Show tracebacks and library output (same as EDGETL_DEBUG=1).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show what libraries print (nncf, torch, OpenVINO warnings); same as EDGETL_VERBOSE=1.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     """Adapt a pretrained network to your images, export it, ship it to the camera.
 
     \b
@@ -58,6 +62,11 @@ def cli(debug: bool) -> None:
     """
     if debug:
         os.environ["EDGETL_DEBUG"] = "1"
+    if verbose:
+        os.environ["EDGETL_VERBOSE"] = "1"
+    if ctx.invoked_subcommand is None:  # plain `edgetl`: the help is the answer, not a usage error
+        click.echo(ctx.get_help())
+        ctx.exit(0)
 
 
 def _add_commands() -> None:
@@ -77,7 +86,11 @@ _add_commands()
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    A closed pipe (``edgetl … | head``) ends the command quietly: the group lets
+    ``BrokenPipeError`` through to click, which exits with status 1 and no message.
+    """
     cli(prog_name="edgetl")
 
 

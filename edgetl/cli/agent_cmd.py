@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+MIN_TOKEN_CHARS = 16  # a bearer token is the device's only password: refuse one a person could guess
+
 
 @click.group("agent")
 def agent_group() -> None:
@@ -21,7 +23,7 @@ def agent_group() -> None:
               help="Public key (KEY.pub) whose signatures are accepted; repeat for several.")
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="TLS certificate (PEM).")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="TLS private key (PEM).")
-@click.option("--max-bundle-mb", default=512.0, show_default=True, type=click.FloatRange(min=1),
+@click.option("--max-bundle-mb", default=512, show_default=True, type=click.IntRange(min=1),
               help="Largest bundle accepted (upload and unpacked size), in MiB.")
 @click.option("--autostart", is_flag=True, help="Start the saved pipeline at boot even if it was stopped.")
 @click.option("--insecure-http", is_flag=True, help="Allow a bind beyond loopback without TLS.")
@@ -40,7 +42,13 @@ def serve_cmd(state_dir, host, port, token_file, trust, tls_cert, tls_key, max_b
     """
     import logging
 
-    from edgetl.device.server import serve
+    from edgetl.device.server import read_token, serve
+    from edgetl.errors import ConfigError
+
+    token = read_token(token_file)
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"{token_file}: the token has {len(token)} characters; use at least {MIN_TOKEN_CHARS}, "
+                          f"e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))' > {token_file}")
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(state_dir=state_dir, host=host, port=port, token_file=token_file, trust=list(trust), tls_cert=tls_cert,

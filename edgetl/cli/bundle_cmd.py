@@ -96,7 +96,7 @@ def _reference_check(path: Path, manifest: dict, max_bytes: int) -> dict:
 @click.option("--trust", "trust", multiple=True, type=click.Path(path_type=Path),
               help="A trusted public key (NAME.pub); repeat for several.")
 @click.option("--no-reference", is_flag=True, help="Skip re-running the reference images here.")
-@click.option("--max-bundle-mb", type=int, default=DEFAULT_MAX_MB, show_default=True,
+@click.option("--max-bundle-mb", type=click.IntRange(min=1), default=DEFAULT_MAX_MB, show_default=True,
               help="Refuse bundles larger than this when extracting.")
 @json_option
 def verify_cmd(file: Path, trust: tuple[Path, ...], no_reference: bool, max_bundle_mb: int,

@@ -1,15 +1,19 @@
-"""Helpers shared by command modules: JSON output and options used everywhere."""
+"""Helpers shared by command modules: JSON output, progress, tables and options used everywhere."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print exactly one JSON document on stdout; logs go to stderr.")
+
+WIDE = 400  # columns for tables when stdout is not a terminal: a pipe or a file keeps every cell whole
 
 
 def emit_json(document: Any) -> None:
@@ -19,5 +23,45 @@ def emit_json(document: Any) -> None:
 
 
 def info(message: str) -> None:
-    """Progress and logs: always stderr, so stdout stays machine-readable."""
-    click.echo(message, err=True)
+    """Progress and logs: always stderr, so stdout stays machine-readable.
+
+    Inside :func:`long_step` the message also resets its heartbeat, and it reaches
+    the real stderr even while library output is hidden.
+    """
+    from edgetl import progress, quiet
+
+    beat = progress.current()
+    if beat is not None:
+        beat.log(message)
+    else:
+        click.echo(message, file=quiet.progress_stream())
+
+
+@contextlib.contextmanager
+def long_step(what: str) -> Iterator[None]:
+    """Run a step that can take minutes: a heartbeat line when silent, library noise hidden.
+
+    Library output (nncf's INFO lines, torch's CUDA notice, warnings) is shown
+    only with ``--verbose``/``--debug``; if the step fails, one line says how
+    much was hidden.
+    """
+    from edgetl import progress, quiet
+
+    before = quiet.hidden_count()
+    try:
+        with progress.Heartbeat(what), quiet.library_output_hidden():
+            yield
+    except BaseException:
+        hidden = quiet.hidden_count() - before
+        if hidden and not quiet.verbose_on():
+            click.echo(f"({hidden} lines of library output were hidden; run with --verbose to see them)",
+                       err=True)
+        raise
+
+
+def console(stderr: bool = False) -> Any:
+    """A rich Console that never cuts a table at 80 columns when the output is not a terminal."""
+    from rich.console import Console
+
+    made = Console(stderr=stderr)
+    return made if made.is_terminal else Console(stderr=stderr, width=WIDE)

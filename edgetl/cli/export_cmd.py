@@ -6,12 +6,11 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import emit_json, info, json_option
+from edgetl.cli.common import console, emit_json, info, json_option, long_step
 
 
 def attempts_table(attempts: list[dict], torch_ms: float | None = None, title: str = "export") -> None:
     """The final table: one row per attempt (precision, gate, accuracy, agreement, diff, latency, size)."""
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
@@ -31,16 +30,15 @@ def attempts_table(attempts: list[dict], torch_ms: float | None = None, title: s
             f"{a['size_bytes'] / 1e6:.2f} MB" if a.get("size_bytes") else "-")
     if torch_ms is not None:
         table.caption = f"PyTorch eager FP32 on this machine: {torch_ms:.2f} ms (batch 1, median)"
-    console = Console()
-    console.width = max(console.width, 120)
-    console.print(table)
+    console().print(table)
 
 
 @click.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", required=True, help="Target plugin: onnx, openvino, tensorrt, …")
+@click.option("--format", "fmt", help="Target plugin: onnx, openvino, tensorrt, … (default: the --target profile's).")
 @click.option("--target", "target", type=click.Path(path_type=Path),
-              help="Device profile (targets/X.yaml): runtime settings, batch and fallback chain.")
+              help="Device profile, a shipped name (x86-openvino-cpu) or a YAML file: runtime settings, "
+                   "batch and fallback chain.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
               help="auto walks the chain (int8 -> accuracy-aware int8 -> fp16 -> fp32) and keeps the first that passes.")
 @click.option("--fallback", is_flag=True, help="If the asked precision fails the gate, continue down the chain.")
@@ -65,15 +63,22 @@ def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fal
     Prints each stage with its time and size, then a table of every attempt.
     The exit status is non-zero, and no bundle is written, when nothing passes.
     """
-    from edgetl.errors import GateFailedError
+    from edgetl.config import load_target_profile, resolve_named
+    from edgetl.errors import GateFailedError, UsageError
     from edgetl.host.export import ExportOptions, export_run
 
+    if target is not None:
+        target = resolve_named(target, "targets", "device profile")
+        fmt = fmt or load_target_profile(target).format
+    if not fmt:
+        raise UsageError("give --format (onnx, openvino, tensorrt, …) or --target PROFILE, e.g. x86-openvino-cpu")
     options = ExportOptions(format=fmt, target=target, precision=precision, fallback=fallback, gate=gate,
                             min_agreement=min_agreement, calib_count=calib_count, dynamic_batch=dynamic_batch,
                             model_version=model_version, sign=sign, out=out, latency_runs=latency_runs,
                             progress=info)
     try:
-        result = export_run(run_dir, options)
+        with long_step("export"):
+            result = export_run(run_dir, options)
     except GateFailedError as exc:
         attempts = getattr(exc, "attempts", [])
         if as_json:

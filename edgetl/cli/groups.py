@@ -11,6 +11,7 @@ import click
 from edgetl.cli.agent_cmd import agent_group
 from edgetl.cli.bench_cmd import bench_command
 from edgetl.cli.bundle_cmd import bundle_group
+from edgetl.cli.config_cmd import config_group
 from edgetl.cli.data_cmd import data_group
 from edgetl.cli.deploy_cmd import deploy_command
 from edgetl.cli.device_cmd import device_group
@@ -33,6 +34,7 @@ def _placeholder(name: str, summary: str) -> click.Command:
 COMMANDS: list[click.Command] = [
     plugins_group,
     data_group,
+    config_group,
     train_command,
     eval_command,
     predict_command,

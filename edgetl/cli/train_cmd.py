@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import emit_json, info, json_option
+from edgetl.cli.common import emit_json, info, json_option, long_step
 
 
 @click.command("train")
@@ -56,7 +56,9 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, devi
     from edgetl.host.engine import Trainer
 
     run_dir = Path(out) if out else Path("runs") / cfg.name
-    summary = Trainer(cfg, run_dir, device=device, resume=resume, force=force, skip_bad=skip_bad, log=info).run()
+    with long_step("train"):
+        summary = Trainer(cfg, run_dir, device=device, resume=resume, force=force, skip_bad=skip_bad,
+                          log=info).run()
     if summary is None:
         return
     if as_json:
@@ -78,8 +80,7 @@ def eval_command(model: str, data_dir: str, batch: int, skip_bad: bool, as_json:
 
     Applies the stored operating point; figures are fractions in [0, 1].
     """
-    from edgetl.data.folder import check_images, load_split
-    from edgetl.errors import DataError
+    from edgetl.data.folder import check_images, load_split, not_a_label_error
     from edgetl.metrics import evaluate, wilson_interval
     from edgetl.predictor import open_predictor, predict_files
 
@@ -87,8 +88,7 @@ def eval_command(model: str, data_dir: str, batch: int, skip_bad: bool, as_json:
     samples = load_split(Path(data_dir))
     unknown = [c for c in samples.classes if c not in predictor.labels]
     if unknown:
-        raise DataError(f"{data_dir}: class folder '{unknown[0]}' is not a label of the model "
-                        f"{list(predictor.labels)}")
+        raise not_a_label_error(data_dir, unknown[0], list(predictor.labels))
     samples = check_images(samples, skip_bad=skip_bad)
     for path in samples.skipped:
         info(f"skipped unreadable image: {path}")

@@ -163,6 +163,20 @@ def load_split(path: str | Path, *, classes: list[str] | None = None, split: str
     return scan_image_folder(path, classes=classes, allow_single_class=allow_single_class)
 
 
+def not_a_label_error(root: str | Path, folder: str, labels: list[str], model: str = "the model") -> DataError:
+    """The error for a class folder that is not a model label, pointing at the split folder when
+    ``root`` is a split root (``data/elpv`` holding ``train/ val/ test/``, each with the class folders)."""
+    root = Path(root)
+    splits = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in labels
+                    and any((p / label).is_dir() for label in labels)) if root.is_dir() else []
+    hint = ""
+    if splits:
+        best = "test" if "test" in splits else splits[0]
+        hint = (f"; {root} looks like a split root: give one split, e.g. {root / best}"
+                + (f" (splits here: {', '.join(splits)})" if len(splits) > 1 else ""))
+    return DataError(f"{root}: class folder '{folder}' is not a label of {model} {list(labels)}{hint}")
+
+
 def _bad_reason(path: Path) -> str | None:
     from edgetl.preprocess import read_image
 

@@ -28,6 +28,10 @@ class DeviceClient:
         import httpx
 
         self.url, self.name = url.rstrip("/"), name or url
+        if not self.url.startswith(("http://", "https://")):
+            example = f"https://{self.url}" + ("" if ":" in self.url else ":8470")
+            raise DeployError(f"{url}: a device URL starts with https:// (or http:// on a trusted network), "
+                              f"e.g. {example}")
         if ca is not None and not Path(ca).is_file():
             raise DeployError(f"--ca {ca}: file not found")
         self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"},
@@ -50,7 +54,12 @@ class DeviceClient:
         except httpx.TimeoutException:
             raise DeployError(f"{self.name}: {method} {path} timed out") from None
         except httpx.ConnectError as exc:
-            raise DeployError(f"{self.name}: cannot connect ({_reason(exc)})") from None
+            hint = ""
+            if "refused" in str(exc).lower():
+                url = httpx.URL(self.url)
+                hint = (f"; is `edgetl agent serve` running on {url.host} port "
+                        f"{url.port or (443 if url.scheme == 'https' else 80)}?")
+            raise DeployError(f"{self.name}: cannot connect ({_reason(exc)}){hint}") from None
         except httpx.HTTPError as exc:
             raise DeployError(f"{self.name}: {method} {path} failed ({type(exc).__name__}: {exc})") from None
         if response.status_code in expect:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,11 +53,23 @@ def use_channels_last(device_type: str) -> bool:
 
 
 def progress_bar(total: int, desc: str, enabled: bool) -> Any:
-    """A tqdm bar on stderr (hidden when stderr is not a terminal or on non-zero ranks)."""
+    """A tqdm bar on stderr (hidden when stderr is not a terminal or on non-zero ranks).
+
+    Its position also goes to the running :class:`edgetl.progress.Heartbeat`, which
+    prints it every few seconds when the bar is hidden (a log file, CI).
+    """
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True,
-                disable=None if enabled else True)
+    from edgetl import progress, quiet
+
+    class Bar(tqdm):
+        def update(self, n: float = 1) -> bool | None:
+            shown = super().update(n)
+            progress.note(f"{self.desc} batch {self.n}/{self.total}", shown=not self.disable)
+            return shown
+
+    return Bar(total=total, desc=desc, file=quiet.progress_stream(), leave=False, dynamic_ncols=True,
+               disable=None if enabled else True)
 
 
 class _Logits:

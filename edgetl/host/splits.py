@@ -64,8 +64,9 @@ def _load(path: str, what: str, skip_bad: bool, skipped: list[str], classes: lis
 
     root = Path(path)
     if not root.exists():
+        relative = "" if root.is_absolute() else f"; relative paths resolve from the working directory {Path.cwd()}"
         raise DataError(f"{what}: {root}: no such directory (expected an image folder with one "
-                        "sub-folder per class, or a .csv manifest)")
+                        f"sub-folder per class, or a .csv manifest{relative})")
     samples = check_images(load_split(root, classes=classes), skip_bad=skip_bad)
     skipped.extend(str(p) for p in samples.skipped)
     return samples
