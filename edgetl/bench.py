@@ -46,8 +46,13 @@ class BenchOptions:
         batch: model inputs per ``predict`` call (N).
         runs: timed calls per model (median / p90 / p99 are over these).
         warmup: untimed calls before them (allocator, kernel selection, caches).
-        threads: CPU threads every runtime gets; None = this process's usable CPUs.
+        threads: CPU threads every runtime gets; None = ``OMP_NUM_THREADS`` when set,
+            else this process's usable CPUs.
         data: a labelled ImageFolder for accuracy and agreement, or None.
+        interleave: time the models in rounds (one call each, order rotating) so
+            a load that comes and goes hits every model alike; False times each
+            model's calls in one block (the figures then depend on when the
+            load came).
         progress: a callable taking one line of progress (stderr in the CLI).
     """
 
@@ -56,7 +61,11 @@ class BenchOptions:
     warmup: int = 5
     threads: int | None = None
     data: Path | None = None
+    interleave: bool = True
     progress: Callable[[str], None] = field(default=lambda message: None)
+
+
+UNSTABLE_RATIO = 1.5  # p90 / median above this: the timings say more about the machine than the model
 
 
 def usable_cpus() -> int:
@@ -86,24 +95,106 @@ def model_kind(path: str | Path) -> str:
     raise DataError(f"{path}: no such run directory or bundle file")
 
 
+def threads_default(threads: int | None) -> tuple[int, str]:
+    """The thread count and where it came from: ``--threads``, ``OMP_NUM_THREADS`` or the usable CPUs."""
+    if threads is not None:
+        return threads, "--threads"
+    raw = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if raw:
+        try:
+            return int(raw.split(",")[0]), "OMP_NUM_THREADS"
+        except ValueError:
+            raise DataError(f"OMP_NUM_THREADS={raw!r}: expected a whole number of threads") from None
+    return usable_cpus(), "usable CPUs"
+
+
+def median_ci(samples_ms: list[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval of the median: two order statistics.
+
+    The number of samples below the true median is Binomial(n, 1/2); the
+    normal approximation gives the 1-based ranks ⌊n/2 − z·√n/2⌋ and
+    ⌈1 + n/2 + z·√n/2⌉ (40 and 61 for n = 100). With fewer than 6 samples it
+    is the whole range.
+    """
+    a = np.sort(np.asarray(samples_ms, dtype=np.float64))
+    n = len(a)
+    z = {0.9: 1.645, 0.95: 1.96, 0.99: 2.576}[level]
+    half = z * np.sqrt(n) / 2
+    lo, hi = int(np.floor(n / 2 - half)) - 1, int(np.ceil(1 + n / 2 + half)) - 1
+    if n < 6 or lo < 0 or hi >= n:
+        return float(a[0]), float(a[-1])
+    return float(a[lo]), float(a[hi])
+
+
 def latency_stats(samples_ms: list[float]) -> dict[str, Any]:
-    """Median, p90, p99, mean, min, max and the raw samples of per-call latencies (ms)."""
+    """Median (with its 95% CI), p10/p25/p75/p90/p99, mean, min, max and the raw samples (ms)."""
     a = np.asarray(samples_ms, dtype=np.float64)
-    p50, p90, p99 = (float(v) for v in np.percentile(a, [50, 90, 99]))
-    return {"median": p50, "p90": p90, "p99": p99, "mean": float(a.mean()), "min": float(a.min()),
-            "max": float(a.max()), "samples": [float(v) for v in a]}
+    p10, p25, p50, p75, p90, p99 = (float(v) for v in np.percentile(a, [10, 25, 50, 75, 90, 99]))
+    return {"median": p50, "median_ci95": list(median_ci(samples_ms)), "p10": p10, "p25": p25, "p75": p75,
+            "p90": p90, "p99": p99, "mean": float(a.mean()), "min": float(a.min()), "max": float(a.max()),
+            "samples": [float(v) for v in a]}
+
+
+def _timed(predict: Callable[[np.ndarray], Any], batch: np.ndarray) -> float:
+    start = time.perf_counter()
+    predict(batch)
+    return (time.perf_counter() - start) * 1000.0
 
 
 def time_calls(predict: Callable[[np.ndarray], Any], batch: np.ndarray, warmup: int, runs: int) -> list[float]:
     """Milliseconds of each of ``runs`` calls of ``predict(batch)``, after ``warmup`` untimed calls."""
     for _ in range(warmup):
         predict(batch)
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        predict(batch)
-        samples.append((time.perf_counter() - start) * 1000.0)
+    return [_timed(predict, batch) for _ in range(runs)]
+
+
+def time_interleaved(predicts: list[Callable[[np.ndarray], Any]], batches: list[np.ndarray], warmup: int,
+                     runs: int, progress: Callable[[str], None] = lambda message: None) -> list[list[float]]:
+    """Per model, the milliseconds of ``runs`` calls timed in rounds: A B C, B C A, C A B, …
+
+    Every round calls each model once, starting one model later than the round
+    before, so a burst of load from elsewhere and the after-effects of the
+    previous call (caches, spinning thread pools) fall on every model alike.
+    """
+    k = len(predicts)
+    for _ in range(warmup):
+        for predict, batch in zip(predicts, batches, strict=True):
+            predict(batch)
+    samples: list[list[float]] = [[] for _ in range(k)]
+    step = max(1, runs // 5)
+    for r in range(runs):
+        for j in range(k):
+            i = (r + j) % k
+            samples[i].append(_timed(predicts[i], batches[i]))
+        if (r + 1) % step == 0 or r + 1 == runs:
+            progress(f"  timed round {r + 1}/{runs}")
     return samples
+
+
+def stability_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """One sentence per model whose p90 is more than UNSTABLE_RATIO times its median."""
+    out = []
+    for row in rows:
+        lat = row["latency_ms"]
+        ratio = lat["p90"] / lat["median"] if lat["median"] > 0 else float("inf")
+        row["unstable"] = bool(ratio > UNSTABLE_RATIO)
+        if row["unstable"]:
+            out.append(f"{row['path']}: p90 {lat['p90']:.3g} ms is {ratio:.1f}x the median {lat['median']:.3g} ms "
+                       "(the machine is busy, or threads wait on each other): these timings are not reliable; "
+                       "measure on an idle machine or with --threads 1")
+    return out
+
+
+def add_comparisons(rows: list[dict[str, Any]]) -> None:
+    """Ratios against the first model; a speed-up counts only when the medians' 95% CIs do not overlap."""
+    ref = rows[0]
+    ref_lo, ref_hi = ref["latency_ms"]["median_ci95"]
+    for row in rows:
+        row["latency_ratio"] = _ratio(row["latency_ms"]["median"], ref["latency_ms"]["median"])
+        row["speedup"] = _ratio(ref["latency_ms"]["median"], row["latency_ms"]["median"])
+        row["size_ratio"] = _ratio(row["model_bytes"], ref["model_bytes"])
+        lo, hi = row["latency_ms"]["median_ci95"]
+        row["speedup_significant"] = None if row is ref else bool(hi < ref_lo or lo > ref_hi)
 
 
 def input_batch(spec: Any, n: int, files: list[Path] | None) -> tuple[np.ndarray, str]:
@@ -218,7 +309,7 @@ def run_bench(paths: list[str | Path], options: BenchOptions) -> dict[str, Any]:
     """
     from edgetl.errors import UsageError
 
-    threads = usable_cpus() if options.threads is None else options.threads
+    threads, threads_source = threads_default(options.threads)
     for flag, value, least in (("--batch", options.batch, 1), ("--runs", options.runs, 1),
                                ("--warmup", options.warmup, 0), ("--threads", threads, 1)):
         if value < least:
@@ -232,50 +323,68 @@ def run_bench(paths: list[str | Path], options: BenchOptions) -> dict[str, Any]:
     if options.data is not None:
         files, truth, classes = _load_data(Path(options.data))
         options.progress(f"data: {len(files)} images of {len(classes)} classes in {options.data}")
-    rows: list[dict[str, Any]] = []
-    reference_labels: list[str] | None = None
-    for path, kind in zip(paths, kinds, strict=True):
-        path = Path(path)
-        options.progress(f"{path}: loading ({kind})")
-        loaded = _Loaded(path, kind, threads)
-        try:
-            batch, source = input_batch(loaded.predictor.input, options.batch, files[: options.batch] or None)
-            options.progress(f"{path}: {options.warmup} warm-up + {options.runs} timed calls at batch {options.batch}")
-            samples = time_calls(loaded.predictor.predict, batch, options.warmup, options.runs)
-            stats = latency_stats(samples)
-            row: dict[str, Any] = {
-                "path": str(path), "kind": kind, "name": loaded.predictor.name,
-                "format": loaded.format, "precision": loaded.precision, "method": loaded.method,
-                "runtime": loaded.runtime, "threads": loaded.threads,
-                "input": {"size": list(loaded.predictor.input.size), "source": source},
-                "size_bytes": int(loaded.size_bytes), "model_bytes": int(loaded.model_bytes),
-                "latency_ms": stats,
-                "throughput_ips": options.batch * options.runs / (sum(samples) / 1000.0),
-                "accuracy": None, "balanced_accuracy": None, "agreement": None, "n": None,
-            }
-            if files:
-                doc, decided = _accuracy(loaded, files, truth, Path(options.data), options.batch,
-                                         options.progress)
-                if reference_labels is None:
-                    reference_labels = decided
-                agree = sum(a == b for a, b in zip(decided, reference_labels, strict=True))
-                row.update(accuracy=doc["accuracy"], balanced_accuracy=doc["balanced_accuracy"],
-                           agreement=agree / len(decided), n=doc["n"])
-        finally:
-            loaded.close()
-        rows.append(row)
-    ref = rows[0]
-    for row in rows:
-        row["latency_ratio"] = _ratio(row["latency_ms"]["median"], ref["latency_ms"]["median"])
-        row["speedup"] = _ratio(ref["latency_ms"]["median"], row["latency_ms"]["median"])
-        row["size_ratio"] = _ratio(row["model_bytes"], ref["model_bytes"])
+    loaded: list[_Loaded] = []
+    try:
+        for path, kind in zip(paths, kinds, strict=True):
+            options.progress(f"{path}: loading ({kind}, {threads} threads from {threads_source})")
+            loaded.append(_Loaded(Path(path), kind, threads))
+        rows = _measure(loaded, files, truth, options)
+    finally:
+        for model in loaded:
+            model.close()
+    add_comparisons(rows)
+    warnings = stability_warnings(rows)
     return {
         "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": host_facts(threads),
         "batch": options.batch, "runs": options.runs, "warmup": options.warmup, "threads": threads,
+        "threads_source": threads_source, "interleaved": options.interleave,
         "data": None if options.data is None else str(options.data),
         "classes": classes,
-        "reference": ref["path"],
+        "reference": rows[0]["path"],
+        "warnings": warnings,
         "models": rows,
+    }
+
+
+def _measure(loaded: list[_Loaded], files: list[Path], truth: list[str], options: BenchOptions) -> list[dict]:
+    """Latency of every loaded model (interleaved or one block each), then accuracy and agreement."""
+    batches = [input_batch(m.predictor.input, options.batch, files[: options.batch] or None) for m in loaded]
+    predicts = [m.predictor.predict for m in loaded]
+    if options.interleave:
+        options.progress(f"{options.warmup} warm-up + {options.runs} timed rounds at batch {options.batch}, "
+                         f"{len(loaded)} model(s) interleaved")
+        samples = time_interleaved(predicts, [b for b, _ in batches], options.warmup, options.runs,
+                                   options.progress)
+    else:
+        samples = []
+        for model, predict, (batch, _) in zip(loaded, predicts, batches, strict=True):
+            options.progress(f"{model.path}: {options.warmup} warm-up + {options.runs} timed calls "
+                             f"at batch {options.batch}")
+            samples.append(time_calls(predict, batch, options.warmup, options.runs))
+    rows: list[dict[str, Any]] = []
+    reference_labels: list[str] | None = None
+    for model, times, (_, source) in zip(loaded, samples, batches, strict=True):
+        row = _row(model, times, source, options)
+        if files:
+            doc, decided = _accuracy(model, files, truth, Path(options.data), options.batch, options.progress)
+            reference_labels = decided if reference_labels is None else reference_labels
+            agree = sum(a == b for a, b in zip(decided, reference_labels, strict=True))
+            row.update(accuracy=doc["accuracy"], balanced_accuracy=doc["balanced_accuracy"],
+                       agreement=agree / len(decided), n=doc["n"])
+        rows.append(row)
+    return rows
+
+
+def _row(model: _Loaded, samples: list[float], source: str, options: BenchOptions) -> dict[str, Any]:
+    return {
+        "path": str(model.path), "kind": model.kind, "name": model.predictor.name,
+        "format": model.format, "precision": model.precision, "method": model.method,
+        "runtime": model.runtime, "threads": model.threads,
+        "input": {"size": list(model.predictor.input.size), "source": source},
+        "size_bytes": int(model.size_bytes), "model_bytes": int(model.model_bytes),
+        "latency_ms": latency_stats(samples),
+        "throughput_ips": options.batch * len(samples) / (sum(samples) / 1000.0),
+        "accuracy": None, "balanced_accuracy": None, "agreement": None, "n": None,
     }

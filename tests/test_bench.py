@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -22,7 +23,16 @@ from bundle_factory import make_tiny_bundle  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from edgetl.api import InputSpec  # noqa: E402
-from edgetl.bench import input_batch, latency_stats  # noqa: E402
+from edgetl.bench import (  # noqa: E402
+    add_comparisons,
+    input_batch,
+    latency_stats,
+    median_ci,
+    stability_warnings,
+    threads_default,
+    time_calls,
+    time_interleaved,
+)
 from edgetl.cli import cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +97,8 @@ def test_bench_json_compares_run_and_bundle_with_the_eval_figures(models):
 
 
 def test_bench_table_on_stdout_and_out_dir_with_json_and_plot(models, tmp_path):
-    code, out, err = invoke("bench", models["bundle"], models["run"], *QUICK, "--out", tmp_path / "b")
+    code, out, err = invoke("bench", models["bundle"], models["run"], *QUICK, "--no-interleave", "--out",
+                            tmp_path / "b")
     assert code == 0, err
     assert "median ms" in out and "tiny" in out and "pytorch fp32" in out and "onnx fp32" in out
     assert "warm-up" in err and "{" not in out
@@ -130,6 +141,89 @@ def test_bundle_only_bench_runs_without_torch(models):
     doc = json.loads(out.stdout)
     jsonschema.validate(doc, SCHEMA)
     assert doc["models"][0]["kind"] == "bundle" and doc["models"][0]["accuracy"] > 0.5
+
+
+def test_timed_calls_are_interleaved_in_rotating_rounds():
+    calls = []
+    predicts = [lambda batch, name=name: calls.append(name) for name in "ABC"]
+    samples = time_interleaved(predicts, [np.zeros(1)] * 3, warmup=1, runs=3)
+    assert calls == list("ABC") + list("ABC") + list("BCA") + list("CAB")  # warm-up, then rotating rounds
+    assert [len(s) for s in samples] == [3, 3, 3]
+
+
+def test_a_load_burst_hits_interleaved_models_alike():
+    """A burst that slows calls 10-39 five-fold: timed one block each, it lands on the first model only."""
+    def model(clock):
+        def predict(batch):
+            clock["t"] += 1
+            end = time.perf_counter() + 0.002 * (5 if 10 <= clock["t"] < 40 else 1)
+            while time.perf_counter() < end:
+                pass
+        return predict
+
+    clock = {"t": 0}
+    a, b = model(clock), model(clock)
+    blocks = [time_calls(a, np.zeros(1), 0, 40), time_calls(b, np.zeros(1), 0, 40)]
+    assert np.median(blocks[0]) / np.median(blocks[1]) > 2.5  # the same model looks 5x slower
+    clock["t"] = 0
+    rounds = time_interleaved([a, b], [np.zeros(1)] * 2, warmup=0, runs=40)
+    assert 0.5 < np.median(rounds[0]) / np.median(rounds[1]) < 2  # interleaved: the same model looks the same
+
+
+def test_speedup_counts_only_when_the_median_intervals_do_not_overlap():
+    def row(samples):
+        return {"latency_ms": latency_stats(samples), "model_bytes": 1}
+
+    rng = np.random.default_rng(0)
+    ref, same, fast = (row(list(rng.normal(m, 1.0, 50))) for m in (100.0, 100.3, 50.0))
+    rows = [ref, same, fast]
+    add_comparisons(rows)
+    assert ref["speedup_significant"] is None
+    assert same["speedup_significant"] is False and fast["speedup_significant"] is True
+    from edgetl.cli.bench_cmd import speedup_cell
+
+    assert speedup_cell(same) == "no significant difference" and speedup_cell(fast) == f"{fast['speedup']:.2f}×"
+    lo, hi = median_ci(list(range(100)))
+    assert (lo, hi) == (39, 60)  # the 40th and 61st of 100 values, the textbook ranks
+
+
+def test_unstable_timings_are_flagged_when_p90_is_far_above_the_median():
+    steady = {"path": "a", "latency_ms": latency_stats([10.0] * 45 + [11.0] * 5)}
+    spiky = {"path": "b", "latency_ms": latency_stats([10.0] * 40 + [70.0] * 10)}
+    warnings = stability_warnings([steady, spiky])
+    assert steady["unstable"] is False and spiky["unstable"] is True
+    assert len(warnings) == 1 and warnings[0].startswith("b: p90") and "not reliable" in warnings[0]
+
+
+def test_threads_follow_omp_num_threads_unless_given(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads_default(None) == (3, "OMP_NUM_THREADS") and threads_default(2) == (2, "--threads")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert threads_default(None)[1] == "usable CPUs"
+
+
+def test_bench_warns_loudly_on_stderr_and_the_plot_is_log_scale(models, tmp_path, monkeypatch):
+    import edgetl.bench as bench
+
+    monkeypatch.setattr(bench, "UNSTABLE_RATIO", 0.5)  # every model "unstable": the warning path runs
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    code, out, err = invoke("bench", models["bundle"], "--runs", 4, "--warmup", 0, "--out", tmp_path / "b")
+    assert code == 0, err
+    assert "WARNING: unstable timings" in err and "unstable" in out
+    doc = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert doc["threads"] == 1 and doc["threads_source"] == "OMP_NUM_THREADS" and doc["interleaved"] is True
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from edgetl.cli.bench_cmd import plot_latency
+
+    seen = {}
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, path, **kw: seen.update(
+        scale=fig.axes[0].get_yscale(), labels=[t.get_text() for t in fig.axes[0].get_xticklabels()]))
+    plot_latency(doc, tmp_path / "p.png")
+    assert seen["scale"] == "log" and seen["labels"][0].startswith("onnx fp32")
 
 
 def test_latency_stats_are_numpy_percentiles_of_the_samples():

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from edgetl.cli.common import emit_json, info, json_option
+from edgetl.cli.common import console, emit_json, info, json_option
 from edgetl.errors import PluginError
 
 
@@ -17,7 +17,6 @@ def plugins_group() -> None:
 
 
 def _table(rows: list[dict]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(show_lines=False)
@@ -27,7 +26,7 @@ def _table(rows: list[dict]) -> None:
         comps = ", ".join(f"{c['kind']}:{c['name']}" for c in row["components"])
         status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row['reason']}"
         table.add_row(row["name"], row["version"], row["source"], status, comps)
-    Console(soft_wrap=True).print(table)
+    console().print(table)
 
 
 @plugins_group.command("list")

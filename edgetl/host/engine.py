@@ -26,6 +26,7 @@ from edgetl.errors import ConfigError, EdgetlError, UsageError
 from edgetl.host import ddp
 from edgetl.host.splits import RunData, load_run_data
 from edgetl.metrics import evaluate, pick_threshold
+from edgetl.progress import note as progress_note
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -118,6 +119,7 @@ class Trainer:
     # -- callbacks ----------------------------------------------------------
     def progress(self, stage: str, done: int, total: int) -> None:
         if stage.startswith("features"):
+            progress_note(f"{stage}: {done}/{total} images")  # the heartbeat says where between the lines
             step = max(1, total // 5)
             if done == total or done // step != (done - 1) // step:
                 self.log(f"  {stage}: {done}/{total} images")

@@ -62,11 +62,14 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Any:
 
     from edgetl import progress, quiet
 
-    class Bar(tqdm):
+    done = 0
+
+    class Bar(tqdm):  # a disabled tqdm keeps no desc/n: count here
         def update(self, n: float = 1) -> bool | None:
-            shown = super().update(n)
-            progress.note(f"{self.desc} batch {self.n}/{self.total}", shown=not self.disable)
-            return shown
+            nonlocal done
+            done += int(n)
+            progress.note(f"{desc}: batch {done}/{total}", shown=not self.disable)
+            return super().update(n)
 
     return Bar(total=total, desc=desc, file=quiet.progress_stream(), leave=False, dynamic_ncols=True,
                disable=None if enabled else True)
