@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import emit_json, info, json_option
+from edgetl.cli.common import emit_json, info, json_option, long_step
 from edgetl.errors import EdgetlError, SignatureNotCheckedError
 
 DEFAULT_MAX_MB = 2048
@@ -117,7 +117,8 @@ def verify_cmd(file: Path, trust: tuple[Path, ...], no_reference: bool, max_bund
     if no_reference:
         report["reference"] = {"status": "skipped", "reason": "--no-reference"}
     else:
-        report["reference"] = _reference_check(file, manifest, max_bundle_mb * 1024 * 1024)
+        with long_step("bundle verify"):
+            report["reference"] = _reference_check(file, manifest, max_bundle_mb * 1024 * 1024)
     failed = report["reference"]["status"] == "failed"
     report["ok"] = unchecked is None and not failed
     if as_json:
