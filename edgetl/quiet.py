@@ -111,4 +111,9 @@ def library_output_hidden(verbose: bool | None = None) -> Iterator[None]:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    _buffer.write(warnings.formatwarning(message, category, filename, lineno, line))
+    """Library warnings into the buffer; edgetl's own (DataWarning, PluginWarning) still reach the user."""
+    text = warnings.formatwarning(message, category, filename, lineno, line)
+    if category.__module__.split(".")[0] == "edgetl":
+        progress_stream().write(text)
+    else:
+        _buffer.write(text)

@@ -11,6 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # Nothing in the suite may touch a model hub: a test that forgets `pretrained: false` fails fast.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["EDGETL_OFFLINE"] = "1"
+os.environ.setdefault("EDGETL_PROGRESS_SECONDS", "0")  # no heartbeat lines in asserted stderr (tests pass their own)
 
 
 @pytest.fixture(autouse=True)

@@ -200,6 +200,9 @@ def _noisy_library_step() -> None:
     noisy.info("INFO:fakelib: compressing weights")
     print("No CUDA runtime is found")
     warnings.warn("a TracerWarning", UserWarning, stacklevel=1)
+    from edgetl.data.folder import DataWarning
+
+    warnings.warn(DataWarning("skipped 1 unreadable image(s): a.png"), stacklevel=1)  # edgetl's own: shown
     info("edgetl: step done")
 
 
@@ -212,6 +215,7 @@ def test_library_output_is_hidden_unless_verbose(capsys, monkeypatch, verbose):
         _noisy_library_step()
     out, err = capsys.readouterr()
     assert "edgetl: step done" in err
+    assert verbose or "skipped 1 unreadable image(s)" in err
     shown = out + err
     for noise in ("compressing weights", "No CUDA runtime"):
         assert (noise in shown) == verbose, shown
