@@ -51,6 +51,17 @@ def test_tables_keep_every_cell_whole_when_stdout_is_not_a_terminal():
     assert max(len(line) for line in out.splitlines()) > 80  # not cut to a pretend 80-column terminal
 
 
+def test_deploy_summary_keeps_a_long_device_url_whole(capsys):
+    from types import SimpleNamespace
+
+    from edgetl.cli.deploy_cmd import print_summary
+
+    url = "http://127.0.0.1:37145/a/rather/long/path/to/an/agent"
+    print_summary([SimpleNamespace(name=url, result="installed", before="m-v1", after="m-v2", seconds=1.0)],
+                  "deploy")
+    assert url in capsys.readouterr().err
+
+
 def test_export_finds_a_shipped_profile_by_name_and_takes_its_format(monkeypatch, tmp_path):
     import edgetl.host.export as export
 

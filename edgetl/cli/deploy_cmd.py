@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgetl.cli.common import emit_json, info, json_option
+from edgetl.cli.common import console, emit_json, info, json_option
 
 
 def describe(result) -> list[str]:
@@ -39,7 +39,6 @@ def describe(result) -> list[str]:
 
 
 def print_summary(results, title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
@@ -47,7 +46,7 @@ def print_summary(results, title: str) -> None:
         table.add_column(col)
     for r in results:
         table.add_row(r.name, r.result, r.before or "-", r.after or "-", f"{r.seconds:.1f}")
-    Console(stderr=True, soft_wrap=True).print(table)
+    console(stderr=True).print(table)
 
 
 @click.command("deploy")
