@@ -1,7 +1,9 @@
 """``edgetl bench``: latency, throughput, size and accuracy of runs and bundles, side by side.
 
-Every model is measured in this one process, on this machine, one after the
-other, under the same thread count, so the figures compare. A run directory
+Every model is measured in this one process, on this machine, under the same
+thread count, its timed calls interleaved with the others' (rounds of one call
+each, the order rotating), so a load that comes and goes hits every model
+alike and the figures compare. A run directory
 runs in PyTorch eager through its predictor (torch is imported only then); a
 bundle runs in its own runtime through :class:`edgetl.bundle_predictor.BundlePredictor`.
 This module imports no ML framework, so a bundle-only bench runs on a device.
