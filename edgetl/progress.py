@@ -34,6 +34,10 @@ def _interval(stream: Any) -> float:
     return 15.0 if is_tty else 5.0
 
 
+def _clip(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _seconds(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s // 60:.0f} min {s % 60:02.0f} s"
 
@@ -83,8 +87,8 @@ class Heartbeat:
                 if now - self._touched < self.interval:
                     continue
                 self._touched = now
-                where = f", {self._detail}" if self._detail else ""
-                line = f"  … {self._last_message}{where} ({_seconds(now - self._start)} into {self.what})"
+                where = self._detail or f"still working after “{_clip(self._last_message)}”"
+                line = f"  … {self.what} {_seconds(now - self._start)}: {where}"
             self._write(line)
 
     def __enter__(self) -> Heartbeat:
