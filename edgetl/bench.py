@@ -182,7 +182,7 @@ def stability_warnings(rows: list[dict[str, Any]]) -> list[str]:
         ratio = lat["p90"] / lat["median"] if lat["median"] > 0 else float("inf")
         row["unstable"] = bool(ratio > UNSTABLE_RATIO)
         if row["unstable"]:
-            out.append(f"{row['path']}: p90 {lat['p90']:.3g} ms is {ratio:.1f}x the median {lat['median']:.3g} ms "
+            out.append(f"{row['path']}: p90 {lat['p90']:.4g} ms is {ratio:.1f}x the median {lat['median']:.4g} ms "
                        "(the machine is busy, or threads wait on each other): these timings are not reliable; "
                        "measure on an idle machine or with --threads 1")
     return out

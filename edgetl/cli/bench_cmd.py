@@ -20,6 +20,11 @@ def _fmt(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def ms(value: float) -> str:
+    """Milliseconds to 3 significant digits, without an exponent (6,700 not 6.7e+03)."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _threads(n: int) -> str:
     return f"{n} thread" + ("" if n == 1 else "s")
 
@@ -49,13 +54,13 @@ def render_table(doc: dict[str, Any]) -> Any:
         table.add_column(name, justify=justify)
     for row in doc["models"]:
         lat = row["latency_ms"]
-        spread = f"{lat['p10']:.3g}–{lat['p90']:.3g}" + (" [bold red]unstable[/]" if row.get("unstable") else "")
+        spread = f"{ms(lat['p10'])}–{ms(lat['p90'])}" + (" [bold red]unstable[/]" if row.get("unstable") else "")
         table.add_row(
             f"{row['name']}\n[dim]{row['path']}[/dim]",
             f"{row['format']} {row['precision']}" + ("" if row["method"] in ("default", "eager")
                                                      else f"\n[dim]{row['method']}[/dim]"),
             "–" if row["threads"] is None else str(row["threads"]),
-            f"{row['model_bytes'] / 1e6:.2f}", f"{lat['median']:.3g}", spread,
+            f"{row['model_bytes'] / 1e6:.2f}", ms(lat["median"]), spread,
             f"{row['throughput_ips']:.3g}", speedup_cell(row),
             _fmt(row["accuracy"], ".4f"), _fmt(row["balanced_accuracy"], ".4f"), _fmt(row["agreement"], ".4f"))
     return table
@@ -90,7 +95,7 @@ def plot_latency(doc: dict[str, Any], path: Path) -> None:
     ax.set_xticks(range(1, len(models) + 1), labels, fontsize=8, rotation=20 if len(models) > 3 else 0,
                   ha="right" if len(models) > 3 else "center")
     for x, m in enumerate(models, start=1):
-        ax.annotate(f"{m['latency_ms']['median']:.3g} ms", (x, m["latency_ms"]["median"]), xytext=(14, 0),
+        ax.annotate(f"{ms(m['latency_ms']['median'])} ms", (x, m["latency_ms"]["median"]), xytext=(14, 0),
                     textcoords="offset points", fontsize=7, va="center")
     ax.set_ylabel(f"latency per batch of {doc['batch']} (ms, log scale)")
     how = "interleaved" if doc.get("interleaved") else "one model at a time"
