@@ -204,14 +204,27 @@ class Strategy(Component):
 
 
 class Runtime(ABC):
-    """A loaded model on this machine (device side: numpy in, numpy out, no torch)."""
+    """A loaded model on this machine (device side: numpy in, numpy out, no torch).
+
+    Returned by :meth:`Target.load` (and :meth:`Target.load_for_gate` on the host).
+    """
 
     @abstractmethod
     def predict(self, batch: "np.ndarray") -> "np.ndarray":
-        """(N, 3, H, W) float32 normalised -> the model output, float32, batch first."""
+        """Run the model on any number of preprocessed images.
+
+        Args:
+            batch: (N, 3, H, W) float32, normalised as the manifest's ``input`` says.
+
+        Returns:
+            float32, batch first: (N, K) probabilities, or (N,) normalised
+            anomaly scores (:data:`edgetl.metrics.ANOMALY_THRESHOLD` = 0.5 unless
+            a threshold is stored). A target exported with a static batch pads
+            or loops so that any N works.
+        """
 
     def info(self) -> dict[str, Any]:
-        """Facts for reports: runtime name, version, device, precision."""
+        """Facts for reports and ``/v1/info``: ``runtime``, ``version``, ``device``, ``precision``, …"""
         return {}
 
     def close(self) -> None:
