@@ -239,3 +239,25 @@ def test_a_quantizer_written_for_the_earlier_contract_is_still_called(tmp_path):
     assert ctx.report == {"legacy": True}  # the legacy report dict is the context's
     call_quantizer(Current(), [tmp_path / "m.onnx"], tmp_path / "out", ctx)
     assert seen["ctx"] is ctx
+
+
+def test_a_target_written_for_the_dict_manifest_still_reads_it():
+    """Targets used to receive the manifest and export options as dicts; those reads keep working."""
+    from edgetl.api import ExportSpec
+    from edgetl.manifest import validate_manifest
+
+    manifest = validate_manifest({
+        "schema_version": 1, "name": "t", "model_version": "t-1", "created": "2026-01-01T00:00:00+00:00",
+        "task": "classify", "labels": ["a", "b"], "output": "probabilities",
+        "input": {"size": [8, 8], "mean": [0.5] * 3, "std": [0.5] * 3},
+        "target": {"format": "x", "precision": "fp16", "files": ["model/m.onnx"], "runtime": {"threads": 2}},
+        "compat": {"arch": "x86_64"}, "files": {"model/m.onnx": "0" * 64}})
+    target = manifest.get("target", {})
+    assert target["precision"] == "fp16" and (target.get("runtime") or {}) == {"threads": 2}
+    assert manifest["labels"] == ["a", "b"] and "reference" not in manifest and manifest.get("reference") is None
+    assert manifest.get("threshold", 0.5) == 0.5 and target.get("build", {}) == {}
+    with pytest.raises(KeyError):
+        manifest["no_such_field"]
+    spec = ExportSpec(batch=4, dynamic_batch=True)
+    spec.setdefault("report", {})["opset"] = 17
+    assert spec.get("dynamic_batch") is True and spec.report == {"opset": 17} and spec["profile"] is None
