@@ -31,6 +31,8 @@ def run_edgetl(*args: str, env: dict | None = None, check_torch: bool = False) -
     code += ("    print('TORCH_LOADED=' + str('torch' in sys.modules), file=sys.stderr)\n" if check_torch
              else "    pass\n")
     full_env = {**os.environ, "EDGETL_LOAD_PLUGINS": "", **(env or {})}
+    if env and "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):  # keep the caller's path after the test's
+        full_env["PYTHONPATH"] = env["PYTHONPATH"] + os.pathsep + os.environ["PYTHONPATH"]
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=full_env)
 
 
@@ -129,7 +131,9 @@ def test_example_third_party_plugin_installs_offline_and_is_listed(tmp_path):
                           "reason": None, "hooks": ["edgetl_sinks"], "components": [{"kind": "sink", "name": "csv"}]}
     test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            str(ROOT / "examples" / "third_party_plugin" / "tests")],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(site)})
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              filter(None, [str(site), os.environ.get("PYTHONPATH")]))})
     assert test.returncode == 0, test.stdout + test.stderr
 
 

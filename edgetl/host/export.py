@@ -25,6 +25,7 @@ import numpy as np
 
 from edgetl.api import FallbackStep
 from edgetl.errors import ExportError, GateFailedError, MissingDependencyError, UsageError
+from edgetl.tracking import track_export
 
 log = logging.getLogger("edgetl.export")
 
@@ -270,7 +271,9 @@ def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
                     lambda x: torch_outputs(run.model, x), val.x[:batch], options.latency_runs))
         finally:
             runtime.close()
-    return ExportResult(bundle=bundle, manifest=manifest, attempts=attempts, stages=stages, signature=signature)
+    result = ExportResult(bundle=bundle, manifest=manifest, attempts=attempts, stages=stages, signature=signature)
+    track_export(Path(run_dir), run.config, result.document(), say)
+    return result
 
 
 def _attempt_line(a: dict[str, Any]) -> str:
