@@ -129,7 +129,7 @@ def edgetl_loggers(register: Callable[["Logger"], None]) -> None:
     :param register: call ``register(logger)`` with an
         :class:`edgetl.api.Logger` instance. A run uses it when its config
         names it under ``loggers``; ``start(run_name, params, run_dir, options)``
-        returns a :class:`edgetl.api.LoggerRun` that receives the history rows,
+        returns an :class:`edgetl.api.LoggerRun` that receives the history rows,
         figures, the run directory and, later, export results.
 
     Import the tracking library inside ``start``: ``edgetl --help`` imports
