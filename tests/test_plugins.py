@@ -286,3 +286,16 @@ def test_a_package_with_two_broken_entry_points_reports_both(tmp_path, monkeypat
                          text=True, env=subprocess_env(tmp_path, load="first,second"))
     assert {p["name"] for p in json.loads(out.stdout) if p["status"] == "broken"} == {"first", "second"}
     assert "first boom" in out.stderr and "second boom" in out.stderr
+
+
+def test_taken_entry_point_name_is_listed_twice_and_shown_under_its_primed_key(tmp_path, monkeypatch):
+    """What docs/cli.md says about the primed key, checked on the real output."""
+    make_plugin(tmp_path, "edgetl_stdio", SINK_PLUGIN.format(sink="other"), module="edgetl_test_dup")
+    activate(monkeypatch, tmp_path, load="edgetl_stdio")
+    with pytest.warns(PluginWarning):
+        monkeypatch.setattr("edgetl.plugins._MANAGER", PluginManager())
+    rows = json.loads(CliRunner().invoke(cli, ["plugins", "list", "--json"]).stdout)
+    assert [(r["source"], r["status"]) for r in rows if r["name"] == "edgetl_stdio"] == [
+        ("builtin", "ok"), ("third-party", "broken")]
+    shown = json.loads(CliRunner().invoke(cli, ["plugins", "show", "edgetl_stdio'", "--json"]).stdout)
+    assert shown["source"] == "third-party" and "already taken" in shown["reason"]

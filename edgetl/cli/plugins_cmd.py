@@ -19,6 +19,7 @@ _REGISTERED = ("import sys; sys.path[:] = [p for p in sys.path if p not in ('', 
                "import json; from edgetl.plugins import get_manager\n"
                "print(json.dumps([[p.dist, p.name, p.status, p.reason] for p in "
                "get_manager().plugins.values() if p.source == 'third-party']))")
+_STDERR = 2  # pip's own output is a log: file descriptor 2, so stdout holds only the result
 
 
 @click.group("plugins")
@@ -126,7 +127,7 @@ def _third_party_by_dist() -> dict[str, list]:
 def install_cmd(package: str) -> None:
     """pip-install PACKAGE into this environment, then confirm it registered a plugin."""
     info(f"installing {package} with {sys.executable} -m pip …")
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", package])
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", package], stdout=_STDERR)
     if proc.returncode != 0:
         raise PluginError(f"pip could not install {package!r} (exit status {proc.returncode})")
     dist = package
@@ -162,7 +163,7 @@ def uninstall_cmd(name: str, yes: bool) -> None:
     if not yes:
         click.confirm(question, abort=True, err=True)
     info(f"uninstalling {plugin.dist} with {sys.executable} -m pip …")
-    proc = subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", plugin.dist])
+    proc = subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", plugin.dist], stdout=_STDERR)
     if proc.returncode != 0:
         raise PluginError(f"pip could not uninstall {plugin.dist!r} (exit status {proc.returncode})")
     left = _third_party_by_dist().get(_normal(plugin.dist), [])
