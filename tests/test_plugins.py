@@ -16,6 +16,17 @@ from edgetl.plugins import DEFAULT_PLUGINS, PluginManager, PluginWarning
 from tests.plugin_factory import SINK_PLUGIN, activate, make_plugin, subprocess_env
 
 
+def load_broken(tmp_path, monkeypatch, name: str, code: str, match: str) -> PluginManager:
+    """Load third-party plugin ``name``; it must warn (``match``), be broken and have registered nothing."""
+    make_plugin(tmp_path, name, code)
+    activate(monkeypatch, tmp_path, load=name)
+    with pytest.warns(PluginWarning, match=match):
+        pm = PluginManager()
+    assert pm.plugins[name].status == "broken"
+    assert not [c for kind in pm.registry.values() for c in kind.values() if c.plugin == name]
+    return pm
+
+
 def test_builtin_plugins_load_first_in_fixed_order():
     pm = PluginManager()
     names = list(pm.plugins)
@@ -85,11 +96,7 @@ def test_wrong_component_type_is_a_type_error_naming_the_plugin(tmp_path, monkey
 def test_hook_that_raises_marks_plugin_broken_and_registers_nothing(tmp_path, monkeypatch):
     code = SINK_PLUGIN.format(sink="half") + (
         "\n@hookimpl\ndef edgetl_sources(register):\n    raise ValueError('no camera lib')\n")
-    make_plugin(tmp_path, "half", code)
-    activate(monkeypatch, tmp_path, load="half")
-    with pytest.warns(PluginWarning, match="no camera lib"):
-        pm = PluginManager()
-    assert pm.plugins["half"].status == "broken"
+    pm = load_broken(tmp_path, monkeypatch, "half", code, match="no camera lib")
     with pytest.raises(UnknownComponentError):
         pm.get("sink", "half")
 
@@ -144,21 +151,15 @@ def test_no_warning_when_everything_loads():
 
 # -- hooks go through pluggy ------------------------------------------------------------------------
 def test_function_without_hookimpl_does_not_register_and_says_why(tmp_path, monkeypatch):
-    make_plugin(tmp_path, "unmarked", SINK_PLUGIN.format(sink="unmarked").replace("@hookimpl\n", ""))
-    activate(monkeypatch, tmp_path, load="unmarked")
-    with pytest.warns(PluginWarning, match="edgetl_sinks in edgetl_test_unmarked not marked @hookimpl"):
-        pm = PluginManager()
-    assert pm.plugins["unmarked"].status == "broken"
-    with pytest.raises(UnknownComponentError):
-        pm.get("sink", "unmarked")
+    code = SINK_PLUGIN.format(sink="unmarked").replace("@hookimpl\n", "")
+    load_broken(tmp_path, monkeypatch, "unmarked", code,
+                match="edgetl_sinks in edgetl_test_unmarked not marked @hookimpl")
 
 
 def test_hookimpl_for_a_hook_that_does_not_exist_suggests_the_nearest(tmp_path, monkeypatch):
-    make_plugin(tmp_path, "typo", SINK_PLUGIN.format(sink="typo").replace("def edgetl_sinks", "def edgetl_sink"))
-    activate(monkeypatch, tmp_path, load="typo")
-    with pytest.warns(PluginWarning, match="edgetl_sink is not an edgetl hook; did you mean 'edgetl_sinks'"):
-        pm = PluginManager()
-    assert pm.plugins["typo"].status == "broken"
+    code = SINK_PLUGIN.format(sink="typo").replace("def edgetl_sinks", "def edgetl_sink")
+    load_broken(tmp_path, monkeypatch, "typo", code,
+                match="edgetl_sink is not an edgetl hook; did you mean 'edgetl_sinks'")
 
 
 def test_hook_calls_are_traced_through_pluggy(tmp_path, monkeypatch, capsys):
