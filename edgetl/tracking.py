@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from edgetl.api import LoggerRun
+from edgetl.api import Logger, LoggerRun
 from edgetl.errors import ConfigError, EdgetlError, MissingDependencyError
 
 
@@ -41,16 +41,27 @@ def _entries(config: Any) -> list[tuple[str, dict[str, Any]]]:
     return pairs
 
 
-def _open(entries: list[tuple[str, dict[str, Any]]], opener: Callable[[Any, dict[str, Any]], LoggerRun]
-          ) -> list[tuple[str, LoggerRun]]:
+def check_loggers(config: Any) -> list[tuple[Logger, dict[str, Any]]]:
+    """The configured loggers, each known and with its library installed, else a one-line error.
+
+    Call it before anything is written: a run that cannot be tracked as asked does not start.
+    """
     from edgetl.plugins import get_manager
 
-    runs = []
-    for name, options in entries:
+    found = []
+    for name, options in _entries(config):
         logger = get_manager().get("logger", name)
         missing = logger.missing_modules()
         if missing:
             raise MissingDependencyError(missing[0], logger.extra, f"logger '{name}'")
+        found.append((logger, options))
+    return found
+
+
+def _open(config: Any, opener: Callable[[Any, dict[str, Any]], LoggerRun]) -> list[tuple[str, LoggerRun]]:
+    runs = []
+    for logger, options in check_loggers(config):
+        name = logger.name
         try:
             runs.append((name, opener(logger, options)))
         except EdgetlError:
@@ -69,12 +80,17 @@ class Tracking:
         self.finished = False
 
     @classmethod
-    def start(cls, cfg: Any, run_dir: Path, log: Callable[[str], None] = print,
-              enabled: bool = True) -> "Tracking":
-        """Start every logger in ``cfg.loggers`` for a training run (``enabled`` False: track nothing)."""
-        entries = _entries(cfg) if enabled else []
-        params = flatten(cfg.model_dump(mode="json", by_alias=True, exclude={"loggers"})) if entries else {}
-        runs = _open(entries, lambda logger, options: logger.start(cfg.name, params, Path(run_dir), options))
+    def start(cls, cfg: Any, run_dir: Path, log: Callable[[str], None] = print, enabled: bool = True,
+              resume: bool = False) -> "Tracking":
+        """Start every logger in ``cfg.loggers`` for a training run (``enabled`` False: track nothing).
+
+        With ``resume`` (``train --resume``) each logger continues the run it began for ``run_dir``.
+        """
+        if not enabled:
+            return cls((), log)
+        params = flatten(cfg.model_dump(mode="json", by_alias=True, exclude={"loggers"}))
+        runs = _open(cfg, lambda logger, options: logger.resume(Path(run_dir), options) if resume
+                     else logger.start(cfg.name, params, Path(run_dir), options))
         if runs:
             log(f"tracking with {', '.join(name for name, _ in runs)}")
         return cls(runs, log)
@@ -82,7 +98,7 @@ class Tracking:
     @classmethod
     def resume(cls, config: Any, run_dir: Path, log: Callable[[str], None] = print) -> "Tracking":
         """Reopen the loggers of a finished run (``config`` as saved in the run directory)."""
-        return cls(_open(_entries(config), lambda logger, options: logger.resume(Path(run_dir), options)), log)
+        return cls(_open(config, lambda logger, options: logger.resume(Path(run_dir), options)), log)
 
     def _each(self, what: str, call: Callable[[LoggerRun], None]) -> None:
         for name, run in list(self.runs.items()):

@@ -107,7 +107,7 @@ def test_unknown_logger_and_unknown_option_stop_before_training(tmp_path):
     result = CliRunner().invoke(cli, ["train", _config(tmp_path, data, ["tensorbord"]), "--out",
                                       str(tmp_path / "r1"), "--device", "cpu"])
     assert result.exit_code == 1 and "unknown logger 'tensorbord'; did you mean 'tensorboard'" in result.stderr
-    assert not (tmp_path / "r1" / "model.pt").exists()
+    assert not (tmp_path / "r1").exists()  # checked before the run directory is made
     if HAVE_MLFLOW:
         bad = [{"name": "mlflow", "options": {"tracking_url": "x"}}]
         result = CliRunner().invoke(cli, ["train", _config(tmp_path, data, bad), "--out", str(tmp_path / "r2"),
@@ -172,3 +172,32 @@ def test_logger_default_resume_starts_a_run_named_after_the_folder(tmp_path):
     logger = L()
     logger.resume(tmp_path / "myrun", {"a": 1})
     assert logger.args == ("myrun", {}, tmp_path / "myrun", {"a": 1})
+
+
+def test_train_resume_continues_each_loggers_run(tmp_path, monkeypatch):
+    from tests.plugin_factory import activate, make_plugin
+
+    make_plugin(tmp_path / "site", "rec", """
+from edgetl import api
+from edgetl.hookspecs import hookimpl
+calls = []
+class Run(api.LoggerRun):
+    def log_metrics(self, step, metrics): pass
+class Rec(api.Logger):
+    name = "rec"
+    def start(self, run_name, params, run_dir, options):
+        calls.append(("start", run_name, params["train.epochs"])); return Run()
+    def resume(self, run_dir, options):
+        calls.append(("resume", run_dir.name)); return Run()
+@hookimpl
+def edgetl_loggers(register): register(Rec())
+""")
+    activate(monkeypatch, tmp_path / "site", load="rec")
+    monkeypatch.setattr("edgetl.plugins._MANAGER", PluginManager())
+    cfg = load_run_config(write_config(tmp_path / "c.yaml", tmp_path, epochs=4))
+    cfg = cfg.model_copy(update={"loggers": [LoggerConfig(name="rec")]})
+    Tracking.start(cfg, tmp_path / "run", log=lambda m: None)
+    Tracking.start(cfg, tmp_path / "run", log=lambda m: None, resume=True)
+    import sys
+
+    assert sys.modules["edgetl_test_rec"].calls == [("start", "tiny", 4), ("resume", "run")]

@@ -26,7 +26,7 @@ from edgetl.errors import ConfigError, EdgetlError, UsageError
 from edgetl.host import ddp
 from edgetl.host.splits import RunData, load_run_data
 from edgetl.metrics import evaluate, pick_threshold
-from edgetl.tracking import Tracking
+from edgetl.tracking import Tracking, check_loggers
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -211,6 +211,7 @@ class Trainer:
         self.backbone = manager.get("backbone", self.cfg.backbone.name)
         if strategy.missing_modules():
             raise EdgetlError(f"strategy {strategy.name}: missing {', '.join(strategy.missing_modules())}")
+        check_loggers(self.cfg)  # unknown logger or missing library: stop before anything is written
         spec = self.backbone.input
         if self.cfg.train.image_size:
             spec = dataclasses.replace(spec, size=(self.cfg.train.image_size, self.cfg.train.image_size))
@@ -232,7 +233,8 @@ class Trainer:
         if resume_state is not None:
             self.history.extend(resume_state.get("history", []))
             self.log(f"resuming {self.out} after epoch {resume_state['epoch'] + 1}")
-        self.tracking = Tracking.start(cfg, self.out, self.log, enabled=self.info.is_main)
+        self.tracking = Tracking.start(cfg, self.out, self.log, enabled=self.info.is_main,
+                                       resume=resume_state is not None)
         seed_everything(cfg.train.seed)
         data = load_run_data(cfg, self.spec, self.skip_bad)
         for bad in data.skipped:
