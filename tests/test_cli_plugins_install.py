@@ -69,6 +69,20 @@ def test_install_then_uninstall_round_trip(throwaway):
     assert "csv" not in _listed(python, env)
 
 
+def test_install_of_a_package_that_registers_nothing_is_an_error(throwaway, tmp_path):
+    python, env = throwaway
+    project = tmp_path / "noplugin"
+    (project / "edgetl_noplugin_pkg").mkdir(parents=True)
+    (project / "edgetl_noplugin_pkg" / "__init__.py").write_text("")
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires=["setuptools"]\nbuild-backend="setuptools.build_meta"\n'
+        '[project]\nname="edgetl-noplugin-pkg"\nversion="0.0.1"\n'
+        '[tool.setuptools]\npackages=["edgetl_noplugin_pkg"]\n')
+    out = _edgetl(python, env, "plugins", "install", str(project))
+    assert out.returncode == 1
+    assert "registers no edgetl plugin" in out.stderr.strip().splitlines()[-1]
+
+
 def test_uninstall_refuses_builtins_and_unknown_names():
     result = CliRunner().invoke(cli, ["plugins", "uninstall", "edgetl_stdio", "--yes"])
     assert result.exit_code == 1 and "'edgetl_stdio' is built into edgetl" in result.stderr
