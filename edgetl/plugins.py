@@ -188,8 +188,9 @@ class PluginManager:
         try:
             unmarked = _unmarked_hooks(module)
             if unmarked:
-                raise PluginError(f"{', '.join(unmarked)} in {module.__name__} not marked @hookimpl "
-                                  "(add 'from edgetl.hookspecs import hookimpl' and decorate it); not registered")
+                verb = "is" if len(unmarked) == 1 else "are"
+                raise PluginError(f"{', '.join(unmarked)} in {module.__name__} {verb} not marked @hookimpl, so "
+                                  "not a hook (add 'from edgetl.hookspecs import hookimpl' and decorate it)")
             self.pm.register(module, name=info.name)
             info.hooks = sorted(h.name for h in self.pm.get_hookcallers(module) or [])
             self._check_known(info)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from edgetl.cli import cli
 from edgetl.errors import PluginError, UnknownComponentError
-from edgetl.plugins import DEFAULT_PLUGINS, PluginManager, PluginWarning
+from edgetl.plugins import DEFAULT_PLUGINS, STATUSES, PluginManager, PluginWarning
 from tests.plugin_factory import SINK_PLUGIN, activate, make_plugin, subprocess_env
 
 
@@ -153,7 +153,7 @@ def test_no_warning_when_everything_loads():
 def test_function_without_hookimpl_does_not_register_and_says_why(tmp_path, monkeypatch):
     code = SINK_PLUGIN.format(sink="unmarked").replace("@hookimpl\n", "")
     load_broken(tmp_path, monkeypatch, "unmarked", code,
-                match="edgetl_sinks in edgetl_test_unmarked not marked @hookimpl")
+                match="edgetl_sinks in edgetl_test_unmarked is not marked @hookimpl")
 
 
 def test_hookimpl_for_a_hook_that_does_not_exist_suggests_the_nearest(tmp_path, monkeypatch):
@@ -300,3 +300,12 @@ def test_taken_entry_point_name_is_listed_twice_and_shown_under_its_primed_key(t
         ("builtin", "ok"), ("third-party", "broken")]
     shown = json.loads(CliRunner().invoke(cli, ["plugins", "show", "edgetl_stdio'", "--json"]).stdout)
     assert shown["source"] == "third-party" and "already taken" in shown["reason"]
+
+
+def test_statuses_are_the_ones_the_json_schemas_allow():
+    from pathlib import Path
+
+    schemas = Path(__file__).resolve().parents[1] / "docs" / "schemas"
+    listed = json.loads((schemas / "plugins-list.schema.json").read_text())["$defs"]["plugin"]
+    shown = json.loads((schemas / "plugins-show.schema.json").read_text())
+    assert listed["properties"]["status"]["enum"] == list(STATUSES) == shown["properties"]["status"]["enum"]
