@@ -26,6 +26,7 @@ from edgetl.errors import ConfigError, EdgetlError, UsageError
 from edgetl.host import ddp
 from edgetl.host.splits import RunData, load_run_data
 from edgetl.metrics import evaluate, pick_threshold
+from edgetl.tracking import Tracking, check_loggers
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -110,6 +111,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._log = log
         self.info = ddp.env_info()
+        self.tracking = Tracking()
 
     def log(self, message: str) -> None:
         if self.info.is_main:
@@ -128,6 +130,7 @@ class Trainer:
         if tag:
             row = {**row, "strategy": tag}
         self.history.append(row)
+        self.tracking.metrics(row, tag)
         lrs = [v for k, v in row.items() if k.startswith("lr_")]
         auc = row.get("val_roc_auc")
         self.log(f"{row['strategy']} epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  "
@@ -208,6 +211,7 @@ class Trainer:
         self.backbone = manager.get("backbone", self.cfg.backbone.name)
         if strategy.missing_modules():
             raise EdgetlError(f"strategy {strategy.name}: missing {', '.join(strategy.missing_modules())}")
+        check_loggers(self.cfg)  # unknown logger or missing library: stop before anything is written
         spec = self.backbone.input
         if self.cfg.train.image_size:
             spec = dataclasses.replace(spec, size=(self.cfg.train.image_size, self.cfg.train.image_size))
@@ -217,6 +221,7 @@ class Trainer:
         try:
             return self._run(strategy)
         finally:
+            self.tracking.close()  # a run that did not finish is marked failed
             ddp.shutdown(self.info)
 
     def _run(self, strategy: Any) -> dict[str, Any] | None:
@@ -228,6 +233,8 @@ class Trainer:
         if resume_state is not None:
             self.history.extend(resume_state.get("history", []))
             self.log(f"resuming {self.out} after epoch {resume_state['epoch'] + 1}")
+        self.tracking = Tracking.start(cfg, self.out, self.log, enabled=self.info.is_main,
+                                       resume=resume_state is not None)
         seed_everything(cfg.train.seed)
         data = load_run_data(cfg, self.spec, self.skip_bad)
         for bad in data.skipped:
@@ -261,6 +268,7 @@ class Trainer:
                 "feature_seconds": ctx.state.get("feature_seconds"), "feature_pass": ctx.state.get("feature_pass")},
             best_epoch=ctx.state.get("best_epoch"), device=str(self.device), world=self.info.world)
         self.log(f"wrote {self.out} (report: {self.out / 'report.md'})")
+        self.tracking.finish(self.out)
         return summary
 
 

@@ -35,6 +35,7 @@ from edgetl.api import (
 from edgetl.errors import ExportError, GateFailedError, MissingDependencyError, UsageError
 from edgetl.host.bundle_build import build_and_write, draft_manifest
 from edgetl.manifest import Manifest, as_manifest
+from edgetl.tracking import track_export
 
 log = logging.getLogger("edgetl.export")
 
@@ -378,7 +379,9 @@ def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
                     lambda x: torch_outputs(run.model, x), data.val.x[:plan.spec.batch], options.latency_runs))
         finally:
             runtime.close()
-    return ExportResult(bundle=bundle, manifest=manifest, attempts=attempts, stages=stages, signature=signature)
+    result = ExportResult(bundle=bundle, manifest=manifest, attempts=attempts, stages=stages, signature=signature)
+    track_export(Path(run_dir), run.config, result.document(), options.progress)
+    return result
 
 
 def _attempt_line(a: dict[str, Any]) -> str:
