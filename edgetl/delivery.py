@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgetl.errors import DeployError, SignatureNotCheckedError, UsageError
+from edgetl.errors import BundleError, DeployError, SignatureNotCheckedError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgetl.workflow import Log, Model
@@ -108,14 +108,14 @@ def _reference_check(path: Path, manifest: dict[str, Any], max_bytes: int) -> di
 
 
 def verify_report(path: str | Path, trust: Any = None, *, reference: bool = True,
-                  max_bytes: int = DEFAULT_MAX_MB << 20) -> dict[str, Any]:
+                  max_bytes: int = DEFAULT_MAX_MB << 20, check: bool = True) -> dict[str, Any]:
     """The ``bundle verify`` report: ``{…verify_bundle's facts, reference: {status, …}, ok}``.
 
-    Raises on tampering, a bad signature or a failed reference check; a missing
-    ``trust`` is not an error here (``ok`` is False and ``signature.checked`` False).
+    Raises on tampering or a bad signature, and (``check``) on a failed
+    reference check; a missing ``trust`` is not an error here (``ok`` is False
+    and ``signature.checked`` False).
     """
     from edgetl.bundle import open_bundle, verify_bundle
-    from edgetl.errors import BundleError
 
     path = Path(path)
     keys = [] if trust is None else [trust] if isinstance(trust, (str, Path)) else list(trust)
@@ -127,14 +127,19 @@ def verify_report(path: str | Path, trust: Any = None, *, reference: bool = True
     with open_bundle(path) as bundle:
         manifest = bundle.manifest
     report["reference"] = (_reference_check(path, manifest, max_bytes) if reference
-                           else {"status": "skipped", "reason": "not asked (--no-reference)"})
+                           else {"status": "skipped", "reason": "--no-reference"})
     report["ok"] = not unchecked and report["reference"]["status"] != "failed"
-    if report["reference"]["status"] == "failed":
-        err = BundleError(f"{path}: reference check failed on this machine: "
-                          + "; ".join(report["reference"].get("failures", [])[:3]))
-        err.report = report
-        raise err
+    if check and report["reference"]["status"] == "failed":
+        raise reference_failure(path, report)
     return report
+
+
+def reference_failure(path: str | Path, report: dict[str, Any]) -> BundleError:
+    """The error for a reference check that failed on this machine (first failures named)."""
+    err = BundleError(f"{path}: reference check failed on this machine: "
+                      + "; ".join(report["reference"].get("failures", [])[:3]))
+    err.report = report
+    return err
 
 
 @dataclass

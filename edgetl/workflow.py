@@ -71,7 +71,7 @@ class Run:
     """
 
     dir: Path
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -93,12 +93,20 @@ class Run:
 
 def train_config(cfg: RunConfig, out: str | Path | None = None, *, device: str = "auto", resume: bool = False,
                  force: bool = False, skip_bad: bool = False, log: Log = stderr_log) -> Run | None:
-    """Train a validated config into ``out`` (default ``runs/NAME``); None on a non-main DDP rank."""
+    """Train a validated config into ``out`` (default ``runs/NAME``); None on a non-main DDP rank.
+
+    The log ends with report.md's results (what ``edgetl train`` prints last).
+    """
     from edgetl.host.engine import Trainer
+
+    from edgetl.host.report import report_summary
 
     run_dir = Path(out) if out else Path("runs") / cfg.name
     summary = Trainer(cfg, run_dir, device=device, resume=resume, force=force, skip_bad=skip_bad, log=log).run()
-    return None if summary is None else Run(run_dir, summary)
+    if summary is None:
+        return None
+    log(report_summary(run_dir))  # the results (argmax and operating point side by side) end the log
+    return Run(run_dir, summary)
 
 
 def train(config: str | Path | dict[str, Any] | RunConfig, *, out: str | Path | None = None, device: str = "auto",

@@ -56,14 +56,8 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, devi
     from edgetl.workflow import train_config
 
     run = train_config(cfg, out, device=device, resume=resume, force=force, skip_bad=skip_bad, log=info)
-    if run is None:
-        return
-    if as_json:
+    if run is not None and as_json:
         emit_json(run.summary)
-    else:
-        from edgetl.host.report import report_summary
-
-        info(report_summary(run.dir))
 
 
 @click.command("eval")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetl import fmt
 from edgetl.manifest import SCHEMA_VERSION
 from edgetl.reference import TOLERANCES, run_images
 
@@ -72,7 +73,7 @@ def build_and_write(*, run: Any, target: Any, profile: Any, step: Any, files: li
                    "size_bytes": sum(len(b) for b in ref_members.values())})
     tol = ref_section["tolerance"]
     say(f"reference {stages[-1]['seconds']:6.1f} s  {ref_section['count']} images, tolerance: label agreement "
-        f">= {tol['label_agreement']:g}, |score diff| <= {tol['max_abs_diff']:g}")
+        f">= {fmt.prob(tol['label_agreement'])}, |score diff| <= {fmt.tol(tol['max_abs_diff'])}")
 
     members: dict[str, bytes | Path] = {f"model/{Path(f).name}": Path(f) for f in files}
     members.update(ref_members)

@@ -165,8 +165,10 @@ class Trainer:
         if kind == "linear-probe" and self.cfg.strategy.name == "linear-probe":
             self.log("baseline linear-probe skipped: the run itself is a linear probe")
             return None
-        self.log(f"baseline: {kind} on the same budget (epochs <= {self.cfg.train.epochs}"
-                 + (f", wall-clock <= {main_seconds:.0f} s" if kind == "scratch" else "") + ")")
+        budget = self.cfg.train.baseline_budget if kind == "scratch" else "epochs"
+        self.log(f"baseline: {kind}, budget: " + (
+            f"the same wall-clock as this run's training ({main_seconds:.0f} s)" if budget == "wall_clock"
+            else f"the same epochs ({self.cfg.train.epochs})"))
         seed_everything(self.cfg.train.seed)
         bcfg = self.cfg.backbone
         if kind == "scratch":
@@ -174,7 +176,8 @@ class Trainer:
             strategy = get_manager().get("strategy", "finetune")
             ctx = self.context(data, module, "finetune", {"unfreeze": "all", "lr_decay": 1.0, "freeze_bn": False},
                                tag="baseline-scratch")
-            ctx.state["time_budget_s"] = main_seconds
+            if budget == "wall_clock":
+                ctx.state["time_budget_s"] = main_seconds
         else:
             module = self.backbone.build(pretrained=bcfg.pretrained, weights=bcfg.weights)
             strategy = get_manager().get("strategy", "linear-probe")
@@ -188,14 +191,21 @@ class Trainer:
         metric = self.cfg.train.early_stopping.metric
         key = metric if metric != "loss" else "balanced_accuracy"
         delta = (main_val.get(key) or 0.0) - (val.get(key) or 0.0)
+        epochs_run = sum(1 for row in self.history if row.get("strategy") == f"baseline-{kind}")
         result = {"kind": kind, "metric": key, "seconds": seconds, "best_epoch": ctx.state.get("best_epoch"),
                   "val": val, "test": test, "main_val": main_val.get(key), "baseline_val": val.get(key),
-                  "delta_val": delta, "helped": delta > 0}
+                  "delta_val": delta, "helped": delta > 0, "budget": budget, "budget_seconds": main_seconds,
+                  "budget_epochs": self.cfg.train.epochs, "epochs_run": epochs_run,
+                  "single_epoch": epochs_run == 1 and self.cfg.train.epochs > 1}
         if test is not None and main_test is not None:
             result["delta_test_accuracy"] = main_test["accuracy"] - test["accuracy"]
             result["delta_test_balanced_accuracy"] = main_test["balanced_accuracy"] - test["balanced_accuracy"]
         self.log(f"baseline {kind}: val {key} {val.get(key):.3f} vs {main_val.get(key):.3f} "
-                 f"-> transfer {'helped' if delta > 0 else 'did NOT help'} ({delta:+.3f})")
+                 f"-> transfer {'helped' if delta > 0 else 'did NOT help'} ({delta:+.3f}), "
+                 f"{epochs_run} epoch(s) in {seconds:.0f} s")
+        if result["single_epoch"]:
+            self.log("warning: the baseline ran a single epoch, so its verdict says little; "
+                     "set train.baseline_budget: epochs, or train.baseline: none")
         return result
 
     # -- the run ------------------------------------------------------------
