@@ -26,16 +26,19 @@ __version__ = "0.1.0"
 # public name -> the module that defines it (imported on first access, never at `import edgetl`)
 _LAZY = {
     "train": "edgetl.workflow", "load": "edgetl.workflow", "Run": "edgetl.workflow", "Model": "edgetl.workflow",
-    "Prediction": "edgetl.prediction", "annotate": "edgetl.annotate",
+    "Prediction": "edgetl.prediction",
     "Bundle": "edgetl.delivery", "Deployment": "edgetl.delivery",
 }
 
-__all__ = ["__version__", "deploy", *_LAZY]
+# submodules that are part of the API: the edgetl.deploy package is callable (edgetl.deploy(bundle, device=…))
+_MODULES = ("deploy", "fmt")
+
+__all__ = ["__version__", *_MODULES, *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "deploy":  # the edgetl.deploy package is itself callable: edgetl.deploy(bundle, device=…)
-        return importlib.import_module("edgetl.deploy")
+    if name in _MODULES:
+        return importlib.import_module(f"edgetl.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'edgetl' has no attribute {name!r}")
