@@ -98,7 +98,6 @@ def train_config(cfg: RunConfig, out: str | Path | None = None, *, device: str =
     The log ends with report.md's results (what ``edgetl train`` prints last).
     """
     from edgetl.host.engine import Trainer
-
     from edgetl.host.report import report_summary
 
     run_dir = Path(out) if out else Path("runs") / cfg.name

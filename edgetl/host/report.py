@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from edgetl import fmt
 from edgetl.api import InputSpec, TrainedModel
+from edgetl.fmt import pct
 from edgetl.host import plots
 from edgetl.host.run import save_run_model
-from edgetl import fmt
-from edgetl.fmt import pct
 from edgetl.metrics import decide, evaluate, wilson_interval
 
 
