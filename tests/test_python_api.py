@@ -111,3 +111,39 @@ def test_formatter_is_the_one_used_for_thresholds_and_tolerances():
     assert fmt.prob(0.1997506469488144) == "0.200" and fmt.prob(None) == "–" and fmt.prob(0.000123) == "0.000123"
     assert fmt.tol(0.15) == "0.15" and fmt.tol(0.1) == "0.1" and fmt.tol(2.345e-5) == "2.35e-05"
     assert fmt.pct(0.76) == "76.0 %"
+
+
+class _AnomalyPredictor:
+    """An anomaly model in the predictor contract, with maps: the image's mean brightness is its score."""
+
+    name, labels, task, threshold, positive = "fake-anomaly", ["good", "anomaly"], "anomaly", 0.5, None
+
+    def __init__(self):
+        from edgetl.api import InputSpec
+
+        self.input = InputSpec(size=(16, 16), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+    def predict(self, batch):
+        return batch.mean(axis=(1, 2, 3)).astype(np.float32)
+
+    def predict_map(self, batch):
+        return batch.mean(axis=1, keepdims=True).astype(np.float32)
+
+
+def test_anomaly_predictions_carry_score_threshold_and_map_and_save_overlays(tmp_path):
+    import cv2
+
+    from edgetl.workflow import Model
+
+    model = Model(tmp_path / "fake.edgetl")
+    model._predictor = _AnomalyPredictor()
+    dark, bright = np.full((32, 32, 3), 40, np.uint8), np.full((32, 32, 3), 230, np.uint8)
+    ok, bad = model.predict([dark, bright], save=tmp_path / "out")
+    assert (ok.label, bad.label) == ("good", "anomaly") and bad.alarm and not ok.alarm
+    assert bad.score == pytest.approx(230 / 255, abs=1e-3) and bad.threshold == 0.5 and bad.positive == "anomaly"
+    assert bad.anomaly_map.shape == (16, 16) and bad.describe() == "anomaly 0.902 (threshold 0.500) -> anomaly"
+    doc = bad.to_dict()
+    assert doc["anomaly_score"] == bad.score and doc["image"] == "array[1]" and "anomaly_map" not in doc
+    overlay = cv2.imread(str(tmp_path / "out" / "array_0001.png"))
+    assert overlay.shape == (320, 320, 3) and overlay[200, 160, 2] > overlay[200, 160, 0]  # red-hot map drawn
+    assert model.predict(dark, maps=False)[0].anomaly_map is None
