@@ -112,22 +112,25 @@ def predict_command(model: str, sources: tuple[str, ...], save_dir: str | None, 
       edgetl predict model.edgetl 0                           # camera 0 (Ctrl-C stops)
 
     Each line shows the score the decision used and the threshold it was
-    compared with, e.g. ``defect 0.305 (threshold 0.200) -> defect``.
+    compared with, e.g. "defect 0.305 (threshold 0.200) -> defect".
     """
+    import contextlib
     import json
     import sys
 
     from edgetl.workflow import load
 
     count = 0
-    for result in load(model).stream(list(sources), save=save_dir, maps=save_dir is not None):
-        count += 1
-        if as_json:
-            sys.stdout.write(json.dumps(result.to_dict(), default=float) + "\n")
-        else:
-            where = result.source + (f" #{result.frame}" if result.frame is not None else "")
-            click.echo(f"{where}: {result.describe()}  {result.latency_ms:.1f} ms")
-        sys.stdout.flush()
+    results = load(model).stream(list(sources), save=save_dir, maps=save_dir is not None)
+    with contextlib.closing(results):  # Ctrl-C on a camera still finishes the saved video
+        for result in results:
+            count += 1
+            if as_json:
+                sys.stdout.write(json.dumps(result.to_dict(), default=float) + "\n")
+            else:
+                where = result.source + (f" #{result.frame}" if result.frame is not None else "")
+                click.echo(f"{where}: {result.describe()}  {result.latency_ms:.1f} ms")
+            sys.stdout.flush()
     if save_dir is not None:
         info(f"annotated {count} image(s)/frame(s) into {save_dir}")
 
