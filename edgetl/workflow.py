@@ -188,12 +188,12 @@ class Model:
         from edgetl.predictor import predict_document
 
         predictor = self.predictor
-        map_fn = _map_function(predictor) if (maps or save) else None
+        maps_of = _MapReader.wrap(predictor) if (maps or save) else None
         writer = AnnotatedWriter(save) if save is not None else None
         try:
             for item in iter_items(sources):
-                doc = predict_document(predictor, item.image)
-                amap = map_fn(item.image) if map_fn is not None else None
+                doc = predict_document(maps_of or predictor, item.image)
+                amap = maps_of.last_map() if maps_of is not None else None
                 result = from_document(doc, predictor.positive, item.source, item.frame, amap)
                 if writer is not None:
                     writer.write(item, result)
@@ -271,22 +271,42 @@ class Model:
         self.close()
 
 
-def _map_function(predictor: Any) -> Callable[[Any], Any] | None:
-    """``image -> (h, w) anomaly map`` when the model is an anomaly model that gives maps, else None.
+class _MapReader:
+    """A predictor that also keeps the anomaly map of the image it last scored.
 
-    The contract (docs/python.md): the predictor, or the bundle's runtime, has
-    ``predict_map(batch) -> (N, 1, h, w)`` float maps normalised so 0.5 is the threshold.
+    The map contract (docs/python.md): the predictor (or a bundle's runtime)
+    has ``predict_outputs(batch) -> {"output": scores, "map": (N, 1, h, w)}``,
+    maps normalised so 0.5 is the threshold; then one inference gives both.
+    An older ``predict_map(batch) -> (N, 1, h, w)`` is called on its own.
     """
-    if predictor.task != "anomaly":
-        return None
-    fn = getattr(predictor, "predict_map", None) or getattr(getattr(predictor, "runtime", None), "predict_map", None)
-    if fn is None:
-        return None
-    from edgetl.preprocess import preprocess
 
-    def one(image: Any) -> Any:
+    def __init__(self, predictor: Any, outputs: Callable[[Any], Any] | None, map_fn: Callable[[Any], Any] | None):
+        self.inner, self._outputs, self._map_fn, self._map = predictor, outputs, map_fn, None
+        for name in ("name", "labels", "task", "threshold", "positive", "input"):
+            setattr(self, name, getattr(predictor, name))
+
+    @classmethod
+    def wrap(cls, predictor: Any) -> _MapReader | None:
+        """The reader for an anomaly predictor that gives maps; None for any other."""
+        if predictor.task != "anomaly":
+            return None
+        runtime = getattr(predictor, "runtime", None)
+        outputs = getattr(predictor, "predict_outputs", None)
+        map_fn = getattr(predictor, "predict_map", None) or getattr(runtime, "predict_map", None)
+        return cls(predictor, outputs, map_fn) if (outputs or map_fn) else None
+
+    def predict(self, batch: Any) -> Any:
+        if self._outputs is None:
+            self._map = self._map_fn(batch)
+            return self.inner.predict(batch)
+        outs = self._outputs(batch)
+        self._map = outs.get("map")
+        return outs["output"]
+
+    def last_map(self) -> Any:
+        """(h, w) float32 map of the first tile scored last, or None when the model gave none."""
         import numpy as np
 
-        return np.asarray(fn(preprocess(image, predictor.input)), dtype=np.float32)[0].squeeze()
-
-    return one
+        if self._map is None:
+            return None
+        return np.asarray(self._map, dtype=np.float32)[0].squeeze()

@@ -122,21 +122,33 @@ class _AnomalyPredictor:
         from edgetl.api import InputSpec
 
         self.input = InputSpec(size=(16, 16), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+        self.calls = 0
 
     def predict(self, batch):
         return batch.mean(axis=(1, 2, 3)).astype(np.float32)
+
+    def predict_outputs(self, batch):
+        self.calls += 1
+        return {"output": self.predict(batch), "map": batch.mean(axis=1, keepdims=True).astype(np.float32)}
+
+
+class _OlderAnomalyPredictor(_AnomalyPredictor):
+    """A runtime that offers only ``predict_map``."""
+
+    predict_outputs = None
 
     def predict_map(self, batch):
         return batch.mean(axis=1, keepdims=True).astype(np.float32)
 
 
-def test_anomaly_predictions_carry_score_threshold_and_map_and_save_overlays(tmp_path):
+@pytest.mark.parametrize("kind", [_AnomalyPredictor, _OlderAnomalyPredictor])
+def test_anomaly_predictions_carry_score_threshold_and_map_and_save_overlays(tmp_path, kind):
     import cv2
 
     from edgetl.workflow import Model
 
     model = Model(tmp_path / "fake.edgetl")
-    model._predictor = _AnomalyPredictor()
+    model._predictor = kind()
     dark, bright = np.full((32, 32, 3), 40, np.uint8), np.full((32, 32, 3), 230, np.uint8)
     ok, bad = model.predict([dark, bright], save=tmp_path / "out")
     assert (ok.label, bad.label) == ("good", "anomaly") and bad.alarm and not ok.alarm
@@ -147,3 +159,5 @@ def test_anomaly_predictions_carry_score_threshold_and_map_and_save_overlays(tmp
     overlay = cv2.imread(str(tmp_path / "out" / "array_0001.png"))
     assert overlay.shape == (320, 320, 3) and overlay[200, 160, 2] > overlay[200, 160, 0]  # red-hot map drawn
     assert model.predict(dark, maps=False)[0].anomaly_map is None
+    if kind is _AnomalyPredictor:
+        assert model._predictor.calls == 2  # one inference per image gave both the score and the map
