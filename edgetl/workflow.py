@@ -51,7 +51,7 @@ def resolve_config(config: str | Path | dict[str, Any] | RunConfig, overrides: d
     """
     from edgetl.config import RunConfig, apply_overrides, load_run_config, validate
 
-    sets = [f"{key}={json.dumps(value)}" for key, value in _flatten(overrides)]
+    sets = [f"{key}={json.dumps(value, default=str)}" for key, value in _flatten(overrides)]  # Path -> str
     if isinstance(config, RunConfig):
         config = config.model_dump(mode="json", by_alias=True)
     if isinstance(config, dict):
@@ -110,7 +110,7 @@ def train_config(cfg: RunConfig, out: str | Path | None = None, *, device: str =
 
 def train(config: str | Path | dict[str, Any] | RunConfig, *, out: str | Path | None = None, device: str = "auto",
           resume: bool = False, force: bool = False, skip_bad: bool = False, log: Log | None = stderr_log,
-          **overrides: Any) -> Run:
+          **overrides: Any) -> Run | None:
     """Train a run: ``edgetl train`` from Python.
 
     Args:
@@ -121,12 +121,13 @@ def train(config: str | Path | dict[str, Any] | RunConfig, *, out: str | Path | 
         log: receives progress lines (default: stderr); None is silent.
         **overrides: config keys to change: a section as a dict merges into it
             (``train={"epochs": 3}``), a dotted key sets one value (``**{"train.epochs": 3}``).
+
+    Returns:
+        The :class:`Run`; None only in a non-main process of a torchrun launch (rank 0 writes the run).
     """
     cfg = resolve_config(config, overrides)
-    run = train_config(cfg, out, device=device, resume=resume, force=force, skip_bad=skip_bad,
-                       log=log or (lambda message: None))
-    assert run is not None  # one process: always the main rank
-    return run
+    return train_config(cfg, out, device=device, resume=resume, force=force, skip_bad=skip_bad,
+                        log=log or (lambda message: None))
 
 
 def load(path: str | Path) -> Model:

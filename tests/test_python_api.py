@@ -47,7 +47,7 @@ def test_overrides_merge_sections_and_set_dotted_keys():
     from edgetl.workflow import resolve_config
 
     base = {"name": "x", "data": {"train": "a"}, "train": {"epochs": 5, "lr": 0.1}}
-    cfg = resolve_config(base, {"train": {"epochs": 2}, "data.val": "b", "augment": []})
+    cfg = resolve_config(base, {"train": {"epochs": 2}, "data.val": Path("b"), "augment": []})
     assert cfg.train.epochs == 2 and cfg.train.lr == 0.1 and cfg.data.val == "b" and cfg.augment == []
     assert base["train"]["epochs"] == 5  # the caller's dict is not changed
     from edgetl.errors import ConfigError
