@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "train": "edgetl.workflow", "load": "edgetl.workflow", "Run": "edgetl.workflow", "Model": "edgetl.workflow",
     "Prediction": "edgetl.prediction",
-    "Bundle": "edgetl.delivery", "Deployment": "edgetl.delivery",
+    "Bundle": "edgetl.workflow", "Deployment": "edgetl.deploy.deployment",
 }
 
 # submodules that are part of the API: the edgetl.deploy package is callable (edgetl.deploy(bundle, device=…))

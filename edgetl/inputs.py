@@ -105,10 +105,19 @@ def expand(sources: Any) -> list[_Entry]:
     return entries
 
 
-def _frames(entry: _Entry) -> Iterator[Item]:
-    from edgetl.device.pipeline import open_source
+def _open_stream(uri: str) -> Any:
+    """The first source plugin that accepts ``uri``, opened to read every frame (not paced)."""
+    from edgetl.plugins import get_manager
 
-    stream = open_source(entry.value, {"realtime": False})
+    for source in get_manager().all("source"):
+        if source.name != "folder" and source.accepts(uri):
+            return source.open(uri, {"realtime": False})
+    raise DataError(f"{uri}: no source plugin accepts it (expected a video file, a camera index or a stream "
+                    "URL; `edgetl plugins list` shows the sources)")
+
+
+def _frames(entry: _Entry) -> Iterator[Item]:
+    stream = _open_stream(entry.value)
     try:
         for frame in stream:
             yield Item(image=frame.image, source=entry.value, name=entry.name, frame=frame.index, stream=stream)

@@ -44,7 +44,7 @@ def test_load_names_what_is_wrong(tmp_path):
 
 
 def test_overrides_merge_sections_and_set_dotted_keys():
-    from edgetl.workflow import resolve_config
+    from edgetl.workflow.training import resolve_config
 
     base = {"name": "x", "data": {"train": "a"}, "train": {"epochs": 5, "lr": 0.1}}
     cfg = resolve_config(base, {"train": {"epochs": 2}, "data.val": Path("b"), "augment": []})
@@ -145,7 +145,7 @@ class _OlderAnomalyPredictor(_AnomalyPredictor):
 def test_anomaly_predictions_carry_score_threshold_and_map_and_save_overlays(tmp_path, kind):
     import cv2
 
-    from edgetl.workflow import Model
+    from edgetl.workflow.model import Model
 
     model = Model(tmp_path / "fake.edgetl")
     model._predictor = kind()

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgetl.cli.common import emit_json, info, json_option
-from edgetl.delivery import DEFAULT_MAX_MB
+from edgetl.workflow.bundle import DEFAULT_MAX_MB
 
 
 @click.group("bundle")
@@ -81,7 +81,7 @@ def verify_cmd(file: Path, trust: tuple[Path, ...], no_reference: bool, max_bund
     Without --trust the rest is checked and the exit status is 3 ("signature not checked").
     """
     from edgetl import fmt
-    from edgetl.delivery import reference_failure, verify_report
+    from edgetl.workflow.bundle import reference_failure, verify_report
 
     report = verify_report(file, list(trust) or None, reference=not no_reference,
                            max_bytes=max_bundle_mb * 1024 * 1024, check=False)

@@ -72,7 +72,7 @@ def deploy_command(bundle, device_url, token_file, fleet_file, ca, parallel, no_
       edgetl deploy model.edgetl --device https://cam1:8470 --token-file cam1.token
       edgetl deploy model.edgetl --fleet fleet.yaml --parallel 8
     """
-    from edgetl.delivery import rollout
+    from edgetl.deploy.deployment import rollout
     from edgetl.errors import UsageError
 
     if bool(device_url) == bool(fleet_file):

@@ -67,8 +67,8 @@ def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fal
     Prints each stage with its time and size, then a table of every attempt.
     The exit status is non-zero, and no bundle is written, when nothing passes.
     """
-    from edgetl.delivery import export_bundle
     from edgetl.errors import GateFailedError
+    from edgetl.workflow.bundle import export_bundle
 
     try:
         result = export_bundle(run_dir, format=fmt, target=target, precision=precision, fallback=fallback,
