@@ -24,8 +24,11 @@ def load(path: str | Path) -> Model:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such run directory or bundle file")
-    if path.is_dir() and not (path / "model.pt").is_file():
-        raise DataError(f"{path}: not a run directory (no model.pt); train one with 'edgetl train'")
+    if path.is_dir():
+        from edgetl.host.run import MODEL_FILE  # the constant only: no torch until the model is used
+
+        if not (path / MODEL_FILE).is_file():
+            raise DataError(f"{path}: not a run directory (no {MODEL_FILE}); train one with 'edgetl train'")
     return Model(path)
 
 
