@@ -70,12 +70,14 @@ def _results(metrics: dict[str, Any], target: float) -> list[str]:
     if point is None:
         return lines + ["", "Decision: argmax (the most probable class), the same one the per-epoch log's "
                             "`val_acc`/`val_bacc` use."]
+    source = ("the strategy's own threshold" if metrics.get("threshold_source") == "strategy"
+              else f"a threshold chosen on val for recall ≥ {target:g} of `{positive}`")
     return lines + ["", f"Two decisions, side by side. **argmax** takes the most probable class: the per-epoch "
                         f"log's `val_acc`/`val_bacc` and the best-epoch selection use it. The **operating point** "
-                        f"predicts `{positive}` whenever {point}, a threshold chosen on val for recall ≥ "
-                        f"{target:g} of `{positive}`: it catches more `{positive}` images at the price of "
-                        "rejecting more of the others, so its accuracy is usually lower. The saved model applies "
-                        "the operating point: it is what `eval`, `predict`, the export gate and the device use."]
+                        f"predicts `{positive}` whenever {point}, {source}: it catches more `{positive}` images "
+                        "at the price of rejecting more of the others, so its accuracy is usually lower. The saved "
+                        "model applies the operating point: it is what `eval`, `predict`, the export gate and the "
+                        "device use."]
 
 
 def _per_class_table(doc: dict[str, Any]) -> list[str]:
