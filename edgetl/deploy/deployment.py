@@ -43,10 +43,14 @@ class Deployment:
 
 
 def rollout(bundle: str | Path, *, device: str | None = None, token: str | None = None,
-            token_file: str | Path | None = None, fleet: str | Path | None = None, ca: str | Path | None = None,
-            parallel: int = 4, rollback: bool = True, dry_run: bool = False,
-            log: Callable[[str], None] | None = None) -> Deployment:
-    """Deploy without raising on a failed device: the :class:`Deployment` says what happened."""
+            token_file: str | Path | None = None, fleet: str | Path | None = None,
+            log: Callable[[str], None] | None = None, **options: Any) -> Deployment:
+    """Deploy without raising on a failed device: the :class:`Deployment` says what happened.
+
+    ``options`` go to :func:`edgetl.deploy.rollout.deploy_fleet` as they are
+    (``ca``, ``parallel``, ``rollback``, ``dry_run``, …), so the API and
+    ``edgetl deploy`` always take the same ones.
+    """
     from edgetl.deploy.rollout import DeviceTarget, deploy_fleet, load_fleet_targets
     from edgetl.device.server import read_token
 
@@ -58,9 +62,10 @@ def rollout(bundle: str | Path, *, device: str | None = None, token: str | None 
         targets = [DeviceTarget(device, device, token if token is not None else read_token(token_file))]
     else:
         targets = load_fleet_targets(fleet)
-    results, ok = deploy_fleet(bundle, targets, ca=None if ca is None else str(ca), parallel=parallel,
-                               rollback=rollback, dry_run=dry_run, log=log or (lambda message: None))
-    return Deployment(Path(bundle), results, ok, dry_run)
+    if options.get("ca") is not None:
+        options["ca"] = str(options["ca"])
+    results, ok = deploy_fleet(bundle, targets, log=log or (lambda message: None), **options)
+    return Deployment(Path(bundle), results, ok, bool(options.get("dry_run")))
 
 
 def deploy(bundle: Any, device: str | None = None, *, token: str | None = None, **options: Any) -> Deployment:
@@ -70,7 +75,8 @@ def deploy(bundle: Any, device: str | None = None, *, token: str | None = None, 
         bundle: a bundle file, or a :class:`edgetl.workflow.bundle.Bundle`.
         device: the agent's URL (``https://cam1:8470``); or ``fleet=FLEET.yaml`` instead.
         token: the device's token (or ``token_file=``).
-        **options: ``token_file``, ``fleet``, ``ca``, ``parallel``, ``rollback``, ``dry_run``, ``log``.
+        **options: ``token_file``, ``fleet``, ``log``, and what ``deploy_fleet`` takes (``ca``,
+            ``parallel``, ``rollback``, ``dry_run``, …).
 
     Raises:
         DeployError: a device did not end on the new model (``err.deployment`` has the details;
