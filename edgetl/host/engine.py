@@ -23,6 +23,7 @@ import numpy as np
 from edgetl.api import FitContext, TrainedModel
 from edgetl.config import RunConfig, load_run_config
 from edgetl.errors import ConfigError, EdgetlError, UsageError
+from edgetl.host import budget as baseline_budget
 from edgetl.host import ddp
 from edgetl.host.splits import RunData, load_run_data
 from edgetl.metrics import evaluate, pick_threshold
@@ -168,8 +169,8 @@ class Trainer:
         if kind == "linear-probe" and self.cfg.strategy.name == "linear-probe":
             self.log("baseline linear-probe skipped: the run itself is a linear probe")
             return None
-        self.log(f"baseline: {kind} on the same budget (epochs <= {self.cfg.train.epochs}"
-                 + (f", wall-clock <= {main_seconds:.0f} s" if kind == "scratch" else "") + ")")
+        budget, time_budget_s, line = baseline_budget.plan(self.cfg, kind, main_seconds)
+        self.log(line)
         seed_everything(self.cfg.train.seed)
         bcfg = self.cfg.backbone
         if kind == "scratch":
@@ -177,7 +178,7 @@ class Trainer:
             strategy = get_manager().get("strategy", "finetune")
             ctx = self.context(data, module, "finetune", {"unfreeze": "all", "lr_decay": 1.0, "freeze_bn": False},
                                tag="baseline-scratch")
-            ctx.state["time_budget_s"] = main_seconds
+            ctx.state["time_budget_s"] = time_budget_s
         else:
             module = self.backbone.build(pretrained=bcfg.pretrained, weights=bcfg.weights)
             strategy = get_manager().get("strategy", "linear-probe")
@@ -193,12 +194,16 @@ class Trainer:
         delta = (main_val.get(key) or 0.0) - (val.get(key) or 0.0)
         result = {"kind": kind, "metric": key, "seconds": seconds, "best_epoch": ctx.state.get("best_epoch"),
                   "val": val, "test": test, "main_val": main_val.get(key), "baseline_val": val.get(key),
-                  "delta_val": delta, "helped": delta > 0}
+                  "delta_val": delta, "helped": delta > 0,
+                  **baseline_budget.facts(self.history, kind, budget, main_seconds, self.cfg.train.epochs)}
         if test is not None and main_test is not None:
             result["delta_test_accuracy"] = main_test["accuracy"] - test["accuracy"]
             result["delta_test_balanced_accuracy"] = main_test["balanced_accuracy"] - test["balanced_accuracy"]
         self.log(f"baseline {kind}: val {key} {val.get(key):.3f} vs {main_val.get(key):.3f} "
-                 f"-> transfer {'helped' if delta > 0 else 'did NOT help'} ({delta:+.3f})")
+                 f"-> transfer {'helped' if delta > 0 else 'did NOT help'} ({delta:+.3f}), "
+                 f"{result['epochs_run']} epoch(s) in {seconds:.0f} s")
+        if result["single_epoch"]:
+            self.log(baseline_budget.SINGLE_EPOCH_WARNING)
         return result
 
     # -- the run ------------------------------------------------------------
