@@ -13,6 +13,8 @@ def attempts_table(attempts: list[dict], torch_ms: float | None = None, title: s
     """The final table: one row per attempt (precision, gate, accuracy, agreement, diff, latency, size)."""
     from rich.table import Table
 
+    from edgetl import fmt
+
     table = Table(title=title)
     for col in ("precision", "gate", "metric fp32 -> exported", "agreement [95% CI]", "max abs diff",
                 "latency ms", "size"):
@@ -24,8 +26,8 @@ def attempts_table(attempts: list[dict], torch_ms: float | None = None, title: s
         lo, hi = a["agreement_ci95"]
         table.add_row(
             f"{a['precision']}/{a['method']}", "pass" if a["passed"] else "FAIL",
-            f"{a['reference_metric']:.4f} -> {a['exported_metric']:.4f}",
-            f"{a['agreement']:.3f} [{lo:.3f}, {hi:.3f}]", f"{a['max_abs_diff']:.2e}",
+            f"{fmt.prob(a['reference_metric'])} -> {fmt.prob(a['exported_metric'])}",
+            f"{fmt.prob(a['agreement'])} [{fmt.prob(lo)}, {fmt.prob(hi)}]", fmt.tol(a["max_abs_diff"]),
             f"{a['latency_ms']:.2f}" if a.get("latency_ms") is not None else "-",
             f"{a['size_bytes'] / 1e6:.2f} MB" if a.get("size_bytes") else "-")
     if torch_ms is not None:
@@ -65,20 +67,19 @@ def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fal
     """
     from edgetl.config import load_target_profile, resolve_named
     from edgetl.errors import GateFailedError, UsageError
-    from edgetl.host.export import ExportOptions, export_run
+    from edgetl.workflow.bundle import export_bundle
 
     if target is not None:
         target = resolve_named(target, "targets", "device profile")
         fmt = fmt or load_target_profile(target).format
     if not fmt:
         raise UsageError("give --format (onnx, openvino, tensorrt, …) or --target PROFILE, e.g. x86-openvino-cpu")
-    options = ExportOptions(format=fmt, target=target, precision=precision, fallback=fallback, gate=gate,
-                            min_agreement=min_agreement, calib_count=calib_count, dynamic_batch=dynamic_batch,
-                            model_version=model_version, sign=sign, out=out, latency_runs=latency_runs,
-                            progress=info)
     try:
         with long_step("export"):
-            result = export_run(run_dir, options)
+            result = export_bundle(run_dir, format=fmt, target=target, precision=precision, fallback=fallback,
+                                   gate=gate, min_agreement=min_agreement, calib_count=calib_count,
+                                   dynamic_batch=dynamic_batch, model_version=model_version, sign=sign, out=out,
+                                   latency_runs=latency_runs, log=info).result
     except GateFailedError as exc:
         attempts = getattr(exc, "attempts", [])
         if as_json:
@@ -90,7 +91,7 @@ def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fal
     if as_json:
         emit_json({**doc, "passed": True})
         return
-    attempts_table(result.attempts, result.manifest["export"]["latency_ms"].get("torch_fp32"),
+    attempts_table(result.attempts, result.manifest.export.latency_ms.get("torch_fp32"),
                    title=f"{doc['name']} -> {doc['target']}")
     click.echo(f"bundle: {doc['bundle']} ({doc['size_bytes'] / 1e6:.2f} MB), {doc['precision']}/{doc['method']}, "
                f"version {doc['model_version']}, "
