@@ -87,7 +87,7 @@ def save_run_model(run_dir: str | Path, trained: TrainedModel, *, backbone: str,
     if program is None:
         example = torch.zeros((2, 3, *input_spec.size), dtype=torch.float32)
         program = export_program(module, example, f"strategy {strategy}")
-    tmp = run_dir / (PROGRAM_FILE + ".tmp")
+    tmp = run_dir / ("tmp-" + PROGRAM_FILE)  # torch.export wants the .pt2 suffix
     torch.export.save(program, tmp)
     tmp.replace(run_dir / PROGRAM_FILE)
     payload = {

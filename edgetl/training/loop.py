@@ -133,6 +133,14 @@ class Callback:
         """After the epoch's validation, before its row is logged (may add ``row.extra`` columns)."""
 
 
+class _Start(Callback):
+    def __init__(self, start: Callable[[int], dict[str, Any]]):
+        self.start = start
+
+    def on_epoch_start(self, epoch: int) -> dict[str, Any]:
+        return self.start(epoch)
+
+
 def val_loss(y: np.ndarray, probs: np.ndarray) -> float:
     """Mean cross-entropy (nats) of validation probabilities."""
     if not len(y):
@@ -289,6 +297,7 @@ def _train_epoch(ctx: FitContext, model: torch.nn.Module, wrapped: torch.nn.Modu
 def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, Any]], *, tag: str,
                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                callbacks: list[Callback] | tuple[Callback, ...] = (),
+               on_epoch_start: Callable[[int], dict[str, Any]] | None = None,
                eval_modules: Callable[[], list[torch.nn.Module]] | None = None,
                epochs: int | None = None, time_budget_s: float | None = None) -> EarlyStopping:
     """Train ``model`` for ``train.epochs`` epochs; on return it holds the best weights, in eval mode.
@@ -304,6 +313,8 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
         loss_fn: ``(logits (N, K), soft targets (N, K)) -> per-sample loss (N,)``;
             default :func:`soft_cross_entropy`. Class weights apply on top.
         callbacks: :class:`Callback` objects (extra columns, extra losses).
+        on_epoch_start: shorthand for a callback with only ``on_epoch_start``
+            (0-based epoch -> extra history columns; may change ``requires_grad``).
         eval_modules: modules kept in eval mode while training (frozen groups,
             frozen BatchNorm); re-read every epoch.
         epochs: overrides ``train.epochs``.
@@ -315,7 +326,7 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
     """
     s = _setup(ctx, model, groups, epochs or ctx.config.train.epochs)
     loss_fn = loss_fn or soft_cross_entropy
-    callbacks = list(callbacks)
+    callbacks = list(callbacks) + ([_Start(on_epoch_start)] if on_epoch_start else [])
     budget = time_budget_s if time_budget_s is not None else ctx.time_budget_s
     wrapped, trainable = None, None
     started = time.perf_counter()
