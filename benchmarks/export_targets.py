@@ -65,10 +65,10 @@ def materialise_elpv(root: Path, train_count: int, val_count: int, seed: int = 0
 def linear_probe_run(work: Path, data: Path) -> Path:
     """EfficientNet-Lite0 (ImageNet) + a logistic head on frozen features, saved as a run."""
     import torch
+    from edgetl.host.model import ClassifierModel
 
     from edgetl.api import TrainedModel
     from edgetl.host.calibration import scan
-    from edgetl.host.model import ClassifierModel
     from edgetl.host.run import save_run_model
     from edgetl.plugins import get_manager
     from edgetl.preprocess import preprocess_file

@@ -78,11 +78,11 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from edgetl.host.model import ClassifierModel
+    from edgetl.host.optim import param_groups
 
     from edgetl.config import RunConfig
     from edgetl.host import loop
-    from edgetl.host.model import ClassifierModel
-    from edgetl.host.optim import param_groups
     from edgetl.host.splits import _split
     from edgetl.plugins import get_manager
 

@@ -52,9 +52,9 @@ def make_tiny_run(tmp_path: Path, name: str = "tiny", seed: int = 0) -> Path:
     import torch
 
     from edgetl.api import InputSpec, TrainedModel
-    from edgetl.training import Classifier
     from edgetl.host.run import save_run_model
     from edgetl.plugins import get_manager
+    from edgetl.training import Classifier
 
     data = make_tiny_data(tmp_path)
     run_dir = Path(tmp_path) / "runs" / name

@@ -19,9 +19,9 @@ from train_fixtures import make_dataset, one_torch_thread, write_config  # noqa:
 
 from edgetl.cli import cli  # noqa: E402
 from edgetl.config import load_run_config  # noqa: E402
-from edgetl.training import loop  # noqa: E402
 from edgetl.host.engine import Trainer  # noqa: E402
 from edgetl.host.run import load_run  # noqa: E402
+from edgetl.training import loop  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ pytest.importorskip("timm")
 from train_fixtures import make_dataset, one_torch_thread, write_config  # noqa: E402, F401
 
 from edgetl.config import load_run_config  # noqa: E402
-from edgetl.training import loop  # noqa: E402
 from edgetl.host.engine import Trainer  # noqa: E402
+from edgetl.training import loop  # noqa: E402
 
 
 @pytest.fixture(scope="module")

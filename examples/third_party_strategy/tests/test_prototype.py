@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from edgetl_prototype.strategy import class_means, normalise, pick_scale, softmax
 
 from edgetl.cli import cli
 from edgetl.plugins import PluginManager
-from edgetl_prototype.strategy import class_means, normalise, pick_scale, softmax
 
 
 def test_prototypes_classify_separable_clusters():
