@@ -65,17 +65,17 @@ def materialise_elpv(root: Path, train_count: int, val_count: int, seed: int = 0
 def linear_probe_run(work: Path, data: Path) -> Path:
     """EfficientNet-Lite0 (ImageNet) + a logistic head on frozen features, saved as a run."""
     import torch
-    from edgetl.host.model import ClassifierModel
 
     from edgetl.api import TrainedModel
     from edgetl.host.calibration import scan
     from edgetl.host.run import save_run_model
     from edgetl.plugins import get_manager
     from edgetl.preprocess import preprocess_file
+    from edgetl.training import Classifier
 
     labels = ["defect", "good"]
     backbone = get_manager().get("backbone", "efficientnet_lite0")
-    model = ClassifierModel(backbone.build(pretrained=True), backbone.feature_dim, 2, dropout=0.0).eval()
+    model = Classifier(backbone.build(pretrained=True), backbone.feature_dim, 2, dropout=0.0).eval()
     paths, y = scan(data / "train", labels)
     with torch.no_grad():
         feats = torch.cat([model.features(torch.from_numpy(np.concatenate(

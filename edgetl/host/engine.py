@@ -314,8 +314,11 @@ def format_row(row: dict[str, Any]) -> str:
     return (f"{row.get('strategy', '?')} epoch {epoch:>3}" + num("train_loss", "loss", ".4f")
             + num("val_loss", "val_loss", ".4f") + num("val_accuracy", "val_acc", ".3f")
             + num("val_balanced_accuracy", "val_bacc", ".3f") + num("val_roc_auc", "val_auc", ".3f")
-            + (f"  lr {max(lrs):.2e}" if lrs else "") + num("epoch_time_s", "time_s", ".1f")
-            + num("train_images_per_s", "img/s", ".1f") + ("  *" if row.get("best") else ""))
+            + (f"  lr {max(lrs):.2e}" if lrs else "")
+            + (f"  {row['epoch_time_s']:.1f}s" if isinstance(row.get("epoch_time_s"), (int, float)) else "")
+            + (f" ({row['train_images_per_s']:.1f} img/s)"
+               if isinstance(row.get("train_images_per_s"), (int, float)) else "")
+            + ("  *" if row.get("best") else ""))
 
 
 def train_from_file(config_path: str | Path, overrides: tuple[str, ...] = (), out: str | None = None,

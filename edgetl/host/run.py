@@ -9,7 +9,7 @@ strategy names, the InputSpec, the resolved config and the module's state
 dict (for inspection or warm starts). Export, eval, predict and bench load a
 run through :func:`load_run`. Limits: see ``docs/training.md`` ("model.pt2").
 
-Format 1 run directories (before 0.2: a ``ClassifierModel`` head spec and no
+Format 1 run directories (written by earlier releases: a ``ClassifierModel`` head spec, no
 ``model.pt2``) still load: the classifier is rebuilt through the backbone
 registry.
 """
