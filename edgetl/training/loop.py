@@ -209,24 +209,26 @@ class _Setup:
     epochs: int
 
 
-def _setup(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, Any]], epochs: int) -> _Setup:
+def _setup(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, Any]], epochs: int,
+           train: Any) -> _Setup:
     cfg = ctx.config.train
     device = ctx.device
     model.to(device)
     if use_channels_last():
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.weight_decay)
-    sampler = dist.GlobalBatchSampler(len(ctx.train), cfg.batch_size, cfg.seed, ctx.dist)
+    sampler = dist.GlobalBatchSampler(len(train), cfg.batch_size, cfg.seed, ctx.dist)
     from edgetl.training.data import num_workers
 
-    loader = torch.utils.data.DataLoader(ctx.train.dataset, batch_sampler=sampler,
+    loader = torch.utils.data.DataLoader(train.dataset, batch_sampler=sampler,
                                          num_workers=num_workers(device.type), pin_memory=device.type == "cuda")
     schedule = Schedule(optimizer, cfg.schedule.kind, cfg.schedule.warmup_epochs, epochs, max(1, len(sampler)),
                         cfg.schedule.patience)
     k = len(ctx.labels)
-    w = class_weights(ctx.train.labels, k, cfg.class_weights)
+    w = class_weights(train.labels, k, cfg.class_weights)
     weights = None if w is None else torch.tensor(w, dtype=torch.float32, device=device)
-    names = [a for a in ctx.config.augment if a in ("mixup", "cutmix")]
+    images = train is ctx.train  # batch mixing is for image batches
+    names = [a for a in ctx.config.augment if a in ("mixup", "cutmix") and images]
     from edgetl.training.datasets import batch_mix
 
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
@@ -299,7 +301,8 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
                callbacks: list[Callback] | tuple[Callback, ...] = (),
                on_epoch_start: Callable[[int], dict[str, Any]] | None = None,
                eval_modules: Callable[[], list[torch.nn.Module]] | None = None,
-               epochs: int | None = None, time_budget_s: float | None = None) -> EarlyStopping:
+               epochs: int | None = None, time_budget_s: float | None = None,
+               train: Any = None, val_inputs: Any = None) -> EarlyStopping:
     """Train ``model`` for ``train.epochs`` epochs; on return it holds the best weights, in eval mode.
 
     Args:
@@ -320,11 +323,18 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
         epochs: overrides ``train.epochs``.
         time_budget_s: stop after the epoch that passes this wall-clock;
             default ``ctx.time_budget_s``.
+        train: what to train on instead of ``ctx.train``: a :class:`Split`
+            (or anything with ``dataset`` of ``(x, y)`` and ``labels``), e.g.
+            cached features (mixup/cutmix then do not apply: they mix images).
+        val_inputs: what to validate on instead of ``ctx.val.plain``: a dataset
+            of ``(x, y)`` in ``ctx.val``'s order (e.g. its cached features).
 
     Returns:
         The :class:`EarlyStopping` (``best_epoch``, ``best``).
     """
-    s = _setup(ctx, model, groups, epochs or ctx.config.train.epochs)
+    train = train if train is not None else ctx.train
+    s = _setup(ctx, model, groups, epochs or ctx.config.train.epochs, train)
+    val = val_inputs if val_inputs is not None else ctx.val.plain
     loss_fn = loss_fn or soft_cross_entropy
     callbacks = list(callbacks) + ([_Start(on_epoch_start)] if on_epoch_start else [])
     budget = time_budget_s if time_budget_s is not None else ctx.time_budget_s
@@ -338,15 +348,15 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
         if wrapped is None or ids != trainable:  # DDP must be rebuilt when the trainable set changes
             wrapped, trainable = _wrap(model, ctx), ids
         s.sampler.set_epoch(epoch)
-        if hasattr(ctx.train.dataset, "set_epoch"):
-            ctx.train.dataset.set_epoch(epoch)
+        if hasattr(train.dataset, "set_epoch"):
+            train.dataset.set_epoch(epoch)
         model.train()
         set_bn_eval(eval_modules() if eval_modules else [])
         t0 = time.perf_counter()
         total, seen = _train_epoch(ctx, model, wrapped, s, epoch, tag, loss_fn, callbacks)
         total, seen = dist.all_reduce_sum(ctx.dist, [total, float(seen)])
         train_s = time.perf_counter() - t0
-        row = _epoch_row(ctx, model, s, tag, epoch, total / max(seen, 1), extra)
+        row = _epoch_row(ctx, model, s, tag, epoch, total / max(seen, 1), extra, val)
         row.epoch_time_s, row.train_images_per_s = time.perf_counter() - t0, seen / max(train_s, 1e-9)
         for cb in callbacks:
             cb.on_epoch_end(row)
@@ -365,10 +375,10 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
 
 
 def _epoch_row(ctx: FitContext, model: torch.nn.Module, s: _Setup, tag: str, epoch: int, train_loss: float,
-               extra: dict[str, Any]) -> HistoryRow:
+               extra: dict[str, Any], val: Any) -> HistoryRow:
     """Validate, update early stopping and the plateau schedule; the epoch's history row."""
     batch = max(ctx.config.train.batch_size, 64)
-    probs = predict(model, ctx.val.plain, ctx.device, batch, ctx.dist)
+    probs = predict(model, val, ctx.device, batch, ctx.dist)
     metrics = val_row(ctx, probs)
     row = HistoryRow(strategy=tag, epoch=epoch + 1, train_loss=train_loss, **metrics,
                      lrs={g["name"]: g["lr"] for g in s.optimizer.param_groups},

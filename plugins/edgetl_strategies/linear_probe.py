@@ -20,7 +20,10 @@ options:
         features and the model is unchanged in shape (default false: on the
         texture set raw lite0 features generalised better, 90 % vs 80 % test).
 
-The returned module is backbone + head as one :class:`edgetl.training.Classifier`.
+The head trains with :func:`edgetl.training.fit_epochs` on the cached
+features (``train=`` / ``val_inputs=``), so early stopping, the schedule,
+class weights, history rows and ``--resume`` checkpoints are the same as for
+the gradient strategies. The returned module is backbone + head as one :class:`edgetl.training.Classifier`.
 """
 
 from __future__ import annotations
@@ -52,6 +55,24 @@ def views_from_augment(augment: list[str]) -> list[str]:
     return views
 
 
+def probe(head: Any) -> Any:
+    """``head`` as a module whose ``logits`` train and whose ``forward`` gives probabilities."""
+    import torch
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = head
+
+        def logits(self, x):
+            return self.head(x)
+
+        def forward(self, x):
+            return torch.softmax(self.head(x), dim=1)
+
+    return Probe()
+
+
 def fold_standardisation(head: Any, mean: Any, std: Any) -> None:
     """Make ``head`` take raw features: W' = W / std, b' = b - W' @ mean in its first Linear."""
     import torch
@@ -75,8 +96,9 @@ class LinearProbe(Strategy):
 
     def fit(self, ctx: FitContext) -> TrainedModel:
         import torch
+        from torch.utils.data import TensorDataset
 
-        from edgetl.training import EarlyStopping, Schedule, class_weights, extract_features, make_optimizer
+        from edgetl.training import Split, extract_features, fit_epochs
 
         opts = resolve(self.name, ctx.options, self.DEFAULTS)
         cfg = ctx.config.train
@@ -103,76 +125,28 @@ class LinearProbe(Strategy):
         mean = x_train.mean(dim=0) if opts["standardize"] else torch.zeros(x_train.shape[1])
         std = x_train.std(dim=0).clamp_min(1e-6) if opts["standardize"] else torch.ones(x_train.shape[1])
         x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
-        k = len(ctx.labels)
         head = model.head.cpu()
         head.requires_grad_(True)
         torch.manual_seed(cfg.seed)
         for m in head.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
-        steps = max(1, -(-len(x_train) // cfg.batch_size))
-        opt = make_optimizer(cfg.optimizer, [{"params": list(head.parameters()), "lr": cfg.lr,
-                                               "initial_lr": cfg.lr, "name": "head"}], cfg.lr, cfg.weight_decay)
-        schedule = Schedule(opt, cfg.schedule.kind, cfg.schedule.warmup_epochs, cfg.epochs, steps,
-                            cfg.schedule.patience)
-        w = class_weights(ctx.train.labels, k, cfg.class_weights)
-        w_t = None if w is None else torch.tensor(w, dtype=torch.float32)
-        stopper = EarlyStopping(cfg.early_stopping.metric, cfg.early_stopping.patience)
-        gen = torch.Generator().manual_seed(cfg.seed)
         threads = torch.get_num_threads()
         # tiny matmuls: one thread; several spin-wait on a busy CPU (measured 10-25 s per epoch
         # instead of well under one on a loaded 2-core machine)
         torch.set_num_threads(1)
         try:
-            self._train_head(ctx, head, x_train, y_train, x_val, opt, schedule, w_t, stopper, gen, k)
+            stopper = fit_epochs(ctx, probe(head), [{"name": "head", "params": list(head.parameters())}],
+                                 tag=self.name, train=Split("train-features", TensorDataset(x_train, y_train),
+                                                            None, y_train.numpy(), []),
+                                 val_inputs=TensorDataset(x_val, torch.from_numpy(ctx.val.labels)),
+                                 on_epoch_start=lambda epoch: {"unfrozen_groups": 0})
         finally:
             torch.set_num_threads(threads)
-        stopper.restore(head)
+        head.cpu()
         fold_standardisation(head, mean, std)
         head.requires_grad_(False)
         model.head = head.to(ctx.device)
         model.eval()
         return TrainedModel(module=model, task="classify", labels=list(ctx.labels), best_epoch=stopper.best_epoch,
                             timings={"feature_seconds": feature_seconds})
-
-    def _train_head(self, ctx: FitContext, head: Any, x_train: Any, y_train: Any, x_val: Any, opt: Any,
-                    schedule: Any, w_t: Any, stopper: Any, gen: Any, k: int) -> None:
-        """Epochs of the head on the cached features, with validation and early stopping."""
-        import torch
-
-        from edgetl.training import HIGHER_IS_BETTER, HistoryRow, soft_cross_entropy, soft_targets, val_row
-
-        cfg = ctx.config.train
-        for epoch in range(cfg.epochs):
-            t_epoch = time.perf_counter()
-            head.train()
-            order = torch.randperm(len(x_train), generator=gen)
-            total = 0.0
-            for i in range(0, len(order), cfg.batch_size):
-                b = order[i:i + cfg.batch_size]
-                target = soft_targets(y_train[b], k, cfg.label_smoothing)
-                per = soft_cross_entropy(head(x_train[b]), target)
-                loss = (per if w_t is None else per * (target @ w_t)).sum() / len(b)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
-                opt.step()
-                schedule.step()
-                total += float(loss.detach()) * len(b)
-            head.eval()
-            with torch.inference_mode():
-                probs = torch.softmax(head(x_val), dim=1).numpy()
-            seconds = time.perf_counter() - t_epoch
-            row = HistoryRow(strategy=self.name, epoch=epoch + 1, train_loss=total / len(x_train),
-                             **val_row(ctx, probs), lrs={"head": opt.param_groups[0]["lr"]},
-                             trainable_params=sum(p.numel() for p in head.parameters()), epoch_time_s=seconds,
-                             train_images_per_s=len(x_train) / max(seconds, 1e-9), extra={"unfrozen_groups": 0})
-            value = getattr(row, f"val_{stopper.metric}")
-            row.best = stopper.update(value, epoch + 1, head)
-            schedule.epoch_end(value, HIGHER_IS_BETTER[stopper.metric])
-            ctx.log_epoch(row)
-            if stopper.stop:
-                ctx.progress(f"early stop: no better val {stopper.metric} for {stopper.patience} epochs",
-                             epoch + 1, cfg.epochs)
-                break
