@@ -2,9 +2,10 @@
 
 Everything named in ``__all__`` is promised: it keeps its name and meaning
 across minor versions; anything else under ``edgetl.training`` (and all of
-``edgetl.host``) is private. Importing this package is cheap: each name loads
-its submodule (and torch) on first use, so a plugin may import it at the top
-of its strategy module. See ``docs/plugins.md`` ("Writing a strategy").
+``edgetl.host``) is private. Importing this package is cheap; each name loads
+its submodule (and torch) on first use, so a plugin takes the names inside
+``fit``, keeping ``edgetl --help`` torch-free. See ``docs/plugins.md``
+("Writing a strategy").
 
 Model:       :class:`Classifier`, :func:`build_classifier`
 Loop:        :func:`fit_epochs`, :class:`Callback`, :class:`EarlyStopping`,
