@@ -338,30 +338,10 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
     loss_fn = loss_fn or soft_cross_entropy
     callbacks = list(callbacks) + ([_Start(on_epoch_start)] if on_epoch_start else [])
     budget = time_budget_s if time_budget_s is not None else ctx.time_budget_s
-    wrapped, trainable = None, None
+    wrapped: list[Any] = [None, None]  # the DDP-wrapped forward and the trainable set it was built for
     started = time.perf_counter()
     for epoch in range(_resume(ctx, tag, model, s), s.epochs):
-        extra: dict[str, Any] = {}
-        for cb in callbacks:
-            extra.update(cb.on_epoch_start(epoch))
-        ids = tuple(id(p) for p in model.parameters() if p.requires_grad)
-        if wrapped is None or ids != trainable:  # DDP must be rebuilt when the trainable set changes
-            wrapped, trainable = _wrap(model, ctx), ids
-        s.sampler.set_epoch(epoch)
-        if hasattr(train.dataset, "set_epoch"):
-            train.dataset.set_epoch(epoch)
-        model.train()
-        set_bn_eval(eval_modules() if eval_modules else [])
-        t0 = time.perf_counter()
-        total, seen = _train_epoch(ctx, model, wrapped, s, epoch, tag, loss_fn, callbacks)
-        total, seen = dist.all_reduce_sum(ctx.dist, [total, float(seen)])
-        train_s = time.perf_counter() - t0
-        row = _epoch_row(ctx, model, s, tag, epoch, total / max(seen, 1), extra, val)
-        row.epoch_time_s, row.train_images_per_s = time.perf_counter() - t0, seen / max(train_s, 1e-9)
-        for cb in callbacks:
-            cb.on_epoch_end(row)
-        ctx.log_epoch(row)
-        save_checkpoint(ctx, _checkpoint_state(ctx, tag, epoch, model, s))
+        _one_epoch(ctx, model, s, tag, epoch, train, val, loss_fn, callbacks, eval_modules, wrapped)
         if s.stopper.stop:
             ctx.progress(f"early stop: no better val {s.stopper.metric} for {s.stopper.patience} epochs",
                          epoch + 1, s.epochs)
@@ -372,6 +352,33 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
     s.stopper.restore(model)
     model.eval()
     return s.stopper
+
+
+def _one_epoch(ctx: FitContext, model: torch.nn.Module, s: _Setup, tag: str, epoch: int, train: Any, val: Any,
+               loss_fn: Callable, callbacks: list[Callback], eval_modules: Callable | None,
+               wrapped: list[Any]) -> None:
+    """Train, validate, log and checkpoint epoch ``epoch`` (0-based)."""
+    extra: dict[str, Any] = {}
+    for cb in callbacks:
+        extra.update(cb.on_epoch_start(epoch))
+    ids = tuple(id(p) for p in model.parameters() if p.requires_grad)
+    if wrapped[0] is None or ids != wrapped[1]:  # DDP must be rebuilt when the trainable set changes
+        wrapped[:] = [_wrap(model, ctx), ids]
+    s.sampler.set_epoch(epoch)
+    if hasattr(train.dataset, "set_epoch"):
+        train.dataset.set_epoch(epoch)
+    model.train()
+    set_bn_eval(eval_modules() if eval_modules else [])
+    t0 = time.perf_counter()
+    total, seen = _train_epoch(ctx, model, wrapped[0], s, epoch, tag, loss_fn, callbacks)
+    total, seen = dist.all_reduce_sum(ctx.dist, [total, float(seen)])
+    train_s = time.perf_counter() - t0
+    row = _epoch_row(ctx, model, s, tag, epoch, total / max(seen, 1), extra, val)
+    row.epoch_time_s, row.train_images_per_s = time.perf_counter() - t0, seen / max(train_s, 1e-9)
+    for cb in callbacks:
+        cb.on_epoch_end(row)
+    ctx.log_epoch(row)
+    save_checkpoint(ctx, _checkpoint_state(ctx, tag, epoch, model, s))
 
 
 def _epoch_row(ctx: FitContext, model: torch.nn.Module, s: _Setup, tag: str, epoch: int, train_loss: float,
