@@ -62,15 +62,21 @@ def write_token(path: Path, token: str = "s3cret-token") -> Path:
 
 
 class ThreadAgent:
-    """An Agent + uvicorn on 127.0.0.1 in this process (a thread per agent)."""
+    """An Agent + uvicorn on 127.0.0.1 in this process (a thread per agent).
+
+    Pipelines may use paths under pytest's temp root (two levels above ``state_dir``) unless
+    ``limits`` says otherwise.
+    """
 
     def __init__(self, state_dir: Path, trusted: list[Path], token: str = "s3cret-token", **agent_kwargs: Any):
         import uvicorn
 
         from edgetl.device.agent import Agent
         from edgetl.device.app import create_app
+        from edgetl.device.limits import Limits
 
         self.token = token
+        agent_kwargs.setdefault("limits", Limits(data_roots=(str(Path(state_dir).resolve().parents[1]),)))
         self.agent = Agent(state_dir, trusted, **agent_kwargs)
         self.agent.startup()
         self.port = free_port()

@@ -79,8 +79,11 @@ class DeviceClient:
     def install_status(self, install_id: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/model/install/{install_id}")
 
-    def upload(self, bundle: str | Path) -> str:
-        """Stream the bundle file to ``PUT /v1/model``; return the install id."""
+    def upload(self, bundle: str | Path, allow_downgrade: bool = False) -> str:
+        """Stream the bundle file to ``PUT /v1/model``; return the install id.
+
+        ``allow_downgrade``: install even if the device serves a newer ``bundle_version``.
+        """
         bundle = Path(bundle)
         size = bundle.stat().st_size
 
@@ -89,7 +92,8 @@ class DeviceClient:
                 while chunk := handle.read(1 << 20):
                     yield chunk
 
-        doc = self._request("PUT", "/v1/model", expect=(202,), content=chunks(),
+        params = {"allow_downgrade": "true"} if allow_downgrade else None
+        doc = self._request("PUT", "/v1/model", expect=(202,), content=chunks(), params=params,
                             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
         return doc["install_id"]
 

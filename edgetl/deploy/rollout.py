@@ -87,7 +87,7 @@ def _serving(info: dict[str, Any]) -> str | None:
 
 
 def install_on(target: DeviceTarget, bundle: Path, ca: str | None,
-               log: Callable[[str], None] = lambda m: None) -> DeviceResult:
+               log: Callable[[str], None] = lambda m: None, allow_downgrade: bool = False) -> DeviceResult:
     """Upload, follow the install, confirm the device serves the new model."""
     from edgetl.bundle import open_bundle
 
@@ -98,7 +98,7 @@ def install_on(target: DeviceTarget, bundle: Path, ca: str | None,
     try:
         with DeviceClient(target.url, target.token, ca=ca, name=target.name) as client:
             result.before = _serving(client.info())
-            result.install_id = client.upload(bundle)
+            result.install_id = client.upload(bundle, allow_downgrade=allow_downgrade)
             log(f"{target.name}: uploaded, install {result.install_id}")
 
             def progress(status: dict[str, Any]) -> None:
@@ -155,8 +155,12 @@ def check_on(target: DeviceTarget, manifest: dict[str, Any], ca: str | None) -> 
 
 def deploy_fleet(bundle: str | Path, targets: list[DeviceTarget], ca: str | None = None, parallel: int = 4,
                  rollback: bool = True, dry_run: bool = False,
-                 log: Callable[[str], None] = lambda m: None) -> tuple[list[DeviceResult], bool]:
-    """Roll ``bundle`` out to ``targets``; return (one result per device, True if all ended on it)."""
+                 log: Callable[[str], None] = lambda m: None,
+                 allow_downgrade: bool = False) -> tuple[list[DeviceResult], bool]:
+    """Roll ``bundle`` out to ``targets``; return (one result per device, True if all ended on it).
+
+    ``allow_downgrade`` lets devices serving a newer ``bundle_version`` install it anyway.
+    """
     from edgetl.bundle import open_bundle, verify_bundle
     from edgetl.errors import SignatureNotCheckedError
 
@@ -177,7 +181,7 @@ def deploy_fleet(bundle: str | Path, targets: list[DeviceTarget], ca: str | None
     results: dict[str, DeviceResult] = {}
     canary, rest = targets[0], targets[1:]
     log(f"canary: {canary.name}")
-    results[canary.name] = install_on(canary, bundle, ca, log)
+    results[canary.name] = install_on(canary, bundle, ca, log, allow_downgrade)
     failed = threading.Event()
     if results[canary.name].result != "installed":
         failed.set()
@@ -187,7 +191,7 @@ def deploy_fleet(bundle: str | Path, targets: list[DeviceTarget], ca: str | None
             results[target.name] = DeviceResult(target.name, target.url, "skipped",
                                                 error="not started: an earlier device failed")
             return
-        res = install_on(target, bundle, ca, log)
+        res = install_on(target, bundle, ca, log, allow_downgrade)
         results[target.name] = res
         if res.result != "installed":
             failed.set()

@@ -84,7 +84,8 @@ def build_and_write(*, run: Any, target: Any, profile: Any, step: Any, files: li
     cpu = cpu_info()
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "name": run.name, "model_version": model_version,
-        "created": now.isoformat(timespec="seconds"), "task": run.task, "labels": list(run.labels),
+        "created": now.isoformat(timespec="seconds"),
+        "bundle_version": int(now.timestamp() * 1000), "task": run.task, "labels": list(run.labels),
         "threshold": run.threshold, "positive": run.positive, "output": run.output,
         "input": run.input.to_dict(),
         "target": {"format": target.name, "precision": step.precision, "method": step.method,
