@@ -160,8 +160,24 @@ class ProcessAgent:
         self.log.close()
         return self.proc.returncode
 
+    def reset_peak_rss(self) -> int:
+        """Reset the kernel's peak-RSS mark of the agent (``clear_refs``); return its RSS now, bytes."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        return _proc_status(self.proc.pid, "VmRSS")
+
+    def peak_rss(self) -> int:
+        """The agent's peak RSS since the last reset (VmHWM), bytes."""
+        return _proc_status(self.proc.pid, "VmHWM")
+
     def blocked_imports(self) -> list[str]:
         return self.block_log.read_text().split() if self.block_log.exists() else []
+
+
+def _proc_status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
 
 
 def self_signed_cert(folder: Path) -> tuple[Path, Path]:
