@@ -168,7 +168,12 @@ def build_inputs(work: Path) -> tuple[Path, dict]:
     import hostile
     from agent_support import Bundles
 
+    from agent_support import resign
+
     b = Bundles(work / "bundles")
+    # without bundle_version, so that a checkout from before that field (extra="forbid") installs them too
+    b.v1 = resign(b.v1, work / "v1.edgetl", b.key, edit_manifest=lambda m: m.pop("bundle_version", None))
+    b.v2 = resign(b.v2, work / "v2.edgetl", b.key, edit_manifest=lambda m: m.pop("bundle_version", None))
     files = {
         "zip_bomb": hostile.zip_bomb(b.v2, work / "zip_bomb.edgetl", b.key, 1024),
         "manifest_bomb": hostile.reserved_member_bomb(work / "mb.edgetl", "manifest.json", 512),
