@@ -1,6 +1,6 @@
 """Rollouts: one device, or a fleet with a canary, bounded parallelism and rollback on failure.
 
-Fleet order (DESIGN.md "Deploy"): the first device of the fleet file is the
+Fleet order: the first device of the fleet file is the
 canary; if it ends on the new model, the rest go ``parallel`` at a time. At
 the first failure no further device starts, and every device this rollout
 changed is rolled back (``--no-rollback`` keeps them); a device that had no
