@@ -166,9 +166,7 @@ ATTACKS = {
 
 def build_inputs(work: Path) -> tuple[Path, dict]:
     import hostile
-    from agent_support import Bundles
-
-    from agent_support import resign
+    from agent_support import Bundles, resign
 
     b = Bundles(work / "bundles")
     # without bundle_version, so that a checkout from before that field (extra="forbid") installs them too

@@ -9,7 +9,8 @@ from typing import Any
 
 from edgetl.errors import DeployError
 
-POLL_S = 0.2
+POLL_S = 0.2  # the longest wait between two status polls
+POLL_FIRST_S = 0.02  # the first: short installs end in a fraction of a second
 
 
 class DeviceClient:
@@ -102,6 +103,7 @@ class DeviceClient:
         """Poll the install until it is ``installed`` or ``failed``; return the final status."""
         deadline = time.monotonic() + timeout_s
         last = None
+        wait = POLL_FIRST_S
         while True:
             status = self.install_status(install_id)
             key = (status["stage"], round(status["progress"], 2), status.get("detail"))
@@ -113,7 +115,8 @@ class DeviceClient:
             if time.monotonic() > deadline:
                 raise DeployError(f"{self.name}: install {install_id} still at '{status['stage']}' after "
                                   f"{timeout_s:.0f} s")
-            time.sleep(POLL_S)
+            time.sleep(wait)
+            wait = min(POLL_S, wait * 1.5)
 
 
 def _reason(exc: Exception) -> str:

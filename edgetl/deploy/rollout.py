@@ -126,6 +126,7 @@ def check_on(target: DeviceTarget, manifest: dict[str, Any], ca: str | None) -> 
     ``incompatible``; ``ok`` when all pass.
     """
     from edgetl.device.compat import check_compatibility
+    from edgetl.device.install import bundle_order
 
     start = time.monotonic()
     result = DeviceResult(target.name, target.url, "ok")
@@ -149,8 +150,31 @@ def check_on(target: DeviceTarget, manifest: dict[str, Any], ca: str | None) -> 
         result.error = f"the bundle ({manifest['size_bytes']} bytes) is over the device's limit"
     if result.before == manifest.get("model_version"):
         result.warnings.append("already serving this model_version")
+    if bundle_order(manifest) < bundle_order(info.get("current")):
+        result.warnings.append("older than the serving bundle (bundle_version): refused unless --allow-downgrade")
     result.seconds = round(time.monotonic() - start, 3)
     return result
+
+
+def _roll_back_changed(results: list[DeviceResult], targets: list[DeviceTarget], ca: str | None,
+                       log: Callable[[str], None]) -> None:
+    """After a failure: roll back every device this rollout changed (one with no model before keeps it)."""
+    by_name = {t.name: t for t in targets}
+    for res in results:
+        if res.result != "installed":
+            continue
+        if res.before is None:
+            res.result = "kept"
+            res.error = "had no model before this rollout: keeps the new one"
+            continue
+        try:
+            with DeviceClient(res.url, by_name[res.name].token, ca=ca, name=res.name) as client:
+                client.rollback()
+                res.after = _serving(client.info())
+            res.result = "rolled_back"
+            log(f"{res.name}: rolled back to {res.after}")
+        except DeployError as exc:
+            res.error = f"rollback failed: {exc}"
 
 
 def deploy_fleet(bundle: str | Path, targets: list[DeviceTarget], ca: str | None = None, parallel: int = 4,
@@ -203,22 +227,7 @@ def deploy_fleet(bundle: str | Path, targets: list[DeviceTarget], ca: str | None
         results.setdefault(target.name, DeviceResult(target.name, target.url, "skipped",
                                                      error="not started: the canary failed"))
     if failed.is_set() and rollback:
-        by_name = {t.name: t for t in targets}
-        for res in results.values():
-            if res.result != "installed":
-                continue
-            if res.before is None:
-                res.result = "kept"
-                res.error = "had no model before this rollout: keeps the new one"
-                continue
-            try:
-                with DeviceClient(res.url, by_name[res.name].token, ca=ca, name=res.name) as client:
-                    client.rollback()
-                    res.after = _serving(client.info())
-                res.result = "rolled_back"
-                log(f"{res.name}: rolled back to {res.after}")
-            except DeployError as exc:
-                res.error = f"rollback failed: {exc}"
+        _roll_back_changed(list(results.values()), targets, ca, log)
     ordered = [results[t.name] for t in targets]
     new_version = manifest.get("model_version")
     return ordered, all(r.result == "installed" and r.after == new_version for r in ordered)

@@ -8,7 +8,7 @@ Stages, in order (each journaled ``begin`` then ``ok``; a failure ``failed``):
    refused unless the upload allowed a downgrade, and the serving bundle itself
    ends the install here as a no-op (current and previous stay as they are).
 2. ``stage``: extract into ``staging/ID`` (no absolute paths, ``..``, links or
-   devices; total size capped), every file and folder fsync'ed.
+   devices; total size capped); the manifest, the model files and every folder fsync'ed.
 3. ``compatibility``: the target's runtime here, versions, arch, INT8 CPU features.
 4. ``load``: the runtime loads the model (a TensorRT engine is built now and cached).
 5. ``reference``: the bundle's reference images through THIS device's
@@ -140,6 +140,10 @@ class Installer:
 
     def start(self, install_id: str, size: int, allow_downgrade: bool = False) -> None:
         """The upload is on disk: journal it and run the stages in a worker thread."""
+        self.launch(self.accept(install_id, size, allow_downgrade))
+
+    def accept(self, install_id: str, size: int, allow_downgrade: bool = False) -> _Job:
+        """Journal the finished upload and mark the install running; :meth:`launch` runs it."""
         status = self._status[install_id]
         try:
             self.journal.append(event="install", install_id=install_id, stage="upload", status="ok", bytes=size)
@@ -147,10 +151,13 @@ class Installer:
             self.abandon(install_id)
             raise
         status.update(status="running", stage="verify")
-        job = _Job(install_id, self.state.upload_path(install_id), self.state.staging_dir(install_id), status,
-                   allow_downgrade)
-        thread = threading.Thread(target=self._run, args=(job,), name=f"install-{install_id}", daemon=True)
-        self._threads[install_id] = thread
+        return _Job(install_id, self.state.upload_path(install_id), self.state.staging_dir(install_id), status,
+                    allow_downgrade)
+
+    def launch(self, job: _Job) -> None:
+        """Run an accepted install's stages in a worker thread."""
+        thread = threading.Thread(target=self._run, args=(job,), name=f"install-{job.install_id}", daemon=True)
+        self._threads[job.install_id] = thread
         thread.start()
 
     def wait(self, install_id: str, timeout: float | None = None) -> dict[str, Any]:
@@ -207,11 +214,15 @@ class Installer:
                                "with --allow-downgrade to install it anyway")
 
     def _extract(self, job: _Job) -> dict[str, Any]:
+        import json
+
         from edgetl.bundle import extract_bundle
 
         extract_bundle(job.upload, job.staging, self.hooks.limits.unpacked_bytes,
                        max_members=self.hooks.limits.members, on_write=lambda n: check_disk("extract", n))
-        fsync_tree(job.staging)
+        manifest = json.loads((job.staging / "manifest.json").read_text(encoding="utf-8"))
+        # what serving needs after a power cut: the manifest, the model files and the folders naming them
+        fsync_tree(job.staging, ["manifest.json", *manifest["target"]["files"]])
         return {}
 
     def _compatibility(self, job: _Job) -> dict[str, Any]:
@@ -268,13 +279,15 @@ class Installer:
     def _step(self, job: _Job, stage: str, run: Callable[[_Job], dict[str, Any]]) -> None:
         job.status["stage"] = stage
         job.status["progress"] = STAGES.index(stage) / len(STAGES)
-        self.journal.append(event="install", install_id=job.install_id, stage=stage, status="begin")
+        self.journal.append(event="install", install_id=job.install_id, stage=stage, status="begin",
+                            durable=False)
         crash_point(stage)
         started = time.monotonic()
         facts = run(job)
         seconds = round(time.monotonic() - started, 4)
         job.status["stages"].append({"stage": stage, "status": "ok", "seconds": seconds})
-        self.journal.append(event="install", install_id=job.install_id, stage=stage, status="ok", **facts)
+        self.journal.append(event="install", install_id=job.install_id, stage=stage, status="ok", durable=False,
+                            **facts)
 
     def _run(self, job: _Job) -> None:
         final: dict[str, Any] = {"status": "failed", "error": "internal error: install ended unexpectedly"}

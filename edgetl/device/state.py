@@ -52,15 +52,16 @@ def fsync_dir(path: Path) -> None:
         os.close(dir_fd)
 
 
-def fsync_tree(root: Path) -> None:
-    """fsync every file and folder under ``root`` (extracted model files, before the pointer switch)."""
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+def fsync_tree(root: Path, files: list[str]) -> None:
+    """fsync ``files`` (relative to ``root``) and every folder under ``root``: an extracted model is
+    on disk before the pointer names it."""
+    for name in files:
+        fd = os.open(root / name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for folder, _dirs, _files in os.walk(root):
         fsync_dir(Path(folder))
 
 

@@ -7,7 +7,7 @@ import errno
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, BackgroundTasks, Request
 from starlette.requests import ClientDisconnect
 
 from edgetl.device import schemas
@@ -56,7 +56,7 @@ def router(agent) -> APIRouter:
 
     @api.put("/v1/model", status_code=202, response_model=schemas.InstallAccepted,
              responses=errors(400, 408, 409, 413, 507), openapi_extra=BUNDLE_BODY)
-    async def upload(request: Request, allow_downgrade: bool = False) -> dict[str, str]:
+    async def upload(request: Request, background: BackgroundTasks, allow_downgrade: bool = False) -> dict[str, str]:
         """Upload a bundle (the raw .edgetl bytes); it installs in the background.
 
         A bundle older than the serving one (``bundle_version``) is refused unless ``allow_downgrade``;
@@ -68,7 +68,9 @@ def router(agent) -> APIRouter:
         except BaseException:  # refused, broken off, disk full, cancelled: the slot is freed whatever happened
             agent.installer.abandon(install_id)
             raise
-        agent.installer.start(install_id, size, allow_downgrade=allow_downgrade)
+        job = agent.installer.accept(install_id, size, allow_downgrade)
+        # the stages start once the 202 is sent: a client always learns the id of an install that ran
+        background.add_task(agent.installer.launch, job)
         return {"install_id": install_id, "status_url": f"/v1/model/install/{install_id}"}
 
     @api.get("/v1/model/install/{install_id}", response_model=schemas.InstallStatusDoc, responses=errors(404))
