@@ -19,7 +19,6 @@ import json
 import os
 import random
 import string
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import agent_load as load  # noqa: E402
+
 TOKEN = "bench-token"
 
 
@@ -40,28 +42,12 @@ def proc_status(pid: int, key: str) -> int:
     return 0
 
 
-class Agent:
-    def __init__(self, root: Path, checkout: Path, pub: Path, name: str):
-        from net_helpers import free_port
+class Agent(load.Agent):
+    """An agent process whose peak RSS can be reset and read."""
 
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        token = root / "token"
-        token.write_text(TOKEN + "\n")
-        env = dict(os.environ, PYTHONPATH=f"{checkout}:{checkout}/plugins", OMP_NUM_THREADS="1")
-        self.log = open(root / f"{name}.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgetl", "agent", "serve", "--state-dir", str(root / name), "--port",
-             str(self.port), "--token-file", str(token), "--trust", str(pub), "--log-level", "warning"],
-            cwd=checkout, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/v1/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError(f"agent did not start: {root / name}.log")
+    def __init__(self, root: Path, checkout: Path, pub: Path, name: str):
+        super().__init__(root, name, pub, TOKEN, checkout=checkout)
+        self.wait()
 
     def client(self, token: str = TOKEN) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=300)
@@ -72,15 +58,6 @@ class Agent:
 
     def peak(self) -> int:
         return proc_status(self.proc.pid, "VmHWM")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 def install(agent: Agent, bundle: Path) -> None:

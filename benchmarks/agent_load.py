@@ -50,9 +50,9 @@ def pct(values, q):
 
 
 class Agent:
-    """``edgetl agent serve`` in a subprocess on 127.0.0.1."""
+    """``edgetl agent serve`` in a subprocess on 127.0.0.1 (``checkout``: the source tree it runs)."""
 
-    def __init__(self, root: Path, name: str, trust: Path, token: str):
+    def __init__(self, root: Path, name: str, trust: Path, token: str, checkout: Path = ROOT):
         self.state = root / name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -63,7 +63,9 @@ class Agent:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgetl", "agent", "serve", "--state-dir", str(self.state), "--port",
              str(self.port), "--token-file", str(token_file), "--trust", str(trust), "--log-level", "warning"],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+            cwd=checkout, stdout=self.log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{checkout}:{checkout}/plugins"))
+        self.token = token
 
     def wait(self, timeout: float = 120) -> None:
         import httpx

@@ -90,9 +90,8 @@ def main() -> None:
     try:
         pub, (a, b, c) = releases(root)
         agents = [Agent(root, f"agent{i}", pub, f"token-{i}") for i in range(args.fleet + 1)]
-        for i, agent in enumerate(agents):
+        for agent in agents:
             agent.wait()
-            agent.token = f"token-{i}"
         one, fleet = agents[:1], agents[1:]
         runs = {"one_cold": rollout(one, a, 1), "one_warm": rollout(one, b, 1),
                 "fleet_cold": rollout(fleet, a, args.parallel), "fleet_warm": rollout(fleet, b, args.parallel),

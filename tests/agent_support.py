@@ -112,6 +112,7 @@ class ProcessAgent:
                  extra_args: list[str] | None = None, ca: Path | None = None):
         self.port = free_port()
         self.ca = ca
+        self.state_dir = state_dir
         self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
         self.token = token_file.read_text().strip()
         self.block_log = state_dir.parent / f"{state_dir.name}.blocked.log"

@@ -195,20 +195,18 @@ def test_json_types_are_strict(agent):
         client.patch("/v1/model/threshold", json={"threshold": 0.5})
 
 
-def _disk_full_agent(tmp_path, b, where):
-    from agent_support import ProcessAgent
+def _disk_full_agent(tmp_path, agent, b, where):
+    """An agent on a copy of the module agent's state (serving v1) whose disk fills at ``where``."""
+    import shutil
 
-    token = write_token(tmp_path / "token")
-    running = ProcessAgent(tmp_path / "state", [b.pub], token).wait_ready()
-    with running.client() as client:
-        assert install(client, b.v1)["status"] == "installed"
-    running.stop()
+    shutil.copytree(agent.state_dir, tmp_path / "state", ignore=shutil.ignore_patterns("uploads", "staging"))
+    token = write_token(tmp_path / "token", agent.token)
     return ProcessAgent(tmp_path / "state", [b.pub], token,
                         env={"EDGETL_TEST_DISK_FULL": f"{where}:1000"}).wait_ready()
 
 
-def test_disk_full_during_upload_is_507_and_frees_the_slot(tmp_path, b):
-    running = _disk_full_agent(tmp_path, b, "upload")
+def test_disk_full_during_upload_is_507_and_frees_the_slot(tmp_path, agent, b):
+    running = _disk_full_agent(tmp_path, agent, b, "upload")
     try:
         with running.client() as client:
             for _ in range(2):  # the second is refused the same way, not 409: the slot was freed
@@ -222,8 +220,8 @@ def test_disk_full_during_upload_is_507_and_frees_the_slot(tmp_path, b):
         running.stop()
 
 
-def test_disk_full_during_extract_fails_the_install_and_keeps_the_old_model(tmp_path, b):
-    running = _disk_full_agent(tmp_path, b, "extract")
+def test_disk_full_during_extract_fails_the_install_and_keeps_the_old_model(tmp_path, agent, b):
+    running = _disk_full_agent(tmp_path, agent, b, "extract")
     try:
         with running.client() as client:
             for _ in range(2):

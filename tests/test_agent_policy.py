@@ -170,3 +170,23 @@ def test_upload_refusals_free_the_slot(tmp_path, b):
             assert client.put("/v1/model", content=b"").status_code == 400
             assert client.put("/v1/model", content=b"\0" * (2 << 20)).status_code == 413
         assert upload(client, b.v1).status_code == 202
+
+
+def test_the_installer_does_not_import_the_agent():
+    import subprocess
+    import sys
+
+    code = "import sys, edgetl.device.install; print('edgetl.device.agent' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_no_function_in_the_device_package_is_over_60_lines():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "edgetl" / "device"
+    long = [f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in root.rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60]
+    assert long == []
