@@ -10,7 +10,7 @@ bundle), then, side by side in one run:
 
 For every device it collects the install's stage times (verify, stage, compatibility, load,
 reference, switch) and the rest (upload, status polls, the two info calls), and it reads the CPU
-time the agents used from ``/proc``: on a machine with fewer cores than agents the rollout is
+time the agents used from ``/proc`` (and the deploy client's own CPU time): on a machine with fewer cores than agents the rollout is
 bound by that CPU, which a real fleet (one device each) does not share.
 
     nice -n 10 python benchmarks/fleet_rollout.py [--fleet 20] [--parallel 19]
@@ -58,9 +58,11 @@ def rollout(agents, bundle: Path, parallel: int) -> dict:
 
     targets = [DeviceTarget(f"dev{i}", a.url, a.token) for i, a in enumerate(agents)]
     cpu_before = sum(cpu_seconds(a.proc.pid) for a in agents)
+    host_before = time.process_time()
     start = time.perf_counter()
     results, ok = deploy_fleet(bundle, targets, parallel=parallel)
     wall = time.perf_counter() - start
+    host_cpu = time.process_time() - host_before
     cpu = sum(cpu_seconds(a.proc.pid) for a in agents) - cpu_before
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     rest = []
@@ -71,7 +73,7 @@ def rollout(agents, bundle: Path, parallel: int) -> dict:
         for stage in STAGES:
             stages[stage].append(times.get(stage, 0.0))
         rest.append(res.seconds - sum(times.values()))
-    return {"wall_s": wall, "ok": ok, "agent_cpu_s": cpu, "devices": len(agents), "parallel": parallel,
+    return {"wall_s": wall, "ok": ok, "agent_cpu_s": cpu, "deploy_client_cpu_s": host_cpu, "devices": len(agents), "parallel": parallel,
             "canary_s": results[0].seconds, "device_s_p50": statistics.median(r.seconds for r in results),
             "stage_p50_s": {s: statistics.median(v) for s, v in stages.items()},
             "upload_poll_info_p50_s": statistics.median(rest)}
@@ -107,11 +109,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2))
     print(f"fleet rollout on {doc['cores']} cores, load average {doc['load_average'][0]:.1f}")
-    head = f"{'run':<22}{'wall s':>8}{'ok':>6}{'agent CPU s':>13}{'device p50':>12}  " + \
+    head = f"{'run':<22}{'wall s':>8}{'ok':>6}{'agent CPU s':>13}{'client CPU s':>13}{'device p50':>12}  " + \
         "  ".join(f"{s[:7]:>7}" for s in STAGES) + "  upload+poll+info"
     print(head)
     for name, run in runs.items():
         print(f"{name:<22}{run['wall_s']:8.2f}{str(run['ok']):>6}{run['agent_cpu_s']:13.2f}"
+              f"{run['deploy_client_cpu_s']:13.2f}"
               f"{run['device_s_p50']:12.2f}  " + "  ".join(f"{run['stage_p50_s'][s]:7.3f}" for s in STAGES)
               + f"  {run['upload_poll_info_p50_s']:.3f}")
     print(f"ratio fleet/one: cold {doc['ratio_cold']:.1f}x, warm {doc['ratio_warm']:.1f}x "

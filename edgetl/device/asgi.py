@@ -41,12 +41,13 @@ class TokenGate:
     (constant-time compare); the body is never read for a refused request."""
 
     def __init__(self, app, token: str):
-        self.app, self.expected = app, b"Bearer " + token.encode("utf-8")
+        self.app, self.expected = app, token.encode("utf-8")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            given = _header(scope, b"authorization") or b""
-            if not hmac.compare_digest(given, self.expected):
+            scheme, _, given = (_header(scope, b"authorization") or b"").partition(b" ")
+            # compare even when the scheme is wrong, so the time taken says nothing about the token
+            if not hmac.compare_digest(given.strip(), self.expected) or scheme.lower() != b"bearer":
                 await _send_error(send, 401, "missing or wrong bearer token (Authorization: Bearer …)",
                                   {"WWW-Authenticate": "Bearer"})
                 return
