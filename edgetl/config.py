@@ -88,8 +88,21 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(default=None, gt=0)
     threshold: ThresholdPolicy = Field(default_factory=ThresholdPolicy)
     baseline: Literal["none", "scratch", "linear-probe"] = "none"
+    baseline_budget: Literal["wall_clock", "epochs"] = "wall_clock"
     seed: int = 0
     tta: list[str] = Field(default_factory=list)
+
+
+class LoggerConfig(_Strict):
+    """One experiment tracker: ``tensorboard``, or ``{name: mlflow, options: {tracking_uri: ...}}``."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
 
 
 AUGMENTATIONS = ("hflip", "vflip", "rot90", "color_jitter", "random_resized_crop", "rotate",
@@ -103,6 +116,7 @@ class RunConfig(_Strict):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     augment: list[str] = Field(default_factory=lambda: ["hflip", "vflip", "rot90", "color_jitter"])
+    loggers: list[LoggerConfig] = Field(default_factory=list)
 
     @field_validator("augment")
     @classmethod

@@ -23,9 +23,11 @@ import numpy as np
 from edgetl.api import FitContext, TrainedModel
 from edgetl.config import RunConfig, load_run_config
 from edgetl.errors import ConfigError, EdgetlError, UsageError
+from edgetl.host import budget as baseline_budget
 from edgetl.host import ddp
 from edgetl.host.splits import RunData, load_run_data
 from edgetl.metrics import evaluate, pick_threshold
+from edgetl.tracking import Tracking, check_loggers
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -110,6 +112,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._log = log
         self.info = ddp.env_info()
+        self.tracking = Tracking()
 
     def log(self, message: str) -> None:
         if self.info.is_main:
@@ -128,6 +131,7 @@ class Trainer:
         if tag:
             row = {**row, "strategy": tag}
         self.history.append(row)
+        self.tracking.metrics(row, tag)
         lrs = [v for k, v in row.items() if k.startswith("lr_")]
         auc = row.get("val_roc_auc")
         self.log(f"{row['strategy']} epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  "
@@ -165,8 +169,8 @@ class Trainer:
         if kind == "linear-probe" and self.cfg.strategy.name == "linear-probe":
             self.log("baseline linear-probe skipped: the run itself is a linear probe")
             return None
-        self.log(f"baseline: {kind} on the same budget (epochs <= {self.cfg.train.epochs}"
-                 + (f", wall-clock <= {main_seconds:.0f} s" if kind == "scratch" else "") + ")")
+        budget, time_budget_s, line = baseline_budget.plan(self.cfg, kind, main_seconds)
+        self.log(line)
         seed_everything(self.cfg.train.seed)
         bcfg = self.cfg.backbone
         if kind == "scratch":
@@ -174,7 +178,7 @@ class Trainer:
             strategy = get_manager().get("strategy", "finetune")
             ctx = self.context(data, module, "finetune", {"unfreeze": "all", "lr_decay": 1.0, "freeze_bn": False},
                                tag="baseline-scratch")
-            ctx.state["time_budget_s"] = main_seconds
+            ctx.state["time_budget_s"] = time_budget_s
         else:
             module = self.backbone.build(pretrained=bcfg.pretrained, weights=bcfg.weights)
             strategy = get_manager().get("strategy", "linear-probe")
@@ -190,12 +194,16 @@ class Trainer:
         delta = (main_val.get(key) or 0.0) - (val.get(key) or 0.0)
         result = {"kind": kind, "metric": key, "seconds": seconds, "best_epoch": ctx.state.get("best_epoch"),
                   "val": val, "test": test, "main_val": main_val.get(key), "baseline_val": val.get(key),
-                  "delta_val": delta, "helped": delta > 0}
+                  "delta_val": delta, "helped": delta > 0,
+                  **baseline_budget.facts(self.history, kind, budget, main_seconds, self.cfg.train.epochs)}
         if test is not None and main_test is not None:
             result["delta_test_accuracy"] = main_test["accuracy"] - test["accuracy"]
             result["delta_test_balanced_accuracy"] = main_test["balanced_accuracy"] - test["balanced_accuracy"]
         self.log(f"baseline {kind}: val {key} {val.get(key):.3f} vs {main_val.get(key):.3f} "
-                 f"-> transfer {'helped' if delta > 0 else 'did NOT help'} ({delta:+.3f})")
+                 f"-> transfer {'helped' if delta > 0 else 'did NOT help'} ({delta:+.3f}), "
+                 f"{result['epochs_run']} epoch(s) in {seconds:.0f} s")
+        if result["single_epoch"]:
+            self.log(baseline_budget.SINGLE_EPOCH_WARNING)
         return result
 
     # -- the run ------------------------------------------------------------
@@ -208,6 +216,7 @@ class Trainer:
         self.backbone = manager.get("backbone", self.cfg.backbone.name)
         if strategy.missing_modules():
             raise EdgetlError(f"strategy {strategy.name}: missing {', '.join(strategy.missing_modules())}")
+        check_loggers(self.cfg)  # unknown logger or missing library: stop before anything is written
         spec = self.backbone.input
         if self.cfg.train.image_size:
             spec = dataclasses.replace(spec, size=(self.cfg.train.image_size, self.cfg.train.image_size))
@@ -217,6 +226,7 @@ class Trainer:
         try:
             return self._run(strategy)
         finally:
+            self.tracking.close()  # a run that did not finish is marked failed
             ddp.shutdown(self.info)
 
     def _run(self, strategy: Any) -> dict[str, Any] | None:
@@ -228,6 +238,8 @@ class Trainer:
         if resume_state is not None:
             self.history.extend(resume_state.get("history", []))
             self.log(f"resuming {self.out} after epoch {resume_state['epoch'] + 1}")
+        self.tracking = Tracking.start(cfg, self.out, self.log, enabled=self.info.is_main,
+                                       resume=resume_state is not None)
         seed_everything(cfg.train.seed)
         data = load_run_data(cfg, self.spec, self.skip_bad)
         for bad in data.skipped:
@@ -261,6 +273,7 @@ class Trainer:
                 "feature_seconds": ctx.state.get("feature_seconds"), "feature_pass": ctx.state.get("feature_pass")},
             best_epoch=ctx.state.get("best_epoch"), device=str(self.device), world=self.info.world)
         self.log(f"wrote {self.out} (report: {self.out / 'report.md'})")
+        self.tracking.finish(self.out)
         return summary
 
 
