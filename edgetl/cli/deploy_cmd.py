@@ -82,21 +82,10 @@ def deploy_command(bundle, device_url, token_file, fleet_file, ca, parallel, no_
 
     if bool(device_url) == bool(fleet_file):
         raise UsageError("give either --device URL --token-file F, or --fleet FLEET.yaml")
-<<<<<<< HEAD
-    if device_url:
-        if not token_file:
-            raise UsageError("--device needs --token-file")
-        targets = [DeviceTarget(device_url, device_url, read_token(token_file))]
-    else:
-        targets = load_fleet_targets(fleet_file)
-    results, ok = deploy_fleet(bundle, targets, ca=ca, parallel=parallel, rollback=not no_rollback,
-                               dry_run=dry_run, log=info, allow_downgrade=allow_downgrade)
-=======
     if device_url and not token_file:
         raise UsageError("--device needs --token-file")
     done = rollout(bundle, device=device_url, token_file=token_file, fleet=fleet_file, ca=ca, parallel=parallel,
-                   rollback=not no_rollback, dry_run=dry_run, log=info)
->>>>>>> main
+                   rollback=not no_rollback, dry_run=dry_run, log=info, allow_downgrade=allow_downgrade)
     if as_json:
         emit_json(done.to_dict())
     else:
