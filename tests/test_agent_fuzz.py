@@ -1,6 +1,6 @@
 """Seeded schemathesis against a live agent with the token: no 5xx, no model lost.
 
-The example budget is fixed (``EDGETL_FUZZ_EXAMPLES`` per operation, default 15) and Hypothesis
+The example budget is fixed (``EDGETL_FUZZ_EXAMPLES`` per operation, default 10) and Hypothesis
 is derandomised, so a run is repeatable and bounded in time; benchmarks/agent_fuzz.py runs the
 same suite with a larger budget. The counts (cases, 5xx, models lost) land in
 ``FUZZ_COUNTS`` and are printed by the last test.
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, settings
 
 from edgetl.device.app import openapi_document
 
-EXAMPLES = int(os.environ.get("EDGETL_FUZZ_EXAMPLES", "15"))
+EXAMPLES = int(os.environ.get("EDGETL_FUZZ_EXAMPLES", "10"))
 FUZZ_COUNTS = {"cases": 0, "5xx": 0, "models_lost": 0}
 schema = schemathesis.openapi.from_dict(openapi_document())
 
