@@ -184,6 +184,27 @@ def test_a_stalled_upload_times_out_and_frees_the_slot(agent, b):
         assert serving(client) == b.v1_version
 
 
+def test_a_trickling_upload_is_dropped_and_frees_the_slot(agent, b):
+    """One byte every 0.3 s never trips the 1 s idle timeout; the minimum average rate does."""
+    with socket.create_connection(("127.0.0.1", agent.port)) as sock:
+        sock.sendall(b"PUT /v1/model HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + agent.token.encode()
+                     + b"\r\nContent-Type: application/octet-stream\r\nContent-Length: 500000\r\n\r\n")
+        sock.settimeout(0.3)
+        answer = b""
+        deadline = time.monotonic() + 15
+        while b"upload too slow" not in answer and time.monotonic() < deadline:
+            try:
+                sock.sendall(b"P")
+                answer += sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+    assert b" 408 " in answer and b"upload too slow" in answer, answer
+    with agent.client() as client:
+        assert upload(client, b.v1).status_code == 202  # serving v1 already: a no-op install, slot free
+
+
 def test_json_types_are_strict(agent):
     with agent.client() as client:
         for bad in (False, True, "0.5", None, [0.5]):

@@ -30,6 +30,8 @@ class Limits:
         image_bytes: largest ``/v1/predict`` body [--max-image-mb].
         image_pixels: largest width x height an image may declare in its header [--max-image-mpix].
         upload_idle_s: an upload that sends nothing for this long is dropped (408) [--upload-idle-timeout].
+        upload_min_rate: after its first ``upload_idle_s``, an upload averaging fewer bytes per second
+            is dropped (408), so a trickle cannot hold the install slot [fixed].
         data_roots: the only folders pipeline sources and sinks may touch [--data-root; default the state dir].
     """
 
@@ -40,6 +42,7 @@ class Limits:
     image_bytes: int = 32 * MIB
     image_pixels: int = 40_000_000
     upload_idle_s: float = 30.0
+    upload_min_rate: int = 16 * 1024
     data_roots: tuple[str, ...] = field(default_factory=tuple)
 
     def body_limit(self, method: str, path: str) -> tuple[int, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,14 @@ BUNDLE_BODY = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
-async def receive_upload(request: Request, path: Path, idle_s: float) -> int:
-    """Stream the body to ``path``; return its size. Errors are ApiError (the caller frees the slot)."""
+async def receive_upload(request: Request, path: Path, idle_s: float, min_rate: int = 0) -> int:
+    """Stream the body to ``path``; return its size. Errors are ApiError (the caller frees the slot).
+
+    An upload that sends nothing for ``idle_s``, or that averages under ``min_rate`` bytes/s once
+    ``idle_s`` has passed (a trickle), is dropped with 408.
+    """
     declared = request.headers.get("content-length")
+    started = time.monotonic()
     size = 0
     stream = request.stream().__aiter__()
     try:
@@ -34,6 +40,10 @@ async def receive_upload(request: Request, path: Path, idle_s: float) -> int:
                 size += len(chunk)
                 check_disk("upload", size)
                 out.write(chunk)
+                elapsed = time.monotonic() - started
+                if min_rate and elapsed > idle_s and size < min_rate * elapsed:
+                    raise ApiError(408, f"upload too slow: {size} bytes in {elapsed:.0f} s, under "
+                                        f"{min_rate} bytes/s on average")
     except asyncio.TimeoutError:
         raise ApiError(408, f"upload stalled: nothing received for {idle_s:g} s after {size} bytes "
                             "(--upload-idle-timeout)") from None
@@ -64,7 +74,8 @@ def router(agent) -> APIRouter:
         """
         install_id = agent.installer.reserve()
         try:
-            size = await receive_upload(request, agent.state.upload_path(install_id), agent.limits.upload_idle_s)
+            size = await receive_upload(request, agent.state.upload_path(install_id), agent.limits.upload_idle_s,
+                                        agent.limits.upload_min_rate)
         except BaseException:  # refused, broken off, disk full, cancelled: the slot is freed whatever happened
             agent.installer.abandon(install_id)
             raise
