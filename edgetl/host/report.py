@@ -92,12 +92,16 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
                   data: Any, history: list[dict[str, Any]], val_doc: dict[str, Any], val_probs: np.ndarray,
                   test_doc: dict[str, Any] | None, test_probs: np.ndarray | None,
                   baseline: dict[str, Any] | None, timing: dict[str, Any], best_epoch: int | None,
-                  device: str, world: int) -> dict[str, Any]:
-    """Write every file of ``runs/NAME/``; returns the ``--json`` summary."""
+                  device: str, world: int, program: Any = None,
+                  threshold_source: str | None = None) -> dict[str, Any]:
+    """Write every file of ``runs/NAME/``; returns the ``--json`` summary.
+
+    ``program``: the module's ExportedProgram when already captured (else captured here).
+    """
     out.mkdir(parents=True, exist_ok=True)
     config = cfg.model_dump(mode="json", by_alias=True)
     save_run_model(out, trained, backbone=backbone.name, strategy=strategy, input_spec=spec, name=cfg.name,
-                   config=config)
+                   config=config, program=program)
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     _history_csv(out / "history.csv", history)
     labels = list(data.classes)
@@ -107,12 +111,12 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
                          trained.positive)
     main_rows = [r for r in history if r.get("strategy") == strategy]
     metric = cfg.train.early_stopping.metric
-    best_row = next((r for r in main_rows if r["epoch"] == best_epoch), None)
+    best_row = next((r for r in main_rows if r.get("epoch") == best_epoch), None)
     metrics = {
         "name": cfg.name, "strategy": strategy, "backbone": backbone.name, "input_size": list(spec.size),
         "device": device, "processes": world, "labels": labels,
         "counts": {"train": len(data.train), "val": len(data.val), "test": len(data.test) if data.test else 0},
-        "threshold": trained.threshold, "positive": trained.positive,
+        "threshold": trained.threshold, "positive": trained.positive, "threshold_source": threshold_source,
         "best": {"epoch": best_epoch, "metric": f"val_{metric}",
                  "value": best_row.get(f"val_{metric}") if best_row else None},
         "epochs_run": len(main_rows),
@@ -120,6 +124,7 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
         "final_argmax": {"val": evaluate(data.val.labels, val_probs, labels),
                          "test": None if test_doc is None else evaluate(data.test.labels, test_probs, labels)},
         "baseline": baseline, "timing": timing, "skipped_images": data.skipped,
+        "strategy_extra": trained.extra,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float), encoding="utf-8")
     figures = {
@@ -173,7 +178,7 @@ def _report_md(out: Path, cfg: Any, metrics: dict[str, Any], figures: dict[str, 
         lines += _baseline_lines(metrics["baseline"])
     shown = test if test is not None else val
     lines += [f"## Per class ({'test' if test is not None else 'val'})", ""] + _per_class_table(shown) + [""]
-    changes = [(r["epoch"], r.get("unfrozen_groups")) for i, r in enumerate(rows)
+    changes = [(r.get("epoch"), r.get("unfrozen_groups")) for i, r in enumerate(rows)
                if i == 0 or r.get("unfrozen_groups") != rows[i - 1].get("unfrozen_groups")]
     if len(changes) > 1:
         lines += ["## Unfreezing schedule", "",
@@ -186,7 +191,7 @@ def _report_md(out: Path, cfg: Any, metrics: dict[str, Any], figures: dict[str, 
               f"label smoothing {t.label_smoothing:g}, dropout {t.dropout:g}, class weights {t.class_weights}, "
               f"augment {', '.join(cfg.augment) or 'none'}, seed {t.seed}"
               + (f", test-time views {', '.join(t.tta)}" if t.tta else "") + ".",
-              "Files: model.pt, config.yaml (resolved), metrics.json, history.csv, predictions_*.csv.", ""]
+              "Files: model.pt2 (the module), model.pt (facts + state dict), config.yaml (resolved), metrics.json, history.csv, predictions_*.csv.", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
 
