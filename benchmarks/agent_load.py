@@ -8,8 +8,8 @@ Measures, in one run (the same machine and bundle for every figure):
    JPEG decoding and preprocessing.
 2. ``--clients`` concurrent clients × ``--requests`` requests each: errors,
    p50/p99 latency, throughput.
-3. A fleet of ``--fleet`` agents (one process each): rollout time with
-   ``edgetl deploy``'s rollout (canary, then ``--parallel``) against one device.
+(The fleet rollout against one device is benchmarks/fleet_rollout.py; the Lite0 predict overhead
+with medians side by side is benchmarks/predict_overhead.py.)
 
 Prints a table and writes ``benchmarks/results/agent_load.json``.
 
@@ -50,9 +50,9 @@ def pct(values, q):
 
 
 class Agent:
-    """``edgetl agent serve`` in a subprocess on 127.0.0.1."""
+    """``edgetl agent serve`` in a subprocess on 127.0.0.1 (``checkout``: the source tree it runs)."""
 
-    def __init__(self, root: Path, name: str, trust: Path, token: str):
+    def __init__(self, root: Path, name: str, trust: Path, token: str, checkout: Path = ROOT):
         self.state = root / name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -63,7 +63,9 @@ class Agent:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgetl", "agent", "serve", "--state-dir", str(self.state), "--port",
              str(self.port), "--token-file", str(token_file), "--trust", str(trust), "--log-level", "warning"],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+            cwd=checkout, stdout=self.log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{checkout}:{checkout}/plugins"))
+        self.token = token
 
     def wait(self, timeout: float = 120) -> None:
         import httpx
@@ -195,36 +197,6 @@ def measure_load(url: str, token: str, jpeg: bytes, clients: int, requests: int,
             "wall_s": wall, "throughput_rps": len(latencies) / wall}
 
 
-def measure_fleet(root: Path, bundle: Path, pub: Path, n: int, parallel: int) -> dict:
-    from edgetl.deploy.rollout import DeviceTarget, deploy_fleet
-
-    agents = [Agent(root, f"fleet{i}", pub, f"fleet-token-{i:02d}-0123456") for i in range(n)]
-    try:
-        start = time.perf_counter()
-        for agent in agents:
-            agent.wait()
-        boot_s = time.perf_counter() - start
-        targets = [DeviceTarget(f"dev{i}", a.url, f"fleet-token-{i:02d}-0123456") for i, a in enumerate(agents)]
-        start = time.perf_counter()
-        results, ok_one = deploy_fleet(bundle, targets[:1])
-        one_s = time.perf_counter() - start
-        start = time.perf_counter()
-        results, ok_all = deploy_fleet(bundle, targets[1:], parallel=parallel)
-        fleet_s = time.perf_counter() - start
-        per_device = [r.seconds for r in results]
-        start = time.perf_counter()  # again, every device at once after the canary
-        _, ok_wide = deploy_fleet(bundle, targets[1:], parallel=n - 1)
-        wide_s = time.perf_counter() - start
-    finally:
-        for agent in agents:
-            agent.stop()
-    return {"agents": n, "boot_s": boot_s, "one_device_s": one_s, "one_ok": ok_one,
-            "fleet_devices": n - 1, "parallel": parallel, "fleet_s": fleet_s, "fleet_ok": ok_all,
-            "fleet_over_one": fleet_s / one_s, "per_device_p50_s": statistics.median(per_device),
-            "fleet_all_parallel_s": wide_s, "fleet_all_parallel_ok": ok_wide,
-            "per_device_max_s": max(per_device)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path)
@@ -235,8 +207,6 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--client-procs", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)),
                         help="client processes the concurrent clients are spread over")
-    parser.add_argument("--fleet", type=int, default=20)
-    parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "agent_load.json")
     args = parser.parse_args()
 
@@ -257,14 +227,13 @@ def main() -> None:
             load = measure_load(agent.url, "bench-token", jpeg, args.clients, args.requests, args.client_procs)
         finally:
             agent.stop()
-        fleet = measure_fleet(root, bundle, pub, args.fleet, args.parallel)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
     doc = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        "python": platform.python_version()},
            "bundle": str(args.bundle or "tiny test bundle (timm:test_efficientnet, 48x48, onnx fp32)"),
-           "latency": latency, "load": load, "fleet": fleet}
+           "latency": latency, "load": load}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2))
     rows = [
@@ -277,11 +246,6 @@ def main() -> None:
          f"{load['errors']} of {load['total']}"),
         ("  latency p50 / p99", f"{load['p50_ms']:.1f} / {load['p99_ms']:.1f} ms"),
         ("  throughput", f"{load['throughput_rps']:.0f} req/s"),
-        ("rollout to 1 device", f"{fleet['one_device_s']:.2f} s"),
-        (f"rollout to {fleet['fleet_devices']} devices (canary + parallel {fleet['parallel']})",
-         f"{fleet['fleet_s']:.2f} s ({fleet['fleet_over_one']:.1f} x one device, ok={fleet['fleet_ok']})"),
-        (f"rollout to {fleet['fleet_devices']} devices (canary + parallel {fleet['fleet_devices'] - 1})",
-         f"{fleet['fleet_all_parallel_s']:.2f} s (ok={fleet['fleet_all_parallel_ok']})"),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"agent load benchmark on {doc['machine']['cores']} cores, 127.0.0.1 ({doc['bundle']})")

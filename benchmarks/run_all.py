@@ -113,11 +113,20 @@ STEPS = [
     Step("bench", None, _bench_argv, lambda m, t: _newer(f"bench-{m}/bench.json", t), _headline_bench,
          skip_note="needs export_targets' run and bundles (run it first)"),
     Step("agent_load", "agent_load.py",
-         lambda m: (["--n", "50", "--clients", "8", "--requests", "20", "--fleet", "3", "--parallel", "2"]
+         lambda m: (["--n", "50", "--clients", "8", "--requests", "20"]
                     if _quick(m) else []) + ["--out", str(RESULTS / f"agent_load-{m}.json")],
          lambda m, t: _newer(f"agent_load-{m}.json", t),
-         lambda d: {k: d.get("latency", {}).get(k) for k in ("http_p50_ms", "http_p99_ms")} | {
-             "fleet": d.get("fleet")}),
+         lambda d: {k: d.get("latency", {}).get(k) for k in ("http_p50_ms", "http_p99_ms")}),
+    Step("fleet_rollout", "fleet_rollout.py",
+         lambda m: (["--fleet", "3", "--parallel", "2"] if _quick(m) else [])
+         + ["--out", str(RESULTS / f"fleet_rollout-{m}.json")],
+         lambda m, t: _newer(f"fleet_rollout-{m}.json", t),
+         lambda d: {k: d.get(k) for k in ("ratio_cold", "ratio_warm", "ratio_warm_parallel4")}),
+    Step("predict_overhead", "predict_overhead.py",
+         lambda m: (["--rounds", "2", "--block", "10"] if _quick(m) else [])
+         + ["--out", str(RESULTS / f"predict_overhead-{m}.json")],
+         lambda m, t: _newer(f"predict_overhead-{m}.json", t),
+         lambda d: {name: r.get("ratio_http_over_raw") for name, r in d.get("results", {}).items()}),
     Step("textures_calibration", "textures_calibration.py",
          lambda m: ["--json-out", str(RESULTS / f"textures_calibration-{m}.json")],
          lambda m, t: _newer(f"textures_calibration-{m}.json", t),

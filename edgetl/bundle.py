@@ -19,7 +19,7 @@ import os
 import stat
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -97,6 +97,13 @@ def write_bundle(out_path: str | Path, manifest: dict[str, Any], members: dict[s
     return out_path
 
 
+MAX_MANIFEST_BYTES = 1024 * 1024  # a manifest is a few KiB; more is not a bundle edgetl wrote
+MAX_SIGNATURE_BYTES = 64 * 1024
+DEFAULT_MAX_MEMBERS = 10_000
+DEFAULT_MAX_BYTES = 4 * 1024 ** 3  # unpacked size when the caller gives no cap (host-side verify)
+CHUNK = 1 << 20
+
+
 @dataclass
 class Bundle:
     """An opened bundle; nothing is trusted until :func:`verify_bundle` passed."""
@@ -113,6 +120,18 @@ class Bundle:
             raise BundleError(f"{self.path}: member {name!r} is missing")
         return self._zip.read(name)
 
+    def chunks(self, name: str, limit: int | None = None):
+        """Yield member ``name`` in 1 MiB chunks; BundleError past ``limit`` bytes (a zip bomb)."""
+        if name not in self.names:
+            raise BundleError(f"{self.path}: member {name!r} is missing")
+        seen = 0
+        with self._zip.open(name) as src:
+            while chunk := src.read(CHUNK):
+                seen += len(chunk)
+                if limit is not None and seen > limit:
+                    raise BundleError(f"{self.path}: member {name!r} unpacks to more than {limit} bytes")
+                yield chunk
+
     def close(self) -> None:
         self._zip.close()
 
@@ -123,43 +142,73 @@ class Bundle:
         self.close()
 
 
-def open_bundle(path: str | Path) -> Bundle:
+def check_directory(path: Path, infos: list[zipfile.ZipInfo], max_bytes: int, max_members: int) -> None:
+    """Refuse a zip from its directory alone, before any member is read: too many members,
+    duplicates, or more declared uncompressed bytes than ``max_bytes``."""
+    if len(infos) > max_members:
+        raise BundleError(f"{path}: {len(infos)} members, more than the limit of {max_members} (--max-members)")
+    seen: set[str] = set()
+    dupes: set[str] = set()
+    total = 0
+    for info in infos:
+        (dupes if info.filename in seen else seen).add(info.filename)
+        total += info.file_size
+    if dupes:
+        raise BundleError(f"{path}: duplicate members {sorted(dupes)[:5]} (a bundle has each member once)")
+    if total > max_bytes:
+        raise BundleError(f"{path}: uncompressed size {total} bytes exceeds the limit of {max_bytes} bytes")
+
+
+def _read_small(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, path: Path) -> bytes:
+    if info.file_size > limit:
+        raise BundleError(f"{path}: {info.filename} declares {info.file_size} bytes, more than the "
+                          f"{limit} a bundle's {info.filename} may have")
+    with zf.open(info) as src:
+        data = src.read(limit + 1)
+    if len(data) > limit:
+        raise BundleError(f"{path}: {info.filename} unpacks to more than {limit} bytes")
+    return data
+
+
+def open_bundle(path: str | Path, max_bytes: int | None = None, max_members: int | None = None) -> Bundle:
     """Open a bundle and parse its manifest and signature (no verification).
 
+    The zip directory is checked first (:func:`check_directory`), and the manifest
+    and signature are read with their own small caps, so a zip bomb costs no memory.
+
     Raises:
-        BundleError: not a file, not a zip, duplicate members, or a missing or
-            unparsable ``manifest.json`` / ``signature``.
+        BundleError: not a file, not a zip, too many or duplicate members, over the size cap, or a
+            missing, oversized or unparsable ``manifest.json`` / ``signature``.
     """
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"{path}: no such bundle file")
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise BundleError(f"{path}: not an edgetl bundle (not a zip archive: {exc})") from None
-    names = [info.filename for info in zf.infolist()]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        zf.close()
-        raise BundleError(f"{path}: duplicate members {dupes} (a bundle has each member once)")
-    if MANIFEST not in names:
-        zf.close()
-        raise BundleError(f"{path}: not an edgetl bundle (no {MANIFEST})")
-    raw = zf.read(MANIFEST)
     try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        zf.close()
-        raise BundleError(f"{path}: {MANIFEST} is not valid JSON ({exc})") from None
-    signature = None
-    if SIGNATURE in names:
+        infos = zf.infolist()
+        check_directory(path, infos, max_bytes or DEFAULT_MAX_BYTES, max_members or DEFAULT_MAX_MEMBERS)
+        by_name = {info.filename: info for info in infos}
+        if MANIFEST not in by_name:
+            raise BundleError(f"{path}: not an edgetl bundle (no {MANIFEST})")
+        raw = _read_small(zf, by_name[MANIFEST], MAX_MANIFEST_BYTES, path)
         try:
-            signature = json.loads(zf.read(SIGNATURE).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            zf.close()
-            raise SignatureError(f"{path}: {SIGNATURE} is not valid JSON") from None
+            manifest = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{path}: {MANIFEST} is not valid JSON ({exc})") from None
+        signature = None
+        if SIGNATURE in by_name:
+            try:
+                signature = json.loads(_read_small(zf, by_name[SIGNATURE], MAX_SIGNATURE_BYTES, path).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise SignatureError(f"{path}: {SIGNATURE} is not valid JSON") from None
+    except BaseException:
+        zf.close()
+        raise
     return Bundle(path=path, manifest=manifest, manifest_bytes=raw, signature=signature,
-                  names=names, _zip=zf)
+                  names=list(by_name), _zip=zf)
 
 
 def _load_trusted(trusted: Iterable[Any] | None) -> list[Any]:
@@ -168,19 +217,44 @@ def _load_trusted(trusted: Iterable[Any] | None) -> list[Any]:
     return [load_public_key(k) if isinstance(k, (str, Path)) else k for k in (trusted or [])]
 
 
-def verify_bundle(path: str | Path, trusted: Iterable[Any] | None) -> dict[str, Any]:
+def _check_members(bundle: Bundle, listed: dict[str, str], max_bytes: int) -> None:
+    """Every present member is listed and safe; every listed member is present and hashes right
+    (streamed: at most ``max_bytes`` unpacked in all, one chunk in memory)."""
+    present = [n for n in bundle.names if n not in RESERVED and not n.endswith("/")]
+    for name in present:
+        _check_member_name(name)
+        if name not in listed:
+            raise BundleError(f"{bundle.path}: member {name!r} is not listed in the manifest")
+    budget = max_bytes
+    for name, digest in listed.items():
+        if name not in bundle.names:
+            raise BundleError(f"{bundle.path}: member {name!r} listed in the manifest is missing")
+        hasher = hashlib.sha256()
+        for chunk in bundle.chunks(name, budget):
+            hasher.update(chunk)
+            budget -= len(chunk)
+        if hasher.hexdigest() != digest:
+            raise BundleError(f"{bundle.path}: member {name!r} does not match its SHA-256 in the "
+                              "manifest (modified after export)")
+
+
+def verify_bundle(path: str | Path, trusted: Iterable[Any] | None, max_bytes: int | None = None,
+                  max_members: int | None = None) -> dict[str, Any]:
     """Check signature (when keys are given), schema and every member's hash.
 
-    Order: signature first (so nothing from an untrusted source is parsed
-    further), then schema, then hashes and the set of members.
+    Order: the zip directory against the caps, then the signature (so nothing from an
+    untrusted source is parsed further), then schema, then hashes and the set of members.
+
+    Args:
+        max_bytes: cap on the unpacked size (default 4 GiB); max_members: on the member count.
 
     Returns:
         ``{"path", "name", "model_version", "target", "precision", "schema": "ok",
-        "hashes": "ok", "members", "signature": {"signed", "checked", "key_id"}}``.
+        "hashes": "ok", "members", "manifest_sha256", "signature": {"signed", "checked", "key_id"}}``.
 
     Raises:
         SignatureError: unsigned when keys are given, untrusted key, bad signature.
-        BundleError: schema, hash or member problems.
+        BundleError: directory, schema, hash or member problems.
         SignatureNotCheckedError: everything passed but no trusted key was given
             (exit status 3); its ``report`` attribute holds the report.
     """
@@ -188,7 +262,7 @@ def verify_bundle(path: str | Path, trusted: Iterable[Any] | None) -> dict[str, 
     from edgetl.manifest import validate_manifest
 
     keys = _load_trusted(trusted)
-    with open_bundle(path) as bundle:
+    with open_bundle(path, max_bytes, max_members) as bundle:
         sig_report = {"signed": bundle.signature is not None, "checked": False,
                       "key_id": (bundle.signature or {}).get("key_id")}
         if keys:
@@ -198,23 +272,14 @@ def verify_bundle(path: str | Path, trusted: Iterable[Any] | None) -> dict[str, 
             sig_report["checked"] = True
         doc = validate_manifest(bundle.manifest, source=f"{bundle.path.name}: {MANIFEST}")
         listed = dict(doc.files)
-        present = [n for n in bundle.names if n not in RESERVED and not n.endswith("/")]
-        for name in present:
-            _check_member_name(name)
-            if name not in listed:
-                raise BundleError(f"{bundle.path}: member {name!r} is not listed in the manifest")
-        for name, digest in listed.items():
-            if name not in bundle.names:
-                raise BundleError(f"{bundle.path}: member {name!r} listed in the manifest is missing")
-            if sha256_bytes(bundle.read(name)) != digest:
-                raise BundleError(f"{bundle.path}: member {name!r} does not match its SHA-256 in the "
-                                  "manifest (modified after export)")
+        _check_members(bundle, listed, max_bytes or DEFAULT_MAX_BYTES)
         for name in doc.target.files:
             if name not in listed:
                 raise BundleError(f"{bundle.path}: target file {name!r} is not a bundle member")
         report = {"path": str(bundle.path), "name": doc.name, "model_version": doc.model_version,
                   "target": doc.target.format, "precision": doc.target.precision,
-                  "schema": "ok", "hashes": "ok", "members": len(listed), "signature": sig_report}
+                  "schema": "ok", "hashes": "ok", "members": len(listed),
+                  "manifest_sha256": sha256_bytes(bundle.manifest_bytes), "signature": sig_report}
     if not keys:
         exc = SignatureNotCheckedError(f"{path}: schema and hashes ok, but signature not checked "
                                        "(no --trust key given)")
@@ -223,31 +288,37 @@ def verify_bundle(path: str | Path, trusted: Iterable[Any] | None) -> dict[str, 
     return report
 
 
-def extract_bundle(path: str | Path, dest: str | Path, max_bytes: int) -> Path:
+def _check_entry(path: Path, info: zipfile.ZipInfo) -> None:
+    _check_member_name(info.filename)
+    mode = info.external_attr >> 16
+    if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no type recorded
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "a device or special file"
+        raise BundleError(f"{path}: member {info.filename!r} is {kind}; refused")
+
+
+def extract_bundle(path: str | Path, dest: str | Path, max_bytes: int, max_members: int | None = None,
+                   on_write: Callable[[int], None] | None = None) -> Path:
     """Extract a bundle into ``dest`` after checking every entry; return ``dest``.
 
+    The zip directory is checked first (member count, duplicates, declared size); then the
+    bytes actually written are counted against ``max_bytes`` while they stream.
+    ``on_write(total_bytes)`` is called before each chunk is written (the agent's fault injection).
+
     Raises:
-        BundleError: an absolute or ``..`` path, a symlink or device/FIFO entry,
-            or more than ``max_bytes`` uncompressed (declared or actual).
+        BundleError: an absolute or ``..`` path, a symlink or device/FIFO entry, too many
+            members, or more than ``max_bytes`` uncompressed (declared or actual).
     """
     dest = Path(dest)
     path = Path(path)
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise BundleError(f"{path}: not an edgetl bundle (not a zip archive: {exc})") from None
     with zf:
         infos = zf.infolist()
-        total = 0
+        check_directory(path, infos, max_bytes, max_members or DEFAULT_MAX_MEMBERS)
         for info in infos:
-            _check_member_name(info.filename)
-            mode = info.external_attr >> 16
-            if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no type recorded
-                kind = "a symbolic link" if stat.S_ISLNK(mode) else "a device or special file"
-                raise BundleError(f"{path}: member {info.filename!r} is {kind}; refused")
-            total += info.file_size
-            if total > max_bytes:
-                raise BundleError(f"{path}: uncompressed size exceeds the limit of {max_bytes} bytes")
+            _check_entry(path, info)
         dest.mkdir(parents=True, exist_ok=True)
         root = dest.resolve()
         written = 0
@@ -260,10 +331,12 @@ def extract_bundle(path: str | Path, dest: str | Path, max_bytes: int) -> Path:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(info) as src, open(target, "wb") as out:
-                while chunk := src.read(1 << 20):
+                while chunk := src.read(CHUNK):
                     written += len(chunk)
                     if written > max_bytes:
                         raise BundleError(f"{path}: uncompressed size exceeds the limit of {max_bytes} bytes")
+                    if on_write is not None:
+                        on_write(written)
                     out.write(chunk)
     return dest
 

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from edgetl.errors import BundleError
 
 SCHEMA_VERSION = 1
-MEMBER_PATTERN = r"^(model|reference)/[A-Za-z0-9_-][A-Za-z0-9._/-]*$"
+# every path segment starts with a letter, digit, '_' or '-': no '.', '..' or empty segment
+MEMBER_PATTERN = r"^(model|reference)(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$"
 Member = Annotated[str, StringConstraints(pattern=MEMBER_PATTERN)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -119,6 +120,11 @@ class Manifest(_Strict):
     name: str = Field(min_length=1)
     model_version: str = Field(min_length=1)
     created: str
+    bundle_version: int | None = Field(
+        default=None, ge=0,
+        description="monotonic release number: milliseconds since the Unix epoch (UTC) when the bundle was "
+                    "written. The agent refuses a bundle older than the serving one unless a downgrade is "
+                    "allowed; a manifest without it is ordered by its 'created' time")
     task: Literal["classify", "anomaly"]
     labels: list[str] = Field(min_length=1)
     threshold: float | None = None

@@ -62,7 +62,11 @@ def write_token(path: Path, token: str = "s3cret-token-for-tests") -> Path:
 
 
 class ThreadAgent:
-    """An Agent + uvicorn on 127.0.0.1 in this process (a thread per agent)."""
+    """An Agent + uvicorn on 127.0.0.1 in this process (a thread per agent).
+
+    Pipelines may use paths under pytest's temp root (two levels above ``state_dir``) unless
+    ``limits`` says otherwise.
+    """
 
     def __init__(self, state_dir: Path, trusted: list[Path], token: str = "s3cret-token-for-tests",
                  **agent_kwargs: Any):
@@ -70,8 +74,10 @@ class ThreadAgent:
 
         from edgetl.device.agent import Agent
         from edgetl.device.app import create_app
+        from edgetl.device.limits import Limits
 
         self.token = token
+        agent_kwargs.setdefault("limits", Limits(data_roots=(str(Path(state_dir).resolve().parents[1]),)))
         self.agent = Agent(state_dir, trusted, **agent_kwargs)
         self.agent.startup()
         self.port = free_port()
@@ -107,6 +113,7 @@ class ProcessAgent:
                  extra_args: list[str] | None = None, ca: Path | None = None):
         self.port = free_port()
         self.ca = ca
+        self.state_dir = state_dir
         self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
         self.token = token_file.read_text().strip()
         self.block_log = state_dir.parent / f"{state_dir.name}.blocked.log"
@@ -155,8 +162,24 @@ class ProcessAgent:
         self.log.close()
         return self.proc.returncode
 
+    def reset_peak_rss(self) -> int:
+        """Reset the kernel's peak-RSS mark of the agent (``clear_refs``); return its RSS now, bytes."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        return _proc_status(self.proc.pid, "VmRSS")
+
+    def peak_rss(self) -> int:
+        """The agent's peak RSS since the last reset (VmHWM), bytes."""
+        return _proc_status(self.proc.pid, "VmHWM")
+
     def blocked_imports(self) -> list[str]:
         return self.block_log.read_text().split() if self.block_log.exists() else []
+
+
+def _proc_status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
 
 
 def self_signed_cert(folder: Path) -> tuple[Path, Path]:

@@ -253,7 +253,9 @@ def test_bad_requests_get_one_line_errors_without_traces(agent, b):
         assert r.status_code == 503 and "no model installed" in r.json()["error"]
         install(client, b.v1)
         r = client.post("/v1/predict", content=b"garbage", headers={"Content-Type": "image/png"})
-        assert r.status_code == 400 and "not a readable image" in r.json()["error"]
+        assert r.status_code == 415 and "not a readable image" in r.json()["error"]
+        r = client.post("/v1/predict", content=b.jpeg(), headers={"Content-Type": "image/png"})
+        assert r.status_code == 415 and "the data is image/jpeg" in r.json()["error"]
         r = client.post("/v1/predict", content=b.jpeg(), headers={"Content-Type": "text/plain"})
         assert r.status_code == 415
         r = client.post("/v1/predict?heatmap=true", content=b.jpeg(), headers={"Content-Type": "image/jpeg"})

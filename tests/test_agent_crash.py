@@ -112,3 +112,27 @@ def test_kill_at_install_step_then_restart_serves_old_or_new_model(seeded_state,
     pointer = json.loads((state / "current.json").read_text())
     assert sorted(i for i in pointer.values() if i) == models
     assert restarted.blocked_imports() == []
+
+
+def test_kill_during_recovery_then_restart_recovers(seeded_state, b, tmp_path):
+    """A crash at 'load', then a second crash while recovering from it: the third start still ends
+    with v1 serving, the install failed and nothing left over."""
+    seed, token = seeded_state
+    state = tmp_path / "state"
+    shutil.copytree(seed, state)
+    crashing = ProcessAgent(state, [b.pub], token, env={"EDGETL_TEST_CRASH_AT": "load"}).wait_ready()
+    with crashing.client() as client:
+        install_id = upload(client, b.v2).json()["install_id"]
+    crashing.proc.wait(30)
+    crashing.kill()
+    recovering = ProcessAgent(state, [b.pub], token, env={"EDGETL_TEST_CRASH_AT": "recover"})
+    assert recovering.proc.wait(30) == 137
+    recovering.kill()
+    restarted = ProcessAgent(state, [b.pub], token).wait_ready()
+    try:
+        with restarted.client() as client:
+            assert serving(client) == b.v1_version
+            assert client.get(f"/v1/model/install/{install_id}").json()["status"] == "failed"
+    finally:
+        restarted.stop()
+    assert [p.name for p in (state / "staging").iterdir()] == []

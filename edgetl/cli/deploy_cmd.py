@@ -61,11 +61,16 @@ def print_summary(results, title: str) -> None:
               help="Devices installed at once after the canary.")
 @click.option("--no-rollback", is_flag=True, help="On a failure keep the devices already changed.")
 @click.option("--dry-run", is_flag=True, help="Check reachability, token, compatibility and versions only.")
+@click.option("--allow-downgrade", is_flag=True,
+              help="Install even where the device serves a newer bundle (a higher bundle_version).")
 @json_option
-def deploy_command(bundle, device_url, token_file, fleet_file, ca, parallel, no_rollback, dry_run, as_json) -> None:
+def deploy_command(bundle, device_url, token_file, fleet_file, ca, parallel, no_rollback, dry_run, allow_downgrade,
+                   as_json) -> None:
     """Upload BUNDLE, follow each install, print what each device verified.
 
-    Exit status 0 only if every device ends on the new model.
+    Exit status 0 only if every device ends on the new model. A device serving a newer bundle
+    refuses an older one unless --allow-downgrade; one already serving BUNDLE keeps it (a no-op that
+    keeps its rollback target).
 
     \b
       edgetl deploy model.edgetl --device https://cam1:8470 --token-file cam1.token
@@ -79,7 +84,7 @@ def deploy_command(bundle, device_url, token_file, fleet_file, ca, parallel, no_
     if device_url and not token_file:
         raise UsageError("--device needs --token-file")
     done = rollout(bundle, device=device_url, token_file=token_file, fleet=fleet_file, ca=ca, parallel=parallel,
-                   rollback=not no_rollback, dry_run=dry_run, log=info)
+                   rollback=not no_rollback, dry_run=dry_run, log=info, allow_downgrade=allow_downgrade)
     if as_json:
         emit_json(done.to_dict())
     else:

@@ -9,7 +9,8 @@ from typing import Any
 
 from edgetl.errors import DeployError
 
-POLL_S = 0.2
+POLL_S = 0.2  # the longest wait between two status polls
+POLL_FIRST_S = 0.02  # the first: short installs end in a fraction of a second
 
 
 class DeviceClient:
@@ -88,8 +89,11 @@ class DeviceClient:
     def install_status(self, install_id: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/model/install/{install_id}")
 
-    def upload(self, bundle: str | Path) -> str:
-        """Stream the bundle file to ``PUT /v1/model``; return the install id."""
+    def upload(self, bundle: str | Path, allow_downgrade: bool = False) -> str:
+        """Stream the bundle file to ``PUT /v1/model``; return the install id.
+
+        ``allow_downgrade``: install even if the device serves a newer ``bundle_version``.
+        """
         bundle = Path(bundle)
         size = bundle.stat().st_size
 
@@ -98,7 +102,8 @@ class DeviceClient:
                 while chunk := handle.read(1 << 20):
                     yield chunk
 
-        doc = self._request("PUT", "/v1/model", expect=(202,), content=chunks(),
+        params = {"allow_downgrade": "true"} if allow_downgrade else None
+        doc = self._request("PUT", "/v1/model", expect=(202,), content=chunks(), params=params,
                             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
         return doc["install_id"]
 
@@ -107,6 +112,7 @@ class DeviceClient:
         """Poll the install until it is ``installed`` or ``failed``; return the final status."""
         deadline = time.monotonic() + timeout_s
         last = None
+        wait = POLL_FIRST_S
         while True:
             status = self.install_status(install_id)
             key = (status["stage"], round(status["progress"], 2), status.get("detail"))
@@ -118,7 +124,8 @@ class DeviceClient:
             if time.monotonic() > deadline:
                 raise DeployError(f"{self.name}: install {install_id} still at '{status['stage']}' after "
                                   f"{timeout_s:.0f} s")
-            time.sleep(POLL_S)
+            time.sleep(wait)
+            wait = min(POLL_S, wait * 1.5)
 
 
 def _reason(exc: Exception) -> str:

@@ -1,6 +1,6 @@
 """Rollouts: one device, or a fleet with a canary, bounded parallelism and rollback on failure.
 
-Fleet order (DESIGN.md "Deploy"): the first device of the fleet file is the
+Fleet order: the first device of the fleet file is the
 canary; if it ends on the new model, the rest go ``parallel`` at a time. At
 the first failure no further device starts, and every device this rollout
 changed is rolled back (``--no-rollback`` keeps them); a device that had no
@@ -87,7 +87,7 @@ def _serving(info: dict[str, Any]) -> str | None:
 
 
 def install_on(target: DeviceTarget, bundle: Path, ca: str | None,
-               log: Callable[[str], None] = lambda m: None) -> DeviceResult:
+               log: Callable[[str], None] = lambda m: None, allow_downgrade: bool = False) -> DeviceResult:
     """Upload, follow the install, confirm the device serves the new model."""
     from edgetl.bundle import open_bundle
 
@@ -98,7 +98,7 @@ def install_on(target: DeviceTarget, bundle: Path, ca: str | None,
     try:
         with DeviceClient(target.url, target.token, ca=ca, name=target.name) as client:
             result.before = _serving(client.info())
-            result.install_id = client.upload(bundle)
+            result.install_id = client.upload(bundle, allow_downgrade=allow_downgrade)
             log(f"{target.name}: uploaded, install {result.install_id}")
 
             def progress(status: dict[str, Any]) -> None:
@@ -126,6 +126,7 @@ def check_on(target: DeviceTarget, manifest: dict[str, Any], ca: str | None) -> 
     ``incompatible``; ``ok`` when all pass.
     """
     from edgetl.device.compat import check_compatibility
+    from edgetl.device.install import bundle_order
 
     start = time.monotonic()
     result = DeviceResult(target.name, target.url, "ok")
@@ -149,14 +150,41 @@ def check_on(target: DeviceTarget, manifest: dict[str, Any], ca: str | None) -> 
         result.error = f"the bundle ({manifest['size_bytes']} bytes) is over the device's limit"
     if result.before == manifest.get("model_version"):
         result.warnings.append("already serving this model_version")
+    if bundle_order(manifest) < bundle_order(info.get("current")):
+        result.warnings.append("older than the serving bundle (bundle_version): refused unless --allow-downgrade")
     result.seconds = round(time.monotonic() - start, 3)
     return result
 
 
+def _roll_back_changed(results: list[DeviceResult], targets: list[DeviceTarget], ca: str | None,
+                       log: Callable[[str], None]) -> None:
+    """After a failure: roll back every device this rollout changed (one with no model before keeps it)."""
+    by_name = {t.name: t for t in targets}
+    for res in results:
+        if res.result != "installed":
+            continue
+        if res.before is None:
+            res.result = "kept"
+            res.error = "had no model before this rollout: keeps the new one"
+            continue
+        try:
+            with DeviceClient(res.url, by_name[res.name].token, ca=ca, name=res.name) as client:
+                client.rollback()
+                res.after = _serving(client.info())
+            res.result = "rolled_back"
+            log(f"{res.name}: rolled back to {res.after}")
+        except DeployError as exc:
+            res.error = f"rollback failed: {exc}"
+
+
 def deploy_fleet(bundle: str | Path, targets: list[DeviceTarget], ca: str | None = None, parallel: int = 4,
                  rollback: bool = True, dry_run: bool = False,
-                 log: Callable[[str], None] = lambda m: None) -> tuple[list[DeviceResult], bool]:
-    """Roll ``bundle`` out to ``targets``; return (one result per device, True if all ended on it)."""
+                 log: Callable[[str], None] = lambda m: None,
+                 allow_downgrade: bool = False) -> tuple[list[DeviceResult], bool]:
+    """Roll ``bundle`` out to ``targets``; return (one result per device, True if all ended on it).
+
+    ``allow_downgrade`` lets devices serving a newer ``bundle_version`` install it anyway.
+    """
     from edgetl.bundle import open_bundle, verify_bundle
     from edgetl.errors import SignatureNotCheckedError
 
@@ -177,7 +205,7 @@ def deploy_fleet(bundle: str | Path, targets: list[DeviceTarget], ca: str | None
     results: dict[str, DeviceResult] = {}
     canary, rest = targets[0], targets[1:]
     log(f"canary: {canary.name}")
-    results[canary.name] = install_on(canary, bundle, ca, log)
+    results[canary.name] = install_on(canary, bundle, ca, log, allow_downgrade)
     failed = threading.Event()
     if results[canary.name].result != "installed":
         failed.set()
@@ -187,7 +215,7 @@ def deploy_fleet(bundle: str | Path, targets: list[DeviceTarget], ca: str | None
             results[target.name] = DeviceResult(target.name, target.url, "skipped",
                                                 error="not started: an earlier device failed")
             return
-        res = install_on(target, bundle, ca, log)
+        res = install_on(target, bundle, ca, log, allow_downgrade)
         results[target.name] = res
         if res.result != "installed":
             failed.set()
@@ -199,22 +227,7 @@ def deploy_fleet(bundle: str | Path, targets: list[DeviceTarget], ca: str | None
         results.setdefault(target.name, DeviceResult(target.name, target.url, "skipped",
                                                      error="not started: the canary failed"))
     if failed.is_set() and rollback:
-        by_name = {t.name: t for t in targets}
-        for res in results.values():
-            if res.result != "installed":
-                continue
-            if res.before is None:
-                res.result = "kept"
-                res.error = "had no model before this rollout: keeps the new one"
-                continue
-            try:
-                with DeviceClient(res.url, by_name[res.name].token, ca=ca, name=res.name) as client:
-                    client.rollback()
-                    res.after = _serving(client.info())
-                res.result = "rolled_back"
-                log(f"{res.name}: rolled back to {res.after}")
-            except DeployError as exc:
-                res.error = f"rollback failed: {exc}"
+        _roll_back_changed(list(results.values()), targets, ca, log)
     ordered = [results[t.name] for t in targets]
     new_version = manifest.get("model_version")
     return ordered, all(r.result == "installed" and r.after == new_version for r in ordered)

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgetl.device.install import Installer
+from edgetl.device.install import Installer, InstallHooks
 from edgetl.device.journal import Journal
+from edgetl.device.limits import Limits
 from edgetl.device.metrics import Metrics
 from edgetl.device.model import DeviceModel
-from edgetl.device.state import StateDir, atomic_write_json, read_json
+from edgetl.device.state import StateDir, atomic_write_json, fsync_dir, read_json
 from edgetl.errors import ConfigError, EdgetlError
 
 log = logging.getLogger("edgetl.agent")
@@ -42,10 +44,12 @@ class Agent:
         max_bundle_mb: cap on the upload and on the extracted size, in MiB.
         autostart: start the saved pipeline at boot even if it was stopped.
         strict_int8: refuse (not just warn about) INT8 bundles made for CPU features this CPU lacks.
+        limits: every other input cap (:class:`edgetl.device.limits.Limits`); its bundle sizes are
+            replaced by ``max_bundle_mb`` and an empty ``data_roots`` by the state dir.
     """
 
     def __init__(self, state_dir: str | Path, trusted: list[str | Path], max_bundle_mb: float = 512,
-                 autostart: bool = False, strict_int8: bool = False):
+                 autostart: bool = False, strict_int8: bool = False, limits: Limits | None = None):
         from edgetl.keys import load_public_key
 
         if not trusted:
@@ -55,32 +59,61 @@ class Agent:
         self.state = StateDir(state_dir)
         self.journal = Journal(self.state.journal_path)
         self.metrics = Metrics()
-        self.max_bundle_bytes = int(max_bundle_mb * 1024 * 1024)
+        cap = int(max_bundle_mb * 1024 * 1024)
+        limits = limits or Limits()
+        self.limits = replace(limits, bundle_bytes=cap, unpacked_bytes=cap,
+                              data_roots=limits.data_roots or (str(self.state.root.resolve()),))
         self.autostart, self.strict_int8 = autostart, strict_int8
-        self.installer = Installer(self)
+        self.installer = Installer(self.state, self.journal, InstallHooks(
+            trusted_keys=lambda: self.trusted_keys, limits=self.limits, strict_int8=strict_int8, switch=self.switch_to,
+            on_result=lambda result: self.metrics.installs.labels(result=result).inc()))
         self.model: DeviceModel | None = None
+        self.degraded: str | None = None
         self.pipeline = None
         self._switch = threading.Lock()
         self._pipeline_lock = threading.Lock()
+
+    @property
+    def max_bundle_bytes(self) -> int:
+        return self.limits.bundle_bytes
 
     # -- lifecycle -----------------------------------------------------------------
     def startup(self) -> dict[str, Any]:
         """Recover interrupted installs, load the current model, resume the pipeline."""
         recovered = self.installer.recover()
-        pointer = self.state.pointer()
-        if pointer["current"]:
-            try:
-                self.model = self._load(pointer["current"])
-            except Exception as exc:  # the current model no longer loads: serve the previous one
-                log.error("current model %s does not load (%s)", pointer["current"], exc)
-                if not pointer["previous"]:
-                    raise
-                self.model = self._load(pointer["previous"])
-                self.state.set_pointer(pointer["previous"], pointer["current"])
-                self.journal.append(event="rollback", reason=f"current model failed to load: {exc}")
+        self._load_at_start()
         self.metrics.set_model(self.model.name if self.model else None)
         self._resume_pipeline()
         return {"recovered": recovered, "model": self.model.name if self.model else None}
+
+    def _load_at_start(self) -> None:
+        """Load the current model, else the previous one; with neither, start *degraded*: predict answers
+        503, health says why, and an install can still fix the device remotely (no restart loop)."""
+        pointer = self.state.pointer()
+        if not pointer["current"]:
+            return
+        try:
+            self.model = self._load(pointer["current"])
+            return
+        except Exception as exc:  # the current model no longer loads: serve the previous one
+            log.error("current model %s does not load (%s)", pointer["current"], exc)
+            reason = f"the current model does not load ({type(exc).__name__})"
+        if pointer["previous"]:
+            try:
+                self.model = self._load(pointer["previous"])
+                self.state.set_pointer(pointer["previous"], pointer["current"])
+                self.journal.append(event="rollback", reason=f"current model failed to load: {reason}")
+                return
+            except Exception as exc:
+                log.error("previous model %s does not load either (%s)", pointer["previous"], exc)
+        self.degraded = f"no model loads: {reason}; deploy a bundle"
+        log.error("agent degraded: %s", self.degraded)
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok"}``, or ``degraded`` with the reason when no model could be loaded at start."""
+        if self.degraded and self.model is None:
+            return {"status": "degraded", "reason": self.degraded}
+        return {"status": "ok"}
 
     def shutdown(self) -> None:
         """Stop the pipeline (its sinks flush and close); the model stays loaded until the process ends."""
@@ -104,6 +137,7 @@ class Agent:
         with self._switch:
             old = self.state.pointer()["current"]
             staging.rename(self.state.model_dir(install_id))
+            fsync_dir(self.state.model_dir(install_id).parent)
             self.state.set_pointer(install_id, old)
             if crash_hook is not None:
                 crash_hook("switched")
@@ -163,6 +197,22 @@ class Agent:
         self.metrics.observe_prediction(doc, image_bgr, origin)
         return doc
 
+    def predict_bytes(self, body: bytes, heatmap: bool = False, content_type: str | None = None) -> dict[str, Any]:
+        """``POST /v1/predict``: check the image's type and size from its header, decode (reduced when
+        much larger than the network's input), predict; ``heatmap`` adds the anomaly map."""
+        from edgetl.device.images import decode_checked
+
+        model = self.model
+        if model is None:
+            raise NoModelError("no model installed; deploy a bundle first")
+        spec = model.input
+        want = None if (spec.roi or spec.tile) else (spec.size[1], spec.size[0])
+        image = decode_checked(body, self.limits.image_pixels, want, declared=content_type)
+        doc = self.predict_image(image)
+        if heatmap:
+            doc["heatmap_png"] = _heatmap(model, image)
+        return doc
+
     # -- info ---------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         from edgetl.device.facts import device_facts
@@ -173,7 +223,8 @@ class Agent:
                 "previous": self.state.manifest(pointer["previous"]),
                 "serving": {"model": model.name, "install_id": model.install_id, "threshold": model.threshold,
                             "runtime": model.runtime.info()} if model else None,
-                "trusted_keys": self._trusted_ids(), "max_bundle_bytes": self.max_bundle_bytes}
+                "trusted_keys": self._trusted_ids(), "max_bundle_bytes": self.max_bundle_bytes,
+                "limits": {k: v for k, v in asdict(self.limits).items() if k != "data_roots"}}
 
     def _trusted_ids(self) -> list[str]:
         from edgetl.keys import key_id
@@ -188,12 +239,15 @@ class Agent:
                 "status": live, "saved": saved.get("config"), "autostart": self.autostart}
 
     def start_pipeline(self, doc: dict[str, Any], strict: bool = True) -> dict[str, Any]:
+        """Start a pipeline (its paths confined to the data roots); a refused start keeps the last
+        pipeline's status and saved config."""
         from edgetl.device.pipeline import Pipeline, PipelineConfig
 
-        config = PipelineConfig.from_dict(doc)
+        config = PipelineConfig.from_dict(doc).confined(self.limits.data_roots)
         with self._pipeline_lock:
-            if self.pipeline is not None:
-                self.pipeline.stop()
+            old = self.pipeline
+            if old is not None:
+                old.stop()
             pipeline = Pipeline(config, self._pipeline_predict, self.metrics, on_end=self._pipeline_ended)
             saved_before = read_json(self.state.pipeline_path, None)
             # saved and current *before* it starts: a short replay may end (and say so) at once
@@ -202,7 +256,7 @@ class Agent:
             try:
                 pipeline.start(strict=strict)
             except Exception:
-                self.pipeline = None
+                self.pipeline = old
                 if saved_before is None:
                     self.state.pipeline_path.unlink(missing_ok=True)
                 else:
@@ -250,3 +304,20 @@ class _WithInput:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self._model.predict(batch)
+
+
+def _heatmap(model: DeviceModel, image: np.ndarray) -> str:
+    """A base64 PNG of the anomaly map, for anomaly runtimes that expose ``predict_map``."""
+    import base64
+
+    import cv2
+
+    from edgetl.preprocess import preprocess
+
+    if model.task != "anomaly" or not hasattr(model.runtime, "predict_map"):
+        raise ConfigError("heatmap: this model gives no anomaly map (only anomaly models with a map output do)")
+    amap = np.asarray(model.runtime.predict_map(preprocess(image, model.input)))[0]
+    amap = np.clip(amap, 0, 1)
+    colour = cv2.applyColorMap((amap * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    ok, png = cv2.imencode(".png", colour)
+    return base64.b64encode(png.tobytes()).decode("ascii")

@@ -65,7 +65,15 @@ def runtime_facts() -> dict[str, Any]:
 
 
 def device_facts() -> dict[str, Any]:
-    """Everything ``GET /v1/info`` reports about the machine itself."""
+    """Everything ``GET /v1/info`` reports about the machine itself (a copy of one reading per process:
+    none of it changes while the agent runs, and package metadata lookups cost milliseconds)."""
+    import copy
+
+    return copy.deepcopy(_device_facts())
+
+
+@functools.lru_cache(maxsize=1)
+def _device_facts() -> dict[str, Any]:
     from edgetl import __version__
 
     uname = platform.uname()

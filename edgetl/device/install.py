@@ -2,9 +2,13 @@
 
 Stages, in order (each journaled ``begin`` then ``ok``; a failure ``failed``):
 
-1. ``verify``: signature by one of the trusted keys, schema, every member's hash.
+1. ``verify``: signature by one of the trusted keys, schema, every member's hash
+   (the zip directory is checked against the member and size caps first); then
+   the update policy: an older ``bundle_version`` than the serving bundle's is
+   refused unless the upload allowed a downgrade, and the serving bundle itself
+   ends the install here as a no-op (current and previous stay as they are).
 2. ``stage``: extract into ``staging/ID`` (no absolute paths, ``..``, links or
-   devices; total size capped).
+   devices; total size capped); the manifest, the model files and every folder fsync'ed.
 3. ``compatibility``: the target's runtime here, versions, arch, INT8 CPU features.
 4. ``load``: the runtime loads the model (a TensorRT engine is built now and cached).
 5. ``reference``: the bundle's reference images through THIS device's
@@ -17,25 +21,30 @@ memory; after it the new one is. Recovery at start-up therefore only needs to
 ask the pointer: an unfinished install that the pointer names is finished
 (``installed``), any other is undone (``failed``, its files removed).
 
-``EDGETL_TEST_CRASH_AT=<stage>`` (or ``switched``: after the pointer rename,
-before the journal says so) makes the process ``os._exit(137)`` there; tests
-use it to play ``kill -9`` at every step.
+The installer does not know the :class:`edgetl.device.agent.Agent`: it gets
+:class:`InstallHooks`, the few things an install may read or do to it.
+Test-only fault injection (``EDGETL_TEST_CRASH_AT``, ``EDGETL_TEST_DISK_FULL``)
+is described in :mod:`edgetl.device.faults`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
 import shutil
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from edgetl.device.faults import check_disk, crash_point
+from edgetl.device.journal import Journal
+from edgetl.device.limits import Limits
+from edgetl.device.state import StateDir, fsync_tree
 from edgetl.errors import BundleError, EdgetlError, InstallError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from edgetl.device.agent import Agent
 
 log = logging.getLogger("edgetl.agent.install")
 STAGES = ("verify", "stage", "compatibility", "load", "reference", "switch")
@@ -45,18 +54,66 @@ class InstallBusy(EdgetlError):
     """Another upload or install is in progress (installs are serialised)."""
 
 
-def _crash_point(stage: str) -> None:
-    if os.environ.get("EDGETL_TEST_CRASH_AT") == stage:
-        log.error("EDGETL_TEST_CRASH_AT=%s: exiting abruptly", stage)
-        os._exit(137)
+class _Unchanged(Exception):
+    """The upload is the serving bundle: the install ends after verify, changing nothing."""
+
+
+@dataclass
+class InstallHooks:
+    """What an install needs from the agent, and nothing more.
+
+    Attributes:
+        trusted_keys: ``trusted_keys()``: the public keys whose signatures are accepted now.
+        limits: the agent's caps (unpacked size, member count).
+        strict_int8: refuse INT8 bundles chosen for CPU features this CPU lacks.
+        switch: ``switch(install_id, staging, model, crash_hook) -> report``: make the model current.
+        on_result: ``on_result("installed" | "failed")``, for the metrics.
+    """
+
+    trusted_keys: Callable[[], list[Any]]
+    limits: Limits
+    strict_int8: bool
+    switch: Callable[..., dict[str, Any]]
+    on_result: Callable[[str], None] = lambda result: None
+
+
+@dataclass
+class _Job:
+    """One install's working state, passed from stage to stage."""
+
+    install_id: str
+    upload: Path
+    staging: Path
+    status: dict[str, Any]
+    allow_downgrade: bool
+    manifest: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
+
+    @property
+    def report(self) -> dict[str, Any]:
+        return self.status["report"]
+
+
+def bundle_order(manifest: dict[str, Any] | None) -> int:
+    """The monotonic version that orders bundles: ``bundle_version`` (export time in ms), or for a
+    manifest written before it existed, its ``created`` time in ms (0 if unreadable)."""
+    from datetime import datetime
+
+    if not manifest:
+        return 0
+    if isinstance(manifest.get("bundle_version"), int):
+        return manifest["bundle_version"]
+    try:
+        return int(datetime.fromisoformat(str(manifest.get("created"))).timestamp() * 1000)
+    except (TypeError, ValueError):
+        return 0
 
 
 class Installer:
     """Runs one install at a time in a worker thread; keeps every install's status."""
 
-    def __init__(self, agent: "Agent"):
-        self.agent = agent
-        self.state, self.journal = agent.state, agent.journal
+    def __init__(self, state: StateDir, journal: Journal, hooks: InstallHooks):
+        self.state, self.journal, self.hooks = state, journal, hooks
         self._busy = threading.Lock()
         self._status: dict[str, dict[str, Any]] = {}
         self._threads: dict[str, threading.Thread] = {}
@@ -73,19 +130,34 @@ class Installer:
                                     "started": time.time(), "finished": None}
         return install_id
 
-    def abandon(self, install_id: str, error: str) -> None:
+    def abandon(self, install_id: str, error: str = "") -> None:
         """The upload was refused or broke off: forget it and free the slot."""
-        self.state.upload_path(install_id).unlink(missing_ok=True)
-        self._status.pop(install_id, None)
-        self._busy.release()
+        try:
+            self.state.upload_path(install_id).unlink(missing_ok=True)
+        finally:
+            self._status.pop(install_id, None)
+            self._busy.release()
 
-    def start(self, install_id: str, size: int) -> None:
+    def start(self, install_id: str, size: int, allow_downgrade: bool = False) -> None:
         """The upload is on disk: journal it and run the stages in a worker thread."""
-        self.journal.append(event="install", install_id=install_id, stage="upload", status="ok", bytes=size)
+        self.launch(self.accept(install_id, size, allow_downgrade))
+
+    def accept(self, install_id: str, size: int, allow_downgrade: bool = False) -> _Job:
+        """Journal the finished upload and mark the install running; :meth:`launch` runs it."""
         status = self._status[install_id]
+        try:
+            self.journal.append(event="install", install_id=install_id, stage="upload", status="ok", bytes=size)
+        except BaseException:
+            self.abandon(install_id)
+            raise
         status.update(status="running", stage="verify")
-        thread = threading.Thread(target=self._run, args=(install_id,), name=f"install-{install_id}", daemon=True)
-        self._threads[install_id] = thread
+        return _Job(install_id, self.state.upload_path(install_id), self.state.staging_dir(install_id), status,
+                    allow_downgrade)
+
+    def launch(self, job: _Job) -> None:
+        """Run an accepted install's stages in a worker thread."""
+        thread = threading.Thread(target=self._run, args=(job,), name=f"install-{job.install_id}", daemon=True)
+        self._threads[job.install_id] = thread
         thread.start()
 
     def wait(self, install_id: str, timeout: float | None = None) -> dict[str, Any]:
@@ -108,109 +180,168 @@ class Installer:
                 "progress": 1.0, "stages": [], "report": report or {}, "error": last.get("error"),
                 "started": records[0]["time"], "finished": last["time"]}
 
-    # -- the state machine ---------------------------------------------------------
-    def _stage(self, install_id: str, stage: str) -> float:
-        status = self._status[install_id]
-        status["stage"] = stage
-        status["progress"] = STAGES.index(stage) / len(STAGES)
-        self.journal.append(event="install", install_id=install_id, stage=stage, status="begin")
-        _crash_point(stage)
-        return time.monotonic()
+    # -- the stages ------------------------------------------------------------------
+    def _verify(self, job: _Job) -> dict[str, Any]:
+        from edgetl.bundle import verify_bundle
 
-    def _ok(self, install_id: str, stage: str, started: float, **facts: Any) -> None:
-        seconds = round(time.monotonic() - started, 4)
-        self._status[install_id]["stages"].append({"stage": stage, "status": "ok", "seconds": seconds})
-        self.journal.append(event="install", install_id=install_id, stage=stage, status="ok", **facts)
+        verified = verify_bundle(job.upload, self.hooks.trusted_keys(), max_bytes=self.hooks.limits.unpacked_bytes,
+                                 max_members=self.hooks.limits.members)
+        verified["path"] = f"uploads/{job.upload.name}"  # no absolute device paths in reports
+        job.report["verify"] = verified
+        job.report["signature"] = {"key_id": verified["signature"]["key_id"], "checked": True}
+        self._apply_policy(job, verified)
+        return {"model_version": verified["model_version"]}
 
-    def _run(self, install_id: str) -> None:
-        from edgetl.bundle import extract_bundle, verify_bundle
+    def _apply_policy(self, job: _Job, verified: dict[str, Any]) -> None:
+        """Refuse a downgrade (unless allowed); a re-deploy of the serving bundle changes nothing."""
+        from edgetl.bundle import open_bundle
+
+        current = self.state.pointer()["current"]
+        if not current:
+            return
+        serving_raw = (self.state.model_dir(current) / "manifest.json").read_bytes()
+        if hashlib.sha256(serving_raw).hexdigest() == verified["manifest_sha256"]:
+            raise _Unchanged()
+        with open_bundle(job.upload, max_members=self.hooks.limits.members) as bundle:
+            new_order = bundle_order(bundle.manifest)
+        serving = self.state.manifest(current) or {}
+        old_order = bundle_order(serving)
+        job.report["policy"] = {"bundle_version": new_order, "serving_bundle_version": old_order,
+                                "downgrade": new_order < old_order, "allowed": job.allow_downgrade}
+        if new_order < old_order and not job.allow_downgrade:
+            raise InstallError(f"downgrade refused: bundle_version {new_order} ({verified['model_version']}) is "
+                               f"older than the serving {old_order} ({serving.get('model_version')}); deploy "
+                               "with --allow-downgrade to install it anyway")
+
+    def _extract(self, job: _Job) -> dict[str, Any]:
+        import json
+
+        from edgetl.bundle import extract_bundle
+
+        extract_bundle(job.upload, job.staging, self.hooks.limits.unpacked_bytes,
+                       max_members=self.hooks.limits.members, on_write=lambda n: check_disk("extract", n))
+        manifest = json.loads((job.staging / "manifest.json").read_text(encoding="utf-8"))
+        # what serving needs after a power cut: the manifest, the model files and the folders naming them
+        fsync_tree(job.staging, ["manifest.json", *manifest["target"]["files"]])
+        return {}
+
+    def _compatibility(self, job: _Job) -> dict[str, Any]:
+        import json
+
         from edgetl.device.compat import check_compatibility
         from edgetl.device.facts import device_facts
+
+        job.manifest = json.loads((job.staging / "manifest.json").read_text(encoding="utf-8"))
+        job.report["compatibility"] = check_compatibility(job.manifest, device_facts(), self.hooks.strict_int8)
+        return {}
+
+    def _load(self, job: _Job) -> dict[str, Any]:
         from edgetl.device.model import DeviceModel
+
+        status, base = job.status, STAGES.index("load")
+
+        def progress(phase: str, done: float, total: float) -> None:
+            """A TensorRT engine build takes minutes: show its phase and step in the status."""
+            status["detail"] = f"{phase} {done:g}/{total:g}"
+            status["progress"] = (base + min(1.0, done / total if total else 0.0)) / len(STAGES)
+
+        job.model = DeviceModel.load(job.install_id, job.staging, self.state.engines_dir, progress=progress)
+        job.report["runtime"] = job.model.runtime.info()
+        return {}
+
+    def _reference(self, job: _Job) -> dict[str, Any]:
         from edgetl.reference import check_reference
 
-        status = self._status[install_id]
-        report = status["report"]
-        upload = self.state.upload_path(install_id)
-        staging = self.state.staging_dir(install_id)
-        model = None
+        if not job.manifest.get("reference"):
+            raise InstallError("the bundle has no reference set; the device cannot check it (re-export it)")
+        ref = check_reference(job.staging, job.manifest, job.model)
+        job.report["reference"] = ref
+        if ref["n"] == 0:
+            raise InstallError("reference check failed: the bundle's reference set is empty (0 images); "
+                               "re-export it with reference images")
+        if not ref["passed"]:
+            first = "; ".join(ref["failures"][:3])
+            raise InstallError(
+                f"reference check failed on this device: label agreement {ref['label_agreement']:.3f} "
+                f"(need >= {ref['tolerance']['label_agreement']}), max |diff| {ref['max_abs_diff']:.3g} "
+                f"(bound {ref['tolerance']['max_abs_diff']})" + (f": {first}" if first else ""))
+        return {"passed": True, "n": ref["n"]}
+
+    def _switch(self, job: _Job) -> dict[str, Any]:
+        job.report["switch"] = self.hooks.switch(job.install_id, job.staging, job.model, crash_hook=crash_point)
+        return {}
+
+    # -- the state machine ---------------------------------------------------------
+    def _stage_table(self) -> tuple[tuple[str, Callable[[_Job], dict[str, Any]]], ...]:
+        return (("verify", self._verify), ("stage", self._extract), ("compatibility", self._compatibility),
+                ("load", self._load), ("reference", self._reference), ("switch", self._switch))
+
+    def _step(self, job: _Job, stage: str, run: Callable[[_Job], dict[str, Any]]) -> None:
+        job.status["stage"] = stage
+        job.status["progress"] = STAGES.index(stage) / len(STAGES)
+        self.journal.append(event="install", install_id=job.install_id, stage=stage, status="begin",
+                            durable=False)
+        crash_point(stage)
+        started = time.monotonic()
+        facts = run(job)
+        seconds = round(time.monotonic() - started, 4)
+        job.status["stages"].append({"stage": stage, "status": "ok", "seconds": seconds})
+        self.journal.append(event="install", install_id=job.install_id, stage=stage, status="ok", durable=False,
+                            **facts)
+
+    def _run(self, job: _Job) -> None:
         final: dict[str, Any] = {"status": "failed", "error": "internal error: install ended unexpectedly"}
         try:
-            t = self._stage(install_id, "verify")
-            verified = verify_bundle(upload, self.agent.trusted_keys)
-            report["verify"] = verified
-            report["signature"] = {"key_id": verified["signature"]["key_id"], "checked": True}
-            self._ok(install_id, "verify", t, model_version=verified["model_version"])
-
-            t = self._stage(install_id, "stage")
-            extract_bundle(upload, staging, self.agent.max_bundle_bytes)
-            self._ok(install_id, "stage", t)
-
-            t = self._stage(install_id, "compatibility")
-            import json
-
-            manifest = json.loads((staging / "manifest.json").read_text(encoding="utf-8"))
-            report["compatibility"] = check_compatibility(manifest, device_facts(), self.agent.strict_int8)
-            self._ok(install_id, "compatibility", t)
-
-            t = self._stage(install_id, "load")
-
-            def progress(phase: str, done: float, total: float, _base=STAGES.index("load")) -> None:
-                """A TensorRT engine build takes minutes: show its phase and step in the status."""
-                status["detail"] = f"{phase} {done:g}/{total:g}"
-                status["progress"] = (_base + min(1.0, done / total if total else 0.0)) / len(STAGES)
-
-            model = DeviceModel.load(install_id, staging, self.state.engines_dir, progress=progress)
-            report["runtime"] = model.runtime.info()
-            self._ok(install_id, "load", t)
-
-            t = self._stage(install_id, "reference")
-            if not manifest.get("reference"):
-                raise InstallError("the bundle has no reference set; the device cannot check it (re-export it)")
-            ref = check_reference(staging, manifest, model)
-            report["reference"] = ref
-            if not ref["passed"]:
-                first = "; ".join(ref["failures"][:3])
-                raise InstallError(
-                    f"reference check failed on this device: label agreement {ref['label_agreement']:.3f} "
-                    f"(need >= {ref['tolerance']['label_agreement']}), max |diff| {ref['max_abs_diff']:.3g} "
-                    f"(bound {ref['tolerance']['max_abs_diff']})" + (f": {first}" if first else ""))
-            self._ok(install_id, "reference", t, passed=True, n=ref["n"])
-
-            t = self._stage(install_id, "switch")
-            report["switch"] = self.agent.switch_to(install_id, staging, model, crash_hook=_crash_point)
-            self._ok(install_id, "switch", t)
-            self.journal.append(event="install", install_id=install_id, stage="done", status="installed",
-                                report=report)
-            self.agent.metrics.installs.labels(result="installed").inc()
+            try:
+                for stage, run in self._stage_table():
+                    self._step(job, stage, run)
+            except _Unchanged:
+                job.report["switch"] = self._unchanged_report()
+                job.status["stages"].append({"stage": "verify", "status": "ok", "unchanged": True})
+            self.journal.append(event="install", install_id=job.install_id, stage="done", status="installed",
+                                report=job.report)
+            self.hooks.on_result("installed")
             final = {"status": "installed", "progress": 1.0}
         except Exception as exc:  # every failure leaves the previous model serving
-            if model is not None and self.agent.model is not model:
-                model.close()
-            message = str(exc) if isinstance(exc, EdgetlError) else f"internal error: {type(exc).__name__}: {exc}"
-            if not isinstance(exc, EdgetlError):
-                log.exception("install %s failed", install_id)
-            if isinstance(exc, BundleError) and not message.startswith(("bundle", "the bundle")):
-                message = f"bundle refused: {message}"
-            stage = status["stage"]
-            status["stages"].append({"stage": stage, "status": "failed"})
-            if self.state.pointer()["current"] != install_id:
-                shutil.rmtree(staging, ignore_errors=True)
-                shutil.rmtree(self.state.model_dir(install_id), ignore_errors=True)
-            self.journal.append(event="install", install_id=install_id, stage=stage, status="failed",
-                                error=message, report=report)
-            self.agent.metrics.installs.labels(result="failed").inc()
-            final = {"status": "failed", "error": message}
+            final = self._fail(job, exc)
         finally:
             # clean up and free the slot *before* the status says the install ended, so a client that
             # sees "installed"/"failed" finds no leftovers and may upload the next bundle at once
-            upload.unlink(missing_ok=True)
+            job.upload.unlink(missing_ok=True)
             self._busy.release()
-        status.update(finished=time.time(), **final)
+        job.status.update(finished=time.time(), **final)
+
+    def _unchanged_report(self) -> dict[str, Any]:
+        pointer = self.state.pointer()
+        version = (self.state.manifest(pointer["current"]) or {}).get("model_version")
+        return {"from": version, "to": version, "previous_kept": bool(pointer["previous"]), "unchanged": True}
+
+    def _fail(self, job: _Job, exc: Exception) -> dict[str, Any]:
+        if job.model is not None and job.model.install_id == job.install_id \
+                and self.state.pointer()["current"] != job.install_id:
+            job.model.close()
+        message = str(exc) if isinstance(exc, EdgetlError) else f"internal error: {type(exc).__name__}: {exc}"
+        if not isinstance(exc, EdgetlError):
+            log.exception("install %s failed", job.install_id)
+        message = message.replace(str(job.upload), "the bundle").replace(str(self.state.root), "STATE")
+        if isinstance(exc, BundleError) and not message.startswith(("bundle", "the bundle")):
+            message = f"bundle refused: {message}"
+        stage = job.status["stage"]
+        job.status["stages"].append({"stage": stage, "status": "failed"})
+        if self.state.pointer()["current"] != job.install_id:
+            shutil.rmtree(job.staging, ignore_errors=True)
+            shutil.rmtree(self.state.model_dir(job.install_id), ignore_errors=True)
+        try:
+            self.journal.append(event="install", install_id=job.install_id, stage=stage, status="failed",
+                                error=message, report=job.report)
+        except OSError as journal_exc:  # a full disk must not keep the slot or hide the first error
+            log.error("install %s: cannot journal the failure (%s)", job.install_id, journal_exc)
+        self.hooks.on_result("failed")
+        return {"status": "failed", "error": message}
 
     # -- recovery --------------------------------------------------------------------
     def recover(self) -> list[dict[str, Any]]:
-        """Finish or undo installs a crash interrupted; drop files no pointer names.
+        """Finish or undo installs a crash interrupted; drop files no pointer names and stale temp files.
 
         Returns one ``{install_id, stage, outcome}`` per interrupted install.
         """
@@ -218,6 +349,7 @@ class Installer:
         outcomes = []
         for install_id, records in self.journal.unfinished().items():
             stage = records[-1].get("stage")
+            crash_point("recover")
             if pointer["current"] == install_id:
                 self.journal.append(event="install", install_id=install_id, stage="done", status="installed",
                                     recovered=True)

@@ -1,8 +1,11 @@
 """The install journal: an append-only JSON-lines file, fsync'ed per record.
 
-Every install writes ``begin`` before a stage and ``done``/``failed`` after
+Every install writes ``begin`` before a stage and ``ok``/``failed`` after
 it, so after a crash or ``kill -9`` the agent knows which install was half
-done and at which stage. The pointer (``current.json``) says whether the
+done and at which stage. The upload record and the outcome are fsync'ed; the
+per-stage progress records are not (a power cut may lose them, which only
+makes the recovered status name an earlier stage: recovery itself asks the
+pointer). The pointer (``current.json``) says whether the
 switch happened; recovery needs nothing else (see :mod:`edgetl.device.install`).
 Threshold changes and rollbacks are journaled too, for the audit trail.
 """
@@ -26,13 +29,16 @@ class Journal:
         self.path = path
         self._lock = threading.Lock()
 
-    def append(self, **record: Any) -> dict[str, Any]:
+    def append(self, durable: bool = True, **record: Any) -> dict[str, Any]:
+        """Append one record; ``durable=False`` skips the fsync (the record survives a kill -9, which
+        keeps the page cache, but maybe not a power cut): for progress records recovery does not need."""
         record = {"time": time.time(), **record}
         line = json.dumps(record, sort_keys=True) + "\n"
         with self._lock, open(self.path, "a", encoding="utf-8") as out:
             out.write(line)
             out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         return record
 
     def records(self) -> list[dict[str, Any]]:

@@ -65,9 +65,46 @@ class PipelineConfig:
                                                      for s in sinks],
                    source_options=dict(doc.get("source_options") or {}), fps_limit=fps, roi=roi)
 
+    def confined(self, roots: tuple[str, ...] | list[str]) -> "PipelineConfig":
+        """This config with every filesystem path resolved, or ConfigError for one outside ``roots``.
+
+        Paths are the source when it is not a camera index or a URI (``rtsp://``, ``gst:``…), and the
+        values of the path options (:data:`PATH_OPTIONS`) of the source and of every sink. A relative
+        path is taken relative to the first root.
+        """
+        source = self.source
+        if not (source.isdigit() or "://" in source or source.startswith("gst:")):
+            source = confine_path(source, roots, "source")
+        sinks = [{"name": s["name"], "options": _confine_options(s["options"], roots, f"sink {s['name']}")}
+                 for s in self.sinks]
+        return PipelineConfig(source=source, sinks=sinks, fps_limit=self.fps_limit, roi=self.roi,
+                              source_options=_confine_options(self.source_options, roots, "source_options"))
+
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "source_options": self.source_options, "sinks": self.sinks,
                 "fps_limit": self.fps_limit, "roi": self.roi}
+
+
+PATH_OPTIONS = ("dir", "path", "file", "folder", "ca", "certfile", "keyfile")
+
+
+def confine_path(value: str, roots: tuple[str, ...] | list[str], what: str) -> str:
+    """``value`` resolved (links followed), if it lies under one of ``roots``; else ConfigError."""
+    from pathlib import Path
+
+    resolved_roots = [Path(r).resolve() for r in roots]
+    path = Path(value)
+    resolved = (path if path.is_absolute() else resolved_roots[0] / path).resolve()
+    if not any(resolved == root or root in resolved.parents for root in resolved_roots):
+        raise ConfigError(f"pipeline: {what} {value!r} is outside the agent's data roots (--data-root); "
+                          "sources and sinks may only use paths under them")
+    return str(resolved)
+
+
+def _confine_options(options: dict[str, Any], roots: tuple[str, ...] | list[str], what: str) -> dict[str, Any]:
+    return {key: confine_path(str(value), roots, f"{what} option '{key}'")
+            if key in PATH_OPTIONS and isinstance(value, str) and value else value
+            for key, value in options.items()}
 
 
 def open_source(uri: str, options: dict[str, Any]):

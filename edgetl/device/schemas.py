@@ -21,7 +21,8 @@ class ErrorDoc(BaseModel):
 
 
 class HealthDoc(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"]
+    reason: str | None = Field(default=None, description="why no model serves (degraded only)")
 
 
 class InfoDoc(_Open):
@@ -31,6 +32,7 @@ class InfoDoc(_Open):
     serving: dict[str, Any] | None
     trusted_keys: list[str]
     max_bundle_bytes: int
+    limits: dict[str, Any] = Field(default_factory=dict, description="the agent's input caps (docs/deploy.md)")
 
 
 class InstallAccepted(BaseModel):
@@ -65,6 +67,10 @@ class RollbackDoc(BaseModel):
 
 
 class ThresholdRequest(BaseModel):
+    """Strict: ``false``, ``true`` and ``"0.5"`` are refused (422), not coerced to numbers."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
     threshold: float = Field(ge=0, le=1)
 
 
@@ -85,11 +91,15 @@ class PredictDoc(_Open):
 
 
 class SinkSpec(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 class PipelineRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     action: Literal["start", "stop"] = "start"
     source: str | None = None
     source_options: dict[str, Any] = Field(default_factory=dict)

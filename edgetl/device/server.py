@@ -5,8 +5,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgetl.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgetl.device.limits import Limits
 
 log = logging.getLogger("edgetl.agent")
 
@@ -40,9 +44,27 @@ def check_bind(host: str, tls: bool, insecure_http: bool) -> None:
                          "or --insecure-http if the network is trusted")
 
 
+def bind_socket(host: str, port: int):
+    """Bind the listening socket *before* the agent starts, so a taken port is one clear error
+    (not "agent ready" followed by an exit)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); is another agent "
+                          "running there? choose another --port") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str], tls_cert: str | None,
           tls_key: str | None, max_bundle_mb: float, autostart: bool, insecure_http: bool,
-          strict_int8: bool = False, log_level: str = "info") -> None:
+          strict_int8: bool = False, log_level: str = "info", limits: "Limits | None" = None) -> None:
     """Start the agent and serve until interrupted (SIGINT/SIGTERM)."""
     import uvicorn
 
@@ -56,11 +78,14 @@ def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str
             raise ConfigError(f"{name} {value}: file not found")
     check_bind(host, bool(tls_cert), insecure_http)
     token = read_token(token_file)
-    agent = Agent(state_dir, trust, max_bundle_mb=max_bundle_mb, autostart=autostart, strict_int8=strict_int8)
+    sock = bind_socket(host, port)
+    agent = Agent(state_dir, trust, max_bundle_mb=max_bundle_mb, autostart=autostart, strict_int8=strict_int8,
+                  limits=limits)
     started = agent.startup()
-    log.info("agent ready: model %s, state %s", started["model"] or "none", state_dir)
     app = create_app(agent, token)
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
                             log_level=log_level, access_log=False, server_header=False,
                             timeout_keep_alive=30)  # clients and load balancers keep connections longer than 5 s
-    uvicorn.Server(config).run()  # the app's lifespan stops the pipeline on SIGTERM/SIGINT
+    log.info("agent ready on %s:%d: model %s%s", host, port, started["model"] or "none",
+             f" (degraded: {agent.degraded})" if agent.degraded else "")
+    uvicorn.Server(config).run(sockets=[sock])  # the app's lifespan stops the pipeline on SIGTERM/SIGINT

@@ -37,14 +37,32 @@ def atomic_write_json(path: Path, document: Any) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a folder, so the names in it (a rename, a new file) survive a power cut."""
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def fsync_tree(root: Path, files: list[str]) -> None:
+    """fsync ``files`` (relative to ``root``) and every folder under ``root``: an extracted model is
+    on disk before the pointer names it."""
+    for name in files:
+        fd = os.open(root / name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for folder, _dirs, _files in os.walk(root):
+        fsync_dir(Path(folder))
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -97,8 +115,12 @@ class StateDir:
         return read_json(self.model_dir(install_id) / "manifest.json")
 
     def prune(self, keep: set[str], uploads: bool = False) -> list[str]:
-        """Remove models and staging dirs not in ``keep`` (and, with ``uploads``, every upload)."""
+        """Remove models and staging dirs not in ``keep``; with ``uploads`` (at start-up) also every
+        upload and the temp files of an atomic write a crash interrupted (``.current.json.*.tmp``)."""
         removed = []
+        for tmp in self.root.glob(".*.tmp") if uploads else ():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp.name)
         for folder in ("models", "staging"):
             for child in (self.root / folder).iterdir():
                 if child.name not in keep:

@@ -75,7 +75,8 @@ def draft_manifest(*, run: Any, target: Any, profile: Any, step: Any, files: lis
     return {
         "schema_version": SCHEMA_VERSION, "name": run.name,
         "model_version": model_version or f"{run.name}-{now:%Y%m%d}-{digest}",
-        "created": now.isoformat(timespec="seconds"), "task": run.task, "labels": list(run.labels),
+        "created": now.isoformat(timespec="seconds"), "bundle_version": int(now.timestamp() * 1000),
+        "task": run.task, "labels": list(run.labels),
         "threshold": run.threshold, "positive": run.positive, "output": run.output,
         "input": run.input.to_dict(),
         "target": {"format": target.name, "precision": step.precision, "method": step.method,
