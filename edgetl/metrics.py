@@ -4,7 +4,7 @@ The host's ``edgetl eval``, the export gate and the device agent all compute the
 same evaluation document from (labels, probabilities), so it lives here, light
 enough for a device that has neither torch nor scikit-learn.
 
-The document (DESIGN.md, ``eval``)::
+The document (``edgetl eval --json``, docs/schemas/eval.schema.json)::
 
     {accuracy, balanced_accuracy, per_class: {label: {precision, recall, f1, support}},
      confusion_matrix, labels, roc_auc, threshold, recall_at_threshold,
@@ -217,7 +217,7 @@ def _ratio(a: float, b: float) -> float:
 
 def evaluate(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, labels: Sequence[str],
              threshold: float | None = None, positive: str | None = None) -> dict[str, Any]:
-    """The DESIGN.md evaluation document for true indices (N,) and probabilities (N, K).
+    """The evaluation document (``eval --json``) for true indices (N,) and probabilities (N, K).
 
     ``recall_at_threshold`` is the recall of the positive class under the
     operating decision and ``false_reject_rate`` the fraction of the other

@@ -83,7 +83,7 @@ def aggregate_tiles(probs: np.ndarray, labels: list[str], positive: str | None) 
 
 
 def predict_document(predictor: Predictor, image_bgr: np.ndarray) -> dict[str, Any]:
-    """Classify one decoded frame: the DESIGN.md predict document.
+    """Classify one decoded frame: the predict document (docs/schemas/predict.schema.json).
 
     Returns:
         ``{label, scores: {label: probability}, latency_ms, model}``, plus

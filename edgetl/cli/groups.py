@@ -1,6 +1,6 @@
 """The list of built-in commands, in ``--help`` order.
 
-A command of DESIGN.md that is not built yet is a placeholder that says so and
+A documented command that is not built yet is a placeholder that says so and
 exits with status 2: never fake output.
 """
 
