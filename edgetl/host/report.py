@@ -130,6 +130,16 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
     }
 
 
+def _extra_lines(strategy: str, extra: dict[str, Any]) -> list[str]:
+    """``TrainedModel.extra`` as a table (trainable parameters, adapter size, peak memory, ...), if any."""
+    if not extra:
+        return []
+    def fmt(v: Any) -> str:
+        return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{v:.4g}" if isinstance(v, float) else str(v)
+    return ["## Strategy", "", f"Facts `{strategy}` reported (`metrics.json` → `strategy_extra`):", "",
+            "| fact | value |", "|---|---|", *[f"| {k} | {fmt(v)} |" for k, v in extra.items()], ""]
+
+
 def _report_md(out: Path, cfg: Any, metrics: dict[str, Any], figures: dict[str, Path | None],
                rows: list[dict[str, Any]]) -> None:
     val, test = metrics["final"]["val"], metrics["final"]["test"]
@@ -168,6 +178,7 @@ def _report_md(out: Path, cfg: Any, metrics: dict[str, Any], figures: dict[str, 
                   f"({100 * base['delta_val']:+.1f} points)"
                   + (f"; test accuracy {100 * base['delta_test_accuracy']:+.1f} points."
                      if base.get("delta_test_accuracy") is not None else "."), ""]
+    lines += _extra_lines(metrics["strategy"], metrics.get("strategy_extra") or {})
     shown = test if test is not None else val
     lines += [f"## Per class ({'test' if test is not None else 'val'})", ""] + _per_class_table(shown) + [""]
     changes = [(r.get("epoch"), r.get("unfrozen_groups")) for i, r in enumerate(rows)
