@@ -87,7 +87,7 @@ class TrainConfig(_Strict):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     grad_clip: float | None = Field(default=None, gt=0)
     threshold: ThresholdPolicy = Field(default_factory=ThresholdPolicy)
-    baseline: Literal["none", "scratch", "linear-probe"] = "none"
+    baseline: Literal["none", "scratch", "linear-probe", "finetune"] = "none"
     seed: int = 0
     tta: list[str] = Field(default_factory=list)
 

@@ -132,13 +132,15 @@ def test_lora_exported_graph_has_only_the_plain_models_ops(tmp_path):
 
 
 def test_lora_trains_exports_and_reports(tmp_path, data):
-    summary, metrics = train(tmp_path, data, "lora", {"r": 2, "alpha": 4, "groups": 3})
+    summary, metrics = train(tmp_path, data, "lora", {"r": 2, "alpha": 4, "groups": 3},
+                             overrides=["train.baseline=linear-probe"])
     extra = metrics["strategy_extra"]
     assert extra["lora_rank"] == 2 and extra["adapter_params"] > 0 and extra["adapter_bytes"] > 0
     assert extra["trainable_params"] < extra["total_params"] / 2
     assert extra["train_peak_mb"] >= extra["train_peak_increase_mb"] >= 0
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Strategy" in report and "adapter_params" in report
+    assert metrics["baseline"]["strategy"] == "linear-probe" and "## Negative-transfer check" in report
     result = export_onnx(tmp_path / "run", tmp_path / "lora.edgetl")
     assert result.bundle.is_file() and any(a["passed"] for a in result.attempts)
 
@@ -168,7 +170,10 @@ def test_dann_lambda_schedule_rises_from_zero_to_almost_one():
 
 
 def test_dann_trains_drops_the_domain_head_and_exports(tmp_path, data):
-    summary, metrics = train(tmp_path, data, "dann", {"domain_hidden": 8})
+    summary, metrics = train(tmp_path, data, "dann", {"domain_hidden": 8}, overrides=["train.baseline=finetune"])
+    # the source-only baseline: finetune on the same labelled data, no target images
+    assert metrics["baseline"]["kind"] == "finetune" and metrics["baseline"]["strategy"] == "finetune"
+    assert isinstance(metrics["baseline"]["helped"], bool)
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert "domain_loss" in history[0] and "grl_lambda" in history[0]
     assert metrics["strategy_extra"]["target_images"] == 12

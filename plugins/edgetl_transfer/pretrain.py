@@ -11,6 +11,7 @@ backbone. The rotation head is dropped: the returned module is finetune's.
 options:
     pretrain_epochs: epochs of stage 1 over the unlabelled images (default 3).
     pretrain_lr: its AdamW learning rate (default ``train.lr``).
+    pretrain_images: use at most this many unlabelled images (a seeded sample; null = all).
     finetune: options of the finetune stage (``unfreeze``, ``lr_decay``, ``freeze_bn``, ``hidden``).
 """
 
@@ -35,7 +36,7 @@ def rotations(x: Any) -> tuple[Any, Any]:
     return torch.cat(views), labels
 
 
-def pretrain_rotation(ctx: FitContext, epochs: int, lr: float) -> list[dict[str, Any]]:
+def pretrain_rotation(ctx: FitContext, epochs: int, lr: float, limit: int | None = None) -> list[dict[str, Any]]:
     """Stage 1 on ``ctx.module`` (in place); one dict per epoch (loss, rotation accuracy, seconds)."""
     import torch
     import torch.nn.functional as F
@@ -51,7 +52,10 @@ def pretrain_rotation(ctx: FitContext, epochs: int, lr: float) -> list[dict[str,
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=ctx.config.train.weight_decay)
     gen = torch.Generator().manual_seed(ctx.config.train.seed)
     per_batch = max(1, ctx.config.train.batch_size // 4)  # each image becomes four
-    loader = torch.utils.data.DataLoader(ctx.unlabeled.dataset, batch_size=per_batch, shuffle=True, generator=gen)
+    images = ctx.unlabeled.dataset
+    if limit is not None and limit < len(images):
+        images = torch.utils.data.Subset(images, torch.randperm(len(images), generator=gen)[:limit].tolist())
+    loader = torch.utils.data.DataLoader(images, batch_size=per_batch, shuffle=True, generator=gen)
     rows = []
     for epoch in range(epochs):
         backbone.train()
@@ -79,7 +83,7 @@ class IntermediatePretrain(Strategy):
     description = "self-supervised rotation prediction on data.target_unlabeled, then finetune on the labels"
     requires = ("torch",)
     extra = "train"
-    DEFAULTS = {"pretrain_epochs": 3, "pretrain_lr": None, "finetune": {}}
+    DEFAULTS = {"pretrain_epochs": 3, "pretrain_lr": None, "pretrain_images": None, "finetune": {}}
 
     def fit(self, ctx: FitContext) -> TrainedModel:
         from edgetl.training import PeakMemory
@@ -91,6 +95,10 @@ class IntermediatePretrain(Strategy):
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ConfigError(f"strategy.options.pretrain_epochs: expected a number of epochs >= 0, got {epochs!r} "
                               f"({self.name})")
+        limit = opts["pretrain_images"]
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ConfigError(f"strategy.options.pretrain_images: expected a positive number or null, got {limit!r} "
+                              f"({self.name})")
         lr = positive_float(self.name, "pretrain_lr", opts["pretrain_lr"] or ctx.config.train.lr)
         if not isinstance(opts["finetune"], dict):
             raise ConfigError(f"strategy.options.finetune: expected a mapping of finetune options, "
@@ -98,11 +106,12 @@ class IntermediatePretrain(Strategy):
         side = ctx.input.size if ctx.input is not None else (0, 0)
         if side[0] != side[1]:
             raise ConfigError(f"strategy {self.name}: rotation prediction needs square inputs, got {side[0]}x{side[1]}")
-        ctx.progress(f"{self.name}: rotation prediction on {len(ctx.unlabeled)} unlabelled images for {epochs} "
+        used = len(ctx.unlabeled) if limit is None else min(limit, len(ctx.unlabeled))
+        ctx.progress(f"{self.name}: rotation prediction on {used} unlabelled images for {epochs} "
                      f"epochs (lr {lr:g}), then finetune", 0, epochs)
         t0 = time.perf_counter()
         with PeakMemory(ctx.device) as memory:
-            rows = pretrain_rotation(ctx, epochs, lr)
+            rows = pretrain_rotation(ctx, epochs, lr, limit)
             pretrain_s = time.perf_counter() - t0
             trained = Finetune().fit(dataclasses.replace(ctx, options=dict(opts["finetune"])))
         trained.extra.update({"target_images": len(ctx.unlabeled), "pretrain_epochs": epochs,

@@ -1,0 +1,140 @@
+"""Transfer-learning strategies on ELPV, on this machine: two tables.
+
+``peft``: LoRA vs finetune vs linear-probe (binary ELPV, all cell types):
+test accuracy, trainable parameters, peak training memory, training time.
+``shift``: a real domain shift, monocrystalline -> polycrystalline cells:
+labelled mono images train (mono val selects), the unlabelled poly *train*
+images are the target domain, the labelled poly *test* images evaluate;
+source-only finetune vs ``dann`` vs ``intermediate-pretrain`` on the same split.
+
+Each run is one child process (``--child``) that trains in-process inside
+:class:`edgetl.training.PeakMemory` (RSS sampled every 5 ms: the peak increase
+over the RSS before training is the comparable figure) and writes one JSON.
+The data comes from ``edgetl data elpv OUT --cell-type {all,mono,poly}``.
+
+    python benchmarks/transfer_elpv.py --data /tmp/elpv --table peft --size 128 --epochs 2
+    python benchmarks/transfer_elpv.py --data /tmp/elpv --table shift
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TRAIN = {"batch_size": 32, "optimizer": "adamw", "weight_decay": 0.01, "label_smoothing": 0.1, "dropout": 0.2,
+         "schedule": {"kind": "cosine", "warmup_epochs": 0}, "class_weights": "sqrt", "grad_clip": 5.0,
+         "early_stopping": {"metric": "balanced_accuracy", "patience": None}, "seed": 0}
+PEFT = {"finetune": ("finetune", {"unfreeze": "all", "lr_decay": 0.8}, 1e-3),
+        "lora": ("lora", {"r": 8, "alpha": 16}, 3e-3),
+        "linear-probe": ("linear-probe", {}, 3e-3)}
+SHIFT = {"source-only finetune": ("finetune", {"unfreeze": "all", "lr_decay": 0.8}, 1e-3),
+         "dann": ("dann", {"lr_decay": 0.8, "weight": 0.3}, 1e-3),
+         "intermediate-pretrain": ("intermediate-pretrain",
+                                   {"pretrain_epochs": 1, "pretrain_images": 384, "pretrain_lr": 3e-4,
+                                    "finetune": {"unfreeze": "all", "lr_decay": 0.8}}, 1e-3)}
+
+
+def config(name: str, strategy: str, options: dict, lr: float, data: dict, size: int, epochs: int) -> dict:
+    return {"name": name, "data": data, "backbone": {"name": "efficientnet_lite0", "pretrained": True},
+            "strategy": {"name": strategy, "options": options},
+            "train": {**TRAIN, "epochs": epochs, "lr": lr, "image_size": size}, "augment": ["hflip", "vflip"]}
+
+
+def child(cfg_path: str, out: str, result: str) -> None:
+    """Train one config in this process, measuring peak memory; write the result JSON."""
+    import resource
+
+    from edgetl.host.engine import train_from_file
+    from edgetl.training import PeakMemory
+
+    t0 = time.perf_counter()
+    with PeakMemory("cpu") as mem:
+        summary = train_from_file(cfg_path, out=out, device="cpu", force=True, log=lambda m: print(m, flush=True))
+    metrics = json.loads((Path(out) / "metrics.json").read_text())
+    Path(result).write_text(json.dumps({
+        "summary": summary, "seconds": time.perf_counter() - t0, "fit_seconds": metrics["timing"]["fit_seconds"],
+        "extra": metrics["strategy_extra"], "memory": mem.facts("process"),
+        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "trainable_params": max(int(r.get("trainable_params") or 0) for r in _history(Path(out))),
+    }, indent=2))
+
+
+def _history(run: Path) -> list[dict]:
+    import csv
+
+    with (run / "history.csv").open() as fh:
+        return [r for r in csv.DictReader(fh) if r.get("trainable_params")]
+
+
+def run_table(table: dict, data: dict, args: argparse.Namespace, work: Path) -> dict:
+    results = {}
+    for label, (strategy, options, lr) in table.items():
+        slug = label.replace(" ", "-")
+        cfg = work / f"{slug}.yaml"
+        cfg.write_text(yaml.safe_dump(config(slug, strategy, options, lr, data, args.size, args.epochs)))
+        out, res = work / "runs" / slug, work / f"{slug}.json"
+        cmd = [sys.executable, __file__, "--child", str(cfg), str(out), str(res)]
+        print("$ " + " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+        results[label] = json.loads(res.read_text())
+    return results
+
+
+def row(label: str, r: dict) -> str:
+    test = r["summary"]["test"] or {}
+    return (f"| {label} | {100 * test.get('accuracy', float('nan')):.1f} | "
+            f"{100 * test.get('balanced_accuracy', float('nan')):.1f} | {100 * r['summary']['val']['balanced_accuracy']:.1f} | "
+            f"{r['trainable_params']:,} | {r['extra'].get('adapter_bytes', 0) / 1024:.0f} | "
+            f"{r['memory']['process_peak_increase_mb']:.0f} | {r['memory']['process_peak_mb']:.0f} | "
+            f"{r['fit_seconds'] / 60:.1f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", nargs=3, metavar=("CONFIG", "OUT", "RESULT"), help=argparse.SUPPRESS)
+    ap.add_argument("--data", default="data", help="folder holding elpv_all, elpv_mono, elpv_poly")
+    ap.add_argument("--table", choices=("peft", "shift"), action="append")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--work", default="runs/bench-transfer")
+    ap.add_argument("--results", default="benchmarks/results/transfer_elpv.json")
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    data, work = Path(args.data), Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results_path = Path(args.results)
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for table in args.table or ["peft", "shift"]:
+        if table == "peft":
+            d = {k: str(data / "elpv_all" / k) for k in ("train", "val", "test")}
+            results["peft"] = run_table(PEFT, d, args, work)
+        else:
+            d = {"train": str(data / "elpv_mono" / "train"), "val": str(data / "elpv_mono" / "val"),
+                 "test": str(data / "elpv_poly" / "test"), "target_unlabeled": str(data / "elpv_poly" / "train")}
+            results["shift"] = run_table(SHIFT, d, args, work)
+        results["settings"] = {"size": args.size, "epochs": args.epochs, "cpus": os.cpu_count(),
+                               "load_average": os.getloadavg()}
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=2))
+    head = ("| run | test acc % | test bal. acc % | val bal. acc % | trainable params | adapter KiB | "
+            "peak RSS increase MB | peak RSS MB | train min |\n|---|---|---|---|---|---|---|---|---|")
+    for table in ("peft", "shift"):
+        if table in results:
+            print(f"\n{table}\n{head}")
+            for label, r in results[table].items():
+                print(row(label, r))
+
+
+if __name__ == "__main__":
+    main()
