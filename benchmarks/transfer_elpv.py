@@ -1,11 +1,14 @@
 """Transfer-learning strategies on ELPV, on this machine: two tables.
 
-``peft``: LoRA vs finetune vs linear-probe (binary ELPV, all cell types):
-test accuracy, trainable parameters, peak training memory, training time.
+``peft``: LoRA vs finetune vs linear-probe (binary ELPV, monocrystalline
+cells: mono train, mono val selects, mono test): test accuracy, trainable
+parameters, peak training memory, training time.
 ``shift``: a real domain shift, monocrystalline -> polycrystalline cells:
-labelled mono images train (mono val selects), the unlabelled poly *train*
-images are the target domain, the labelled poly *test* images evaluate;
-source-only finetune vs ``dann`` vs ``intermediate-pretrain`` on the same split.
+the same labelled mono train/val, the unlabelled poly *train* images are the
+target domain, the labelled poly *test* images evaluate; ``dann`` and
+``intermediate-pretrain`` against source-only models, which are the ``peft``
+table's runs (trained on mono only, the same selection) evaluated on the poly
+test images with ``edgetl eval``.
 
 Each run is one child process (``--child``) that trains in-process inside
 :class:`edgetl.training.PeakMemory` (RSS sampled every 5 ms: the peak increase
@@ -36,10 +39,9 @@ TRAIN = {"batch_size": 32, "optimizer": "adamw", "weight_decay": 0.01, "label_sm
 PEFT = {"finetune": ("finetune", {"unfreeze": "all", "lr_decay": 0.8}, 1e-3),
         "lora": ("lora", {"r": 8, "alpha": 16}, 3e-3),
         "linear-probe": ("linear-probe", {}, 3e-3)}
-SHIFT = {"source-only finetune": ("finetune", {"unfreeze": "all", "lr_decay": 0.8}, 1e-3),
-         "dann": ("dann", {"lr_decay": 0.8, "weight": 0.3}, 1e-3),
+SHIFT = {"dann": ("dann", {"lr_decay": 0.8, "weight": 0.3}, 1e-3),
          "intermediate-pretrain": ("intermediate-pretrain",
-                                   {"pretrain_epochs": 1, "pretrain_images": 384, "pretrain_lr": 3e-4,
+                                   {"pretrain_epochs": 1, "pretrain_images": 256, "pretrain_lr": 3e-4,
                                     "finetune": {"unfreeze": "all", "lr_decay": 0.8}}, 1e-3)}
 
 
@@ -89,6 +91,12 @@ def run_table(table: dict, data: dict, args: argparse.Namespace, work: Path) -> 
     return results
 
 
+def eval_on(run: Path, folder: Path) -> dict:
+    """``edgetl eval RUN FOLDER --json`` (the run's stored operating point)."""
+    cmd = [sys.executable, "-m", "edgetl", "eval", str(run), str(folder), "--json"]
+    return json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout)
+
+
 def row(label: str, r: dict) -> str:
     test = r["summary"]["test"] or {}
     return (f"| {label} | {100 * test.get('accuracy', float('nan')):.1f} | "
@@ -117,7 +125,7 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for table in args.table or ["peft", "shift"]:
         if table == "peft":
-            d = {k: str(data / "elpv_all" / k) for k in ("train", "val", "test")}
+            d = {k: str(data / "elpv_mono" / k) for k in ("train", "val", "test")}
             results["peft"] = run_table(PEFT, d, args, work)
         else:
             d = {"train": str(data / "elpv_mono" / "train"), "val": str(data / "elpv_mono" / "val"),
@@ -127,6 +135,11 @@ def main() -> None:
                                "load_average": os.getloadavg()}
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2))
+    if "peft" in results:
+        results["source_only_on_poly"] = {label: eval_on(work / "runs" / label.replace(" ", "-"),
+                                                         data / "elpv_poly" / "test")
+                                          for label in results["peft"]}
+        results_path.write_text(json.dumps(results, indent=2))
     head = ("| run | test acc % | test bal. acc % | val bal. acc % | trainable params | adapter KiB | "
             "peak RSS increase MB | peak RSS MB | train min |\n|---|---|---|---|---|---|---|---|---|")
     for table in ("peft", "shift"):
@@ -134,6 +147,9 @@ def main() -> None:
             print(f"\n{table}\n{head}")
             for label, r in results[table].items():
                 print(row(label, r))
+    for label, doc in results.get("source_only_on_poly", {}).items():
+        print(f"source-only {label} on poly test: accuracy {100 * doc['accuracy']:.1f} %, "
+              f"balanced accuracy {100 * doc['balanced_accuracy']:.1f} % (n={doc['n']})")
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ def test_lora_exported_graph_has_only_the_plain_models_ops(tmp_path):
 
 def test_lora_trains_exports_and_reports(tmp_path, data):
     summary, metrics = train(tmp_path, data, "lora", {"r": 2, "alpha": 4, "groups": 3},
-                             overrides=["train.baseline=linear-probe"])
+                             overrides=["train.baseline=linear-probe", "slices=[{name: cls, folder: 1}]"])
     extra = metrics["strategy_extra"]
     assert extra["lora_rank"] == 2 and extra["adapter_params"] > 0 and extra["adapter_bytes"] > 0
     assert extra["trainable_params"] < extra["total_params"] / 2
@@ -141,6 +141,8 @@ def test_lora_trains_exports_and_reports(tmp_path, data):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Strategy" in report and "adapter_params" in report
     assert metrics["baseline"]["strategy"] == "linear-probe" and "## Negative-transfer check" in report
+    assert {r["slice"] for r in metrics["slices"]["val"]["cls"]} == {"good", "defect"}  # per-slice report
+    assert "## Per slice" in report and "### `cls` (val)" in report
     result = export_onnx(tmp_path / "run", tmp_path / "lora.edgetl")
     assert result.bundle.is_file() and any(a["passed"] for a in result.attempts)
 

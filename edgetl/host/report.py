@@ -101,6 +101,7 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
         "final": {"val": val_doc, "test": test_doc},
         "baseline": baseline, "timing": timing, "skipped_images": data.skipped,
         "strategy_extra": trained.extra,
+        "slices": _slices(cfg, data, trained, val_probs, test_probs),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float), encoding="utf-8")
     figures = {
@@ -128,6 +129,33 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
             "kind", "metric", "main_val", "baseline_val", "delta_val", "helped", "delta_test_accuracy", "seconds")},
         "seconds": timing["total_seconds"],
     }
+
+
+def _slices(cfg: Any, data: Any, trained: TrainedModel, val_probs: np.ndarray,
+            test_probs: np.ndarray | None) -> dict[str, Any] | None:
+    """Per-slice metrics of val (and test) for the config's ``slices`` (None without any)."""
+    if not cfg.slices:
+        return None
+    from edgetl.slices import slice_report
+
+    out = {"val": slice_report(cfg.slices, data.val.labels, val_probs, data.classes, data.val.paths,
+                               trained.threshold, trained.positive)}
+    if test_probs is not None:
+        out["test"] = slice_report(cfg.slices, data.test.labels, test_probs, data.classes, data.test.paths,
+                                   trained.threshold, trained.positive)
+    return out
+
+
+def _slice_lines(slices: dict[str, Any] | None) -> list[str]:
+    if not slices:
+        return []
+    from edgetl.slices import markdown
+
+    split = "test" if "test" in slices else "val"
+    return ["## Per slice", "",
+            "Accuracy and recall of the positive class at the operating point per slice, with 95 % Wilson "
+            "intervals; a slice is flagged when the rest's figure lies above its interval.", "",
+            *markdown(slices[split], split)]
 
 
 def _extra_lines(strategy: str, extra: dict[str, Any]) -> list[str]:
@@ -179,6 +207,7 @@ def _report_md(out: Path, cfg: Any, metrics: dict[str, Any], figures: dict[str, 
                   + (f"; test accuracy {100 * base['delta_test_accuracy']:+.1f} points."
                      if base.get("delta_test_accuracy") is not None else "."), ""]
     lines += _extra_lines(metrics["strategy"], metrics.get("strategy_extra") or {})
+    lines += _slice_lines(metrics.get("slices"))
     shown = test if test is not None else val
     lines += [f"## Per class ({'test' if test is not None else 'val'})", ""] + _per_class_table(shown) + [""]
     changes = [(r.get("epoch"), r.get("unfrozen_groups")) for i, r in enumerate(rows)
