@@ -20,10 +20,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from edgetl.api import FitContext, Strategy, TrainedModel
-from edgetl.errors import ConfigError
 from edgetl_strategies.finetune import COMMON, build_model
 from edgetl_strategies.options import freeze_bn, positive_float, resolve
+
+from edgetl.api import FitContext, Strategy, TrainedModel
+from edgetl.errors import ConfigError
 
 
 def lambda_schedule(progress: float, gamma: float = 10.0) -> float:

@@ -23,10 +23,11 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from edgetl.api import FitContext, Strategy, TrainedModel
-from edgetl.errors import ConfigError
 from edgetl_strategies.finetune import build_model
 from edgetl_strategies.options import positive_float, resolve
+
+from edgetl.api import FitContext, Strategy, TrainedModel
+from edgetl.errors import ConfigError
 
 LAYER_KINDS = ("conv", "linear")
 

@@ -21,9 +21,10 @@ import dataclasses
 import time
 from typing import Any
 
+from edgetl_strategies.options import positive_float, resolve
+
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError
-from edgetl_strategies.options import positive_float, resolve
 from edgetl_transfer.dann import needs_unlabeled
 
 
@@ -86,8 +87,9 @@ class IntermediatePretrain(Strategy):
     DEFAULTS = {"pretrain_epochs": 3, "pretrain_lr": None, "pretrain_images": None, "finetune": {}}
 
     def fit(self, ctx: FitContext) -> TrainedModel:
-        from edgetl.training import PeakMemory
         from edgetl_strategies.finetune import Finetune
+
+        from edgetl.training import PeakMemory
 
         needs_unlabeled(ctx, self.name)
         opts = resolve(self.name, ctx.options, self.DEFAULTS)
