@@ -73,9 +73,11 @@ def edgetl_quantizers(register: Callable[["Quantizer"], None]) -> None:
         ``key`` (target, precision, method), e.g. ``("onnx", "int8", "ptq")``,
         says what it does.
 
-    ``quantize(files, out_dir, calibration, options)`` turns the target's FP32
-    files into the lower precision. Accuracy is always measured after
-    quantizing, by the core's gate.
+    ``quantize(files, out_dir, ctx)`` turns the target's FP32 files into the
+    lower precision, given a typed :class:`edgetl.api.QuantizeContext`
+    (calibration batches, validation set, gate settings, progress, time
+    budget, model facts), and returns the written files. Accuracy is always
+    measured after quantizing, by the core's gate.
     """
 
 
@@ -88,9 +90,11 @@ def edgetl_targets(register: Callable[["Target"], None]) -> None:
         (torch allowed); its ``load`` runs on the device and must not import
         torch.
 
-    ``export(model, example, out_dir, options)`` writes the FP32 files;
-    ``load(files, manifest, options)`` returns an ``edgetl.api.Runtime`` whose
-    ``predict`` maps ``(N, 3, H, W)`` float32 to the model output.
+    ``export(model, example, out_dir, spec)`` writes the FP32 files, given an
+    :class:`edgetl.api.ExportSpec`; ``load(files, manifest, options)``
+    receives the validated :class:`edgetl.manifest.Manifest` and returns an
+    ``edgetl.api.Runtime`` whose ``predict`` maps ``(N, 3, H, W)`` float32 to
+    the model output.
     ``precisions`` and ``fallback`` describe the chain ``--precision auto``
     walks.
     """
