@@ -84,11 +84,48 @@ def run_table(table: dict, data: dict, args: argparse.Namespace, work: Path) -> 
         cfg = work / f"{slug}.yaml"
         cfg.write_text(yaml.safe_dump(config(slug, strategy, options, lr, data, args.size, args.epochs)))
         out, res = work / "runs" / slug, work / f"{slug}.json"
+        if args.reuse and res.is_file():
+            results[label] = json.loads(res.read_text())
+            continue
         cmd = [sys.executable, __file__, "--child", str(cfg), str(out), str(res)]
         print("$ " + " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         results[label] = json.loads(res.read_text())
     return results
+
+
+def latency(runs: dict[str, Path], size: int, repeats: int = 60) -> dict:
+    """ONNX Runtime latency (batch 1, one thread) of each run's exported module, interleaved; medians in ms.
+
+    Also the ONNX operator multiset of each graph: a merged LoRA model must equal the finetune one.
+    """
+    from collections import Counter
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from edgetl.host.run import load_run
+    from edgetl.plugins import get_manager
+
+    target = get_manager().get("target", "onnx")
+    sessions, ops = {}, {}
+    for label, run in runs.items():
+        files = target.export(load_run(run).model.eval(), torch.randn(1, 3, size, size), run / "onnx-latency", {})
+        path = str(next(f for f in files if str(f).endswith(".onnx")))
+        ops[label] = dict(Counter(n.op_type for n in onnx.load(path).graph.node))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        sessions[label] = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    times: dict[str, list[float]] = {label: [] for label in sessions}
+    for _ in range(repeats):
+        for label, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, {s.get_inputs()[0].name: x})
+            times[label].append(1000 * (time.perf_counter() - t0))
+    return {label: {"median_ms": float(np.median(t[5:])), "ops": ops[label]} for label, t in times.items()}
 
 
 def eval_on(run: Path, folder: Path) -> dict:
@@ -114,6 +151,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--work", default="runs/bench-transfer")
+    ap.add_argument("--reuse", action="store_true", help="keep the runs of --work that already have a result")
     ap.add_argument("--results", default="benchmarks/results/transfer_elpv.json")
     args = ap.parse_args()
     if args.child:
@@ -140,6 +178,14 @@ def main() -> None:
                                                          data / "elpv_poly" / "test")
                                           for label in results["peft"]}
         results_path.write_text(json.dumps(results, indent=2))
+        if "lora" in results["peft"] and "finetune" in results["peft"]:
+            results["latency"] = latency({k: work / "runs" / k for k in ("finetune", "lora")}, args.size)
+            results_path.write_text(json.dumps(results, indent=2))
+    for label, r in results.get("latency", {}).items():
+        print(f"ONNX Runtime latency, batch 1, one thread: {label} {r['median_ms']:.2f} ms (median)")
+    if "latency" in results:
+        print("same ONNX operators (finetune vs merged lora):",
+              results["latency"]["finetune"]["ops"] == results["latency"]["lora"]["ops"])
     head = ("| run | test acc % | test bal. acc % | val bal. acc % | trainable params | adapter KiB | "
             "peak RSS increase MB | peak RSS MB | train min |\n|---|---|---|---|---|---|---|---|---|")
     for table in ("peft", "shift"):
