@@ -37,10 +37,10 @@ def train(tmp_path, data, strategy, options=None, overrides=(), **kw):
     return summary, json.loads((tmp_path / "run" / "metrics.json").read_text())
 
 
-def export_onnx(run_dir, out):
+def export_onnx(run_dir, out, fmt="onnx"):
     from edgetl.host.export import ExportOptions, export_run
 
-    options = ExportOptions(format="onnx", precision="fp32", calib_count=8, out=out, gate=100.0,
+    options = ExportOptions(format=fmt, precision="fp32", calib_count=8, out=out, gate=100.0,
                             min_agreement=0.0, latency_runs=0)
     return export_run(run_dir, options)
 
@@ -144,6 +144,9 @@ def test_lora_trains_exports_and_reports(tmp_path, data):
     assert {r["slice"] for r in metrics["slices"]["val"]["cls"]} == {"good", "defect"}  # per-slice report
     assert "## Per slice" in report and "### `cls` (val)" in report
     result = export_onnx(tmp_path / "run", tmp_path / "lora.edgetl")
+    assert result.bundle.is_file() and any(a["passed"] for a in result.attempts)
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'edgetl[openvino]')")
+    result = export_onnx(tmp_path / "run", tmp_path / "lora-ov.edgetl", fmt="openvino")
     assert result.bundle.is_file() and any(a["passed"] for a in result.attempts)
 
 
