@@ -115,7 +115,9 @@ class IntermediatePretrain(Strategy):
         with PeakMemory(ctx.device) as memory:
             rows = pretrain_rotation(ctx, epochs, lr, limit)
             pretrain_s = time.perf_counter() - t0
-            trained = Finetune().fit(dataclasses.replace(ctx, options=dict(opts["finetune"])))
+            stage = Finetune()
+            stage.name = self.name  # the finetune rows and checkpoint carry this run's strategy name
+            trained = stage.fit(dataclasses.replace(ctx, options=dict(opts["finetune"])))
         trained.extra.update({"target_images": len(ctx.unlabeled), "pretrain_epochs": epochs,
                               "rotation_accuracy": rows[-1]["rotation_accuracy"] if rows else None,
                               **memory.facts()})
