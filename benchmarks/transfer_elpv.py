@@ -106,13 +106,15 @@ def latency(runs: dict[str, Path], size: int, repeats: int = 60) -> dict:
     import onnxruntime as ort
     import torch
 
+    from edgetl.api import ExportSpec
     from edgetl.host.run import load_run
     from edgetl.plugins import get_manager
 
     target = get_manager().get("target", "onnx")
     sessions, ops = {}, {}
     for label, run in runs.items():
-        files = target.export(load_run(run).model.eval(), torch.randn(1, 3, size, size), run / "onnx-latency", {})
+        files = target.export(load_run(run).model.eval(), torch.randn(1, 3, size, size), run / "onnx-latency",
+                              ExportSpec())
         path = str(next(f for f in files if str(f).endswith(".onnx")))
         ops[label] = dict(Counter(n.op_type for n in onnx.load(path).graph.node))
         opts = ort.SessionOptions()

@@ -58,9 +58,11 @@ def tiny_classifier(seed=0):
 def onnx_op_types(module, tmp_path, name):
     import onnx
 
+    from edgetl.api import ExportSpec
     from edgetl.plugins import get_manager
 
-    files = get_manager().get("target", "onnx").export(module.eval(), torch.randn(1, 3, 32, 32), tmp_path / name, {})
+    files = get_manager().get("target", "onnx").export(module.eval(), torch.randn(1, 3, 32, 32), tmp_path / name,
+                                                       ExportSpec())
     model = onnx.load(str(next(f for f in files if str(f).endswith(".onnx"))))
     return Counter(n.op_type for n in model.graph.node)
 
