@@ -17,6 +17,10 @@ The data comes from ``edgetl data elpv OUT --cell-type {all,mono,poly}``.
 
     python benchmarks/transfer_elpv.py --data /tmp/elpv --table peft --size 128 --epochs 2
     python benchmarks/transfer_elpv.py --data /tmp/elpv --table shift
+
+With both tables present, the mono-trained finetune, dann and
+intermediate-pretrain runs are also evaluated per cell type on the mono and
+poly test images together (``eval --slice cell_type=...``).
 """
 
 from __future__ import annotations
@@ -130,9 +134,32 @@ def latency(runs: dict[str, Path], size: int, repeats: int = 60) -> dict:
     return {label: {"median_ms": float(np.median(t[5:])), "ops": ops[label]} for label, t in times.items()}
 
 
-def eval_on(run: Path, folder: Path) -> dict:
+def combined_test(data: Path, out: Path) -> Path:
+    """mono and poly *test* images in one labelled folder (symlinks) + manifest.csv with their cell_type."""
+    import csv
+
+    if (out / "manifest.csv").is_file():
+        return out
+    rows = []
+    for cell in ("mono", "poly"):
+        with (data / f"elpv_{cell}" / "manifest.csv").open() as fh:
+            for r in csv.DictReader(fh):
+                if r["split"] == "test":
+                    src = (data / f"elpv_{cell}" / r["file"]).resolve()
+                    dst = out / r["label"] / f"{cell}_{src.name}"
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    dst.symlink_to(src)
+                    rows.append({"file": f"{r['label']}/{dst.name}", "label": r["label"], "cell_type": cell})
+    with (out / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["file", "label", "cell_type"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def eval_on(run: Path, folder: Path, *extra: str) -> dict:
     """``edgetl eval RUN FOLDER --json`` (the run's stored operating point)."""
-    cmd = [sys.executable, "-m", "edgetl", "eval", str(run), str(folder), "--json"]
+    cmd = [sys.executable, "-m", "edgetl", "eval", str(run), str(folder), "--json", *extra]
     return json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout)
 
 
@@ -183,6 +210,17 @@ def main() -> None:
         if "lora" in results["peft"] and "finetune" in results["peft"]:
             results["latency"] = latency({k: work / "runs" / k for k in ("finetune", "lora")}, args.size)
             results_path.write_text(json.dumps(results, indent=2))
+    if "peft" in results and "shift" in results:  # per cell type: every mono-trained model, held-out images only
+        combo = combined_test(data, work / "mono+poly-test")
+        results["bias"] = {label: eval_on(work / "runs" / label.replace(" ", "-"), combo,
+                                          "--slice", f"cell_type={combo / 'manifest.csv'}")["slices"]["cell_type"]
+                           for label in ("finetune", "dann", "intermediate-pretrain")}
+        results_path.write_text(json.dumps(results, indent=2))
+    for label, rows in results.get("bias", {}).items():
+        print(f"per cell type, {label}: " + "; ".join(
+            f"{r['slice']} accuracy {100 * r['accuracy']:.1f} % "
+            f"({100 * r['accuracy_ci95'][0]:.1f}-{100 * r['accuracy_ci95'][1]:.1f})"
+            + (" FLAGGED" if r["flag_accuracy"] or r["flag_recall"] else "") for r in rows))
     for label, r in results.get("latency", {}).items():
         print(f"ONNX Runtime latency, batch 1, one thread: {label} {r['median_ms']:.2f} ms (median)")
     if "latency" in results:
