@@ -67,7 +67,12 @@ def prepare_out(out: Path, resume: bool, force: bool, info: DistInfo) -> dict[st
             raise UsageError(f"{out}: nothing to resume (no {CHECKPOINT}); train it without --resume")
         import torch
 
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:  # tensors and plain values only: never unpickle objects
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise UsageError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}; one written "
+                             "by an older edgetl holds objects this version will not unpickle): "
+                             "train again with --force") from None
     dist.barrier(info)
     if force and out.exists() and info.is_main:
         shutil.rmtree(out)
