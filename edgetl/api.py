@@ -268,7 +268,7 @@ class FitContext:
     feature_passes: list[dict[str, Any]] = field(default_factory=list)
 
 
-BASELINE_KINDS = ("scratch", "linear-probe")
+BASELINE_KINDS = ("scratch", "linear-probe", "finetune")
 """Kinds of negative-transfer baseline (``train.baseline``) a strategy may offer."""
 
 
@@ -292,7 +292,9 @@ class Strategy(Component):
         The engine asks the registry for a strategy answering the run's
         ``train.baseline``: ``scratch`` (the same architecture from random
         weights, given the main run's time as ``ctx.time_budget_s``) or
-        ``linear-probe`` (a frozen pretrained backbone). None (the default):
+        ``linear-probe`` (a frozen pretrained backbone) or ``finetune`` (the
+        pretrained backbone fine-tuned on the labelled data alone: the
+        source-only baseline of a domain-adaptation strategy). None (the default):
         this strategy does not offer that baseline.
         """
         return None

@@ -88,7 +88,7 @@ class TrainConfig(_Strict):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     grad_clip: float | None = Field(default=None, gt=0)
     threshold: ThresholdPolicy = Field(default_factory=ThresholdPolicy)
-    baseline: Literal["none", "scratch", "linear-probe"] = "none"
+    baseline: Literal["none", "scratch", "linear-probe", "finetune"] = "none"
     baseline_budget: Literal["wall_clock", "epochs"] = "wall_clock"
     seed: int = 0
     tta: list[str] = Field(default_factory=list)
@@ -110,6 +110,21 @@ AUGMENTATIONS = ("hflip", "vflip", "rot90", "color_jitter", "random_resized_crop
                  "cutout", "mixup", "cutmix")
 
 
+class SliceConfig(_Strict):
+    """One slice attribute of the per-slice report: a manifest column or a folder level."""
+
+    name: str
+    manifest: str | None = None
+    column: str | None = None
+    folder: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.manifest is None) == (self.folder is None):
+            raise ValueError(f"slice '{self.name}': give exactly one of manifest (with column) or folder")
+        return self
+
+
 class RunConfig(_Strict):
     name: str
     data: DataConfig
@@ -118,6 +133,7 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     augment: list[str] = Field(default_factory=lambda: ["hflip", "vflip", "rot90", "color_jitter"])
     loggers: list[LoggerConfig] = Field(default_factory=list)
+    slices: list[SliceConfig] = Field(default_factory=list)
 
     @field_validator("augment")
     @classmethod

@@ -42,6 +42,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "edgetl_sinks",
     "edgetl_onnx",
     "edgetl_strategies",
+    "edgetl_transfer",
     "edgetl_openvino",
     "edgetl_tensorrt",
     "edgetl_loggers",

@@ -66,8 +66,12 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, devi
 @click.argument("data_dir", type=click.Path(), metavar="DATA_DIR")
 @click.option("--batch", type=int, default=32, show_default=True, help="Images per inference batch.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed) instead of stopping.")
+@click.option("--slice", "slices", multiple=True, metavar="NAME=folder:N|NAME=CSV[:COLUMN]",
+              help="Per-slice metrics by a folder level of the image path or a manifest column (repeatable; "
+                   "a run's own config 'slices' apply when none is given).")
 @json_option
-def eval_command(model: str, data_dir: str, batch: int, skip_bad: bool, as_json: bool) -> None:
+def eval_command(model: str, data_dir: str, batch: int, skip_bad: bool, slices: tuple[str, ...],
+                 as_json: bool) -> None:
     """Evaluate a run or a bundle on a labelled image folder (one sub-folder per class).
 
     Applies the stored operating point; figures are fractions in [0, 1].
@@ -76,8 +80,10 @@ def eval_command(model: str, data_dir: str, batch: int, skip_bad: bool, as_json:
     from edgetl.metrics import wilson_interval
     from edgetl.workflow import load
 
+    model_dir = model
     model = load(model)
-    doc = model.evaluate(data_dir, batch=batch, skip_bad=skip_bad, log=info)
+    doc = model.evaluate(data_dir, batch=batch, skip_bad=skip_bad, log=info,
+                         slices=_slice_specs(slices, model_dir))
     if as_json:
         emit_json(doc)
         return
@@ -95,6 +101,36 @@ def eval_command(model: str, data_dir: str, batch: int, skip_bad: bool, as_json:
         pc = doc["per_class"][c]
         click.echo(f"{c:<{width}}  {fmt.prob(pc['precision']):<9}  {fmt.prob(pc['recall']):<6}  "
                    f"{fmt.prob(pc['f1']):<5}  {pc['support']}")
+    if doc.get("slices"):
+        from edgetl.slices import markdown
+
+        click.echo("\n".join(markdown(doc["slices"], Path(data_dir).name)))
+
+
+def _slice_specs(given: tuple[str, ...], model: str) -> list:
+    """``--slice`` values as SliceConfigs, else the run's config ``slices`` (none for a bundle)."""
+    from edgetl.config import SliceConfig
+    from edgetl.errors import UsageError
+
+    specs = []
+    for item in given:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise UsageError(f"--slice {item}: expected NAME=folder:N or NAME=MANIFEST.csv[:COLUMN]")
+        if source.startswith("folder:"):
+            level = source.split(":", 1)[1]
+            if not level.isdigit() or int(level) < 1:
+                raise UsageError(f"--slice {item}: folder level must be a whole number >= 1")
+            specs.append(SliceConfig(name=name, folder=int(level)))
+        else:
+            path, _, column = source.partition(".csv")
+            specs.append(SliceConfig(name=name, manifest=path + ".csv", column=column.lstrip(":") or None))
+    if specs or not (Path(model) / "config.yaml").is_file():
+        return specs
+    import yaml
+
+    config = yaml.safe_load((Path(model) / "config.yaml").read_text(encoding="utf-8")) or {}
+    return [SliceConfig(**s) for s in config.get("slices") or []]
 
 
 @click.command("predict")

@@ -153,7 +153,7 @@ class Trainer:
         state = {"dist": self.info, "spec": self.spec, "history": self.history,  # deprecated copies
                  "checkpoint": checkpoint, "resume_state": resume_state, "time_budget_s": time_budget_s}
         return FitContext(backbone=self.backbone, module=module, train=data.train, val=data.val,
-                          labels=data.classes, options=dict(options), config=self.cfg, device=self.device,
+                          unlabeled=data.unlabeled, labels=data.classes, options=dict(options), config=self.cfg, device=self.device,
                           progress=self.progress, log_epoch=lambda row: self.log_epoch(row, tag),
                           state=state, dist=self.info, input=self.spec, checkpoint=checkpoint,
                           resume_state=resume_state, time_budget_s=time_budget_s, history=self.history)

@@ -125,6 +125,7 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
                          "test": None if test_doc is None else evaluate(data.test.labels, test_probs, labels)},
         "baseline": baseline, "timing": timing, "skipped_images": data.skipped,
         "strategy_extra": trained.extra,
+        "slices": _slices(cfg, data, trained, val_probs, test_probs),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float), encoding="utf-8")
     figures = {
@@ -155,6 +156,43 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
     }
 
 
+def _slices(cfg: Any, data: Any, trained: TrainedModel, val_probs: np.ndarray,
+            test_probs: np.ndarray | None) -> dict[str, Any] | None:
+    """Per-slice metrics of val (and test) for the config's ``slices`` (None without any)."""
+    if not cfg.slices:
+        return None
+    from edgetl.slices import slice_report
+
+    out = {"val": slice_report(cfg.slices, data.val.labels, val_probs, data.classes, data.val.paths,
+                               trained.threshold, trained.positive)}
+    if test_probs is not None:
+        out["test"] = slice_report(cfg.slices, data.test.labels, test_probs, data.classes, data.test.paths,
+                                   trained.threshold, trained.positive)
+    return out
+
+
+def _slice_lines(slices: dict[str, Any] | None) -> list[str]:
+    if not slices:
+        return []
+    from edgetl.slices import markdown
+
+    split = "test" if "test" in slices else "val"
+    return ["## Per slice", "",
+            "Accuracy and recall of the positive class at the operating point per slice, with 95 % Wilson "
+            "intervals; a slice is flagged when the rest's figure lies above its interval.", "",
+            *markdown(slices[split], split)]
+
+
+def _extra_lines(strategy: str, extra: dict[str, Any]) -> list[str]:
+    """``TrainedModel.extra`` as a table (trainable parameters, adapter size, peak memory, ...), if any."""
+    if not extra:
+        return []
+    def fmt(v: Any) -> str:
+        return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{v:.4g}" if isinstance(v, float) else str(v)
+    return ["## Strategy", "", f"Facts `{strategy}` reported (`metrics.json` → `strategy_extra`):", "",
+            "| fact | value |", "|---|---|", *[f"| {k} | {fmt(v)} |" for k, v in extra.items()], ""]
+
+
 def _report_md(out: Path, cfg: Any, metrics: dict[str, Any], figures: dict[str, Path | None],
                rows: list[dict[str, Any]]) -> None:
     val, test = metrics["final"]["val"], metrics["final"]["test"]
@@ -176,6 +214,8 @@ def _report_md(out: Path, cfg: Any, metrics: dict[str, Any], figures: dict[str, 
               ""]
     if metrics["baseline"]:
         lines += _baseline_lines(metrics["baseline"])
+    lines += _extra_lines(metrics["strategy"], metrics.get("strategy_extra") or {})
+    lines += _slice_lines(metrics.get("slices"))
     shown = test if test is not None else val
     lines += [f"## Per class ({'test' if test is not None else 'val'})", ""] + _per_class_table(shown) + [""]
     changes = [(r.get("epoch"), r.get("unfrozen_groups")) for i, r in enumerate(rows)

@@ -26,6 +26,7 @@ class RunData:
     test: Split | None
     classes: list[str]
     skipped: list[str]
+    unlabeled: Split | None = None
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +70,21 @@ def _split(name: str, items: list[Any], classes: list[str], spec: InputSpec, aug
     return Split(name, dataset, plain, labels, [Path(s.path) for s in items])
 
 
+def _load_unlabeled(path: str, classes: list[str], spec: InputSpec, augment: list[str], seed: int,
+                    skip_bad: bool, skipped: list[str]) -> Split:
+    """``data.target_unlabeled``: every image under DIR (any folder layout), label -1, run's augmentation."""
+    from edgetl.data.folder import Sample, Samples, check_images, list_images
+
+    root = Path(path)
+    images = list_images(root) if root.is_dir() else []
+    if not images:
+        raise DataError(f"data.target_unlabeled: {root}: expected a directory with images "
+                        f"({'no such directory' if not root.is_dir() else 'none found'})")
+    samples = check_images(Samples([Sample(p, -1) for p in images], list(classes)), skip_bad=skip_bad)
+    skipped.extend(str(p) for p in samples.skipped)
+    return _split("unlabeled", samples.items, classes, spec, augment, True, seed)
+
+
 def load_run_data(config: Any, spec: InputSpec, skip_bad: bool = False) -> RunData:
     """Train, val (folder or stratified ``val_split``) and optional test splits of a run config."""
     data, seed = config.data, config.train.seed
@@ -87,8 +103,10 @@ def load_run_data(config: Any, spec: InputSpec, skip_bad: bool = False) -> RunDa
         val_items = [train_items[i] for i in held]
         train_items = [train_items[i] for i in keep]
     test_items = list(_load(data.test, "data.test", skip_bad, skipped, classes).items) if data.test else None
+    unlabeled = (_load_unlabeled(data.target_unlabeled, classes, spec, config.augment, seed, skip_bad, skipped)
+                 if data.target_unlabeled else None)
     return RunData(
         train=_split("train", train_items, classes, spec, config.augment, True, seed),
         val=_split("val", val_items, classes, spec, [], False, seed),
         test=_split("test", test_items, classes, spec, [], False, seed) if test_items else None,
-        classes=classes, skipped=skipped)
+        classes=classes, skipped=skipped, unlabeled=unlabeled)

@@ -100,8 +100,12 @@ class Model:
         return list(self.stream(sources, save=save, maps=maps))
 
     def evaluate(self, folder: str | Path, *, batch: int = 32, skip_bad: bool = False,
-                 log: Log | None = None) -> dict[str, Any]:
+                 log: Log | None = None, slices: Any = ()) -> dict[str, Any]:
         """Evaluate on a labelled folder (one sub-folder per class) under the stored operating point.
+
+        Args:
+            slices: :class:`edgetl.config.SliceConfig` items; when given, the document gains
+                ``slices`` (per-slice metrics with Wilson intervals, docs/training.md).
 
         Returns:
             The ``eval --json`` document (docs/schemas/eval.schema.json): accuracy, balanced accuracy,
@@ -127,8 +131,15 @@ class Model:
             if done % step == 0 or done == total:
                 log(f"  {done}/{total} images")
 
-        probs = predict_files(predictor, [s.path for s in samples.items], batch_size=batch, progress=progress)
-        return evaluate(y, probs, predictor.labels, predictor.threshold, predictor.positive)
+        paths = [s.path for s in samples.items]
+        probs = predict_files(predictor, paths, batch_size=batch, progress=progress)
+        doc = evaluate(y, probs, predictor.labels, predictor.threshold, predictor.positive)
+        if slices:
+            from edgetl.slices import slice_report
+
+            doc["slices"] = slice_report(slices, y, probs, predictor.labels, paths,
+                                         predictor.threshold, predictor.positive)
+        return doc
 
     def export(self, format: str, *, precision: str = "auto", sign: Any = None, target: str | Path | None = None,
                out: str | Path | None = None, log: Log | None = stderr_log, **options: Any) -> Bundle:

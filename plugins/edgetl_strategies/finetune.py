@@ -73,7 +73,11 @@ class Finetune(Strategy):
     DEFAULTS = {"unfreeze": "all", **COMMON}
 
     def baseline_options(self, kind: str) -> dict[str, Any] | None:
-        """The ``scratch`` baseline: every layer trains, one learning rate, BatchNorm statistics training."""
+        """``scratch``: every layer trains, one learning rate, BatchNorm statistics training;
+        ``finetune``: this strategy with its defaults (the source-only baseline of ``dann`` and
+        ``intermediate-pretrain``, which learn from unlabelled target images too)."""
+        if kind == "finetune":
+            return {}
         return {"unfreeze": "all", "lr_decay": 1.0, "freeze_bn": False} if kind == "scratch" else None
 
     def fit(self, ctx: FitContext) -> TrainedModel:

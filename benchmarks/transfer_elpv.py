@@ -1,0 +1,242 @@
+"""Transfer-learning strategies on ELPV, on this machine: two tables.
+
+``peft``: LoRA vs finetune vs linear-probe (binary ELPV, monocrystalline
+cells: mono train, mono val selects, mono test): test accuracy, trainable
+parameters, peak training memory, training time.
+``shift``: a real domain shift, monocrystalline -> polycrystalline cells:
+the same labelled mono train/val, the unlabelled poly *train* images are the
+target domain, the labelled poly *test* images evaluate; ``dann`` and
+``intermediate-pretrain`` against source-only models, which are the ``peft``
+table's runs (trained on mono only, the same selection) evaluated on the poly
+test images with ``edgetl eval``.
+
+Each run is one child process (``--child``) that trains in-process inside
+:class:`edgetl.training.PeakMemory` (RSS sampled every 5 ms: the peak increase
+over the RSS before training is the comparable figure) and writes one JSON.
+The data comes from ``edgetl data elpv OUT --cell-type {all,mono,poly}``.
+
+    python benchmarks/transfer_elpv.py --data /tmp/elpv --table peft --size 128 --epochs 2
+    python benchmarks/transfer_elpv.py --data /tmp/elpv --table shift
+
+With both tables present, the mono-trained finetune, dann and
+intermediate-pretrain runs are also evaluated per cell type on the mono and
+poly test images together (``eval --slice cell_type=...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TRAIN = {"batch_size": 32, "optimizer": "adamw", "weight_decay": 0.01, "label_smoothing": 0.1, "dropout": 0.2,
+         "schedule": {"kind": "cosine", "warmup_epochs": 0}, "class_weights": "sqrt", "grad_clip": 5.0,
+         "early_stopping": {"metric": "balanced_accuracy", "patience": None}, "seed": 0}
+PEFT = {"finetune": ("finetune", {"unfreeze": "all", "lr_decay": 0.8}, 1e-3),
+        "lora": ("lora", {"r": 8, "alpha": 16}, 3e-3),
+        "linear-probe": ("linear-probe", {}, 3e-3)}
+SHIFT = {"dann": ("dann", {"lr_decay": 0.8, "weight": 0.3}, 1e-3),
+         "intermediate-pretrain": ("intermediate-pretrain",
+                                   {"pretrain_epochs": 1, "pretrain_images": 256, "pretrain_lr": 3e-4,
+                                    "finetune": {"unfreeze": "all", "lr_decay": 0.8}}, 1e-3)}
+
+
+def config(name: str, strategy: str, options: dict, lr: float, data: dict, size: int, epochs: int) -> dict:
+    return {"name": name, "data": data, "backbone": {"name": "efficientnet_lite0", "pretrained": True},
+            "strategy": {"name": strategy, "options": options},
+            "train": {**TRAIN, "epochs": epochs, "lr": lr, "image_size": size}, "augment": ["hflip", "vflip"]}
+
+
+def child(cfg_path: str, out: str, result: str) -> None:
+    """Train one config in this process, measuring peak memory; write the result JSON."""
+    import resource
+
+    from edgetl.host.engine import train_from_file
+    from edgetl.training import PeakMemory
+
+    t0 = time.perf_counter()
+    with PeakMemory("cpu") as mem:
+        summary = train_from_file(cfg_path, out=out, device="cpu", force=True, log=lambda m: print(m, flush=True))
+    metrics = json.loads((Path(out) / "metrics.json").read_text())
+    Path(result).write_text(json.dumps({
+        "summary": summary, "seconds": time.perf_counter() - t0, "fit_seconds": metrics["timing"]["fit_seconds"],
+        "extra": metrics["strategy_extra"], "memory": mem.facts("process"),
+        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "trainable_params": max(int(r.get("trainable_params") or 0) for r in _history(Path(out))),
+    }, indent=2))
+
+
+def _history(run: Path) -> list[dict]:
+    import csv
+
+    with (run / "history.csv").open() as fh:
+        return [r for r in csv.DictReader(fh) if r.get("trainable_params")]
+
+
+def run_table(table: dict, data: dict, args: argparse.Namespace, work: Path) -> dict:
+    results = {}
+    for label, (strategy, options, lr) in table.items():
+        slug = label.replace(" ", "-")
+        cfg = work / f"{slug}.yaml"
+        cfg.write_text(yaml.safe_dump(config(slug, strategy, options, lr, data, args.size, args.epochs)))
+        out, res = work / "runs" / slug, work / f"{slug}.json"
+        if args.reuse and res.is_file():
+            results[label] = json.loads(res.read_text())
+            continue
+        cmd = [sys.executable, __file__, "--child", str(cfg), str(out), str(res)]
+        print("$ " + " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+        results[label] = json.loads(res.read_text())
+    return results
+
+
+def latency(runs: dict[str, Path], size: int, repeats: int = 60) -> dict:
+    """ONNX Runtime latency (batch 1, one thread) of each run's exported module, interleaved; medians in ms.
+
+    Also the ONNX operator multiset of each graph: a merged LoRA model must equal the finetune one.
+    """
+    from collections import Counter
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from edgetl.api import ExportSpec
+    from edgetl.host.run import load_run
+    from edgetl.plugins import get_manager
+
+    target = get_manager().get("target", "onnx")
+    sessions, ops = {}, {}
+    for label, run in runs.items():
+        files = target.export(load_run(run).model.eval(), torch.randn(1, 3, size, size), run / "onnx-latency",
+                              ExportSpec())
+        path = str(next(f for f in files if str(f).endswith(".onnx")))
+        ops[label] = dict(Counter(n.op_type for n in onnx.load(path).graph.node))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        sessions[label] = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    times: dict[str, list[float]] = {label: [] for label in sessions}
+    for _ in range(repeats):
+        for label, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, {s.get_inputs()[0].name: x})
+            times[label].append(1000 * (time.perf_counter() - t0))
+    return {label: {"median_ms": float(np.median(t[5:])), "ops": ops[label]} for label, t in times.items()}
+
+
+def combined_test(data: Path, out: Path) -> Path:
+    """mono and poly *test* images in one labelled folder (symlinks) + manifest.csv with their cell_type."""
+    import csv
+
+    if (out / "manifest.csv").is_file():
+        return out
+    rows = []
+    for cell in ("mono", "poly"):
+        with (data / f"elpv_{cell}" / "manifest.csv").open() as fh:
+            for r in csv.DictReader(fh):
+                if r["split"] == "test":
+                    src = (data / f"elpv_{cell}" / r["file"]).resolve()
+                    dst = out / r["label"] / f"{cell}_{src.name}"
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    dst.symlink_to(src)
+                    rows.append({"file": f"{r['label']}/{dst.name}", "label": r["label"], "cell_type": cell})
+    with (out / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["file", "label", "cell_type"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def eval_on(run: Path, folder: Path, *extra: str) -> dict:
+    """``edgetl eval RUN FOLDER --json`` (the run's stored operating point)."""
+    cmd = [sys.executable, "-m", "edgetl", "eval", str(run), str(folder), "--json", *extra]
+    return json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout)
+
+
+def row(label: str, r: dict) -> str:
+    test = r["summary"]["test"] or {}
+    return (f"| {label} | {100 * test.get('accuracy', float('nan')):.1f} | "
+            f"{100 * test.get('balanced_accuracy', float('nan')):.1f} | {100 * r['summary']['val']['balanced_accuracy']:.1f} | "
+            f"{r['trainable_params']:,} | {r['extra'].get('adapter_bytes', 0) / 1024:.0f} | "
+            f"{r['memory']['process_peak_increase_mb']:.0f} | {r['memory']['process_peak_mb']:.0f} | "
+            f"{r['fit_seconds'] / 60:.1f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", nargs=3, metavar=("CONFIG", "OUT", "RESULT"), help=argparse.SUPPRESS)
+    ap.add_argument("--data", default="data", help="folder holding elpv_all, elpv_mono, elpv_poly")
+    ap.add_argument("--table", choices=("peft", "shift"), action="append")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--work", default="runs/bench-transfer")
+    ap.add_argument("--reuse", action="store_true", help="keep the runs of --work that already have a result")
+    ap.add_argument("--results", default="benchmarks/results/transfer_elpv.json")
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    data, work = Path(args.data), Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results_path = Path(args.results)
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for table in args.table or ["peft", "shift"]:
+        if table == "peft":
+            d = {k: str(data / "elpv_mono" / k) for k in ("train", "val", "test")}
+            results["peft"] = run_table(PEFT, d, args, work)
+        else:
+            d = {"train": str(data / "elpv_mono" / "train"), "val": str(data / "elpv_mono" / "val"),
+                 "test": str(data / "elpv_poly" / "test"), "target_unlabeled": str(data / "elpv_poly" / "train")}
+            results["shift"] = run_table(SHIFT, d, args, work)
+        results["settings"] = {"size": args.size, "epochs": args.epochs, "cpus": os.cpu_count(),
+                               "load_average": os.getloadavg()}
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=2))
+    if "peft" in results:
+        results["source_only_on_poly"] = {label: eval_on(work / "runs" / label.replace(" ", "-"),
+                                                         data / "elpv_poly" / "test")
+                                          for label in results["peft"]}
+        results_path.write_text(json.dumps(results, indent=2))
+        if "lora" in results["peft"] and "finetune" in results["peft"]:
+            results["latency"] = latency({k: work / "runs" / k for k in ("finetune", "lora")}, args.size)
+            results_path.write_text(json.dumps(results, indent=2))
+    if "peft" in results and "shift" in results:  # per cell type: every mono-trained model, held-out images only
+        combo = combined_test(data, work / "mono+poly-test")
+        results["bias"] = {label: eval_on(work / "runs" / label.replace(" ", "-"), combo,
+                                          "--slice", f"cell_type={combo / 'manifest.csv'}")["slices"]["cell_type"]
+                           for label in ("finetune", "dann", "intermediate-pretrain")}
+        results_path.write_text(json.dumps(results, indent=2))
+    for label, rows in results.get("bias", {}).items():
+        print(f"per cell type, {label}: " + "; ".join(
+            f"{r['slice']} accuracy {100 * r['accuracy']:.1f} % "
+            f"({100 * r['accuracy_ci95'][0]:.1f}-{100 * r['accuracy_ci95'][1]:.1f})"
+            + (" FLAGGED" if r["flag_accuracy"] or r["flag_recall"] else "") for r in rows))
+    for label, r in results.get("latency", {}).items():
+        print(f"ONNX Runtime latency, batch 1, one thread: {label} {r['median_ms']:.2f} ms (median)")
+    if "latency" in results:
+        print("same ONNX operators (finetune vs merged lora):",
+              results["latency"]["finetune"]["ops"] == results["latency"]["lora"]["ops"])
+    head = ("| run | test acc % | test bal. acc % | val bal. acc % | trainable params | adapter KiB | "
+            "peak RSS increase MB | peak RSS MB | train min |\n|---|---|---|---|---|---|---|---|---|")
+    for table in ("peft", "shift"):
+        if table in results:
+            print(f"\n{table}\n{head}")
+            for label, r in results[table].items():
+                print(row(label, r))
+    for label, doc in results.get("source_only_on_poly", {}).items():
+        print(f"source-only {label} on poly test: accuracy {100 * doc['accuracy']:.1f} %, "
+              f"balanced accuracy {100 * doc['balanced_accuracy']:.1f} % (n={doc['n']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Built-in transfer-learning strategies: ``lora``, ``dann``, ``intermediate-pretrain``.
+
+Ordinary strategy plugins on the public SDK (``edgetl.training``), registered
+through the same ``edgetl_strategies`` hook a third party uses. Whatever they
+learn ends up inside the one module they return (LoRA merged into the base
+weights, the domain and rotation heads dropped). Nothing heavy at import.
+"""
+
+from __future__ import annotations
+
+from edgetl.hookspecs import hookimpl
+
+
+@hookimpl
+def edgetl_strategies(register):
+    from edgetl_transfer.dann import Dann
+    from edgetl_transfer.lora import Lora
+    from edgetl_transfer.pretrain import IntermediatePretrain
+
+    register(Lora())
+    register(Dann())
+    register(IntermediatePretrain())
