@@ -41,16 +41,16 @@ def lite0_bundle(root: Path) -> tuple[Path, Path]:
 
     from edgetl.api import InputSpec, TrainedModel
     from edgetl.host.export import ExportOptions, export_run
-    from edgetl.host.model import ClassifierModel
     from edgetl.host.run import save_run_model
     from edgetl.keys import generate_keypair
     from edgetl.plugins import get_manager
+    from edgetl.training import Classifier
 
     key, pub = generate_keypair(root / "release")
     data = make_tiny_data(root)
     torch.manual_seed(0)
     backbone = get_manager().get("backbone", "efficientnet_lite0")
-    model = ClassifierModel(backbone.build(pretrained=False), backbone.feature_dim, len(CLASSES), dropout=0.0).eval()
+    model = Classifier(backbone.build(pretrained=False), backbone.feature_dim, len(CLASSES), dropout=0.0).eval()
     spec = InputSpec(size=(224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     trained = TrainedModel(module=model, task="classify", labels=list(CLASSES), threshold=None,
                            output="probabilities", positive="defect")
