@@ -30,4 +30,7 @@ class RunPredictor:
 
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-            return self.model(x).float().cpu().numpy()
+            out = self.model(x)
+        if isinstance(out, (tuple, list)):  # anomaly: (score, map)
+            return tuple(o.float().cpu().numpy() for o in out)
+        return out.float().cpu().numpy()
