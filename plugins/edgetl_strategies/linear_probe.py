@@ -19,6 +19,10 @@ options:
         then fold them into the first linear layer, so the saved head takes raw
         features and the model is unchanged in shape (default false: on the
         texture set raw lite0 features generalised better, 90 % vs 80 % test).
+    stages: null (the backbone's own pooled features), or a list of stage
+        indices: the features become GeM of those stages' maps plus the
+        average and GeM of the final map (:class:`edgetl.training.StagePool`,
+        one forward pass; part of the saved module). ELPV recipe: [2, 3, 4].
 
 The head trains with :func:`edgetl.training.fit_epochs` on the cached
 features (``train=`` / ``val_inputs=``), so early stopping, the schedule,
@@ -73,6 +77,20 @@ def probe(head: Any) -> Any:
     return Probe()
 
 
+def stage_pooled(ctx: FitContext, model: Any, stages: Any, hidden: Any) -> Any:
+    """``model`` rebuilt on :class:`edgetl.training.StagePool` features of ``stages``."""
+    from edgetl.training import Classifier, StagePool
+
+    if not isinstance(stages, list) or not stages or not all(isinstance(s, int) for s in stages):
+        raise ConfigError(f"strategy.options.stages: expected a list of stage indices or null, got {stages!r}")
+    try:
+        pool = StagePool(model.features, stages)
+    except ValueError as exc:
+        raise ConfigError(f"strategy.options.{exc}") from None
+    return Classifier(pool, pool.feature_dim, len(ctx.labels), dropout=float(ctx.config.train.dropout),
+                      hidden=hidden)
+
+
 def fold_standardisation(head: Any, mean: Any, std: Any) -> None:
     """Make ``head`` take raw features: W' = W / std, b' = b - W' @ mean in its first Linear."""
     import torch
@@ -88,7 +106,8 @@ class LinearProbe(Strategy):
     description = "frozen backbone, features cached once (flip views), linear or MLP head trained on the cache"
     requires = ("torch",)
     extra = "train"
-    DEFAULTS = {"views": None, "hidden": None, "cache_dir": None, "batch_size": 64, "standardize": False}
+    DEFAULTS = {"views": None, "hidden": None, "cache_dir": None, "batch_size": 64, "standardize": False,
+                "stages": None}
 
     def baseline_options(self, kind: str) -> dict[str, Any] | None:
         """The ``linear-probe`` baseline: this strategy with its defaults."""
@@ -110,6 +129,8 @@ class LinearProbe(Strategy):
                 raise ConfigError(f"strategy.options.views: unknown view {v!r} (known: {', '.join(VIEWS)})")
         ignored = [a for a in ctx.config.augment if a not in ("hflip", "vflip", "rot90")]
         model = build_model(ctx, opts["hidden"])
+        if opts["stages"] is not None:
+            model = stage_pooled(ctx, model, opts["stages"], opts["hidden"])
         model.features.requires_grad_(False)
         model.to(ctx.device).eval()
         ctx.progress(f"linear-probe: caching features for views {views}"
