@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgetl_onnx.quantize import Clock
 
 from edgetl.api import QuantizeContext
 from edgetl.errors import ExportError
-from edgetl_onnx.quantize import Clock
 
 MAX_ITERATIONS = 8
 """Layers nncf may revert to float, one per iteration (each iteration re-validates the whole set)."""
