@@ -21,7 +21,7 @@ from torch import nn
 
 from edgetl.api import FitContext
 from edgetl.training import dist
-from edgetl.training.data import loader, to_device
+from edgetl.training.data import autocast, loader, to_device
 from edgetl.training.views import VIEWS, apply_view
 
 
@@ -85,7 +85,7 @@ def _compute(ctx: FitContext, module: torch.nn.Module, plain: Any, views: list[s
     module.to(ctx.device).eval()
     parts: dict[str, list[np.ndarray]] = {v: [] for v in views}
     done, start = 0, time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(ctx.device):  # CUDA: bf16/fp16 autocast; CPU: float32 as is
         for x, _ in loader(plain, batch_size, ctx.device, indices=idx):
             x = to_device(x, ctx.device)
             for view in views:
