@@ -237,7 +237,10 @@ VIEW_LEVERS = {"recipe + train on 8 views": {"train_views": ALL8},
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", action="append")
+    ap.add_argument("--table", action="store_true", help="print the saved results as a markdown table")
     args = ap.parse_args()
+    if args.table:
+        return markdown(json.loads(RESULTS.read_text()))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     done = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     cache: dict = {}
@@ -251,6 +254,16 @@ def main() -> None:
         print(f"{name:<28} acc {fmt(s['accuracy'])} bal {fmt(s['balanced_accuracy'])} "
               + " ".join(fmt(s[f'recall_{c}']) for c in FOUR) + f"  {time.perf_counter() - t0:.0f}s",
               flush=True)
+
+
+def markdown(done: dict) -> None:
+    """One row per saved experiment: mean ± half the min-max range over the seeds, in %."""
+    print("| lever (against the row above it or the base) | test acc. | balanced acc. | recall p000 | p033 | p067 | p100 |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in done.items():
+        s = r["summary"]
+        cells = [fmt(s["accuracy"]), fmt(s["balanced_accuracy"])] + [fmt(s[f"recall_{c}"]) for c in FOUR]
+        print(f"| {name} | " + " | ".join(c.strip() for c in cells) + " |")
 
 
 def fmt(s: dict) -> str:
