@@ -13,8 +13,8 @@ selection), prints a table and writes JSON (+ a PNG) under benchmarks/results/.
     python benchmarks/elpv_strategies.py --report-only        # table + figure from the saved results
 
 The recipe (examples/defect_detection/elpv-four-recipe.yaml) runs per seeded
-split (``edgetl data elpv --classes four --seed S``), then exports INT8 through
-the gate (``--precision int8``, ONNX Runtime and OpenVINO) and evaluates each
+split (``edgetl data elpv --classes four --seed S``), then exports through
+the gate (``--precision auto``: INT8 first; ONNX Runtime and OpenVINO) and evaluates each
 bundle on test; one JSON per seed under benchmarks/results/elpv/, and the
 table reads every such file (so seeds may run in different sessions):
 
@@ -103,31 +103,36 @@ def cli_json(args: list[str], log: Path, ok: tuple[int, ...] = (0,)) -> tuple[di
     return (json.loads(proc.stdout) if proc.stdout.strip() else {}), time.perf_counter() - start
 
 
-def recipe_seed(seed: int, runs: Path, formats: list[str]) -> dict:
-    """Train the recipe on split ``seed``, export INT8 per format through the gate, evaluate all on test."""
+def recipe_seed(seed: int, runs: Path, formats: list[str], reuse: bool = False) -> dict:
+    """Train the recipe on split ``seed``, export per format (``--precision auto``: INT8 first, through
+    the gate), evaluate each bundle on test. ``reuse``: keep an already trained run of that seed."""
     from edgetl.data.elpv import materialise_elpv
 
     data = ROOT / "data" / f"elpv-four-s{seed}"
     if not (data / "train").is_dir():
         materialise_elpv(data, classes="four", seed=seed)
     out, log = runs / f"elpv-recipe-s{seed}", runs / f"elpv-recipe-s{seed}.log"
-    _, wall = cli_json(["train", str(RECIPE), "--out", str(out), "--force", "--device", "cpu",
-                        "--set", f"train.seed={seed}"] + [f"--set=data.{k}={data / k}" for k in ("train", "val", "test")],
-                       log)
+    wall = None
+    if not (reuse and (out / "metrics.json").is_file()):
+        _, wall = cli_json(["train", str(RECIPE), "--out", str(out), "--force", "--device", "cpu",
+                            "--set", f"train.seed={seed}"]
+                           + [f"--set=data.{k}={data / k}" for k in ("train", "val", "test")], log)
     metrics = json.loads((out / "metrics.json").read_text())
+    wall = wall if wall is not None else metrics["timing"].get("total_seconds", metrics["timing"]["fit_seconds"])
     labels, truth, probs = read_predictions(out / "predictions_test.csv")
     doc = {"seed": seed, "config": str(RECIPE.relative_to(ROOT)), "train_wall_seconds": wall,
-           "timing": metrics.get("timing"), "test": summarise(labels, truth, probs), "int8": {}}
+           "timing": metrics.get("timing"), "test": summarise(labels, truth, probs), "exports": {}}
     for fmt in formats:
-        bundle = runs / f"elpv-recipe-s{seed}-{fmt}-int8.edgetl"
-        exported, seconds = cli_json(["export", str(out), "--format", fmt, "--precision", "int8",
+        bundle = runs / f"elpv-recipe-s{seed}-{fmt}.edgetl"
+        exported, seconds = cli_json(["export", str(out), "--format", fmt, "--precision", "auto",
                                       "--out", str(bundle)], log, ok=(0, 1))
         if not bundle.is_file():  # no INT8 passed the gate: nothing deployable to evaluate
-            doc["int8"][fmt] = {"export_seconds": seconds, "passed": False, "attempts": exported.get("attempts")}
+            doc["exports"][fmt] = {"export_seconds": seconds, "passed": False, "attempts": exported.get("attempts")}
             continue
         ev, _ = cli_json(["eval", str(bundle), str(data / "test")], log)
-        doc["int8"][fmt] = {"export_seconds": seconds, "passed": exported.get("passed"),
-                            "method": exported.get("method"), "test_accuracy": ev["accuracy"],
+        doc["exports"][fmt] = {"export_seconds": seconds, "passed": exported.get("passed"),
+                            "precision": exported.get("precision"), "method": exported.get("method"),
+                            "attempts": exported.get("attempts"), "test_accuracy": ev["accuracy"],
                             "drop_points": 100 * (doc["test"]["accuracy"] - ev["accuracy"])}
     RECIPE_RESULTS.mkdir(parents=True, exist_ok=True)
     (RECIPE_RESULTS / f"recipe-s{seed}.json").write_text(json.dumps(doc, indent=1))
@@ -151,12 +156,13 @@ def recipe_table() -> None:
     for c in tests[0]["recall"]:
         print(f"  recall {c}        {cell([t['recall'][c] for t in tests])} %")
     print(f"  training wall      {cell([d['train_wall_seconds'] / 60 for d in docs], 1.0)} min")
-    for fmt in sorted({f for d in docs for f in d["int8"]}):
-        rows = [d["int8"][fmt] for d in docs if fmt in d["int8"] and "drop_points" in d["int8"][fmt]]
+    for fmt in sorted({f for d in docs for f in d["exports"]}):
+        rows = [d["exports"][fmt] for d in docs if fmt in d["exports"] and "drop_points" in d["exports"][fmt]]
         if not rows:
-            print(f"  INT8 {fmt:<9} no bundle passed the gate")
+            print(f"  {fmt:<9} no bundle passed the gate")
             continue
-        print(f"  INT8 {fmt:<9} drop {cell([r['drop_points'] for r in rows], 1.0)} points, export "
+        chosen = ", ".join(sorted({f"{r.get('precision')}/{r.get('method')}" for r in rows}))
+        print(f"  {fmt:<9} auto -> {chosen}: drop {cell([r['drop_points'] for r in rows], 1.0)} points, export "
               f"{cell([r['export_seconds'] / 60 for r in rows], 1.0)} min, gate passed "
               f"{sum(bool(r['passed']) for r in rows)}/{len(rows)}")
 
@@ -205,10 +211,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, action="append", help="split seed for --recipe (repeatable)")
     ap.add_argument("--formats", default="onnx,openvino", help="INT8 export formats for --recipe")
     ap.add_argument("--recipe-table", action="store_true", help="the recipe table from the saved seeds")
+    ap.add_argument("--reuse", action="store_true", help="--recipe: keep an already trained run of the seed")
     args = ap.parse_args()
     if args.recipe or args.recipe_table:
         for seed in (args.seed or [0, 1, 2]) if args.recipe else []:
-            recipe_seed(seed, ROOT / args.runs, [f for f in args.formats.split(",") if f])
+            recipe_seed(seed, ROOT / args.runs, [f for f in args.formats.split(",") if f], args.reuse)
         recipe_table()
         return
     data, results_path = ROOT / args.data, ROOT / args.results
