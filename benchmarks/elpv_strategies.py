@@ -128,15 +128,22 @@ def recipe_seed(seed: int, runs: Path, formats: list[str], reuse: bool = False) 
                                       "--out", str(bundle)], log, ok=(0, 1))
         if not bundle.is_file():  # no INT8 passed the gate: nothing deployable to evaluate
             doc["exports"][fmt] = {"export_seconds": seconds, "passed": False, "attempts": exported.get("attempts")}
+            save_seed(doc)
             continue
         ev, _ = cli_json(["eval", str(bundle), str(data / "test")], log)
         doc["exports"][fmt] = {"export_seconds": seconds, "passed": exported.get("passed"),
                             "precision": exported.get("precision"), "method": exported.get("method"),
                             "attempts": exported.get("attempts"), "test_accuracy": ev["accuracy"],
                             "drop_points": 100 * (doc["test"]["accuracy"] - ev["accuracy"])}
-    RECIPE_RESULTS.mkdir(parents=True, exist_ok=True)
-    (RECIPE_RESULTS / f"recipe-s{seed}.json").write_text(json.dumps(doc, indent=1))
+        save_seed(doc)
+    save_seed(doc)
     return doc
+
+
+def save_seed(doc: dict) -> None:
+    """benchmarks/results/elpv/recipe-s<seed>.json (after each export, so a stopped run keeps what it has)."""
+    RECIPE_RESULTS.mkdir(parents=True, exist_ok=True)
+    (RECIPE_RESULTS / f"recipe-s{doc['seed']}.json").write_text(json.dumps(doc, indent=1))
 
 
 def recipe_table() -> None:
