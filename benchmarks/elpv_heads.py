@@ -258,7 +258,7 @@ def main() -> None:
 
 def markdown(done: dict) -> None:
     """One row per saved experiment: mean ± half the min-max range over the seeds, in %."""
-    print("| lever (each a change against "base") | test acc. | balanced acc. | recall p000 | p033 | p067 | p100 |")
+    print("| lever (each a change against base) | test acc. | balanced acc. | recall p000 | p033 | p067 | p100 |")
     print("|---|---|---|---|---|---|---|")
     for name, r in done.items():
         s = r["summary"]
