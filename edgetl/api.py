@@ -94,6 +94,9 @@ class Component(ABC):
         description: one line for ``edgetl plugins show``.
         requires: importable module names this component needs to be used.
         extra: the ``edgetl[extra]`` that installs ``requires``.
+        install_hint: what to run to get ``requires`` when they are not edgetl's
+            (e.g. ``"pip install 'edgetl-foo[gpu]'"``); shown instead of the
+            extra when a required module is missing.
         plugin: stamped by the plugin manager at registration.
     """
 
@@ -102,6 +105,7 @@ class Component(ABC):
     description: str = ""
     requires: tuple[str, ...] = ()
     extra: str | None = None
+    install_hint: str | None = None
     plugin: str | None = None
 
     def missing_modules(self) -> list[str]:
@@ -295,14 +299,27 @@ class Strategy(Component):
 
 
 class Runtime(ABC):
-    """A loaded model on this machine (device side: numpy in, numpy out, no torch)."""
+    """A loaded model on this machine (device side: numpy in, numpy out, no torch).
+
+    Returned by :meth:`Target.load` (and :meth:`Target.load_for_gate` on the host).
+    """
 
     @abstractmethod
     def predict(self, batch: "np.ndarray") -> "np.ndarray":
-        """(N, 3, H, W) float32 normalised -> the model output, float32, batch first."""
+        """Run the model on any number of preprocessed images.
+
+        Args:
+            batch: (N, 3, H, W) float32, normalised as the manifest's ``input`` says.
+
+        Returns:
+            float32, batch first: (N, K) probabilities, or (N,) normalised
+            anomaly scores (:data:`edgetl.metrics.ANOMALY_THRESHOLD` = 0.5 unless
+            a threshold is stored). A target exported with a static batch pads
+            or loops so that any N works.
+        """
 
     def info(self) -> dict[str, Any]:
-        """Facts for reports: runtime name, version, device, precision."""
+        """Facts for reports and ``/v1/info``: ``runtime``, ``version``, ``device``, ``precision``, …"""
         return {}
 
     def close(self) -> None:
@@ -633,7 +650,61 @@ class Sink(Component):
         """Create a writer from the sink's options (validated here, with clear errors)."""
 
 
+class LoggerRun(ABC):
+    """One tracked training run in an experiment tracker, opened by :meth:`Logger.start`.
+
+    Every call comes from the main process only. Only :meth:`log_metrics` is
+    required; the others default to doing nothing.
+    """
+
+    @abstractmethod
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """One row of history: ``step`` is the epoch, ``metrics`` maps a name (``val_loss``,
+        ``baseline-scratch/val_accuracy``, …) to a float."""
+
+    def log_figure(self, name: str, path: Path) -> None:
+        """A PNG figure of the run (``curves``, ``confusion_val``, …) written at ``path``."""
+
+    def log_artifacts(self, path: Path) -> None:
+        """The finished run directory (model.pt, config.yaml, metrics.json, report.md, …)."""
+
+    def log_export(self, result: dict[str, Any]) -> None:
+        """An export of this run: the document ``edgetl export --json`` prints (bundle, attempts, …)."""
+
+    def finish(self, status: str) -> None:
+        """End the run: ``status`` is ``finished`` or ``failed``."""
+
+
+class Logger(Component):
+    """An experiment tracker (TensorBoard, MLflow, …) named in the run config's ``loggers``.
+
+    A component is shared by every run, so it keeps no per-run state: ``start``
+    returns a :class:`LoggerRun` that does. Import the tracking library inside
+    ``start``/``resume``, never at module level.
+    """
+
+    kind = "logger"
+
+    @abstractmethod
+    def start(self, run_name: str, params: dict[str, Any], run_dir: Path,
+              options: dict[str, Any]) -> LoggerRun:
+        """Begin tracking a training run writing ``run_dir``.
+
+        ``params`` is the resolved run config flattened to dotted keys
+        (``train.lr`` -> 0.001); ``options`` is this logger's ``options`` from
+        the run config.
+        """
+
+    def resume(self, run_dir: Path, options: dict[str, Any]) -> LoggerRun:
+        """Reopen the run that :meth:`start` began for ``run_dir`` (export runs in a later process).
+
+        The default starts a new run named after the folder; trackers with run
+        ids override it to continue the same run.
+        """
+        return self.start(Path(run_dir).name, {}, Path(run_dir), options)
+
+
 COMPONENT_TYPES: dict[str, type[Component]] = {
     "backbone": Backbone, "strategy": Strategy, "quantizer": Quantizer,
-    "target": Target, "source": Source, "sink": Sink,
+    "target": Target, "source": Source, "sink": Sink, "logger": Logger,
 }

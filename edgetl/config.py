@@ -92,6 +92,18 @@ class TrainConfig(_Strict):
     tta: list[str] = Field(default_factory=list)
 
 
+class LoggerConfig(_Strict):
+    """One experiment tracker: ``tensorboard``, or ``{name: mlflow, options: {tracking_uri: ...}}``."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
 AUGMENTATIONS = ("hflip", "vflip", "rot90", "color_jitter", "random_resized_crop", "rotate",
                  "cutout", "mixup", "cutmix")
 
@@ -103,6 +115,7 @@ class RunConfig(_Strict):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     augment: list[str] = Field(default_factory=lambda: ["hflip", "vflip", "rot90", "color_jitter"])
+    loggers: list[LoggerConfig] = Field(default_factory=list)
 
     @field_validator("augment")
     @classmethod

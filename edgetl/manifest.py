@@ -27,17 +27,20 @@ class _Doc(BaseModel):
     """Attribute access is the contract; read-only ``doc["key"]`` / ``doc.get("key")`` remain for plugins
     written when targets received the manifest as a plain dict (deprecated, kept while cheap)."""
 
-    def __getitem__(self, key: str) -> Any:
-        if key in type(self).model_fields or key in (self.model_extra or {}):
-            return getattr(self, key)
-        raise KeyError(key)
-
-    def __contains__(self, key: object) -> bool:
+    def _known(self, key: object) -> bool:
         return isinstance(key, str) and (key in type(self).model_fields or key in (self.model_extra or {}))
 
+    def __getitem__(self, key: str) -> Any:
+        if not self._known(key):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        """Like a JSON document: an optional field left empty (None) is not there."""
+        return self._known(key) and getattr(self, key) is not None
+
     def get(self, key: str, default: Any = None) -> Any:
-        value = self[key] if key in self else None
-        return default if value is None else value
+        return self[key] if key in self else default
 
 
 class _Open(_Doc):

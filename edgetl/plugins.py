@@ -1,15 +1,21 @@
 """The plugin manager: loads built-in then third-party plugins, owns the registry.
 
-Rules (DESIGN.md, "Loading and plugin errors"):
+Rules:
 
 - :data:`DEFAULT_PLUGINS` load first, in order, always. A broken built-in is a
   bug: :class:`PluginError` with the cause chained.
 - Then the entry-point group ``edgetl``. ``EDGETL_LOAD_PLUGINS=a,b`` limits
-  which entry points load; set but empty means none (tests run hermetic).
+  which entry points load; set but empty means none (tests run hermetic). A
+  name there that matches no entry point is warned about (a typo loads nothing).
+- Every hook is called through pluggy's dispatcher, one plugin at a time
+  (:meth:`PluginManager.call_hook`), so ``EDGETL_TRACE_HOOKS=1`` traces it and
+  one failing plugin is reported alone. Only functions marked ``@hookimpl``
+  are hooks; an unmarked ``edgetl_*`` function is reported, never guessed at.
 - A third-party plugin that raises (on import or in a hook) or registers a
   clashing name is reported, skipped and listed as ``broken``; the rest works.
-- A plugin whose components need a missing optional module is ``unavailable``,
-  with the extra to install.
+- A component whose optional modules are missing is unavailable, with its
+  install hint; the plugin is ``partial`` when only some of its components are,
+  ``unavailable`` when all are.
 """
 
 from __future__ import annotations
@@ -38,14 +44,17 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "edgetl_strategies",
     "edgetl_openvino",
     "edgetl_tensorrt",
+    "edgetl_loggers",
 )
 
 ENTRY_POINT_GROUP = "edgetl"
 REGISTER_HOOKS = {
     "backbone": "edgetl_backbones", "strategy": "edgetl_strategies",
     "quantizer": "edgetl_quantizers", "target": "edgetl_targets",
-    "source": "edgetl_sources", "sink": "edgetl_sinks",
+    "source": "edgetl_sources", "sink": "edgetl_sinks", "logger": "edgetl_loggers",
 }
+HOOK_NAMES = tuple(sorted(n for n in vars(hookspecs) if n.startswith("edgetl_")))
+STATUSES = ("ok", "partial", "unavailable", "broken")
 
 
 class PluginWarning(UserWarning):
@@ -59,7 +68,7 @@ class PluginInfo:
     name: str
     version: str
     source: str  # builtin | third-party
-    status: str = "ok"  # ok | unavailable | broken
+    status: str = "ok"  # one of STATUSES
     reason: str | None = None
     hooks: list[str] = field(default_factory=list)
     components: list[Component] = field(default_factory=list)
@@ -73,13 +82,37 @@ class PluginInfo:
             "components": [{"kind": c.kind, "name": c.name} for c in self.components],
         }
 
+    def provider(self) -> str:
+        """Who ships this plugin, for messages: ``edgetl (built-in)`` or ``distribution NAME VERSION``."""
+        if self.source == "builtin":
+            return "edgetl (built-in)"
+        return f"distribution {self.dist} {self.version}" if self.dist else f"module {self.module}"
+
+
+def install_hint(component: Component) -> str:
+    """How to get a component's missing modules: its own hint, else the edgetl extra, else the modules."""
+    if component.install_hint:
+        return component.install_hint
+    if component.extra:
+        return f"pip install 'edgetl[{component.extra}]'"
+    return "install " + ", ".join(component.missing_modules() or component.requires)
+
 
 def _selected_entry_points() -> list[metadata.EntryPoint]:
     eps = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
     wanted = os.environ.get("EDGETL_LOAD_PLUGINS")
     if wanted is None:
         return eps
-    names = {n.strip() for n in wanted.split(",") if n.strip()}
+    names = [n.strip() for n in wanted.split(",") if n.strip()]
+    known = {ep.name for ep in eps}
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.5)
+            why = ("it is a built-in plugin, which always loads" if name in DEFAULT_PLUGINS else
+                   f"did you mean {' or '.join(repr(c) for c in close)}?" if close else
+                   f"installed: {', '.join(sorted(known)) or 'none'}")
+            warnings.warn(PluginWarning(f"EDGETL_LOAD_PLUGINS names '{name}', which matches no entry point "
+                                        f"in group '{ENTRY_POINT_GROUP}' ({why})"), stacklevel=3)
     return [ep for ep in eps if ep.name in names]
 
 
@@ -89,14 +122,22 @@ def _version() -> str:
     return __version__
 
 
+def _unmarked_hooks(module: Any) -> list[str]:
+    """``edgetl_*`` hook functions in ``module`` that lack ``@hookimpl`` (pluggy would ignore them)."""
+    marker = f"{hookspecs.hookimpl.project_name}_impl"
+    return [name for name in HOOK_NAMES
+            if callable(getattr(module, name, None)) and getattr(module, name) is not getattr(hookspecs, name)
+            and not hasattr(getattr(module, name), marker)]
+
+
 class PluginManager:
     """Loads plugins once and answers "which component is called X?"."""
 
     def __init__(self, load_third_party: bool = True):
         self.pm = pluggy.PluginManager("edgetl")
         self.pm.add_hookspecs(hookspecs)
-        if os.environ.get("EDGETL_TRACE_HOOKS"):
-            self.pm.trace.root.setwriter(lambda msg: sys.stderr.write(msg))
+        if os.environ.get("EDGETL_TRACE_HOOKS", "") not in ("", "0", "false"):
+            self.pm.trace.root.setwriter(sys.stderr.write)
             self.pm.enable_tracing()
         self.plugins: dict[str, PluginInfo] = {}
         self.registry: dict[str, dict[str, Component]] = {k: {} for k in COMPONENT_TYPES}
@@ -121,8 +162,9 @@ class PluginManager:
                           source="third-party", module=ep.value,
                           dist=dist.metadata["Name"] if dist else None)
         if ep.name in self.plugins:
-            self._broken(info, f"plugin name '{ep.name}' is already taken by "
-                               f"{self.plugins[ep.name].module}")
+            first = self.plugins[ep.name]
+            self._broken(info, f"plugin name '{ep.name}' (from {info.provider()}) is already taken by "
+                               f"{first.module} from {first.provider()}")
             return
         try:
             module = ep.load()
@@ -144,8 +186,14 @@ class PluginManager:
     def _register(self, module: Any, info: PluginInfo, fatal: bool) -> None:
         """Register ``module`` with pluggy, then collect its components under its name."""
         try:
+            unmarked = _unmarked_hooks(module)
+            if unmarked:
+                verb = "is" if len(unmarked) == 1 else "are"
+                raise PluginError(f"{', '.join(unmarked)} in {module.__name__} {verb} not marked @hookimpl, so "
+                                  "not a hook (add 'from edgetl.hookspecs import hookimpl' and decorate it)")
             self.pm.register(module, name=info.name)
-            info.hooks = [h.name for h in self.pm.get_hookcallers(module) or []]
+            info.hooks = sorted(h.name for h in self.pm.get_hookcallers(module) or [])
+            self._check_known(info)
             found = self._collect(module, info)
         except Exception as exc:
             if fatal:
@@ -157,38 +205,70 @@ class PluginManager:
         for comp in found:  # commit only once the whole plugin registered cleanly
             self.registry[comp.kind][comp.name] = comp
         info.components = found
-        missing = sorted({m for c in found for m in c.missing_modules()})
-        if missing:
-            extras = sorted({c.extra for c in found if c.extra and c.missing_modules()})
-            hint = ", ".join(f"pip install 'edgetl[{e}]'" for e in extras) or "install " + ", ".join(missing)
-            info.status, info.reason = "unavailable", f"missing {', '.join(missing)}; {hint}"
+        self._set_availability(info)
         self.plugins[info.name] = info
 
+    def _check_known(self, info: PluginInfo) -> None:
+        """A ``@hookimpl`` for a hook edgetl does not have is a typo: say which, and the nearest hook."""
+        for name in info.hooks:
+            if name not in HOOK_NAMES:
+                close = difflib.get_close_matches(name, HOOK_NAMES, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise PluginError(f"@hookimpl {name} is not an edgetl hook{hint}")
+
+    @staticmethod
+    def _set_availability(info: PluginInfo) -> None:
+        """``partial`` when some components miss optional modules, ``unavailable`` when all do."""
+        missing = [c for c in info.components if c.missing_modules()]
+        if not missing:
+            return
+        info.status = "unavailable" if len(missing) == len(info.components) else "partial"
+        info.reason = "; ".join(f"{c.kind} {c.name} needs {', '.join(c.missing_modules())} "
+                                f"({install_hint(c)})" for c in missing)
+
+    def call_hook(self, plugin: Any, hook: str, **kwargs: Any) -> list[Any]:
+        """Call ``hook`` of one registered plugin through pluggy (traced, validated, isolated)."""
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        return self.pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
+
     def _collect(self, module: Any, info: PluginInfo) -> list[Component]:
+        """Call each register-style hook of ``module``; every failing hook is named in one error."""
         found: list[Component] = []
+        failed: list[tuple[str, Exception]] = []
         for kind, hook in REGISTER_HOOKS.items():
-            impl = getattr(module, hook, None)
-            if impl is None:
-                continue
-            expected = COMPONENT_TYPES[kind]
-
-            def register(component: Any, _kind=kind, _expected=expected, _hook=hook) -> None:
-                if not isinstance(component, _expected):
-                    raise TypeError(f"plugin '{info.name}' registered {component!r} with {_hook}, "
-                                    f"expected an instance of edgetl.api.{_expected.__name__}")
-                if not component.name:
-                    raise TypeError(f"plugin '{info.name}' registered a {_kind} without a name")
-                taken = self.registry[_kind].get(component.name) or next(
-                    (c for c in found if c.kind == _kind and c.name == component.name), None)
-                if taken is not None:
-                    raise PluginError(f"{_kind} name '{component.name}' clashes: already registered "
-                                      f"by plugin '{taken.plugin}' ({type(taken).__name__}), "
-                                      f"again by '{info.name}' ({type(component).__name__})")
-                component.plugin = info.name
-                found.append(component)
-
-            impl(register=register)
+            if hook in info.hooks:
+                try:
+                    self.call_hook(module, hook, register=self._registrar(kind, hook, info, found))
+                except Exception as exc:
+                    failed.append((hook, exc))
+        if len(failed) == 1:
+            raise failed[0][1]
+        if failed:
+            raise PluginError("; ".join(f"{hook}: {type(exc).__name__}: {exc}" for hook, exc in failed)) \
+                from failed[0][1]
         return found
+
+    def _registrar(self, kind: str, hook: str, info: PluginInfo, found: list[Component]):
+        """The ``register`` callback handed to one plugin's ``hook``: checks type, name and clashes."""
+        expected = COMPONENT_TYPES[kind]
+
+        def register(component: Any) -> None:
+            if not isinstance(component, expected):
+                raise TypeError(f"plugin '{info.name}' registered {component!r} with {hook}, "
+                                f"expected an instance of edgetl.api.{expected.__name__}")
+            if not component.name:
+                raise TypeError(f"plugin '{info.name}' registered a {kind} without a name")
+            taken = self.registry[kind].get(component.name) or next(
+                (c for c in found if c.kind == kind and c.name == component.name), None)
+            if taken is not None:
+                owner = self.plugins.get(taken.plugin, info)
+                raise PluginError(f"{kind} name '{component.name}' clashes: already registered "
+                                  f"by plugin '{taken.plugin}' ({type(taken).__name__}, {owner.provider()}), "
+                                  f"again by '{info.name}' ({type(component).__name__}, {info.provider()})")
+            component.plugin = info.name
+            found.append(component)
+
+        return register
 
     # -- queries -------------------------------------------------------
     def get(self, kind: str, name: str) -> Component:
@@ -216,7 +296,7 @@ class PluginManager:
         """Let every plugin add click commands; a failing third-party one is reported and skipped."""
         for impl in self.pm.hook.edgetl_commands.get_hookimpls():
             try:
-                impl.function(cli=cli)
+                self.call_hook(impl.plugin, "edgetl_commands", cli=cli)
             except Exception as exc:
                 info = self.plugins.get(impl.plugin_name)
                 if info is None or info.source == "builtin":

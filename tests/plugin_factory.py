@@ -7,6 +7,7 @@ entry point, on ``sys.path``: exactly what pip leaves behind, without pip.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -34,6 +35,15 @@ def activate(monkeypatch, root: Path, load: str | None) -> None:
         monkeypatch.setenv("EDGETL_LOAD_PLUGINS", load)
     for mod in [m for m in sys.modules if m.startswith("edgetl_test_")]:
         del sys.modules[mod]
+
+
+def subprocess_env(root: Path, load: str | None) -> dict[str, str]:
+    """Environment for a fresh ``python -m edgetl``: ``root`` first on the caller's path, plugins chosen."""
+    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    env = {"PYTHONPATH": path, "PATH": "/usr/bin:/bin"}
+    if load is not None:
+        env["EDGETL_LOAD_PLUGINS"] = load
+    return env
 
 
 SINK_PLUGIN = '''

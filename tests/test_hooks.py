@@ -1,7 +1,10 @@
 """Each hook: documented in docs/plugins.md, specified with a docstring, and exercised here.
 
-A meta-test keeps this file honest: every hook in edgetl.hookspecs must have a
-``test_hook_<name>`` below (the datasette habit).
+Meta-tests keep this file and the docs honest: every hook in edgetl.hookspecs
+must have a ``test_hook_<name>`` below (the datasette habit), and the hook
+reference in docs/plugins.md must be exactly what :func:`hook_reference` builds
+from edgetl/hookspecs.py (names, parameters with types, docstrings). After
+changing a hookspec, regenerate it with ``python tests/test_hooks.py``.
 """
 
 from __future__ import annotations
@@ -15,17 +18,48 @@ from pathlib import Path
 import pytest
 
 from edgetl import hookspecs
-from edgetl.plugins import PluginManager
-from tests.plugin_factory import activate, make_plugin
+from edgetl.plugins import REGISTER_HOOKS, PluginManager
+from tests.plugin_factory import activate, make_plugin, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
-HOOKS = sorted(n for n, f in vars(hookspecs).items() if n.startswith("edgetl_") and callable(f))
+DOC = ROOT / "docs" / "plugins.md"
+IN_ORDER = [n for n, f in vars(hookspecs).items() if n.startswith("edgetl_") and callable(f)]  # as defined
+HOOKS = sorted(IN_ORDER)
+BEGIN = "<!-- hook reference: built from edgetl/hookspecs.py by tests/test_hooks.py; edit the hookspecs -->"
+END = "<!-- end of hook reference -->"
 
 PRELUDE = """
 import numpy as np
 from edgetl import api
 from edgetl.hookspecs import hookimpl
 """
+
+
+def _markdown(doc: str) -> str:
+    """A hookspec docstring as Markdown: ``:param x:`` -> a bullet, reST roles and literals -> code."""
+    doc = re.sub(r":(?:class|func|data|meth):`~?([^`]+)`", r"`\1`", doc)
+    doc = re.sub(r"``([^`]+)``", r"`\1`", doc)
+    return re.sub(r"^:param (\w+): ", r"- `\1`: ", doc, flags=re.M)
+
+
+def hook_reference() -> str:
+    """The hook reference section of docs/plugins.md, built from edgetl/hookspecs.py."""
+    parts = [BEGIN]
+    for name in IN_ORDER:
+        spec = getattr(hookspecs, name)
+        sig = inspect.signature(spec)
+        params = ", ".join(sig.parameters)
+        typed = str(sig).replace("'", "").replace('"', "")
+        kind = "firstresult" if getattr(spec, "edgetl_spec", {}).get("firstresult") else "every plugin is called"
+        parts += [f"### {name}({params})", "", f"`{name}{typed}` ({kind})", "", _markdown(inspect.getdoc(spec)), ""]
+    parts.append(END)
+    return "\n".join(parts)
+
+
+def _documented_reference() -> str:
+    text = DOC.read_text()
+    assert BEGIN in text and END in text, f"docs/plugins.md lacks the hook reference markers {BEGIN!r} … {END!r}"
+    return text[text.index(BEGIN):text.index(END) + len(END)]
 
 
 def _load(tmp_path, monkeypatch, body: str):
@@ -36,24 +70,50 @@ def _load(tmp_path, monkeypatch, body: str):
     return pm
 
 
-def test_there_are_seven_hooks():
+def test_there_are_eight_hooks():
     assert HOOKS == sorted(["edgetl_backbones", "edgetl_strategies", "edgetl_quantizers", "edgetl_targets",
-                            "edgetl_sources", "edgetl_sinks", "edgetl_commands"])
+                            "edgetl_sources", "edgetl_sinks", "edgetl_loggers", "edgetl_commands"])
+    assert sorted(REGISTER_HOOKS.values()) == sorted(h for h in HOOKS if h != "edgetl_commands")
 
 
 @pytest.mark.parametrize("hook", HOOKS)
-def test_every_hook_is_documented_and_tested(hook):
-    doc = (ROOT / "docs" / "plugins.md").read_text()
+def test_every_hook_is_specified_documented_and_tested(hook):
     spec = getattr(hookspecs, hook)
-    params = ", ".join(inspect.signature(spec).parameters)
-    assert f"### {hook}({params})" in doc, f"docs/plugins.md lacks '### {hook}({params})'"
-    assert spec.__doc__ and ":param" in spec.__doc__
+    doc = inspect.getdoc(spec) or ""
+    summary = doc.splitlines()[0] if doc else ""
+    assert summary.endswith("."), f"{hook}: the docstring starts with a one-line summary"
+    for param in inspect.signature(spec).parameters:
+        assert f":param {param}:" in doc, f"{hook}: docstring lacks ':param {param}:'"
+    kind = next((k for k, h in REGISTER_HOOKS.items() if h == hook), None)
+    if kind is not None:  # register-style: the docstring names the component type it takes
+        from edgetl.api import COMPONENT_TYPES
+
+        assert f"edgetl.api.{COMPONENT_TYPES[kind].__name__}" in doc, f"{hook}: name the type register takes"
     assert f"test_hook_{hook}" in globals(), f"no test_hook_{hook} in tests/test_hooks.py"
 
 
+def test_docs_hook_reference_is_built_from_the_hookspecs():
+    expected, documented = hook_reference(), _documented_reference()
+    if documented != expected:
+        import difflib
+
+        diff = "\n".join(difflib.unified_diff(documented.splitlines(), expected.splitlines(), "docs/plugins.md",
+                                               "edgetl/hookspecs.py", lineterm=""))
+        pytest.fail("docs/plugins.md's hook reference differs from edgetl/hookspecs.py "
+                    f"(run: python tests/test_hooks.py):\n{diff}")
+
+
 def test_docs_list_no_hook_that_does_not_exist():
-    doc = (ROOT / "docs" / "plugins.md").read_text()
+    doc = DOC.read_text()
     assert sorted(set(re.findall(r"^### (edgetl_\w+)\(", doc, re.M))) == HOOKS
+    assert set(re.findall(r"`(edgetl_[a-z]+)\(", doc)) <= set(HOOKS)
+
+
+def test_reference_renders_a_changed_docstring(monkeypatch):
+    """The meta-test can fail: a docstring edit not carried to the docs is caught."""
+    spec = hookspecs.edgetl_sinks
+    monkeypatch.setattr(spec, "__doc__", spec.__doc__ + "\n    A new sentence.\n")
+    assert hook_reference() != _documented_reference()
 
 
 def test_hook_edgetl_backbones(tmp_path, monkeypatch):
@@ -163,8 +223,32 @@ def hello():
 def edgetl_commands(cli):
     cli.add_command(hello)
 """)
-    env = {"PYTHONPATH": str(tmp_path), "EDGETL_LOAD_PLUGINS": "cmd", "PATH": "/usr/bin:/bin"}
+    env = subprocess_env(tmp_path, load="cmd")
     out = subprocess.run([sys.executable, "-m", "edgetl", "hello-plugin"], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "hello from a plugin", out.stderr
     helptext = subprocess.run([sys.executable, "-m", "edgetl", "--help"], capture_output=True, text=True, env=env)
     assert "hello-plugin" in helptext.stdout
+
+
+def test_hook_edgetl_loggers(tmp_path, monkeypatch):
+    pm = _load(tmp_path, monkeypatch, """
+class Run(api.LoggerRun):
+    def __init__(self): self.rows = []
+    def log_metrics(self, step, metrics): self.rows.append((step, metrics))
+class L(api.Logger):
+    name = "toy-logger"
+    def start(self, run_name, params, run_dir, options): return Run()
+@hookimpl
+def edgetl_loggers(register): register(L())
+""")
+    run = pm.get("logger", "toy-logger").start("r", {}, tmp_path, {})
+    run.log_metrics(1, {"val_loss": 0.5})
+    run.finish("finished")  # optional methods default to doing nothing
+    assert run.rows == [(1, {"val_loss": 0.5})]
+
+
+if __name__ == "__main__":  # regenerate the hook reference in docs/plugins.md
+    text = DOC.read_text()
+    start, stop = text.index(BEGIN), text.index(END) + len(END)
+    DOC.write_text(text[:start] + hook_reference() + text[stop:])
+    print(f"wrote the hook reference of {DOC}")

@@ -26,6 +26,7 @@ from edgetl.errors import ConfigError, EdgetlError, PluginError, UsageError
 from edgetl.host import ddp
 from edgetl.host.splits import RunData, load_run_data
 from edgetl.metrics import evaluate, pick_threshold
+from edgetl.tracking import Tracking, check_loggers
 from edgetl.training import dist
 
 CHECKPOINT = "checkpoint.pt"
@@ -66,7 +67,12 @@ def prepare_out(out: Path, resume: bool, force: bool, info: DistInfo) -> dict[st
             raise UsageError(f"{out}: nothing to resume (no {CHECKPOINT}); train it without --resume")
         import torch
 
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:  # tensors and plain values only: never unpickle objects
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise UsageError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}; one written "
+                             "by an older edgetl holds objects this version will not unpickle): "
+                             "train again with --force") from None
     dist.barrier(info)
     if force and out.exists() and info.is_main:
         shutil.rmtree(out)
@@ -112,6 +118,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._log = log
         self.info = dist.env_info()
+        self.tracking = Tracking()
 
     def log(self, message: str) -> None:
         if self.info.is_main:
@@ -133,6 +140,7 @@ class Trainer:
         if tag:
             row["strategy"] = tag
         self.history.append(row)
+        self.tracking.metrics(row, tag)
         self.log(format_row(row))
 
     # -- pieces -------------------------------------------------------------
@@ -223,6 +231,7 @@ class Trainer:
         self.backbone = manager.get("backbone", self.cfg.backbone.name)
         if strategy.missing_modules():
             raise EdgetlError(f"strategy {strategy.name}: missing {', '.join(strategy.missing_modules())}")
+        check_loggers(self.cfg)  # unknown logger or missing library: stop before anything is written
         spec = self.backbone.input
         if self.cfg.train.image_size:
             spec = dataclasses.replace(spec, size=(self.cfg.train.image_size, self.cfg.train.image_size))
@@ -232,6 +241,7 @@ class Trainer:
         try:
             return self._run(strategy)
         finally:
+            self.tracking.close()  # a run that did not finish is marked failed
             ddp.shutdown(self.info)
 
     def _run(self, strategy: Strategy) -> dict[str, Any] | None:
@@ -243,6 +253,8 @@ class Trainer:
         if resume_state is not None:
             self.history.extend(resume_state.get("history", []))
             self.log(f"resuming {self.out} after epoch {resume_state['epoch'] + 1}")
+        self.tracking = Tracking.start(cfg, self.out, self.log, enabled=self.info.is_main,
+                                       resume=resume_state is not None)
         seed_everything(cfg.train.seed)
         data = load_run_data(cfg, self.spec, self.skip_bad)
         for bad in data.skipped:
@@ -276,6 +288,7 @@ class Trainer:
             test_probs=test_probs, baseline=baseline, timing=timing, best_epoch=best_epoch(trained, ctx),
             device=str(self.device), world=self.info.world, program=program, threshold_source=source)
         self.log(f"wrote {self.out} (report: {self.out / 'report.md'})")
+        self.tracking.finish(self.out)
         return summary
 
     def operating_point(self, strategy: Strategy, trained: TrainedModel, data: RunData,

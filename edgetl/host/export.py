@@ -35,6 +35,7 @@ from edgetl.api import (
 from edgetl.errors import ExportError, GateFailedError, MissingDependencyError, UsageError
 from edgetl.host.bundle_build import build_and_write, draft_manifest
 from edgetl.manifest import Manifest, as_manifest
+from edgetl.tracking import track_export
 
 log = logging.getLogger("edgetl.export")
 
@@ -153,7 +154,7 @@ def median_latency_ms(fn: Callable[[np.ndarray], Any], x: np.ndarray, runs: int,
 
 
 @dataclass
-class _Plan:
+class ExportPlan:
     """What ``options`` resolve to before any data is read: target, profile, chain, shapes, key."""
 
     target: Any
@@ -165,7 +166,7 @@ class _Plan:
 
 
 @dataclass
-class _Data:
+class ExportData:
     """The images export uses: validation (gate, reference set) with FP32 outputs, and calibration."""
 
     val: Any  # edgetl.host.calibration.LabelledSet
@@ -177,7 +178,7 @@ class _Data:
         return sum(len(b) for b in self.calib)
 
 
-def plan_export(options: ExportOptions) -> _Plan:
+def plan_export(options: ExportOptions) -> ExportPlan:
     """Resolve the target, profile and chain; fail early on a missing module or a mismatched profile."""
     from edgetl.config import load_target_profile
     from edgetl.keys import load_private_key
@@ -197,10 +198,10 @@ def plan_export(options: ExportOptions) -> _Plan:
     spec = ExportSpec(batch=profile.input.batch if profile is not None else 1, profile=profile,
                       dynamic_batch=options.dynamic_batch or bool(profile and profile.input.dynamic_batch))
     runtime_settings = profile.runtime.model_dump(exclude_none=True) if profile is not None else {}
-    return _Plan(target, profile, chain, spec, runtime_settings, private_key)
+    return ExportPlan(target, profile, chain, spec, runtime_settings, private_key)
 
 
-def load_data(run: Any, plan: _Plan, options: ExportOptions) -> _Data:
+def load_data(run: Any, plan: ExportPlan, options: ExportOptions) -> ExportData:
     """Validation images (gate, reference set) with the FP32 outputs, and calibration batches from train."""
     from edgetl.host import calibration as cal
     from edgetl.host.gate import SMALL_N, per_image
@@ -210,10 +211,13 @@ def load_data(run: Any, plan: _Plan, options: ExportOptions) -> _Data:
     val = cal.load_set(*cal.scan(val_dir, run.labels), run.input)
     reference = per_image(torch_outputs(run.model, val.x), val.owner, len(val), run.labels, run.positive)
     calib = cal.calibration_batches(train_dir, run.labels, run.input, options.calib_count, batch=plan.spec.batch)
-    data = _Data(val, reference, calib)
+    data = ExportData(val, reference, calib)
     say(f"data      {len(val)} validation images (gate), {data.calib_count} calibration images from {train_dir}")
     if len(val) < SMALL_N:
         say(f"warning   only {len(val)} validation images: the gate's 95 % intervals are wide (want >= {SMALL_N})")
+    if (len(val) - 1) / max(1, len(val)) < options.min_agreement:
+        say(f"warning   with {len(val)} validation images one changed decision fails --min-agreement "
+            f"{options.min_agreement:g} (boundary ties excepted)")
     return data
 
 
@@ -222,7 +226,7 @@ def model_facts(run: Any) -> ModelFacts:
                       positive=run.positive, output=run.output, input=run.input)
 
 
-def export_fp32(run: Any, plan: _Plan, data: _Data, work: Path, options: ExportOptions) -> tuple[list[Path], dict]:
+def export_fp32(run: Any, plan: ExportPlan, data: ExportData, work: Path, options: ExportOptions) -> tuple[list[Path], dict]:
     """The target's FP32 files; returns (files, stage record)."""
     import torch
 
@@ -239,7 +243,7 @@ def export_fp32(run: Any, plan: _Plan, data: _Data, work: Path, options: ExportO
     return files, stage
 
 
-def quantize_context(run: Any, plan: _Plan, data: _Data, fp32_files: list[Path],
+def quantize_context(run: Any, plan: ExportPlan, data: ExportData, fp32_files: list[Path],
                      options: ExportOptions) -> QuantizeContext:
     """The typed context every quantizer of this export receives (a fresh ``report`` per attempt)."""
     facts = model_facts(run)
@@ -269,7 +273,7 @@ def call_quantizer(quantizer: Quantizer, files: list[Path], out_dir: Path, ctx: 
     return list(quantizer.quantize(files, out_dir, ctx))
 
 
-def step_files(step: FallbackStep, plan: _Plan, fp32_files: list[Path], ctx: QuantizeContext,
+def step_files(step: FallbackStep, plan: ExportPlan, fp32_files: list[Path], ctx: QuantizeContext,
                work: Path) -> list[Path]:
     """The files for one step of the chain: the FP32 export itself, or its quantizer's output."""
     if step.precision == "fp32" and step.method == "default":
@@ -283,7 +287,7 @@ def step_files(step: FallbackStep, plan: _Plan, fp32_files: list[Path], ctx: Qua
         return call_quantizer(quantizer, fp32_files, work / f"{step.precision}-{step.method}", ctx)
 
 
-def gate_attempt(run: Any, plan: _Plan, data: _Data, manifest: Manifest, files: list[Path],
+def gate_attempt(run: Any, plan: ExportPlan, data: ExportData, manifest: Manifest, files: list[Path],
                  options: ExportOptions) -> tuple[dict[str, Any], Any]:
     """Load ``files`` through the target's gate runtime and gate them; returns (gate figures, runtime)."""
     from edgetl.host.gate import gate, per_image
@@ -301,7 +305,7 @@ def gate_attempt(run: Any, plan: _Plan, data: _Data, manifest: Manifest, files: 
     return figures, runtime
 
 
-def try_step(step: FallbackStep, run: Any, plan: _Plan, data: _Data, fp32_files: list[Path], work: Path,
+def try_step(step: FallbackStep, run: Any, plan: ExportPlan, data: ExportData, fp32_files: list[Path], work: Path,
              options: ExportOptions, stages: list[dict[str, Any]]) -> tuple[dict[str, Any], Any, Any]:
     """One attempt: quantize (unless FP32), gate. Returns (attempt record, draft manifest, runtime or None).
 
@@ -375,7 +379,9 @@ def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
                     lambda x: torch_outputs(run.model, x), data.val.x[:plan.spec.batch], options.latency_runs))
         finally:
             runtime.close()
-    return ExportResult(bundle=bundle, manifest=manifest, attempts=attempts, stages=stages, signature=signature)
+    result = ExportResult(bundle=bundle, manifest=manifest, attempts=attempts, stages=stages, signature=signature)
+    track_export(Path(run_dir), run.config, result.document(), options.progress)
+    return result
 
 
 def _attempt_line(a: dict[str, Any]) -> str:
