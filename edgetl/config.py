@@ -88,6 +88,7 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(default=None, gt=0)
     threshold: ThresholdPolicy = Field(default_factory=ThresholdPolicy)
     baseline: Literal["none", "scratch", "linear-probe"] = "none"
+    baseline_budget: Literal["wall_clock", "epochs"] = "wall_clock"
     seed: int = 0
     tta: list[str] = Field(default_factory=list)
 

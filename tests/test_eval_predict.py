@@ -71,7 +71,7 @@ def test_eval_text_output_and_errors(run, tmp_path):
     assert code == 1 and "not a run directory" in err
 
 
-def test_predict_json_one_and_many(run):
+def test_predict_json_lines_one_per_image(run):
     run_dir, data = run
     images = sorted((data / "val" / "defect").glob("*.png"))[:2]
     code, out, err = invoke("predict", str(run_dir), str(images[0]), "--json")
@@ -83,8 +83,9 @@ def test_predict_json_one_and_many(run):
     expected = "defect" if doc["scores"]["defect"] >= doc["threshold"] else "good"
     assert doc["label"] == expected
     code, out, _ = invoke("predict", str(run_dir), *map(str, images), "--json")
-    docs = json.loads(out)
-    jsonschema.validate(docs, PREDICT_SCHEMA)
+    docs = [json.loads(line) for line in out.splitlines()]  # JSON lines: one document per image
+    for d in docs:
+        jsonschema.validate(d, PREDICT_SCHEMA)
     assert [d["image"] for d in docs] == [str(p) for p in images]
 
 

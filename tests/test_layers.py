@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "edgetl"
-UPPER = {"host", "training", "cli", "device", "deploy"}  # everything else at the top of edgetl/ is the core
+UPPER = {"host", "training", "cli", "device", "deploy", "workflow"}  # everything else at the top of edgetl/ is the core
 
 
 def public_modules() -> set[str]:
@@ -70,7 +70,8 @@ ALLOWED = {
     "host": {"core", "training", "host"},
     "device": {"core", "device"},
     "deploy": {"core", "device", "deploy"},
-    "cli": {"core", "training", "host", "device", "deploy", "cli"},
+    "workflow": {"core", "training", "host", "device", "deploy", "workflow"},
+    "cli": {"core", "training", "host", "device", "deploy", "workflow", "cli"},
     "core": {"core"},
 }
 EXCEPTIONS = {("edgetl/predictor.py", "edgetl.host.predictor_run")}  # a run directory needs torch: lazy, host only

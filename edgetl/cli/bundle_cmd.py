@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from edgetl.cli.common import emit_json, info, json_option
-from edgetl.errors import EdgetlError, SignatureNotCheckedError
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from edgetl.manifest import Manifest
-
-DEFAULT_MAX_MB = 2048
+from edgetl.workflow.bundle import DEFAULT_MAX_MB
 
 
 @click.group("bundle")
@@ -23,11 +16,7 @@ def bundle_group() -> None:
 
 
 def inspect_document(path: Path) -> dict:
-    """The inspect JSON: manifest summary, members with sizes, signature facts.
-
-    Inspect reads an *unverified* bundle and shows whatever its manifest holds,
-    so it reads the raw document leniently instead of validating it.
-    """
+    """The inspect JSON: manifest summary, members with sizes, signature facts."""
     from edgetl.bundle import RESERVED, open_bundle
 
     with open_bundle(path) as bundle:
@@ -77,28 +66,6 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
     click.echo(f"  signature: {'key ' + sig['key_id'][:16] + '…' if sig['signed'] else 'none'}")
 
 
-def _reference_check(path: Path, manifest: Manifest, max_bytes: int) -> dict:
-    """Re-run the reference images on this machine when the target's runtime is here."""
-    from edgetl.bundle import extract_bundle, load_runtime
-    from edgetl.errors import MissingDependencyError, UnknownComponentError
-    from edgetl.reference import check_reference
-
-    if manifest.reference is None:
-        return {"status": "skipped", "reason": "the bundle has no reference set"}
-    with tempfile.TemporaryDirectory(prefix="edgetl-verify-") as tmp:
-        extract_bundle(path, Path(tmp), max_bytes)
-        try:
-            runtime = load_runtime(Path(tmp), manifest)
-        except (MissingDependencyError, UnknownComponentError) as exc:
-            return {"status": "skipped", "reason": str(exc)}
-        try:
-            result = check_reference(Path(tmp), manifest, runtime)
-        finally:
-            runtime.close()
-    result["status"] = "passed" if result["passed"] else "failed"
-    return result
-
-
 @bundle_group.command("verify")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--trust", "trust", multiple=True, type=click.Path(path_type=Path),
@@ -113,22 +80,11 @@ def verify_cmd(file: Path, trust: tuple[Path, ...], no_reference: bool, max_bund
 
     Without --trust the rest is checked and the exit status is 3 ("signature not checked").
     """
-    from edgetl.bundle import open_bundle, verify_bundle
-    from edgetl.manifest import as_manifest
+    from edgetl import fmt
+    from edgetl.workflow.bundle import reference_failure, verify_report
 
-    unchecked: SignatureNotCheckedError | None = None
-    try:
-        report = verify_bundle(file, list(trust))
-    except SignatureNotCheckedError as exc:
-        unchecked, report = exc, exc.report
-    with open_bundle(file) as bundle:
-        manifest = as_manifest(bundle.manifest)  # verify_bundle validated it
-    if no_reference:
-        report["reference"] = {"status": "skipped", "reason": "--no-reference"}
-    else:
-        report["reference"] = _reference_check(file, manifest, max_bundle_mb * 1024 * 1024)
-    failed = report["reference"]["status"] == "failed"
-    report["ok"] = unchecked is None and not failed
+    report = verify_report(file, list(trust) or None, reference=not no_reference,
+                           max_bytes=max_bundle_mb * 1024 * 1024, check=False)
     if as_json:
         emit_json(report)
     else:
@@ -137,13 +93,12 @@ def verify_cmd(file: Path, trust: tuple[Path, ...], no_reference: bool, max_bund
         click.echo(f"  schema: ok   hashes: ok ({report['members']} members)")
         click.echo("  signature: " + (f"ok, key {sig['key_id'][:16]}…" if sig["checked"] else "NOT CHECKED"))
         ref = report["reference"]
-        detail = (f" ({ref['n']} images, label agreement {ref['label_agreement']:.3f}, "
-                  f"max abs diff {ref['max_abs_diff']:.2e} <= {ref['tolerance']['max_abs_diff']:.0e})"
+        detail = (f" ({ref['n']} images, label agreement {fmt.prob(ref['label_agreement'])}, "
+                  f"max abs diff {fmt.tol(ref['max_abs_diff'])} <= {fmt.tol(ref['tolerance']['max_abs_diff'])})"
                   if "n" in ref else f" ({ref.get('reason')})")
         click.echo(f"  reference: {ref['status']}{detail}")
-    if failed:
-        raise EdgetlError(f"{file}: reference check failed on this machine: "
-                          + "; ".join(report["reference"].get("failures", [])[:3]))
-    if unchecked is not None:
+    if report["reference"]["status"] == "failed":
+        raise reference_failure(file, report)
+    if not report["signature"]["checked"]:
         info("signature not checked (pass --trust KEY.pub)")
         raise click.exceptions.Exit(3)

@@ -9,6 +9,8 @@ from edgetl.cli.common import emit_json, info, json_option
 
 def describe(result) -> list[str]:
     """The lines saying what one device verified (signature, compatibility, reference check, switch)."""
+    from edgetl import fmt
+
     report = result.report or {}
     lines = []
     sig = report.get("signature")
@@ -28,8 +30,8 @@ def describe(result) -> list[str]:
     if ref:
         tol = ref.get("tolerance") or {}
         lines.append(f"reference   {'passed' if ref.get('passed') else 'FAILED'}: n={ref.get('n')}, label agreement "
-                     f"{ref.get('label_agreement', 0):.3f} (need >= {tol.get('label_agreement')}), max |diff| "
-                     f"{ref.get('max_abs_diff', 0):.2e} (bound {tol.get('max_abs_diff')})")
+                     f"{fmt.prob(ref.get('label_agreement', 0))} (need >= {fmt.prob(tol.get('label_agreement'))}), "
+                     f"max |diff| {fmt.tol(ref.get('max_abs_diff', 0))} (bound {fmt.tol(tol.get('max_abs_diff'))})")
     switch = report.get("switch")
     if switch:
         lines.append(f"switch      {switch.get('from') or '(none)'} -> {switch.get('to')}")
@@ -70,24 +72,19 @@ def deploy_command(bundle, device_url, token_file, fleet_file, ca, parallel, no_
       edgetl deploy model.edgetl --device https://cam1:8470 --token-file cam1.token
       edgetl deploy model.edgetl --fleet fleet.yaml --parallel 8
     """
-    from edgetl.deploy.rollout import DeviceTarget, deploy_fleet, load_fleet_targets
-    from edgetl.device.server import read_token
-    from edgetl.errors import DeployError, UsageError
+    from edgetl.deploy.deployment import rollout
+    from edgetl.errors import UsageError
 
     if bool(device_url) == bool(fleet_file):
         raise UsageError("give either --device URL --token-file F, or --fleet FLEET.yaml")
-    if device_url:
-        if not token_file:
-            raise UsageError("--device needs --token-file")
-        targets = [DeviceTarget(device_url, device_url, read_token(token_file))]
-    else:
-        targets = load_fleet_targets(fleet_file)
-    results, ok = deploy_fleet(bundle, targets, ca=ca, parallel=parallel, rollback=not no_rollback,
-                               dry_run=dry_run, log=info)
+    if device_url and not token_file:
+        raise UsageError("--device needs --token-file")
+    done = rollout(bundle, device=device_url, token_file=token_file, fleet=fleet_file, ca=ca, parallel=parallel,
+                   rollback=not no_rollback, dry_run=dry_run, log=info)
     if as_json:
-        emit_json({"bundle": bundle, "dry_run": dry_run, "ok": ok, "devices": [r.to_dict() for r in results]})
+        emit_json(done.to_dict())
     else:
-        for r in results:
+        for r in done.devices:
             if r.report or r.error:
                 click.echo(f"{r.name}: {r.result}")
                 for line in describe(r):
@@ -95,9 +92,6 @@ def deploy_command(bundle, device_url, token_file, fleet_file, ca, parallel, no_
                 if dry_run:
                     click.echo(f"  serving     {r.before or '(none)'}")
                     click.echo("".join(f"  warning: {w}\n" for w in r.warnings), nl=False)
-        print_summary(results, "dry run" if dry_run else "deploy")
-    if not ok:
-        bad = [r for r in results if r.result not in ("installed", "ok")]
-        what = "passed the checks" if dry_run else "ended on the new model"
-        raise DeployError(f"{len(bad)} of {len(results)} device(s) not {what}: "
-                          + ", ".join(f"{r.name} ({r.result})" for r in bad))
+        print_summary(done.devices, "dry run" if dry_run else "deploy")
+    if not done.ok:
+        raise done.failure()

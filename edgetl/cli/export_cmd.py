@@ -14,6 +14,8 @@ def attempts_table(attempts: list[dict], torch_ms: float | None = None, title: s
     from rich.console import Console
     from rich.table import Table
 
+    from edgetl import fmt
+
     table = Table(title=title)
     for col in ("precision", "gate", "metric fp32 -> exported", "agreement [95% CI]", "max abs diff",
                 "latency ms", "size"):
@@ -25,8 +27,8 @@ def attempts_table(attempts: list[dict], torch_ms: float | None = None, title: s
         lo, hi = a["agreement_ci95"]
         table.add_row(
             f"{a['precision']}/{a['method']}", "pass" if a["passed"] else "FAIL",
-            f"{a['reference_metric']:.4f} -> {a['exported_metric']:.4f}",
-            f"{a['agreement']:.3f} [{lo:.3f}, {hi:.3f}]", f"{a['max_abs_diff']:.2e}",
+            f"{fmt.prob(a['reference_metric'])} -> {fmt.prob(a['exported_metric'])}",
+            f"{fmt.prob(a['agreement'])} [{fmt.prob(lo)}, {fmt.prob(hi)}]", fmt.tol(a["max_abs_diff"]),
             f"{a['latency_ms']:.2f}" if a.get("latency_ms") is not None else "-",
             f"{a['size_bytes'] / 1e6:.2f} MB" if a.get("size_bytes") else "-")
     if torch_ms is not None:
@@ -66,14 +68,13 @@ def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fal
     The exit status is non-zero, and no bundle is written, when nothing passes.
     """
     from edgetl.errors import GateFailedError
-    from edgetl.host.export import ExportOptions, export_run
+    from edgetl.workflow.bundle import export_bundle
 
-    options = ExportOptions(format=fmt, target=target, precision=precision, fallback=fallback, gate=gate,
-                            min_agreement=min_agreement, calib_count=calib_count, dynamic_batch=dynamic_batch,
-                            model_version=model_version, sign=sign, out=out, latency_runs=latency_runs,
-                            progress=info)
     try:
-        result = export_run(run_dir, options)
+        result = export_bundle(run_dir, format=fmt, target=target, precision=precision, fallback=fallback,
+                               gate=gate, min_agreement=min_agreement, calib_count=calib_count,
+                               dynamic_batch=dynamic_batch, model_version=model_version, sign=sign, out=out,
+                               latency_runs=latency_runs, log=info).result
     except GateFailedError as exc:
         attempts = getattr(exc, "attempts", [])
         if as_json:

@@ -53,18 +53,11 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, devi
         if code:
             raise click.exceptions.Exit(code)
         return
-    from edgetl.host.engine import Trainer
+    from edgetl.workflow import train_config
 
-    run_dir = Path(out) if out else Path("runs") / cfg.name
-    summary = Trainer(cfg, run_dir, device=device, resume=resume, force=force, skip_bad=skip_bad, log=info).run()
-    if summary is None:
-        return
-    if as_json:
-        emit_json(summary)
-    else:
-        from edgetl.host.report import report_summary
-
-        info(report_summary(run_dir))
+    run = train_config(cfg, out, device=device, resume=resume, force=force, skip_bad=skip_bad, log=info)
+    if run is not None and as_json:
+        emit_json(run.summary)
 
 
 @click.command("eval")
@@ -78,72 +71,68 @@ def eval_command(model: str, data_dir: str, batch: int, skip_bad: bool, as_json:
 
     Applies the stored operating point; figures are fractions in [0, 1].
     """
-    from edgetl.data.folder import check_images, load_split
-    from edgetl.errors import DataError
-    from edgetl.metrics import evaluate, wilson_interval
-    from edgetl.predictor import open_predictor, predict_files
+    from edgetl import fmt
+    from edgetl.metrics import wilson_interval
+    from edgetl.workflow import load
 
-    predictor = open_predictor(model)
-    samples = load_split(Path(data_dir))
-    unknown = [c for c in samples.classes if c not in predictor.labels]
-    if unknown:
-        raise DataError(f"{data_dir}: class folder '{unknown[0]}' is not a label of the model "
-                        f"{list(predictor.labels)}")
-    samples = check_images(samples, skip_bad=skip_bad)
-    for path in samples.skipped:
-        info(f"skipped unreadable image: {path}")
-    y = [predictor.labels.index(samples.classes[s.label]) for s in samples.items]
-    step = max(1, len(samples) // 10)
-
-    def progress(done: int, total: int) -> None:
-        if done % step == 0 or done == total:
-            info(f"  {done}/{total} images")
-
-    probs = predict_files(predictor, [s.path for s in samples.items], batch_size=batch, progress=progress)
-    doc = evaluate(y, probs, predictor.labels, predictor.threshold, predictor.positive)
+    model = load(model)
+    doc = model.evaluate(data_dir, batch=batch, skip_bad=skip_bad, log=info)
     if as_json:
         emit_json(doc)
         return
     lo, hi = wilson_interval(int(round(doc["accuracy"] * doc["n"])), doc["n"])
-    click.echo(f"{predictor.name} on {data_dir}: n={doc['n']}  accuracy {doc['accuracy']:.4f} "
-               f"(95% CI {lo:.3f}-{hi:.3f})  balanced accuracy {doc['balanced_accuracy']:.4f}"
-               + (f"  ROC AUC {doc['roc_auc']:.4f}" if doc["roc_auc"] is not None else ""))
+    click.echo(f"{model.name} on {data_dir}: n={doc['n']}  accuracy {fmt.prob(doc['accuracy'])} "
+               f"(95% CI {fmt.prob(lo)}-{fmt.prob(hi)})  balanced accuracy {fmt.prob(doc['balanced_accuracy'])}"
+               + (f"  ROC AUC {fmt.prob(doc['roc_auc'])}" if doc["roc_auc"] is not None else ""))
     if doc["recall_at_threshold"] is not None:
-        click.echo(f"operating point {doc['threshold'] if doc['threshold'] is not None else 'argmax'}: "
-                   f"recall {doc['recall_at_threshold']:.4f}, false-reject rate {doc['false_reject_rate']:.4f}")
+        point = "argmax" if doc["threshold"] is None else f"{model.positive} >= {fmt.prob(doc['threshold'])}"
+        click.echo(f"operating point {point}: recall {fmt.prob(doc['recall_at_threshold'])}, "
+                   f"false-reject rate {fmt.prob(doc['false_reject_rate'])}")
     width = max(len(c) for c in doc["labels"])
-    click.echo(f"{'class':<{width}}  precision  recall  f1      support")
+    click.echo(f"{'class':<{width}}  precision  recall  f1     support")
     for c in doc["labels"]:
         pc = doc["per_class"][c]
-        click.echo(f"{c:<{width}}  {pc['precision']:.4f}     {pc['recall']:.4f}  {pc['f1']:.4f}  {pc['support']}")
+        click.echo(f"{c:<{width}}  {fmt.prob(pc['precision']):<9}  {fmt.prob(pc['recall']):<6}  "
+                   f"{fmt.prob(pc['f1']):<5}  {pc['support']}")
 
 
 @click.command("predict")
 @click.argument("model", type=click.Path(exists=True), metavar="RUN_DIR|BUNDLE")
-@click.argument("images", nargs=-1, required=True, type=click.Path(), metavar="IMAGE...")
-@json_option
-def predict_command(model: str, images: tuple[str, ...], as_json: bool) -> None:
-    """Classify images with a run or a bundle (the stored operating point applies).
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.option("--save", "save_dir", type=click.Path(file_okay=False), default=None,
+              help="Write annotated copies here: images (label, score, threshold drawn), and an .mp4 per video.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document per line (per image or frame) on stdout.")
+def predict_command(model: str, sources: tuple[str, ...], save_dir: str | None, as_json: bool) -> None:
+    """Predict images, folders, globs, a video file or a camera index; one line per image/frame as it comes.
 
-    With --json: one image gives one predict document; several give a JSON
-    array of them, each with its ``image`` path.
+    \b
+      edgetl predict runs/x data/textures/test                # a folder, recursively
+      edgetl predict runs/x 'shots/*.jpg' --save annotated/   # a quoted glob, annotated copies
+      edgetl predict model.edgetl clip.mp4 --save out/ --json # a video: out/clip.mp4, JSON lines
+      edgetl predict model.edgetl 0                           # camera 0 (Ctrl-C stops)
+
+    Each line shows the score the decision used and the threshold it was
+    compared with, e.g. "defect 0.305 (threshold 0.200) -> defect".
     """
-    from edgetl.predictor import open_predictor, predict_document
-    from edgetl.preprocess import read_image
+    import contextlib
+    import json
+    import sys
 
-    predictor = open_predictor(model)
-    docs = []
-    for path in images:
-        doc = predict_document(predictor, read_image(path))
-        if len(images) > 1:
-            doc = {"image": path, **doc}
-        docs.append(doc)
-        if not as_json:
-            scores = "  ".join(f"{k} {v:.3f}" for k, v in doc["scores"].items())
-            click.echo(f"{path}: {doc['label']}  ({scores})  {doc['latency_ms']:.1f} ms")
-    if as_json:
-        emit_json(docs[0] if len(images) == 1 else docs)
+    from edgetl.workflow import load
+
+    count = 0
+    results = load(model).stream(list(sources), save=save_dir, maps=save_dir is not None)
+    with contextlib.closing(results):  # Ctrl-C on a camera still finishes the saved video
+        for result in results:
+            count += 1
+            if as_json:
+                sys.stdout.write(json.dumps(result.to_dict(), default=float) + "\n")
+            else:
+                where = result.source + (f" #{result.frame}" if result.frame is not None else "")
+                click.echo(f"{where}: {result.describe()}  {result.latency_ms:.1f} ms")
+            sys.stdout.flush()
+    if save_dir is not None:
+        info(f"annotated {count} image(s)/frame(s) into {save_dir}")
 
 
 COMMANDS = [train_command, eval_command, predict_command]
-

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetl import fmt
 from edgetl.manifest import SCHEMA_VERSION
 from edgetl.reference import TOLERANCES, run_images
 
@@ -122,7 +123,7 @@ def build_and_write(*, run: Any, draft: dict[str, Any], files: list[Path], runti
                    "size_bytes": sum(len(b) for b in ref_members.values())})
     tol = ref_section["tolerance"]
     say(f"reference {stages[-1]['seconds']:6.1f} s  {ref_section['count']} images, tolerance: label agreement "
-        f">= {tol['label_agreement']:g}, |score diff| <= {tol['max_abs_diff']:g}")
+        f">= {fmt.prob(tol['label_agreement'])}, |score diff| <= {fmt.tol(tol['max_abs_diff'])}")
     members: dict[str, bytes | Path] = {**model_members(files), **ref_members}
     manifest = {
         **draft, "files": {}, "reference": ref_section,

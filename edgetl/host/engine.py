@@ -23,6 +23,7 @@ import numpy as np
 from edgetl.api import DistInfo, FitContext, Strategy, TrainedModel
 from edgetl.config import RunConfig, load_run_config
 from edgetl.errors import ConfigError, EdgetlError, PluginError, UsageError
+from edgetl.host import budget as baseline_budget
 from edgetl.host import ddp
 from edgetl.host.splits import RunData, load_run_data
 from edgetl.metrics import evaluate, pick_threshold
@@ -196,14 +197,14 @@ class Trainer:
             return None
         base, options = self.baseline_strategy(kind)
         scratch = kind == "scratch"
-        self.log(f"baseline: {kind} ({base.name}) on the same budget (epochs <= {self.cfg.train.epochs}"
-                 + (f", wall-clock <= {main_seconds:.0f} s" if scratch else "") + ")")
+        budget, time_budget_s, line = baseline_budget.plan(self.cfg, kind, main_seconds)
+        self.log(f"{line} [{base.name}]")
         seed_everything(self.cfg.train.seed)
         bcfg = self.cfg.backbone
         module = self.backbone.build(pretrained=False) if scratch else self.backbone.build(
             pretrained=bcfg.pretrained, weights=bcfg.weights)
         ctx = self.context(data, module, options, tag=f"baseline-{kind}",
-                           time_budget_s=main_seconds if scratch else None)
+                           time_budget_s=time_budget_s)
         trained, _, seconds = self.fit(base, ctx, data)
         val = evaluate(data.val.labels, self.predict(trained.module, data.val), data.classes)
         test = (evaluate(data.test.labels, self.predict(trained.module, data.test), data.classes)
@@ -213,12 +214,16 @@ class Trainer:
         delta = (main_val.get(key) or 0.0) - (val.get(key) or 0.0)
         result = {"kind": kind, "strategy": base.name, "metric": key, "seconds": seconds,
                   "best_epoch": best_epoch(trained, ctx), "val": val, "test": test, "main_val": main_val.get(key),
-                  "baseline_val": val.get(key), "delta_val": delta, "helped": delta > 0}
+                  "baseline_val": val.get(key), "delta_val": delta, "helped": delta > 0,
+                  **baseline_budget.facts(self.history, kind, budget, main_seconds, self.cfg.train.epochs)}
         if test is not None and main_test is not None:
             result["delta_test_accuracy"] = main_test["accuracy"] - test["accuracy"]
             result["delta_test_balanced_accuracy"] = main_test["balanced_accuracy"] - test["balanced_accuracy"]
         self.log(f"baseline {kind}: val {key} {val.get(key):.3f} vs {main_val.get(key):.3f} "
-                 f"-> transfer {'helped' if delta > 0 else 'did NOT help'} ({delta:+.3f})")
+                 f"-> transfer {'helped' if delta > 0 else 'did NOT help'} ({delta:+.3f}), "
+                 f"{result['epochs_run']} epoch(s) in {seconds:.0f} s")
+        if result["single_epoch"]:
+            self.log(baseline_budget.SINGLE_EPOCH_WARNING)
         return result
 
     # -- the run ------------------------------------------------------------

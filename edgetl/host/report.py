@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import yaml
 
+from edgetl import fmt
 from edgetl.api import InputSpec, TrainedModel
+from edgetl.fmt import pct
 from edgetl.host import plots
 from edgetl.host.run import save_run_model
-from edgetl.metrics import decide, wilson_interval
+from edgetl.metrics import decide, evaluate, wilson_interval
 
 
 def _history_csv(path: Path, history: list[dict[str, Any]]) -> None:
@@ -43,26 +45,46 @@ def _predictions_csv(path: Path, split: Any, probs: np.ndarray, labels: list[str
             writer.writerow([str(p), labels[y], labels[yhat], *[f"{v:.6f}" for v in row]])
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f} %"
-
-
-def _doc_lines(doc: dict[str, Any], name: str) -> list[str]:
+def _doc_lines(doc: dict[str, Any], split: str, decision: str) -> list[str]:
     n = doc["n"]
     correct = int(round(doc["accuracy"] * n))
     lo, hi = wilson_interval(correct, n)
-    auc = "–" if doc["roc_auc"] is None else f"{doc['roc_auc']:.3f}"
-    lines = [f"| {name} | {n} | {_pct(doc['accuracy'])} ({_pct(lo)}–{_pct(hi)}) | "
-             f"{_pct(doc['balanced_accuracy'])} | {auc} | "
-             f"{_pct(doc['recall_at_threshold'])} | {_pct(doc['false_reject_rate'])} |"]
-    return lines
+    return [f"| {split} | {decision} | {n} | {pct(doc['accuracy'])} ({pct(lo)}–{pct(hi)}) | "
+            f"{pct(doc['balanced_accuracy'])} | {fmt.prob(doc['roc_auc'])} | "
+            f"{pct(doc['recall_at_threshold'])} | {pct(doc['false_reject_rate'])} |"]
+
+
+def _results(metrics: dict[str, Any], target: float) -> list[str]:
+    """The results table: argmax and the operating point side by side, and what tells them apart."""
+    final, argmax = metrics["final"], metrics["final_argmax"]
+    threshold, positive = metrics["threshold"], metrics["positive"]
+    point = None if threshold is None else f"p({positive}) ≥ {fmt.prob(threshold)}"
+    lines = ["| split | decision | n | accuracy (95 % CI) | balanced acc. | ROC AUC | recall (positive class) "
+             "| false-reject rate |", "|---|---|---|---|---|---|---|---|"]
+    for split in ("val", "test"):
+        if final[split] is None:
+            continue
+        lines += _doc_lines(argmax[split], split, "argmax")
+        if point is not None:
+            lines += _doc_lines(final[split], split, point)
+    if point is None:
+        return lines + ["", "Decision: argmax (the most probable class), the same one the per-epoch log's "
+                            "`val_acc`/`val_bacc` use."]
+    source = ("the strategy's own threshold" if metrics.get("threshold_source") == "strategy"
+              else f"a threshold chosen on val for recall ≥ {target:g} of `{positive}`")
+    return lines + ["", f"Two decisions, side by side. **argmax** takes the most probable class: the per-epoch "
+                        f"log's `val_acc`/`val_bacc` and the best-epoch selection use it. The **operating point** "
+                        f"predicts `{positive}` whenever {point}, {source}: it catches more `{positive}` images "
+                        "at the price of rejecting more of the others, so its accuracy is usually lower. The saved "
+                        "model applies the operating point: it is what `eval`, `predict`, the export gate and the "
+                        "device use."]
 
 
 def _per_class_table(doc: dict[str, Any]) -> list[str]:
     lines = ["| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
     for c in doc["labels"]:
         pc = doc["per_class"][c]
-        lines.append(f"| {c} | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {_pct(pc['f1'])} | {pc['support']} |")
+        lines.append(f"| {c} | {pct(pc['precision'])} | {pct(pc['recall'])} | {pct(pc['f1'])} | {pc['support']} |")
     return lines
 
 
@@ -99,6 +121,8 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
                  "value": best_row.get(f"val_{metric}") if best_row else None},
         "epochs_run": len(main_rows),
         "final": {"val": val_doc, "test": test_doc},
+        "final_argmax": {"val": evaluate(data.val.labels, val_probs, labels),
+                         "test": None if test_doc is None else evaluate(data.test.labels, test_probs, labels)},
         "baseline": baseline, "timing": timing, "skipped_images": data.skipped,
         "strategy_extra": trained.extra,
     }
@@ -125,7 +149,8 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
         "test": None if test_doc is None else {k: test_doc[k] for k in (
             "accuracy", "balanced_accuracy", "roc_auc", "recall_at_threshold", "false_reject_rate", "n")},
         "baseline": None if baseline is None else {k: baseline.get(k) for k in (
-            "kind", "metric", "main_val", "baseline_val", "delta_val", "helped", "delta_test_accuracy", "seconds")},
+            "kind", "metric", "main_val", "baseline_val", "delta_val", "helped", "delta_test_accuracy", "seconds",
+            "budget", "epochs_run", "single_epoch")},
         "seconds": timing["total_seconds"],
     }
 
@@ -144,30 +169,13 @@ def _report_md(out: Path, cfg: Any, metrics: dict[str, Any], figures: dict[str, 
              f"Images: {metrics['counts']['train']} train, {metrics['counts']['val']} val"
              + (f", {metrics['counts']['test']} test" if metrics["counts"]["test"] else "")
              + f"; classes {', '.join(metrics['labels'])}.", "",
-             "## Results", "",
-             "| split | n | accuracy (95 % CI) | balanced acc. | ROC AUC | recall at threshold | false-reject rate |",
-             "|---|---|---|---|---|---|---|"]
-    lines += _doc_lines(val, "val")
-    if test is not None:
-        lines += _doc_lines(test, "test")
-    source = ("the strategy's own" if metrics["threshold_source"] == "strategy"
-              else f"target recall {t.threshold.target} chosen on val")
-    op = ("argmax" if metrics["threshold"] is None else
-          f"`{metrics['positive']}` when p({metrics['positive']}) >= {metrics['threshold']:.4f} ({source})")
-    lines += ["", f"Operating point: {op}.", "",
-              "Model selection (best epoch, threshold) used the validation split only"
+             "## Results", ""]
+    lines += _results(metrics, t.threshold.target)
+    lines += ["", "Model selection (best epoch, threshold) used the validation split only"
               + ("; the test split was evaluated once, at the end." if test is not None else "; no test split given."),
               ""]
-    base = metrics["baseline"]
-    if base:
-        verdict = "helped" if base["helped"] else "did NOT help"
-        lines += ["## Negative-transfer check", "",
-                  f"Baseline `{base['kind']}` (same architecture, same budget: {base['seconds']:.0f} s, "
-                  f"best epoch {base['best_epoch']}): val {base['metric']} {_pct(base['baseline_val'])} vs "
-                  f"{_pct(base['main_val'])} for this run: transfer **{verdict}** "
-                  f"({100 * base['delta_val']:+.1f} points)"
-                  + (f"; test accuracy {100 * base['delta_test_accuracy']:+.1f} points."
-                     if base.get("delta_test_accuracy") is not None else "."), ""]
+    if metrics["baseline"]:
+        lines += _baseline_lines(metrics["baseline"])
     shown = test if test is not None else val
     lines += [f"## Per class ({'test' if test is not None else 'val'})", ""] + _per_class_table(shown) + [""]
     changes = [(r.get("epoch"), r.get("unfrozen_groups")) for i, r in enumerate(rows)
@@ -185,6 +193,32 @@ def _report_md(out: Path, cfg: Any, metrics: dict[str, Any], figures: dict[str, 
               + (f", test-time views {', '.join(t.tta)}" if t.tta else "") + ".",
               "Files: model.pt2 (the module), model.pt (facts + state dict), config.yaml (resolved), metrics.json, history.csv, predictions_*.csv.", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+
+
+def _baseline_lines(base: dict[str, Any]) -> list[str]:
+    """The negative-transfer section: the verdict, the budget the baseline really had, and a flag for one epoch."""
+    verdict = "helped" if base["helped"] else "did NOT help"
+    epochs = base.get("epochs_run")
+    if base.get("budget") == "wall_clock":
+        budget = (f"the same wall-clock as this run's training, {_secs(base['budget_seconds'])} (it stops after "
+                  f"the epoch that crosses it): {epochs} epoch(s) in {_secs(base['seconds'])}")
+    else:
+        budget = f"the same number of epochs ({base.get('budget_epochs')}): {epochs} run in {_secs(base['seconds'])}"
+    lines = ["## Negative-transfer check", "",
+             f"Baseline `{base['kind']}` (same architecture; budget: {budget}, best epoch {base['best_epoch']}): "
+             f"val {base['metric']} {pct(base['baseline_val'])} vs {pct(base['main_val'])} for this run: "
+             f"transfer **{verdict}** ({100 * base['delta_val']:+.1f} points)"
+             + (f"; test accuracy {100 * base['delta_test_accuracy']:+.1f} points."
+                if base.get("delta_test_accuracy") is not None else "."), ""]
+    if base.get("single_epoch"):
+        lines += ["**The baseline ran a single epoch**, so this verdict says little: a network trained from "
+                  "scratch for one epoch is rarely better than chance. Give it `train.baseline_budget: epochs` "
+                  "(the same epochs as this run) or set `train.baseline: none`.", ""]
+    return lines
 
 
 def report_summary(run_dir: Path) -> str:
