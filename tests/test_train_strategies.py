@@ -209,3 +209,22 @@ def test_cosine_warmup_schedule_shapes_the_lr(tmp_path, data):
     assert lrs[0] == pytest.approx(3e-3 * 0.5 * (1 + math.cos(0)), rel=0.05) or lrs[0] <= 3e-3
     assert lrs[1] > lrs[2] > lrs[3] >= 0
     assert lrs[3] == pytest.approx(0, abs=1e-9)
+
+
+def test_standardised_head_keeps_its_weights_and_floors_dead_channels():
+    from edgetl_strategies.linear_probe import standardizer, std_floor
+
+    x = torch.randn(500, 6) * torch.tensor([1.0, 10.0, 0.1, 1.0, 1.0, 1.0])
+    x[:, 5] = 0.3 + 1e-7 * torch.randn(500)  # a dead channel: constant up to float noise
+    std = std_floor(x.std(dim=0))
+    assert std[5] == pytest.approx(0.01 * float(x.std(dim=0).median()), rel=1e-6)
+    assert torch.equal(std[:5], x.std(dim=0)[:5])  # real features keep their own std
+    head = torch.nn.Sequential(torch.nn.Dropout(0.0), torch.nn.Linear(6, 3)).eval()
+    weights = head[1].weight.clone()
+    mean = x.mean(dim=0)
+    expected = head((x - mean) / std)
+    full = standardizer(head, mean, std).eval()
+    assert torch.allclose(full(x), expected, atol=1e-5)
+    # the linear layer keeps the well-conditioned weights it was trained with (no 1/std folded in),
+    # so per-channel INT8 does not zero most of them
+    assert torch.equal(full[2].weight, weights)
