@@ -11,6 +11,15 @@ selection), prints a table and writes JSON (+ a PNG) under benchmarks/results/.
     python benchmarks/elpv_strategies.py                      # all three
     python benchmarks/elpv_strategies.py --only linear-probe  # one
     python benchmarks/elpv_strategies.py --report-only        # table + figure from the saved results
+
+The recipe (examples/defect_detection/elpv-four-recipe.yaml) runs per seeded
+split (``edgetl data elpv --classes four --seed S``), then exports through
+the gate (``--precision auto``: INT8 first; ONNX Runtime and OpenVINO) and evaluates each
+bundle on test; one JSON per seed under benchmarks/results/elpv/, and the
+table reads every such file (so seeds may run in different sessions):
+
+    python benchmarks/elpv_strategies.py --recipe --seed 0 [--seed 1 ...]
+    python benchmarks/elpv_strategies.py --recipe-table       # the table from the saved seeds
 """
 
 from __future__ import annotations
@@ -76,6 +85,95 @@ def run_one(strategy: str, data: Path, runs: Path, extra: list[str]) -> dict:
             "test": summarise(labels, truth, probs), "overrides": extra}
 
 
+RECIPE = ROOT / "examples" / "defect_detection" / "elpv-four-recipe.yaml"
+RECIPE_RESULTS = ROOT / "benchmarks" / "results" / "elpv"
+
+
+def cli_json(args: list[str], log: Path, ok: tuple[int, ...] = (0,)) -> tuple[dict, float]:
+    """``edgetl ARGS --json`` as a subprocess: (its JSON document, wall seconds); stderr appended to ``log``.
+
+    ``ok``: exit statuses that still carry a JSON document (export: 1 = the gate failed).
+    """
+    start = time.perf_counter()
+    with log.open("a") as err:
+        proc = subprocess.run([sys.executable, "-m", "edgetl", *args, "--json"], stdout=subprocess.PIPE,
+                              stderr=err, text=True, cwd=ROOT)
+    if proc.returncode not in ok:
+        raise SystemExit(f"edgetl {args[0]} failed with status {proc.returncode} (see {log})")
+    return (json.loads(proc.stdout) if proc.stdout.strip() else {}), time.perf_counter() - start
+
+
+def recipe_seed(seed: int, runs: Path, formats: list[str], reuse: bool = False) -> dict:
+    """Train the recipe on split ``seed``, export per format (``--precision auto``: INT8 first, through
+    the gate), evaluate each bundle on test. ``reuse``: keep an already trained run of that seed."""
+    from edgetl.data.elpv import materialise_elpv
+
+    data = ROOT / "data" / f"elpv-four-s{seed}"
+    if not (data / "train").is_dir():
+        materialise_elpv(data, classes="four", seed=seed)
+    out, log = runs / f"elpv-recipe-s{seed}", runs / f"elpv-recipe-s{seed}.log"
+    wall = None
+    if not (reuse and (out / "metrics.json").is_file()):
+        _, wall = cli_json(["train", str(RECIPE), "--out", str(out), "--force", "--device", "cpu",
+                            "--set", f"train.seed={seed}"]
+                           + [f"--set=data.{k}={data / k}" for k in ("train", "val", "test")], log)
+    metrics = json.loads((out / "metrics.json").read_text())
+    wall = wall if wall is not None else metrics["timing"].get("total_seconds", metrics["timing"]["fit_seconds"])
+    labels, truth, probs = read_predictions(out / "predictions_test.csv")
+    doc = {"seed": seed, "config": str(RECIPE.relative_to(ROOT)), "train_wall_seconds": wall,
+           "timing": metrics.get("timing"), "test": summarise(labels, truth, probs), "exports": {}}
+    for fmt in formats:
+        bundle = runs / f"elpv-recipe-s{seed}-{fmt}.edgetl"
+        exported, seconds = cli_json(["export", str(out), "--format", fmt, "--precision", "auto",
+                                      "--out", str(bundle)], log, ok=(0, 1))
+        if not bundle.is_file():  # no INT8 passed the gate: nothing deployable to evaluate
+            doc["exports"][fmt] = {"export_seconds": seconds, "passed": False, "attempts": exported.get("attempts")}
+            save_seed(doc)
+            continue
+        ev, _ = cli_json(["eval", str(bundle), str(data / "test")], log)
+        doc["exports"][fmt] = {"export_seconds": seconds, "passed": exported.get("passed"),
+                            "precision": exported.get("precision"), "method": exported.get("method"),
+                            "attempts": exported.get("attempts"), "test_accuracy": ev["accuracy"],
+                            "drop_points": 100 * (doc["test"]["accuracy"] - ev["accuracy"])}
+        save_seed(doc)
+    save_seed(doc)
+    return doc
+
+
+def save_seed(doc: dict) -> None:
+    """benchmarks/results/elpv/recipe-s<seed>.json (after each export, so a stopped run keeps what it has)."""
+    RECIPE_RESULTS.mkdir(parents=True, exist_ok=True)
+    (RECIPE_RESULTS / f"recipe-s{doc['seed']}.json").write_text(json.dumps(doc, indent=1))
+
+
+def recipe_table() -> None:
+    """Mean and spread (min-max) over every saved seed of the recipe."""
+    docs = [json.loads(p.read_text()) for p in sorted(RECIPE_RESULTS.glob("recipe-s*.json"))]
+    if not docs:
+        raise SystemExit(f"no recipe results under {RECIPE_RESULTS}; run --recipe --seed S first")
+
+    def cell(values: list[float], scale: float = 100.0) -> str:
+        v = np.array(values) * scale
+        return f"{v.mean():.1f} ({v.min():.1f}-{v.max():.1f})" if len(v) > 1 else f"{v[0]:.1f}"
+
+    tests = [d["test"] for d in docs]
+    print(f"ELPV four classes, recipe, seeds {[d['seed'] for d in docs]}: mean (min-max)")
+    print(f"  test accuracy      {cell([t['accuracy'] for t in tests])} %")
+    print(f"  balanced accuracy  {cell([t['balanced_accuracy'] for t in tests])} %")
+    for c in tests[0]["recall"]:
+        print(f"  recall {c}        {cell([t['recall'][c] for t in tests])} %")
+    print(f"  training wall      {cell([d['train_wall_seconds'] / 60 for d in docs], 1.0)} min")
+    for fmt in sorted({f for d in docs for f in d["exports"]}):
+        rows = [d["exports"][fmt] for d in docs if fmt in d["exports"] and "drop_points" in d["exports"][fmt]]
+        if not rows:
+            print(f"  {fmt:<9} no bundle passed the gate")
+            continue
+        chosen = ", ".join(sorted({f"{r.get('precision')}/{r.get('method')}" for r in rows}))
+        print(f"  {fmt:<9} auto -> {chosen}: drop {cell([r['drop_points'] for r in rows], 1.0)} points, export "
+              f"{cell([r['export_seconds'] / 60 for r in rows], 1.0)} min, gate passed "
+              f"{sum(bool(r['passed']) for r in rows)}/{len(rows)}")
+
+
 def ensemble(results: dict) -> dict | None:
     if not {"linear-probe", "finetune"} <= set(results):
         return None
@@ -116,7 +214,17 @@ def main() -> None:
     ap.add_argument("--set", dest="extra", action="append", default=[], help="extra --set for every run")
     ap.add_argument("--results", default="benchmarks/results/elpv_strategies.json")
     ap.add_argument("--report-only", action="store_true", help="no training: table, ensemble, figure from --results")
+    ap.add_argument("--recipe", action="store_true", help="train + INT8 export + test eval of the recipe per --seed")
+    ap.add_argument("--seed", type=int, action="append", help="split seed for --recipe (repeatable)")
+    ap.add_argument("--formats", default="onnx,openvino", help="INT8 export formats for --recipe")
+    ap.add_argument("--recipe-table", action="store_true", help="the recipe table from the saved seeds")
+    ap.add_argument("--reuse", action="store_true", help="--recipe: keep an already trained run of the seed")
     args = ap.parse_args()
+    if args.recipe or args.recipe_table:
+        for seed in (args.seed or [0, 1, 2]) if args.recipe else []:
+            recipe_seed(seed, ROOT / args.runs, [f for f in args.formats.split(",") if f], args.reuse)
+        recipe_table()
+        return
     data, results_path = ROOT / args.data, ROOT / args.results
     if not (data / "train").is_dir():
         from edgetl.data.elpv import materialise_elpv

@@ -128,7 +128,9 @@ def test_auto_walks_the_chain_past_a_failing_gate_and_records_every_attempt(tiny
     assert not first["passed"] and "agreement" in first["reason"] and first["agreement"] < 0.98
     assert second["passed"] and second["agreement"] >= 0.98 and second["n"] == 32
     assert result.manifest["target"]["method"] == "accuracy-aware"
-    assert "float_layers" in second["details"] and second["details"]["sensitivity"]
+    # its own full INT8 already meets the target here: early exit, no per-layer ranking spent
+    assert second["details"]["float_layers"] == [] and second["details"]["stopped"] == "agreement met"
+    assert second["details"]["ranked_layers"] == 0
 
 
 def test_explicit_precision_failing_the_gate_fails_without_fallback_and_falls_back_with_it(tiny, tmp_path, broken_int8):
@@ -253,3 +255,35 @@ def test_bundle_verify_fails_when_this_machine_does_not_reproduce_the_reference(
     res = CliRunner().invoke(cli, ["bundle", "verify", str(bad), "--trust", str(pub)])
     assert res.exit_code == 1
     assert "reference check failed on this machine" in res.output and "reference/000" in res.output
+
+
+@pytest.fixture(scope="module")
+def small_onnx(tmp_path_factory):
+    """A 3-conv classifier as ONNX, with calibration and check images."""
+    torch = pytest.importorskip("torch")
+    from edgetl_onnx.export import export_onnx
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 4, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Softmax(dim=1)).eval()
+    path = export_onnx(model, torch.randn(1, 3, 12, 12), tmp_path_factory.mktemp("aaq") / "m.onnx")
+    rng = np.random.default_rng(0)
+    return path, [rng.standard_normal((1, 3, 12, 12)).astype(np.float32) for _ in range(8)], \
+        rng.standard_normal((12, 3, 12, 12)).astype(np.float32)
+
+
+@pytest.mark.parametrize("budget,stopped,ranked", [(0.0, "time budget", 0), (600.0, "half the layers in float", 3)])
+def test_accuracy_aware_is_bounded_by_its_budget_and_reports_progress(small_onnx, tmp_path, budget, stopped, ranked):
+    from edgetl_onnx.quantize import accuracy_aware_int8
+
+    src, batches, check = small_onnx
+    report, lines = {}, []
+    # an unreachable target (agreement > 1): the search can only end by budget or by its layer cap
+    accuracy_aware_int8(src, tmp_path / "q.onnx", batches, min_agreement=1.01, reduce_range=False,
+                        decide=lambda out: out.argmax(1), check=check, report=report, budget_s=budget,
+                        progress=lambda stage, done, total: lines.append((stage, done, total)))
+    assert (tmp_path / "q.onnx").is_file()
+    assert report["stopped"] == stopped and report["ranked_layers"] == ranked and report["budget_s"] == budget
+    assert report["selection_images"] == 12 and 0.0 <= report["selection_agreement"] <= 1.0
+    assert bool(lines) == (budget > 0) and all(done <= total for _, done, total in lines)

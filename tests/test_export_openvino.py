@@ -100,3 +100,38 @@ def test_unavailable_device_is_a_clear_error_and_the_device_half_needs_no_torch(
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "openvino"
+
+
+@pytest.mark.parametrize("budget", [0.0, 600.0])
+def test_accuracy_control_stops_at_its_budget_with_a_reason(tmp_path, budget):
+    torch = pytest.importorskip("torch")
+    from edgetl_openvino.export import export_ir
+    from edgetl_openvino.quantize import int8_accuracy_control
+
+    from edgetl.api import GateSettings, InputSpec, ModelFacts, QuantizeContext, ValidationSet
+    from edgetl.errors import ExportError
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Softmax(dim=1)).eval()
+    files = export_ir(model, torch.randn(1, 3, 12, 12), tmp_path / "fp32", dynamic_batch=False, report={})
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, 3, 12, 12)).astype(np.float32)
+    facts = ModelFacts(name="t", task="classify", labels=["a", "b", "c"], threshold=None, positive=None,
+                       output="probabilities", input=InputSpec(size=(12, 12)))
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x)).numpy()
+    lines = []
+    # agreement above 1 cannot be met: nncf keeps reverting until its iteration cap or the budget stops it
+    ctx = QuantizeContext(calibration=[x[i:i + 1] for i in range(10)], model=facts, fp32_files=files,
+                          gate=GateSettings(min_agreement=1.0), time_budget_s=budget,
+                          validation=ValidationSet(x, reference.argmax(1), reference, facts),
+                          progress=lambda stage, done, total: lines.append(stage))
+    if budget == 0:
+        with pytest.raises(ExportError, match="passed its 0 s budget after 0 validation passes"):
+            int8_accuracy_control(files, tmp_path / "q", ctx)
+        assert lines == []
+    else:
+        out = int8_accuracy_control(files, tmp_path / "q", ctx)
+        assert out[0].is_file() and ctx.report["validation_passes"] == len(lines) >= 2
+        assert ctx.report["ranking_subset"] == 10 and ctx.report["max_iterations"] == 8

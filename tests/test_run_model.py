@@ -115,3 +115,18 @@ def test_a_module_torch_export_cannot_capture_is_one_line_naming_the_strategy():
     trained = TrainedModel(module=DataDependent(), task="classify", labels=["a", "b"])
     with pytest.raises(EdgetlError, match=r"^strategy 'toy' \(plugin toys\): the returned module cannot be saved"):
         check_trained(Named(), trained, torch.ones(2, 3, 4, 4))
+
+
+def test_tta_views_pass_through_the_module_as_one_batch():
+    from edgetl.training import WithTTA, apply_view
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3), nn.Softmax(dim=1)).eval()
+    batches = []
+    module.register_forward_hook(lambda m, args, out: batches.append(len(args[0])))
+    x = torch.randn(2, 3, 4, 4)
+    views = ["hflip", "vflip", "rot180"]
+    out = WithTTA(module, views)(x)
+    assert batches == [8]  # 2 images x (identity + 3 views), one call
+    expected = sum(module(apply_view(x, v)) for v in ["identity", *views]) / 4
+    assert torch.allclose(out, expected, atol=1e-6)

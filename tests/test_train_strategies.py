@@ -83,6 +83,42 @@ def test_linear_probe_disk_cache_skips_backbone_on_rerun(tmp_path, data, count_b
     assert count_backbone_calls["n"] == 3 and first > 3
 
 
+def test_linear_probe_stage_pooling_is_part_of_the_saved_model(tmp_path, data):
+    from edgetl.host.run import load_run
+
+    summary, history = train(tmp_path, data, "linear-probe", {"stages": [1, 2], "hidden": 8, "standardize": True},
+                             epochs=3, lr=0.05, early_stopping={"metric": "loss", "patience": None})
+    assert len(history) == 3 and summary["best_epoch"] >= 1
+    run = load_run(tmp_path / "run")  # the saved program includes the pooling: same input, probabilities out
+    probs = run.model(torch.randn(2, 3, 32, 32))
+    assert tuple(probs.shape) == (2, len(run.labels))
+    assert torch.allclose(probs.sum(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_stage_pool_concatenates_gem_of_stages_and_the_final_map():
+    from edgetl_timm.backbones import TimmBackbone
+
+    from edgetl.training import StagePool, gem
+
+    module = TimmBackbone("test_efficientnet").build(pretrained=False).eval()
+    pool = StagePool(module, [0, 2])
+    x = torch.randn(2, 3, 32, 32)
+    final, maps = module.forward_intermediates(x)
+    want = torch.cat([gem(maps[0]), gem(maps[2]), final.mean(dim=(2, 3)), gem(final)], dim=1)
+    assert pool.feature_dim == want.shape[1]
+    assert torch.allclose(pool(x), want)
+    assert torch.allclose(final.mean(dim=(2, 3)), module(x), atol=1e-6)  # the backbone's own pooled vector
+    with pytest.raises(ValueError, match="stages: 9 out of range"):
+        StagePool(module, [9])
+
+
+def test_linear_probe_bad_stages_is_a_config_error(tmp_path, data):
+    from edgetl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="strategy.options.stages"):
+        train(tmp_path, data, "linear-probe", {"stages": "deep"}, epochs=1)
+
+
 def test_progressive_unfreezes_one_group_every_k_epochs(tmp_path, data, monkeypatch):
     trainable = []
     import edgetl.training
@@ -173,3 +209,22 @@ def test_cosine_warmup_schedule_shapes_the_lr(tmp_path, data):
     assert lrs[0] == pytest.approx(3e-3 * 0.5 * (1 + math.cos(0)), rel=0.05) or lrs[0] <= 3e-3
     assert lrs[1] > lrs[2] > lrs[3] >= 0
     assert lrs[3] == pytest.approx(0, abs=1e-9)
+
+
+def test_standardised_head_keeps_its_weights_and_floors_dead_channels():
+    from edgetl_strategies.linear_probe import standardizer, std_floor
+
+    x = torch.randn(500, 6) * torch.tensor([1.0, 10.0, 0.1, 1.0, 1.0, 1.0])
+    x[:, 5] = 0.3 + 1e-7 * torch.randn(500)  # a dead channel: constant up to float noise
+    std = std_floor(x.std(dim=0))
+    assert std[5] == pytest.approx(0.01 * float(x.std(dim=0).median()), rel=1e-6)
+    assert torch.equal(std[:5], x.std(dim=0)[:5])  # real features keep their own std
+    head = torch.nn.Sequential(torch.nn.Dropout(0.0), torch.nn.Linear(6, 3)).eval()
+    weights = head[1].weight.clone()
+    mean = x.mean(dim=0)
+    expected = head((x - mean) / std)
+    full = standardizer(head, mean, std).eval()
+    assert torch.allclose(full(x), expected, atol=1e-5)
+    # the linear layer keeps the well-conditioned weights it was trained with (no 1/std folded in),
+    # so per-channel INT8 does not zero most of them
+    assert torch.equal(full[2].weight, weights)

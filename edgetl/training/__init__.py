@@ -13,7 +13,7 @@ Loop:        :func:`fit_epochs`, :class:`Callback`, :class:`EarlyStopping`,
              :func:`soft_cross_entropy`, :func:`set_bn_eval`
 Optimiser:   :func:`param_groups`, :func:`make_optimizer`, :class:`Schedule`,
              :func:`class_weights`, :func:`soft_targets`
-Features:    :func:`extract_features`, :data:`VIEWS`, :data:`TTA_VIEWS`,
+Features:    :func:`extract_features`, :class:`StagePool`, :func:`gem`, :data:`VIEWS`, :data:`TTA_VIEWS`,
              :func:`apply_view`, :class:`WithTTA`
 Data:        :class:`Split`, :func:`batches`, :func:`predict`, :func:`to_device`
 Memory:      :class:`PeakMemory`, :func:`rss_bytes`
@@ -32,7 +32,7 @@ _WHERE = {
     "HIGHER_IS_BETTER": "loop", "val_row": "loop", "soft_cross_entropy": "loop", "set_bn_eval": "loop",
     "param_groups": "optim", "make_optimizer": "optim", "Schedule": "optim", "class_weights": "optim",
     "soft_targets": "optim",
-    "extract_features": "features",
+    "extract_features": "features", "StagePool": "features", "gem": "features",
     "VIEWS": "views", "TTA_VIEWS": "views", "apply_view": "views", "WithTTA": "views",
     "Split": "datasets", "batches": "data", "predict": "data", "to_device": "data",
     "PeakMemory": "memory", "rss_bytes": "memory",

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from edgetl.api import FitContext
 from edgetl.training import dist
-from edgetl.training.data import loader, to_device
+from edgetl.training.data import autocast, loader, to_device
 from edgetl.training.views import VIEWS, apply_view
 
 
@@ -84,7 +85,7 @@ def _compute(ctx: FitContext, module: torch.nn.Module, plain: Any, views: list[s
     module.to(ctx.device).eval()
     parts: dict[str, list[np.ndarray]] = {v: [] for v in views}
     done, start = 0, time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(ctx.device):  # CUDA: bf16/fp16 autocast; CPU: float32 as is
         for x, _ in loader(plain, batch_size, ctx.device, indices=idx):
             x = to_device(x, ctx.device)
             for view in views:
@@ -100,3 +101,52 @@ def _compute(ctx: FitContext, module: torch.nn.Module, plain: Any, views: list[s
         gathered = [p for p in dist.all_gather(ctx.dist, mine) if len(p)]
         result[view] = np.concatenate(gathered) if gathered else mine
     return result
+
+
+def gem(x: torch.Tensor, p: float = 3.0) -> torch.Tensor:
+    """Generalised-mean pooling of (N, C, H, W) to (N, C): (mean x^p)^(1/p) over positive values.
+
+    p = 1 is average pooling, p -> inf max pooling; p = 3 keeps small strong
+    responses (a crack in one corner) that an average dilutes.
+    """
+    return x.clamp_min(1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+class StagePool(nn.Module):
+    """Pooled features from several backbone stages, in one forward pass: (N, 3, H, W) -> (N, D).
+
+    GeM of each chosen stage map (timm's ``forward_intermediates`` levels,
+    shallow to deep), then the average and GeM of the network's final map.
+    Shallow stages see fine detail at high resolution; a probe on the last
+    pooled vector alone misses it.
+
+    Args:
+        module: a timm model built with ``num_classes=0`` (it must have ``forward_intermediates``).
+        stages: indices into the intermediate levels (e.g. ``(2, 3, 4)``).
+        p: the GeM exponent.
+
+    Attributes:
+        feature_dim: D, found by one small forward pass.
+    """
+
+    def __init__(self, module: nn.Module, stages: tuple[int, ...] | list[int], p: float = 3.0):
+        super().__init__()
+        if not hasattr(module, "forward_intermediates"):
+            raise ValueError(f"stages: {type(module).__name__} has no forward_intermediates "
+                             "(multi-stage pooling needs a timm backbone)")
+        self.module, self.stages, self.p = module, tuple(int(s) for s in stages), float(p)
+        with torch.no_grad():
+            was = module.training
+            module.eval()
+            _, maps = module.forward_intermediates(torch.zeros(1, 3, 64, 64))
+            module.train(was)
+        for s in self.stages:
+            if not -len(maps) <= s < len(maps):
+                raise ValueError(f"stages: {s} out of range (the backbone has {len(maps)} levels: 0..{len(maps) - 1})")
+        final = self.module.num_features
+        self.feature_dim = sum(maps[s].shape[1] for s in self.stages) + 2 * int(final)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        final, maps = self.module.forward_intermediates(x)
+        parts = [gem(maps[s], self.p) for s in self.stages]
+        return torch.cat(parts + [final.mean(dim=(2, 3)), gem(final, self.p)], dim=1)

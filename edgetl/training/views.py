@@ -53,7 +53,8 @@ class WithTTA(nn.Module):
         self.views = tuple(views)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = self.module(x)
-        for view in self.views:
-            probs = probs + self.module(apply_view(x, view))
-        return probs / (1 + len(self.views))
+        # every view in one batch: one pass through the network (and through an exported graph), so a
+        # runtime or a quantizer's validation pays one call per image, not one per view
+        views = torch.cat([x] + [apply_view(x, view) for view in self.views], dim=0)
+        probs = self.module(views)
+        return probs.reshape(1 + len(self.views), x.shape[0], *probs.shape[1:]).mean(dim=0)

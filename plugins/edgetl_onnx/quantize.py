@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -132,51 +133,121 @@ def _session_outputs(path: Path, x: np.ndarray) -> np.ndarray:
     return OnnxRuntimeModel(path, {}, "int8").predict(x)
 
 
+DEFAULT_BUDGET_S = 90.0
+"""Wall time an accuracy-aware quantizer aims for when the export gives none (``QuantizeContext.time_budget_s``)."""
+
+
+class Clock:
+    """Elapsed time against a budget, and throttled progress lines (about one per 10 % of a step)."""
+
+    def __init__(self, budget_s: float | None, progress: Callable[[str, int, int], None] | None = None):
+        self.budget_s = DEFAULT_BUDGET_S if budget_s is None else float(budget_s)
+        self.start = time.perf_counter()
+        self.progress = progress or (lambda stage, done, total: None)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def over(self, fraction: float = 1.0) -> bool:
+        return self.elapsed > fraction * self.budget_s
+
+    def tick(self, stage: str, done: int, total: int) -> None:
+        if done == total or done == 1 or done % max(1, total // 10) == 0:
+            self.progress(f"{stage} ({self.elapsed:.0f} s of {self.budget_s:.0f})", done, total)
+
+
+def rank_layers(prep: Path, candidates: list[str], batches: list[np.ndarray], x: np.ndarray, ref: np.ndarray,
+                reduce_range: bool, cache: Path, clock: Clock, tmp: Path) -> tuple[list[str], dict[str, float]]:
+    """Layers by sensitivity (each quantized alone: mean |output - FP32|), most sensitive first.
+
+    Stops at half the time budget; layers not reached follow the ranked
+    ones in graph order (so the search can still keep them in float).
+    """
+    scores: dict[str, float] = {}
+    for i, name in enumerate(candidates):
+        if clock.over(0.5):
+            break
+        one = quantize_int8(prep, tmp / "one.onnx", batches, reduce_range=reduce_range,
+                            nodes_to_quantize=[name], cache=cache)
+        scores[name] = float(np.abs(_session_outputs(one, x) - ref).mean())
+        clock.tick("int8 accuracy-aware: layer sensitivity", i + 1, len(candidates))
+    ranked = sorted(scores, key=lambda n: -scores[n])
+    return ranked + [n for n in candidates if n not in scores], scores
+
+
 def accuracy_aware_int8(src: Path, dst: Path, batches: list[np.ndarray], *, min_agreement: float,
                         reduce_range: bool, decide: Callable[[np.ndarray], np.ndarray],
-                        check: np.ndarray | None = None, sample: int = 64, report: dict[str, Any]) -> Path:
-    """INT8 with the most sensitive layers left in float (see the module docstring).
+                        check: np.ndarray | None = None, sample: int = 32, report: dict[str, Any],
+                        budget_s: float | None = None,
+                        progress: Callable[[str, int, int], None] | None = None) -> Path:
+    """INT8 with the most sensitive layers left in float (see the module docstring), within a time budget.
 
     ``check`` (M, 3, H, W): the images the agreement target is checked on —
     the validation set when the export provides it (as nncf's accuracy control
     does); the calibration images otherwise, which the quantization ranges were
     fitted to and so flatter the result. Sensitivity is ranked on ``sample`` of them.
     ``decide`` maps outputs to decisions under the model's operating point.
+
+    Bounded: the ranking stops at half of ``budget_s``; the search (0, 1, 2,
+    4, ... layers in float, up to half) stops as soon as the agreement target
+    is met, or when the budget is spent — then the best candidate so far is
+    returned, and the gate, which re-measures, decides (the target is never lowered).
     """
     import onnx
 
+    clock = Clock(budget_s, progress)
     with tempfile.TemporaryDirectory(prefix="edgetl-aaq-") as tmp:
         tmp = Path(tmp)
         prep = preprocess(src, tmp / "prep.onnx")
         cache = tmp / "calibration.json"
         check = np.concatenate(batches) if check is None else check
         check_ref = _session_outputs(prep, check)
-        x, ref = check[:sample], check_ref[:sample]
-        quantize_int8(prep, tmp / "full.onnx", batches, reduce_range=reduce_range, cache=cache)
+        want = decide(check_ref)
+        full = quantize_int8(prep, tmp / "k0.onnx", batches, reduce_range=reduce_range, cache=cache)
+        agree = float((decide(_session_outputs(full, check)) == want).mean())
+        best, stopped = (agree, 0, full), "agreement met"
         candidates = [n.name for n in onnx.load(str(prep)).graph.node if n.op_type in WEIGHTED_OPS and n.name]
-        scores = {}
-        for name in candidates:
-            one = quantize_int8(prep, tmp / "one.onnx", batches, reduce_range=reduce_range,
-                                nodes_to_quantize=[name], cache=cache)
-            scores[name] = float(np.abs(_session_outputs(one, x) - ref).mean())
-        ranked = sorted(candidates, key=lambda n: -scores[n])
-        report["sensitivity"] = [{"node": n, "mean_abs_diff": scores[n]} for n in ranked[:10]]
-        k, chosen = 0, None
-        while True:
-            out = quantize_int8(prep, tmp / f"k{k}.onnx", batches, reduce_range=reduce_range,
-                                nodes_to_exclude=ranked[:k], cache=cache)
-            agree = float((decide(_session_outputs(out, check)) == decide(check_ref)).mean())
-            chosen = (k, out, agree)
-            log.info("accuracy-aware int8: %d of %d layers in float: agreement %.3f on %d images",
-                     k, len(ranked), agree, len(check))
-            if agree >= min_agreement or k >= len(ranked) // 2:
-                break
-            k = max(1, 2 * k)
-        k, out, agree = chosen
-        report.update(float_layers=ranked[:k], quantized_layers=len(ranked) - k,
-                      selection_agreement=agree, selection_images=len(check))
+        ranked, scores = [], {}
+        if agree < min_agreement:
+            ranked, scores = rank_layers(prep, candidates, batches, check[:sample], check_ref[:sample],
+                                         reduce_range, cache, clock, tmp)
+            best, stopped = search_float_layers(prep, ranked, batches, check, want, decide, min_agreement,
+                                                reduce_range, cache, clock, tmp, best)
+        agree, k, out = best
+        log.info("accuracy-aware int8: %d of %d layers in float: agreement %.3f on %d images (%s, %.0f s)",
+                 k, len(candidates), agree, len(check), stopped, clock.elapsed)
+        report.update(float_layers=ranked[:k], quantized_layers=len(candidates) - k, selection_agreement=agree,
+                      selection_images=len(check), sensitivity_images=min(sample, len(check)),
+                      ranked_layers=len(scores), stopped=stopped, budget_s=clock.budget_s,
+                      seconds=round(clock.elapsed, 1),
+                      sensitivity=[{"node": n, "mean_abs_diff": scores[n]} for n in ranked[:10] if n in scores])
         dst.write_bytes(out.read_bytes())
     return dst
+
+
+def search_float_layers(prep: Path, ranked: list[str], batches: list[np.ndarray], check: np.ndarray,
+                        want: np.ndarray, decide: Callable[[np.ndarray], np.ndarray], min_agreement: float,
+                        reduce_range: bool, cache: Path, clock: Clock, tmp: Path,
+                        best: tuple[float, int, Path]) -> tuple[tuple[float, int, Path], str]:
+    """Leave 1, 2, 4, ... of ``ranked`` in float until the agreement target is met (early exit).
+
+    Returns ((agreement, k, path) of the best candidate, why the search stopped).
+    """
+    k, steps = 1, max(1, (len(ranked) // 2).bit_length())
+    while k <= max(1, len(ranked) // 2):
+        if clock.over():
+            return best, "time budget"
+        out = quantize_int8(prep, tmp / f"k{k}.onnx", batches, reduce_range=reduce_range,
+                            nodes_to_exclude=ranked[:k], cache=cache)
+        agree = float((decide(_session_outputs(out, check)) == want).mean())
+        clock.tick(f"int8 accuracy-aware: {k} layers in float, agreement {agree:.3f}", k.bit_length(), steps)
+        if agree > best[0]:
+            best = (agree, k, out)
+        if agree >= min_agreement:
+            return best, "agreement met"
+        k *= 2
+    return best, "half the layers in float"
 
 
 class _Base:
@@ -220,7 +291,8 @@ class Int8AccuracyAware(_Base):
         reduce = needs_reduce_range()
         check = ctx.validation.x if ctx.validation is not None else None
         accuracy_aware_int8(src, dst, batches, min_agreement=ctx.gate.min_agreement, reduce_range=reduce,
-                            decide=ctx.model.decide, check=check, report=ctx.report)
+                            decide=ctx.model.decide, check=check, report=ctx.report,
+                            budget_s=ctx.time_budget_s, progress=ctx.progress)
         ctx.report.update(format="QDQ", per_channel=True, reduce_range=reduce)
 
 

@@ -15,9 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgetl_onnx.quantize import Clock
 
 from edgetl.api import QuantizeContext
 from edgetl.errors import ExportError
+
+MAX_ITERATIONS = 8
+"""Layers nncf may revert to float, one per iteration (each iteration re-validates the whole set)."""
+RANKING_SUBSET = 64
+"""Validation images the per-layer ranking is measured on (nncf's default is 300)."""
+
+
+class BudgetSpent(Exception):
+    """Raised inside nncf's validation callback to stop accuracy control at the time budget."""
 
 
 def _xml(files: Sequence[Path]) -> Path:
@@ -69,16 +79,37 @@ def int8_accuracy_control(files: Sequence[Path], out_dir: Path, ctx: QuantizeCon
     items = [(x[i:i + 1], int(ref[i])) for i in range(len(ref))]
     max_drop = max(0.0, 1.0 - ctx.gate.min_agreement)
 
+    clock = Clock(ctx.time_budget_s, ctx.progress)
+    passes = {"n": 0}
+
     def agreement(compiled: Any, data: Any) -> tuple[float, list[float]]:
+        # nncf calls this for every validation (full set) and ranking (subset) pass; over the budget it
+        # stops the whole run: the attempt fails and the chain moves on (the gate is never lowered)
+        if clock.over():
+            raise BudgetSpent(f"accuracy control passed its {clock.budget_s:.0f} s budget after "
+                              f"{passes['n']} validation passes without meeting the target")
         output = compiled.outputs[0]
         per_item = [float(decide(np.asarray(compiled(item[0])[output]))[0] == item[1]) for item in data]
+        passes["n"] += 1
+        ctx.progress(f"int8 accuracy-control: validation pass {passes['n']} on {len(per_item)} images "
+                     f"({clock.elapsed:.0f} s of {clock.budget_s:.0f})", passes["n"], passes["n"])
         return float(np.mean(per_item)) if per_item else 0.0, per_item
 
     model = ov.Core().read_model(str(_xml(files)))
-    quantized = nncf.quantize_with_accuracy_control(
-        model, nncf.Dataset(batches), nncf.Dataset(items, lambda item: item[0]), agreement,
-        max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
-        subset_size=len(batches), target_device=nncf.TargetDevice.CPU)
+    # bounded: layers ranked on a subset, few revert iterations, one ranking worker (parallel workers
+    # only contend on a small CPU)
+    restorer = nncf.AdvancedAccuracyRestorerParameters(
+        max_num_iterations=MAX_ITERATIONS, ranking_subset_size=min(RANKING_SUBSET, len(items)),
+        num_ranking_workers=1)
+    try:
+        quantized = nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(batches), nncf.Dataset(items, lambda item: item[0]), agreement,
+            max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=len(batches),
+            target_device=nncf.TargetDevice.CPU, advanced_accuracy_restorer_parameters=restorer)
+    except BudgetSpent as exc:
+        raise ExportError(str(exc)) from None
     ctx.report.update(tool="nncf.quantize_with_accuracy_control", nncf=nncf.__version__,
-                      metric="top-1 agreement with FP32", max_drop=max_drop, validation_images=len(items))
+                      metric="top-1 agreement with FP32", max_drop=max_drop, validation_images=len(items),
+                      ranking_subset=min(RANKING_SUBSET, len(items)), max_iterations=MAX_ITERATIONS,
+                      validation_passes=passes["n"], budget_s=clock.budget_s, seconds=round(clock.elapsed, 1))
     return _save(quantized, out_dir, compress=False)

@@ -1,0 +1,52 @@
+"""Which part of a run's graph makes its INT8 fail: full QDQ vs chosen ops kept in float (ONNX Runtime).
+
+Exports the run to ONNX, quantizes it as the ``int8/ptq`` step does (QDQ,
+per-channel weights, MinMax on training images), once as is and once per
+group of ops left in float, and prints top-1 agreement with FP32 and
+accuracy on the run's validation images.
+
+    python benchmarks/elpv_int8_layers.py runs/elpv-recipe-s0 --calib 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+GROUPS = {"pooling (Pow, ReduceMean, Clip, Concat)": ("Pow", "ReduceMean", "Clip", "Concat"),
+          "head linear layers (Gemm)": ("Gemm",)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run")
+    ap.add_argument("--calib", type=int, default=64)
+    args = ap.parse_args()
+    import onnx
+    import torch
+    from edgetl_onnx.export import export_onnx
+    from edgetl_onnx.quantize import _session_outputs, preprocess, quantize_int8
+
+    from edgetl.host import calibration as cal
+    from edgetl.host.run import load_run
+
+    run = load_run(args.run)
+    train_dir, val_dir = cal.run_folders(run.config)
+    val = cal.load_set(*cal.scan(val_dir, run.labels), run.input)
+    calib = cal.calibration_batches(train_dir, run.labels, run.input, args.calib, batch=1)
+    tmp = Path(tempfile.mkdtemp(prefix="edgetl-int8-layers-"))
+    prep = preprocess(export_onnx(run.model, torch.from_numpy(val.x[:1]), tmp / "m.onnx"), tmp / "p.onnx")
+    ref = _session_outputs(prep, val.x).argmax(1)
+    nodes = onnx.load(str(prep)).graph.node
+    print(f"FP32 accuracy {(ref == val.labels).mean():.3f} on {len(ref)} validation images")
+    for label, ops in [("full INT8", ())] + list(GROUPS.items()):
+        keep = [n.name for n in nodes if n.op_type in ops]
+        out = _session_outputs(quantize_int8(prep, tmp / f"q{len(keep)}.onnx", calib, nodes_to_exclude=keep),
+                               val.x).argmax(1)
+        print(f"{label:<42} float nodes {len(keep):>3}  agreement {(out == ref).mean():.3f}  "
+              f"accuracy {(out == val.labels).mean():.3f}")
+
+
+if __name__ == "__main__":
+    main()
