@@ -36,6 +36,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "edgetl_sinks",
     "edgetl_onnx",
     "edgetl_strategies",
+    "edgetl_anomaly",
     "edgetl_openvino",
     "edgetl_tensorrt",
 )
