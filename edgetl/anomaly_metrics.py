@@ -17,6 +17,7 @@ Public: the strategies choose their threshold with :func:`f1_threshold` /
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -146,4 +147,40 @@ def anomaly_document(is_anomalous: np.ndarray, scores: np.ndarray, maps: Sequenc
     doc["n_masks"] = sum(1 for m in masks if m is not None)
     doc["pixel_auroc"] = pixel_auroc([p[0] for p in pairs], [p[1] for p in pairs])
     doc["pro"] = pro_score([p[0] for p in pairs], [p[1] for p in pairs])
+    return doc
+
+
+def evaluate_anomaly(predictor: Any, data_dir: str | Path, *, batch_size: int = 32,
+                     progress: Any = None) -> dict[str, Any]:
+    """``edgetl eval`` for anomaly models: score a good/defect folder (with masks if present).
+
+    ``predictor`` is a run or bundle predictor with ``predict_outputs``
+    (:mod:`edgetl.predictor`). Returns :func:`anomaly_document` plus ``labels``
+    and ``per_class`` (image count and mean score of each folder).
+    """
+    from edgetl.data.anomaly import load_anomaly_split, read_mask
+    from edgetl.preprocess import preprocess_file
+
+    samples = load_anomaly_split(data_dir, what=str(data_dir))
+    paths = [s.path for s in samples.items]
+    scores: list[np.ndarray] = []
+    maps: list[np.ndarray] = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        outs = predictor.predict_outputs(np.concatenate([preprocess_file(p, predictor.input) for p in chunk]))
+        scores.append(np.asarray(outs["output"], dtype=np.float64).reshape(len(chunk), -1).max(axis=1))
+        if "map" in outs:
+            maps.extend(np.asarray(outs["map"], dtype=np.float32).reshape(len(chunk), *outs["map"].shape[-2:]))
+        if progress is not None:
+            progress(min(start + batch_size, len(paths)), len(paths))
+    y = np.asarray(samples.labels, dtype=bool)
+    s = np.concatenate(scores) if scores else np.zeros(0)
+    masks = [read_mask(m, predictor.input, bool(a)) for m, a in zip(samples.masks, y, strict=True)]
+    has_masks = maps and any(m is not None for m in samples.masks)
+    doc = anomaly_document(y, s, maps if has_masks else None, masks if has_masks else None)
+    kinds = sorted(set(samples.kinds))
+    doc["labels"] = list(samples.classes)
+    doc["per_class"] = {k: {"support": sum(1 for x in samples.kinds if x == k),
+                            "mean_score": float(np.mean([v for v, x in zip(s, samples.kinds, strict=True) if x == k]))}
+                        for k in kinds}
     return doc

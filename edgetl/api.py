@@ -198,7 +198,18 @@ class Runtime(ABC):
 
     @abstractmethod
     def predict(self, batch: "np.ndarray") -> "np.ndarray":
-        """(N, 3, H, W) float32 normalised -> the model output, float32, batch first."""
+        """(N, 3, H, W) float32 normalised -> the model output, float32, batch first.
+
+        For a model with several outputs, the first one (anomaly models: the
+        (N,) normalised scores).
+        """
+
+    def predict_outputs(self, batch: "np.ndarray") -> dict[str, "np.ndarray"]:
+        """Every output by name: ``{"output": …}`` plus, for anomaly models, ``"map"`` (N, 1, H, W).
+
+        The default wraps :meth:`predict`; runtimes of multi-output graphs override it.
+        """
+        return {"output": self.predict(batch)}
 
     def info(self) -> dict[str, Any]:
         """Facts for reports: runtime name, version, device, precision."""

@@ -44,6 +44,25 @@ def run_images(paths: list[Path], spec: InputSpec, runtime: Any) -> list[np.ndar
     return [np.asarray(runtime.predict(preprocess_file(p, spec)), dtype=np.float32) for p in paths]
 
 
+MAP_GRID = 16  # anomaly maps are stored and compared as 16x16 block means (a 224x224 map is 50 k numbers)
+
+
+def pooled_maps(outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The ``map`` output (T, 1, H, W) as (T, MAP_GRID, MAP_GRID) block means; None without a map."""
+    import cv2
+
+    amap = outputs.get("map")
+    if amap is None:
+        return None
+    amap = np.asarray(amap, dtype=np.float32).reshape(-1, *np.asarray(amap).shape[-2:])
+    return np.stack([cv2.resize(m, (MAP_GRID, MAP_GRID), interpolation=cv2.INTER_AREA) for m in amap])
+
+
+def run_maps(paths: list[Path], spec: InputSpec, runtime: Any) -> list[np.ndarray | None]:
+    """Each image's pooled anomaly map through ``runtime.predict_outputs`` (None for single-output models)."""
+    return [pooled_maps(runtime.predict_outputs(preprocess_file(p, spec))) for p in paths]
+
+
 def read_outputs_doc(extracted_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     ref = manifest.get("reference")
     if not ref:
@@ -68,9 +87,18 @@ def check_reference(extracted_dir: str | Path, manifest: dict[str, Any], runtime
     images = read_outputs_doc(extracted_dir, manifest)
     tolerance = dict(manifest["reference"]["tolerance"])
     spec = InputSpec.from_dict(manifest["input"])
-    outputs = run_images([extracted_dir / item["file"] for item in images], spec, runtime)
+    paths = [extracted_dir / item["file"] for item in images]
+    outputs = run_images(paths, spec, runtime)
+    maps = run_maps(paths, spec, runtime) if any("map" in item for item in images) else [None] * len(images)
     agree, total, worst, failures = 0, 0, 0.0, []
-    for item, got in zip(images, outputs, strict=True):
+    for item, got, amap in zip(images, outputs, maps, strict=True):
+        if "map" in item:  # anomaly models: the heat map must match too, within the same bound
+            want_map = np.asarray(item["map"], dtype=np.float32)
+            map_diff = float(np.max(np.abs(amap - want_map))) if amap is not None and amap.shape == want_map.shape \
+                else float("inf")
+            worst = max(worst, map_diff)
+            if map_diff > tolerance["max_abs_diff"]:
+                failures.append(f"{item['file']}: anomaly map differs by {map_diff:.3g} > {tolerance['max_abs_diff']:.3g}")
         want = np.asarray(item["output"], dtype=np.float32)
         if want.shape != got.shape:
             failures.append(f"{item['file']}: output shape {list(got.shape)}, stored {list(want.shape)}")

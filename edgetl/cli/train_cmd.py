@@ -84,6 +84,9 @@ def eval_command(model: str, data_dir: str, batch: int, skip_bad: bool, as_json:
     from edgetl.predictor import open_predictor, predict_files
 
     predictor = open_predictor(model)
+    if predictor.task == "anomaly":
+        _eval_anomaly(predictor, data_dir, batch, as_json)
+        return
     samples = load_split(Path(data_dir))
     unknown = [c for c in samples.classes if c not in predictor.labels]
     if unknown:
@@ -116,6 +119,28 @@ def eval_command(model: str, data_dir: str, batch: int, skip_bad: bool, as_json:
     for c in doc["labels"]:
         pc = doc["per_class"][c]
         click.echo(f"{c:<{width}}  {pc['precision']:.4f}     {pc['recall']:.4f}  {pc['f1']:.4f}  {pc['support']}")
+
+
+def _eval_anomaly(predictor, data_dir: str, batch: int, as_json: bool) -> None:
+    """Anomaly models: image AUROC/F1, and pixel AUROC and PRO where ``masks/`` exist beside the folder."""
+    from edgetl.anomaly_metrics import evaluate_anomaly
+
+    doc = evaluate_anomaly(predictor, data_dir, batch_size=batch,
+                           progress=lambda done, total: info(f"  {done}/{total} images"))
+    if as_json:
+        emit_json(doc)
+        return
+
+    def fmt(x):
+        return "–" if x is None else f"{x:.4f}"
+
+    click.echo(f"{predictor.name} on {data_dir}: n={doc['n']} ({doc['n_anomalous']} anomalous)  image AUROC "
+               f"{fmt(doc['image_auroc'])}  F1 {fmt(doc['image_f1'])}  pixel AUROC {fmt(doc['pixel_auroc'])}  "
+               f"PRO {fmt(doc['pro'])}")
+    click.echo(f"operating point 0.5: recall {fmt(doc['recall_at_threshold'])}, false-reject rate "
+               f"{fmt(doc['false_reject_rate'])}")
+    for kind, row in doc["per_class"].items():
+        click.echo(f"  {kind}: {row['support']} images, mean score {row['mean_score']:.3f}")
 
 
 @click.command("predict")

@@ -240,7 +240,11 @@ class _RequestMetrics:
 
 
 def _heatmap(agent: Agent, image) -> str:
-    """A base64 PNG of the anomaly map, for anomaly runtimes that expose ``predict_map``."""
+    """The anomaly map as a base64 PNG: JET colours over the network-input-sized map (0.5 = threshold).
+
+    The map comes from ``Runtime.predict_outputs(batch)["map"]``; a third-party
+    runtime may still offer the older ``predict_map``.
+    """
     import base64
 
     import cv2
@@ -251,9 +255,16 @@ def _heatmap(agent: Agent, image) -> str:
     model = agent.model
     if model is None:
         raise NoModelError("no model installed")
-    if model.task != "anomaly" or not hasattr(model.runtime, "predict_map"):
+    batch = preprocess(image, model.input)
+    if model.task != "anomaly":
         raise ApiError(400, "heatmap: this model gives no anomaly map (only anomaly models with a map output do)")
-    amap = np.asarray(model.runtime.predict_map(preprocess(image, model.input)))[0]
+    if hasattr(model.runtime, "predict_map"):
+        amap = model.runtime.predict_map(batch)
+    else:
+        amap = model.predict_outputs(batch).get("map")
+        if amap is None:
+            raise ApiError(400, "heatmap: this model gives no anomaly map (its runtime returns no 'map' output)")
+    amap = np.asarray(amap, dtype=np.float32).reshape(-1, *np.asarray(amap).shape[-2:]).max(axis=0)
     amap = np.clip(amap, 0, 1)
     colour = cv2.applyColorMap((amap * 255).astype(np.uint8), cv2.COLORMAP_JET)
     ok, png = cv2.imencode(".png", colour)

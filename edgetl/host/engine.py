@@ -198,6 +198,25 @@ class Trainer:
                  f"-> transfer {'helped' if delta > 0 else 'did NOT help'} ({delta:+.3f})")
         return result
 
+    def _finish_anomaly(self, trained: TrainedModel, strategy: Any, data: RunData, fit_seconds: float,
+                        started: float) -> dict[str, Any] | None:
+        """Anomaly runs: no baseline, no TTA; val/test scored and written by :mod:`edgetl.host.anomaly_report`."""
+        from edgetl.host.anomaly_report import write_anomaly_run_dir
+
+        if not self.info.is_main:
+            return None
+        summary = write_anomaly_run_dir(
+            self.out, cfg=self.cfg, trained=trained, backbone=self.backbone, strategy=strategy.name, spec=self.spec,
+            data=data, device=self.device, timing={"fit_seconds": fit_seconds,
+                                                   "total_seconds": time.perf_counter() - started})
+        val = summary["val"]
+        self.log(f"val: image AUROC {val['image_auroc'] or float('nan'):.4f}, F1 {val['image_f1']:.4f}"
+                 + (f"; test: image AUROC {summary['test']['image_auroc'] or float('nan'):.4f}, pixel AUROC "
+                    f"{summary['test']['pixel_auroc'] or float('nan'):.4f}, PRO {summary['test']['pro'] or float('nan'):.4f}"
+                    if summary["test"] else ""))
+        self.log(f"wrote {self.out} (report: {self.out / 'report.md'})")
+        return summary
+
     # -- the run ------------------------------------------------------------
     def run(self) -> dict[str, Any] | None:
         """Train, evaluate, write the run directory; the summary (rank 0) or None (other ranks)."""
@@ -229,7 +248,7 @@ class Trainer:
             self.history.extend(resume_state.get("history", []))
             self.log(f"resuming {self.out} after epoch {resume_state['epoch'] + 1}")
         seed_everything(cfg.train.seed)
-        data = load_run_data(cfg, self.spec, self.skip_bad)
+        data = load_run_data(cfg, self.spec, self.skip_bad, task=strategy.task)
         for bad in data.skipped:
             self.log(f"skipped unreadable image: {bad}")
         self.log(f"{cfg.name}: {strategy.name} on {self.backbone.name} "
@@ -242,6 +261,8 @@ class Trainer:
         t0 = time.perf_counter()
         trained: TrainedModel = strategy.fit(ctx)
         fit_seconds = time.perf_counter() - t0
+        if trained.task == "anomaly":
+            return self._finish_anomaly(trained, strategy, data, fit_seconds, started)
         if cfg.train.tta:
             set_tta(trained.module, list(cfg.train.tta))
         val_probs = self.predict(trained.module, data.val)

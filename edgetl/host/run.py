@@ -16,6 +16,7 @@ from edgetl.api import InputSpec, TrainedModel
 from edgetl.errors import DataError
 
 MODEL_FILE = "model.pt"
+PROGRAM_FILE = "model.pt2"  # modules other than a ClassifierModel: a torch.export ExportedProgram
 FORMAT = 1
 
 
@@ -56,15 +57,61 @@ def save_run_model(run_dir: str | Path, trained: TrainedModel, *, backbone: str,
     module = trained.module
     payload = {
         "format": FORMAT, "name": name, "backbone": backbone, "strategy": strategy,
-        "head": dict(module.head_spec), "task": trained.task, "labels": list(trained.labels),
+        "task": trained.task, "labels": list(trained.labels),
         "threshold": trained.threshold, "output": trained.output, "positive": trained.positive,
         "input": input_spec.to_dict(), "config": config or {},
-        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
     }
+    if hasattr(module, "head_spec"):
+        payload.update(head=dict(module.head_spec),
+                       state_dict={k: v.detach().cpu() for k, v in module.state_dict().items()})
+    else:
+        payload["program"] = save_program(run_dir / PROGRAM_FILE, module, input_spec)
     tmp = run_dir / (MODEL_FILE + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(run_dir / MODEL_FILE)
     return run_dir / MODEL_FILE
+
+
+def program_module(program: Any) -> Any:
+    """A loaded ExportedProgram as an ``nn.Module`` that accepts ``eval()``/``to()``.
+
+    The program's own graph module refuses mode changes; it is held outside
+    the module tree so the wrapper's ``eval()`` does not reach it (the
+    program was exported in eval mode). ONNX export traces through it.
+    """
+    from torch import nn
+
+    class ProgramModule(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            object.__setattr__(self, "inner", program.module())
+
+        def forward(self, x: Any) -> Any:
+            return self.inner(x)
+
+    return ProgramModule()
+
+
+def save_program(path: Path, module: Any, input_spec: InputSpec) -> str:
+    """``torch.export`` ``module`` (eval mode, CPU, dynamic batch) to ``path``; returns the file name.
+
+    Limits: the module must be traceable by ``torch.export`` (no data-dependent
+    Python control flow); it is saved for inference only (no resume).
+    """
+    import torch
+
+    module = module.cpu().eval()
+    example = torch.zeros(2, 3, *input_spec.size)
+    try:
+        program = torch.export.export(module, (example,),
+                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+    except Exception as exc:
+        raise DataError(f"cannot save the trained module with torch.export ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    tmp = path.with_name(path.name + ".tmp")
+    torch.export.save(program, tmp)
+    tmp.replace(path)
+    return path.name
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -84,13 +131,16 @@ def load_run(run_dir: str | Path) -> Run:
         raise DataError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from None
     if payload.get("format") != FORMAT:
         raise DataError(f"{path}: model format {payload.get('format')!r}, expected {FORMAT}")
-    backbone = get_manager().get("backbone", payload["backbone"])
-    head = payload["head"]
-    features = backbone.build(pretrained=False)
-    model = ClassifierModel(features, head["feature_dim"], head["num_classes"],
-                            dropout=head["dropout"], hidden=head["hidden"], tta=tuple(head.get("tta") or ()))
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
+    if payload.get("program"):
+        model: Any = program_module(torch.export.load(run_dir / payload["program"]))
+    else:
+        backbone = get_manager().get("backbone", payload["backbone"])
+        head = payload["head"]
+        features = backbone.build(pretrained=False)
+        model = ClassifierModel(features, head["feature_dim"], head["num_classes"], dropout=head["dropout"],
+                                hidden=head["hidden"], tta=tuple(head.get("tta") or ()))
+        model.load_state_dict(payload["state_dict"])
+        model.eval()
     return Run(dir=run_dir, name=payload["name"], model=model, task=payload["task"],
                labels=payload["labels"], threshold=payload["threshold"], output=payload["output"],
                positive=payload["positive"], input=InputSpec.from_dict(payload["input"]),

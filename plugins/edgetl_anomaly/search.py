@@ -82,9 +82,13 @@ def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0, projection_
     chosen = torch.empty(size, dtype=torch.long)
     first = int(torch.randint(0, m, (1,), generator=gen).item())
     chosen[0] = first
-    min_d = squared_distances(x, x[first:first + 1]).squeeze(1)
+    norms = (x * x).sum(dim=1)  # ||x||², once: each step is then one matrix-vector product
+    min_d = (norms - 2.0 * torch.mv(x, x[first]) + norms[first]).clamp_min_(0.0)
+    d = torch.empty_like(min_d)
     for step in range(1, size):
         nxt = int(torch.argmax(min_d).item())
         chosen[step] = nxt
-        min_d = torch.minimum(min_d, squared_distances(x, x[nxt:nxt + 1]).squeeze(1))
+        torch.mv(x, x[nxt], out=d)
+        d.mul_(-2.0).add_(norms).add_(norms[nxt])
+        torch.minimum(min_d, d, out=min_d)
     return chosen
