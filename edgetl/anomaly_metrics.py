@@ -122,7 +122,8 @@ def anomaly_document(is_anomalous: np.ndarray, scores: np.ndarray, maps: Sequenc
 
     Returns:
         ``{image_auroc, image_f1, pixel_auroc, pro, threshold, accuracy,
-        recall_at_threshold, false_reject_rate, n, n_anomalous, n_masks}``.
+        recall_at_threshold, false_reject_rate, n, n_anomalous, n_masks}``;
+        ``n_masks`` counts the anomalous images that have a mask.
     """
     y = np.asarray(is_anomalous, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
@@ -144,7 +145,7 @@ def anomaly_document(is_anomalous: np.ndarray, scores: np.ndarray, maps: Sequenc
                 continue  # an anomalous image without a mask: its pixels are unknown
             mask = np.zeros(amap.shape, dtype=bool)
         pairs.append((amap, np.asarray(mask, dtype=bool)))
-    doc["n_masks"] = sum(1 for m in masks if m is not None)
+    doc["n_masks"] = sum(1 for m, bad in zip(masks, y, strict=True) if m is not None and bad)
     doc["pixel_auroc"] = pixel_auroc([p[0] for p in pairs], [p[1] for p in pairs])
     doc["pro"] = pro_score([p[0] for p in pairs], [p[1] for p in pairs])
     return doc

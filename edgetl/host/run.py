@@ -108,7 +108,7 @@ def save_program(path: Path, module: Any, input_spec: InputSpec) -> str:
     except Exception as exc:
         raise DataError(f"cannot save the trained module with torch.export ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     torch.export.save(program, tmp)
     tmp.replace(path)
     return path.name
