@@ -68,14 +68,14 @@ def linear_probe_run(work: Path, data: Path) -> Path:
 
     from edgetl.api import TrainedModel
     from edgetl.host.calibration import scan
-    from edgetl.host.model import ClassifierModel
     from edgetl.host.run import save_run_model
     from edgetl.plugins import get_manager
     from edgetl.preprocess import preprocess_file
+    from edgetl.training import Classifier
 
     labels = ["defect", "good"]
     backbone = get_manager().get("backbone", "efficientnet_lite0")
-    model = ClassifierModel(backbone.build(pretrained=True), backbone.feature_dim, 2, dropout=0.0).eval()
+    model = Classifier(backbone.build(pretrained=True), backbone.feature_dim, 2, dropout=0.0).eval()
     paths, y = scan(data / "train", labels)
     with torch.no_grad():
         feats = torch.cat([model.features(torch.from_numpy(np.concatenate(

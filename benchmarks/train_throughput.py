@@ -60,11 +60,9 @@ def hand_loop(model, dataset, batch: int, lr: float, channels_last: bool) -> flo
 
 def context(cfg, backbone, module, train, val, labels, spec):
     from edgetl.api import FitContext
-    from edgetl.host import ddp
 
     return FitContext(backbone=backbone, module=module, train=train, val=val, labels=labels, options={},
-                      config=cfg, device=__import__("torch").device("cpu"),
-                      state={"dist": ddp.DistInfo(), "spec": spec, "history": [], "checkpoint": None})
+                      config=cfg, device=__import__("torch").device("cpu"), input=spec)
 
 
 def main() -> None:
@@ -80,11 +78,9 @@ def main() -> None:
     import torch
 
     from edgetl.config import RunConfig
-    from edgetl.host import loop
-    from edgetl.host.model import ClassifierModel
-    from edgetl.host.optim import param_groups
     from edgetl.host.splits import _split
     from edgetl.plugins import get_manager
+    from edgetl.training import Classifier, fit_epochs, param_groups
 
     data = ROOT / args.data
     if not data.is_dir():
@@ -106,7 +102,7 @@ def main() -> None:
         torch.manual_seed(0)
         features = backbone.build(pretrained=False)
         features.load_state_dict(base_state)
-        return ClassifierModel(features, backbone.feature_dim, len(labels), dropout=0.0)
+        return Classifier(features, backbone.feature_dim, len(labels), dropout=0.0)
 
     def edgetl_epoch() -> float:
         model = fresh()
@@ -114,8 +110,8 @@ def main() -> None:
         rows = []
         ctx.log_epoch = rows.append
         groups = param_groups(model, backbone.layer_groups(model.features), 1e-3, 1.0, 0.01)
-        loop.train_epochs(ctx, model, groups, tag="finetune")
-        return rows[0]["train_images_per_s"]
+        fit_epochs(ctx, model, groups, tag="finetune")
+        return rows[0].train_images_per_s
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LD_PRELOAD="
           f"{os.environ.get('LD_PRELOAD', '')!r}; {len(samples)} images at {args.size}px, batch {args.batch}",
@@ -136,9 +132,9 @@ def main() -> None:
     ctx = context(probe_cfg, backbone, backbone.build(pretrained=True), train, val, labels, spec)
     rows = []
     ctx.log_epoch = rows.append
-    LinearProbe().fit(ctx)
-    first = ctx.state["feature_seconds"] + rows[0]["epoch_time_s"]
-    cached = float(np.mean([r["epoch_time_s"] for r in rows[1:]]))
+    trained = LinearProbe().fit(ctx)
+    first = trained.timings["feature_seconds"] + rows[0].epoch_time_s
+    cached = float(np.mean([r.epoch_time_s for r in rows[1:]]))
     doc = {"images": len(samples), "size": args.size, "batch": args.batch, "threads": torch.get_num_threads(),
            "ld_preload": os.environ.get("LD_PRELOAD", ""), "runs_img_per_s": results, "best_img_per_s": best,
            "edgetl_vs_hand_channels_last": best["edgetl_finetune"] / best["hand_channels_last"],

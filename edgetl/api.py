@@ -128,20 +128,57 @@ class Backbone(Component):
         raise NotImplementedError(f"backbone {self.name!r} has no variants")
 
 
-@dataclass
-class TrainedModel:
-    """What a strategy returns: one module from normalised images to its output.
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in a ``--nproc N`` run: ``rank`` of ``world`` processes.
 
     Attributes:
-        module: ``torch.nn.Module``; (N, 3, H, W) float32 normalised ->
-            (N, K) probabilities (classify) or (N,) normalised anomaly scores,
-            0.5 being the threshold (anomaly).
+        rank: 0..world-1; rank 0 writes files and prints.
+        world: number of processes (1 when not distributed).
+        local_rank: rank on this machine (the CUDA device index).
+    """
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        """True when more than one process trains."""
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0."""
+        return self.rank == 0
+
+
+@dataclass
+class TrainedModel:
+    """What a strategy's ``fit`` returns.
+
+    Attributes:
+        module: any ``torch.nn.Module`` (no base class, no extra methods) mapping
+            a normalised (N, 3, H, W) float32 batch to, for ``classify``, (N, K)
+            probabilities (rows sum to 1, K = ``len(labels)``) or, for
+            ``anomaly``, a tuple ``(score (N,), map (N, 1, H, W))`` of
+            normalised anomaly scores (0.5 is the threshold). It must be traceable by ``torch.export``
+            (no data-dependent Python control flow): the run directory saves it
+            as an ExportedProgram, see ``docs/plugins.md``.
         task: ``classify`` or ``anomaly``.
         labels: class names, index order of the output.
-        threshold: operating point; for classify with a recall policy, the
-            probability of the positive class above which it is predicted.
+        threshold: optional operating point: the probability of ``positive``
+            above which it is predicted. Honoured unless the run config sets
+            ``train.threshold.policy: recall`` (the config wins, and the log
+            and ``metrics.json`` say so). Requires ``positive``.
         output: ``probabilities`` or ``anomaly_score``.
         positive: the label the threshold applies to (e.g. ``defect``), if any.
+        best_epoch: the 1-based epoch whose weights ``module`` holds (None:
+            no epochs, e.g. a closed-form strategy).
+        timings: named durations in seconds for the report, e.g.
+            ``{"feature_seconds": 3.2}``.
+        extra: free-form facts, saved in ``metrics.json`` under ``strategy_extra``
+            (JSON-serialisable values only).
     """
 
     module: Any
@@ -151,21 +188,48 @@ class TrainedModel:
     output: str = "probabilities"
     positive: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    best_epoch: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class FitContext:
-    """Everything a strategy's ``fit`` may use.
+    """Everything a strategy's ``fit`` may use (types and meanings: ``docs/plugins.md``).
 
     Attributes:
-        backbone: the Backbone component; ``module`` its built network.
-        train, val: datasets (see :mod:`edgetl.host.data`); ``unlabeled`` optional.
-        labels: class names in index order.
-        options: the strategy's ``options`` from the run config.
-        config: the whole resolved run config.
-        device: a ``torch.device``.
-        progress: callback(stage: str, done: int, total: int).
-        log_epoch: callback(row: dict) for one row of history.csv.
+        backbone: the :class:`Backbone` component of the run.
+        module: ``torch.nn.Module``, the built backbone: (N, 3, H, W)
+            normalised float32 -> pooled features (N, ``backbone.feature_dim``),
+            pretrained unless the config says otherwise; on the CPU.
+        train: the training split, an :class:`edgetl.training.Split`: a torch
+            dataset of ``(x (3, H, W) float32 normalised, y int)`` pairs with the
+            run's per-image augmentation, plus ``.plain`` (the same images never
+            augmented), ``.labels`` (N,) int and ``.paths``.
+        val: the validation split (a Split, never augmented): select on it.
+        labels: class names in index order (K of them).
+        options: the strategy's ``options`` mapping from the run config, as written.
+        config: the whole resolved run config (:class:`edgetl.config.RunConfig`).
+        device: the ``torch.device`` to train on.
+        unlabeled: optional Split of unlabeled images (labels are -1), or None.
+        progress: callback(stage: str, done: int, total: int) for the log.
+        log_epoch: callback(row) for one row of ``history.csv``: a
+            :class:`edgetl.training.HistoryRow` or a dict (missing keys are fine).
+        dist: this process's :class:`DistInfo` (rank 0 of 1 when not distributed).
+        input: the :class:`InputSpec` images were prepared with.
+        checkpoint: where :func:`edgetl.training.fit_epochs` writes its resume
+            checkpoint, or None (baselines: no checkpoint).
+        resume_state: the checkpoint ``--resume`` loaded, or None; only
+            ``fit_epochs`` reads it.
+        time_budget_s: stop training after the epoch that passes this wall-clock
+            budget (the scratch baseline gets the main run's time), or None.
+        cache_dir: a folder a strategy may keep caches in (frozen features), or
+            None for memory only.
+        history: the rows logged so far (read only; e.g. plateau rules).
+        feature_passes: filled by :func:`edgetl.training.extract_features`, one
+            dict per backbone pass (split, images, views, seconds), for the report.
+        state: deprecated, kept for plugins written against 0.x; holds copies of
+            ``dist``, ``spec``, ``history``, ``checkpoint``, ``resume_state``.
+            Use the typed fields above and :class:`TrainedModel` results instead.
     """
 
     backbone: Backbone
@@ -178,12 +242,28 @@ class FitContext:
     device: Any
     unlabeled: Any = None
     progress: Callable[[str, int, int], None] = lambda stage, done, total: None
-    log_epoch: Callable[[dict[str, Any]], None] = lambda row: None
+    log_epoch: Callable[[Any], None] = lambda row: None
     state: dict[str, Any] = field(default_factory=dict)
+    dist: DistInfo = field(default_factory=DistInfo)
+    input: InputSpec | None = None
+    checkpoint: Path | None = None
+    resume_state: dict[str, Any] | None = None
+    time_budget_s: float | None = None
+    cache_dir: Path | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    feature_passes: list[dict[str, Any]] = field(default_factory=list)
+
+
+BASELINE_KINDS = ("scratch", "linear-probe")
+"""Kinds of negative-transfer baseline (``train.baseline``) a strategy may offer."""
 
 
 class Strategy(Component):
-    """An adaptation method: how a pretrained backbone becomes a model for this data."""
+    """An adaptation method: how a pretrained backbone becomes a model for this data.
+
+    Attributes:
+        task: the task of the models it returns, ``classify`` or ``anomaly``.
+    """
 
     kind = "strategy"
     task: str = "classify"
@@ -191,6 +271,17 @@ class Strategy(Component):
     @abstractmethod
     def fit(self, ctx: FitContext) -> TrainedModel:
         """Train on ``ctx.train``, select on ``ctx.val``, return the :class:`TrainedModel`."""
+
+    def baseline_options(self, kind: str) -> dict[str, Any] | None:
+        """Options with which this strategy trains the ``kind`` baseline (one of :data:`BASELINE_KINDS`).
+
+        The engine asks the registry for a strategy answering the run's
+        ``train.baseline``: ``scratch`` (the same architecture from random
+        weights, given the main run's time as ``ctx.time_budget_s``) or
+        ``linear-probe`` (a frozen pretrained backbone). None (the default):
+        this strategy does not offer that baseline.
+        """
+        return None
 
 
 class Runtime(ABC):

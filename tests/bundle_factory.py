@@ -2,7 +2,7 @@
 
 ``make_tiny_run`` builds a run directory *without training*: timm's
 ``test_efficientnet`` (99k parameters, random init, seeded) plus a fresh
-ClassifierModel head, saved with :func:`edgetl.host.run.save_run_model`. Its
+Classifier head, saved with :func:`edgetl.host.run.save_run_model`. Its
 config points at a tiny ImageFolder (train + val) written here, so export's
 calibration and gate have real images to read.
 """
@@ -52,9 +52,9 @@ def make_tiny_run(tmp_path: Path, name: str = "tiny", seed: int = 0) -> Path:
     import torch
 
     from edgetl.api import InputSpec, TrainedModel
-    from edgetl.host.model import ClassifierModel
     from edgetl.host.run import save_run_model
     from edgetl.plugins import get_manager
+    from edgetl.training import Classifier
 
     data = make_tiny_data(tmp_path)
     run_dir = Path(tmp_path) / "runs" / name
@@ -63,7 +63,7 @@ def make_tiny_run(tmp_path: Path, name: str = "tiny", seed: int = 0) -> Path:
     torch.manual_seed(seed)
     backbone = get_manager().get("backbone", "timm:test_efficientnet")
     features = backbone.build(pretrained=False)
-    model = ClassifierModel(features, backbone.feature_dim, len(CLASSES), dropout=0.0).eval()
+    model = Classifier(features, backbone.feature_dim, len(CLASSES), dropout=0.0).eval()
     spec = InputSpec(size=(IMAGE_SIZE, IMAGE_SIZE), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     _fit_quickly(model, data / "train", spec)
     trained = TrainedModel(module=model, task="classify", labels=list(CLASSES), threshold=None,

@@ -124,7 +124,7 @@ def test_all_good_images_pass_unchanged(folder):
 def test_dataset_augmentation_is_reproducible_and_mixing_gives_soft_labels(folder):
     torch = pytest.importorskip("torch")
     from edgetl.errors import ConfigError
-    from edgetl.host.data import ImageDataset, batch_mix
+    from edgetl.training.datasets import ImageDataset, batch_mix
 
     rng = np.random.default_rng(1)
     for p in (folder / "good").glob("*.png"):

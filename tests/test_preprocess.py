@@ -130,7 +130,7 @@ def test_bad_bytes_name_the_file(tmp_path):
 def test_training_path_without_augmentation_equals_evaluation_path(tmp_path, mode):
     torch = pytest.importorskip("torch")
     from edgetl.data.folder import Sample, Samples
-    from edgetl.host.data import ImageDataset
+    from edgetl.training.datasets import ImageDataset
 
     rng = np.random.default_rng(0)
     paths = []

@@ -1,6 +1,8 @@
 """The device side and the CLI's cold path import with torch made unimportable.
 
-Every module of the ``edgetl`` package outside ``edgetl.host`` and every
+Every module of the ``edgetl`` package outside ``edgetl.host`` and the
+submodules of ``edgetl.training`` (the strategy SDK, host side; the package
+itself must stay cheap to import) and every
 built-in plugin module that is not a host half (named ``host*``/``export*``/
 ``quantize*``/``train*``/``backbone*``/``strateg*``) is imported in a fresh
 interpreter in which importing torch, torchvision or timm raises.
@@ -34,7 +36,7 @@ def device_side_modules() -> list[str]:
     names = []
     for path in sorted((ROOT / "edgetl").rglob("*.py")):
         rel = path.relative_to(ROOT / "edgetl").parts
-        if rel[0] == "host" or "__main__" in path.name:
+        if rel[0] == "host" or "__main__" in path.name or (rel[0] == "training" and path.name != "__init__.py"):
             continue
         names.append(_module_name(path, ROOT))
     for path in sorted((ROOT / "plugins").rglob("*.py")):

@@ -19,9 +19,9 @@ from train_fixtures import make_dataset, one_torch_thread, write_config  # noqa:
 
 from edgetl.cli import cli  # noqa: E402
 from edgetl.config import load_run_config  # noqa: E402
-from edgetl.host import loop  # noqa: E402
 from edgetl.host.engine import Trainer  # noqa: E402
 from edgetl.host.run import load_run  # noqa: E402
+from edgetl.training import loop  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -113,15 +113,18 @@ def test_rerun_is_deterministic_and_resume_continues_exactly(tmp_path, data, mon
     _trainer(tmp_path, data, "full").run()
     a = weights(tmp_path / "full")
 
-    def interrupt(epoch, tag):
-        if epoch == 2:
+    real_save = loop.save_checkpoint
+
+    def interrupt(ctx, state):
+        real_save(ctx, state)
+        if state["epoch"] + 1 == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "after_epoch", interrupt)
+    monkeypatch.setattr(loop, "save_checkpoint", interrupt)
     with pytest.raises(KeyboardInterrupt):
         _trainer(tmp_path, data, "cut").run()
     assert not (tmp_path / "cut" / "model.pt").exists() and (tmp_path / "cut" / "checkpoint.pt").exists()
-    monkeypatch.setattr(loop, "after_epoch", lambda epoch, tag: None)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
     _trainer(tmp_path, data, "cut", resume=True).run()
     c = weights(tmp_path / "cut")
     assert all(torch.equal(a[k], c[k]) for k in a)

@@ -14,8 +14,8 @@ pytest.importorskip("timm")
 from train_fixtures import make_dataset, one_torch_thread, write_config  # noqa: E402, F401
 
 from edgetl.config import load_run_config  # noqa: E402
-from edgetl.host import loop  # noqa: E402
 from edgetl.host.engine import Trainer  # noqa: E402
+from edgetl.training import loop  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,8 @@ def test_linear_probe_caches_features_once(tmp_path, data, count_backbone_calls)
     assert count_backbone_calls["n"] == short  # 12x the epochs, not one more backbone pass
     feature_pass = 4 * 1 + 1  # train views x batches + val
     final_eval = 1  # the returned model on val (no test split here)
-    assert short == feature_pass + final_eval
+    contract = 2  # the check of what fit returned: one forward pass, one torch.export capture
+    assert short == feature_pass + final_eval + contract
     losses = [float(r["train_loss"]) for r in history]
     assert losses[-1] < losses[0]
     assert all(r["unfrozen_groups"] == "0" for r in history)
@@ -78,18 +79,15 @@ def test_linear_probe_disk_cache_skips_backbone_on_rerun(tmp_path, data, count_b
     count_backbone_calls["n"] = 0
     train(tmp_path, data, "linear-probe", opts, out="b", epochs=2)
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # train identity + val identity
-    assert count_backbone_calls["n"] == 1 and first > 1  # only the final evaluation runs the backbone
+    # only the final evaluation (1) and the check of what fit returned (forward + export: 2) run it
+    assert count_backbone_calls["n"] == 3 and first > 3
 
 
 def test_progressive_unfreezes_one_group_every_k_epochs(tmp_path, data, monkeypatch):
-    seen = []
-
-    def record(epoch, tag):
-        seen.append(None)
-
-    monkeypatch.setattr(loop, "after_epoch", record)
     trainable = []
-    original = loop.train_epochs
+    import edgetl.training
+
+    original = loop.fit_epochs
 
     def spy(ctx, model, groups, **kw):
         start = kw["on_epoch_start"]
@@ -104,7 +102,7 @@ def test_progressive_unfreezes_one_group_every_k_epochs(tmp_path, data, monkeypa
         kw["on_epoch_start"] = wrapped
         return original(ctx, model, groups, **kw)
 
-    monkeypatch.setattr(loop, "train_epochs", spy)
+    monkeypatch.setattr(edgetl.training, "fit_epochs", spy)
     _, history = train(tmp_path, data, "progressive", {"every": 2}, epochs=6)
     assert [int(r["unfrozen_groups"]) for r in history] == [0, 0, 1, 1, 2, 2]
     # epochs 1-2: head only; 3-4: + the last group (conv_head/bn2); 5-6: + the last stage of blocks
@@ -147,12 +145,15 @@ def test_early_stopping_restores_best_weights(tmp_path, data, monkeypatch):
 
     states = {}
 
-    def keep(epoch, tag):
-        ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
-        states[epoch] = ck["model"]
+    real_save = loop.save_checkpoint
+
+    def keep(ctx, state):
+        real_save(ctx, state)
+        ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+        states[state["epoch"] + 1] = ck["model"]
 
     monkeypatch.setattr(loop, "val_row", scripted)
-    monkeypatch.setattr(loop, "after_epoch", keep)
+    monkeypatch.setattr(loop, "save_checkpoint", keep)
     summary, history = train(tmp_path, data, epochs=5, lr=0.01,
                              overrides=["train.early_stopping.patience=2"])
     assert len(history) == 4 and summary["best_epoch"] == 2

@@ -29,17 +29,10 @@ GRID = 8  # worst test images shown in report.md
 
 def score_split(module: Any, split: Any, device: Any, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """(scores (N,), maps (N, H, W)) float32 of a split's un-augmented images."""
-    import torch
+    from edgetl.training import predict
 
-    loader = torch.utils.data.DataLoader(split.plain, batch_size=batch_size, shuffle=False)
-    scores, maps = [], []
-    module = module.to(device).eval()
-    with torch.inference_mode():
-        for x, _ in loader:
-            score, amap = module(x.to(device))
-            scores.append(score.float().cpu().numpy().reshape(-1))
-            maps.append(amap.float().cpu().numpy().reshape(len(x), *amap.shape[-2:]))
-    return np.concatenate(scores), np.concatenate(maps)
+    scores, maps = predict(module.to(device), split.plain, device, batch_size=batch_size)
+    return scores.reshape(-1), maps.reshape(len(scores), *maps.shape[-2:])
 
 
 def split_document(split: Any, spec: InputSpec, scores: np.ndarray, maps: np.ndarray) -> dict[str, Any]:
@@ -120,13 +113,14 @@ def _report(out: Path, metrics: dict[str, Any], grid: Path | None) -> None:
         lines += ["## Worst test images" if metrics["final"]["test"] else "## Worst val images", "",
                   "Image, heat-map overlay, ground-truth mask; highest scores first.", "",
                   f"![worst]({grid.name})", ""]
-    lines += ["Files: model.pt + model.pt2 (torch.export program), config.yaml, metrics.json, predictions_*.csv.",
+    lines += ["Files: model.pt2 (torch.export program) + model.pt, config.yaml, metrics.json, predictions_*.csv.",
               ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
 
 def write_anomaly_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, strategy: str,
-                          spec: InputSpec, data: Any, device: Any, timing: dict[str, Any]) -> dict[str, Any]:
+                          spec: InputSpec, data: Any, device: Any, timing: dict[str, Any],
+                          program: Any = None) -> dict[str, Any]:
     """Score val (and test), write every file of ``runs/NAME/``; returns the ``--json`` summary."""
     out.mkdir(parents=True, exist_ok=True)
     val_scores, val_maps = score_split(trained.module, data.val, device)
@@ -140,7 +134,7 @@ def write_anomaly_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbon
         shown = (data.test, test_scores, test_maps)
     config = cfg.model_dump(mode="json", by_alias=True)
     save_run_model(out, trained, backbone=backbone.name, strategy=strategy, input_spec=spec, name=cfg.name,
-                   config=config)
+                   config=config, program=program)
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     metrics = {
         "name": cfg.name, "task": "anomaly", "strategy": strategy, "backbone": backbone.name,

@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from edgetl.api import FitContext, TrainedModel
+from edgetl.api import DistInfo, FitContext, Strategy, TrainedModel
 from edgetl.config import RunConfig, load_run_config
-from edgetl.errors import ConfigError, EdgetlError, UsageError
+from edgetl.errors import ConfigError, EdgetlError, PluginError, UsageError
 from edgetl.host import ddp
 from edgetl.host.splits import RunData, load_run_data
 from edgetl.metrics import evaluate, pick_threshold
+from edgetl.training import dist
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -41,7 +42,7 @@ def resolve_device(name: str) -> Any:
     if name not in ("cpu", "cuda"):
         raise UsageError(f"--device {name}: expected auto, cpu or cuda")
     if name == "cuda":
-        return torch.device("cuda", ddp.env_info().local_rank)
+        return torch.device("cuda", dist.env_info().local_rank)
     return torch.device("cpu")
 
 
@@ -53,7 +54,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_out(out: Path, resume: bool, force: bool, info: ddp.DistInfo) -> dict[str, Any] | None:
+def prepare_out(out: Path, resume: bool, force: bool, info: DistInfo) -> dict[str, Any] | None:
     """Check ``--out`` (exists -> error unless --resume/--force); returns the resume checkpoint."""
     if out.exists() and not (resume or force):
         raise UsageError(f"{out}: already exists; pass --resume to continue it or --force to overwrite it")
@@ -65,26 +66,27 @@ def prepare_out(out: Path, resume: bool, force: bool, info: ddp.DistInfo) -> dic
             raise UsageError(f"{out}: nothing to resume (no {CHECKPOINT}); train it without --resume")
         import torch
 
-        return torch.load(path, map_location="cpu", weights_only=False)
-    ddp.barrier(info)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    dist.barrier(info)
     if force and out.exists() and info.is_main:
         shutil.rmtree(out)
-    ddp.barrier(info)
+    dist.barrier(info)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    ddp.barrier(info)
+    dist.barrier(info)
     return None
 
 
-def set_tta(module: Any, views: list[str]) -> None:
-    """Put ``train.tta`` views inside the model (so export and device compute the same)."""
-    from edgetl.host.model import TTA_VIEWS
+def with_tta(trained: TrainedModel, views: list[str]) -> None:
+    """Wrap the module in ``train.tta`` views (so export and device compute the same)."""
+    from edgetl.training.views import TTA_VIEWS, WithTTA
 
     for v in views:
         if v not in TTA_VIEWS:
             raise ConfigError(f"train.tta: unknown view {v!r} (known: {', '.join(TTA_VIEWS)})")
-    module.tta = tuple(views)
-    module.head_spec["tta"] = list(views)
+    if trained.task != "classify":
+        raise ConfigError(f"train.tta: test-time views average probabilities; task {trained.task!r} has none")
+    trained.module = WithTTA(trained.module, views)
 
 
 def operating_point(cfg: RunConfig, labels: list[str], y_val: np.ndarray,
@@ -109,7 +111,7 @@ class Trainer:
         self.device_name = device
         self.history: list[dict[str, Any]] = []
         self._log = log
-        self.info = ddp.env_info()
+        self.info = dist.env_info()
 
     def log(self, message: str) -> None:
         if self.info.is_main:
@@ -124,73 +126,86 @@ class Trainer:
             return
         self.log(stage)
 
-    def log_epoch(self, row: dict[str, Any], tag: str | None = None) -> None:
+    def log_epoch(self, row: Any, tag: str | None = None) -> None:
+        """Record one history row (a HistoryRow or a dict; missing keys are fine) and print it."""
+        row = row.to_dict() if hasattr(row, "to_dict") else dict(row)
+        row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}  # plain values
         if tag:
-            row = {**row, "strategy": tag}
+            row["strategy"] = tag
         self.history.append(row)
-        lrs = [v for k, v in row.items() if k.startswith("lr_")]
-        auc = row.get("val_roc_auc")
-        self.log(f"{row['strategy']} epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  "
-                 f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}  "
-                 f"val_bacc {row['val_balanced_accuracy']:.3f}"
-                 + (f"  val_auc {auc:.3f}" if auc is not None else "")
-                 + f"  lr {max(lrs):.2e}  {row['epoch_time_s']:.1f}s "
-                 f"({row['train_images_per_s']:.1f} img/s)" + ("  *" if row.get("best") else ""))
+        self.log(format_row(row))
 
     # -- pieces -------------------------------------------------------------
-    def context(self, data: RunData, module: Any, strategy: str, options: dict[str, Any],
-                tag: str | None = None, checkpoint: Path | None = None,
-                resume_state: dict[str, Any] | None = None) -> FitContext:
-        state = {"dist": self.info, "spec": self.spec, "history": self.history,
-                 "checkpoint": checkpoint, "resume_state": resume_state}
+    def context(self, data: RunData, module: Any, options: dict[str, Any], tag: str | None = None,
+                checkpoint: Path | None = None, resume_state: dict[str, Any] | None = None,
+                time_budget_s: float | None = None) -> FitContext:
+        state = {"dist": self.info, "spec": self.spec, "history": self.history,  # deprecated copies
+                 "checkpoint": checkpoint, "resume_state": resume_state, "time_budget_s": time_budget_s}
         return FitContext(backbone=self.backbone, module=module, train=data.train, val=data.val,
                           labels=data.classes, options=dict(options), config=self.cfg, device=self.device,
                           progress=self.progress, log_epoch=lambda row: self.log_epoch(row, tag),
-                          state=state)
+                          state=state, dist=self.info, input=self.spec, checkpoint=checkpoint,
+                          resume_state=resume_state, time_budget_s=time_budget_s, history=self.history)
 
     def predict(self, module: Any, split: Any) -> np.ndarray:
-        from edgetl.host.loop import predict_probs
+        from edgetl.training.data import predict
 
-        return predict_probs(module.to(self.device), split.plain, self.device, self.info,
-                             batch_size=max(64, self.cfg.train.batch_size), full=True)
+        return predict(module.to(self.device), split.plain, self.device,
+                       batch_size=max(64, self.cfg.train.batch_size), info=self.info)
 
-    def baseline(self, data: RunData, main_seconds: float, main_val: dict[str, Any],
-                 main_test: dict[str, Any] | None) -> dict[str, Any] | None:
-        """The negative-transfer check: the same architecture from scratch, or the linear probe."""
-        from edgetl.plugins import get_manager
+    def fit(self, strategy: Strategy, ctx: FitContext, data: RunData) -> tuple[TrainedModel, Any, float]:
+        """``strategy.fit`` then the contract check; (trained, its ExportedProgram, seconds)."""
+        import torch
 
-        kind = self.cfg.train.baseline
-        if kind == "none":
-            return None
-        if kind == "linear-probe" and self.cfg.strategy.name == "linear-probe":
-            self.log("baseline linear-probe skipped: the run itself is a linear probe")
-            return None
-        self.log(f"baseline: {kind} on the same budget (epochs <= {self.cfg.train.epochs}"
-                 + (f", wall-clock <= {main_seconds:.0f} s" if kind == "scratch" else "") + ")")
-        seed_everything(self.cfg.train.seed)
-        bcfg = self.cfg.backbone
-        if kind == "scratch":
-            module = self.backbone.build(pretrained=False)
-            strategy = get_manager().get("strategy", "finetune")
-            ctx = self.context(data, module, "finetune", {"unfreeze": "all", "lr_decay": 1.0, "freeze_bn": False},
-                               tag="baseline-scratch")
-            ctx.state["time_budget_s"] = main_seconds
-        else:
-            module = self.backbone.build(pretrained=bcfg.pretrained, weights=bcfg.weights)
-            strategy = get_manager().get("strategy", "linear-probe")
-            ctx = self.context(data, module, "linear-probe", {}, tag="baseline-linear-probe")
+        from edgetl.host.contract import check_trained
+
         t0 = time.perf_counter()
         trained = strategy.fit(ctx)
         seconds = time.perf_counter() - t0
+        n = min(2, len(data.val.plain))
+        example = torch.stack([data.val.plain[i][0] for i in range(n)])
+        return trained, check_trained(strategy, trained, example), seconds
+
+    def baseline_strategy(self, kind: str) -> tuple[Strategy, dict[str, Any]]:
+        """The registered strategy offering the ``kind`` baseline, and its options for it."""
+        from edgetl.plugins import get_manager
+
+        for candidate in get_manager().all("strategy"):
+            options = candidate.baseline_options(kind)
+            if options is not None:
+                return candidate, options
+        raise PluginError(f"train.baseline: {kind}: no installed strategy offers this baseline "
+                          "(Strategy.baseline_options); set train.baseline: none")
+
+    def baseline(self, data: RunData, strategy: Strategy, main_seconds: float, main_val: dict[str, Any],
+                 main_test: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The negative-transfer check: the same architecture from scratch, or a linear probe."""
+        kind = self.cfg.train.baseline
+        if kind == "none":
+            return None
+        if kind != "scratch" and strategy.baseline_options(kind) is not None:
+            self.log(f"baseline {kind} skipped: the run itself is one ({strategy.name})")
+            return None
+        base, options = self.baseline_strategy(kind)
+        scratch = kind == "scratch"
+        self.log(f"baseline: {kind} ({base.name}) on the same budget (epochs <= {self.cfg.train.epochs}"
+                 + (f", wall-clock <= {main_seconds:.0f} s" if scratch else "") + ")")
+        seed_everything(self.cfg.train.seed)
+        bcfg = self.cfg.backbone
+        module = self.backbone.build(pretrained=False) if scratch else self.backbone.build(
+            pretrained=bcfg.pretrained, weights=bcfg.weights)
+        ctx = self.context(data, module, options, tag=f"baseline-{kind}",
+                           time_budget_s=main_seconds if scratch else None)
+        trained, _, seconds = self.fit(base, ctx, data)
         val = evaluate(data.val.labels, self.predict(trained.module, data.val), data.classes)
         test = (evaluate(data.test.labels, self.predict(trained.module, data.test), data.classes)
                 if data.test is not None else None)
         metric = self.cfg.train.early_stopping.metric
         key = metric if metric != "loss" else "balanced_accuracy"
         delta = (main_val.get(key) or 0.0) - (val.get(key) or 0.0)
-        result = {"kind": kind, "metric": key, "seconds": seconds, "best_epoch": ctx.state.get("best_epoch"),
-                  "val": val, "test": test, "main_val": main_val.get(key), "baseline_val": val.get(key),
-                  "delta_val": delta, "helped": delta > 0}
+        result = {"kind": kind, "strategy": base.name, "metric": key, "seconds": seconds,
+                  "best_epoch": best_epoch(trained, ctx), "val": val, "test": test, "main_val": main_val.get(key),
+                  "baseline_val": val.get(key), "delta_val": delta, "helped": delta > 0}
         if test is not None and main_test is not None:
             result["delta_test_accuracy"] = main_test["accuracy"] - test["accuracy"]
             result["delta_test_balanced_accuracy"] = main_test["balanced_accuracy"] - test["balanced_accuracy"]
@@ -198,8 +213,8 @@ class Trainer:
                  f"-> transfer {'helped' if delta > 0 else 'did NOT help'} ({delta:+.3f})")
         return result
 
-    def _finish_anomaly(self, trained: TrainedModel, strategy: Any, data: RunData, fit_seconds: float,
-                        started: float) -> dict[str, Any] | None:
+    def _finish_anomaly(self, trained: TrainedModel, program: Any, strategy: Any, data: RunData,
+                        fit_seconds: float, started: float) -> dict[str, Any] | None:
         """Anomaly runs: no baseline, no TTA; val/test scored and written by :mod:`edgetl.host.anomaly_report`."""
         from edgetl.host.anomaly_report import write_anomaly_run_dir
 
@@ -207,7 +222,7 @@ class Trainer:
             return None
         summary = write_anomaly_run_dir(
             self.out, cfg=self.cfg, trained=trained, backbone=self.backbone, strategy=strategy.name, spec=self.spec,
-            data=data, device=self.device, timing={"fit_seconds": fit_seconds,
+            data=data, device=self.device, program=program, timing={"fit_seconds": fit_seconds,
                                                    "total_seconds": time.perf_counter() - started})
         val = summary["val"]
         self.log(f"val: image AUROC {val['image_auroc'] or float('nan'):.4f}, F1 {val['image_f1']:.4f}"
@@ -238,7 +253,7 @@ class Trainer:
         finally:
             ddp.shutdown(self.info)
 
-    def _run(self, strategy: Any) -> dict[str, Any] | None:
+    def _run(self, strategy: Strategy) -> dict[str, Any] | None:
         from edgetl.host.report import write_run_dir
 
         cfg = self.cfg
@@ -256,33 +271,75 @@ class Trainer:
                  + (f" / {len(data.test)} test" if data.test else "") + f" images, classes {data.classes}, "
                  f"device {self.device}" + (f", {self.info.world} processes" if self.info.enabled else ""))
         module = self.backbone.build(pretrained=cfg.backbone.pretrained, weights=cfg.backbone.weights)
-        ctx = self.context(data, module, strategy.name, cfg.strategy.options,
-                           checkpoint=self.out / CHECKPOINT, resume_state=resume_state)
-        t0 = time.perf_counter()
-        trained: TrainedModel = strategy.fit(ctx)
-        fit_seconds = time.perf_counter() - t0
+        ctx = self.context(data, module, cfg.strategy.options, checkpoint=self.out / CHECKPOINT,
+                           resume_state=resume_state)
+        trained, program, fit_seconds = self.fit(strategy, ctx, data)
         if trained.task == "anomaly":
-            return self._finish_anomaly(trained, strategy, data, fit_seconds, started)
+            return self._finish_anomaly(trained, program, strategy, data, fit_seconds, started)
         if cfg.train.tta:
-            set_tta(trained.module, list(cfg.train.tta))
+            with_tta(trained, list(cfg.train.tta))
+            program = None  # the saved module is the wrapped one
         val_probs = self.predict(trained.module, data.val)
-        trained.threshold, trained.positive = operating_point(cfg, data.classes, data.val.labels, val_probs)
+        source = self.operating_point(strategy, trained, data, val_probs)
         val_doc = evaluate(data.val.labels, val_probs, data.classes, trained.threshold, trained.positive)
         test_probs = self.predict(trained.module, data.test) if data.test is not None else None
         test_doc = (evaluate(data.test.labels, test_probs, data.classes, trained.threshold, trained.positive)
                     if data.test is not None else None)
-        baseline = self.baseline(data, fit_seconds, val_doc, test_doc)
+        baseline = self.baseline(data, strategy, fit_seconds, val_doc, test_doc)
         if not self.info.is_main:
             return None
+        timing = {"fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - started,
+                  "feature_seconds": trained.timings.get("feature_seconds", ctx.state.get("feature_seconds")),
+                  "feature_pass": ctx.feature_passes or ctx.state.get("feature_pass"), **trained.timings}
         summary = write_run_dir(
             self.out, cfg=cfg, trained=trained, backbone=self.backbone, strategy=strategy.name, spec=self.spec,
             data=data, history=self.history, val_doc=val_doc, val_probs=val_probs, test_doc=test_doc,
-            test_probs=test_probs, baseline=baseline, timing={
-                "fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - started,
-                "feature_seconds": ctx.state.get("feature_seconds"), "feature_pass": ctx.state.get("feature_pass")},
-            best_epoch=ctx.state.get("best_epoch"), device=str(self.device), world=self.info.world)
+            test_probs=test_probs, baseline=baseline, timing=timing, best_epoch=best_epoch(trained, ctx),
+            device=str(self.device), world=self.info.world, program=program, threshold_source=source)
         self.log(f"wrote {self.out} (report: {self.out / 'report.md'})")
         return summary
+
+    def operating_point(self, strategy: Strategy, trained: TrainedModel, data: RunData,
+                        val_probs: np.ndarray) -> str:
+        """Set ``trained.threshold``/``positive``: the strategy's own unless the config sets a policy.
+
+        Returns where the threshold came from (``argmax``, ``strategy`` or ``config``) for metrics.json.
+        """
+        threshold, positive = operating_point(self.cfg, data.classes, data.val.labels, val_probs)
+        if trained.threshold is None:
+            trained.threshold, trained.positive = threshold, positive if threshold is not None else trained.positive
+            return "config" if threshold is not None else "argmax"
+        if threshold is None:
+            self.log(f"operating point: {strategy.name}'s own threshold {trained.threshold:.4f} on "
+                     f"'{trained.positive}' (train.threshold is argmax)")
+            return "strategy"
+        self.log(f"operating point: train.threshold ({self.cfg.train.threshold.policy}) wins over "
+                 f"{strategy.name}'s own threshold {trained.threshold:.4f}: {threshold:.4f} on '{positive}'")
+        trained.threshold, trained.positive = threshold, positive
+        return "config"
+
+
+def best_epoch(trained: TrainedModel, ctx: FitContext) -> int | None:
+    """The strategy's ``TrainedModel.best_epoch`` (or the deprecated ``ctx.state['best_epoch']``)."""
+    return trained.best_epoch if trained.best_epoch is not None else ctx.state.get("best_epoch")
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """One history row for the log; only the keys present are shown."""
+    def num(key: str, label: str, fmt: str) -> str:
+        value = row.get(key)
+        return f"  {label} {value:{fmt}}" if isinstance(value, (int, float)) else ""
+
+    lrs = [v for k, v in row.items() if k.startswith("lr_") and isinstance(v, (int, float))]
+    epoch = row.get("epoch", "?")
+    return (f"{row.get('strategy', '?')} epoch {epoch:>3}" + num("train_loss", "loss", ".4f")
+            + num("val_loss", "val_loss", ".4f") + num("val_accuracy", "val_acc", ".3f")
+            + num("val_balanced_accuracy", "val_bacc", ".3f") + num("val_roc_auc", "val_auc", ".3f")
+            + (f"  lr {max(lrs):.2e}" if lrs else "")
+            + (f"  {row['epoch_time_s']:.1f}s" if isinstance(row.get("epoch_time_s"), (int, float)) else "")
+            + (f" ({row['train_images_per_s']:.1f} img/s)"
+               if isinstance(row.get("train_images_per_s"), (int, float)) else "")
+            + ("  *" if row.get("best") else ""))
 
 
 def train_from_file(config_path: str | Path, overrides: tuple[str, ...] = (), out: str | None = None,

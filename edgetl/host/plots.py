@@ -25,15 +25,21 @@ def curves(history: list[dict[str, Any]], strategy: str, path: Path) -> Path | N
     if not rows:
         return None
     plt = _plt()
-    epochs = [r["epoch"] for r in rows]
+    epochs = [r.get("epoch") for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    a.plot(epochs, [r["train_loss"] for r in rows], label="train loss")
-    a.plot(epochs, [r["val_loss"] for r in rows], label="val loss")
+
+    def line(ax: Any, key: str, label: str) -> None:  # a strategy may log only some columns
+        ys = [r.get(key) for r in rows]
+        if any(y is not None for y in ys):
+            ax.plot(epochs, [float("nan") if y is None else y for y in ys], label=label)
+
+    line(a, "train_loss", "train loss")
+    line(a, "val_loss", "val loss")
     a.set_xlabel("epoch")
     a.set_ylabel("cross-entropy")
     a.legend()
-    b.plot(epochs, [r["val_accuracy"] for r in rows], label="val accuracy")
-    b.plot(epochs, [r["val_balanced_accuracy"] for r in rows], label="val balanced accuracy")
+    line(b, "val_accuracy", "val accuracy")
+    line(b, "val_balanced_accuracy", "val balanced accuracy")
     best = [r["epoch"] for r in rows if r.get("best")]
     if best:
         b.axvline(best[-1], color="grey", linestyle=":", label=f"best (epoch {best[-1]})")

@@ -26,7 +26,7 @@ class RunPredictor:
         self.input = self.run.input
 
     def predict_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Every output by name: ``output`` (and ``map`` for anomaly models), as the runtimes name them."""
+        """Every output by name, as the runtimes name them: ``output`` (anomaly models add ``map``)."""
         import torch
 
         with torch.inference_mode():
@@ -37,5 +37,5 @@ class RunPredictor:
         return {name: o.float().cpu().numpy() for name, o in zip(names, outs, strict=False)}
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, H, W) -> the first output: (N, K) probabilities, or (N,) anomaly scores."""
+        """(N, 3, H, W) -> the first output, as ``Runtime.predict``: (N, K) probabilities or (N,) anomaly scores."""
         return self.predict_outputs(batch)["output"]

@@ -70,12 +70,16 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
                   data: Any, history: list[dict[str, Any]], val_doc: dict[str, Any], val_probs: np.ndarray,
                   test_doc: dict[str, Any] | None, test_probs: np.ndarray | None,
                   baseline: dict[str, Any] | None, timing: dict[str, Any], best_epoch: int | None,
-                  device: str, world: int) -> dict[str, Any]:
-    """Write every file of ``runs/NAME/``; returns the ``--json`` summary."""
+                  device: str, world: int, program: Any = None,
+                  threshold_source: str | None = None) -> dict[str, Any]:
+    """Write every file of ``runs/NAME/``; returns the ``--json`` summary.
+
+    ``program``: the module's ExportedProgram when already captured (else captured here).
+    """
     out.mkdir(parents=True, exist_ok=True)
     config = cfg.model_dump(mode="json", by_alias=True)
     save_run_model(out, trained, backbone=backbone.name, strategy=strategy, input_spec=spec, name=cfg.name,
-                   config=config)
+                   config=config, program=program)
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     _history_csv(out / "history.csv", history)
     labels = list(data.classes)
@@ -85,17 +89,18 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
                          trained.positive)
     main_rows = [r for r in history if r.get("strategy") == strategy]
     metric = cfg.train.early_stopping.metric
-    best_row = next((r for r in main_rows if r["epoch"] == best_epoch), None)
+    best_row = next((r for r in main_rows if r.get("epoch") == best_epoch), None)
     metrics = {
         "name": cfg.name, "strategy": strategy, "backbone": backbone.name, "input_size": list(spec.size),
         "device": device, "processes": world, "labels": labels,
         "counts": {"train": len(data.train), "val": len(data.val), "test": len(data.test) if data.test else 0},
-        "threshold": trained.threshold, "positive": trained.positive,
+        "threshold": trained.threshold, "positive": trained.positive, "threshold_source": threshold_source,
         "best": {"epoch": best_epoch, "metric": f"val_{metric}",
                  "value": best_row.get(f"val_{metric}") if best_row else None},
         "epochs_run": len(main_rows),
         "final": {"val": val_doc, "test": test_doc},
         "baseline": baseline, "timing": timing, "skipped_images": data.skipped,
+        "strategy_extra": trained.extra,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float), encoding="utf-8")
     figures = {
@@ -145,9 +150,10 @@ def _report_md(out: Path, cfg: Any, metrics: dict[str, Any], figures: dict[str, 
     lines += _doc_lines(val, "val")
     if test is not None:
         lines += _doc_lines(test, "test")
+    source = ("the strategy's own" if metrics["threshold_source"] == "strategy"
+              else f"target recall {t.threshold.target} chosen on val")
     op = ("argmax" if metrics["threshold"] is None else
-          f"`{metrics['positive']}` when p({metrics['positive']}) >= {metrics['threshold']:.4f} "
-          f"(target recall {t.threshold.target} chosen on val)")
+          f"`{metrics['positive']}` when p({metrics['positive']}) >= {metrics['threshold']:.4f} ({source})")
     lines += ["", f"Operating point: {op}.", "",
               "Model selection (best epoch, threshold) used the validation split only"
               + ("; the test split was evaluated once, at the end." if test is not None else "; no test split given."),
@@ -164,7 +170,7 @@ def _report_md(out: Path, cfg: Any, metrics: dict[str, Any], figures: dict[str, 
                      if base.get("delta_test_accuracy") is not None else "."), ""]
     shown = test if test is not None else val
     lines += [f"## Per class ({'test' if test is not None else 'val'})", ""] + _per_class_table(shown) + [""]
-    changes = [(r["epoch"], r.get("unfrozen_groups")) for i, r in enumerate(rows)
+    changes = [(r.get("epoch"), r.get("unfrozen_groups")) for i, r in enumerate(rows)
                if i == 0 or r.get("unfrozen_groups") != rows[i - 1].get("unfrozen_groups")]
     if len(changes) > 1:
         lines += ["## Unfreezing schedule", "",
@@ -177,7 +183,7 @@ def _report_md(out: Path, cfg: Any, metrics: dict[str, Any], figures: dict[str, 
               f"label smoothing {t.label_smoothing:g}, dropout {t.dropout:g}, class weights {t.class_weights}, "
               f"augment {', '.join(cfg.augment) or 'none'}, seed {t.seed}"
               + (f", test-time views {', '.join(t.tta)}" if t.tta else "") + ".",
-              "Files: model.pt, config.yaml (resolved), metrics.json, history.csv, predictions_*.csv.", ""]
+              "Files: model.pt2 (the module), model.pt (facts + state dict), config.yaml (resolved), metrics.json, history.csv, predictions_*.csv.", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
 

@@ -1,9 +1,17 @@
-"""A run directory's model file: save a TrainedModel, load it back without pickled classes.
+"""A run directory's model: save any module a strategy returned, load it back without its classes.
 
-``runs/NAME/model.pt`` holds a plain dict (loaded with ``weights_only=True``):
-format version, backbone name, head spec, task, labels, threshold, output,
-positive label, the InputSpec and the state dict. Export, eval and predict all
-load a run through :func:`load_run`.
+``runs/NAME/model.pt2`` is the module as a ``torch.export`` ExportedProgram
+(graph + weights, batch dimension dynamic), so a run loads with no
+cooperation from the strategy and without unpickling arbitrary objects.
+``runs/NAME/model.pt`` is a plain dict (loaded with ``weights_only=True``):
+format version, task, labels, threshold, output, positive label, backbone and
+strategy names, the InputSpec, the resolved config and the module's state
+dict (for inspection or warm starts). Export, eval, predict and bench load a
+run through :func:`load_run`. Limits: see ``docs/training.md`` ("model.pt2").
+
+Format 1 run directories (written by earlier releases: a ``ClassifierModel`` head spec, no
+``model.pt2``) still load: the classifier is rebuilt through the backbone
+registry.
 """
 
 from __future__ import annotations
@@ -13,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.api import InputSpec, TrainedModel
-from edgetl.errors import DataError
+from edgetl.errors import DataError, EdgetlError
 
 MODEL_FILE = "model.pt"
-PROGRAM_FILE = "model.pt2"  # modules other than a ClassifierModel: a torch.export ExportedProgram
-FORMAT = 1
+PROGRAM_FILE = "model.pt2"
+FORMAT = 2
 
 
 @dataclass
@@ -25,7 +33,8 @@ class Run:
     """A trained run, ready to evaluate or export.
 
     Attributes:
-        model: ``torch.nn.Module`` in eval mode; (N, 3, H, W) -> (N, K) probabilities.
+        model: ``torch.nn.Module`` in eval mode; (N, 3, H, W) -> (N, K)
+            probabilities (classify) or (score, map) (anomaly).
         input: the InputSpec the model was trained and validated with.
     """
 
@@ -47,79 +56,93 @@ class Run:
                             threshold=self.threshold, output=self.output, positive=self.positive)
 
 
+def export_program(module: Any, example: Any, who: str) -> Any:
+    """``module`` as an ExportedProgram for batches like ``example`` (any batch size).
+
+    Raises:
+        EdgetlError: ``torch.export`` cannot capture the module; names ``who``.
+    """
+    import torch
+
+    module.eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        with torch.no_grad():
+            return torch.export.export(module, (example,), dynamic_shapes=({0: batch},), strict=False)
+    except Exception as exc:  # torch.export raises many types; all mean "not capturable"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise EdgetlError(f"{who}: the returned module cannot be saved: torch.export failed "
+                          f"({type(exc).__name__}: {first[:200]}); see docs/plugins.md, 'What fit returns'") from None
+
+
 def save_run_model(run_dir: str | Path, trained: TrainedModel, *, backbone: str, strategy: str,
-                   input_spec: InputSpec, name: str, config: dict[str, Any] | None = None) -> Path:
-    """Write ``model.pt`` (atomically) for a ClassifierModel-based TrainedModel."""
+                   input_spec: InputSpec, name: str, config: dict[str, Any] | None = None,
+                   program: Any = None) -> Path:
+    """Write ``model.pt2`` and ``model.pt`` (each atomically); ``program`` defaults to exporting the module."""
     import torch
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     module = trained.module
+    if program is None:
+        example = torch.zeros((2, 3, *input_spec.size), dtype=torch.float32)
+        program = export_program(module, example, f"strategy {strategy}")
+    tmp = run_dir / ("tmp-" + PROGRAM_FILE)  # torch.export wants the .pt2 suffix
+    torch.export.save(program, tmp)
+    tmp.replace(run_dir / PROGRAM_FILE)
     payload = {
         "format": FORMAT, "name": name, "backbone": backbone, "strategy": strategy,
-        "task": trained.task, "labels": list(trained.labels),
-        "threshold": trained.threshold, "output": trained.output, "positive": trained.positive,
-        "input": input_spec.to_dict(), "config": config or {},
+        "task": trained.task, "labels": list(trained.labels), "threshold": trained.threshold,
+        "output": trained.output, "positive": trained.positive, "input": input_spec.to_dict(),
+        "config": config or {}, "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
     }
-    if hasattr(module, "head_spec"):
-        payload.update(head=dict(module.head_spec),
-                       state_dict={k: v.detach().cpu() for k, v in module.state_dict().items()})
-    else:
-        payload["program"] = save_program(run_dir / PROGRAM_FILE, module, input_spec)
     tmp = run_dir / (MODEL_FILE + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(run_dir / MODEL_FILE)
     return run_dir / MODEL_FILE
 
 
-def program_module(program: Any) -> Any:
-    """A loaded ExportedProgram as an ``nn.Module`` that accepts ``eval()``/``to()``.
+def _saved_module(program: Any) -> Any:
+    """The ExportedProgram as a plain module whose ``train``/``eval`` are harmless no-ops.
 
-    The program's own graph module refuses mode changes; it is held outside
-    the module tree so the wrapper's ``eval()`` does not reach it (the
-    program was exported in eval mode). ONNX export traces through it.
+    ``ExportedProgram.module()`` refuses ``train()``/``eval()``, which exporters
+    and predictors call; the graph is fixed in eval mode anyway.
     """
     from torch import nn
 
-    class ProgramModule(nn.Module):
-        def __init__(self) -> None:
+    class SavedModule(nn.Module):
+        def __init__(self, inner: nn.Module):
             super().__init__()
-            object.__setattr__(self, "inner", program.module())
+            self.inner = inner
 
-        def forward(self, x: Any) -> Any:
+        def train(self, mode: bool = True) -> SavedModule:
+            self.training = mode
+            return self
+
+        def forward(self, x):
             return self.inner(x)
 
-    return ProgramModule()
+    return SavedModule(program.module())
 
 
-def save_program(path: Path, module: Any, input_spec: InputSpec) -> str:
-    """``torch.export`` ``module`` (eval mode, CPU, dynamic batch) to ``path``; returns the file name.
+def _legacy_module(payload: dict[str, Any]) -> Any:
+    """A format-1 run's ClassifierModel, rebuilt as Classifier (+ WithTTA) with the same weights."""
+    from edgetl.plugins import get_manager
+    from edgetl.training.model import Classifier
+    from edgetl.training.views import WithTTA
 
-    Limits: the module must be traceable by ``torch.export`` (no data-dependent
-    Python control flow); it is saved for inference only (no resume).
-    """
-    import torch
-
-    module = module.cpu().eval()
-    example = torch.zeros(2, 3, *input_spec.size)
-    try:
-        program = torch.export.export(module, (example,),
-                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
-    except Exception as exc:
-        raise DataError(f"cannot save the trained module with torch.export ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    torch.export.save(program, tmp)
-    tmp.replace(path)
-    return path.name
+    head = payload["head"]
+    features = get_manager().get("backbone", payload["backbone"]).build(pretrained=False)
+    model = Classifier(features, head["feature_dim"], head["num_classes"], dropout=head["dropout"],
+                       hidden=head["hidden"])
+    model.load_state_dict(payload["state_dict"])
+    tta = tuple(head.get("tta") or ())
+    return WithTTA(model, tta) if tta else model
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Rebuild the model of a run directory through the backbone registry."""
+    """Load a run directory's model and facts (format 2, or format 1 through the backbone registry)."""
     import torch
-
-    from edgetl.host.model import ClassifierModel
-    from edgetl.plugins import get_manager
 
     run_dir = Path(run_dir)
     path = run_dir / MODEL_FILE
@@ -127,20 +150,17 @@ def load_run(run_dir: str | Path) -> Run:
         raise DataError(f"{run_dir}: not a run directory (no {MODEL_FILE}); train one with 'edgetl train'")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("format") == FORMAT:
+            model = _saved_module(torch.export.load(run_dir / PROGRAM_FILE))
+        elif payload.get("format") == 1:
+            model = _legacy_module(payload)
+        else:
+            raise DataError(f"{path}: model format {payload.get('format')!r}, expected {FORMAT} (or 1)")
+    except EdgetlError:
+        raise
     except Exception as exc:
         raise DataError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from None
-    if payload.get("format") != FORMAT:
-        raise DataError(f"{path}: model format {payload.get('format')!r}, expected {FORMAT}")
-    if payload.get("program"):
-        model: Any = program_module(torch.export.load(run_dir / payload["program"]))
-    else:
-        backbone = get_manager().get("backbone", payload["backbone"])
-        head = payload["head"]
-        features = backbone.build(pretrained=False)
-        model = ClassifierModel(features, head["feature_dim"], head["num_classes"], dropout=head["dropout"],
-                                hidden=head["hidden"], tta=tuple(head.get("tta") or ()))
-        model.load_state_dict(payload["state_dict"])
-        model.eval()
+    model.eval()
     return Run(dir=run_dir, name=payload["name"], model=model, task=payload["task"],
                labels=payload["labels"], threshold=payload["threshold"], output=payload["output"],
                positive=payload["positive"], input=InputSpec.from_dict(payload["input"]),

@@ -1,6 +1,6 @@
 """The run's data: train/val(/test) splits as datasets plus what the loop needs beside them.
 
-A :class:`Split` is a dataset (``len``/``[]`` go to the augmented dataset) that
+A :class:`edgetl.training.Split` is a dataset (``len``/``[]`` go to the augmented dataset) that
 also carries the un-augmented view (``plain``: validation, feature caching),
 the integer labels (class weights, metrics) and the file paths (reports).
 Selection uses ``val`` only; ``test`` is evaluated once, at the end.
@@ -16,25 +16,7 @@ import numpy as np
 
 from edgetl.api import InputSpec
 from edgetl.errors import DataError
-
-
-@dataclass
-class Split:
-    """One split: ``dataset`` (augmented for train), ``plain`` (never augmented), labels (N,), paths."""
-
-    name: str
-    dataset: Any
-    plain: Any
-    labels: np.ndarray
-    paths: list[Path]
-    masks: list[Path | None] | None = None  # anomaly splits: pixel mask per image (or None)
-    kinds: list[str] | None = None  # anomaly splits: each image's own class folder
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.dataset[i]
+from edgetl.training.datasets import Split
 
 
 @dataclass
@@ -76,7 +58,7 @@ def _load(path: str, what: str, skip_bad: bool, skipped: list[str], classes: lis
 def _split(name: str, items: list[Any], classes: list[str], spec: InputSpec, augment: list[str],
            train: bool, seed: int) -> Split:
     from edgetl.data.folder import Samples
-    from edgetl.host.data import ImageDataset
+    from edgetl.training.datasets import ImageDataset
 
     samples = Samples(items=list(items), classes=list(classes))
     geometric = [a for a in augment if a not in ("mixup", "cutmix")]

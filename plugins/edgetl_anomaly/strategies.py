@@ -34,21 +34,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from edgetl_strategies.options import positive_float, resolve
 
 from edgetl.anomaly_metrics import f1_threshold, percentile_threshold
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError, DataError
-from edgetl_strategies.options import positive_float, resolve
 
 COMMON = {"stages": [2, 3], "sigma": 4.0, "threshold": "auto", "percentile": 99.0, "batch_size": 32}
 LABELS = ["good", "anomaly"]
-
-
-def _loader(dataset: Any, batch_size: int) -> Any:
-    import torch
-
-    plain = getattr(dataset, "plain", dataset)  # never augmented
-    return torch.utils.data.DataLoader(plain, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
 def is_anomalous(ctx: FitContext, labels: np.ndarray) -> np.ndarray:
@@ -57,17 +50,19 @@ def is_anomalous(ctx: FitContext, labels: np.ndarray) -> np.ndarray:
     return np.asarray(labels) != good
 
 
-def run_batches(ctx: FitContext, dataset: Any, fn: Any, batch_size: int, stage: str) -> list[Any]:
-    """``fn(x)`` under no_grad for each batch of ``dataset`` (on ``ctx.device``), results on the CPU."""
+def run_batches(ctx: FitContext, split: Any, fn: Any, batch_size: int, stage: str) -> list[Any]:
+    """``fn(x)`` under no_grad for each batch of the split's un-augmented images, results on the CPU."""
     import torch
+
+    from edgetl.training import batches
 
     out, done = [], 0
     with torch.no_grad():
-        for x, _ in _loader(dataset, batch_size):
-            result = fn(x.to(ctx.device))
+        for x, _ in batches(ctx, split.plain, batch_size):
+            result = fn(x)
             out.append(tuple(r.cpu() for r in result) if isinstance(result, tuple) else result.cpu())
             done += len(x)
-            ctx.progress(stage, done, len(dataset))
+            ctx.progress(stage, done, len(split))
     return out
 
 
@@ -125,7 +120,7 @@ class _AnomalyStrategy(Strategy):
 
         from edgetl_anomaly.features import PatchFeatures, check_stages
 
-        first = _loader(ctx.train, 1).dataset[0][0]
+        first = ctx.train.plain[0][0]
         size = (int(first.shape[-2]), int(first.shape[-1]))
         stages = check_stages(ctx.backbone, ctx.module, opts["stages"], size)
         features = PatchFeatures(ctx.backbone, ctx.module, stages).to(ctx.device)

@@ -30,12 +30,13 @@ COMMON = {"lr_decay": 0.5, "freeze_bn": "auto", "hidden": None}
 
 
 def build_model(ctx: FitContext, hidden: Any) -> Any:
-    from edgetl.host.model import ClassifierModel
+    """``edgetl.training.build_classifier``, its error turned into one naming the option."""
+    from edgetl.training import build_classifier
 
-    if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
-        raise ConfigError(f"strategy.options.hidden: expected a positive integer or null, got {hidden!r}")
-    return ClassifierModel(ctx.module, ctx.backbone.feature_dim, len(ctx.labels),
-                           dropout=ctx.config.train.dropout, hidden=hidden)
+    try:
+        return build_classifier(ctx, hidden=hidden)
+    except ValueError as exc:
+        raise ConfigError(f"strategy.options.{exc}") from None
 
 
 def set_trainable(model: Any, groups: list[Any], n_top: int) -> list[Any]:
@@ -60,7 +61,8 @@ def set_trainable(model: Any, groups: list[Any], n_top: int) -> list[Any]:
 
 
 def _per_rank_batch(ctx: FitContext) -> int:
-    return max(1, ctx.config.train.batch_size // ctx.state["dist"].world)
+    return max(1, ctx.config.train.batch_size // ctx.dist.world)
+
 
 
 class Finetune(Strategy):
@@ -70,9 +72,12 @@ class Finetune(Strategy):
     extra = "train"
     DEFAULTS = {"unfreeze": "all", **COMMON}
 
+    def baseline_options(self, kind: str) -> dict[str, Any] | None:
+        """The ``scratch`` baseline: every layer trains, one learning rate, BatchNorm statistics training."""
+        return {"unfreeze": "all", "lr_decay": 1.0, "freeze_bn": False} if kind == "scratch" else None
+
     def fit(self, ctx: FitContext) -> TrainedModel:
-        from edgetl.host.loop import train_epochs
-        from edgetl.host.optim import param_groups
+        from edgetl.training import fit_epochs, param_groups
 
         opts = resolve(self.name, ctx.options, self.DEFAULTS)
         decay = positive_float(self.name, "lr_decay", opts["lr_decay"], upper=1.0)
@@ -92,13 +97,11 @@ class Finetune(Strategy):
                      f"lr {ctx.config.train.lr:g} x {decay:g} per group, BatchNorm "
                      f"{'frozen' if bn else 'training'}", 0, ctx.config.train.epochs)
         opt_groups = param_groups(model, groups, ctx.config.train.lr, decay, ctx.config.train.weight_decay)
-        stopper = train_epochs(
+        stopper = fit_epochs(
             ctx, model, opt_groups, tag=self.name,
             eval_modules=lambda: frozen + ([model.features] if bn else []),
-            on_epoch_start=lambda e: {"unfrozen_groups": min(n_top, len(groups))},
-            time_budget_s=ctx.state.get("time_budget_s"))
-        ctx.state["best_epoch"] = stopper.best_epoch
-        return TrainedModel(module=model, task="classify", labels=list(ctx.labels))
+            on_epoch_start=lambda e: {"unfrozen_groups": min(n_top, len(groups))})
+        return TrainedModel(module=model, task="classify", labels=list(ctx.labels), best_epoch=stopper.best_epoch)
 
 
 class Progressive(Strategy):
@@ -114,8 +117,7 @@ class Progressive(Strategy):
         return [min(cap, e // every) for e in range(epochs)]
 
     def fit(self, ctx: FitContext) -> TrainedModel:
-        from edgetl.host.loop import HIGHER_IS_BETTER, train_epochs
-        from edgetl.host.optim import param_groups
+        from edgetl.training import HIGHER_IS_BETTER, fit_epochs, param_groups
 
         opts = resolve(self.name, ctx.options, self.DEFAULTS)
         decay = positive_float(self.name, "lr_decay", opts["lr_decay"], upper=1.0)
@@ -152,16 +154,15 @@ class Progressive(Strategy):
             return {"unfrozen_groups": n}
 
         opt_groups = param_groups(model, groups, lr, decay, ctx.config.train.weight_decay)
-        stopper = train_epochs(ctx, model, opt_groups, tag=self.name, on_epoch_start=on_epoch_start,
-                               eval_modules=lambda: state["frozen"] + ([model.features] if bn else []))
-        ctx.state["best_epoch"] = stopper.best_epoch
-        return TrainedModel(module=model, task="classify", labels=list(ctx.labels))
+        stopper = fit_epochs(ctx, model, opt_groups, tag=self.name, on_epoch_start=on_epoch_start,
+                             eval_modules=lambda: state["frozen"] + ([model.features] if bn else []))
+        return TrainedModel(module=model, task="classify", labels=list(ctx.labels), best_epoch=stopper.best_epoch)
 
     @staticmethod
     def _plateau_step(ctx: FitContext, state: dict[str, Any], every: int, metric: str, higher: bool,
                       cap: int) -> int:
         """Unfreeze one more group after ``every`` epochs without a better val metric (from history)."""
-        rows = [r for r in ctx.state.get("history", []) if r.get("strategy") == "progressive"]
+        rows = [r for r in ctx.history if r.get("strategy") == "progressive"]
         n = rows[-1]["unfrozen_groups"] if rows else 0
         if not rows:
             return n

@@ -20,14 +20,15 @@ options:
         features and the model is unchanged in shape (default false: on the
         texture set raw lite0 features generalised better, 90 % vs 80 % test).
 
-The returned module is backbone + head as one ClassifierModel.
+The head trains with :func:`edgetl.training.fit_epochs` on the cached
+features (``train=`` / ``val_inputs=``), so early stopping, the schedule,
+class weights, history rows and ``--resume`` checkpoints are the same as for
+the gradient strategies. The returned module is backbone + head as one :class:`edgetl.training.Classifier`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ from edgetl.errors import ConfigError
 from edgetl_strategies.finetune import build_model
 from edgetl_strategies.options import resolve
 
-VIEWS = ("identity", "hflip", "vflip", "rot180", "rot90", "rot270")  # as edgetl.host.model.VIEWS (no torch import here)
+VIEWS = ("identity", "hflip", "vflip", "rot180", "rot90", "rot270")  # edgetl.training.VIEWS, without torch
 
 
 def views_from_augment(augment: list[str]) -> list[str]:
@@ -54,76 +55,22 @@ def views_from_augment(augment: list[str]) -> list[str]:
     return views
 
 
-def apply_view(x: Any, view: str) -> Any:
-    """One view of a (N, 3, H, W) batch; an unknown name is an error naming the option."""
-    from edgetl.host.model import apply_view as view_of
-
-    if view not in VIEWS:
-        raise ConfigError(f"strategy.options.views: unknown view {view!r} (known: {', '.join(VIEWS)})")
-    return view_of(x, view)
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def cache_key(ctx: FitContext, paths: list[Path], view: str) -> str:
-    """Backbone + weights + preprocessing + view + file contents -> a hex key."""
-    cfg = ctx.config.backbone
-    h = hashlib.sha256()
-    spec = ctx.state.get("spec")
-    h.update(repr((ctx.backbone.name, cfg.pretrained, cfg.weights, spec.to_dict() if spec else None,
-                   view)).encode())
-    if cfg.weights:
-        h.update(_file_digest(Path(cfg.weights)).encode())
-    for p in paths:
-        h.update(_file_digest(p).encode())
-    return h.hexdigest()[:32]
-
-
-def extract(ctx: FitContext, features: Any, split: Any, views: list[str], batch_size: int,
-            cache_dir: str | None) -> dict[str, np.ndarray]:
-    """Features (N, D) float32 per view of ``split.plain``; one backbone pass per image and view."""
+def probe(head: Any) -> Any:
+    """``head`` as a module whose ``logits`` train and whose ``forward`` gives probabilities."""
     import torch
 
-    from edgetl.host import ddp
-    from edgetl.host.loop import _to, num_workers
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = head
 
-    info, device = ctx.state["dist"], ctx.device
-    out: dict[str, np.ndarray] = {}
-    todo = []
-    for view in views:
-        path = Path(cache_dir) / f"{cache_key(ctx, split.paths, view)}.npy" if cache_dir else None
-        if path is not None and path.is_file():
-            out[view] = np.load(path)
-        else:
-            todo.append((view, path))
-    if not todo:
-        return out
-    idx = ddp.shard(len(split), info)
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(split.plain, idx), batch_size=batch_size,
-                                         shuffle=False, num_workers=num_workers(device.type))
-    parts: dict[str, list[np.ndarray]] = {v: [] for v, _ in todo}
-    done, total = 0, len(idx)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for x, _ in loader:
-            x = _to(x, device)
-            for view, _ in todo:
-                parts[view].append(features(apply_view(x, view)).float().cpu().numpy())
-            done += len(x)
-            ctx.progress(f"features {split.name}", done, total)
-    elapsed = time.perf_counter() - start
-    ctx.state.setdefault("feature_pass", []).append(
-        {"split": split.name, "images": len(split), "views": len(todo), "seconds": elapsed})
-    for view, path in todo:
-        mine = np.concatenate(parts[view]) if parts[view] else np.zeros((0, ctx.backbone.feature_dim), np.float32)
-        gathered = [p for p in ddp.all_gather_object(info, mine) if len(p)]
-        out[view] = np.concatenate(gathered) if gathered else mine
-        if path is not None and info.is_main:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, out[view])
-    return out
+        def logits(self, x):
+            return self.head(x)
+
+        def forward(self, x):
+            return torch.softmax(self.head(x), dim=1)
+
+    return Probe()
 
 
 def fold_standardisation(head: Any, mean: Any, std: Any) -> None:
@@ -143,11 +90,15 @@ class LinearProbe(Strategy):
     extra = "train"
     DEFAULTS = {"views": None, "hidden": None, "cache_dir": None, "batch_size": 64, "standardize": False}
 
+    def baseline_options(self, kind: str) -> dict[str, Any] | None:
+        """The ``linear-probe`` baseline: this strategy with its defaults."""
+        return {} if kind == "linear-probe" else None
+
     def fit(self, ctx: FitContext) -> TrainedModel:
         import torch
+        from torch.utils.data import TensorDataset
 
-        from edgetl.host.loop import EarlyStopper
-        from edgetl.host.optim import Schedule, class_weights, make_optimizer
+        from edgetl.training import Split, extract_features, fit_epochs
 
         opts = resolve(self.name, ctx.options, self.DEFAULTS)
         cfg = ctx.config.train
@@ -164,86 +115,38 @@ class LinearProbe(Strategy):
         ctx.progress(f"linear-probe: caching features for views {views}"
                      + (f" (not cacheable, ignored: {', '.join(ignored)})" if ignored else ""), 0, 1)
         t0 = time.perf_counter()
-        train_feats = extract(ctx, model.features, ctx.train, views, opts["batch_size"], opts["cache_dir"])
-        val_feats = extract(ctx, model.features, ctx.val, ["identity"], opts["batch_size"], opts["cache_dir"])
-        ctx.state["feature_seconds"] = time.perf_counter() - t0
-        x_train = torch.from_numpy(np.concatenate([train_feats[v] for v in views]))
+        cache = opts["cache_dir"]
+        x_train = torch.from_numpy(extract_features(ctx, model.features, ctx.train, views,
+                                                    batch_size=opts["batch_size"], cache_dir=cache))
+        x_val = torch.from_numpy(extract_features(ctx, model.features, ctx.val, ["identity"],
+                                                  batch_size=opts["batch_size"], cache_dir=cache))
+        feature_seconds = time.perf_counter() - t0
         y_train = torch.from_numpy(np.tile(ctx.train.labels, len(views)))
-        x_val = torch.from_numpy(val_feats["identity"])
         mean = x_train.mean(dim=0) if opts["standardize"] else torch.zeros(x_train.shape[1])
         std = x_train.std(dim=0).clamp_min(1e-6) if opts["standardize"] else torch.ones(x_train.shape[1])
         x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
-        k = len(ctx.labels)
         head = model.head.cpu()
         head.requires_grad_(True)
         torch.manual_seed(cfg.seed)
         for m in head.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
-        steps = max(1, -(-len(x_train) // cfg.batch_size))
-        opt = make_optimizer(cfg.optimizer, [{"params": list(head.parameters()), "lr": cfg.lr,
-                                               "initial_lr": cfg.lr, "name": "head"}], cfg.lr, cfg.weight_decay)
-        schedule = Schedule(opt, cfg.schedule.kind, cfg.schedule.warmup_epochs, cfg.epochs, steps,
-                            cfg.schedule.patience)
-        w = class_weights(ctx.train.labels, k, cfg.class_weights)
-        w_t = None if w is None else torch.tensor(w, dtype=torch.float32)
-        stopper = EarlyStopper(cfg.early_stopping.metric, cfg.early_stopping.patience)
-        gen = torch.Generator().manual_seed(cfg.seed)
         threads = torch.get_num_threads()
         # tiny matmuls: one thread; several spin-wait on a busy CPU (measured 10-25 s per epoch
         # instead of well under one on a loaded 2-core machine)
         torch.set_num_threads(1)
         try:
-            self._train_head(ctx, head, x_train, y_train, x_val, opt, schedule, w_t, stopper, gen, k)
+            stopper = fit_epochs(ctx, probe(head), [{"name": "head", "params": list(head.parameters())}],
+                                 tag=self.name, train=Split("train-features", TensorDataset(x_train, y_train),
+                                                            None, y_train.numpy(), []),
+                                 val_inputs=TensorDataset(x_val, torch.from_numpy(ctx.val.labels)),
+                                 on_epoch_start=lambda epoch: {"unfrozen_groups": 0})
         finally:
             torch.set_num_threads(threads)
-        stopper.restore(head)
+        head.cpu()
         fold_standardisation(head, mean, std)
         head.requires_grad_(False)
         model.head = head.to(ctx.device)
         model.eval()
-        ctx.state["best_epoch"] = stopper.best_epoch
-        return TrainedModel(module=model, task="classify", labels=list(ctx.labels))
-
-    def _train_head(self, ctx: FitContext, head: Any, x_train: Any, y_train: Any, x_val: Any, opt: Any,
-                    schedule: Any, w_t: Any, stopper: Any, gen: Any, k: int) -> None:
-        """Epochs of the head on the cached features, with validation and early stopping."""
-        import torch
-
-        from edgetl.host.loop import HIGHER_IS_BETTER, selection_value, val_row
-        from edgetl.host.optim import loss_sum, soft_targets
-
-        cfg = ctx.config.train
-        for epoch in range(cfg.epochs):
-            t_epoch = time.perf_counter()
-            head.train()
-            order = torch.randperm(len(x_train), generator=gen)
-            total = 0.0
-            for i in range(0, len(order), cfg.batch_size):
-                b = order[i:i + cfg.batch_size]
-                target = soft_targets(y_train[b], k, cfg.label_smoothing)
-                loss = loss_sum(head(x_train[b]), target, w_t) / len(b)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
-                opt.step()
-                schedule.step()
-                total += float(loss.detach()) * len(b)
-            head.eval()
-            with torch.inference_mode():
-                probs = torch.softmax(head(x_val), dim=1).numpy()
-            row = {"strategy": self.name, "epoch": epoch + 1, "train_loss": total / len(x_train),
-                   **val_row(ctx, probs), "lr_head": opt.param_groups[0]["lr"],
-                   "trainable_params": sum(p.numel() for p in head.parameters()),
-                   "epoch_time_s": time.perf_counter() - t_epoch,
-                   "train_images_per_s": len(x_train) / max(time.perf_counter() - t_epoch, 1e-9),
-                   "unfrozen_groups": 0}
-            value = selection_value(row, stopper.metric)
-            row["best"] = stopper.update(value, epoch + 1, head)
-            schedule.epoch_end(value, HIGHER_IS_BETTER[stopper.metric])
-            ctx.log_epoch(row)
-            if stopper.stop:
-                ctx.progress(f"early stop: no better val {stopper.metric} for {stopper.patience} epochs",
-                             epoch + 1, cfg.epochs)
-                break
+        return TrainedModel(module=model, task="classify", labels=list(ctx.labels), best_epoch=stopper.best_epoch,
+                            timings={"feature_seconds": feature_seconds})

@@ -1,4 +1,4 @@
-"""Torch datasets over :class:`edgetl.data.folder.Samples`, with augmentation on top of THE preprocessing.
+"""The datasets a strategy sees: :class:`Split`, and torch datasets over :class:`edgetl.data.folder.Samples`, with augmentation on top of THE preprocessing.
 
 Every image goes through :func:`edgetl.preprocess.read_image` and
 :func:`edgetl.preprocess.prepare` (decode, ROI, resize mode, colour order) and
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,41 @@ from edgetl.api import InputSpec
 from edgetl.data.folder import Samples
 from edgetl.errors import ConfigError
 from edgetl.preprocess import normalize, prepare, read_image
+
+
+@dataclass
+class Split:
+    """One split of the run's data, as ``ctx.train``, ``ctx.val`` and ``ctx.unlabeled`` hold it.
+
+    ``len(split)`` and ``split[i]`` go to ``dataset``: ``(x, y)`` with x a
+    (3, H, W) float32 tensor normalised with the run's InputSpec and y the
+    int label (-1 when unlabeled).
+
+    Attributes:
+        name: ``train``, ``val``, ``test`` or ``unlabeled``.
+        dataset: the torch dataset, with the run's per-image augmentation for
+            ``train`` (drawn from seed, epoch and index; call ``set_epoch``).
+        plain: the same images never augmented (validation, feature statistics).
+        labels: (N,) int class indices.
+        paths: the image files, in order.
+        masks: anomaly splits (val, test): each image's pixel-mask file, or None.
+        kinds: anomaly splits: each image's own class folder (labels are 0 good, 1 anomaly).
+    """
+
+    name: str
+    dataset: Any
+    plain: Any
+    labels: np.ndarray
+    paths: list[Path]
+    masks: list[Path | None] | None = None
+    kinds: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[i]
+
 
 PER_IMAGE = ("hflip", "vflip", "rot90", "rotate", "color_jitter", "random_resized_crop", "cutout")
 PER_BATCH = ("mixup", "cutmix")

@@ -1,4 +1,4 @@
-"""Optimiser, learning-rate schedule, loss and class weights of the training loop.
+"""Optimiser, learning-rate schedule, parameter groups and class weights for strategies.
 
 Learning rates per layer group: the head trains at ``train.lr``; each backbone
 group below it at ``lr * decay**depth`` (depth 1 = the group next to the
@@ -43,47 +43,42 @@ def soft_targets(y: Any, num_classes: int, smoothing: float) -> Any:
     return y
 
 
-def loss_sum(logits: Any, target: Any, weights: Any | None) -> Any:
-    """Sum over the batch of (class-weighted) soft-target cross-entropy; the caller divides.
-
-    Dividing by the *global* batch size (not this rank's) keeps DDP's gradient
-    average equal to the single-process gradient.
-    """
-    import torch
-
-    logp = torch.log_softmax(logits.float(), dim=1)
-    per = -(target * logp).sum(dim=1)
-    if weights is not None:
-        per = per * (target @ weights)
-    return per.sum()
-
-
-def param_groups(model: Any, backbone_groups: list[Any], lr: float, decay: float,
-                 weight_decay: float) -> list[dict[str, Any]]:
-    """Optimiser groups: ``head`` at ``lr``, then backbone groups from the top down.
+def param_groups(model: Any, backbone_groups: list[Any], lr: float, decay: float = 1.0,
+                 weight_decay: float = 0.0) -> list[dict[str, Any]]:
+    """Optimiser groups with discriminative learning rates: ``head`` at ``lr``, backbone groups below.
 
     Args:
-        model: a :class:`edgetl.host.model.ClassifierModel`.
-        backbone_groups: ``Backbone.layer_groups(model.features)``, stem first.
+        model: the module being trained. Its parameters outside ``model.features``
+            (when it has that attribute, as :class:`edgetl.training.Classifier`
+            does) and outside every backbone group form the ``head`` group.
+        backbone_groups: ``ctx.backbone.layer_groups(backbone)``, stem first.
         lr: the head's learning rate.
         decay: factor per group toward the stem (1.0 = one rate for all).
+        weight_decay: for every group.
 
     Returns:
         ``[{"name": "head", ...}, {"name": "group{i}", "depth": d, ...}, ...]``,
-        each with ``params``, ``lr``, ``initial_lr`` and ``weight_decay``.
-        Feature parameters in no group (rare) join the stem group.
+        each with ``params``, ``lr``, ``initial_lr`` and ``weight_decay``; empty
+        groups are dropped. Backbone parameters in no group (rare) join the stem
+        group. Frozen parameters stay in their group, so unfreezing later never
+        rebuilds the optimiser.
     """
-    groups: list[dict[str, Any]] = [{"name": "head", "depth": 0, "index": len(backbone_groups),
-                                     "params": list(model.head.parameters())}]
+    features = getattr(model, "features", None)
     seen: set[int] = set()
     n = len(backbone_groups)
+    groups: list[dict[str, Any]] = []
     for i in reversed(range(n)):
         params = [p for p in backbone_groups[i].parameters() if id(p) not in seen]
         seen.update(id(p) for p in params)
         groups.append({"name": f"group{i}", "depth": n - i, "index": i, "params": params})
-    rest = [p for p in model.features.parameters() if id(p) not in seen]
-    if rest:
+    in_features = {id(p) for p in features.parameters()} if features is not None else set()
+    head = [p for p in model.parameters() if id(p) not in seen and id(p) not in in_features]
+    groups.insert(0, {"name": "head", "depth": 0, "index": n, "params": head})
+    rest = [p for p in (features.parameters() if features is not None else ()) if id(p) not in seen]
+    if rest and len(groups) > 1:
         groups[-1]["params"] = groups[-1]["params"] + rest
+    elif rest:
+        groups[0]["params"] = groups[0]["params"] + rest
     for g in groups:
         g["lr"] = g["initial_lr"] = lr * decay ** g["depth"]
         g["weight_decay"] = weight_decay
@@ -91,6 +86,7 @@ def param_groups(model: Any, backbone_groups: list[Any], lr: float, decay: float
 
 
 def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float, weight_decay: float) -> Any:
+    """``adamw`` or ``sgd`` (Nesterov momentum 0.9) over ``groups`` (``train.optimizer``)."""
     import torch
 
     if name == "adamw":

@@ -1,0 +1,53 @@
+"""``edgetl.training``: the public SDK for writing a strategy (semver-stable).
+
+Everything named in ``__all__`` is promised: it keeps its name and meaning
+across minor versions; anything else under ``edgetl.training`` (and all of
+``edgetl.host``) is private. Importing this package is cheap; each name loads
+its submodule (and torch) on first use, so a plugin takes the names inside
+``fit``, keeping ``edgetl --help`` torch-free. See ``docs/plugins.md``
+("Writing a strategy").
+
+Model:       :class:`Classifier`, :func:`build_classifier`
+Loop:        :func:`fit_epochs`, :class:`Callback`, :class:`EarlyStopping`,
+             :class:`HistoryRow`, :data:`HIGHER_IS_BETTER`, :func:`val_row`,
+             :func:`soft_cross_entropy`, :func:`set_bn_eval`
+Optimiser:   :func:`param_groups`, :func:`make_optimizer`, :class:`Schedule`,
+             :func:`class_weights`, :func:`soft_targets`
+Features:    :func:`extract_features`, :data:`VIEWS`, :data:`TTA_VIEWS`,
+             :func:`apply_view`, :class:`WithTTA`
+Data:        :class:`Split`, :func:`batches`, :func:`predict`, :func:`to_device`
+DDP:         :class:`DistInfo`, :func:`dist_info`, :func:`is_main`, :func:`shard`,
+             :func:`all_gather`, :func:`all_reduce_sum`, :func:`broadcast`, :func:`barrier`
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "Classifier": "model", "build_classifier": "model",
+    "fit_epochs": "loop", "Callback": "loop", "EarlyStopping": "loop", "HistoryRow": "loop",
+    "HIGHER_IS_BETTER": "loop", "val_row": "loop", "soft_cross_entropy": "loop", "set_bn_eval": "loop",
+    "param_groups": "optim", "make_optimizer": "optim", "Schedule": "optim", "class_weights": "optim",
+    "soft_targets": "optim",
+    "extract_features": "features",
+    "VIEWS": "views", "TTA_VIEWS": "views", "apply_view": "views", "WithTTA": "views",
+    "Split": "datasets", "batches": "data", "predict": "data", "to_device": "data",
+    "DistInfo": "dist", "dist_info": "dist", "is_main": "dist", "shard": "dist", "all_gather": "dist",
+    "all_reduce_sum": "dist", "broadcast": "dist", "barrier": "dist",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'edgetl.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"edgetl.training.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

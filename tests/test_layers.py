@@ -1,0 +1,89 @@
+"""The import rules of docs/architecture.md, enforced on the source (AST scan, nothing imported).
+
+1. Plugins (``plugins/`` and ``examples/``) import from edgetl only the public
+   modules listed in docs/architecture.md, and never a ``_name``.
+2. The layers: ``edgetl.training`` (the strategy SDK) builds on the core only;
+   the core and the device side never reach up into host, training or the CLI;
+   the host never imports the device side or the CLI.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "edgetl"
+UPPER = {"host", "training", "cli", "device", "deploy"}  # everything else at the top of edgetl/ is the core
+
+
+def public_modules() -> set[str]:
+    """The module names in the "Public modules" table of docs/architecture.md."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## Public modules", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `(edgetl(?:\.\w+)*)` \|", section, flags=re.M))
+
+
+def edgetl_imports(path: Path) -> list[tuple[int, str, list[str]]]:
+    """(line, module, imported names) for every import of ``edgetl`` or ``edgetl.*`` in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name, []) for a in node.names if a.name.split(".")[0] == "edgetl"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                and node.module.split(".")[0] == "edgetl":
+            found.append((node.lineno, node.module, [a.name for a in node.names]))
+    return found
+
+
+def layer(module: str) -> str:
+    """``edgetl.host.engine`` -> ``host``; ``edgetl.api`` -> ``core``."""
+    parts = module.split(".")
+    if parts[1:2] == ["__main__"]:
+        return "cli"
+    return parts[1] if len(parts) > 1 and parts[1] in UPPER else "core"
+
+
+def test_the_public_module_table_is_there():
+    assert {"edgetl.api", "edgetl.hookspecs", "edgetl.errors", "edgetl.training", "edgetl.preprocess"} <= \
+        public_modules()
+
+
+def test_plugins_import_only_public_edgetl_modules_and_names():
+    public = public_modules()
+    bad = []
+    files = list((ROOT / "plugins").rglob("*.py")) + list((ROOT / "examples").rglob("*.py"))
+    for path in (f for f in files if "build" not in f.relative_to(ROOT).parts):
+        for line, module, names in edgetl_imports(path):
+            where = f"{path.relative_to(ROOT)}:{line}"
+            if module == "edgetl" and names:  # from edgetl import x: x must be a public module
+                bad += [f"{where}: edgetl.{n}" for n in names if f"edgetl.{n}" not in public]
+            elif module != "edgetl" and module not in public:
+                bad.append(f"{where}: {module} is not a public module (docs/architecture.md)")
+            bad += [f"{where}: {module}.{n} is private" for n in names if n.startswith("_")]
+    assert not bad, "\n".join(bad)
+
+
+ALLOWED = {
+    "training": {"core", "training"},
+    "host": {"core", "training", "host"},
+    "device": {"core", "device"},
+    "deploy": {"core", "device", "deploy"},
+    "cli": {"core", "training", "host", "device", "deploy", "cli"},
+    "core": {"core"},
+}
+EXCEPTIONS = {("edgetl/predictor.py", "edgetl.host.predictor_run")}  # a run directory needs torch: lazy, host only
+
+
+def test_each_layer_imports_only_what_docs_architecture_allows():
+    bad = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(ROOT).as_posix()
+        mine = layer(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        for line, module, names in edgetl_imports(path):
+            targets = [f"{module}.{n}" for n in names] if module == "edgetl" else [module]
+            for target in targets:
+                if layer(target) not in ALLOWED[mine] and (rel, target) not in EXCEPTIONS:
+                    bad.append(f"{rel}:{line}: {mine} imports {target} ({layer(target)})")
+    assert not bad, "\n".join(bad)

@@ -1,0 +1,117 @@
+"""The run directory's model file: any module in, the same outputs back; old (format 1) runs still load."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+from torch import nn  # noqa: E402
+
+from edgetl.api import InputSpec, Strategy, TrainedModel  # noqa: E402
+from edgetl.errors import EdgetlError, PluginError  # noqa: E402
+from edgetl.host.contract import check_trained  # noqa: E402
+from edgetl.host.run import load_run, save_run_model  # noqa: E402
+
+SPEC = InputSpec(size=(16, 16))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Anomaly(nn.Module):
+    """A toy anomaly model with its own layers: (score (N,), map (N, 1, H, W))."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 3, padding=1)
+
+    def forward(self, x):
+        heat = torch.sigmoid(self.conv(x))
+        return heat.amax(dim=(1, 2, 3)), heat
+
+
+class Named(Strategy):
+    name = "toy"
+    plugin = "toys"
+
+    def fit(self, ctx):
+        raise NotImplementedError
+
+
+def _save(tmp_path, trained):
+    save_run_model(tmp_path / "run", trained, backbone="timm:test_efficientnet", strategy="toy", input_spec=SPEC,
+                   name="toy")
+    return load_run(tmp_path / "run")
+
+
+def test_an_anomaly_module_with_tuple_outputs_round_trips(tmp_path):
+    torch.manual_seed(0)
+    module = Anomaly().eval()
+    run = _save(tmp_path, TrainedModel(module=module, task="anomaly", labels=["good", "anomaly"],
+                                       output="anomaly_score"))
+    x = torch.randn(3, 3, 16, 16)
+    score, heat = run.model(x)
+    expected_score, expected_heat = module(x)
+    assert torch.allclose(score, expected_score) and torch.allclose(heat, expected_heat)
+    assert run.task == "anomaly" and run.output == "anomaly_score"
+    # another interpreter without this test module on its path (the class is not importable there) loads it
+    code = ("import sys, torch; from edgetl.host.run import load_run; "
+            f"s, m = load_run({str(tmp_path / 'run')!r}).model(torch.zeros(2, 3, 16, 16)); "
+            "print(tuple(s.shape), tuple(m.shape), 'test_run_model' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "(2,) (2, 1, 16, 16) False"
+
+
+def test_a_format_1_run_directory_still_loads(tmp_path):
+    from edgetl.plugins import get_manager
+    from edgetl.training import Classifier
+
+    backbone = get_manager().get("backbone", "timm:test_efficientnet")
+    torch.manual_seed(0)
+    model = Classifier(backbone.build(pretrained=False), backbone.feature_dim, 2, dropout=0.0).eval()
+    payload = {"format": 1, "name": "old", "backbone": "timm:test_efficientnet", "strategy": "finetune",
+               "head": {"feature_dim": backbone.feature_dim, "num_classes": 2, "dropout": 0.0, "hidden": None,
+                        "tta": ["hflip"]},
+               "task": "classify", "labels": ["defect", "good"], "threshold": None, "output": "probabilities",
+               "positive": "defect", "input": SPEC.to_dict(), "config": {},
+               "state_dict": model.state_dict()}
+    (tmp_path / "old").mkdir()
+    torch.save(payload, tmp_path / "old" / "model.pt")
+    run = load_run(tmp_path / "old")
+    x = torch.randn(2, 3, 16, 16)
+    expected = (model(x) + model(torch.flip(x, dims=(3,)))) / 2
+    assert torch.allclose(run.model(x), expected, atol=1e-6)
+
+
+def test_check_names_the_plugin_for_a_wrong_anomaly_output():
+    trained = TrainedModel(module=nn.Conv2d(3, 1, 1), task="anomaly", labels=["good", "anomaly"])
+    with pytest.raises(PluginError, match=r"^strategy 'toy' \(plugin toys\): fit returned a module whose output "
+                                          r"for a \(2, 3, 16, 16\) batch is \(2, 1, 16, 16\); expected a tuple"):
+        check_trained(Named(), trained, torch.zeros(2, 3, 16, 16))
+
+
+def test_check_refuses_a_threshold_without_its_class_and_a_non_module():
+    with pytest.raises(PluginError, match="threshold 0.3 needs positive="):
+        check_trained(Named(), TrainedModel(module=nn.Identity(), task="classify", labels=["a", "b"],
+                                            threshold=0.3), torch.zeros(2, 3, 4, 4))
+    with pytest.raises(PluginError, match="TrainedModel.module is str"):
+        check_trained(Named(), TrainedModel(module="nope", task="classify", labels=["a", "b"]), torch.zeros(1))
+
+
+def test_a_module_torch_export_cannot_capture_is_one_line_naming_the_strategy():
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # Python branching on a tensor value: not capturable
+                return torch.softmax(x.mean(dim=(2, 3))[:, :2], dim=1)
+            return torch.softmax(-x.mean(dim=(2, 3))[:, :2], dim=1)
+
+    trained = TrainedModel(module=DataDependent(), task="classify", labels=["a", "b"])
+    with pytest.raises(EdgetlError, match=r"^strategy 'toy' \(plugin toys\): the returned module cannot be saved"):
+        check_trained(Named(), trained, torch.ones(2, 3, 4, 4))

@@ -1,0 +1,60 @@
+"""The strategy tutorial of docs/plugins.md is real code: installed as a plugin, it trains, and L2-SP pulls."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+from plugin_factory import activate, make_plugin  # noqa: E402
+from train_fixtures import make_dataset, one_torch_thread, write_config  # noqa: E402, F401
+
+from edgetl.config import load_run_config  # noqa: E402
+from edgetl.host.engine import Trainer  # noqa: E402
+from edgetl.plugins import reset_manager  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tutorial_code() -> str:
+    text = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    return re.search(r"```python\n# edgetl_l2sp\.py\n(.*?)```", text, flags=re.S).group(1)
+
+
+def _drift(tmp_path, data, alpha, monkeypatch):
+    """Squared distance of the trained backbone's weights from the ones it started from."""
+    from edgetl_timm.backbones import TimmBackbone
+
+    built = []
+    original = TimmBackbone.build
+
+    def build(self, *a, **k):
+        module = original(self, *a, **k)
+        built.append({n: v.detach().clone() for n, v in module.state_dict().items()})
+        return module
+
+    monkeypatch.setattr(TimmBackbone, "build", build)
+    cfg = load_run_config(write_config(tmp_path / f"{alpha}.yaml", data, "l2sp", {"alpha": alpha}, epochs=2,
+                                       lr=0.02))
+    out = tmp_path / f"run-{alpha}"
+    summary = Trainer(cfg, out, device="cpu", log=lambda m: None).run()
+    state = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    drift = sum(float(((state[f"features.{k}"] - v) ** 2).sum())
+                for k, v in built[0].items() if v.is_floating_point() and "running" not in k)
+    return summary, drift
+
+
+def test_the_l2sp_tutorial_trains_and_its_penalty_pulls_toward_the_start(tmp_path, monkeypatch):
+    make_plugin(tmp_path / "site", "l2sp", tutorial_code(), module="edgetl_l2sp")
+    activate(monkeypatch, tmp_path / "site", "l2sp")
+    reset_manager()
+    data = make_dataset(tmp_path / "data", n_train=12, n_val=6)
+    summary, free = _drift(tmp_path, data, 0.0, monkeypatch)
+    assert summary["strategy"] == "l2sp" and summary["best_epoch"] in (1, 2)
+    _, pulled = _drift(tmp_path, data, 50.0, monkeypatch)
+    assert pulled < free
+    reset_manager()
