@@ -77,4 +77,4 @@ def test_anomaly_document_carries_image_and_pixel_metrics():
     doc = anomaly_document(np.array([0, 0, 1], bool), np.array([0.1, 0.2, 0.8]), maps, masks)
     assert doc["image_auroc"] == 1.0 and doc["image_f1"] == 1.0
     assert doc["pixel_auroc"] == 1.0 and doc["pro"] == pytest.approx(1.0)
-    assert doc["n_masks"] == 2 and doc["false_reject_rate"] == 0.0
+    assert doc["n_masks"] == 1 and doc["false_reject_rate"] == 0.0  # anomalous images with a mask
