@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -21,7 +21,17 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
     import torch
 
+    from edgetl.manifest import Manifest
+
 RESIZE_MODES = ("resize", "letterbox", "center_crop")
+
+
+def _metrics():
+    """:mod:`edgetl.metrics` (numpy), imported on use so ``edgetl --help`` stays light."""
+    from edgetl import metrics
+
+    return metrics
+
 TASKS = ("classify", "anomaly")
 OUTPUTS = ("probabilities", "anomaly_score")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -285,14 +295,24 @@ class Strategy(Component):
 
 
 class Runtime(ABC):
-    """A loaded model on this machine (device side: numpy in, numpy out, no torch)."""
+    """A loaded model on this machine (device side: numpy in, numpy out, no torch).
+
+    Returned by :meth:`Target.load` (and :meth:`Target.load_for_gate` on the host).
+    """
 
     @abstractmethod
     def predict(self, batch: "np.ndarray") -> "np.ndarray":
-        """(N, 3, H, W) float32 normalised -> the model output, float32, batch first.
+        """Run the model on any number of preprocessed images.
 
-        For a model with several outputs, the first one (anomaly models: the
-        (N,) normalised scores).
+        Args:
+            batch: (N, 3, H, W) float32, normalised as the manifest's ``input`` says.
+
+        Returns:
+            float32, batch first: (N, K) probabilities, or (N,) normalised
+            anomaly scores (:data:`edgetl.metrics.ANOMALY_THRESHOLD` = 0.5 unless
+            a threshold is stored). A target exported with a static batch pads
+            or loops so that any N works. For a graph with several outputs,
+            the first one (anomaly models: the scores).
         """
 
     def predict_outputs(self, batch: "np.ndarray") -> dict[str, "np.ndarray"]:
@@ -303,7 +323,7 @@ class Runtime(ABC):
         return {"output": self.predict(batch)}
 
     def info(self) -> dict[str, Any]:
-        """Facts for reports: runtime name, version, device, precision."""
+        """Facts for reports and ``/v1/info``: ``runtime``, ``version``, ``device``, ``precision``, …"""
         return {}
 
     def close(self) -> None:
@@ -318,12 +338,55 @@ class FallbackStep:
     method: str = "default"
 
 
+_LEGACY_KEYS = ("dynamic_batch", "report", "profile")
+
+
+@dataclass
+class ExportSpec:
+    """What :meth:`Target.export` is asked to write.
+
+    Attributes:
+        batch: the batch dimension of ``example`` (the profile's batch, else 1).
+        dynamic_batch: export a dynamic batch axis (``--dynamic-batch`` or the profile).
+        profile: the ``--target`` device profile (:class:`edgetl.config.TargetProfile`), or None.
+        report: facts the exporter records (opset, exporter, fallback_reason, …);
+            they land in the manifest's ``provenance.exporter`` and the export log.
+    """
+
+    batch: int = 1
+    dynamic_batch: bool = False
+    profile: Any = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+    # Deprecated: targets written when this argument was a plain dict read
+    # ``options.get("dynamic_batch")`` / ``options.setdefault("report", {})``; those keep working.
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in _LEGACY_KEYS else default
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _LEGACY_KEYS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        return self[key]
+
+
 class Target(Component):
     """An export format plus the runtime that runs it on a device.
 
     The host half (:meth:`export`) may import torch; the device half
     (:meth:`load`) must not. ``requires``/``extra`` describe the device half;
     ``export_requires``/``export_extra`` the host half.
+
+    Attributes:
+        precisions: the precisions this target can hold (``fp32``, ``fp16``, ``int8``).
+        fallback: the chain ``--precision auto`` walks, best first.
+        export_requires: modules the host needs to export (checked before anything runs).
+        export_extra: the ``edgetl[extra]`` that installs them.
+        gate_requires: modules the host needs to run :meth:`load_for_gate`;
+            None means ``requires`` (the gate runs the device runtime itself).
+        runtime_packages: distributions whose versions go into the manifest's ``compat.runtimes``.
     """
 
     kind = "target"
@@ -331,18 +394,58 @@ class Target(Component):
     fallback: tuple[FallbackStep, ...] = (FallbackStep("fp32"),)
     export_requires: tuple[str, ...] = ("torch",)
     export_extra: str | None = "train"
+    gate_requires: tuple[str, ...] | None = None
+    runtime_packages: tuple[str, ...] = ()
 
     @abstractmethod
     def export(self, model: "torch.nn.Module", example: "torch.Tensor", out_dir: Path,
-               options: dict[str, Any]) -> list[Path]:
-        """Write the FP32 model files for ``model`` under ``out_dir``; return them."""
+               spec: ExportSpec) -> list[Path]:
+        """Write the FP32 model files under ``out_dir`` (created by the target) and return their paths.
+
+        Args:
+            model: FP32, eval mode; (N, 3, H, W) float32 normalised -> (N, K)
+                probabilities or (N,) anomaly scores.
+            example: a (batch, 3, H, W) float32 tensor of real validation images.
+            out_dir: a fresh folder inside the export's temporary folder.
+            spec: the :class:`ExportSpec`; record facts in ``spec.report``.
+
+        Returns:
+            The files the bundle ships under ``model/`` (names must be unique).
+        """
 
     @abstractmethod
-    def load(self, files: Sequence[Path], manifest: dict[str, Any],
+    def load(self, files: Sequence[Path], manifest: "Manifest",
              options: dict[str, Any] | None = None) -> Runtime:
-        """Load exported (maybe quantized) files into a :class:`Runtime` (no torch)."""
+        """Load exported (maybe quantized) files into a :class:`Runtime` (device side: no torch).
 
-    runtime_packages: tuple[str, ...] = ()
+        Args:
+            files: the extracted ``manifest.target.files``, in that order.
+            manifest: the validated :class:`edgetl.manifest.Manifest`; read
+                ``manifest.target.precision``, ``.runtime``, ``.build`` and so on.
+            options: runtime settings that override ``manifest.target.runtime``
+                (``threads``, ``device``, ``providers``, ``engine_cache``) and
+                ``progress``, a callback(phase: str, done: int, total: int)
+                for a slow first load.
+        """
+
+    def load_for_gate(self, files: Sequence[Path], manifest: "Manifest",
+                      options: dict[str, Any] | None = None) -> Runtime:
+        """The runtime the host's gate measures: :meth:`load` unless the device runtime cannot run here.
+
+        A target whose device runtime needs hardware the host may lack (TensorRT)
+        returns a faithful stand-in on the same files, and names its modules in
+        ``gate_requires``.
+        """
+        return self.load(files, manifest, options)
+
+    def build_settings(self, profile: Any, step: FallbackStep, spec: ExportSpec) -> dict[str, Any] | None:
+        """Settings the device needs to build the model (the manifest's ``target.build``); None when none."""
+        return None
+
+    def missing_for_export(self) -> list[str]:
+        """Modules the host lacks to export and gate to this target (checked without importing)."""
+        gate = self.requires if self.gate_requires is None else self.gate_requires
+        return [m for m in (*self.export_requires, *gate) if importlib.util.find_spec(m) is None]
 
     def facts(self) -> dict[str, Any]:
         """Compatibility facts for the manifest: the installed version of each ``runtime_packages``.
@@ -360,6 +463,115 @@ class Target(Component):
         return found
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What an exported model is, as its manifest will say (no torch).
+
+    Attributes:
+        name: the run's name.
+        task: ``classify`` or ``anomaly``.
+        labels: class names in output order.
+        threshold: the stored operating point, or None.
+        positive: the class the threshold applies to, or None.
+        output: ``probabilities`` (N, K) or ``anomaly_score`` (N,).
+        input: the preprocessing the model expects.
+    """
+
+    name: str
+    task: str
+    labels: list[str]
+    threshold: float | None
+    positive: str | None
+    output: str
+    input: InputSpec
+
+    def decide(self, outputs: "np.ndarray") -> "np.ndarray":
+        """Class indices (N,) from model outputs under the operating point (:func:`edgetl.metrics.decide`)."""
+        return _metrics().decide(outputs, self.labels, self.threshold, self.positive)
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """The gate every attempt must pass (``edgetl export --gate/--min-agreement``).
+
+    Attributes:
+        max_drop_points: most the task metric may drop, in percentage points.
+        min_agreement: least fraction of images whose decision matches FP32.
+        tie_margin: decisions this close to the boundary are ties, not flips
+            (:data:`edgetl.metrics.TIE_MARGIN`).
+    """
+
+    max_drop_points: float = 1.0
+    min_agreement: float = 0.98
+    tie_margin: float = field(default_factory=lambda: _metrics().TIE_MARGIN)
+
+
+@dataclass
+class ValidationSet:
+    """The run's validation images, for quantizers that tune against accuracy (never the test set).
+
+    Attributes:
+        x: (N, 3, H, W) float32, normalised, one row per image.
+        y: (N,) int true class indices.
+        reference: the FP32 torch model's outputs on ``x``: (N, K) or (N,).
+        model: the facts needed to decide (:meth:`ModelFacts.decide`).
+    """
+
+    x: "np.ndarray"
+    y: "np.ndarray"
+    reference: "np.ndarray"
+    model: ModelFacts
+
+    def decide(self, outputs: "np.ndarray") -> "np.ndarray":
+        """Class indices of outputs on ``x`` (or a slice of it) under the model's operating point."""
+        return self.model.decide(outputs)
+
+    @property
+    def reference_decisions(self) -> "np.ndarray":
+        """(N,) the FP32 model's decisions: what "agreement" is measured against."""
+        return self.decide(self.reference)
+
+
+@dataclass
+class QuantizeContext:
+    """Everything :meth:`Quantizer.quantize` may use.
+
+    Attributes:
+        calibration: (B, 3, H, W) float32 normalised batches from the training
+            set (stratified; ``--calib-count`` images; B is the profile's batch).
+        model: facts about the model being exported.
+        fp32_files: the target's FP32 files (what ``files`` holds for most quantizers).
+        gate: the gate the result must pass; an accuracy-aware method aims at it.
+        validation: the validation set with FP32 reference outputs; None when
+            the images are tiled (rows are tiles, not images).
+        profile: the ``--target`` device profile, or None.
+        progress: callback(stage: str, done: int, total: int) for long steps.
+        time_budget_s: wall time the quantizer should aim to stay within
+            (None: no budget); the gate re-measures whatever it returns.
+        report: facts to record (tool, versions, settings); they land in the
+            attempt's ``details`` in the manifest and ``export --json``.
+    """
+
+    calibration: list["np.ndarray"]
+    model: ModelFacts
+    fp32_files: list[Path]
+    gate: GateSettings = field(default_factory=GateSettings)
+    validation: ValidationSet | None = None
+    profile: Any = None
+    progress: Callable[[str, int, int], None] = lambda stage, done, total: None
+    time_budget_s: float | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def legacy_options(self) -> dict[str, Any]:
+        """The ``options`` dict quantizers received before this context existed (same keys, same objects)."""
+        validation = None if self.validation is None else {
+            "x": self.validation.x, "y": self.validation.y, "decide": self.validation.decide,
+            "reference_decisions": self.validation.reference_decisions}
+        return {"report": self.report, "min_agreement": self.gate.min_agreement,
+                "gate": self.gate.max_drop_points, "profile": self.profile, "fp32_files": self.fp32_files,
+                "validation": validation}
+
+
 class Quantizer(Component):
     """Turns a target's FP32 files into a lower precision, keyed by (target, precision, method)."""
 
@@ -373,9 +585,19 @@ class Quantizer(Component):
         return (self.target, self.precision, self.method)
 
     @abstractmethod
-    def quantize(self, files: Sequence[Path], out_dir: Path, calibration: Iterable["np.ndarray"],
-                 options: dict[str, Any]) -> list[Path]:
-        """Quantize ``files`` into ``out_dir`` using calibration batches (N, 3, H, W) float32."""
+    def quantize(self, files: Sequence[Path], out_dir: Path, ctx: QuantizeContext) -> list[Path]:
+        """Write the quantized model files under ``out_dir`` and return them.
+
+        Args:
+            files: the target's FP32 files.
+            out_dir: a fresh folder path (the quantizer creates it).
+            ctx: the :class:`QuantizeContext`.
+
+        A quantizer written for the earlier contract,
+        ``quantize(files, out_dir, calibration, options)``, is still called that
+        way, with ``options`` from :meth:`QuantizeContext.legacy_options`
+        (deprecated; the host tells the two apart by the number of parameters).
+        """
 
 
 @dataclass

@@ -145,16 +145,15 @@ class _Loaded:
             from edgetl.bundle_predictor import BundlePredictor
 
             self.predictor = BundlePredictor(path, {"threads": threads})
-            target = self.predictor.manifest["target"]
-            self.format, self.precision = target["format"], target.get("precision", "fp32")
-            self.method = target.get("method", "default")
+            target = self.predictor.manifest.target
+            self.format, self.precision, self.method = target.format, target.precision, target.method
             self.runtime = dict(self.predictor.runtime.info())
             # TensorRT runs on the GPU: a CPU thread count would mean nothing there
             self.threads = threads if self.runtime.get("runtime") in ("onnxruntime", "openvino") else None
             self.size_bytes = path.stat().st_size
             root = self.predictor.extracted_dir
             # the files the runtime loads (model/…), without the reference set and manifest
-            self.model_bytes = sum((root / name).stat().st_size for name in target["files"]
+            self.model_bytes = sum((root / name).stat().st_size for name in target.files
                                    if (root / name).is_file())
 
     def close(self) -> None:

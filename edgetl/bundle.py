@@ -22,9 +22,12 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgetl.errors import BundleError, MissingDependencyError, SignatureError, SignatureNotCheckedError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from edgetl.manifest import Manifest
 
 MANIFEST = "manifest.json"
 SIGNATURE = "signature"
@@ -265,20 +268,30 @@ def extract_bundle(path: str | Path, dest: str | Path, max_bytes: int) -> Path:
     return dest
 
 
-def load_runtime(extracted_dir: str | Path, manifest: dict[str, Any], options: dict[str, Any] | None = None):
+def load_runtime(extracted_dir: str | Path, manifest: "Manifest | dict[str, Any]",
+                 options: dict[str, Any] | None = None):
     """Load an extracted bundle's model through its target plugin's ``load`` (no torch).
+
+    Args:
+        extracted_dir: where :func:`extract_bundle` put the members.
+        manifest: the bundle's manifest; a dict is validated into a
+            :class:`edgetl.manifest.Manifest`, which is what the target receives.
+        options: runtime settings overriding ``manifest.target.runtime``
+            (``threads``, ``device``, ``providers``, ``progress``, …; see docs/plugins.md).
 
     Raises:
         UnknownComponentError: the target plugin is not installed here.
         MissingDependencyError: its runtime library is missing (names the extra).
     """
+    from edgetl.manifest import as_manifest
     from edgetl.plugins import get_manager
 
-    target = get_manager().get("target", manifest["target"]["format"])
+    manifest = as_manifest(manifest)
+    target = get_manager().get("target", manifest.target.format)
     missing = target.missing_modules()
     if missing:
         raise MissingDependencyError(missing[0], target.extra, f"target '{target.name}'")
-    files = [Path(extracted_dir) / name for name in manifest["target"]["files"]]
+    files = [Path(extracted_dir) / name for name in manifest.target.files]
     for file in files:
         if not file.exists():
             raise BundleError(f"{file}: model file missing from the extracted bundle")

@@ -26,6 +26,7 @@ class BundlePredictor:
 
     def __init__(self, path: str | Path, options: dict[str, Any] | None = None):
         from edgetl.bundle import extract_bundle, load_runtime, open_bundle, verify_bundle
+        from edgetl.manifest import Manifest, as_manifest
 
         self.path = Path(path)
         try:
@@ -33,7 +34,7 @@ class BundlePredictor:
         except SignatureNotCheckedError:
             pass  # schema and hashes passed; trust is checked where models are installed
         with open_bundle(self.path) as bundle:
-            self.manifest: dict[str, Any] = bundle.manifest
+            self.manifest: Manifest = as_manifest(bundle.manifest)  # validated by verify_bundle
         self._dir = Path(tempfile.mkdtemp(prefix="edgetl-bundle-"))
         try:
             extract_bundle(self.path, self._dir, MAX_BYTES)
@@ -42,12 +43,12 @@ class BundlePredictor:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise
         m = self.manifest
-        self.name: str = m["model_version"]
-        self.labels: list[str] = list(m["labels"])
-        self.task: str = m["task"]
-        self.threshold: float | None = m.get("threshold")
-        self.positive: str | None = m.get("positive")
-        self.input = InputSpec.from_dict(m["input"])
+        self.name: str = m.model_version
+        self.labels: list[str] = list(m.labels)
+        self.task: str = m.task
+        self.threshold: float | None = m.threshold
+        self.positive: str | None = m.positive
+        self.input = InputSpec.from_dict(m.input.model_dump())
 
     @property
     def extracted_dir(self) -> Path:

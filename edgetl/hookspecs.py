@@ -57,7 +57,9 @@ def edgetl_quantizers(register: Callable[["Quantizer"], None]) -> None:
 
     :param register: call ``register(quantizer)`` with an
         :class:`edgetl.api.Quantizer` instance; its ``name`` is unique and its
-        ``key`` (target, precision, method) says what it does.
+        ``key`` (target, precision, method) says what it does. Its
+        ``quantize(files, out_dir, ctx)`` receives an
+        :class:`edgetl.api.QuantizeContext` and returns the written files.
 
     Accuracy is always measured after quantizing, by the core's gate.
     """
@@ -68,9 +70,11 @@ def edgetl_targets(register: Callable[["Target"], None]) -> None:
     """Register export targets (host: export; device: runtime).
 
     :param register: call ``register(target)`` with an
-        :class:`edgetl.api.Target` instance. Its ``export`` runs on the host
-        (torch allowed); its ``load`` runs on the device and must not import
-        torch.
+        :class:`edgetl.api.Target` instance. Its ``export(model, example,
+        out_dir, spec)`` runs on the host (torch allowed) with an
+        :class:`edgetl.api.ExportSpec`; its ``load(files, manifest, options)``
+        runs on the device with the validated :class:`edgetl.manifest.Manifest`
+        and must not import torch.
     """
 
 

@@ -23,11 +23,31 @@ Member = Annotated[str, StringConstraints(pattern=MEMBER_PATTERN)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
-class _Open(BaseModel):
+class _Doc(BaseModel):
+    """Attribute access is the contract; read-only ``doc["key"]`` / ``doc.get("key")`` remain for plugins
+    written when targets received the manifest as a plain dict (deprecated, kept while cheap)."""
+
+    def _known(self, key: object) -> bool:
+        return isinstance(key, str) and (key in type(self).model_fields or key in (self.model_extra or {}))
+
+    def __getitem__(self, key: str) -> Any:
+        if not self._known(key):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        """Like a JSON document: an optional field left empty (None) is not there."""
+        return self._known(key) and getattr(self, key) is not None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+
+class _Open(_Doc):
     model_config = ConfigDict(extra="allow")
 
 
-class _Strict(BaseModel):
+class _Strict(_Doc):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -128,6 +148,11 @@ def validate_manifest(doc: Any, source: str = "manifest.json") -> Manifest:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         raise BundleError(f"{source}: {loc}: {err['msg']}{more}") from None
+
+
+def as_manifest(doc: "Manifest | dict[str, Any]", source: str = "manifest.json") -> Manifest:
+    """The validated :class:`Manifest` of ``doc`` (returned as is when it already is one)."""
+    return doc if isinstance(doc, Manifest) else validate_manifest(doc, source)
 
 
 def json_schema() -> dict[str, Any]:

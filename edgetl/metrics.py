@@ -13,10 +13,19 @@ The document (DESIGN.md, ``eval``)::
 Every figure is a fraction in [0, 1]. ``confusion_matrix[i][j]`` counts images
 of true class ``labels[i]`` predicted as ``labels[j]``.
 
-The operating point: a stored ``threshold`` applies to the ``positive`` class
-(e.g. ``defect``): an image is that class when its probability is at least the
-threshold, otherwise the most probable of the other classes. Without a
-threshold the decision is the argmax.
+The decision rule (one for ``eval``, the export gate, the device's reference
+check and every predictor): a stored ``threshold`` applies to the ``positive``
+class (e.g. ``defect``): an image is that class when its probability is at
+least the threshold, otherwise the most probable of the other classes. Without
+a threshold the decision is the argmax. Anomaly scores (one normalised score
+per image) are anomalous at or above the threshold, :data:`ANOMALY_THRESHOLD`
+(0.5) unless one is stored.
+
+Ties: an image whose reference output lies within :data:`TIE_MARGIN` of the
+decision boundary (:func:`decision_margin`) has no meaningful decision: two
+runtimes that agree to 1e-6 may still land on different sides. Comparisons
+between two models (the gate's agreement, the reference check) do not count
+such an image as a disagreement (:func:`flips`).
 """
 
 from __future__ import annotations
@@ -27,6 +36,15 @@ from typing import Any
 import numpy as np
 
 DEFECT_NAMES = ("defect", "anomaly", "bad", "ng", "reject")
+ANOMALY_THRESHOLD = 0.5
+"""Decision threshold of a normalised anomaly score when none is stored: anomalous at or above it."""
+TIE_MARGIN = 1e-4
+"""Distance to the decision boundary (in probability or score units) under which a decision is a tie.
+
+FP32 runtimes differ from torch by about 1e-6 on probabilities; 1e-4 leaves
+two orders of magnitude of headroom and is still far below any margin a model
+is trusted on.
+"""
 
 
 def positive_index(labels: Sequence[str], positive: str | None) -> int | None:
@@ -39,10 +57,32 @@ def positive_index(labels: Sequence[str], positive: str | None) -> int | None:
     return None
 
 
+def is_scores(outputs: np.ndarray) -> bool:
+    """Whether ``outputs`` are anomaly scores, (N,) or (N, 1), rather than (N, K) probabilities."""
+    return outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1)
+
+
+def score_classes(labels: Sequence[str], positive: str | None) -> tuple[int, int]:
+    """(anomalous, normal) class indices for anomaly scores: ``positive`` if it is a label, else index 1."""
+    hi = list(labels).index(positive) if positive in labels else 1
+    return hi, 1 if hi == 0 else 0
+
+
 def decide(probs: np.ndarray, labels: Sequence[str], threshold: float | None = None,
            positive: str | None = None) -> np.ndarray:
-    """Predicted class indices (N,) from probabilities (N, K) under the operating point."""
+    """Predicted class indices (N,) under the operating point (the module docstring's rule).
+
+    Args:
+        probs: (N, K) probabilities, or (N,) / (N, 1) normalised anomaly scores.
+        labels: class names in output order.
+        threshold: the stored operating point, or None (argmax; anomaly: 0.5).
+        positive: the class the threshold applies to.
+    """
     probs = np.asarray(probs, dtype=np.float64)
+    if is_scores(probs):
+        hi, lo = score_classes(labels, positive)
+        cut = ANOMALY_THRESHOLD if threshold is None else threshold
+        return np.where(probs.reshape(-1) >= cut, hi, lo).astype(np.int64)
     pred = probs.argmax(axis=1)
     pos = positive_index(labels, positive) if positive is not None else None
     if threshold is None or pos is None:
@@ -51,6 +91,50 @@ def decide(probs: np.ndarray, labels: Sequence[str], threshold: float | None = N
     others[:, pos] = -np.inf
     fallback = others.argmax(axis=1) if probs.shape[1] > 1 else np.zeros(len(probs), dtype=int)
     return np.where(probs[:, pos] >= threshold, pos, fallback)
+
+
+def _gap(probs: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 per row (inf with one column)."""
+    if probs.shape[1] < 2:
+        return np.full(len(probs), np.inf)
+    top = np.sort(probs, axis=1)
+    return top[:, -1] - top[:, -2]
+
+
+def decision_margin(probs: np.ndarray, labels: Sequence[str], threshold: float | None = None,
+                    positive: str | None = None) -> np.ndarray:
+    """How far each row's output must move to change its :func:`decide` decision (N,), >= 0.
+
+    Argmax: top-1 minus top-2 probability. Threshold on ``positive``: the
+    distance of its probability to the threshold, and, when the other classes
+    decide, also their own top-1 minus top-2. Anomaly scores: the distance to
+    the threshold. An output moved by at most ``d`` per element changes a
+    decision only where the margin is at most ``2 d``.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if is_scores(probs):
+        cut = ANOMALY_THRESHOLD if threshold is None else threshold
+        return np.abs(probs.reshape(-1) - cut)
+    pos = positive_index(labels, positive) if positive is not None else None
+    if threshold is None or pos is None:
+        return _gap(probs)
+    to_threshold = np.abs(probs[:, pos] - threshold)
+    others = _gap(np.delete(probs, pos, axis=1))
+    return np.where(probs[:, pos] >= threshold, to_threshold, np.minimum(to_threshold, others))
+
+
+def flips(outputs: np.ndarray, reference: np.ndarray, labels: Sequence[str], threshold: float | None = None,
+          positive: str | None = None, tie_margin: float = TIE_MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose decision differs from the reference's: (real flips, ties), two (N,) bool masks.
+
+    A differing row is a *tie*, not a flip, when the reference's own
+    :func:`decision_margin` is at most ``tie_margin``: its decision sat on the
+    boundary, and which side a runtime's rounding puts it on says nothing
+    about the model.
+    """
+    differ = (decide(outputs, labels, threshold, positive) != decide(reference, labels, threshold, positive))
+    tie = differ & (decision_margin(reference, labels, threshold, positive) <= tie_margin)
+    return differ & ~tie, tie
 
 
 def pick_threshold(y_true: np.ndarray, probs: np.ndarray, pos: int, target_recall: float) -> float:

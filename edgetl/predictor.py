@@ -22,7 +22,7 @@ import numpy as np
 
 from edgetl.api import InputSpec
 from edgetl.errors import DataError
-from edgetl.metrics import decide, positive_index
+from edgetl.metrics import ANOMALY_THRESHOLD, decide, positive_index, score_classes
 from edgetl.preprocess import preprocess
 
 
@@ -98,13 +98,13 @@ def predict_document(predictor: Predictor, image_bgr: np.ndarray) -> dict[str, A
     doc: dict[str, Any]
     if predictor.task == "anomaly" or out.ndim == 1:
         score = float(np.asarray(out, dtype=np.float64).reshape(len(batch), -1)[:, 0].max())
-        threshold = 0.5 if predictor.threshold is None else float(predictor.threshold)
+        threshold = ANOMALY_THRESHOLD if predictor.threshold is None else float(predictor.threshold)
         names = labels if len(labels) == 2 else ["good", "anomaly"]
-        doc = {"label": names[1] if score >= threshold else names[0],
-               "scores": {names[0]: 1.0 - min(max(score, 0.0), 1.0), names[1]: min(max(score, 0.0), 1.0)},
-               "latency_ms": latency_ms, "model": predictor.name,
-               "anomaly_score": score, "threshold": threshold}
-        return doc
+        hi, lo = score_classes(names, predictor.positive)
+        index = int(decide(np.array([score]), names, threshold, predictor.positive)[0])
+        clipped = min(max(score, 0.0), 1.0)
+        return {"label": names[index], "scores": {names[lo]: 1.0 - clipped, names[hi]: clipped},
+                "latency_ms": latency_ms, "model": predictor.name, "anomaly_score": score, "threshold": threshold}
     probs = aggregate_tiles(out, labels, predictor.positive)
     index = int(decide(probs[None, :], labels, predictor.threshold, predictor.positive)[0])
     doc = {"label": labels[index], "scores": {name: float(p) for name, p in zip(labels, probs, strict=True)},

@@ -8,7 +8,8 @@ import pytest
 from edgetl.api import FallbackStep
 from edgetl.errors import UsageError
 from edgetl.host.export import resolve_chain
-from edgetl.host.gate import auroc, gate, wilson_interval
+from edgetl.host.gate import gate, wilson_interval
+from edgetl.metrics import binary_auc as auroc
 
 LABELS = ["defect", "good"]
 

@@ -83,13 +83,14 @@ def test_device_refuses_incompatible_builds_and_keys_the_cache():
         check_compat(build, "8.5.2.2", 0)
     with pytest.raises(BundleError, match="DLA core 1; this device has 0 DLA cores"):
         check_compat({**build, "dla_core": 1}, "10.3.0", 0)
-    manifest = {"files": {"model/model.onnx": "a" * 64}, "target": {"build": build}}
+    files = {"model/model.onnx": "a" * 64}
     orin = {"name": "Orin", "compute_capability": "8.7"}
-    key = cache_key(orin, "10.3.0", manifest)
-    assert key == cache_key(dict(orin), "10.3.0", {**manifest})
-    assert key != cache_key({**orin, "name": "Xavier"}, "10.3.0", manifest)
-    assert key != cache_key(orin, "10.4.0", manifest)
-    assert key != cache_key(orin, "10.3.0", {**manifest, "files": {"model/model.onnx": "b" * 64}})
+    key = cache_key(orin, "10.3.0", files, build)
+    assert key == cache_key(dict(orin), "10.3.0", dict(files), dict(build))
+    assert key != cache_key({**orin, "name": "Xavier"}, "10.3.0", files, build)
+    assert key != cache_key(orin, "10.4.0", files, build)
+    assert key != cache_key(orin, "10.3.0", {"model/model.onnx": "b" * 64}, build)
+    assert key != cache_key(orin, "10.3.0", files, {**build, "dla_core": 0})
 
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed: the missing-library message cannot be seen")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from edgetl.cli.common import emit_json, info, json_option
 from edgetl.errors import EdgetlError, SignatureNotCheckedError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from edgetl.manifest import Manifest
 
 DEFAULT_MAX_MB = 2048
 
@@ -19,7 +23,11 @@ def bundle_group() -> None:
 
 
 def inspect_document(path: Path) -> dict:
-    """The inspect JSON: manifest summary, members with sizes, signature facts."""
+    """The inspect JSON: manifest summary, members with sizes, signature facts.
+
+    Inspect reads an *unverified* bundle and shows whatever its manifest holds,
+    so it reads the raw document leniently instead of validating it.
+    """
     from edgetl.bundle import RESERVED, open_bundle
 
     with open_bundle(path) as bundle:
@@ -69,13 +77,13 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
     click.echo(f"  signature: {'key ' + sig['key_id'][:16] + '…' if sig['signed'] else 'none'}")
 
 
-def _reference_check(path: Path, manifest: dict, max_bytes: int) -> dict:
+def _reference_check(path: Path, manifest: Manifest, max_bytes: int) -> dict:
     """Re-run the reference images on this machine when the target's runtime is here."""
     from edgetl.bundle import extract_bundle, load_runtime
     from edgetl.errors import MissingDependencyError, UnknownComponentError
     from edgetl.reference import check_reference
 
-    if not manifest.get("reference"):
+    if manifest.reference is None:
         return {"status": "skipped", "reason": "the bundle has no reference set"}
     with tempfile.TemporaryDirectory(prefix="edgetl-verify-") as tmp:
         extract_bundle(path, Path(tmp), max_bytes)
@@ -106,6 +114,7 @@ def verify_cmd(file: Path, trust: tuple[Path, ...], no_reference: bool, max_bund
     Without --trust the rest is checked and the exit status is 3 ("signature not checked").
     """
     from edgetl.bundle import open_bundle, verify_bundle
+    from edgetl.manifest import as_manifest
 
     unchecked: SignatureNotCheckedError | None = None
     try:
@@ -113,7 +122,7 @@ def verify_cmd(file: Path, trust: tuple[Path, ...], no_reference: bool, max_bund
     except SignatureNotCheckedError as exc:
         unchecked, report = exc, exc.report
     with open_bundle(file) as bundle:
-        manifest = bundle.manifest
+        manifest = as_manifest(bundle.manifest)  # verify_bundle validated it
     if no_reference:
         report["reference"] = {"status": "skipped", "reason": "--no-reference"}
     else:

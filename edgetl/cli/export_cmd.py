@@ -85,7 +85,7 @@ def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fal
     if as_json:
         emit_json({**doc, "passed": True})
         return
-    attempts_table(result.attempts, result.manifest["export"]["latency_ms"].get("torch_fp32"),
+    attempts_table(result.attempts, result.manifest.export.latency_ms.get("torch_fp32"),
                    title=f"{doc['name']} -> {doc['target']}")
     click.echo(f"bundle: {doc['bundle']} ({doc['size_bytes'] / 1e6:.2f} MB), {doc['precision']}/{doc['method']}, "
                f"version {doc['model_version']}, "

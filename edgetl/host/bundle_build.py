@@ -54,70 +54,101 @@ def reference_members(val: Any, labels: list[str], spec: Any, runtime: Any, coun
     return members, section
 
 
-def build_and_write(*, run: Any, target: Any, profile: Any, step: Any, files: list[Path], runtime: Any,
-                    val: Any, options: Any, attempts: list[dict[str, Any]], stages: list[dict[str, Any]],
-                    export_report: dict[str, Any], batch: int, dynamic: bool, runtime_settings: dict[str, Any],
-                    private_key: Any, calib_count: int, torch_latency: float | None) -> tuple[Path, dict[str, Any], Any]:
-    """Reference set + manifest + signature; write the bundle atomically; return (path, manifest, signature)."""
+def model_members(files: list[Path]) -> dict[str, Path]:
+    """Bundle member name (``model/<file name>``) -> file, for the target's files."""
+    return {f"model/{Path(f).name}": Path(f) for f in files}
+
+
+def draft_manifest(*, run: Any, target: Any, profile: Any, step: Any, files: list[Path], spec: Any,
+                   runtime_settings: dict[str, Any], model_version: str | None) -> dict[str, Any]:
+    """The manifest of a bundle holding ``files``: everything but the export record and reference set.
+
+    The gate loads every attempt through this same manifest (validated), so a
+    target sees on the host exactly what it will see on the device.
+    """
+    from edgetl.bundle import sha256_bytes
+    from edgetl.cpuinfo import cpu_info
+
+    members = model_members(files)
+    digests = {name: sha256_bytes(path.read_bytes()) for name, path in sorted(members.items())}
+    now = dt.datetime.now(dt.timezone.utc)
+    digest = hashlib.sha256("".join(digests.values()).encode()).hexdigest()[:7]
+    return {
+        "schema_version": SCHEMA_VERSION, "name": run.name,
+        "model_version": model_version or f"{run.name}-{now:%Y%m%d}-{digest}",
+        "created": now.isoformat(timespec="seconds"), "task": run.task, "labels": list(run.labels),
+        "threshold": run.threshold, "positive": run.positive, "output": run.output,
+        "input": run.input.to_dict(),
+        "target": {"format": target.name, "precision": step.precision, "method": step.method,
+                   "files": sorted(members), "profile": profile.name if profile is not None else None,
+                   "runtime": runtime_settings, "batch": spec.batch, "dynamic_batch": spec.dynamic_batch,
+                   "build": target.build_settings(profile, step, spec),
+                   "requires": list(target.requires), "extra": target.extra},
+        "compat": {"arch": platform.machine(), "runtimes": target.facts(), "host_cpu": cpu_info(),
+                   "python": platform.python_version()},
+        "files": digests,
+    }
+
+
+def _export_section(options: Any, val: Any, attempts: list[dict[str, Any]], stages: list[dict[str, Any]],
+                    calib_count: int, batch: int, torch_latency: float | None, cpu: str) -> dict[str, Any]:
+    return {"gate": {"split": "val", "n": len(val), "max_drop_points": options.gate,
+                     "min_agreement": options.min_agreement},
+            "requested_precision": options.precision, "fallback": options.fallback,
+            "calibration": {"source": "train", "images": calib_count},
+            "attempts": attempts, "stages": stages,
+            "latency_ms": {"exported": next(a.get("latency_ms") for a in attempts if a["passed"]),
+                           "torch_fp32": torch_latency, "batch": batch, "cpu": cpu}}
+
+
+def build_and_write(*, run: Any, draft: dict[str, Any], files: list[Path], runtime: Any, val: Any, options: Any,
+                    attempts: list[dict[str, Any]], stages: list[dict[str, Any]], export_report: dict[str, Any],
+                    private_key: Any, calib_count: int, torch_latency: float | None) -> tuple[Path, Any, Any]:
+    """Reference set + manifest + signature; write the bundle atomically.
+
+    Returns:
+        (bundle path, the written :class:`edgetl.manifest.Manifest`, the signature document or None).
+    """
     import torch
 
     from edgetl import __version__
     from edgetl.bundle import write_bundle
-    from edgetl.cpuinfo import cpu_info
-    from edgetl.keys import key_id
+    from edgetl.manifest import as_manifest
 
     say = options.progress
     t = time.perf_counter()
+    precision = draft["target"]["precision"]
     ref_members, ref_section = reference_members(val, run.labels, run.input, runtime, options.reference_count,
-                                                 step.precision)
+                                                 precision)
     stages.append({"stage": "reference", "seconds": time.perf_counter() - t,
                    "size_bytes": sum(len(b) for b in ref_members.values())})
     tol = ref_section["tolerance"]
     say(f"reference {stages[-1]['seconds']:6.1f} s  {ref_section['count']} images, tolerance: label agreement "
         f">= {tol['label_agreement']:g}, |score diff| <= {tol['max_abs_diff']:g}")
-
-    members: dict[str, bytes | Path] = {f"model/{Path(f).name}": Path(f) for f in files}
-    members.update(ref_members)
-    digest = hashlib.sha256(b"".join(Path(f).read_bytes() for f in files)).hexdigest()[:7]
-    now = dt.datetime.now(dt.timezone.utc)
-    model_version = options.model_version or f"{run.name}-{now:%Y%m%d}-{digest}"
-    build = target.build_settings(profile, step, {"batch": batch, "dynamic_batch": dynamic}) \
-        if hasattr(target, "build_settings") else None
-    cpu = cpu_info()
-    manifest: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION, "name": run.name, "model_version": model_version,
-        "created": now.isoformat(timespec="seconds"), "task": run.task, "labels": list(run.labels),
-        "threshold": run.threshold, "positive": run.positive, "output": run.output,
-        "input": run.input.to_dict(),
-        "target": {"format": target.name, "precision": step.precision, "method": step.method,
-                   "files": sorted(n for n in members if n.startswith("model/")),
-                   "profile": profile.name if profile is not None else None, "runtime": runtime_settings,
-                   "batch": batch, "dynamic_batch": dynamic, "build": build,
-                   "requires": list(target.requires), "extra": target.extra},
-        "compat": {"arch": platform.machine(), "runtimes": target.facts(), "host_cpu": cpu,
-                   "python": platform.python_version()},
-        "files": {},
+    members: dict[str, bytes | Path] = {**model_members(files), **ref_members}
+    manifest = {
+        **draft, "files": {}, "reference": ref_section,
         "provenance": {"run": run.name, "backbone": run.backbone, "strategy": run.strategy,
                        "data_fingerprint": data_fingerprint(val.paths), "config": run.config,
                        "edgetl": __version__, "torch": torch.__version__, "exporter": export_report},
-        "export": {"gate": {"split": "val", "n": len(val), "max_drop_points": options.gate,
-                            "min_agreement": options.min_agreement},
-                   "requested_precision": options.precision, "fallback": options.fallback,
-                   "calibration": {"source": "train", "images": calib_count},
-                   "attempts": attempts, "stages": stages,
-                   "latency_ms": {"exported": next(a.get("latency_ms") for a in attempts if a["passed"]),
-                                  "torch_fp32": torch_latency, "batch": batch, "cpu": cpu["model"]}},
-        "reference": ref_section,
+        "export": _export_section(options, val, attempts, stages, calib_count, draft["target"]["batch"],
+                                  torch_latency, draft["compat"]["host_cpu"]["model"]),
     }
-    out = Path(options.out) if options.out else Path(f"{run.name}-{target.name}.edgetl")
+    out = Path(options.out) if options.out else Path(f"{run.name}-{draft['target']['format']}.edgetl")
     t = time.perf_counter()
     write_bundle(out, manifest, members, private_key=private_key)
-    stages.append({"stage": "sign+write" if private_key is not None else "write",
-                   "seconds": time.perf_counter() - t, "size_bytes": out.stat().st_size})
-    say(f"{'sign' if private_key is not None else 'write':<9} {stages[-1]['seconds']:6.1f} s  "
-        f"{out.stat().st_size / 1e6:7.2f} MB  {out}"
-        + (f" (key {key_id(private_key)[:16]}…)" if private_key is not None else " (unsigned)"))
+    _say_written(say, stages, out, private_key, time.perf_counter() - t)
     from edgetl.bundle import open_bundle
 
     with open_bundle(out) as written:
-        return out, written.manifest, written.signature
+        return out, as_manifest(written.manifest), written.signature
+
+
+def _say_written(say: Any, stages: list[dict[str, Any]], out: Path, private_key: Any, seconds: float) -> None:
+    from edgetl.keys import key_id
+
+    stages.append({"stage": "sign+write" if private_key is not None else "write",
+                   "seconds": seconds, "size_bytes": out.stat().st_size})
+    say(f"{'sign' if private_key is not None else 'write':<9} {seconds:6.1f} s  "
+        f"{out.stat().st_size / 1e6:7.2f} MB  {out}"
+        + (f" (key {key_id(private_key)[:16]}…)" if private_key is not None else " (unsigned)"))

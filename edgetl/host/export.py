@@ -11,7 +11,7 @@ what the user asked for is never silently changed.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import inspect
 import logging
 import sys
 import tempfile
@@ -23,8 +23,18 @@ from typing import Any
 
 import numpy as np
 
-from edgetl.api import FallbackStep
+from edgetl.api import (
+    ExportSpec,
+    FallbackStep,
+    GateSettings,
+    ModelFacts,
+    QuantizeContext,
+    Quantizer,
+    ValidationSet,
+)
 from edgetl.errors import ExportError, GateFailedError, MissingDependencyError, UsageError
+from edgetl.host.bundle_build import build_and_write, draft_manifest
+from edgetl.manifest import Manifest, as_manifest
 
 log = logging.getLogger("edgetl.export")
 
@@ -46,13 +56,16 @@ class ExportOptions:
     out: str | Path | None = None
     reference_count: int = 32
     latency_runs: int = 50
+    quantize_budget_s: float | None = None  # handed to quantizers as QuantizeContext.time_budget_s
     progress: Callable[[str], None] = lambda message: None
 
 
 @dataclass
 class ExportResult:
+    """The written bundle, its validated manifest, every attempt and every stage's time and size."""
+
     bundle: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     attempts: list[dict[str, Any]]
     stages: list[dict[str, Any]] = field(default_factory=list)
     signature: dict[str, Any] | None = None
@@ -60,12 +73,13 @@ class ExportResult:
     def document(self) -> dict[str, Any]:
         """The ``export --json`` document."""
         chosen = next(a for a in self.attempts if a["passed"])
+        m = self.manifest
         return {"bundle": str(self.bundle), "size_bytes": self.bundle.stat().st_size,
-                "name": self.manifest["name"], "model_version": self.manifest["model_version"],
-                "target": self.manifest["target"]["format"], "precision": chosen["precision"],
+                "name": m.name, "model_version": m.model_version,
+                "target": m.target.format, "precision": chosen["precision"],
                 "method": chosen["method"], "signed": self.signature is not None,
                 "key_id": (self.signature or {}).get("key_id"),
-                "gate": self.manifest["export"]["gate"], "attempts": self.attempts, "stages": self.stages}
+                "gate": m.export.gate if m.export else None, "attempts": self.attempts, "stages": self.stages}
 
 
 @contextlib.contextmanager
@@ -141,29 +155,41 @@ def median_latency_ms(fn: Callable[[np.ndarray], Any], x: np.ndarray, runs: int,
     return float(np.median(time_calls(fn, x, warmup, runs)))
 
 
-def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
-    """Export the run at ``run_dir`` as ``options`` say; return the written bundle.
+@dataclass
+class ExportPlan:
+    """What ``options`` resolve to before any data is read: target, profile, chain, shapes, key."""
 
-    Raises:
-        GateFailedError: no attempted precision passed the gate; ``attempts``
-            holds every attempt with its numbers. No bundle is written.
-    """
+    target: Any
+    profile: Any
+    chain: list[FallbackStep]
+    spec: ExportSpec
+    runtime_settings: dict[str, Any]
+    private_key: Any
+
+
+@dataclass
+class ExportData:
+    """The images export uses: validation (gate, reference set) with FP32 outputs, and calibration."""
+
+    val: Any  # edgetl.host.calibration.LabelledSet
+    reference: np.ndarray  # FP32 torch outputs, one row per image
+    calib: list[np.ndarray]
+
+    @property
+    def calib_count(self) -> int:
+        return sum(len(b) for b in self.calib)
+
+
+def plan_export(options: ExportOptions) -> ExportPlan:
+    """Resolve the target, profile and chain; fail early on a missing module or a mismatched profile."""
     from edgetl.config import load_target_profile
-    from edgetl.host import calibration as cal
-    from edgetl.host.bundle_build import build_and_write
-    from edgetl.host.gate import gate, per_image
-    from edgetl.host.run import load_run
     from edgetl.keys import load_private_key
     from edgetl.plugins import get_manager
 
-    say = options.progress
-    pm = get_manager()
-    target = pm.get("target", options.format)
-    # the host needs the export half and the runtime the gate runs on (the device runtime, or a
-    # target's stand-in such as ONNX Runtime for TensorRT's Q/DQ model)
-    for module in (*target.export_requires, *getattr(target, "gate_requires", target.requires)):
-        if importlib.util.find_spec(module) is None:
-            raise MissingDependencyError(module, target.export_extra, f"exporting to '{target.name}'")
+    target = get_manager().get("target", options.format)
+    missing = target.missing_for_export()
+    if missing:
+        raise MissingDependencyError(missing[0], target.export_extra, f"exporting to '{target.name}'")
     profile = load_target_profile(options.target) if options.target else None
     if profile is not None and profile.format != target.name:
         raise UsageError(f"--target {options.target}: profile '{profile.name}' is for format "
@@ -171,106 +197,188 @@ def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
     chain = resolve_chain(target, profile, options.precision, options.fallback)
     private_key = (load_private_key(options.sign) if isinstance(options.sign, (str, Path))
                    else options.sign)  # a path, or an already loaded key
-    batch = profile.input.batch if profile is not None else 1
-    dynamic = options.dynamic_batch or bool(profile and profile.input.dynamic_batch)
+    spec = ExportSpec(batch=profile.input.batch if profile is not None else 1, profile=profile,
+                      dynamic_batch=options.dynamic_batch or bool(profile and profile.input.dynamic_batch))
     runtime_settings = profile.runtime.model_dump(exclude_none=True) if profile is not None else {}
+    return ExportPlan(target, profile, chain, spec, runtime_settings, private_key)
 
-    run = load_run(run_dir)
+
+def load_data(run: Any, plan: ExportPlan, options: ExportOptions) -> ExportData:
+    """Validation images (gate, reference set) with the FP32 outputs, and calibration batches from train."""
+    from edgetl.host import calibration as cal
+    from edgetl.host.gate import SMALL_N, per_image
+
+    say = options.progress
     train_dir, val_dir = cal.run_folders(run.config)
-    val_paths, y = cal.scan(val_dir, run.labels)
-    val = cal.load_set(val_paths, y, run.input)
+    val = cal.load_set(*cal.scan(val_dir, run.labels), run.input)
     reference = per_image(torch_outputs(run.model, val.x), val.owner, len(val), run.labels, run.positive)
-    calib = cal.calibration_batches(train_dir, run.labels, run.input, options.calib_count, batch=batch)
-    say(f"data      {len(val)} validation images (gate), {sum(len(b) for b in calib)} calibration images "
-        f"from {train_dir}")
-    if len(val) < 200:
-        say(f"warning   only {len(val)} validation images: the gate's 95 % intervals are wide (want >= 200)")
+    calib = cal.calibration_batches(train_dir, run.labels, run.input, options.calib_count, batch=plan.spec.batch)
+    data = ExportData(val, reference, calib)
+    say(f"data      {len(val)} validation images (gate), {data.calib_count} calibration images from {train_dir}")
+    if len(val) < SMALL_N:
+        say(f"warning   only {len(val)} validation images: the gate's 95 % intervals are wide (want >= {SMALL_N})")
+    if (len(val) - 1) / max(1, len(val)) < options.min_agreement:
+        say(f"warning   with {len(val)} validation images one changed decision fails --min-agreement "
+            f"{options.min_agreement:g} (boundary ties excepted)")
+    return data
 
+
+def model_facts(run: Any) -> ModelFacts:
+    return ModelFacts(name=run.name, task=run.task, labels=list(run.labels), threshold=run.threshold,
+                      positive=run.positive, output=run.output, input=run.input)
+
+
+def export_fp32(run: Any, plan: ExportPlan, data: ExportData, work: Path, options: ExportOptions) -> tuple[list[Path], dict]:
+    """The target's FP32 files; returns (files, stage record)."""
+    import torch
+
+    t = time.perf_counter()
+    example = torch.from_numpy(np.ascontiguousarray(data.val.x[:1].repeat(plan.spec.batch, axis=0)))
+    with stdout_to_stderr():
+        files = plan.target.export(run.model, example, work / "fp32", plan.spec)
+    report = plan.spec.report
+    stage = {"stage": "export", "seconds": time.perf_counter() - t, "size_bytes": _size(files), "detail": report}
+    options.progress(
+        f"export    {stage['seconds']:6.1f} s  {_kb(stage['size_bytes']):>9}  "
+        + ", ".join(f"{k} {v}" for k, v in report.items() if k != "fallback_reason")
+        + (f" (fallback: {report['fallback_reason']})" if "fallback_reason" in report else ""))
+    return files, stage
+
+
+def quantize_context(run: Any, plan: ExportPlan, data: ExportData, fp32_files: list[Path],
+                     options: ExportOptions) -> QuantizeContext:
+    """The typed context every quantizer of this export receives (a fresh ``report`` per attempt)."""
+    facts = model_facts(run)
+    val = data.val
+    validation = None if len(val.x) != len(val) else ValidationSet(val.x, val.labels, data.reference, facts)
+
+    def progress(stage: str, done: int, total: int) -> None:
+        options.progress(f"quantize  {stage} {done}/{total}")
+
+    return QuantizeContext(
+        calibration=data.calib, model=facts, fp32_files=list(fp32_files), validation=validation,
+        gate=GateSettings(max_drop_points=options.gate, min_agreement=options.min_agreement),
+        profile=plan.profile, progress=progress, time_budget_s=options.quantize_budget_s)
+
+
+def call_quantizer(quantizer: Quantizer, files: list[Path], out_dir: Path, ctx: QuantizeContext) -> list[Path]:
+    """Call ``quantizer.quantize`` with the contract it was written for.
+
+    ``quantize(files, out_dir, ctx)`` is the contract; a quantizer written for
+    the earlier ``quantize(files, out_dir, calibration, options)`` gets
+    ``ctx.calibration`` and :meth:`QuantizeContext.legacy_options`.
+    """
+    params = [p for p in inspect.signature(quantizer.quantize).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(params) >= 4:
+        return list(quantizer.quantize(files, out_dir, ctx.calibration, ctx.legacy_options()))
+    return list(quantizer.quantize(files, out_dir, ctx))
+
+
+def step_files(step: FallbackStep, plan: ExportPlan, fp32_files: list[Path], ctx: QuantizeContext,
+               work: Path) -> list[Path]:
+    """The files for one step of the chain: the FP32 export itself, or its quantizer's output."""
+    if step.precision == "fp32" and step.method == "default":
+        return fp32_files
+    from edgetl.plugins import get_manager
+
+    quantizer = get_manager().quantizer(plan.target.name, step.precision, step.method)
+    if quantizer is None:
+        raise ExportError(f"no quantizer registered for ({plan.target.name}, {step.precision}, {step.method})")
+    with stdout_to_stderr():  # library progress bars and logs: keep stdout for --json
+        return call_quantizer(quantizer, fp32_files, work / f"{step.precision}-{step.method}", ctx)
+
+
+def gate_attempt(run: Any, plan: ExportPlan, data: ExportData, manifest: Manifest, files: list[Path],
+                 options: ExportOptions) -> tuple[dict[str, Any], Any]:
+    """Load ``files`` through the target's gate runtime and gate them; returns (gate figures, runtime)."""
+    from edgetl.host.gate import gate, per_image
+
+    val = data.val
+    runtime = plan.target.load_for_gate(files, manifest, {})
+    try:
+        out = per_image(runtime.predict(val.x), val.owner, len(val), run.labels, run.positive)
+        figures = gate(out, data.reference, val.labels, task=run.task, labels=run.labels, threshold=run.threshold,
+                       positive=run.positive, max_drop_points=options.gate, min_agreement=options.min_agreement)
+        figures["latency_ms"] = median_latency_ms(runtime.predict, val.x[:plan.spec.batch], options.latency_runs)
+    except BaseException:
+        runtime.close()
+        raise
+    return figures, runtime
+
+
+def try_step(step: FallbackStep, run: Any, plan: ExportPlan, data: ExportData, fp32_files: list[Path], work: Path,
+             options: ExportOptions, stages: list[dict[str, Any]]) -> tuple[dict[str, Any], Any, Any]:
+    """One attempt: quantize (unless FP32), gate. Returns (attempt record, draft manifest, runtime or None).
+
+    A quantizer or runtime that raises is a failed attempt, not a crash.
+    """
+    label = f"{step.precision}/{step.method}"
+    attempt: dict[str, Any] = {"precision": step.precision, "method": step.method, "passed": False}
+    ctx = quantize_context(run, plan, data, fp32_files, options)
+    draft, runtime, files = None, None, None
+    try:
+        t = time.perf_counter()
+        files = step_files(step, plan, fp32_files, ctx, work)
+        stages.append({"stage": f"quantize {label}", "seconds": time.perf_counter() - t,
+                       "size_bytes": _size(files), "detail": ctx.report})
+        if files is not fp32_files:
+            options.progress(f"quantize  {stages[-1]['seconds']:6.1f} s  {_kb(_size(files)):>9}  {label}")
+        t = time.perf_counter()
+        draft = draft_manifest(run=run, target=plan.target, profile=plan.profile, step=step, files=files,
+                               spec=plan.spec, runtime_settings=plan.runtime_settings,
+                               model_version=options.model_version)
+        figures, runtime = gate_attempt(run, plan, data, as_manifest(draft, "draft manifest"), files, options)
+        attempt.update(figures, gate_seconds=time.perf_counter() - t)
+        stages.append({"stage": f"gate {label}", "seconds": attempt["gate_seconds"], "size_bytes": None})
+    except Exception as exc:
+        log.debug("attempt %s failed", label, exc_info=True)
+        attempt["reason"] = f"{type(exc).__name__}: {exc}"[:500]
+    attempt["size_bytes"] = _size(files) if attempt.get("n") is not None else None
+    attempt["details"] = ctx.report
+    options.progress(_attempt_line(attempt))
+    if not attempt["passed"] and runtime is not None:
+        runtime.close()
+        runtime = None
+    return attempt, (draft, files), runtime
+
+
+def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
+    """Export the run at ``run_dir`` as ``options`` say; return the written bundle.
+
+    Steps: :func:`plan_export`, :func:`load_data`, :func:`export_fp32`, then
+    :func:`try_step` down the chain until one passes the gate, then the
+    reference set, manifest and signature (:func:`edgetl.host.bundle_build.build_and_write`).
+
+    Raises:
+        GateFailedError: no attempted precision passed the gate; ``attempts``
+            holds every attempt with its numbers. No bundle is written.
+    """
+    from edgetl.host.run import load_run
+
+    plan = plan_export(options)
+    run = load_run(run_dir)
+    data = load_data(run, plan, options)
     stages: list[dict[str, Any]] = []
     attempts: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgetl-export-") as tmp:
-        work = Path(tmp)
-        import torch
-
-        t = time.perf_counter()
-        export_report: dict[str, Any] = {}
-        example = torch.from_numpy(np.ascontiguousarray(val.x[:1].repeat(batch, axis=0)))
-        with stdout_to_stderr():
-            fp32_files = target.export(run.model, example, work / "fp32",
-                                       {"dynamic_batch": dynamic, "report": export_report, "profile": profile})
-        stages.append({"stage": "export", "seconds": time.perf_counter() - t, "size_bytes": _size(fp32_files),
-                       "detail": export_report})
-        say(f"export    {stages[-1]['seconds']:6.1f} s  {_kb(stages[-1]['size_bytes']):>9}  "
-            + ", ".join(f"{k} {v}" for k, v in export_report.items() if k != "fallback_reason")
-            + (f" (fallback: {export_report['fallback_reason']})" if "fallback_reason" in export_report else ""))
-
-        from edgetl.host.gate import decisions
-
-        # for quantizers that tune against validation accuracy (nncf accuracy control): untiled images only
-        def decide(out: Any) -> np.ndarray:
-            return decisions(np.asarray(out, dtype=np.float64), run.labels, run.threshold, run.positive)
-
-        validation = None if len(val.x) != len(val) else {
-            "x": val.x, "y": y, "decide": decide, "reference_decisions": decide(reference)}
-        chosen = None
-        for step in chain:
-            label = f"{step.precision}/{step.method}"
-            attempt: dict[str, Any] = {"precision": step.precision, "method": step.method, "passed": False}
-            details: dict[str, Any] = {}
-            runtime = None
-            try:
-                t = time.perf_counter()
-                if step.precision == "fp32" and step.method == "default":
-                    files = fp32_files
-                else:
-                    quantizer = pm.quantizer(target.name, step.precision, step.method)
-                    if quantizer is None:
-                        raise ExportError(f"no quantizer registered for ({target.name}, {step.precision}, {step.method})")
-                    with stdout_to_stderr():  # library progress bars and logs: keep stdout for --json
-                        files = quantizer.quantize(
-                            fp32_files, work / label.replace("/", "-"), calib,
-                            {"report": details, "min_agreement": options.min_agreement, "gate": options.gate,
-                             "profile": profile, "fp32_files": fp32_files, "validation": validation})
-                quantize_s = time.perf_counter() - t
-                stages.append({"stage": f"quantize {label}", "seconds": quantize_s, "size_bytes": _size(files),
-                               "detail": details})
-                if files is not fp32_files:
-                    say(f"quantize  {quantize_s:6.1f} s  {_kb(_size(files)):>9}  {label}")
-                t = time.perf_counter()
-                stub = {"target": {"format": target.name, "precision": step.precision, "method": step.method,
-                                   "runtime": runtime_settings}, "input": run.input.to_dict()}
-                runtime = getattr(target, "load_for_gate", target.load)(files, stub, {})
-                out = per_image(runtime.predict(val.x), val.owner, len(val), run.labels, run.positive)
-                attempt.update(gate(out, reference, y, task=run.task, labels=run.labels,
-                                    threshold=run.threshold, positive=run.positive,
-                                    max_drop_points=options.gate, min_agreement=options.min_agreement))
-                attempt["latency_ms"] = median_latency_ms(runtime.predict, val.x[:batch], options.latency_runs)
-                attempt["gate_seconds"] = time.perf_counter() - t
-                stages.append({"stage": f"gate {label}", "seconds": attempt["gate_seconds"], "size_bytes": None})
-            except Exception as exc:  # a quantizer or runtime that fails is a failed attempt, not a crash
-                log.debug("attempt %s failed", label, exc_info=True)
-                attempt["reason"] = f"{type(exc).__name__}: {exc}"[:500]
-            attempt["size_bytes"] = _size(files) if attempt.get("n") is not None else None
-            attempt["details"] = details
+        fp32_files, stage = export_fp32(run, plan, data, Path(tmp), options)
+        stages.append(stage)
+        for step in plan.chain:
+            attempt, (draft, files), runtime = try_step(step, run, plan, data, fp32_files, Path(tmp), options, stages)
             attempts.append(attempt)
-            say(_attempt_line(attempt))
-            if attempt["passed"]:
-                chosen = (step, files, runtime)
-                break
             if runtime is not None:
-                runtime.close()
-        if chosen is None:
+                break
+        else:
             err = GateFailedError(_failure_message(options, attempts))
             err.attempts = attempts
             raise err
-        step, files, runtime = chosen
         try:
             bundle, manifest, signature = build_and_write(
-                run=run, target=target, profile=profile, step=step, files=files, runtime=runtime,
-                val=val, options=options, attempts=attempts, stages=stages, export_report=export_report,
-                batch=batch, dynamic=dynamic, runtime_settings=runtime_settings, private_key=private_key,
-                calib_count=sum(len(b) for b in calib), torch_latency=median_latency_ms(
-                    lambda x: torch_outputs(run.model, x), val.x[:batch], options.latency_runs))
+                run=run, draft=draft, files=files, runtime=runtime, val=data.val, options=options,
+                attempts=attempts, stages=stages, export_report=plan.spec.report, private_key=plan.private_key,
+                calib_count=data.calib_count, torch_latency=median_latency_ms(
+                    lambda x: torch_outputs(run.model, x), data.val.x[:plan.spec.batch], options.latency_runs))
         finally:
             runtime.close()
     return ExportResult(bundle=bundle, manifest=manifest, attempts=attempts, stages=stages, signature=signature)

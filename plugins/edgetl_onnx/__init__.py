@@ -7,12 +7,15 @@ Registration imports nothing heavy: the host half (:mod:`edgetl_onnx.export`,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgetl.api import FallbackStep, Quantizer, Runtime, Target
+from edgetl.api import ExportSpec, FallbackStep, QuantizeContext, Quantizer, Runtime, Target
 from edgetl.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from edgetl.manifest import Manifest
 
 
 class OnnxTarget(Target):
@@ -26,19 +29,17 @@ class OnnxTarget(Target):
     runtime_packages = ("onnxruntime",)
     export_requires = ("torch", "onnx", "onnxscript")
 
-    def export(self, model: Any, example: Any, out_dir: Path, options: dict[str, Any]) -> list[Path]:
+    def export(self, model: Any, example: Any, out_dir: Path, spec: ExportSpec) -> list[Path]:
         from edgetl_onnx.export import export_onnx
 
-        report = options.setdefault("report", {})
         return [export_onnx(model, example, Path(out_dir) / "model.onnx",
-                            dynamic_batch=bool(options.get("dynamic_batch")), report=report)]
+                            dynamic_batch=spec.dynamic_batch, report=spec.report)]
 
-    def load(self, files: Sequence[Path], manifest: dict[str, Any],
+    def load(self, files: Sequence[Path], manifest: Manifest,
              options: dict[str, Any] | None = None) -> Runtime:
         from edgetl_onnx.runtime import load
 
         return load(files, manifest, options)
-
 
 
 class OnnxFileQuantizer(Quantizer):
@@ -49,11 +50,10 @@ class OnnxFileQuantizer(Quantizer):
     extra = "train"
     impl = ""
 
-    def quantize(self, files: Sequence[Path], out_dir: Path, calibration: Iterable[Any],
-                 options: dict[str, Any]) -> list[Path]:
+    def quantize(self, files: Sequence[Path], out_dir: Path, ctx: QuantizeContext) -> list[Path]:
         from edgetl_onnx import quantize
 
-        return getattr(quantize, self.impl)().quantize(files, Path(out_dir), calibration, options)
+        return getattr(quantize, self.impl)().quantize(files, Path(out_dir), ctx)
 
 
 class OnnxFp16(OnnxFileQuantizer):

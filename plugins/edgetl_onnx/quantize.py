@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgetl.api import QuantizeContext
 from edgetl.cpuinfo import cpu_info, needs_reduce_range
 from edgetl.errors import ExportError
 
@@ -131,21 +132,16 @@ def _session_outputs(path: Path, x: np.ndarray) -> np.ndarray:
     return OnnxRuntimeModel(path, {}, "int8").predict(x)
 
 
-def _agreement(a: np.ndarray, b: np.ndarray) -> float:
-    if a.ndim == 1:
-        return float(((a >= 0.5) == (b >= 0.5)).mean())
-    return float((a.argmax(1) == b.argmax(1)).mean())
-
-
 def accuracy_aware_int8(src: Path, dst: Path, batches: list[np.ndarray], *, min_agreement: float,
-                        reduce_range: bool, check: np.ndarray | None = None, sample: int = 64,
-                        report: dict[str, Any]) -> Path:
+                        reduce_range: bool, decide: Callable[[np.ndarray], np.ndarray],
+                        check: np.ndarray | None = None, sample: int = 64, report: dict[str, Any]) -> Path:
     """INT8 with the most sensitive layers left in float (see the module docstring).
 
     ``check`` (M, 3, H, W): the images the agreement target is checked on —
     the validation set when the export provides it (as nncf's accuracy control
     does); the calibration images otherwise, which the quantization ranges were
     fitted to and so flatter the result. Sensitivity is ranked on ``sample`` of them.
+    ``decide`` maps outputs to decisions under the model's operating point.
     """
     import onnx
 
@@ -169,7 +165,7 @@ def accuracy_aware_int8(src: Path, dst: Path, batches: list[np.ndarray], *, min_
         while True:
             out = quantize_int8(prep, tmp / f"k{k}.onnx", batches, reduce_range=reduce_range,
                                 nodes_to_exclude=ranked[:k], cache=cache)
-            agree = _agreement(_session_outputs(out, check), check_ref)
+            agree = float((decide(_session_outputs(out, check)) == decide(check_ref)).mean())
             chosen = (k, out, agree)
             log.info("accuracy-aware int8: %d of %d layers in float: agreement %.3f on %d images",
                      k, len(ranked), agree, len(check))
@@ -190,13 +186,11 @@ class _Base:
     requires = ("onnx", "onnxruntime")
     extra = "train"
 
-    def quantize(self, files: Sequence[Path], out_dir: Path, calibration: Iterable[np.ndarray],
-                 options: dict[str, Any]) -> list[Path]:
+    def quantize(self, files: Sequence[Path], out_dir: Path, ctx: QuantizeContext) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         src = _onnx_file(files)
         dst = out_dir / "model.onnx"
-        report = options.setdefault("report", {})
-        self._quantize(src, dst, list(calibration), options, report)
+        self._quantize(src, dst, list(ctx.calibration), ctx)
         from edgetl_onnx.export import check_onnx
 
         check_onnx(dst)
@@ -204,38 +198,36 @@ class _Base:
 
 
 class Fp16(_Base):
-    def _quantize(self, src, dst, batches, options, report):
+    def _quantize(self, src, dst, batches, ctx):
         to_fp16(src, dst)
-        report.update(keep_io_types=True)
+        ctx.report.update(keep_io_types=True)
 
 
 class Int8Ptq(_Base):
-    def _quantize(self, src, dst, batches, options, report):
-        reduce = options.get("reduce_range")
-        reduce = needs_reduce_range() if reduce is None else bool(reduce)
+    def _quantize(self, src, dst, batches, ctx):
+        reduce = needs_reduce_range()
         with tempfile.TemporaryDirectory(prefix="edgetl-ptq-") as tmp:
             prep = preprocess(src, Path(tmp) / "prep.onnx")
             quantize_int8(prep, dst, batches, reduce_range=reduce)
-        report.update(format="QDQ", per_channel=True, activations="uint8", weights="int8",
-                      reduce_range=reduce, calibration_images=sum(len(b) for b in batches),
-                      reduce_range_reason=("host CPU lacks VNNI: U8S8 kernels would saturate"
-                                           if reduce and not cpu_info()["vnni"] else None))
+        ctx.report.update(format="QDQ", per_channel=True, activations="uint8", weights="int8",
+                          reduce_range=reduce, calibration_images=sum(len(b) for b in batches),
+                          reduce_range_reason=("host CPU lacks VNNI: U8S8 kernels would saturate"
+                                               if reduce and not cpu_info()["vnni"] else None))
 
 
 class Int8AccuracyAware(_Base):
-    def _quantize(self, src, dst, batches, options, report):
-        reduce = options.get("reduce_range")
-        reduce = needs_reduce_range() if reduce is None else bool(reduce)
-        validation = options.get("validation") or {}
-        accuracy_aware_int8(src, dst, batches, min_agreement=float(options.get("min_agreement", 0.98)),
-                            reduce_range=reduce, check=validation.get("x"), report=report)
-        report.update(format="QDQ", per_channel=True, reduce_range=reduce)
+    def _quantize(self, src, dst, batches, ctx):
+        reduce = needs_reduce_range()
+        check = ctx.validation.x if ctx.validation is not None else None
+        accuracy_aware_int8(src, dst, batches, min_agreement=ctx.gate.min_agreement, reduce_range=reduce,
+                            decide=ctx.model.decide, check=check, report=ctx.report)
+        ctx.report.update(format="QDQ", per_channel=True, reduce_range=reduce)
 
 
 class Int8SymmetricQdq(_Base):
-    def _quantize(self, src, dst, batches, options, report):
+    def _quantize(self, src, dst, batches, ctx):
         with tempfile.TemporaryDirectory(prefix="edgetl-qdq-") as tmp:
             prep = preprocess(src, Path(tmp) / "prep.onnx")
             quantize_int8(prep, dst, batches, symmetric=True)
-        report.update(format="QDQ", symmetric=True, per_channel=True, activations="int8", weights="int8",
-                      ops=list(WEIGHTED_OPS), calibration_images=sum(len(b) for b in batches))
+        ctx.report.update(format="QDQ", symmetric=True, per_channel=True, activations="int8", weights="int8",
+                          ops=list(WEIGHTED_OPS), calibration_images=sum(len(b) for b in batches))

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgetl.api import Runtime
 from edgetl.errors import BundleError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from edgetl.manifest import Manifest
 
 
 def run_static(run_one, batch: np.ndarray, fixed: int | None) -> np.ndarray:
@@ -85,10 +88,9 @@ class OnnxRuntimeModel(Runtime):
                 "precision": self.precision, "batch": self.fixed_batch or "dynamic"}
 
 
-def load(files: Sequence[Path], manifest: dict[str, Any], options: dict[str, Any] | None = None) -> Runtime:
-    target = manifest.get("target", {})
-    runtime = {**(target.get("runtime") or {}), **(options or {})}
+def load(files: Sequence[Path], manifest: Manifest, options: dict[str, Any] | None = None) -> Runtime:
+    runtime = {**manifest.target.runtime, **(options or {})}
     onnx_files = [Path(f) for f in files if str(f).endswith(".onnx")]
     if not onnx_files:
         raise BundleError("the bundle's target files hold no .onnx model")
-    return OnnxRuntimeModel(onnx_files[0], runtime, target.get("precision", "fp32"))
+    return OnnxRuntimeModel(onnx_files[0], runtime, manifest.target.precision)

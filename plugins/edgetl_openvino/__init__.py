@@ -7,12 +7,15 @@ half (:mod:`edgetl_openvino.runtime`; openvino, no torch) load on use.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgetl.api import FallbackStep, Quantizer, Runtime, Target
+from edgetl.api import ExportSpec, FallbackStep, QuantizeContext, Quantizer, Runtime, Target
 from edgetl.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from edgetl.manifest import Manifest
 
 
 class OpenVinoTarget(Target):
@@ -26,18 +29,16 @@ class OpenVinoTarget(Target):
     runtime_packages = ("openvino",)
     export_requires = ("torch", "onnx", "onnxscript", "openvino")
 
-    def export(self, model: Any, example: Any, out_dir: Path, options: dict[str, Any]) -> list[Path]:
+    def export(self, model: Any, example: Any, out_dir: Path, spec: ExportSpec) -> list[Path]:
         from edgetl_openvino.export import export_ir
 
-        return export_ir(model, example, Path(out_dir), dynamic_batch=bool(options.get("dynamic_batch")),
-                         report=options.setdefault("report", {}))
+        return export_ir(model, example, Path(out_dir), dynamic_batch=spec.dynamic_batch, report=spec.report)
 
-    def load(self, files: Sequence[Path], manifest: dict[str, Any],
+    def load(self, files: Sequence[Path], manifest: Manifest,
              options: dict[str, Any] | None = None) -> Runtime:
         from edgetl_openvino.runtime import load
 
         return load(files, manifest, options)
-
 
 
 class _OvQuantizer(Quantizer):
@@ -46,11 +47,10 @@ class _OvQuantizer(Quantizer):
     extra = "train"
     impl = ""
 
-    def quantize(self, files: Sequence[Path], out_dir: Path, calibration: Iterable[Any],
-                 options: dict[str, Any]) -> list[Path]:
+    def quantize(self, files: Sequence[Path], out_dir: Path, ctx: QuantizeContext) -> list[Path]:
         from edgetl_openvino import quantize
 
-        return getattr(quantize, self.impl)(files, Path(out_dir), list(calibration), options)
+        return getattr(quantize, self.impl)(files, Path(out_dir), ctx)
 
 
 class OvFp16Weights(_OvQuantizer):

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from edgetl_onnx.runtime import run_static, run_static_all
 
 from edgetl.api import Runtime
 from edgetl.errors import BundleError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from edgetl.manifest import Manifest
 
 
 class OpenVinoModel(Runtime):
@@ -83,12 +86,11 @@ class OpenVinoModel(Runtime):
         self.compiled = None
 
 
-def load(files: Sequence[Path], manifest: dict[str, Any], options: dict[str, Any] | None = None) -> Runtime:
-    target = manifest.get("target", {})
-    runtime = {**(target.get("runtime") or {}), **(options or {})}
+def load(files: Sequence[Path], manifest: Manifest, options: dict[str, Any] | None = None) -> Runtime:
+    runtime = {**manifest.target.runtime, **(options or {})}
     xml = [Path(f) for f in files if str(f).endswith(".xml")]
     if not xml:
         raise BundleError("the bundle's target files hold no OpenVINO .xml model")
     if not xml[0].with_suffix(".bin").exists():
         raise BundleError(f"{xml[0].with_suffix('.bin')}: the IR weights file is missing")
-    return OpenVinoModel(xml[0], runtime, target.get("precision", "fp32"))
+    return OpenVinoModel(xml[0], runtime, manifest.target.precision)

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgetl_onnx import OnnxFileQuantizer
 
-from edgetl.api import FallbackStep, Runtime, Target
+from edgetl.api import ExportSpec, FallbackStep, Runtime, Target
 from edgetl.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from edgetl.manifest import Manifest
 
 MIN_TENSORRT = "10.0"  # strongly typed networks + explicit (Q/DQ) INT8 without implicit calibration
 
@@ -37,41 +40,39 @@ class TensorRtTarget(Target):
     export_requires = ("torch", "onnx", "onnxscript")
     gate_requires = ("onnxruntime",)
 
-    def export(self, model: Any, example: Any, out_dir: Path, options: dict[str, Any]) -> list[Path]:
+    def export(self, model: Any, example: Any, out_dir: Path, spec: ExportSpec) -> list[Path]:
         from edgetl_onnx.export import export_onnx
 
-        return [export_onnx(model, example, Path(out_dir) / "model.onnx",
-                            dynamic_batch=bool(options.get("dynamic_batch")),
-                            report=options.setdefault("report", {}))]
+        return [export_onnx(model, example, Path(out_dir) / "model.onnx", dynamic_batch=spec.dynamic_batch,
+                            report=spec.report)]
 
-    def build_settings(self, profile: Any, step: FallbackStep, options: dict[str, Any]) -> dict[str, Any]:
+    def build_settings(self, profile: Any, step: FallbackStep, spec: ExportSpec) -> dict[str, Any]:
         """What the device builds: typing, workspace, DLA, explicit optimisation profile (shapes: batch)."""
         engine = profile.engine_build if profile is not None and profile.engine_build is not None else None
-        batch = int(options.get("batch", 1))
-        max_batch = max(batch, 8) if options.get("dynamic_batch") else batch
+        batch = spec.batch
+        max_batch = max(batch, 8) if spec.dynamic_batch else batch
         return {
             "network": "strongly_typed", "precision": step.precision,
             "quantization": "explicit-qdq" if step.precision == "int8" else None,
             "workspace_mb": engine.workspace_mb if engine else 1024,
             "dla_core": engine.dla_core if engine else None,
-            "optimization_profile": {"min_batch": 1 if options.get("dynamic_batch") else batch,
+            "optimization_profile": {"min_batch": 1 if spec.dynamic_batch else batch,
                                      "opt_batch": batch, "max_batch": max_batch},
             "min_tensorrt": MIN_TENSORRT, "cache": "(gpu, tensorrt version, bundle hash)",
         }
 
-    def load_for_gate(self, files: Sequence[Path], manifest: dict[str, Any],
+    def load_for_gate(self, files: Sequence[Path], manifest: Manifest,
                       options: dict[str, Any] | None = None) -> Runtime:
         """Host stand-in: ONNX Runtime on the exact ONNX the device will build from."""
         from edgetl_onnx.runtime import load
 
         return load(files, manifest, {"providers": ["CPUExecutionProvider"]})
 
-    def load(self, files: Sequence[Path], manifest: dict[str, Any],
+    def load(self, files: Sequence[Path], manifest: Manifest,
              options: dict[str, Any] | None = None) -> Runtime:
         from edgetl_tensorrt.engine import load
 
         return load(files, manifest, options)
-
 
 
 class _TrtQuantizer(OnnxFileQuantizer):

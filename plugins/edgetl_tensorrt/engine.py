@@ -20,12 +20,15 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgetl.api import Runtime
 from edgetl.errors import BundleError, MissingDependencyError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from edgetl.manifest import Manifest
 
 log = logging.getLogger("edgetl.tensorrt")
 Progress = Callable[[str, int, int], None]
@@ -46,9 +49,12 @@ def check_compat(build: dict[str, Any], trt_version: str, dla_cores: int) -> Non
         raise BundleError(f"incompatible: the bundle asks for DLA core {core}; this device has {dla_cores} DLA cores")
 
 
-def cache_key(gpu: dict[str, Any], trt_version: str, manifest: dict[str, Any]) -> str:
-    """SHA-256 of (GPU name + compute capability, TensorRT version, bundle hash + build settings)."""
-    bundle_hash = hashlib.sha256(json.dumps([manifest.get("files"), manifest["target"].get("build")],
+def cache_key(gpu: dict[str, Any], trt_version: str, files: dict[str, str], build: dict[str, Any] | None) -> str:
+    """SHA-256 of (GPU name + compute capability, TensorRT version, bundle hash + build settings).
+
+    ``files`` is the manifest's member -> SHA-256 map, ``build`` its ``target.build``.
+    """
+    bundle_hash = hashlib.sha256(json.dumps([files, build],
                                             sort_keys=True).encode()).hexdigest()
     text = json.dumps({"gpu": gpu, "tensorrt": trt_version, "bundle": bundle_hash}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -198,7 +204,7 @@ class TensorRtModel(Runtime):
             self.stream = None
 
 
-def load(files: Sequence[Path], manifest: dict[str, Any], options: dict[str, Any] | None = None) -> Runtime:
+def load(files: Sequence[Path], manifest: Manifest, options: dict[str, Any] | None = None) -> Runtime:
     """Build (or reuse the cached) engine for this GPU and TensorRT version, and load it."""
     options = dict(options or {})
     try:
@@ -206,19 +212,19 @@ def load(files: Sequence[Path], manifest: dict[str, Any], options: dict[str, Any
     except ImportError:
         raise MissingDependencyError("tensorrt", "tensorrt", "target 'tensorrt' (on Jetson it comes with "
                                      "JetPack 6: python3-libnvinfer)") from None
-    build = manifest["target"].get("build") or {}
+    build = manifest.target.build or {}
     onnx_path = next((Path(f) for f in files if str(f).endswith(".onnx")), None)
     if onnx_path is None:
         raise BundleError("the bundle's target files hold no .onnx model for TensorRT to build from")
     builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
     check_compat(build, trt.__version__, int(getattr(builder, "num_DLA_cores", 0)))
     gpu = gpu_facts()
-    key = cache_key(gpu, trt.__version__, manifest)
+    key = cache_key(gpu, trt.__version__, manifest.files, manifest.target.build)
     folder = cache_dir(options)
     plan_path = folder / f"{key}.plan"
     progress: Progress = options.get("progress") or (
         lambda phase, done, total: log.info("tensorrt build: %s %d/%d", phase, done, total))
-    info = {"runtime": "tensorrt", "version": trt.__version__, "gpu": gpu, "precision": manifest["target"]["precision"],
+    info = {"runtime": "tensorrt", "version": trt.__version__, "gpu": gpu, "precision": manifest.target.precision,
             "engine_cache": str(plan_path)}
     if plan_path.is_file():
         try:
@@ -232,6 +238,6 @@ def load(files: Sequence[Path], manifest: dict[str, Any], options: dict[str, Any
     tmp.write_bytes(plan)
     tmp.replace(plan_path)
     plan_path.with_suffix(".json").write_text(json.dumps(
-        {"gpu": gpu, "tensorrt": trt.__version__, "model_version": manifest.get("model_version"),
+        {"gpu": gpu, "tensorrt": trt.__version__, "model_version": manifest.model_version,
          "build": build, "seconds": time.perf_counter() - start}, indent=2))
     return TensorRtModel(trt, plan, {**info, "engine": "built", "build_seconds": time.perf_counter() - start})

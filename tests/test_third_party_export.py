@@ -1,0 +1,263 @@
+"""A third-party Target and Quantizer, written as an outsider would, driven end to end.
+
+The plugin below imports only public modules (``edgetl.api``,
+``edgetl.hookspecs``, ``edgetl.errors``, ``edgetl.manifest``), is installed
+with ``pip --no-index --target`` and selected with ``EDGETL_LOAD_PLUGINS``,
+and goes through the real CLI: ``train`` -> ``export`` (its own quantizer,
+then the gate through its own runtime) -> ``bundle verify`` -> an agent
+installs it (reference check) -> ``/v1/predict``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from agent_support import ProcessAgent, install, write_token
+from train_fixtures import make_dataset, write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PLUGIN = '''
+"""ONNX through the TorchScript exporter, run by ONNX Runtime; FP16 by casting the weights."""
+
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.api import ExportSpec, FallbackStep, QuantizeContext, Quantizer, Runtime, Target
+from edgetl.errors import BundleError
+from edgetl.hookspecs import hookimpl
+
+
+class OrtRuntime(Runtime):
+    def __init__(self, path, precision, threads=None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.name = self.session.get_inputs()[0].name
+        self.precision = precision
+
+    def predict(self, batch):
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return np.concatenate([self.session.run(None, {self.name: batch[i:i + 1]})[0] for i in range(len(batch))])
+
+    def info(self):
+        return {"runtime": "onnxruntime", "precision": self.precision}
+
+
+class TorchScriptOnnx(Target):
+    name = "tsonnx"
+    description = "ONNX from torch.onnx's TorchScript exporter, run by ONNX Runtime"
+    precisions = ("fp32", "fp16")
+    fallback = (FallbackStep("fp16", "cast"), FallbackStep("fp32"))
+    requires = ("onnxruntime",)
+    export_requires = ("torch", "onnx")
+    gate_requires = ("onnxruntime",)
+    runtime_packages = ("onnxruntime",)
+
+    def export(self, model, example, out_dir, spec: ExportSpec):
+        import torch
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "net.onnx"
+        axes = {"x": {0: "n"}} if spec.dynamic_batch else None
+        torch.onnx.export(model, (example,), str(path), input_names=["x"], dynamic_axes=axes, dynamo=False,
+                          opset_version=17)
+        spec.report.update(exporter="torchscript", batch=spec.batch)
+        return [path]
+
+    def load(self, files, manifest, options=None):
+        onnx_files = [f for f in files if str(f).endswith(".onnx")]
+        if not onnx_files:
+            raise BundleError("tsonnx: no .onnx file in the bundle")
+        settings = {**manifest.target.runtime, **(options or {})}
+        return OrtRuntime(onnx_files[0], manifest.target.precision, settings.get("threads"))
+
+
+class CastFp16(Quantizer):
+    name = "tsonnx-fp16-cast"
+    description = "float16 weights and compute, float32 inputs and outputs"
+    target, precision, method = "tsonnx", "fp16", "cast"
+    requires = ("onnx", "onnxruntime")
+
+    def quantize(self, files, out_dir, ctx: QuantizeContext):
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.onnx_model import OnnxModel
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ctx.progress("cast", 0, 1)
+        model = OnnxModel(convert_float_to_float16(onnx.load(str(files[0])), keep_io_types=True))
+        model.topological_sort()
+        dst = out_dir / "net.onnx"
+        onnx.save(model.model, str(dst))
+        ctx.progress("cast", 1, 1)
+        report = {"tool": "onnxruntime float16", "labels": list(ctx.model.labels),
+                  "calibration_batches": len(ctx.calibration), "min_agreement": ctx.gate.min_agreement}
+        if ctx.validation is not None:  # check itself the way the gate will
+            out = OrtRuntime(dst, "fp16").predict(ctx.validation.x)
+            same = ctx.validation.decide(out) == ctx.validation.reference_decisions
+            report["self_check_agreement"] = float(same.mean())
+        ctx.report.update(report)
+        return [dst]
+
+
+@hookimpl
+def edgetl_targets(register):
+    register(TorchScriptOnnx())
+
+
+@hookimpl
+def edgetl_quantizers(register):
+    register(CastFp16())
+'''
+
+
+def _install_plugin(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    (project / "edgetl_tsonnx").mkdir(parents=True)
+    (project / "edgetl_tsonnx" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
+    (project / "pyproject.toml").write_text(textwrap.dedent('''
+        [build-system]
+        requires = ["setuptools>=68"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "edgetl-tsonnx"
+        version = "0.1.0"
+        [project.entry-points.edgetl]
+        tsonnx = "edgetl_tsonnx"
+        [tool.setuptools]
+        packages = ["edgetl_tsonnx"]
+    '''))
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    "--no-build-isolation", "--target", str(site), str(project)], check=True,
+                   capture_output=True, text=True)
+    return site
+
+
+def _env(site: Path) -> dict[str, str]:
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    return {"PYTHONPATH": path, "EDGETL_LOAD_PLUGINS": "tsonnx", "OMP_NUM_THREADS": "1"}
+
+
+def _edgetl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgetl", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory):
+    return _env(_install_plugin(tmp_path_factory.mktemp("tsonnx")))
+
+
+def test_third_party_target_and_quantizer_train_export_verify_and_serve(plugin_env, tmp_path):
+    from edgetl.keys import generate_keypair
+
+    listed = json.loads(_edgetl(plugin_env, "plugins", "list", "--json").stdout)
+    mine = next(p for p in listed if p["name"] == "tsonnx")
+    assert mine["status"] == "ok" and {"kind": "target", "name": "tsonnx"} in mine["components"]
+    assert {"kind": "quantizer", "name": "tsonnx-fp16-cast"} in mine["components"]
+
+    cfg = write_config(tmp_path / "run.yaml", make_dataset(tmp_path / "data", n_train=12, n_val=10), epochs=2)
+    trained = _edgetl(plugin_env, "train", str(cfg), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+
+    key, pub = generate_keypair(tmp_path / "keys" / "release")
+    bundle = tmp_path / "tiny-tsonnx.edgetl"
+    exported = _edgetl(plugin_env, "export", str(tmp_path / "run"), "--format", "tsonnx", "--sign", str(key),
+                       "--calib-count", "8", "--latency-runs", "0", "--out", str(bundle), "--json")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    doc = json.loads(exported.stdout)
+    assert (doc["target"], doc["precision"], doc["method"]) == ("tsonnx", "fp16", "cast")
+    attempt = doc["attempts"][0]
+    assert attempt["passed"] and attempt["n"] == 20 and attempt["agreement"] >= 0.98
+    details = attempt["details"]
+    assert details["labels"] == ["defect", "good"] and details["calibration_batches"] == 8
+    assert details["self_check_agreement"] >= 0.9 and details["min_agreement"] == 0.98
+    assert doc["stages"][0]["detail"]["exporter"] == "torchscript"  # ExportSpec.report reached the record
+    assert "quantize  cast 1/1" in exported.stderr  # QuantizeContext.progress reached the log
+
+    verified = _edgetl(plugin_env, "bundle", "verify", str(bundle), "--trust", str(pub), "--json")
+    assert verified.returncode == 0, verified.stderr[-2000:]
+    report = json.loads(verified.stdout)
+    assert report["ok"] and report["reference"]["status"] == "passed"
+
+    agent = ProcessAgent(tmp_path / "state", [pub], write_token(tmp_path / "token"), env=plugin_env).wait_ready()
+    try:
+        with agent.client() as client:
+            status = install(client, bundle)
+            assert status["status"] == "installed", status.get("error")
+            assert status["report"]["reference"]["passed"]
+            image = next((tmp_path / "data" / "val" / "defect").glob("*.png")).read_bytes()
+            answer = client.post("/v1/predict", content=image, headers={"Content-Type": "image/png"}).json()
+            assert answer["model"] == doc["model_version"] and answer["label"] in ("defect", "good")
+            assert set(answer["scores"]) == {"defect", "good"}
+    finally:
+        assert agent.stop() in (0, -15)  # SIGTERM
+    assert agent.blocked_imports() == []  # the device half of the plugin never touched torch
+
+
+def test_a_quantizer_written_for_the_earlier_contract_is_still_called(tmp_path):
+    from edgetl.api import GateSettings, InputSpec, ModelFacts, QuantizeContext, Quantizer
+    from edgetl.host.export import call_quantizer
+
+    seen = {}
+
+    class Legacy(Quantizer):
+        name, target = "legacy", "x"
+
+        def quantize(self, files, out_dir, calibration, options):
+            seen.update(calibration=calibration, options=options)
+            options.setdefault("report", {})["legacy"] = True
+            return list(files)
+
+    class Current(Quantizer):
+        name, target = "current", "x"
+
+        def quantize(self, files, out_dir, ctx):
+            seen["ctx"] = ctx
+            return list(files)
+
+    facts = ModelFacts("m", "classify", ["a", "b"], None, None, "probabilities", InputSpec())
+    ctx = QuantizeContext(calibration=["batch"], model=facts, fp32_files=[tmp_path / "m.onnx"],
+                          gate=GateSettings(max_drop_points=2.0, min_agreement=0.9))
+    assert call_quantizer(Legacy(), [tmp_path / "m.onnx"], tmp_path / "out", ctx) == [tmp_path / "m.onnx"]
+    assert seen["calibration"] == ["batch"] and seen["options"]["min_agreement"] == 0.9
+    assert seen["options"]["gate"] == 2.0 and seen["options"]["validation"] is None
+    assert ctx.report == {"legacy": True}  # the legacy report dict is the context's
+    call_quantizer(Current(), [tmp_path / "m.onnx"], tmp_path / "out", ctx)
+    assert seen["ctx"] is ctx
+
+
+def test_a_target_written_for_the_dict_manifest_still_reads_it():
+    """Targets used to receive the manifest and export options as dicts; those reads keep working."""
+    from edgetl.api import ExportSpec
+    from edgetl.manifest import validate_manifest
+
+    manifest = validate_manifest({
+        "schema_version": 1, "name": "t", "model_version": "t-1", "created": "2026-01-01T00:00:00+00:00",
+        "task": "classify", "labels": ["a", "b"], "output": "probabilities",
+        "input": {"size": [8, 8], "mean": [0.5] * 3, "std": [0.5] * 3},
+        "target": {"format": "x", "precision": "fp16", "files": ["model/m.onnx"], "runtime": {"threads": 2}},
+        "compat": {"arch": "x86_64"}, "files": {"model/m.onnx": "0" * 64}})
+    target = manifest.get("target", {})
+    assert target["precision"] == "fp16" and (target.get("runtime") or {}) == {"threads": 2}
+    assert manifest["labels"] == ["a", "b"] and "reference" not in manifest and manifest.get("reference") is None
+    assert manifest.get("threshold", 0.5) == 0.5 and target.get("build", {}) == {}
+    with pytest.raises(KeyError):
+        manifest["no_such_field"]
+    spec = ExportSpec(batch=4, dynamic_batch=True)
+    spec.setdefault("report", {})["opset"] = 17
+    assert spec.get("dynamic_batch") is True and spec.report == {"opset": 17} and spec["profile"] is None
