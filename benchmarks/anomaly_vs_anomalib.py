@@ -151,8 +151,11 @@ def classifier_latency(work: Path) -> float | None:
     model = Classifier(backbone.build(), backbone.feature_dim, 2, dropout=0.0).eval()
     target = get_manager().get("target", "openvino")
     x = torch.zeros(1, 3, *backbone.input.size)
-    files = target.export(model, x, work / "classifier-ov", {"dynamic_batch": False})
-    runtime = target.load(files, {"target": {"format": "openvino", "precision": "fp32"}}, {})
+    from edgetl.api import ExportSpec
+    from edgetl_openvino.runtime import OpenVinoModel
+
+    files = target.export(model, x, work / "classifier-ov", ExportSpec())
+    runtime = OpenVinoModel(files[0], {}, "fp32")
     return float(np.median(time_calls(runtime.predict, x.numpy(), 5, 30)))
 
 

@@ -69,6 +69,17 @@ def test_without_val_defects_the_threshold_is_a_percentile_of_good_scores(tmp_pa
     assert metrics["final"]["test"]["image_auroc"] >= 0.9
 
 
+def device_runtime(fmt, files):
+    """The target's device runtime on exported FP32 files (what ``Target.load`` builds from a manifest)."""
+    if fmt == "onnx":
+        from edgetl_onnx.runtime import OnnxRuntimeModel
+
+        return OnnxRuntimeModel(files[0], {}, "fp32")
+    from edgetl_openvino.runtime import OpenVinoModel
+
+    return OpenVinoModel(files[0], {}, "fp32")
+
+
 def _torch_outputs(run_dir, x):
     import torch
 
@@ -90,9 +101,11 @@ def test_exported_graph_matches_torch_scores_and_maps(runs, data, tmp_path, fmt,
 
     run = load_run(runs[name])
     x = np.concatenate([preprocess_file(p, run.input) for p in sorted((data / "test").rglob("*.png"))[:6]])
-    target = get_manager().get("target", fmt)
-    files = target.export(run.model, torch.from_numpy(x[:1]), tmp_path / "fp32", {"dynamic_batch": False})
-    runtime = target.load(files, {"target": {"format": fmt, "precision": "fp32"}}, {})
+    from edgetl.api import ExportSpec
+
+    files = get_manager().get("target", fmt).export(run.model, torch.from_numpy(x[:1]), tmp_path / "fp32",
+                                                    ExportSpec())
+    runtime = device_runtime(fmt, files)
     got = runtime.predict_outputs(x)
     score, amap = _torch_outputs(runs[name], x)
     assert set(got) == {"output", "map"} and got["map"].shape == amap.shape == (6, 1, 48, 48)
