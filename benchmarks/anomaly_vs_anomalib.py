@@ -151,8 +151,9 @@ def classifier_latency(work: Path) -> float | None:
     model = Classifier(backbone.build(), backbone.feature_dim, 2, dropout=0.0).eval()
     target = get_manager().get("target", "openvino")
     x = torch.zeros(1, 3, *backbone.input.size)
-    from edgetl.api import ExportSpec
     from edgetl_openvino.runtime import OpenVinoModel
+
+    from edgetl.api import ExportSpec
 
     files = target.export(model, x, work / "classifier-ov", ExportSpec())
     runtime = OpenVinoModel(files[0], {}, "fp32")

@@ -118,7 +118,7 @@ class _AnomalyStrategy(Strategy):
         """(PatchFeatures, train features (N, D, h, w), input size) over the good training images."""
         import torch
 
-        from edgetl_anomaly.features import PatchFeatures, check_stages
+        from edgetl_anomaly.host.features import PatchFeatures, check_stages
 
         first = ctx.train.plain[0][0]
         size = (int(first.shape[-2]), int(first.shape[-1]))
@@ -145,8 +145,8 @@ class PatchCore(_AnomalyStrategy):
     def fit(self, ctx: FitContext) -> TrainedModel:
         import time
 
-        from edgetl_anomaly.models import PatchCoreModel
-        from edgetl_anomaly.search import greedy_coreset, k_nearest
+        from edgetl_anomaly.host.models import PatchCoreModel
+        from edgetl_anomaly.host.search import greedy_coreset, k_nearest
 
         opts = self.options(ctx)
         ratio = positive_float(self.name, "coreset_ratio", opts["coreset_ratio"], upper=1.0)
@@ -179,7 +179,7 @@ class Padim(_AnomalyStrategy):
     def fit(self, ctx: FitContext) -> TrainedModel:
         import torch
 
-        from edgetl_anomaly.models import PadimModel
+        from edgetl_anomaly.host.models import PadimModel
 
         opts = self.options(ctx)
         eps = positive_float(self.name, "epsilon", opts["epsilon"])

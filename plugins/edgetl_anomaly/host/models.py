@@ -1,7 +1,7 @@
 """The modules ``patchcore`` and ``padim`` return: image -> (score (N,), map (N, 1, H, W)).
 
 Both outputs are normalised so 0.5 is the threshold chosen on validation data
-(:class:`~edgetl_anomaly.features.Normalise`). Everything learned — the memory
+(:class:`~edgetl_anomaly.host.features.Normalise`). Everything learned — the memory
 bank, its neighbour table, the Gaussians, the thresholds — is a buffer, so the
 exported graph carries it as constants and needs nothing beside the image.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgetl_anomaly.features import MapHead, Normalise, PatchFeatures
-from edgetl_anomaly.search import CHUNK, nearest
+from edgetl_anomaly.host.features import MapHead, Normalise, PatchFeatures
+from edgetl_anomaly.host.search import CHUNK, nearest
 
 
 class AnomalyModel(nn.Module):
