@@ -21,20 +21,11 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 def run_static(run_one, batch: np.ndarray, fixed: int | None) -> np.ndarray:
     """Run ``run_one`` on ``batch`` in chunks of ``fixed`` rows (pad the last); whole batch if None."""
-    if fixed is None or len(batch) == fixed:
-        return run_one(batch)
-    outs = []
-    for start in range(0, len(batch), fixed):
-        chunk = batch[start:start + fixed]
-        real = len(chunk)
-        if real < fixed:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - real, axis=0)])
-        outs.append(run_one(chunk)[:real])
-    return np.concatenate(outs)
+    return run_static_all(lambda chunk: [run_one(chunk)], batch, fixed)[0]
 
 
 def run_static_all(run_one, batch: np.ndarray, fixed: int | None) -> list[np.ndarray]:
-    """:func:`run_static` for a model with several outputs: ``run_one`` returns a list of arrays."""
+    """Like :func:`run_static` for a model with several outputs: ``run_one`` returns a list of arrays."""
     if fixed is None or len(batch) == fixed:
         return list(run_one(batch))
     parts = []
