@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import json
 
+from pathlib import Path
+
+import jsonschema
 import numpy as np
 import pytest
 from anomaly_fixtures import anomaly_config, make_anomaly_set
@@ -13,6 +16,8 @@ from train_fixtures import one_torch_thread  # noqa: F401
 
 from edgetl.cli import cli
 from edgetl.host.engine import train_from_file
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +55,8 @@ def test_eval_json_carries_image_and_pixel_metrics(runs, data):
     for key in ("image_auroc", "pixel_auroc", "pro", "image_f1"):
         assert doc[key] == pytest.approx(stored[key], abs=1e-6), key
     assert set(doc["per_class"]) == {"good", "hole", "smear"}
+    schema = json.loads((ROOT / "docs" / "schemas" / "eval-anomaly.schema.json").read_text())
+    jsonschema.validate(doc, schema)
 
 
 def test_training_set_with_defects_is_refused(tmp_path, data):
