@@ -136,9 +136,15 @@ def test_anomaly_gate_passes_a_faithful_model_and_fails_a_broken_one():
     assert not noisy["passed"] and "roc_auc drops" in noisy["reason"]
 
 
+def _shift_first_reference_map(members: dict[str, bytes]) -> None:
+    doc = json.loads(members["reference/outputs.json"])
+    doc["images"][0]["map"] = (np.asarray(doc["images"][0]["map"]) + 0.5).tolist()
+    members["reference/outputs.json"] = json.dumps(doc).encode()
+
+
 def test_agent_returns_the_heat_map_over_http(runs, tmp_path):
     import cv2
-    from agent_support import ThreadAgent, install
+    from agent_support import ThreadAgent, install, resign, serving
 
     from edgetl.host.export import ExportOptions, export_run
     from edgetl.keys import generate_keypair
@@ -157,6 +163,13 @@ def test_agent_returns_the_heat_map_over_http(runs, tmp_path):
         plain = client.post("/v1/predict", content=body, headers={"Content-Type": "image/png"}).json()
         assert "heatmap_png" not in plain and plain["label"] in ("good", "anomaly")
         doc = client.post("/v1/predict?heatmap=true", content=body, headers={"Content-Type": "image/png"}).json()
+        # a bundle whose stored heat maps do not match what this runtime computes is refused; v1 keeps serving
+        bad = resign(result.bundle, tmp_path / "bad.edgetl", key,
+                     edit_manifest=lambda m: m.update(model_version=m["model_version"] + "-bad"),
+                     edit_members=_shift_first_reference_map)
+        refused = install(client, bad)
+        assert refused["status"] == "failed" and "anomaly map differs" in json.dumps(refused), refused
+        assert serving(client) == result.manifest.model_version
     heat = cv2.imdecode(np.frombuffer(base64.b64decode(doc["heatmap_png"]), np.uint8), cv2.IMREAD_COLOR)
     assert heat.shape == (48, 48, 3)
     assert doc["anomaly_score"] == pytest.approx(plain["anomaly_score"], abs=1e-5)
