@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from edgetl.metrics import binary_auc
+from edgetl.metrics import ANOMALY_THRESHOLD, binary_auc
 
-THRESHOLD = 0.5  # a normalised anomaly score at or above this is anomalous
+THRESHOLD = ANOMALY_THRESHOLD  # the one constant (edgetl.metrics): a normalised score >= 0.5 is anomalous
 PRO_FPR_LIMIT = 0.3
 
 
