@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from edgetl_strategies.options import positive_float, resolve
 
-from edgetl.anomaly_metrics import f1_threshold, percentile_threshold
+from edgetl.anomaly_metrics import THRESHOLD, f1_threshold, percentile_threshold
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError, DataError
 
@@ -132,7 +132,7 @@ class _AnomalyStrategy(Strategy):
         return features, feats, size
 
     def trained(self, model: Any, facts: dict[str, Any]) -> TrainedModel:
-        return TrainedModel(module=model.eval(), task="anomaly", labels=list(LABELS), threshold=0.5,
+        return TrainedModel(module=model.eval(), task="anomaly", labels=list(LABELS), threshold=THRESHOLD,
                             output="anomaly_score", positive="anomaly", extra=facts)
 
 
