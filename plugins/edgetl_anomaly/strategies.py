@@ -14,6 +14,11 @@ Common options:
         else a percentile of the good val scores), ``f1`` or ``percentile``.
     percentile: for ``percentile``: the percentile of good val scores (99).
     batch_size: images per backbone pass (32).
+    border: input pixels along each edge left out of the image score (0;
+        the map keeps them). Convolutional features near the image edge see
+        zero padding; where parts fill the frame (textures) those patches
+        dominate the largest-distance score: on the texture set a 24 px border
+        lifts test image AUROC from 0.72 to 0.93 (docs/anomaly.md).
 
 patchcore options:
     coreset_ratio: share of training patches kept in the memory bank
@@ -40,7 +45,7 @@ from edgetl.anomaly_metrics import THRESHOLD, f1_threshold, percentile_threshold
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError, DataError
 
-COMMON = {"stages": [2, 3], "sigma": 4.0, "threshold": "auto", "percentile": 99.0, "batch_size": 32}
+COMMON = {"stages": [2, 3], "sigma": 4.0, "threshold": "auto", "percentile": 99.0, "batch_size": 32, "border": 0}
 LABELS = ["good", "anomaly"]
 
 
@@ -110,8 +115,11 @@ class _AnomalyStrategy(Strategy):
         opts = resolve(self.name, ctx.options, self.DEFAULTS)
         opts["sigma"] = float(opts["sigma"]) if float(opts["sigma"]) == 0 else positive_float(
             self.name, "sigma", opts["sigma"])
-        if not isinstance(opts["batch_size"], int) or opts["batch_size"] < 1:
-            raise ConfigError(f"strategy.options.batch_size: expected a positive integer ({self.name})")
+        for key in ("batch_size", "border"):
+            low = 1 if key == "batch_size" else 0
+            if not isinstance(opts[key], int) or isinstance(opts[key], bool) or opts[key] < low:
+                raise ConfigError(f"strategy.options.{key}: expected an integer >= {low}, got {opts[key]!r} "
+                                  f"({self.name})")
         return opts
 
     def train_features(self, ctx: FitContext, opts: dict[str, Any]) -> tuple[Any, Any, tuple[int, int]]:
@@ -163,8 +171,8 @@ class PatchCore(_AnomalyStrategy):
         coreset_s = time.perf_counter() - t0
         ctx.progress(f"patchcore: memory bank {len(bank)} of {len(patches)} patches ({ratio:g}), "
                      f"{bank.shape[1]} dims, coreset {coreset_s:.1f} s", 0, 0)
-        model = PatchCoreModel(features, bank, support, size, sigma=opts["sigma"],
-                               chunk=int(opts["chunk"])).to(ctx.device).eval()
+        model = PatchCoreModel(features, bank, support, size, sigma=opts["sigma"], chunk=int(opts["chunk"]),
+                               border=opts["border"]).to(ctx.device).eval()
         facts = calibrate(ctx, self.name, model, opts)
         facts.update(bank_size=int(len(bank)), train_patches=int(len(patches)), feature_dim=int(bank.shape[1]),
                      coreset_seconds=coreset_s)
@@ -195,8 +203,8 @@ class Padim(_AnomalyStrategy):
         centred = x - mean.unsqueeze(1)
         cov = centred.transpose(1, 2) @ centred / (n - 1) + eps * torch.eye(keep, dtype=torch.float64)
         inv_cov = torch.linalg.inv(cov)
-        model = PadimModel(features, channels, mean.float(), inv_cov.float(), size,
-                           sigma=opts["sigma"]).to(ctx.device).eval()
+        model = PadimModel(features, channels, mean.float(), inv_cov.float(), size, sigma=opts["sigma"],
+                           border=opts["border"]).to(ctx.device).eval()
         ctx.progress(f"padim: {keep} of {dim} channels, {h * w} positions", 0, 0)
         facts = calibrate(ctx, self.name, model, opts)
         facts.update(channels=keep, feature_dim=dim, positions=h * w)

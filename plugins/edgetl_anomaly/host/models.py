@@ -18,9 +18,10 @@ from edgetl_anomaly.host.search import CHUNK, nearest
 class AnomalyModel(nn.Module):
     """Shared forward: raw patch scores -> smoothed map -> normalised (score, map)."""
 
-    def __init__(self, features: PatchFeatures, size: tuple[int, int], sigma: float):
+    def __init__(self, features: PatchFeatures, size: tuple[int, int], sigma: float, border: int = 0):
         super().__init__()
         self.features = features
+        self.border = int(border)  # input pixels along each edge left out of the image score (not the map)
         self.map_head = MapHead(size, sigma)
         self.image_norm = Normalise()
         self.pixel_norm = Normalise()
@@ -53,8 +54,8 @@ class PatchCoreModel(AnomalyModel):
     """
 
     def __init__(self, features: PatchFeatures, bank: torch.Tensor, support: torch.Tensor,
-                 size: tuple[int, int], sigma: float = 4.0, chunk: int = CHUNK):
-        super().__init__(features, size, sigma)
+                 size: tuple[int, int], sigma: float = 4.0, chunk: int = CHUNK, border: int = 0):
+        super().__init__(features, size, sigma, border)
         self.register_buffer("bank", bank.contiguous())
         self.register_buffer("support", support.contiguous())
         self.chunk = int(chunk)
@@ -64,7 +65,10 @@ class PatchCoreModel(AnomalyModel):
         q = f.permute(0, 2, 3, 1).reshape(n * h * w, d)
         d2, idx = nearest(q, self.bank, self.chunk)
         dist = d2.sqrt().reshape(n, h * w)
-        worst, where = dist.max(dim=1)
+        b = min(round(self.border * h / self.map_head.size[0]), (min(h, w) - 1) // 2)  # border in patches
+        inner = dist.reshape(n, h, w)[:, b:h - b, b:w - b].reshape(n, -1)
+        worst, where = inner.max(dim=1)
+        where = (where // (w - 2 * b) + b) * w + where % (w - 2 * b) + b  # back to the full grid
         nn_index = idx.reshape(n, h * w).gather(1, where.unsqueeze(1)).squeeze(1)       # (N,)
         worst_patch = q.reshape(n, h * w, d).gather(1, where.view(n, 1, 1).expand(n, 1, d))  # (N, 1, D)
         b = self.support.shape[1]
@@ -85,8 +89,8 @@ class PadimModel(AnomalyModel):
     """
 
     def __init__(self, features: PatchFeatures, channels: torch.Tensor, mean: torch.Tensor,
-                 inv_cov: torch.Tensor, size: tuple[int, int], sigma: float = 4.0):
-        super().__init__(features, size, sigma)
+                 inv_cov: torch.Tensor, size: tuple[int, int], sigma: float = 4.0, border: int = 0):
+        super().__init__(features, size, sigma, border)
         self.register_buffer("channels", channels)
         self.register_buffer("mean", mean.contiguous())
         self.register_buffer("inv_cov", inv_cov.contiguous())
@@ -102,4 +106,6 @@ class PadimModel(AnomalyModel):
     def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         patches, _ = self.patch_scores(self.features(x))
         amap = self.map_head(patches)
-        return amap.flatten(1).max(dim=1).values, amap
+        b = min(self.border, (min(self.map_head.size) - 1) // 2)
+        inner = amap[..., b:amap.shape[-2] - b, b:amap.shape[-1] - b]
+        return inner.flatten(1).max(dim=1).values, amap
