@@ -15,10 +15,8 @@ Common options:
     percentile: for ``percentile``: the percentile of good val scores (99).
     batch_size: images per backbone pass (32).
     border: input pixels along each edge left out of the image score (0;
-        the map keeps them). Convolutional features near the image edge see
-        zero padding; where parts fill the frame (textures) those patches
-        dominate the largest-distance score: on the texture set a 24 px border
-        lifts test image AUROC from 0.72 to 0.93 (docs/anomaly.md).
+        the map keeps them), for cameras whose frame edge is not part of
+        the inspected surface.
 
 patchcore options:
     coreset_ratio: share of training patches kept in the memory bank

@@ -40,7 +40,7 @@ class PatchFeatures(nn.Module):
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.stages = tuple(int(s) for s in stages)
-        self.aggregate = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+        self.aggregate = nn.AvgPool2d(3, stride=1, padding=1)  # zeros count: edge patches are damped, not noisier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.backbone_component.feature_maps(self.module, x)
