@@ -317,8 +317,16 @@ class Runtime(ABC):
             float32, batch first: (N, K) probabilities, or (N,) normalised
             anomaly scores (:data:`edgetl.metrics.ANOMALY_THRESHOLD` = 0.5 unless
             a threshold is stored). A target exported with a static batch pads
-            or loops so that any N works.
+            or loops so that any N works. For a graph with several outputs,
+            the first one (anomaly models: the scores).
         """
+
+    def predict_outputs(self, batch: "np.ndarray") -> dict[str, "np.ndarray"]:
+        """Every output by name: ``{"output": …}`` plus, for anomaly models, ``"map"`` (N, 1, H, W).
+
+        The default wraps :meth:`predict`; runtimes of multi-output graphs override it.
+        """
+        return {"output": self.predict(batch)}
 
     def info(self) -> dict[str, Any]:
         """Facts for reports and ``/v1/info``: ``runtime``, ``version``, ``device``, ``precision``, …"""

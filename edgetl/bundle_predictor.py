@@ -58,6 +58,10 @@ class BundlePredictor:
         """(N, 3, H, W) float32 normalised -> (N, K) probabilities (anomaly: (N,) scores)."""
         return self.runtime.predict(np.asarray(batch, dtype=np.float32))
 
+    def predict_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name (anomaly models: ``output`` scores and ``map``)."""
+        return self.runtime.predict_outputs(np.asarray(batch, dtype=np.float32))
+
     def info(self) -> dict[str, Any]:
         return {"bundle": str(self.path), "model_version": self.name, **self.runtime.info()}
 

@@ -43,6 +43,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "edgetl_onnx",
     "edgetl_strategies",
     "edgetl_transfer",
+    "edgetl_anomaly",
     "edgetl_openvino",
     "edgetl_tensorrt",
     "edgetl_loggers",

@@ -43,6 +43,33 @@ def run_images(paths: list[Path], spec: InputSpec, runtime: Any) -> list[np.ndar
     return [np.asarray(runtime.predict(preprocess_file(p, spec)), dtype=np.float32) for p in paths]
 
 
+MAP_GRID = 16  # anomaly maps are stored and compared as 16x16 block means (a 224x224 map is 50 k numbers)
+
+
+def pooled_maps(outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The ``map`` output (T, 1, H, W) as (T, MAP_GRID, MAP_GRID) block means; None without a map."""
+    import cv2
+
+    amap = outputs.get("map")
+    if amap is None:
+        return None
+    amap = np.asarray(amap, dtype=np.float32).reshape(-1, *np.asarray(amap).shape[-2:])
+    return np.stack([cv2.resize(m, (MAP_GRID, MAP_GRID), interpolation=cv2.INTER_AREA) for m in amap])
+
+
+def _map_diff(item: dict[str, Any], amap: np.ndarray | None) -> float:
+    """Largest |difference| between the stored pooled map and this runtime's (inf if missing or reshaped)."""
+    want = np.asarray(item["map"], dtype=np.float32)
+    if amap is None or amap.shape != want.shape:
+        return float("inf")
+    return float(np.max(np.abs(amap - want)))
+
+
+def run_maps(paths: list[Path], spec: InputSpec, runtime: Any) -> list[np.ndarray | None]:
+    """Each image's pooled anomaly map through ``runtime.predict_outputs`` (None for single-output models)."""
+    return [pooled_maps(runtime.predict_outputs(preprocess_file(p, spec))) for p in paths]
+
+
 def read_outputs_doc(extracted_dir: Path, manifest: Manifest) -> list[dict[str, Any]]:
     if manifest.reference is None:
         raise BundleError("the manifest has no reference set")
@@ -88,13 +115,21 @@ def check_reference(extracted_dir: str | Path, manifest: Manifest | dict[str, An
     images = read_outputs_doc(extracted_dir, manifest)
     tolerance = manifest.reference.tolerance.model_dump()
     spec = InputSpec.from_dict(manifest.input.model_dump())
-    outputs = run_images([extracted_dir / item["file"] for item in images], spec, runtime)
+    paths = [extracted_dir / item["file"] for item in images]
+    outputs = run_images(paths, spec, runtime)
+    maps = run_maps(paths, spec, runtime) if any("map" in item for item in images) else [None] * len(images)
     agree, total, worst, failures = 0, 0, 0.0, []
-    for item, got in zip(images, outputs, strict=True):
+    for item, got, amap in zip(images, outputs, maps, strict=True):
         same, count, diff, failure = _compare(item, got, manifest, tolerance["max_abs_diff"])
         agree, total, worst = agree + same, total + count, max(worst, diff)
         if failure:
             failures.append(failure)
+        if "map" in item:  # anomaly models: the heat map must match too, within the same bound
+            map_diff = _map_diff(item, amap)
+            worst = max(worst, map_diff)
+            if map_diff > tolerance["max_abs_diff"]:
+                failures.append(f"{item['file']}: anomaly map differs by {map_diff:.3g} > "
+                                f"{tolerance['max_abs_diff']:.3g}")
     agreement = agree / total if total else 1.0
     passed = bool(total) and agreement >= tolerance["label_agreement"] and worst <= tolerance["max_abs_diff"]
     return {"passed": passed, "n": len(images), "label_agreement": agreement, "max_abs_diff": worst,

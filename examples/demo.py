@@ -7,7 +7,10 @@ the demo exercises exactly the command line:
   probe with cached flip views + the negative-transfer baseline) -> eval on
   the held-out test split -> sign -> export OpenVINO and ONNX bundles through
   the accuracy gate -> verify -> bench -> device agent on 127.0.0.1: deploy,
-  replay the test images through the camera pipeline, summary, stop.
+  replay the test images through the camera pipeline, summary, stop ->
+  anomaly detection from good images only (PatchCore on the texture set's
+  train/good, eval with pixel metrics, OpenVINO INT8 through the gate, the
+  agent's ``?heatmap=true``).
 
 ``DEMO=quick`` swaps ELPV for the synthetic texture set. The expected time is
 printed at the start, the time of every step at the end.
@@ -84,6 +87,32 @@ def report_summary(run: Path) -> None:
     print(f"full report: {(run / 'report.md').relative_to(ROOT)}")
 
 
+def anomaly(textures: Path | None) -> None:
+    """Step 8: PatchCore from good images only on the texture set -> eval -> OpenVINO INT8 -> agent heat map."""
+    step("8. anomaly detection from good images only: patchcore on the texture set (train/good only)")
+    if textures is None:
+        textures = ROOT / "data" / "textures"
+        if not textures.exists():
+            edgetl("data", "textures", textures, "--seed", "0")
+    good_only = OUT / "anomaly-train"
+    (good_only / "good").parent.mkdir(parents=True, exist_ok=True)
+    (good_only / "good").symlink_to((textures / "train" / "good").resolve())
+    run = OUT / "anomaly-run"
+    edgetl("train", ROOT / "examples/anomaly/textures-patchcore.yaml", "--out", run,
+           "--set", f"data.train={good_only}", "--set", f"data.val={textures}/val",
+           "--set", f"data.test={textures}/test")
+    edgetl("eval", run, textures / "test")
+    bundle = OUT / "anomaly-openvino.edgetl"
+    edgetl("export", run, "--format", "openvino", "--precision", "int8", "--fallback", "--sign", OUT / "demo.key",
+           "--out", bundle)
+    defect = sorted((textures / "test" / "defect").iterdir())[0]
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "device_demo.py"), "--bundle", str(bundle),
+                           "--trust", str(OUT / "demo.pub"), "--images", str(textures / "test"),
+                           "--out", str(OUT / "anomaly-device"), "--heatmap", str(defect)], cwd=ROOT)
+    if proc.returncode != 0:
+        sys.exit(f"demo: the anomaly device step failed with exit status {proc.returncode}")
+
+
 def main() -> None:
     start = time.perf_counter()
     if OUT.exists():
@@ -128,6 +157,8 @@ def main() -> None:
                            "--images", str(data / "test"), "--out", str(OUT / "device")], cwd=ROOT)
     if proc.returncode != 0:
         sys.exit(f"demo: the device half failed with exit status {proc.returncode}")
+
+    anomaly(data if QUICK else None)
 
     end = time.perf_counter()
     print(f"\n{step_times(end)}\ndemo finished in {end - start:.0f} s; outputs in {OUT.relative_to(ROOT)}/",

@@ -84,12 +84,28 @@ def summarise(lines: list[dict]) -> dict:
     return doc
 
 
+def heatmap(client: httpx.Client, image: Path, out: Path) -> None:
+    """One image through ``POST /v1/predict?heatmap=true``; the base64 PNG map saved to ``out``."""
+    import base64
+
+    print(f"\nPOST /v1/predict?heatmap=true  ({image})", flush=True)
+    response = client.post("/v1/predict?heatmap=true", content=image.read_bytes(),
+                           headers={"Content-Type": "image/png" if image.suffix == ".png" else "image/jpeg"})
+    if response.status_code != 200:
+        sys.exit(f"device demo: heat map refused: {response.json().get('error')}")
+    doc = response.json()
+    out.write_bytes(base64.b64decode(doc.pop("heatmap_png")))
+    print(f"{json.dumps(doc)}\nheat map: {out}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--trust", type=Path, required=True, help="public key the bundle was signed with")
     parser.add_argument("--images", type=Path, required=True, help="held-out images (class folders)")
     parser.add_argument("--out", type=Path, default=ROOT / "demo-out" / "device")
+    parser.add_argument("--heatmap", type=Path, help="anomaly models: POST this image with ?heatmap=true, "
+                                                      "save the map as OUT/heatmap.png")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = (args.out / "results.jsonl").resolve()
@@ -124,6 +140,8 @@ def main() -> None:
             print(f"pipeline {status['state']}: {status['frames']} frames, {status['dropped']} dropped, "
                   f"{status['sink_errors']} sink errors", flush=True)
             metrics = client.get("/metrics").text
+            if args.heatmap:
+                heatmap(client, args.heatmap, args.out / "heatmap.png")
     finally:
         stop_agent(proc)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -87,6 +87,9 @@ def eval_command(model: str, data_dir: str, batch: int, skip_bad: bool, slices: 
     if as_json:
         emit_json(doc)
         return
+    if model.task == "anomaly":
+        _print_anomaly(model.name, data_dir, doc)
+        return
     lo, hi = wilson_interval(int(round(doc["accuracy"] * doc["n"])), doc["n"])
     click.echo(f"{model.name} on {data_dir}: n={doc['n']}  accuracy {fmt.prob(doc['accuracy'])} "
                f"(95% CI {fmt.prob(lo)}-{fmt.prob(hi)})  balanced accuracy {fmt.prob(doc['balanced_accuracy'])}"
@@ -131,6 +134,22 @@ def _slice_specs(given: tuple[str, ...], model: str) -> list:
 
     config = yaml.safe_load((Path(model) / "config.yaml").read_text(encoding="utf-8")) or {}
     return [SliceConfig(**s) for s in config.get("slices") or []]
+
+
+def _print_anomaly(name: str, data_dir: str, doc: dict) -> None:
+    """Anomaly models: image AUROC/F1, and pixel AUROC and PRO where ``masks/`` exist beside the folder."""
+    from edgetl import fmt
+
+    def num(x):
+        return "–" if x is None else fmt.prob(x)
+
+    click.echo(f"{name} on {data_dir}: n={doc['n']} ({doc['n_anomalous']} anomalous)  image AUROC "
+               f"{num(doc['image_auroc'])}  F1 {num(doc['image_f1'])}  pixel AUROC {num(doc['pixel_auroc'])}  "
+               f"PRO {num(doc['pro'])}")
+    click.echo(f"operating point: score >= 0.500: recall {num(doc['recall_at_threshold'])}, false-reject rate "
+               f"{num(doc['false_reject_rate'])}")
+    for kind, row in doc["per_class"].items():
+        click.echo(f"  {kind}: {row['support']} images, mean score {fmt.prob(row['mean_score'])}")
 
 
 @click.command("predict")

@@ -307,17 +307,28 @@ class _WithInput:
 
 
 def _heatmap(model: DeviceModel, image: np.ndarray) -> str:
-    """A base64 PNG of the anomaly map, for anomaly runtimes that expose ``predict_map``."""
+    """The anomaly map as a base64 PNG: JET colours over the network-input-sized map (0.5 = threshold).
+
+    The map comes from ``Runtime.predict_outputs(batch)["map"]``; a third-party
+    runtime may still offer the older ``predict_map``.
+    """
     import base64
 
     import cv2
 
     from edgetl.preprocess import preprocess
 
-    if model.task != "anomaly" or not hasattr(model.runtime, "predict_map"):
+    if model.task != "anomaly":
         raise ConfigError("heatmap: this model gives no anomaly map (only anomaly models with a map output do)")
-    amap = np.asarray(model.runtime.predict_map(preprocess(image, model.input)))[0]
-    amap = np.clip(amap, 0, 1)
+    batch = preprocess(image, model.input)
+    if hasattr(model.runtime, "predict_map"):
+        amap = model.runtime.predict_map(batch)
+    else:
+        amap = model.predict_outputs(batch).get("map")
+        if amap is None:
+            raise ConfigError("heatmap: this model gives no anomaly map (its runtime returns no 'map' output)")
+    amap = np.asarray(amap, dtype=np.float32)
+    amap = np.clip(amap.reshape(-1, *amap.shape[-2:]).max(axis=0), 0, 1)
     colour = cv2.applyColorMap((amap * 255).astype(np.uint8), cv2.COLORMAP_JET)
     ok, png = cv2.imencode(".png", colour)
     return base64.b64encode(png.tobytes()).decode("ascii")

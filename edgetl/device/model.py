@@ -67,6 +67,11 @@ class DeviceModel:
         with self._lock:
             return self.runtime.predict(batch)
 
+    def predict_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name (anomaly models add ``map``), under the same one-at-a-time lock."""
+        with self._lock:
+            return self.runtime.predict_outputs(batch)
+
     def close(self) -> None:
         self.runtime.close()
 

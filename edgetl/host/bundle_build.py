@@ -19,7 +19,7 @@ import numpy as np
 
 from edgetl import fmt
 from edgetl.manifest import SCHEMA_VERSION
-from edgetl.reference import TOLERANCES, run_images
+from edgetl.reference import TOLERANCES, run_images, run_maps
 
 MIN_REFERENCE = 16
 
@@ -40,13 +40,15 @@ def reference_members(val: Any, labels: list[str], spec: Any, runtime: Any, coun
     idx = stratified(val.labels, max(min(count, len(val)), min(MIN_REFERENCE, len(val))))
     paths = [val.paths[i] for i in idx]
     outputs = run_images(paths, spec, runtime)
+    maps = run_maps(paths, spec, runtime)
     members: dict[str, bytes] = {}
     images = []
-    for n, (i, path, out) in enumerate(zip(idx, paths, outputs, strict=True)):
+    for n, (i, path, out, amap) in enumerate(zip(idx, paths, outputs, maps, strict=True)):
         name = f"reference/{n:03d}{path.suffix.lower()}"
         members[name] = path.read_bytes()
         images.append({"file": name, "label": labels[int(val.labels[i])], "source": path.name,
-                       "output": np.asarray(out, dtype=np.float32).round(7).tolist()})
+                       "output": np.asarray(out, dtype=np.float32).round(7).tolist(),
+                       **({"map": amap.round(6).tolist()} if amap is not None else {})})
     members["reference/outputs.json"] = (json.dumps({"images": images}, indent=1) + "\n").encode()
     section = {"outputs": "reference/outputs.json", "count": len(images), "precision": precision,
                "tolerance": dict(TOLERANCES[precision])}

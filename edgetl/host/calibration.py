@@ -35,8 +35,12 @@ class LabelledSet:
 
 def scan(folder: str | Path, labels: list[str]) -> tuple[list[Path], np.ndarray]:
     """Image paths and label indices of an ImageFolder, indexed by the run's own label order."""
+    from edgetl.data.anomaly import LABELS, load_anomaly_split
     from edgetl.data.folder import scan_image_folder
 
+    if list(labels) == LABELS:  # anomaly runs: good vs every other folder
+        found = load_anomaly_split(folder, what=str(folder))
+        return [s.path for s in found.items], np.array(found.labels, dtype=np.int64)
     samples = scan_image_folder(folder, classes=list(labels), allow_single_class=True)
     names = samples.classes
     paths = [s.path for s in samples.items]

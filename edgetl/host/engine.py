@@ -228,6 +228,25 @@ class Trainer:
             self.log(baseline_budget.SINGLE_EPOCH_WARNING)
         return result
 
+    def _finish_anomaly(self, trained: TrainedModel, program: Any, strategy: Any, data: RunData,
+                        fit_seconds: float, started: float) -> dict[str, Any] | None:
+        """Anomaly runs: no baseline, no TTA; val/test scored and written by :mod:`edgetl.host.anomaly_report`."""
+        from edgetl.host.anomaly_report import write_anomaly_run_dir
+
+        if not self.info.is_main:
+            return None
+        summary = write_anomaly_run_dir(
+            self.out, cfg=self.cfg, trained=trained, backbone=self.backbone, strategy=strategy.name, spec=self.spec,
+            data=data, device=self.device, program=program, timing={"fit_seconds": fit_seconds,
+                                                   "total_seconds": time.perf_counter() - started})
+        val = summary["val"]
+        self.log(f"val: image AUROC {val['image_auroc'] or float('nan'):.4f}, F1 {val['image_f1']:.4f}"
+                 + (f"; test: image AUROC {summary['test']['image_auroc'] or float('nan'):.4f}, pixel AUROC "
+                    f"{summary['test']['pixel_auroc'] or float('nan'):.4f}, PRO {summary['test']['pro'] or float('nan'):.4f}"
+                    if summary["test"] else ""))
+        self.log(f"wrote {self.out} (report: {self.out / 'report.md'})")
+        return summary
+
     # -- the run ------------------------------------------------------------
     def run(self) -> dict[str, Any] | None:
         """Train, evaluate, write the run directory; the summary (rank 0) or None (other ranks)."""
@@ -263,7 +282,7 @@ class Trainer:
         self.tracking = Tracking.start(cfg, self.out, self.log, enabled=self.info.is_main,
                                        resume=resume_state is not None)
         seed_everything(cfg.train.seed)
-        data = load_run_data(cfg, self.spec, self.skip_bad)
+        data = load_run_data(cfg, self.spec, self.skip_bad, task=strategy.task)
         for bad in data.skipped:
             self.log(f"skipped unreadable image: {bad}")
         self.log(f"{cfg.name}: {strategy.name} on {self.backbone.name} "
@@ -274,6 +293,8 @@ class Trainer:
         ctx = self.context(data, module, cfg.strategy.options, checkpoint=self.out / CHECKPOINT,
                            resume_state=resume_state)
         trained, program, fit_seconds = self.fit(strategy, ctx, data)
+        if trained.task == "anomaly":
+            return self._finish_anomaly(trained, program, strategy, data, fit_seconds, started)
         if cfg.train.tta:
             with_tta(trained, list(cfg.train.tta))
             program = None  # the saved module is the wrapped one

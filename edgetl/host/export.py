@@ -139,8 +139,11 @@ def torch_outputs(model: Any, x: np.ndarray, batch: int = 64) -> np.ndarray:
     """FP32 torch outputs for (M, 3, H, W) float32 rows."""
     import torch
 
+    def first(out: Any) -> Any:  # multi-output models (anomaly: score, map): the first output is gated
+        return out[0] if isinstance(out, (tuple, list)) else out
+
     with torch.no_grad():
-        return np.concatenate([model(torch.from_numpy(x[i:i + batch])).numpy()
+        return np.concatenate([first(model(torch.from_numpy(x[i:i + batch]))).numpy()
                                for i in range(0, len(x), batch)]).astype(np.float32)
 
 

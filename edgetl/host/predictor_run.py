@@ -25,12 +25,17 @@ class RunPredictor:
         self.positive = self.run.positive
         self.input = self.run.input
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name, as the runtimes name them: ``output`` (anomaly models add ``map``)."""
         import torch
 
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
             out = self.model(x)
-        if isinstance(out, (tuple, list)):  # anomaly: (score, map)
-            return tuple(o.float().cpu().numpy() for o in out)
-        return out.float().cpu().numpy()
+        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        names = ["output", "map", *[f"output_{i}" for i in range(2, len(outs))]]
+        return {name: o.float().cpu().numpy() for name, o in zip(names, outs, strict=False)}
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) -> the first output, as ``Runtime.predict``: (N, K) probabilities or (N,) anomaly scores."""
+        return self.predict_outputs(batch)["output"]

@@ -85,8 +85,50 @@ def _load_unlabeled(path: str, classes: list[str], spec: InputSpec, augment: lis
     return _split("unlabeled", samples.items, classes, spec, augment, True, seed)
 
 
-def load_run_data(config: Any, spec: InputSpec, skip_bad: bool = False) -> RunData:
+
+
+def _anomaly_split(name: str, path: str, spec: InputSpec, skip_bad: bool, skipped: list[str],
+                   seed: int, good_only: bool = False) -> Split:
+    from edgetl.data.anomaly import load_anomaly_split
+    from edgetl.data.folder import check_images
+
+    samples = load_anomaly_split(path, what=f"data.{name}", good_only=good_only)
+    extra = {s.path: (k, m) for s, k, m in zip(samples.items, samples.kinds, samples.masks, strict=True)}
+    checked = check_images(samples, skip_bad=skip_bad)
+    skipped.extend(str(p) for p in checked.skipped)
+    split = _split(name, checked.items, checked.classes, spec, [], False, seed)
+    split.kinds = [extra[s.path][0] for s in checked.items]
+    split.masks = [extra[s.path][1] for s in checked.items]
+    return split
+
+
+def load_anomaly_run_data(config: Any, spec: InputSpec, skip_bad: bool = False) -> RunData:
+    """Anomaly runs: good-only train; val/test with ``good`` plus any defect folders, and their masks.
+
+    Without ``data.val``, ``val_split`` of the good training images is held
+    out (the threshold is then a percentile of good scores).
+    """
+    from edgetl.data.anomaly import LABELS
+
+    data, seed = config.data, config.train.seed
+    skipped: list[str] = []
+    train = _anomaly_split("train", data.train, spec, skip_bad, skipped, seed, good_only=True)
+    if data.val:
+        val = _anomaly_split("val", data.val, spec, skip_bad, skipped, seed)
+    else:
+        keep, held = stratified_split(train.labels, data.val_split or 0.15, seed)
+        items = [train.plain.samples.items[i] for i in range(len(train))]
+        val = _split("val", [items[i] for i in held], LABELS, spec, [], False, seed)
+        train = _split("train", [items[i] for i in keep], LABELS, spec, [], False, seed)
+        val.kinds, val.masks = ["good"] * len(val), [None] * len(val)
+    test = _anomaly_split("test", data.test, spec, skip_bad, skipped, seed) if data.test else None
+    return RunData(train=train, val=val, test=test, classes=list(LABELS), skipped=skipped)
+
+
+def load_run_data(config: Any, spec: InputSpec, skip_bad: bool = False, task: str = "classify") -> RunData:
     """Train, val (folder or stratified ``val_split``) and optional test splits of a run config."""
+    if task == "anomaly":
+        return load_anomaly_run_data(config, spec, skip_bad)
     data, seed = config.data, config.train.seed
     skipped: list[str] = []
     train = _load(data.train, "data.train", skip_bad, skipped)

@@ -41,6 +41,8 @@ class Split:
         plain: the same images never augmented (validation, feature statistics).
         labels: (N,) int class indices.
         paths: the image files, in order.
+        masks: anomaly splits (val, test): each image's pixel-mask file, or None.
+        kinds: anomaly splits: each image's own class folder (labels are 0 good, 1 anomaly).
     """
 
     name: str
@@ -48,6 +50,8 @@ class Split:
     plain: Any
     labels: np.ndarray
     paths: list[Path]
+    masks: list[Path | None] | None = None
+    kinds: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -110,6 +110,8 @@ class Model:
         Returns:
             The ``eval --json`` document (docs/schemas/eval.schema.json): accuracy, balanced accuracy,
             per class, confusion matrix, ROC AUC, threshold, recall at it, false-reject rate, n.
+            For an anomaly model: image AUROC, F1, pixel AUROC and PRO where ``masks/`` exist
+            (docs/schemas/eval-anomaly.schema.json, docs/anomaly.md).
         """
         from edgetl.data.folder import check_images, load_split, not_a_label_error
         from edgetl.metrics import evaluate
@@ -117,6 +119,11 @@ class Model:
 
         log = log or (lambda message: None)
         predictor = self.predictor
+        if predictor.task == "anomaly":
+            from edgetl.anomaly_metrics import evaluate_anomaly
+
+            return evaluate_anomaly(predictor, folder, batch_size=batch,
+                                    progress=lambda done, total: log(f"  {done}/{total} images"))
         samples = load_split(Path(folder))
         unknown = [c for c in samples.classes if c not in predictor.labels]
         if unknown:

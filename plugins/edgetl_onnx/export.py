@@ -22,6 +22,18 @@ log = logging.getLogger("edgetl.export.onnx")
 OPSET = 20
 LEGACY_OPSET = 17
 INPUT, OUTPUT = "input", "output"
+MAP = "map"  # the second output of an anomaly model: (N, 1, H, W) normalised anomaly map
+
+
+def output_names(model: Any, example: Any) -> list[str]:
+    """``["output"]``, or for a model returning a tuple ``["output", "map", "output_2", …]``."""
+    import torch
+
+    with torch.no_grad():
+        out = model(example)
+    if not isinstance(out, (tuple, list)):
+        return [OUTPUT]
+    return [OUTPUT, MAP, *[f"output_{i}" for i in range(2, len(out))]][:len(out)]
 
 
 def export_onnx(model: Any, example: Any, path: Path, *, dynamic_batch: bool = False,
@@ -37,6 +49,7 @@ def export_onnx(model: Any, example: Any, path: Path, *, dynamic_batch: bool = F
     report = report if report is not None else {}
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
+    names = output_names(model, example)
     try:
         kwargs: dict[str, Any] = {}
         if dynamic_batch:
@@ -44,7 +57,7 @@ def export_onnx(model: Any, example: Any, path: Path, *, dynamic_batch: bool = F
         # the dynamo exporter prints progress on stdout; keep stdout for --json
         with contextlib.redirect_stdout(sys.stderr), torch.no_grad():
             torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=OPSET,
-                              input_names=[INPUT], output_names=[OUTPUT], external_data=False,
+                              input_names=[INPUT], output_names=names, external_data=False,
                               verbose=False, **kwargs)
         report.update(exporter="dynamo", opset=OPSET)
     except Exception as exc:  # any exporter failure: fall back, say why
@@ -54,8 +67,9 @@ def export_onnx(model: Any, example: Any, path: Path, *, dynamic_batch: bool = F
         try:
             with contextlib.redirect_stdout(sys.stderr), torch.no_grad():
                 torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=LEGACY_OPSET,
-                                  input_names=[INPUT], output_names=[OUTPUT], do_constant_folding=True,
-                                  dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic_batch else None)
+                                  input_names=[INPUT], output_names=names, do_constant_folding=True,
+                                  dynamic_axes={INPUT: {0: "batch"}, **{n: {0: "batch"} for n in names}}
+                                  if dynamic_batch else None)
         except Exception as exc2:
             raise ExportError(f"ONNX export failed with both exporters: dynamo ({reason}); "
                               f"legacy ({type(exc2).__name__}: {exc2})") from exc2

@@ -21,16 +21,21 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 def run_static(run_one, batch: np.ndarray, fixed: int | None) -> np.ndarray:
     """Run ``run_one`` on ``batch`` in chunks of ``fixed`` rows (pad the last); whole batch if None."""
+    return run_static_all(lambda chunk: [run_one(chunk)], batch, fixed)[0]
+
+
+def run_static_all(run_one, batch: np.ndarray, fixed: int | None) -> list[np.ndarray]:
+    """Like :func:`run_static` for a model with several outputs: ``run_one`` returns a list of arrays."""
     if fixed is None or len(batch) == fixed:
-        return run_one(batch)
-    outs = []
+        return list(run_one(batch))
+    parts = []
     for start in range(0, len(batch), fixed):
         chunk = batch[start:start + fixed]
         real = len(chunk)
         if real < fixed:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - real, axis=0)])
-        outs.append(run_one(chunk)[:real])
-    return np.concatenate(outs)
+        parts.append([out[:real] for out in run_one(chunk)])
+    return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
 
 
 class OnnxRuntimeModel(Runtime):
@@ -62,6 +67,12 @@ class OnnxRuntimeModel(Runtime):
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         return np.asarray(run_static(self._run, batch, self.fixed_batch), dtype=np.float32)
+
+    def predict_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        names = [o.name for o in self.session.get_outputs()]
+        outs = run_static_all(lambda b: self.session.run(None, {self.input_name: b}), batch, self.fixed_batch)
+        return {name: np.asarray(out, dtype=np.float32) for name, out in zip(names, outs, strict=True)}
 
     def info(self) -> dict[str, Any]:
         return {"runtime": "onnxruntime", "version": self.ort_version, "providers": self.providers,

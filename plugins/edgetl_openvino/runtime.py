@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from edgetl_onnx.runtime import run_static
+from edgetl_onnx.runtime import run_static, run_static_all
 
 from edgetl.api import Runtime
 from edgetl.errors import BundleError
@@ -63,6 +63,18 @@ class OpenVinoModel(Runtime):
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         return np.asarray(run_static(self._run, batch, self.fixed_batch), dtype=np.float32)
+
+    def predict_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        outputs = list(self.compiled.outputs)
+
+        def run_one(chunk: np.ndarray) -> list[np.ndarray]:
+            result = self.request.infer({0: chunk})
+            return [np.asarray(result[o]).copy() for o in outputs]
+
+        outs = run_static_all(run_one, batch, self.fixed_batch)
+        names = ["output"] + [o.get_any_name() if o.get_names() else f"output_{i}" for i, o in enumerate(outputs)][1:]
+        return {name: np.asarray(out, dtype=np.float32) for name, out in zip(names, outs, strict=True)}
 
     def info(self) -> dict[str, Any]:
         return {"runtime": "openvino", "version": self.version, "device": self.device,

@@ -1,0 +1,1 @@
+"""The torch half of the anomaly strategies: patch features, nearest-neighbour search, the models."""
