@@ -37,9 +37,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_agent(state: Path, token_file: Path, trust: Path, port: int, log: Path) -> subprocess.Popen:
+def start_agent(state: Path, token_file: Path, trust: Path, port: int, log: Path,
+                data_roots: list[Path]) -> subprocess.Popen:
+    """``edgetl agent serve`` on 127.0.0.1; the pipeline may read and write only under ``data_roots``."""
     cmd = [*EDGETL, "agent", "serve", "--state-dir", str(state), "--host", "127.0.0.1", "--port", str(port),
            "--token-file", str(token_file), "--trust", str(trust), "--log-level", "warning"]
+    for root in data_roots:
+        cmd += ["--data-root", str(root)]
     print("$ edgetl " + " ".join(cmd[3:]), flush=True)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
@@ -117,7 +121,8 @@ def main() -> None:
     os.chmod(token_file, 0o600)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_agent(tmp / "state", token_file, args.trust, port, args.out / "agent.log")
+    proc = start_agent(tmp / "state", token_file, args.trust, port, args.out / "agent.log",
+                       [args.images.resolve(), args.out.resolve()])
     try:
         print(f"\n$ edgetl deploy {args.bundle} --device {url} --token-file {token_file}", flush=True)
         deploy = subprocess.run([*EDGETL, "deploy", str(args.bundle), "--device", url, "--token-file",
