@@ -173,3 +173,26 @@ def test_agent_returns_the_heat_map_over_http(runs, tmp_path):
     heat = cv2.imdecode(np.frombuffer(base64.b64decode(doc["heatmap_png"]), np.uint8), cv2.IMREAD_COLOR)
     assert heat.shape == (48, 48, 3)
     assert doc["anomaly_score"] == pytest.approx(plain["anomaly_score"], abs=1e-5)
+
+
+def test_predict_save_writes_heat_map_overlays_for_an_anomaly_run(runs, data, tmp_path):
+    import cv2
+
+    from edgetl.annotate import annotate
+
+    result = CliRunner().invoke(cli, ["predict", str(runs["patchcore"]), str(data / "test" / "hole"), "--json",
+                                      "--save", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    docs = {Path(d["image"]).name: d for d in map(json.loads, result.stdout.splitlines())}
+    written = sorted((tmp_path / "out").rglob("*.png"))
+    assert sorted(p.name for p in written) == sorted(docs) and len(written) == 4
+    for path in written:
+        overlay = cv2.imread(str(path))
+        image = cv2.imread(str(data / "test" / "hole" / path.name))
+        plain = annotate(image, docs[path.name])  # the same drawing without a map
+        assert overlay.shape == plain.shape == (320, 320, 3)
+        assert np.abs(overlay[60:].astype(int) - plain[60:]).mean() > 10, path.name  # a map is blended in
+        mask = cv2.resize(cv2.imread(str(data / "masks" / "test" / "hole" / path.name), cv2.IMREAD_GRAYSCALE),
+                          (320, 320), interpolation=cv2.INTER_NEAREST) > 0
+        hot = overlay[mask].astype(int)
+        assert (hot[:, 2] - hot[:, 0]).mean() > 40, path.name  # the defect itself is drawn red-hot
