@@ -608,12 +608,20 @@ class Quantizer(Component):
 
 @dataclass
 class Frame:
-    """One camera frame: ``image`` (H, W, 3) BGR uint8, ``timestamp`` in seconds since the epoch."""
+    """One camera frame: ``image`` (H, W, 3) BGR uint8, ``timestamp`` in seconds since the epoch.
+
+    ``anomaly_map``: set by the pipeline for anomaly models whose runtime gives a
+    map (from the same inference as the score), so sinks can draw it without a
+    second run and without putting it in the result document: (h, w) float32
+    in 0..1 (0.5 = threshold) covering the whole frame (resize to the frame's
+    size); None otherwise.
+    """
 
     image: "np.ndarray"
     timestamp: float
     index: int
     source: str = ""
+    anomaly_map: "np.ndarray | None" = None
 
 
 class FrameStream(ABC):

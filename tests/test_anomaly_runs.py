@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import jsonschema
@@ -142,16 +143,24 @@ def _shift_first_reference_map(members: dict[str, bytes]) -> None:
     members["reference/outputs.json"] = json.dumps(doc).encode()
 
 
-def test_agent_returns_the_heat_map_over_http(runs, tmp_path):
-    import cv2
-    from agent_support import ThreadAgent, install, resign, serving
-
+@pytest.fixture(scope="module")
+def signed(runs, tmp_path_factory):
+    """The patchcore run exported to a signed OpenVINO FP32 bundle: (export result, key, public key)."""
     from edgetl.host.export import ExportOptions, export_run
     from edgetl.keys import generate_keypair
 
-    key, pub = generate_keypair(tmp_path / "release")
+    root = tmp_path_factory.mktemp("bundle")
+    key, pub = generate_keypair(root / "release")
     result = export_run(runs["patchcore"], ExportOptions(format="openvino", precision="fp32", sign=key,
-                                                         out=tmp_path / "pc.edgetl", latency_runs=0))
+                                                         out=root / "pc.edgetl", latency_runs=0))
+    return result, key, pub
+
+
+def test_agent_returns_the_heat_map_over_http(runs, signed, tmp_path):
+    import cv2
+    from agent_support import ThreadAgent, install, resign, serving
+
+    result, key, pub = signed
     data_dir = json.loads((runs["patchcore"] / "metrics.json").read_text())
     assert data_dir["task"] == "anomaly"
     image = sorted((tmp_path.parent).glob("anomaly*/test/hole/*.png")) or None
@@ -173,3 +182,64 @@ def test_agent_returns_the_heat_map_over_http(runs, tmp_path):
     heat = cv2.imdecode(np.frombuffer(base64.b64decode(doc["heatmap_png"]), np.uint8), cv2.IMREAD_COLOR)
     assert heat.shape == (48, 48, 3)
     assert doc["anomaly_score"] == pytest.approx(plain["anomaly_score"], abs=1e-5)
+
+
+def test_predict_save_writes_heat_map_overlays_for_an_anomaly_run(runs, data, tmp_path):
+    import cv2
+
+    from edgetl.annotate import annotate
+
+    result = CliRunner().invoke(cli, ["predict", str(runs["patchcore"]), str(data / "test" / "hole"), "--json",
+                                      "--save", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    docs = {Path(d["image"]).name: d for d in map(json.loads, result.stdout.splitlines())}
+    written = sorted((tmp_path / "out").rglob("*.png"))
+    assert sorted(p.name for p in written) == sorted(docs) and len(written) == 4
+    for path in written:
+        overlay = cv2.imread(str(path))
+        image = cv2.imread(str(data / "test" / "hole" / path.name))
+        plain = annotate(image, docs[path.name])  # the same drawing without a map
+        assert overlay.shape == plain.shape == (320, 320, 3)
+        assert np.abs(overlay[60:].astype(int) - plain[60:]).mean() > 10, path.name  # a map is blended in
+        mask = cv2.resize(cv2.imread(str(data / "masks" / "test" / "hole" / path.name), cv2.IMREAD_GRAYSCALE),
+                          (320, 320), interpolation=cv2.INTER_NEAREST) > 0
+        hot = overlay[mask].astype(int)
+        assert (hot[:, 2] - hot[:, 0]).mean() > 40, path.name  # the defect itself is drawn red-hot
+
+
+def test_pipeline_capture_sink_stores_heat_map_overlays_of_anomalous_frames(signed, data, tmp_path):
+    import cv2
+    from agent_support import ThreadAgent, install
+
+    from edgetl.annotate import annotate
+
+    result, _, pub = signed
+    capture, lines = tmp_path / "capture", tmp_path / "results.jsonl"
+    request = {"source": str(data / "test" / "hole"),
+               "sinks": [{"name": "capture", "options": {"dir": str(capture), "overlay": True, "margin": 1.0,
+                                                         "sample": 0}},
+                         {"name": "jsonl", "options": {"path": str(lines)}}]}
+    with ThreadAgent(tmp_path / "state", [pub]) as agent, agent.client() as client:
+        assert install(client, result.bundle)["status"] == "installed"
+        assert client.post("/v1/pipeline", json=request).status_code == 200
+        deadline = time.monotonic() + 60
+        while client.get("/v1/pipeline").json()["status"]["state"] != "finished":
+            assert time.monotonic() < deadline, client.get("/v1/pipeline").json()
+            time.sleep(0.1)
+    docs = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert len(docs) == 4 and all("anomaly_score" in d and len(json.dumps(d)) < 600 for d in docs)  # no map
+    sidecars = sorted(capture.glob("*.json"))
+    assert len(sidecars) == 4
+    for sidecar in sidecars:
+        doc = json.loads(sidecar.read_text())
+        overlay = cv2.imread(str(capture / doc["overlay"]))
+        frame = cv2.imread(str(sidecar.with_suffix(".png")))  # the raw frame, kept for relabelling
+        plain = annotate(frame, doc["result"])
+        assert overlay.shape == plain.shape == (320, 320, 3)
+        assert np.abs(overlay[60:].astype(int) - plain[60:]).mean() > 10, doc  # the heat map is blended in
+        matches = [p for p in (data / "test" / "hole").glob("*.png") if np.array_equal(cv2.imread(str(p)), frame)]
+        assert len(matches) == 1, sidecar.name
+        mask = cv2.resize(cv2.imread(str(data / "masks" / "test" / "hole" / matches[0].name), cv2.IMREAD_GRAYSCALE),
+                          (320, 320), interpolation=cv2.INTER_NEAREST) > 0
+        hot = overlay[mask].astype(int)
+        assert (hot[:, 2] - hot[:, 0]).mean() > 40, doc  # the defect is drawn red-hot

@@ -84,3 +84,28 @@ def test_capture_options_are_checked(tmp_path):
         sink.open({})
     with pytest.raises(ConfigError, match="0 <= sample <= 1"):
         sink.open({"dir": str(tmp_path), "sample": 2})
+
+
+def test_capture_overlay_draws_the_frame_with_its_map_and_is_deleted_with_it(tmp_path):
+    import cv2
+
+    writer = get_manager().get("sink", "capture").open(
+        {"dir": str(tmp_path), "overlay": True, "sample": 0, "max_mb": 0.05})
+    hot = np.zeros((8, 8), np.float32)
+    hot[:, 4:] = 1.0  # right half anomalous
+    anomalous = {"label": "anomaly", "scores": {"good": 0.1, "anomaly": 0.9}, "anomaly_score": 0.9,
+                 "threshold": 0.5, "model": "m-1"}
+    grey = Frame(image=np.full((64, 64, 3), 128, np.uint8), timestamp=time.time(), index=0, source="cam",
+                 anomaly_map=hot)
+    writer.write(anomalous, grey)
+    doc = json.loads(next(tmp_path.glob("*.json")).read_text())
+    overlay = cv2.imread(str(tmp_path / doc["overlay"]))
+    assert overlay.shape == (320, 320, 3) and "anomaly_map" not in json.dumps(doc)
+    right, left = overlay[200, 280].astype(int), overlay[200, 40].astype(int)
+    assert right[2] - right[0] > 40 and left[0] - left[2] > 40  # red where the map is hot, blue where cold
+    for i in range(1, 12):  # past max_mb: the oldest capture goes with its sidecar and overlay
+        writer.write(result("defect", 0.1), frame(i))
+    assert not (tmp_path / doc["overlay"]).exists()
+    assert len(list(tmp_path.glob("*.overlay.jpg"))) == len(list(tmp_path.glob("*.png")))
+    with pytest.raises(ConfigError, match="'overlay' must be true or false"):
+        get_manager().get("sink", "capture").open({"dir": str(tmp_path), "overlay": "yes"})

@@ -183,19 +183,22 @@ class Agent:
     # -- predictions ------------------------------------------------------------------
     def predict_image(self, image_bgr: np.ndarray, roi: tuple | None = None, origin: str = "api") -> dict[str, Any]:
         """The predict document for one decoded image (NoModelError if none is installed)."""
-        from dataclasses import replace
+        return self._predict(image_bgr, roi, origin)[0]
 
+    def _predict(self, image_bgr: np.ndarray, roi: tuple | None, origin: str,
+                 keep_map: bool = False) -> tuple[dict[str, Any], np.ndarray | None]:
+        """(predict document, frame-sized anomaly map or None); ``keep_map`` reads the map of an
+        anomaly model from the same inference (``predict_outputs``)."""
         from edgetl.predictor import predict_document
 
         model = self.model
         if model is None:
             raise NoModelError("no model installed; deploy a bundle first")
-        predictor = model
-        if roi is not None:
-            predictor = _WithInput(model, replace(model.input, roi=tuple(roi)))
+        spec = model.input if roi is None else replace(model.input, roi=tuple(roi))
+        predictor = _WithInput(model, spec, keep_map=keep_map and model.task == "anomaly")
         doc = predict_document(predictor, image_bgr)
         self.metrics.observe_prediction(doc, image_bgr, origin)
-        return doc
+        return doc, predictor.frame_map(image_bgr.shape[:2])
 
     def predict_bytes(self, body: bytes, heatmap: bool = False, content_type: str | None = None) -> dict[str, Any]:
         """``POST /v1/predict``: check the image's type and size from its header, decode (reduced when
@@ -278,9 +281,10 @@ class Agent:
             atomic_write_json(self.state.pipeline_path, {"running": False, "config": pipeline.config.to_dict(),
                                                          "ended": end_state})
 
-    def _pipeline_predict(self, image_bgr: np.ndarray, roi: tuple | None) -> dict[str, Any] | None:
+    def _pipeline_predict(self, image_bgr: np.ndarray, roi: tuple | None) -> tuple[dict[str, Any], Any] | None:
+        """(document, anomaly map for the sinks) of one frame; None while no model is installed."""
         try:
-            return self.predict_image(image_bgr, roi, origin="pipeline")
+            return self._predict(image_bgr, roi, "pipeline", keep_map=True)
         except NoModelError:
             return None
 
@@ -295,15 +299,37 @@ class Agent:
 
 
 class _WithInput:
-    """A predictor view with another InputSpec (the pipeline's ROI), same model and threshold."""
+    """A predictor view with another InputSpec (the pipeline's ROI), same model and threshold;
+    with ``keep_map`` it scores through ``predict_outputs`` and keeps the anomaly map."""
 
-    def __init__(self, model: DeviceModel, spec: Any):
-        self._model, self.input = model, spec
+    def __init__(self, model: DeviceModel, spec: Any, keep_map: bool = False):
+        self._model, self.input, self._keep_map, self._map = model, spec, keep_map, None
         self.name, self.labels, self.task = model.name, model.labels, model.task
         self.threshold, self.positive = model.threshold, model.positive
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._model.predict(batch)
+        if not self._keep_map:
+            return self._model.predict(batch)
+        outs = self._model.predict_outputs(batch)
+        self._map = outs.get("map")
+        return outs["output"]
+
+    def frame_map(self, frame_hw: tuple[int, int]) -> np.ndarray | None:
+        """The kept map over the whole frame: (h, w) float32, or (H, W) with zeros outside an ROI.
+
+        None when no map was kept or the input is tiled (one map per tile, not drawn).
+        """
+        if self._map is None or self.input.tile:
+            return None
+        amap = np.asarray(self._map, dtype=np.float32).reshape(-1, *np.shape(self._map)[-2:])[0]
+        if not self.input.roi:
+            return amap
+        import cv2
+
+        x, y, w, h = self.input.roi
+        canvas = np.zeros(frame_hw, np.float32)
+        canvas[y:y + h, x:x + w] = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
+        return canvas
 
 
 def _heatmap(model: DeviceModel, image: np.ndarray) -> str:

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -119,9 +119,13 @@ def open_source(uri: str, options: dict[str, Any]):
 
 
 class Pipeline:
-    """One running pipeline. ``predict(image_bgr, roi)`` returns a predict document, or None (no model)."""
+    """One running pipeline.
 
-    def __init__(self, config: PipelineConfig, predict: Callable[[np.ndarray, Any], dict | None],
+    ``predict(image_bgr, roi)`` returns a predict document, or ``(document, anomaly_map)`` (the map,
+    if not None, reaches the sinks as ``Frame.anomaly_map``), or None (no model).
+    """
+
+    def __init__(self, config: PipelineConfig, predict: Callable[[np.ndarray, Any], dict | tuple | None],
                  metrics: Any = None, on_end: Callable[["Pipeline", str | None], None] | None = None):
         self.config, self.predict, self.metrics, self.on_end = config, predict, metrics, on_end
         self.state, self.error = "starting", None
@@ -270,18 +274,15 @@ class Pipeline:
                         break
                     frame, self._slot = self._slot, None
                     self._cond.notify_all()
-                doc = self.predict(frame.image, roi)
-                if doc is None:
+                out = self.predict(frame.image, roi)
+                if out is None:
                     self.skipped += 1
                     continue
-                result = {"timestamp": frame.timestamp, "source": frame.source, "frame": frame.index, **doc}
-                for writer in self._writers:
-                    try:
-                        writer.write(result, frame)
-                    except Exception as exc:  # one bad sink must not stop the line
-                        self.sink_errors += 1
-                        log.warning("sink %s failed: %s", type(writer).__name__, exc)
-                self.frames += 1
+                doc, anomaly_map = out if isinstance(out, tuple) else (out, None)
+                if anomaly_map is not None:  # for the sinks, beside the (small) result document
+                    frame = replace(frame, anomaly_map=anomaly_map)
+                self._deliver({"timestamp": frame.timestamp, "source": frame.source, "frame": frame.index, **doc},
+                              frame)
                 self._times.append(time.monotonic())
                 if self.metrics is not None:
                     self.metrics.pipeline_frames.inc()
@@ -304,6 +305,16 @@ class Pipeline:
                 self.on_end(self, end_state)
             if end_state:
                 self.state = end_state
+
+    def _deliver(self, result: dict[str, Any], frame: Any) -> None:
+        """Hand one result to every sink; one bad sink must not stop the line."""
+        for writer in self._writers:
+            try:
+                writer.write(result, frame)
+            except Exception as exc:
+                self.sink_errors += 1
+                log.warning("sink %s failed: %s", type(writer).__name__, exc)
+        self.frames += 1
 
     def _close_all(self) -> None:
         for writer in getattr(self, "_writers", []):
