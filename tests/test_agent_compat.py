@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from bundle_factory import minimal_manifest
 
 from edgetl.device.compat import check_compatibility
 from edgetl.device.facts import device_facts
@@ -10,8 +11,9 @@ from edgetl.errors import InstallError
 
 
 def manifest(fmt="onnx", precision="fp32", arch="x86_64", runtimes=None, host_flags=None):
-    return {"target": {"format": fmt, "precision": precision, "files": ["model/model.onnx"]},
-            "compat": {"arch": arch, "runtimes": runtimes or {}, "host_cpu": {"flags": host_flags or []}}}
+    return minimal_manifest(
+        target={"format": fmt, "precision": precision, "files": ["model/model.onnx"]},
+        compat={"arch": arch, "runtimes": runtimes or {}, "host_cpu": {"flags": host_flags or []}})
 
 
 def facts(arch="x86_64", flags=(), versions=None, runtimes=None):

@@ -21,6 +21,7 @@ from typing import Any
 
 from edgetl.deploy.client import DeviceClient
 from edgetl.errors import ConfigError, DeployError, EdgetlError
+from edgetl.manifest import Manifest, as_manifest
 
 
 @dataclass
@@ -92,7 +93,7 @@ def install_on(target: DeviceTarget, bundle: Path, ca: str | None,
     from edgetl.bundle import open_bundle
 
     with open_bundle(bundle) as opened:
-        new_version = opened.manifest.get("model_version")
+        new_version = as_manifest(opened.manifest, f"{Path(bundle).name}: manifest.json").model_version
     start = time.monotonic()
     result = DeviceResult(target.name, target.url, "failed")
     try:
@@ -119,8 +120,10 @@ def install_on(target: DeviceTarget, bundle: Path, ca: str | None,
     return result
 
 
-def check_on(target: DeviceTarget, manifest: dict[str, Any], ca: str | None) -> DeviceResult:
+def check_on(target: DeviceTarget, manifest: Manifest, ca: str | None, size_bytes: int) -> DeviceResult:
     """Dry run: reachable, token accepted, compatible, and which version it would replace.
+
+    ``size_bytes`` is the bundle file's size, checked against the device's upload cap.
 
     ``result`` names the first check that failed: ``unreachable``, ``unauthorized``,
     ``incompatible``; ``ok`` when all pass.
@@ -145,10 +148,10 @@ def check_on(target: DeviceTarget, manifest: dict[str, Any], ca: str | None) -> 
         result.warnings = list(compat["warnings"])
     except EdgetlError as exc:
         result.result, result.error = "incompatible", str(exc)
-    if manifest["size_bytes"] > info.get("max_bundle_bytes", manifest["size_bytes"]):
+    if size_bytes > info.get("max_bundle_bytes", size_bytes):
         result.result = "incompatible"
-        result.error = f"the bundle ({manifest['size_bytes']} bytes) is over the device's limit"
-    if result.before == manifest.get("model_version"):
+        result.error = f"the bundle ({size_bytes} bytes) is over the device's limit"
+    if result.before == manifest.model_version:
         result.warnings.append("already serving this model_version")
     if bundle_order(manifest) < bundle_order(info.get("current")):
         result.warnings.append("older than the serving bundle (bundle_version): refused unless --allow-downgrade")
@@ -194,12 +197,13 @@ def deploy_fleet(bundle: str | Path, targets: list[DeviceTarget], ca: str | None
     except SignatureNotCheckedError:
         pass
     with open_bundle(bundle) as opened:
-        manifest = dict(opened.manifest, size_bytes=bundle.stat().st_size)
+        manifest = as_manifest(opened.manifest, f"{bundle.name}: manifest.json")
+    size_bytes = bundle.stat().st_size
     if parallel < 1:
         raise ConfigError(f"--parallel must be at least 1 (got {parallel})")
     if dry_run:
         with ThreadPoolExecutor(max_workers=parallel) as pool:
-            results = list(pool.map(lambda t: check_on(t, manifest, ca), targets))
+            results = list(pool.map(lambda t: check_on(t, manifest, ca, size_bytes), targets))
         return results, all(r.result == "ok" for r in results)
 
     results: dict[str, DeviceResult] = {}
@@ -229,5 +233,5 @@ def deploy_fleet(bundle: str | Path, targets: list[DeviceTarget], ca: str | None
     if failed.is_set() and rollback:
         _roll_back_changed(list(results.values()), targets, ca, log)
     ordered = [results[t.name] for t in targets]
-    new_version = manifest.get("model_version")
+    new_version = manifest.model_version
     return ordered, all(r.result == "installed" and r.after == new_version for r in ordered)

@@ -146,8 +146,8 @@ class Agent:
             self.metrics.set_model(model.name)
         if previous_model is not None:
             previous_model.close()
-        old_manifest = self.state.manifest(old)
-        return {"from": old_manifest["model_version"] if old_manifest else None, "to": model.name,
+        old_manifest = self.state.model_manifest(old)
+        return {"from": old_manifest.model_version if old_manifest is not None else None, "to": model.name,
                 "previous_kept": bool(old)}
 
     def rollback(self) -> dict[str, Any]:

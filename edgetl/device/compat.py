@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgetl.errors import InstallError
+from edgetl.manifest import Manifest, as_manifest
 
 PORTABLE_FORMATS = ("onnx", "openvino")
 INT8_FEATURES = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
@@ -31,8 +32,10 @@ def _major_minor(version: str) -> tuple[str, ...]:
     return tuple(version.split("+")[0].split(".")[:2])
 
 
-def check_compatibility(manifest: dict[str, Any], facts: dict[str, Any], strict_int8: bool = False) -> dict[str, Any]:
+def check_compatibility(manifest: Manifest | dict[str, Any], facts: dict[str, Any], strict_int8: bool = False) -> dict[str, Any]:
     """Compare the manifest's target and compat facts with :func:`edgetl.device.facts.device_facts`.
+
+    ``manifest`` is the validated :class:`edgetl.manifest.Manifest` (a dict is validated first).
 
     Returns:
         ``{"passed": True, "format", "precision", "arch": {"bundle", "device"},
@@ -41,9 +44,8 @@ def check_compatibility(manifest: dict[str, Any], facts: dict[str, Any], strict_
     Raises:
         InstallError: a refusal, naming what is missing or different.
     """
-    target = manifest.get("target") or {}
-    fmt, precision = target.get("format"), target.get("precision")
-    compat = manifest.get("compat") or {}
+    manifest = as_manifest(manifest)
+    fmt, precision, compat = manifest.target.format, manifest.target.precision, manifest.compat
     warnings: list[str] = []
     runtime = facts["runtimes"].get(fmt)
     if runtime is None:
@@ -54,21 +56,21 @@ def check_compatibility(manifest: dict[str, Any], facts: dict[str, Any], strict_
         extra = f"; install edgetl[{runtime['extra']}]" if runtime.get("extra") else ""
         raise InstallError(f"incompatible: target '{fmt}' needs {', '.join(runtime['missing'])}, "
                            f"missing on this device{extra}")
-    bundle_arch, device_arch = compat.get("arch"), facts["arch"]
+    bundle_arch, device_arch = compat.arch, facts["arch"]
     if bundle_arch and bundle_arch != device_arch:
         if fmt not in PORTABLE_FORMATS:
             raise InstallError(f"incompatible: the bundle's {fmt} model was made for {bundle_arch}, "
                                f"this device is {device_arch}")
         warnings.append(f"exported on {bundle_arch}, running on {device_arch} ({fmt} is portable)")
     versions: dict[str, Any] = {}
-    for name, host_version in (compat.get("runtimes") or {}).items():
+    for name, host_version in compat.runtimes.items():
         device_version = next((facts["versions"][p] for p in VERSION_PACKAGES.get(name, (name,))
                                if p in facts["versions"]), None)
         versions[name] = {"bundle": host_version, "device": device_version}
         if name in VERSION_PACKAGES and device_version and _major_minor(str(host_version)) != _major_minor(device_version):
             warnings.append(f"{name} {device_version} here, {host_version} on the host")
     if precision == "int8":
-        host_flags = set((compat.get("host_cpu") or {}).get("flags") or [])
+        host_flags = set(compat.host_cpu.get("flags") or [])
         lacking = sorted((host_flags & set(INT8_FEATURES)) - set(facts["cpu"]["flags"]))
         if lacking:
             message = (f"the INT8 choice was made for CPU features this device lacks: {', '.join(lacking)}")

@@ -36,15 +36,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgetl.device.faults import check_disk, crash_point
 from edgetl.device.journal import Journal
 from edgetl.device.limits import Limits
-from edgetl.device.state import StateDir, fsync_tree
+from edgetl.device.state import StateDir, fsync_tree, read_manifest
 from edgetl.errors import BundleError, EdgetlError, InstallError
+from edgetl.manifest import Manifest, as_manifest
 
 log = logging.getLogger("edgetl.agent.install")
 STAGES = ("verify", "stage", "compatibility", "load", "reference", "switch")
@@ -86,7 +87,7 @@ class _Job:
     staging: Path
     status: dict[str, Any]
     allow_downgrade: bool
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: Manifest | None = None  # validated once, when the bundle is staged
     model: Any = None
 
     @property
@@ -94,17 +95,24 @@ class _Job:
         return self.status["report"]
 
 
-def bundle_order(manifest: dict[str, Any] | None) -> int:
+def bundle_order(manifest: Manifest | dict[str, Any] | None) -> int:
     """The monotonic version that orders bundles: ``bundle_version`` (export time in ms), or for a
-    manifest written before it existed, its ``created`` time in ms (0 if unreadable)."""
+    manifest written before it existed, its ``created`` time in ms (0 if unreadable).
+
+    A dict is another agent's manifest as ``/v1/info`` sent it: read leniently, not validated,
+    so a device running another edgetl version still gets an order."""
     from datetime import datetime
 
-    if not manifest:
+    if manifest is None or manifest == {}:
         return 0
-    if isinstance(manifest.get("bundle_version"), int):
-        return manifest["bundle_version"]
+    if isinstance(manifest, Manifest):
+        version, created = manifest.bundle_version, manifest.created
+    else:
+        version, created = manifest.get("bundle_version"), manifest.get("created")
+    if isinstance(version, int):
+        return version
     try:
-        return int(datetime.fromisoformat(str(manifest.get("created"))).timestamp() * 1000)
+        return int(datetime.fromisoformat(str(created)).timestamp() * 1000)
     except (TypeError, ValueError):
         return 0
 
@@ -203,35 +211,30 @@ class Installer:
         if hashlib.sha256(serving_raw).hexdigest() == verified["manifest_sha256"]:
             raise _Unchanged()
         with open_bundle(job.upload, max_members=self.hooks.limits.members) as bundle:
-            new_order = bundle_order(bundle.manifest)
-        serving = self.state.manifest(current) or {}
+            new_order = bundle_order(as_manifest(bundle.manifest))
+        serving = self.state.model_manifest(current)
         old_order = bundle_order(serving)
         job.report["policy"] = {"bundle_version": new_order, "serving_bundle_version": old_order,
                                 "downgrade": new_order < old_order, "allowed": job.allow_downgrade}
         if new_order < old_order and not job.allow_downgrade:
             raise InstallError(f"downgrade refused: bundle_version {new_order} ({verified['model_version']}) is "
-                               f"older than the serving {old_order} ({serving.get('model_version')}); deploy "
+                               f"older than the serving {old_order} ({serving.model_version if serving is not None else None}); deploy "
                                "with --allow-downgrade to install it anyway")
 
     def _extract(self, job: _Job) -> dict[str, Any]:
-        import json
-
         from edgetl.bundle import extract_bundle
 
         extract_bundle(job.upload, job.staging, self.hooks.limits.unpacked_bytes,
                        max_members=self.hooks.limits.members, on_write=lambda n: check_disk("extract", n))
-        manifest = json.loads((job.staging / "manifest.json").read_text(encoding="utf-8"))
+        job.manifest = read_manifest(job.staging)  # the one validated manifest the later stages read
         # what serving needs after a power cut: the manifest, the model files and the folders naming them
-        fsync_tree(job.staging, ["manifest.json", *manifest["target"]["files"]])
+        fsync_tree(job.staging, ["manifest.json", *job.manifest.target.files])
         return {}
 
     def _compatibility(self, job: _Job) -> dict[str, Any]:
-        import json
-
         from edgetl.device.compat import check_compatibility
         from edgetl.device.facts import device_facts
 
-        job.manifest = json.loads((job.staging / "manifest.json").read_text(encoding="utf-8"))
         job.report["compatibility"] = check_compatibility(job.manifest, device_facts(), self.hooks.strict_int8)
         return {}
 
@@ -245,14 +248,15 @@ class Installer:
             status["detail"] = f"{phase} {done:g}/{total:g}"
             status["progress"] = (base + min(1.0, done / total if total else 0.0)) / len(STAGES)
 
-        job.model = DeviceModel.load(job.install_id, job.staging, self.state.engines_dir, progress=progress)
+        job.model = DeviceModel.load(job.install_id, job.staging, self.state.engines_dir, progress=progress,
+                                     manifest=job.manifest)
         job.report["runtime"] = job.model.runtime.info()
         return {}
 
     def _reference(self, job: _Job) -> dict[str, Any]:
         from edgetl.reference import check_reference
 
-        if not job.manifest.get("reference"):
+        if job.manifest.reference is None:
             raise InstallError("the bundle has no reference set; the device cannot check it (re-export it)")
         ref = check_reference(job.staging, job.manifest, job.model)
         job.report["reference"] = ref
@@ -313,7 +317,8 @@ class Installer:
 
     def _unchanged_report(self) -> dict[str, Any]:
         pointer = self.state.pointer()
-        version = (self.state.manifest(pointer["current"]) or {}).get("model_version")
+        serving = self.state.model_manifest(pointer["current"])
+        version = serving.model_version if serving is not None else None
         return {"from": version, "to": version, "previous_kept": bool(pointer["previous"]), "unchanged": True}
 
     def _fail(self, job: _Job, exc: Exception) -> dict[str, Any]:

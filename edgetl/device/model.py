@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from edgetl.api import InputSpec
+from edgetl.device.state import read_manifest
+from edgetl.manifest import Manifest, as_manifest
 
 
 @dataclass
@@ -23,38 +25,39 @@ class DeviceModel:
 
     Attributes:
         install_id: the install that put it on this device (its folder under models/).
-        manifest: the bundle's manifest.
+        manifest: the bundle's validated manifest (a dict given here is validated once).
         runtime: the target's :class:`edgetl.api.Runtime`.
         threshold: the operating point in force (the manifest's, or one set by PATCH).
     """
 
     install_id: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     runtime: Any
     threshold: float | None = None
     input: InputSpec = field(init=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.input = InputSpec.from_dict(self.manifest["input"])
+        self.manifest = as_manifest(self.manifest)
+        self.input = InputSpec.from_dict(self.manifest.input.model_dump())
         if self.threshold is None:
-            self.threshold = self.manifest.get("threshold")
+            self.threshold = self.manifest.threshold
 
     @property
     def name(self) -> str:
-        return str(self.manifest["model_version"])
+        return self.manifest.model_version
 
     @property
     def labels(self) -> list[str]:
-        return list(self.manifest["labels"])
+        return list(self.manifest.labels)
 
     @property
     def task(self) -> str:
-        return str(self.manifest["task"])
+        return self.manifest.task
 
     @property
     def positive(self) -> str | None:
-        return self.manifest.get("positive")
+        return self.manifest.positive
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 normalised -> the runtime's output (N, K), or (N,) anomaly scores.
@@ -77,18 +80,20 @@ class DeviceModel:
 
     @classmethod
     def load(cls, install_id: str, folder: Path, engines_dir: Path | None = None,
-             threshold: float | None = None, progress: Any = None) -> "DeviceModel":
+             threshold: float | None = None, progress: Any = None,
+             manifest: Manifest | None = None) -> "DeviceModel":
         """Load an extracted bundle from ``folder`` (its manifest.json and model files).
 
         Args:
+            manifest: the folder's manifest when the caller has validated it already (an
+                install); otherwise ``folder/manifest.json`` is read and validated here.
             progress: ``progress(phase, done, total)``, called by targets with a long load
                 (a TensorRT engine build) so the install status can show it.
         """
-        import json
-
         from edgetl.bundle import load_runtime
 
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        if manifest is None:
+            manifest = read_manifest(folder)
         options: dict[str, Any] = {}
         if engines_dir is not None:  # TensorRT keeps its engines here, keyed by (GPU, TensorRT, bundle)
             options["engine_cache"] = str(engines_dir)
@@ -96,3 +101,4 @@ class DeviceModel:
             options["progress"] = progress
         runtime = load_runtime(folder, manifest, options)
         return cls(install_id=install_id, manifest=manifest, runtime=runtime, threshold=threshold)
+

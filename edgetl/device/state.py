@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.errors import ConfigError
+from edgetl.manifest import Manifest, validate_manifest
 
 
 def atomic_write_json(path: Path, document: Any) -> None:
@@ -75,6 +76,12 @@ def read_json(path: Path, default: Any = None) -> Any:
         raise ConfigError(f"{path}: unreadable agent state ({exc}); fix or remove the file") from None
 
 
+def read_manifest(folder: Path) -> Manifest:
+    """The validated manifest.json of an extracted bundle: the device reads fields as attributes, not keys."""
+    path = Path(folder) / "manifest.json"
+    return validate_manifest(json.loads(path.read_text(encoding="utf-8")), source=f"{path.parent.name}/{path.name}")
+
+
 class StateDir:
     """Paths and the atomic pointer of one agent's state directory."""
 
@@ -113,6 +120,13 @@ class StateDir:
         if not install_id:
             return None
         return read_json(self.model_dir(install_id) / "manifest.json")
+
+    def model_manifest(self, install_id: str | None) -> Manifest | None:
+        """The validated manifest of an installed model (None without an id or a manifest file);
+        :meth:`manifest` is the same document as JSON, as ``/v1/info`` sends it."""
+        if not install_id or not (self.model_dir(install_id) / "manifest.json").exists():
+            return None
+        return read_manifest(self.model_dir(install_id))
 
     def prune(self, keep: set[str], uploads: bool = False) -> list[str]:
         """Remove models and staging dirs not in ``keep``; with ``uploads`` (at start-up) also every

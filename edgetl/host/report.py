@@ -105,10 +105,7 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     _history_csv(out / "history.csv", history)
     labels = list(data.classes)
-    _predictions_csv(out / "predictions_val.csv", data.val, val_probs, labels, trained.threshold, trained.positive)
-    if test_doc is not None:
-        _predictions_csv(out / "predictions_test.csv", data.test, test_probs, labels, trained.threshold,
-                         trained.positive)
+    _write_predictions(out, data, trained, val_probs, test_probs if test_doc is not None else None)
     main_rows = [r for r in history if r.get("strategy") == strategy]
     metric = cfg.train.early_stopping.metric
     best_row = next((r for r in main_rows if r.get("epoch") == best_epoch), None)
@@ -128,31 +125,57 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
         "slices": _slices(cfg, data, trained, val_probs, test_probs),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float), encoding="utf-8")
+    figures = _figures(out, history, strategy, data, trained.positive, val_doc, val_probs, test_doc, test_probs)
+    _report_md(out, cfg, metrics, figures, main_rows)
+    return _summary(out, metrics)
+
+
+def _write_predictions(out: Path, data: Any, trained: TrainedModel, val_probs: np.ndarray,
+                       test_probs: np.ndarray | None) -> None:
+    """``predictions_val.csv`` and, with a test split evaluated, ``predictions_test.csv``."""
+    labels = list(data.classes)
+    _predictions_csv(out / "predictions_val.csv", data.val, val_probs, labels, trained.threshold, trained.positive)
+    if test_probs is not None:
+        _predictions_csv(out / "predictions_test.csv", data.test, test_probs, labels, trained.threshold,
+                         trained.positive)
+
+
+def _figures(out: Path, history: list[dict[str, Any]], strategy: str, data: Any, positive: str | None,
+             val_doc: dict[str, Any], val_probs: np.ndarray, test_doc: dict[str, Any] | None,
+             test_probs: np.ndarray | None) -> dict[str, Any]:
+    """Draw the run's figures; returns them by name for report.md."""
     figures = {
         "curves": plots.curves(history, strategy, out / "curves.png"),
         "confusion_val": plots.confusion(val_doc, "validation", out / "confusion_val.png"),
         "per_class_val": plots.per_class(val_doc, "validation: per class", out / "per_class_val.png"),
-        "roc_val": plots.roc(data.val.labels, val_probs, val_doc, trained.positive, "validation ROC",
-                             out / "roc_val.png"),
+        "roc_val": plots.roc(data.val.labels, val_probs, val_doc, positive, "validation ROC", out / "roc_val.png"),
     }
     if test_doc is not None:
         figures["confusion_test"] = plots.confusion(test_doc, "test", out / "confusion_test.png")
         figures["per_class_test"] = plots.per_class(test_doc, "test: per class", out / "per_class_test.png")
-        figures["roc_test"] = plots.roc(data.test.labels, test_probs, test_doc, trained.positive, "test ROC",
+        figures["roc_test"] = plots.roc(data.test.labels, test_probs, test_doc, positive, "test ROC",
                                         out / "roc_test.png")
-    _report_md(out, cfg, metrics, figures, main_rows)
+    return figures
+
+
+_SUMMARY_SCORES = ("accuracy", "balanced_accuracy", "roc_auc", "recall_at_threshold", "false_reject_rate", "n")
+_SUMMARY_BASELINE = ("kind", "metric", "main_val", "baseline_val", "delta_val", "helped", "delta_test_accuracy",
+                     "seconds", "budget", "epochs_run", "single_epoch")
+
+
+def _summary(out: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The ``--json`` summary of a run: the headline figures of its metrics.json."""
+    val, test, baseline = metrics["final"]["val"], metrics["final"]["test"], metrics["baseline"]
     return {
-        "name": cfg.name, "run_dir": str(out), "strategy": strategy, "backbone": backbone.name,
-        "device": device, "processes": world, "epochs_run": len(main_rows), "best_epoch": best_epoch,
-        "selection_metric": f"val_{metric}", "threshold": trained.threshold, "positive": trained.positive,
-        "val": {k: val_doc[k] for k in ("accuracy", "balanced_accuracy", "roc_auc", "recall_at_threshold",
-                                        "false_reject_rate", "n")},
-        "test": None if test_doc is None else {k: test_doc[k] for k in (
-            "accuracy", "balanced_accuracy", "roc_auc", "recall_at_threshold", "false_reject_rate", "n")},
-        "baseline": None if baseline is None else {k: baseline.get(k) for k in (
-            "kind", "metric", "main_val", "baseline_val", "delta_val", "helped", "delta_test_accuracy", "seconds",
-            "budget", "epochs_run", "single_epoch")},
-        "seconds": timing["total_seconds"],
+        "name": metrics["name"], "run_dir": str(out), "strategy": metrics["strategy"],
+        "backbone": metrics["backbone"], "device": metrics["device"], "processes": metrics["processes"],
+        "epochs_run": metrics["epochs_run"], "best_epoch": metrics["best"]["epoch"],
+        "selection_metric": metrics["best"]["metric"], "threshold": metrics["threshold"],
+        "positive": metrics["positive"],
+        "val": {k: val[k] for k in _SUMMARY_SCORES},
+        "test": None if test is None else {k: test[k] for k in _SUMMARY_SCORES},
+        "baseline": None if baseline is None else {k: baseline.get(k) for k in _SUMMARY_BASELINE},
+        "seconds": metrics["timing"]["total_seconds"],
     }
 
 
