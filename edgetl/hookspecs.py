@@ -121,7 +121,12 @@ def edgetl_sinks(register: Callable[["Sink"], None]) -> None:
     :param register: call ``register(sink)`` with an :class:`edgetl.api.Sink`
         instance; ``open(options)`` creates a writer for one pipeline.
 
-    The writer's ``write(result, frame)`` receives each pipeline result.
+    The writer's ``write(result, frame)`` receives each pipeline result. For an
+    anomaly model whose runtime gives a map, ``frame.anomaly_map`` holds it (from
+    the same inference as the score: ``(h, w)`` float32 in 0..1, 0.5 = threshold,
+    covering the whole frame, zeros outside a pipeline ROI; None for other models
+    and for tiled inputs); the result document itself never carries the map.
+    Draw it with ``edgetl.annotate.annotate(frame.image, result, heatmap=frame.anomaly_map)``.
     """
 
 
