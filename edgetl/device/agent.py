@@ -211,6 +211,12 @@ class Agent:
         spec = model.input
         want = None if (spec.roi or spec.tile) else (spec.size[1], spec.size[0])
         image = decode_checked(body, self.limits.image_pixels, want, declared=content_type)
+        if heatmap and _one_pass_map(model):  # score and map from the same inference
+            doc, amap = self._predict(image, None, "api", keep_map=True)
+            if amap is None:
+                raise ConfigError("heatmap: this model gives no anomaly map (its runtime returns no 'map' output)")
+            doc["heatmap_png"] = _png(amap)
+            return doc
         doc = self.predict_image(image)
         if heatmap:
             doc["heatmap_png"] = _heatmap(model, image)
@@ -335,13 +341,9 @@ class _WithInput:
 def _heatmap(model: DeviceModel, image: np.ndarray) -> str:
     """The anomaly map as a base64 PNG: JET colours over the network-input-sized map (0.5 = threshold).
 
-    The map comes from ``Runtime.predict_outputs(batch)["map"]``; a third-party
-    runtime may still offer the older ``predict_map``.
+    Used where the scoring inference cannot give the map (ROI, tiles, a runtime with the older
+    ``predict_map``): the map comes from ``Runtime.predict_outputs(batch)["map"]`` or ``predict_map``.
     """
-    import base64
-
-    import cv2
-
     from edgetl.preprocess import preprocess
 
     if model.task != "anomaly":
@@ -353,6 +355,23 @@ def _heatmap(model: DeviceModel, image: np.ndarray) -> str:
         amap = model.predict_outputs(batch).get("map")
         if amap is None:
             raise ConfigError("heatmap: this model gives no anomaly map (its runtime returns no 'map' output)")
+    return _png(amap)
+
+
+def _one_pass_map(model: DeviceModel) -> bool:
+    """Whether the map of ``?heatmap=true`` can come from the scoring inference itself: an anomaly
+    model on the whole frame (no ROI, no tiles) whose runtime gives it through ``predict_outputs``."""
+    spec = model.input
+    return (model.task == "anomaly" and not spec.roi and not spec.tile
+            and not hasattr(model.runtime, "predict_map"))
+
+
+def _png(amap: Any) -> str:
+    """A base64 PNG of an anomaly map: JET colours, the max over any leading axes, clipped to 0..1."""
+    import base64
+
+    import cv2
+
     amap = np.asarray(amap, dtype=np.float32)
     amap = np.clip(amap.reshape(-1, *amap.shape[-2:]).max(axis=0), 0, 1)
     colour = cv2.applyColorMap((amap * 255).astype(np.uint8), cv2.COLORMAP_JET)
