@@ -33,7 +33,7 @@ import pluggy
 
 from edgetl import hookspecs
 from edgetl.api import COMPONENT_TYPES, Component
-from edgetl.errors import PluginError, UnknownComponentError
+from edgetl.errors import PluginError, UnknownComponentError, did_you_mean
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "edgetl_stdio",
@@ -109,9 +109,8 @@ def _selected_entry_points() -> list[metadata.EntryPoint]:
     known = {ep.name for ep in eps}
     for name in names:
         if name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.5)
             why = ("it is a built-in plugin, which always loads" if name in DEFAULT_PLUGINS else
-                   f"did you mean {' or '.join(repr(c) for c in close)}?" if close else
+                   did_you_mean(name, sorted(known)).removeprefix("; ") or
                    f"installed: {', '.join(sorted(known)) or 'none'}")
             warnings.warn(PluginWarning(f"EDGETL_LOAD_PLUGINS names '{name}', which matches no entry point "
                                         f"in group '{ENTRY_POINT_GROUP}' ({why})"), stacklevel=3)
@@ -282,10 +281,8 @@ class PluginManager:
             family = table.get(name.split(":", 1)[0] + ":*")
             if family is not None:
                 return family.variant(name.split(":", 1)[1])
-        close = difflib.get_close_matches(name, list(table), n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         known = ", ".join(sorted(table)) or "none"
-        raise UnknownComponentError(f"unknown {kind} '{name}'{hint} (known: {known})")
+        raise UnknownComponentError(f"unknown {kind} '{name}'{did_you_mean(name, table)} (known: {known})")
 
     def all(self, kind: str) -> list[Component]:
         return list(self.registry[kind].values())

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from edgetl.cli.common import console, emit_json, info, json_option
-from edgetl.errors import PluginError
+from edgetl.errors import PluginError, did_you_mean
 
 # Run in a fresh interpreter, never from the working directory: a folder holding an ``edgetl/``
 # checkout must not shadow the installed edgetl (``-c`` puts the working directory first on sys.path).
@@ -58,15 +58,11 @@ def list_cmd(as_json: bool) -> None:
 
 def _find(name: str):
     """The loaded (or broken) plugin called ``name``, or a "did you mean" error."""
-    import difflib
-
     from edgetl.plugins import get_manager
 
     plugins = get_manager().plugins
     if name not in plugins:
-        close = difflib.get_close_matches(name, list(plugins), n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise PluginError(f"unknown plugin '{name}'{hint}")
+        raise PluginError(f"unknown plugin '{name}'{did_you_mean(name, plugins)}")
     return plugins[name]
 
 
