@@ -77,7 +77,8 @@ def hidden_lines() -> list[str]:
     return list(_buffer.lines)
 
 
-def _stream_handlers(streams: tuple[object, ...]) -> list[logging.StreamHandler]:
+def stream_handlers(streams: tuple[object, ...]) -> list[logging.StreamHandler]:
+    """Every logging handler (root and named loggers) writing to one of ``streams``."""
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
     return [h for lg in loggers for h in getattr(lg, "handlers", [])
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
@@ -96,7 +97,7 @@ def library_output_hidden(verbose: bool | None = None) -> Iterator[None]:
         return
     real_out, real_err = sys.stdout, sys.stderr
     swapped = [(h, h.setStream(_buffer)) for h in
-               _stream_handlers((real_out, real_err, sys.__stdout__, sys.__stderr__))]
+               stream_handlers((real_out, real_err, sys.__stdout__, sys.__stderr__))]
     _stack.append(real_err)
     try:
         with warnings.catch_warnings():

@@ -90,14 +90,9 @@ def stdout_to_stderr():
     Libraries write progress to stdout (the dynamo exporter prints, nncf's
     logger holds a ``StreamHandler(sys.stdout)`` made at import time).
     """
-    import logging as _logging
+    from edgetl.quiet import stream_handlers
 
-    real = sys.stdout
-    swapped = []
-    for logger in [_logging.getLogger(), *(_logging.getLogger(n) for n in list(_logging.root.manager.loggerDict))]:
-        for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, _logging.StreamHandler) and handler.stream in (real, sys.__stdout__):
-                swapped.append((handler, handler.setStream(sys.stderr)))
+    swapped = [(h, h.setStream(sys.stderr)) for h in stream_handlers((sys.stdout, sys.__stdout__))]
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
