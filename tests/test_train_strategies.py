@@ -228,3 +228,14 @@ def test_standardised_head_keeps_its_weights_and_floors_dead_channels():
     # the linear layer keeps the well-conditioned weights it was trained with (no 1/std folded in),
     # so per-channel INT8 does not zero most of them
     assert torch.equal(full[2].weight, weights)
+
+
+def test_fit_epochs_takes_groups_as_torch_does_named_or_not():
+    """A plain parameter list or unnamed dicts (torch's own forms) train; names feed the lr_<name> columns."""
+    head, stem = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    plain = loop.named_groups(head.parameters())
+    assert [g["name"] for g in plain] == ["head"] and len(plain[0]["params"]) == 2
+    mixed = loop.named_groups([{"params": head.parameters(), "lr": 1e-3},
+                               {"params": stem.parameters(), "name": "stem"}])
+    assert [g["name"] for g in mixed] == ["group0", "stem"] and mixed[0]["lr"] == 1e-3
+    torch.optim.AdamW(mixed, lr=1e-3)  # still groups torch accepts

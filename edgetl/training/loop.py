@@ -209,6 +209,15 @@ class _Setup:
     epochs: int
 
 
+def named_groups(groups: Any) -> list[dict[str, Any]]:
+    """``groups`` as a list of dicts, each with a ``name``: a plain iterable of parameters becomes one
+    ``head`` group, an unnamed dict ``group<i>`` (its position)."""
+    groups = list(groups)
+    if groups and not isinstance(groups[0], dict):
+        return [{"name": "head", "params": groups}]
+    return [g if "name" in g else {**g, "name": f"group{i}"} for i, g in enumerate(groups)]
+
+
 def _setup(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, Any]], epochs: int,
            train: Any) -> _Setup:
     cfg = ctx.config.train
@@ -311,7 +320,10 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
         model: trained through ``model.logits(x)`` when it has that method,
             else ``model(x)`` must return logits (N, K); validated through
             ``model(x)``, which must return (N, K) probabilities.
-        groups: optimiser parameter groups, each with a ``name`` (see :func:`param_groups`).
+        groups: optimiser parameter groups as torch takes them (dicts with ``params``,
+            optionally ``lr``, ``weight_decay`` and a ``name`` for the history's
+            ``lr_<name>`` column), or a plain iterable of parameters (one group);
+            :func:`param_groups` builds discriminative ones.
         tag: the strategy's name, recorded in history and the checkpoint.
         loss_fn: ``(logits (N, K), soft targets (N, K)) -> per-sample loss (N,)``;
             default :func:`soft_cross_entropy`. Class weights apply on top.
@@ -333,7 +345,7 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
         The :class:`EarlyStopping` (``best_epoch``, ``best``).
     """
     train = train if train is not None else ctx.train
-    s = _setup(ctx, model, groups, epochs or ctx.config.train.epochs, train)
+    s = _setup(ctx, model, named_groups(groups), epochs or ctx.config.train.epochs, train)
     val = val_inputs if val_inputs is not None else ctx.val.plain
     loss_fn = loss_fn or soft_cross_entropy
     callbacks = list(callbacks) + ([_Start(on_epoch_start)] if on_epoch_start else [])
