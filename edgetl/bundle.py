@@ -249,8 +249,10 @@ def verify_bundle(path: str | Path, trusted: Iterable[Any] | None, max_bytes: in
         max_bytes: cap on the unpacked size (default 4 GiB); max_members: on the member count.
 
     Returns:
-        ``{"path", "name", "model_version", "target", "precision", "schema": "ok",
-        "hashes": "ok", "members", "manifest_sha256", "signature": {"signed", "checked", "key_id"}}``.
+        ``{"path", "name", "model_version", "bundle_version", "created", "target", "precision",
+        "schema": "ok", "hashes": "ok", "members", "manifest_sha256",
+        "signature": {"signed", "checked", "key_id"}}`` (``bundle_version`` and ``created`` as the
+        validated manifest holds them: what the agent orders bundles by).
 
     Raises:
         SignatureError: unsigned when keys are given, untrusted key, bad signature.
@@ -277,7 +279,7 @@ def verify_bundle(path: str | Path, trusted: Iterable[Any] | None, max_bytes: in
             if name not in listed:
                 raise BundleError(f"{bundle.path}: target file {name!r} is not a bundle member")
         report = {"path": str(bundle.path), "name": doc.name, "model_version": doc.model_version,
-                  "target": doc.target.format, "precision": doc.target.precision,
+                  "bundle_version": doc.bundle_version, "created": doc.created, "target": doc.target.format, "precision": doc.target.precision,
                   "schema": "ok", "hashes": "ok", "members": len(listed),
                   "manifest_sha256": sha256_bytes(bundle.manifest_bytes), "signature": sig_report}
     if not keys:

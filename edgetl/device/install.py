@@ -45,7 +45,7 @@ from edgetl.device.journal import Journal
 from edgetl.device.limits import Limits
 from edgetl.device.state import StateDir, fsync_tree, read_manifest
 from edgetl.errors import BundleError, EdgetlError, InstallError
-from edgetl.manifest import Manifest, as_manifest
+from edgetl.manifest import Manifest
 
 log = logging.getLogger("edgetl.agent.install")
 STAGES = ("verify", "stage", "compatibility", "load", "reference", "switch")
@@ -201,17 +201,17 @@ class Installer:
         return {"model_version": verified["model_version"]}
 
     def _apply_policy(self, job: _Job, verified: dict[str, Any]) -> None:
-        """Refuse a downgrade (unless allowed); a re-deploy of the serving bundle changes nothing."""
-        from edgetl.bundle import open_bundle
+        """Refuse a downgrade (unless allowed); a re-deploy of the serving bundle changes nothing.
 
+        ``verified`` is :func:`edgetl.bundle.verify_bundle`'s report of the validated manifest: the
+        bundle is not opened a second time."""
         current = self.state.pointer()["current"]
         if not current:
             return
         serving_raw = (self.state.model_dir(current) / "manifest.json").read_bytes()
         if hashlib.sha256(serving_raw).hexdigest() == verified["manifest_sha256"]:
             raise _Unchanged()
-        with open_bundle(job.upload, max_members=self.hooks.limits.members) as bundle:
-            new_order = bundle_order(as_manifest(bundle.manifest))
+        new_order = bundle_order(verified)
         serving = self.state.model_manifest(current)
         old_order = bundle_order(serving)
         job.report["policy"] = {"bundle_version": new_order, "serving_bundle_version": old_order,
