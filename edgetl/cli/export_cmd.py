@@ -48,6 +48,8 @@ def attempts_table(attempts: list[dict], torch_ms: float | None = None, title: s
               help="Maximum drop of the task metric (accuracy/AUROC), in points.")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.98, show_default=True,
               help="Minimum top-1 agreement with the FP32 model on the validation set.")
+@click.option("--gate-slices", is_flag=True,
+              help="Also gate every slice the run config's 'slices' name (e.g. each cell type): each must pass.")
 @click.option("--calib-count", type=click.IntRange(1), default=300, show_default=True,
               help="Calibration images drawn from the training data, stratified by class.")
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension (default: static).")
@@ -58,7 +60,7 @@ def attempts_table(attempts: list[dict], torch_ms: float | None = None, title: s
               help="Batch-1 runs per attempt for the latency column (0 skips).")
 @json_option
 def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fallback: bool, gate: float,
-               min_agreement: float, calib_count: int, dynamic_batch: bool, model_version: str | None,
+               min_agreement: float, gate_slices: bool, calib_count: int, dynamic_batch: bool, model_version: str | None,
                sign: Path | None, out: Path | None, latency_runs: int, as_json: bool) -> None:
     """Export RUN_DIR, quantize, gate on the validation set, and write a signed bundle.
 
@@ -77,7 +79,8 @@ def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fal
     try:
         with long_step("export"):
             result = export_bundle(run_dir, format=fmt, target=target, precision=precision, fallback=fallback,
-                                   gate=gate, min_agreement=min_agreement, calib_count=calib_count,
+                                   gate=gate, min_agreement=min_agreement, gate_slices=gate_slices,
+                                   calib_count=calib_count,
                                    dynamic_batch=dynamic_batch, model_version=model_version, sign=sign, out=out,
                                    latency_runs=latency_runs, log=info).result
     except GateFailedError as exc:

@@ -94,8 +94,10 @@ def draft_manifest(*, run: Any, target: Any, profile: Any, step: Any, files: lis
 
 def _export_section(options: Any, val: Any, attempts: list[dict[str, Any]], stages: list[dict[str, Any]],
                     calib_count: int, batch: int, torch_latency: float | None, cpu: str) -> dict[str, Any]:
-    return {"gate": {"split": "val", "n": len(val), "max_drop_points": options.gate,
-                     "min_agreement": options.min_agreement},
+    gate = {"split": "val", "n": len(val), "max_drop_points": options.gate, "min_agreement": options.min_agreement}
+    if getattr(options, "gate_slices", False):  # attribute names; each attempt's figures are under its "slices"
+        gate["slices"] = sorted({name for a in attempts for name in a.get("slices") or {}})
+    return {"gate": gate,
             "requested_precision": options.precision, "fallback": options.fallback,
             "calibration": {"source": "train", "images": calib_count},
             "attempts": attempts, "stages": stages,

@@ -50,6 +50,7 @@ class ExportOptions:
     fallback: bool = False
     gate: float = 1.0
     min_agreement: float = 0.98
+    gate_slices: bool = False  # also gate every slice the run config names (docs/export.md, "Per-slice gate")
     calib_count: int = 300
     dynamic_batch: bool = False
     model_version: str | None = None
@@ -170,6 +171,7 @@ class ExportData:
     val: Any  # edgetl.host.calibration.LabelledSet
     reference: np.ndarray  # FP32 torch outputs, one row per image
     calib: list[np.ndarray]
+    slices: dict[str, list[str]] = field(default_factory=dict)  # attribute -> each val image's value
 
     @property
     def calib_count(self) -> int:
@@ -206,17 +208,38 @@ def load_data(run: Any, plan: ExportPlan, options: ExportOptions) -> ExportData:
 
     say = options.progress
     train_dir, val_dir = cal.run_folders(run.config)
-    val = cal.load_set(*cal.scan(val_dir, run.labels), run.input)
+    paths, labels = cal.scan(val_dir, run.labels)
+    slices = gate_slice_values(run, paths) if options.gate_slices else {}
+    val = cal.load_set(paths, labels, run.input)
     reference = per_image(torch_outputs(run.model, val.x), val.owner, len(val), run.labels, run.positive)
     calib = cal.calibration_batches(train_dir, run.labels, run.input, options.calib_count, batch=plan.spec.batch)
-    data = ExportData(val, reference, calib)
+    data = ExportData(val, reference, calib, slices)
     say(f"data      {len(val)} validation images (gate), {data.calib_count} calibration images from {train_dir}")
+    for name, values in slices.items():
+        counts = {v: values.count(v) for v in sorted(set(values))}
+        say(f"data      gated per slice of {name}: " + ", ".join(f"{v} ({n})" for v, n in counts.items()))
+        small = [v for v, n in counts.items() if (n - 1) / n < options.min_agreement]
+        if small:
+            say(f"warning   slice(s) {', '.join(small)} of {name}: one changed decision fails the slice at "
+                f"--min-agreement {options.min_agreement:g} (boundary ties excepted)")
     if len(val) < SMALL_N:
         say(f"warning   only {len(val)} validation images: the gate's 95 % intervals are wide (want >= {SMALL_N})")
     if (len(val) - 1) / max(1, len(val)) < options.min_agreement:
         say(f"warning   with {len(val)} validation images one changed decision fails --min-agreement "
             f"{options.min_agreement:g} (boundary ties excepted)")
     return data
+
+
+def gate_slice_values(run: Any, paths: list[Path]) -> dict[str, list[str]]:
+    """``{attribute: value of each validation image}`` for the run config's ``slices`` (``--gate-slices``)."""
+    from edgetl.config import SliceConfig
+    from edgetl.slices import slice_values
+
+    specs = [SliceConfig(**s) for s in (run.config or {}).get("slices") or []]
+    if not specs:
+        raise UsageError("--gate-slices: the run's config names no slices to gate (add 'slices' to the run "
+                         "config: docs/training.md)")
+    return {spec.name: slice_values(spec, paths) for spec in specs}
 
 
 def model_facts(run: Any) -> ModelFacts:
@@ -288,14 +311,17 @@ def step_files(step: FallbackStep, plan: ExportPlan, fp32_files: list[Path], ctx
 def gate_attempt(run: Any, plan: ExportPlan, data: ExportData, manifest: Manifest, files: list[Path],
                  options: ExportOptions) -> tuple[dict[str, Any], Any]:
     """Load ``files`` through the target's gate runtime and gate them; returns (gate figures, runtime)."""
-    from edgetl.host.gate import gate, per_image
+    from edgetl.host.gate import gate, gate_slices, per_image, with_slices
 
     val = data.val
     runtime = plan.target.load_for_gate(files, manifest, {})
     try:
         out = per_image(runtime.predict(val.x), val.owner, len(val), run.labels, run.positive)
-        figures = gate(out, data.reference, val.labels, task=run.task, labels=run.labels, threshold=run.threshold,
-                       positive=run.positive, max_drop_points=options.gate, min_agreement=options.min_agreement)
+        rules = {"task": run.task, "labels": run.labels, "threshold": run.threshold, "positive": run.positive,
+                 "max_drop_points": options.gate, "min_agreement": options.min_agreement}
+        figures = gate(out, data.reference, val.labels, **rules)
+        if data.slices:
+            figures = with_slices(figures, gate_slices(out, data.reference, val.labels, data.slices, **rules))
         figures["latency_ms"] = median_latency_ms(runtime.predict, val.x[:plan.spec.batch], options.latency_runs)
     except BaseException:
         runtime.close()
@@ -390,7 +416,12 @@ def _attempt_line(a: dict[str, Any]) -> str:
     lo, hi = a["agreement_ci95"]
     text = (f"{head}  {a['metric']} {a['reference_metric']:.4f} -> {a['exported_metric']:.4f} "
             f"(drop {a['drop_points']:+.2f} pt), agreement {a['agreement']:.3f} [{lo:.3f}, {hi:.3f}], n={a['n']}")
-    return text + (f"  ({a['reason']})" if a.get("reason") else "")
+    text += f"  ({a['reason']})" if a.get("reason") else ""
+    for name, rows in (a.get("slices") or {}).items():  # --gate-slices: one line per attribute
+        text += f"\n          slices of {name}: " + ", ".join(
+            f"{r['slice']} {'pass' if r['passed'] else 'FAIL'} (drop {r['drop_points']:+.2f} pt, agreement "
+            f"{r['agreement']:.3f}, n={r['n']})" for r in rows)
+    return text
 
 
 def _failure_message(options: ExportOptions, attempts: list[dict[str, Any]]) -> str:

@@ -96,3 +96,41 @@ def gate(exported: np.ndarray, reference: np.ndarray, y: np.ndarray, *, task: st
         "warning": (f"only {n} validation images: the 95 % intervals are wide (want >= {SMALL_N})"
                     if n < SMALL_N else None),
     }
+
+
+SLICE_KEYS = ("n", "passed", "reason", "metric", "reference_metric", "exported_metric", "exported_metric_ci95",
+              "drop_points", "agreement", "agreement_ci95", "ties", "warning")
+
+
+def gate_slices(exported: np.ndarray, reference: np.ndarray, y: np.ndarray, slices: dict[str, Any],
+                **rules: Any) -> dict[str, list[dict[str, Any]]]:
+    """The gate's own rules on every slice: ``{attribute: [{slice, n, passed, reason, …}]}``.
+
+    ``slices`` maps an attribute name to each image's value (one per row of
+    ``exported``); ``rules`` are :func:`gate`'s keyword arguments. Each
+    slice is gated exactly like the whole set — same drop budget, same
+    agreement bound, same tie rule — so a slice with fewer than
+    ``1 / (1 - min_agreement)`` images fails on a single real flip, and one
+    under :data:`SMALL_N` images carries the gate's width warning.
+    """
+    out = {}
+    for name, values in slices.items():
+        values = np.asarray(values, dtype=object)
+        rows = []
+        for value in sorted(set(values.tolist()), key=str):
+            mine = values == value
+            figures = gate(exported[mine], reference[mine], y[mine], **rules)
+            rows.append({"slice": str(value), **{k: figures[k] for k in SLICE_KEYS}})
+        out[name] = rows
+    return out
+
+
+def with_slices(figures: dict[str, Any], per_slice: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The whole-set ``figures`` plus ``slices``; a failing slice fails the attempt, named in ``reason``."""
+    failing = [f"slice {name}={r['slice']} (n={r['n']}): {r['reason']}"
+               for name, rows in per_slice.items() for r in rows if not r["passed"]]
+    figures = {**figures, "slices": per_slice}
+    if failing:
+        figures["passed"] = False
+        figures["reason"] = "; ".join([figures["reason"], *failing] if figures["reason"] else failing)
+    return figures
