@@ -1,8 +1,10 @@
 """The transfer-learning strategies (plugins/edgetl_transfer): lora, dann, intermediate-pretrain.
 
-Tiny backbone, tiny synthetic images: each strategy trains a few steps and
-exports through the gate (ONNX); LoRA's parameter sets, merge parity and
-plain exported graph; DANN's gradient reversal and its dropped domain head.
+Tiny backbone, tiny synthetic images: each strategy trains a few steps,
+reports its negative-transfer check, exports through the gate (ONNX, signed)
+and is installed on one shared agent, whose /v1/predict must give the host
+model's class; LoRA's parameter sets, merge parity and plain exported graph;
+DANN's gradient reversal and its dropped domain head.
 """
 
 from __future__ import annotations
@@ -37,12 +39,43 @@ def train(tmp_path, data, strategy, options=None, overrides=(), **kw):
     return summary, json.loads((tmp_path / "run" / "metrics.json").read_text())
 
 
-def export_onnx(run_dir, out, fmt="onnx"):
+def export_onnx(run_dir, out, fmt="onnx", sign=None):
+    """FP32 through the default gate (1 point, 0.98 agreement): the exported graph must be the trained model."""
     from edgetl.host.export import ExportOptions, export_run
 
-    options = ExportOptions(format=fmt, precision="fp32", calib_count=8, out=out, gate=100.0,
-                            min_agreement=0.0, latency_runs=0)
+    options = ExportOptions(format=fmt, precision="fp32", calib_count=8, out=out, latency_runs=0, sign=sign)
     return export_run(run_dir, options)
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    """(signing key, agent client): one agent in a thread for the module; each test installs its bundle."""
+    from agent_support import ThreadAgent
+
+    from edgetl.keys import generate_keypair
+
+    root = tmp_path_factory.mktemp("agent")
+    key, pub = generate_keypair(root / "signer")
+    with ThreadAgent(root / "state", [pub]) as running, running.client() as client:
+        yield key, client
+
+
+def served_like_the_host(agent, run_dir, bundle_path, data):
+    """Install the bundle on the agent; /v1/predict gives the host run's class for val images of both classes."""
+    from agent_support import install
+
+    from edgetl.workflow.model import Model
+
+    _, client = agent
+    assert install(client, bundle_path)["status"] == "installed"
+    images = [p for cls in ("defect", "good") for p in sorted((data / "val" / cls).glob("*.png"))[:2]]
+    host = Model(run_dir).predict(images)
+    for image, expected in zip(images, host, strict=True):
+        response = client.post("/v1/predict", content=image.read_bytes(), headers={"Content-Type": "image/png"})
+        assert response.status_code == 200, response.text
+        doc = response.json()
+        assert doc["label"] == expected.label, image
+        assert doc["scores"] == pytest.approx(expected.scores, abs=1e-4)  # the same model, not just the same class
 
 
 def tiny_classifier(seed=0):
@@ -65,6 +98,18 @@ def onnx_op_types(module, tmp_path, name):
                                                        ExportSpec())
     model = onnx.load(str(next(f for f in files if str(f).endswith(".onnx"))))
     return Counter(n.op_type for n in model.graph.node)
+
+
+def assert_verdict(baseline, report, source_only=False):
+    """The negative-transfer check: val figures of both, ``helped`` exactly when the adapted model is ahead."""
+    key = baseline["metric"]
+    assert baseline["main_val"] == pytest.approx(baseline["val"][key] + baseline["delta_val"])
+    assert baseline["delta_val"] == pytest.approx(baseline["main_val"] - baseline["baseline_val"])
+    assert baseline["helped"] is (baseline["delta_val"] > 0)
+    verdict = "transfer **helped**" if baseline["helped"] else "transfer **did NOT help**"
+    assert verdict in report and f"Baseline `{baseline['kind']}`" in report
+    # dann and intermediate-pretrain adapt with the target images: their finetune baseline never saw them
+    assert baseline["source_only"] is source_only and ("**source-only**" in report) is source_only
 
 
 # -- lora -----------------------------------------------------------------
@@ -133,7 +178,7 @@ def test_lora_exported_graph_has_only_the_plain_models_ops(tmp_path):
     assert onnx_op_types(merged, tmp_path, "lora") == onnx_op_types(tiny_classifier(1)[1], tmp_path, "plain")
 
 
-def test_lora_trains_exports_and_reports(tmp_path, data):
+def test_lora_trains_exports_serves_and_reports(tmp_path, data, agent):
     summary, metrics = train(tmp_path, data, "lora", {"r": 2, "alpha": 4, "groups": 3},
                              overrides=["train.baseline=linear-probe", "slices=[{name: cls, folder: 1}]"])
     extra = metrics["strategy_extra"]
@@ -143,10 +188,12 @@ def test_lora_trains_exports_and_reports(tmp_path, data):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Strategy" in report and "adapter_params" in report
     assert metrics["baseline"]["strategy"] == "linear-probe" and "## Negative-transfer check" in report
+    assert_verdict(metrics["baseline"], report)
     assert {r["slice"] for r in metrics["slices"]["val"]["cls"]} == {"good", "defect"}  # per-slice report
     assert "## Per slice" in report and "### `cls` (val)" in report
-    result = export_onnx(tmp_path / "run", tmp_path / "lora.edgetl")
+    result = export_onnx(tmp_path / "run", tmp_path / "lora.edgetl", sign=agent[0])
     assert result.bundle.is_file() and any(a["passed"] for a in result.attempts)
+    served_like_the_host(agent, tmp_path / "run", result.bundle, data)
     pytest.importorskip("openvino", reason="openvino is not installed (pip install 'edgetl[openvino]')")
     result = export_onnx(tmp_path / "run", tmp_path / "lora-ov.edgetl", fmt="openvino")
     assert result.bundle.is_file() and any(a["passed"] for a in result.attempts)
@@ -176,11 +223,11 @@ def test_dann_lambda_schedule_rises_from_zero_to_almost_one():
     assert 0.999 < lambda_schedule(1.0) < 1.0
 
 
-def test_dann_trains_drops_the_domain_head_and_exports(tmp_path, data):
+def test_dann_trains_drops_the_domain_head_exports_and_serves(tmp_path, data, agent):
     summary, metrics = train(tmp_path, data, "dann", {"domain_hidden": 8}, overrides=["train.baseline=finetune"])
     # the source-only baseline: finetune on the same labelled data, no target images
     assert metrics["baseline"]["kind"] == "finetune" and metrics["baseline"]["strategy"] == "finetune"
-    assert isinstance(metrics["baseline"]["helped"], bool)
+    assert_verdict(metrics["baseline"], (tmp_path / "run" / "report.md").read_text(), source_only=True)
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert "domain_loss" in history[0] and "grl_lambda" in history[0]
     assert metrics["strategy_extra"]["target_images"] == 12
@@ -191,8 +238,9 @@ def test_dann_trains_drops_the_domain_head_and_exports(tmp_path, data):
     loaded = load_run(tmp_path / "run").model
     n_plain = sum(v.numel() for k, v in tiny_classifier()[1].state_dict().items())
     assert sum(v.numel() for v in loaded.state_dict().values()) == n_plain
-    result = export_onnx(tmp_path / "run", tmp_path / "dann.edgetl")
+    result = export_onnx(tmp_path / "run", tmp_path / "dann.edgetl", sign=agent[0])
     assert any(a["passed"] for a in result.attempts)
+    served_like_the_host(agent, tmp_path / "run", result.bundle, data)
 
 
 def test_dann_without_target_images_is_one_line(tmp_path, data):
@@ -220,12 +268,16 @@ def test_rotations_are_four_views_with_their_labels():
     torch.testing.assert_close(views[2], torch.rot90(x[0], 1, dims=(-2, -1)))
 
 
-def test_intermediate_pretrain_trains_both_stages_and_exports(tmp_path, data):
-    summary, metrics = train(tmp_path, data, "intermediate-pretrain", {"pretrain_epochs": 2})
+def test_intermediate_pretrain_trains_both_stages_exports_and_serves(tmp_path, data, agent):
+    summary, metrics = train(tmp_path, data, "intermediate-pretrain", {"pretrain_epochs": 2},
+                             overrides=["train.baseline=finetune"])
     rows = [r.split(",")[0] for r in (tmp_path / "run" / "history.csv").read_text().splitlines()[1:]]
-    assert rows == ["rotation-pretrain"] * 2 + ["intermediate-pretrain"] * 2
+    assert rows == ["rotation-pretrain"] * 2 + ["intermediate-pretrain"] * 2 + ["baseline-finetune"] * 2
+    assert metrics["baseline"]["strategy"] == "finetune"  # source-only: the same labelled data, no target images
+    assert_verdict(metrics["baseline"], (tmp_path / "run" / "report.md").read_text(), source_only=True)
     assert summary["epochs_run"] == 2 and summary["best_epoch"] in (1, 2)
     assert metrics["strategy_extra"]["pretrain_epochs"] == 2
     assert 0 <= metrics["strategy_extra"]["rotation_accuracy"] <= 1
-    result = export_onnx(tmp_path / "run", tmp_path / "ip.edgetl")
+    result = export_onnx(tmp_path / "run", tmp_path / "ip.edgetl", sign=agent[0])
     assert any(a["passed"] for a in result.attempts)
+    served_like_the_host(agent, tmp_path / "run", result.bundle, data)

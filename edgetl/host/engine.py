@@ -205,7 +205,8 @@ class Trainer:
         bcfg = self.cfg.backbone
         module = self.backbone.build(pretrained=False) if scratch else self.backbone.build(
             pretrained=bcfg.pretrained, weights=bcfg.weights)
-        ctx = self.context(data, module, options, tag=f"baseline-{kind}",
+        # the baseline never sees data.target_unlabeled: against dann or intermediate-pretrain it is source-only
+        ctx = self.context(dataclasses.replace(data, unlabeled=None), module, options, tag=f"baseline-{kind}",
                            time_budget_s=time_budget_s)
         trained, _, seconds = self.fit(base, ctx, data)
         val = evaluate(data.val.labels, self.predict(trained.module, data.val), data.classes)

@@ -120,7 +120,7 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
         "final": {"val": val_doc, "test": test_doc},
         "final_argmax": {"val": evaluate(data.val.labels, val_probs, labels),
                          "test": None if test_doc is None else evaluate(data.test.labels, test_probs, labels)},
-        "baseline": baseline, "timing": timing, "skipped_images": data.skipped,
+        "baseline": _source_only(baseline, trained), "timing": timing, "skipped_images": data.skipped,
         "strategy_extra": trained.extra,
         "slices": _slices(cfg, data, trained, val_probs, test_probs),
     }
@@ -160,7 +160,7 @@ def _figures(out: Path, history: list[dict[str, Any]], strategy: str, data: Any,
 
 _SUMMARY_SCORES = ("accuracy", "balanced_accuracy", "roc_auc", "recall_at_threshold", "false_reject_rate", "n")
 _SUMMARY_BASELINE = ("kind", "metric", "main_val", "baseline_val", "delta_val", "helped", "delta_test_accuracy",
-                     "seconds", "budget", "epochs_run", "single_epoch")
+                     "seconds", "budget", "epochs_run", "single_epoch", "source_only")
 
 
 def _summary(out: Path, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -258,6 +258,15 @@ def _report_md(out: Path, cfg: Any, metrics: dict[str, Any], figures: dict[str, 
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
 
+def _source_only(baseline: dict[str, Any] | None, trained: TrainedModel) -> dict[str, Any] | None:
+    """Mark the baseline ``source_only`` when the run adapted with target images (``extra["target_images"]``).
+
+    The engine never gives the baseline ``data.target_unlabeled``, so against
+    such a run (``dann``, ``intermediate-pretrain``) it is the source-only model.
+    """
+    return None if baseline is None else {**baseline, "source_only": bool(trained.extra.get("target_images"))}
+
+
 def _secs(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
@@ -277,6 +286,11 @@ def _baseline_lines(base: dict[str, Any]) -> list[str]:
              f"transfer **{verdict}** ({100 * base['delta_val']:+.1f} points)"
              + (f"; test accuracy {100 * base['delta_test_accuracy']:+.1f} points."
                 if base.get("delta_test_accuracy") is not None else "."), ""]
+    if base.get("source_only"):
+        lines += ["The baseline is **source-only**: trained without the `data.target_unlabeled` images, so this "
+                  "compares adapting to the target domain with not adapting. Val is the labelled (source) data, "
+                  "where adaptation need not help; its gain on the target domain shows on labelled target images "
+                  "(`data.test` from the target, the test difference above, or `edgetl eval`).", ""]
     if base.get("single_epoch"):
         lines += ["**The baseline ran a single epoch**, so this verdict says little: a network trained from "
                   "scratch for one epoch is rarely better than chance. Give it `train.baseline_budget: epochs` "
