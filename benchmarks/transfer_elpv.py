@@ -21,6 +21,16 @@ The data comes from ``edgetl data elpv OUT --cell-type {all,mono,poly}``.
 With both tables present, the mono-trained finetune, dann and
 intermediate-pretrain runs are also evaluated per cell type on the mono and
 poly test images together (``eval --slice cell_type=...``).
+
+``--table bias`` trains nothing: it prints the per-cell-type bias table (model
+x cell type: n, accuracy and recall at the operating point with 95 % Wilson
+intervals, flags) from ``edgetl eval --slice cell_type=... --json`` documents
+given with ``--bias-json LABEL=FILE`` (or the ``bias`` of ``--results``):
+
+    python benchmarks/transfer_elpv.py --table bias \
+        --bias-json finetune=benchmarks/results/transfer/bias-finetune.json \
+        --bias-json dann=benchmarks/results/transfer/bias-dann.json \
+        --bias-json intermediate-pretrain=benchmarks/results/transfer/bias-intermediate-pretrain.json
 """
 
 from __future__ import annotations
@@ -172,19 +182,50 @@ def row(label: str, r: dict) -> str:
             f"{r['fit_seconds'] / 60:.1f} |")
 
 
+def bias_rows(doc: dict, attribute: str = "cell_type") -> list[dict]:
+    """The per-slice rows of one ``edgetl eval --slice ... --json`` document (or the rows themselves)."""
+    return doc["slices"][attribute] if isinstance(doc, dict) else doc
+
+
+def bias_table(bias: dict[str, list[dict]]) -> list[str]:
+    """Markdown: one row per model and cell type, figures with their 95 % Wilson intervals and flags."""
+    def pct(value: float | None, ci: list[float] | None) -> str:
+        return "–" if value is None else f"{100 * value:.1f} % ({100 * ci[0]:.1f}–{100 * ci[1]:.1f})"
+
+    lines = ["| model | cell type | n | accuracy (95 % CI) | defect recall at the operating point (95 % CI) | "
+             "flagged (below the rest) |", "|---|---|---|---|---|---|"]
+    for label, rows in bias.items():
+        for r in rows:
+            flags = [w for w, f in (("accuracy", r["flag_accuracy"]), ("recall", r["flag_recall"])) if f]
+            lines.append(f"| {label} | {r['slice']} | {r['n']} | {pct(r['accuracy'], r['accuracy_ci95'])} | "
+                         f"{pct(r['recall'], r['recall_ci95'])} | {', '.join(flags) or 'no'} |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", nargs=3, metavar=("CONFIG", "OUT", "RESULT"), help=argparse.SUPPRESS)
     ap.add_argument("--data", default="data", help="folder holding elpv_all, elpv_mono, elpv_poly")
-    ap.add_argument("--table", choices=("peft", "shift"), action="append")
+    ap.add_argument("--table", choices=("peft", "shift", "bias"), action="append")
+    ap.add_argument("--bias-json", action="append", default=[], metavar="LABEL=FILE",
+                    help="--table bias: an 'edgetl eval --slice cell_type=... --json' document per model")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--work", default="runs/bench-transfer")
     ap.add_argument("--reuse", action="store_true", help="keep the runs of --work that already have a result")
-    ap.add_argument("--results", default="benchmarks/results/transfer_elpv.json")
+    ap.add_argument("--results", default="benchmarks/results/transfer/transfer_elpv.json")
     args = ap.parse_args()
     if args.child:
         child(*args.child)
+        return
+    if args.table == ["bias"]:
+        given = dict(item.split("=", 1) for item in args.bias_json)
+        saved = Path(args.results)
+        bias = ({label: bias_rows(json.loads(Path(f).read_text())) for label, f in given.items()} if given
+                else json.loads(saved.read_text()).get("bias", {}) if saved.is_file() else {})
+        if not bias:
+            sys.exit("--table bias: give --bias-json LABEL=FILE, or --results with a 'bias' section")
+        print("\n".join(bias_table(bias)))
         return
     data, work = Path(args.data), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -216,11 +257,8 @@ def main() -> None:
                                           "--slice", f"cell_type={combo / 'manifest.csv'}")["slices"]["cell_type"]
                            for label in ("finetune", "dann", "intermediate-pretrain")}
         results_path.write_text(json.dumps(results, indent=2))
-    for label, rows in results.get("bias", {}).items():
-        print(f"per cell type, {label}: " + "; ".join(
-            f"{r['slice']} accuracy {100 * r['accuracy']:.1f} % "
-            f"({100 * r['accuracy_ci95'][0]:.1f}-{100 * r['accuracy_ci95'][1]:.1f})"
-            + (" FLAGGED" if r["flag_accuracy"] or r["flag_recall"] else "") for r in rows))
+    if results.get("bias"):
+        print("\nper cell type (mono + poly test images)\n" + "\n".join(bias_table(results["bias"])))
     for label, r in results.get("latency", {}).items():
         print(f"ONNX Runtime latency, batch 1, one thread: {label} {r['median_ms']:.2f} ms (median)")
     if "latency" in results:
