@@ -113,6 +113,17 @@ def latency(runs: dict[str, Path], size: int, repeats: int = 60) -> dict:
 
     Also the ONNX operator multiset of each graph: a merged LoRA model must equal the finetune one.
     """
+    from edgetl.host.run import load_run
+
+    return onnx_latency({label: (load_run(run).model, run / "onnx-latency") for label, run in runs.items()},
+                        size, repeats)
+
+
+def onnx_latency(modules: dict, size: int, repeats: int) -> dict:
+    """``{label: (module, export folder)}`` -> ``{label: {median_ms, ops}}``: ONNX Runtime, batch 1, one thread.
+
+    The sessions run interleaved (one call of each per round) so load changes hit every module alike.
+    """
     from collections import Counter
 
     import numpy as np
@@ -121,14 +132,12 @@ def latency(runs: dict[str, Path], size: int, repeats: int = 60) -> dict:
     import torch
 
     from edgetl.api import ExportSpec
-    from edgetl.host.run import load_run
     from edgetl.plugins import get_manager
 
     target = get_manager().get("target", "onnx")
     sessions, ops = {}, {}
-    for label, run in runs.items():
-        files = target.export(load_run(run).model.eval(), torch.randn(1, 3, size, size), run / "onnx-latency",
-                              ExportSpec())
+    for label, (module, folder) in modules.items():
+        files = target.export(module.eval(), torch.randn(1, 3, size, size), folder, ExportSpec())
         path = str(next(f for f in files if str(f).endswith(".onnx")))
         ops[label] = dict(Counter(n.op_type for n in onnx.load(path).graph.node))
         opts = ort.SessionOptions()
@@ -142,6 +151,65 @@ def latency(runs: dict[str, Path], size: int, repeats: int = 60) -> dict:
             s.run(None, {s.get_inputs()[0].name: x})
             times[label].append(1000 * (time.perf_counter() - t0))
     return {label: {"median_ms": float(np.median(t[5:])), "ops": ops[label]} for label, t in times.items()}
+
+
+def bottleneck_adapters(model, reduction: int = 4):
+    """Houlsby-style adapters after every stage of ``model.features.blocks``: x + up(relu(down(x))), 1x1 convs.
+
+    What an ``adapter`` strategy would export: the ReLU between the projections
+    keeps the update out of any base weight, so the adapter ops stay in the graph.
+    """
+    from torch import nn
+
+    class Adapter(nn.Module):
+        def __init__(self, channels: int) -> None:
+            super().__init__()
+            hidden = max(8, channels // reduction)
+            self.down, self.up = nn.Conv2d(channels, hidden, 1), nn.Conv2d(hidden, channels, 1)
+            nn.init.normal_(self.up.weight, std=0.01)
+
+        def forward(self, x):
+            return x + self.up(self.down(x).relu())
+
+    blocks = model.features.blocks
+    for i, stage in enumerate(blocks):
+        channels = [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features  # its output
+        blocks[i] = nn.Sequential(stage, Adapter(channels))
+    return model
+
+
+def adapter_costs(size: int, repeats: int, work: Path) -> dict:
+    """Latency of what each adapter kind exports: plain model = merged LoRA, unmerged LoRA, bottleneck adapters.
+
+    EfficientNet-Lite0 (random weights: latency does not depend on them) + a two-class head; LoRA r 8 on every
+    mergeable layer, as the ``lora`` strategy puts it.
+    """
+    import torch
+    from edgetl_transfer.lora import add_lora, lora_targets, merge
+
+    from edgetl.plugins import get_manager
+    from edgetl.training import Classifier
+
+    backbone = get_manager().get("backbone", "efficientnet_lite0")
+
+    def fresh(seed: int = 0):
+        torch.manual_seed(seed)
+        return Classifier(backbone.build(pretrained=False), backbone.feature_dim, 2, dropout=0.0).eval()
+
+    def with_lora():
+        model = fresh()
+        groups = backbone.layer_groups(model.features)
+        peft_model = add_lora(model, lora_targets(model, groups, len(groups), ["conv", "linear"]), 8, 16, 0.0)
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:  # peft starts B at zero: give the update a value, as training would
+                torch.nn.init.normal_(param, std=0.01)
+        return model.eval(), peft_model
+
+    unmerged, _ = with_lora()  # adapters in place (peft wraps the module's layers in place)
+    modules = {"plain": fresh(), "lora merged": merge(with_lora()[1]), "lora unmerged": unmerged,
+               "bottleneck adapters": bottleneck_adapters(fresh())}
+    return onnx_latency({label: (m, work / "adapters" / label.replace(" ", "-")) for label, m in modules.items()},
+                        size, repeats)
 
 
 def combined_test(data: Path, out: Path) -> Path:
@@ -206,7 +274,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", nargs=3, metavar=("CONFIG", "OUT", "RESULT"), help=argparse.SUPPRESS)
     ap.add_argument("--data", default="data", help="folder holding elpv_all, elpv_mono, elpv_poly")
-    ap.add_argument("--table", choices=("peft", "shift", "bias"), action="append")
+    ap.add_argument("--table", choices=("peft", "shift", "bias", "adapters"), action="append")
+    ap.add_argument("--repeats", type=int, default=200, help="--table adapters: interleaved rounds")
     ap.add_argument("--bias-json", action="append", default=[], metavar="LABEL=FILE",
                     help="--table bias: an 'edgetl eval --slice cell_type=... --json' document per model")
     ap.add_argument("--size", type=int, default=128)
@@ -217,6 +286,20 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         child(*args.child)
+        return
+    if args.table == ["adapters"]:
+        results_path = Path(args.results)
+        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        results["adapters"] = {**adapter_costs(args.size, args.repeats, Path(args.work)),
+                               "settings": {"size": args.size, "repeats": args.repeats,
+                                            "load_average": os.getloadavg()}}
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=2))
+        base = results["adapters"]["plain"]["median_ms"]
+        print("| exported model | ONNX nodes | median ms (batch 1, one thread) | vs plain |\n|---|---|---|---|")
+        for label, r in results["adapters"].items():
+            if label != "settings":
+                print(f"| {label} | {sum(r['ops'].values())} | {r['median_ms']:.2f} | {r['median_ms'] / base:.2f}x |")
         return
     if args.table == ["bias"]:
         given = dict(item.split("=", 1) for item in args.bias_json)

@@ -172,3 +172,24 @@ def test_gate_slices_needs_slices_in_the_run_config(tmp_path):
 
     with pytest.raises(UsageError, match="--gate-slices: the run's config names no slices"):
         _export(make_tiny_run(tmp_path), tmp_path / "x.edgetl", gate_slices=True)
+
+
+def test_cli_gate_slices_json_names_the_slice_and_matches_the_schema(sliced_run, one_flip, tmp_path):
+    import json
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    out = tmp_path / "cli.edgetl"
+    res = CliRunner().invoke(cli, ["export", str(sliced_run[0]), "--format", "onnx", "--precision", "fp32",
+                                   "--calib-count", "8", "--latency-runs", "0", "--gate", "100",
+                                   "--min-agreement", "0.95", "--gate-slices", "--out", str(out), "--json"])
+    assert res.exit_code == 1 and not out.exists()
+    doc = json.loads(res.stdout)
+    assert doc["passed"] is False and "slice line=line2 (n=8)" in doc["error"]
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = Path(__file__).resolve().parents[1] / "docs" / "schemas" / "export.schema.json"
+    jsonschema.validate(doc, json.loads(schema.read_text()))
+    assert [r["passed"] for r in doc["attempts"][0]["slices"]["line"]] == [True, False]
