@@ -58,3 +58,40 @@ def test_the_l2sp_tutorial_trains_and_its_penalty_pulls_toward_the_start(tmp_pat
     _, pulled = _drift(tmp_path, data, 50.0, monkeypatch)
     assert pulled < free
     reset_manager()
+
+
+def test_the_tutorial_extra_loss_under_two_processes_matches_one(tmp_path):
+    """``extra_loss`` under ``--nproc 2`` (gloo): the penalty is added on every rank and DDP averages
+    the gradients, so two processes must end where one does."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from plugin_factory import subprocess_env
+
+    # BatchNorm statistics are per process under DDP (docs/training.md): kept frozen here, as the
+    # engine's own DDP test does, so that only the penalty's handling can make the two runs differ
+    code = tutorial_code().replace(
+        "callbacks=[PullToStart()])",
+        "callbacks=[PullToStart()],\n                          eval_modules=lambda: [m for m in model.modules()"
+        " if 'BatchNorm' in type(m).__name__])")
+    assert "eval_modules" in code, "the tutorial's fit_epochs call changed: update this test"
+    site = tmp_path / "site"
+    make_plugin(site, "l2sp", code, module="edgetl_l2sp")
+    data = make_dataset(tmp_path / "data", n_train=12, n_val=6)
+    cfg = write_config(tmp_path / "c.yaml", data, "l2sp", {"alpha": 50.0}, epochs=2, lr=0.01)
+    env = {**os.environ, **subprocess_env(site, "l2sp"), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "OMP_NUM_THREADS": "1", "EDGETL_WORKERS": "0"}
+    common = [sys.executable, "-m", "edgetl", "train", str(cfg), "--device", "cpu",
+              "--set", "strategy.options.alpha=50.0"]
+    one = subprocess.run([*common, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([*common, "--out", str(tmp_path / "two"), "--nproc", "2", "--json"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads(two.stdout)["processes"] == 2
+    a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True)["state_dict"] for d in ("one", "two"))
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-4, rtol=1e-3), k

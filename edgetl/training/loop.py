@@ -126,7 +126,11 @@ class Callback:
 
     def extra_loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                    logits: torch.Tensor) -> torch.Tensor | None:
-        """A scalar added to this step's loss (already a mean over this process's batch), or None."""
+        """A scalar added to this step's loss (already a mean over this process's batch), or None.
+
+        ``model`` is the unwrapped module. Under ``--nproc`` every process adds its own term and DDP
+        averages the gradients: a penalty on the parameters alone acts exactly as in one process
+        (tests/test_strategy_docs.py), a per-batch mean acts as the mean over the processes' batches."""
         return None
 
     def on_epoch_end(self, row: HistoryRow) -> None:
