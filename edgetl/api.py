@@ -207,6 +207,45 @@ class TrainedModel:
 
 
 @dataclass
+class PreviousRun:
+    """The trained run a ``--from`` run continues (continual learning; ``docs/training.md``).
+
+    Attributes:
+        run_dir: the previous run's directory.
+        labels: its class names in its index order; they are the first
+            ``len(labels)`` entries of ``FitContext.labels`` (new classes follow).
+        new_labels: the classes of this run that the previous one did not have.
+        model: the previous run's saved module (eval only, cannot be trained):
+            (N, 3, H, W) -> (N, len(labels)) probabilities; the teacher for
+            distillation and the "before" of the forgetting report.
+        state_dict: the previous module's weights (plain tensors).
+        classifier: an :class:`edgetl.training.Classifier` on ``FitContext.module``
+            (which already holds the previous backbone weights) whose head is the
+            previous head expanded to ``FitContext.labels``: old rows copied, new
+            rows freshly initialised (seeded); :func:`edgetl.training.build_classifier`
+            returns it. None when the previous module is not a Classifier the engine
+            can read (then only the backbone weights carry over).
+        exemplars: ``(image path, label name)`` pairs stored in the previous run
+            (``exemplars/index.json``, written by a rehearsal strategy), checked
+            against their SHA-256; empty when it stored none.
+        threshold: the previous run's operating point (None: argmax).
+        positive: the label that threshold is about.
+        strategy: the strategy that trained it.
+    """
+
+    run_dir: Path
+    labels: list[str]
+    new_labels: list[str]
+    model: Any
+    state_dict: dict[str, Any] = field(default_factory=dict)
+    classifier: Any = None
+    exemplars: list[tuple[Path, str]] = field(default_factory=list)
+    threshold: float | None = None
+    positive: str | None = None
+    strategy: str = ""
+
+
+@dataclass
 class FitContext:
     """Everything a strategy's ``fit`` may use (types and meanings: ``docs/plugins.md``).
 
@@ -241,6 +280,11 @@ class FitContext:
         history: the rows logged so far (read only; e.g. plateau rules).
         feature_passes: filled by :func:`edgetl.training.extract_features`, one
             dict per backbone pass (split, images, views, seconds), for the report.
+        previous: the run this one continues (``edgetl train --from RUN``), a
+            :class:`PreviousRun`, or None.
+        run_dir: the run directory being written (it exists), where a strategy
+            may store files that belong to the run (a rehearsal buffer); None for
+            baselines, which must not write there. Write only on the main process.
         state: deprecated, kept for plugins written against 0.x; holds copies of
             ``dist``, ``spec``, ``history``, ``checkpoint``, ``resume_state``.
             Use the typed fields above and :class:`TrainedModel` results instead.
@@ -266,6 +310,8 @@ class FitContext:
     cache_dir: Path | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     feature_passes: list[dict[str, Any]] = field(default_factory=list)
+    previous: PreviousRun | None = None
+    run_dir: Path | None = None
 
 
 BASELINE_KINDS = ("scratch", "linear-probe", "finetune")

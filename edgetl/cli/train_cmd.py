@@ -25,14 +25,18 @@ from edgetl.cli.common import emit_json, info, json_option, long_step
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its checkpoint.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed) instead of stopping.")
+@click.option("--from", "from_run", type=click.Path(), default=None, metavar="RUN_DIR",
+              help="Continue a trained run: its weights and classes (kept in their indices), new classes "
+                   "of the data appended (continual learning).")
 @json_option
 def train_command(config: str, overrides: tuple[str, ...], out: str | None, device: str, nproc: int,
-                  resume: bool, force: bool, skip_bad: bool, as_json: bool) -> None:
+                  resume: bool, force: bool, skip_bad: bool, from_run: str | None, as_json: bool) -> None:
     """Adapt a pretrained backbone to your images: CONFIG.yaml -> runs/NAME/.
 
     \b
       edgetl train examples/defect_detection/elpv-four-linear-probe.yaml
       edgetl train cfg.yaml --set train.epochs=3 --set data.train=data/elpv/train --force
+      edgetl train new-class.yaml --from runs/old --out runs/new   # add classes, keep the old
     """
     from edgetl.config import load_run_config
     from edgetl.errors import UsageError
@@ -48,6 +52,7 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, devi
         argv = ["train", config, *[a for o in overrides for a in ("--set", o)], "--device", device]
         argv += ["--out", str(run_dir)] + (["--resume"] if resume else []) + (["--force"] if force else [])
         argv += (["--skip-bad"] if skip_bad else []) + (["--json"] if as_json else [])
+        argv += ["--from", from_run] if from_run else []
         info(f"launching {nproc} processes with torchrun")
         code = ddp.launch(nproc, argv)
         if code:
@@ -56,7 +61,8 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, devi
     from edgetl.workflow import train_config
 
     with long_step("train"):
-        run = train_config(cfg, out, device=device, resume=resume, force=force, skip_bad=skip_bad, log=info)
+        run = train_config(cfg, out, device=device, resume=resume, force=force, skip_bad=skip_bad, log=info,
+                           from_run=from_run)
     if run is not None and as_json:
         emit_json(run.summary)
 

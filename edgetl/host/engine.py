@@ -113,8 +113,11 @@ class Trainer:
     """One ``edgetl train`` invocation (one process; rank 0 writes)."""
 
     def __init__(self, config: RunConfig, out: Path, device: str = "auto", resume: bool = False,
-                 force: bool = False, skip_bad: bool = False, log: Callable[[str], None] = print):
+                 force: bool = False, skip_bad: bool = False, log: Callable[[str], None] = print,
+                 from_run: str | Path | None = None):
         self.cfg, self.out, self.skip_bad = config, out, skip_bad
+        self.from_run, self.previous = from_run, None
+        self.baseline_pred: tuple[str, np.ndarray] | None = None  # (strategy, predictions) for the continual report
         self.resume, self.force = resume, force
         self.device_name = device
         self.history: list[dict[str, Any]] = []
@@ -149,14 +152,16 @@ class Trainer:
     # -- pieces -------------------------------------------------------------
     def context(self, data: RunData, module: Any, options: dict[str, Any], tag: str | None = None,
                 checkpoint: Path | None = None, resume_state: dict[str, Any] | None = None,
-                time_budget_s: float | None = None) -> FitContext:
+                time_budget_s: float | None = None, previous: Any = None,
+                run_dir: Path | None = None) -> FitContext:
         state = {"dist": self.info, "spec": self.spec, "history": self.history,  # deprecated copies
                  "checkpoint": checkpoint, "resume_state": resume_state, "time_budget_s": time_budget_s}
         return FitContext(backbone=self.backbone, module=module, train=data.train, val=data.val,
                           unlabeled=data.unlabeled, labels=data.classes, options=dict(options), config=self.cfg, device=self.device,
                           progress=self.progress, log_epoch=lambda row: self.log_epoch(row, tag),
                           state=state, dist=self.info, input=self.spec, checkpoint=checkpoint,
-                          resume_state=resume_state, time_budget_s=time_budget_s, history=self.history)
+                          resume_state=resume_state, time_budget_s=time_budget_s, history=self.history,
+                          previous=previous, run_dir=run_dir)
 
     def predict(self, module: Any, split: Any) -> np.ndarray:
         from edgetl.training.data import predict
@@ -202,16 +207,16 @@ class Trainer:
         budget, time_budget_s, line = baseline_budget.plan(self.cfg, kind, main_seconds)
         self.log(f"{line} [{base.name}]")
         seed_everything(self.cfg.train.seed)
-        bcfg = self.cfg.backbone
-        module = self.backbone.build(pretrained=False) if scratch else self.backbone.build(
-            pretrained=bcfg.pretrained, weights=bcfg.weights)
+        module, previous = self.start_module(data, scratch=scratch)
         # the baseline never sees data.target_unlabeled: against dann or intermediate-pretrain it is source-only
         ctx = self.context(dataclasses.replace(data, unlabeled=None), module, options, tag=f"baseline-{kind}",
-                           time_budget_s=time_budget_s)
+                           time_budget_s=time_budget_s, previous=previous)
         trained, _, seconds = self.fit(base, ctx, data)
-        val = evaluate(data.val.labels, self.predict(trained.module, data.val), data.classes)
-        test = (evaluate(data.test.labels, self.predict(trained.module, data.test), data.classes)
-                if data.test is not None else None)
+        val_probs = self.predict(trained.module, data.val)
+        val = evaluate(data.val.labels, val_probs, data.classes)
+        test_probs = self.predict(trained.module, data.test) if data.test is not None else None
+        test = evaluate(data.test.labels, test_probs, data.classes) if data.test is not None else None
+        self.baseline_pred = (base.name, (test_probs if test_probs is not None else val_probs).argmax(axis=1))
         metric = self.cfg.train.early_stopping.metric
         key = metric if metric != "loss" else "balanced_accuracy"
         delta = (main_val.get(key) or 0.0) - (val.get(key) or 0.0)
@@ -263,6 +268,12 @@ class Trainer:
         if self.cfg.train.image_size:
             spec = dataclasses.replace(spec, size=(self.cfg.train.image_size, self.cfg.train.image_size))
         self.spec = spec
+        if self.from_run is not None:
+            from edgetl.host.continual import open_previous
+
+            self.previous = open_previous(self.from_run, self.out, self.backbone.name, spec, strategy.task)
+            self.log(f"continuing {self.from_run}: classes {self.previous.labels} keep their indices"
+                     + (f", {len(self.previous.exemplars)} stored exemplars" if self.previous.exemplars else ""))
         self.device = resolve_device(self.device_name)
         self.info = ddp.init(self.device.type)
         try:
@@ -283,16 +294,17 @@ class Trainer:
         self.tracking = Tracking.start(cfg, self.out, self.log, enabled=self.info.is_main,
                                        resume=resume_state is not None)
         seed_everything(cfg.train.seed)
-        data = load_run_data(cfg, self.spec, self.skip_bad, task=strategy.task)
+        data = load_run_data(cfg, self.spec, self.skip_bad, task=strategy.task,
+                             previous_labels=self.previous.labels if self.previous else None)
         for bad in data.skipped:
             self.log(f"skipped unreadable image: {bad}")
         self.log(f"{cfg.name}: {strategy.name} on {self.backbone.name} "
                  f"({self.spec.size[0]}x{self.spec.size[1]}), {len(data.train)} train / {len(data.val)} val"
                  + (f" / {len(data.test)} test" if data.test else "") + f" images, classes {data.classes}, "
                  f"device {self.device}" + (f", {self.info.world} processes" if self.info.enabled else ""))
-        module = self.backbone.build(pretrained=cfg.backbone.pretrained, weights=cfg.backbone.weights)
+        module, previous = self.start_module(data)
         ctx = self.context(data, module, cfg.strategy.options, checkpoint=self.out / CHECKPOINT,
-                           resume_state=resume_state)
+                           resume_state=resume_state, previous=previous, run_dir=self.out)
         trained, program, fit_seconds = self.fit(strategy, ctx, data)
         if trained.task == "anomaly":
             return self._finish_anomaly(trained, program, strategy, data, fit_seconds, started)
@@ -306,6 +318,7 @@ class Trainer:
         test_doc = (evaluate(data.test.labels, test_probs, data.classes, trained.threshold, trained.positive)
                     if data.test is not None else None)
         baseline = self.baseline(data, strategy, fit_seconds, val_doc, test_doc)
+        continual = self.continual(data, trained, test_probs if test_probs is not None else val_probs)
         if not self.info.is_main:
             return None
         timing = {"fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - started,
@@ -315,10 +328,44 @@ class Trainer:
             self.out, cfg=cfg, trained=trained, backbone=self.backbone, strategy=strategy.name, spec=self.spec,
             data=data, history=self.history, val_doc=val_doc, val_probs=val_probs, test_doc=test_doc,
             test_probs=test_probs, baseline=baseline, timing=timing, best_epoch=best_epoch(trained, ctx),
-            device=str(self.device), world=self.info.world, program=program, threshold_source=source)
+            device=str(self.device), world=self.info.world, program=program, threshold_source=source,
+            continual=continual)
         self.log(f"wrote {self.out} (report: {self.out / 'report.md'})")
         self.tracking.finish(self.out)
         return summary
+
+    def start_module(self, data: RunData, scratch: bool = False) -> tuple[Any, Any]:
+        """The backbone module a strategy starts from and the PreviousRun (``--from``), or None.
+
+        With ``--from`` (and not the scratch baseline) the module holds the
+        previous run's backbone weights and the PreviousRun its expanded classifier.
+        """
+        bcfg = self.cfg.backbone
+        if scratch:
+            return self.backbone.build(pretrained=False), None
+        if self.previous is None:
+            return self.backbone.build(pretrained=bcfg.pretrained, weights=bcfg.weights), None
+        from edgetl.host.continual import previous_run
+
+        seed_everything(self.cfg.train.seed)  # the new head rows: the same draws in every process
+        module = self.backbone.build(pretrained=False)  # every weight comes from the previous run
+        return module, previous_run(self.previous, module, self.backbone.feature_dim, data.classes)
+
+    def continual(self, data: RunData, trained: TrainedModel, probs: np.ndarray) -> dict[str, Any] | None:
+        """metrics.json's ``continual``: old-class accuracy before/after on test (val without one).
+
+        ``probs``: this run's outputs on that split; the baseline (argmax, as it is evaluated) when one ran.
+        """
+        if self.previous is None:
+            return None
+        from edgetl.host.continual import forgetting
+        from edgetl.metrics import decide
+
+        split = data.test if data.test is not None else data.val
+        old_probs = self.predict(self.previous.model, split)
+        new_pred = decide(probs, data.classes, trained.threshold, trained.positive)
+        return forgetting(self.previous, data.classes, split.name, split.labels, old_probs, new_pred,
+                          self.baseline_pred)
 
     def operating_point(self, strategy: Strategy, trained: TrainedModel, data: RunData,
                         val_probs: np.ndarray) -> str:
@@ -365,11 +412,11 @@ def format_row(row: dict[str, Any]) -> str:
 
 def train_from_file(config_path: str | Path, overrides: tuple[str, ...] = (), out: str | None = None,
                     device: str = "auto", resume: bool = False, force: bool = False, skip_bad: bool = False,
-                    log: Callable[[str], None] = print) -> dict[str, Any] | None:
+                    log: Callable[[str], None] = print, from_run: str | Path | None = None) -> dict[str, Any] | None:
     """Load ``config_path`` with ``--set`` overrides and train; see :class:`Trainer`."""
     cfg = load_run_config(config_path, list(overrides))
     return Trainer(cfg, Path(out) if out else Path("runs") / cfg.name, device=device, resume=resume,
-                   force=force, skip_bad=skip_bad, log=log).run()
+                   force=force, skip_bad=skip_bad, log=log, from_run=from_run).run()
 
 
 def torch_threads_note() -> str:

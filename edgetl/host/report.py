@@ -93,10 +93,11 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
                   test_doc: dict[str, Any] | None, test_probs: np.ndarray | None,
                   baseline: dict[str, Any] | None, timing: dict[str, Any], best_epoch: int | None,
                   device: str, world: int, program: Any = None,
-                  threshold_source: str | None = None) -> dict[str, Any]:
+                  threshold_source: str | None = None, continual: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write every file of ``runs/NAME/``; returns the ``--json`` summary.
 
     ``program``: the module's ExportedProgram when already captured (else captured here).
+    ``continual``: the forgetting report of a ``--from`` run (:func:`edgetl.host.continual.forgetting`).
     """
     out.mkdir(parents=True, exist_ok=True)
     config = cfg.model_dump(mode="json", by_alias=True)
@@ -123,6 +124,7 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
         "baseline": _source_only(baseline, trained), "timing": timing, "skipped_images": data.skipped,
         "strategy_extra": trained.extra,
         "slices": _slices(cfg, data, trained, val_probs, test_probs),
+        "continual": continual,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float), encoding="utf-8")
     figures = _figures(out, history, strategy, data, trained.positive, val_doc, val_probs, test_doc, test_probs)
@@ -237,6 +239,10 @@ def _report_md(out: Path, cfg: Any, metrics: dict[str, Any], figures: dict[str, 
               ""]
     if metrics["baseline"]:
         lines += _baseline_lines(metrics["baseline"])
+    if metrics.get("continual"):
+        from edgetl.host.continual import markdown
+
+        lines += markdown(metrics["continual"])
     lines += _extra_lines(metrics["strategy"], metrics.get("strategy_extra") or {})
     lines += _slice_lines(metrics.get("slices"))
     shown = test if test is not None else val

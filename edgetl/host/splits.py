@@ -44,7 +44,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.asarray(keep, dtype=int)), np.sort(np.asarray(held, dtype=int))
 
 
-def _load(path: str, what: str, skip_bad: bool, skipped: list[str], classes: list[str] | None = None) -> Any:
+def _load(path: str, what: str, skip_bad: bool, skipped: list[str], classes: list[str] | None = None,
+          allow_single_class: bool = False) -> Any:
     from edgetl.data.folder import check_images, load_split
 
     root = Path(path)
@@ -52,7 +53,8 @@ def _load(path: str, what: str, skip_bad: bool, skipped: list[str], classes: lis
         relative = "" if root.is_absolute() else f"; relative paths resolve from the working directory {Path.cwd()}"
         raise DataError(f"{what}: {root}: no such directory (expected an image folder with one "
                         f"sub-folder per class, or a .csv manifest{relative})")
-    samples = check_images(load_split(root, classes=classes), skip_bad=skip_bad)
+    samples = check_images(load_split(root, classes=classes, allow_single_class=allow_single_class),
+                           skip_bad=skip_bad)
     skipped.extend(str(p) for p in samples.skipped)
     return samples
 
@@ -125,17 +127,32 @@ def load_anomaly_run_data(config: Any, spec: InputSpec, skip_bad: bool = False) 
     return RunData(train=train, val=val, test=test, classes=list(LABELS), skipped=skipped)
 
 
-def load_run_data(config: Any, spec: InputSpec, skip_bad: bool = False, task: str = "classify") -> RunData:
-    """Train, val (folder or stratified ``val_split``) and optional test splits of a run config."""
+def _relabel(items: list[Any], found: list[str], classes: list[str]) -> list[Any]:
+    from edgetl.data.folder import Sample
+
+    return [Sample(s.path, classes.index(found[s.label])) for s in items]
+
+
+def load_run_data(config: Any, spec: InputSpec, skip_bad: bool = False, task: str = "classify",
+                  previous_labels: list[str] | None = None) -> RunData:
+    """Train, val (folder or stratified ``val_split``) and optional test splits of a run config.
+
+    ``previous_labels`` (a ``--from`` run): the classes are those labels in
+    their order, then the training data's other classes (sorted); the
+    training data may hold a single class and need not hold the old ones.
+    """
     if task == "anomaly":
         return load_anomaly_run_data(config, spec, skip_bad)
     data, seed = config.data, config.train.seed
     skipped: list[str] = []
-    train = _load(data.train, "data.train", skip_bad, skipped)
+    train = _load(data.train, "data.train", skip_bad, skipped, allow_single_class=previous_labels is not None)
     classes = list(train.classes)
+    train_items = list(train.items)
+    if previous_labels is not None:
+        classes = list(previous_labels) + sorted(set(classes) - set(previous_labels))
+        train_items = _relabel(train_items, list(train.classes), classes)
     if len(classes) < 2:
         raise DataError(f"data.train: {data.train}: found {len(classes)} class folder(s), need at least 2")
-    train_items = list(train.items)
     if data.val:
         val_items = list(_load(data.val, "data.val", skip_bad, skipped, classes).items)
     else:

@@ -15,7 +15,7 @@ Optimiser:   :func:`param_groups`, :func:`make_optimizer`, :class:`Schedule`,
              :func:`class_weights`, :func:`soft_targets`
 Features:    :func:`extract_features`, :class:`StagePool`, :func:`gem`, :data:`VIEWS`, :data:`TTA_VIEWS`,
              :func:`apply_view`, :class:`WithTTA`
-Data:        :class:`Split`, :func:`batches`, :func:`predict`, :func:`to_device`
+Data:        :class:`Split`, :func:`with_images`, :func:`batches`, :func:`predict`, :func:`to_device`
 Memory:      :class:`PeakMemory`, :func:`rss_bytes`
 DDP:         :class:`DistInfo`, :func:`dist_info`, :func:`is_main`, :func:`shard`,
              :func:`all_gather`, :func:`all_reduce_sum`, :func:`broadcast`, :func:`barrier`
@@ -34,7 +34,7 @@ _WHERE = {
     "soft_targets": "optim",
     "extract_features": "features", "StagePool": "features", "gem": "features",
     "VIEWS": "views", "TTA_VIEWS": "views", "apply_view": "views", "WithTTA": "views",
-    "Split": "datasets", "batches": "data", "predict": "data", "to_device": "data",
+    "Split": "datasets", "with_images": "datasets", "batches": "data", "predict": "data", "to_device": "data",
     "PeakMemory": "memory", "rss_bytes": "memory",
     "DistInfo": "dist", "dist_info": "dist", "is_main": "dist", "shard": "dist", "all_gather": "dist",
     "all_reduce_sum": "dist", "broadcast": "dist", "barrier": "dist",

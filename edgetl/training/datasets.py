@@ -176,3 +176,36 @@ def batch_mix(names: list[str], num_classes: int) -> Callable | None:
         return mix(x, y)
 
     return apply
+
+
+class _Joined(torch.utils.data.ConcatDataset):
+    """Datasets one after another; ``set_epoch`` reaches each (fresh augmentation draws per epoch)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.datasets:
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
+
+
+def with_images(ctx: Any, images: list[tuple[Path, int]], split: Split | None = None) -> Split:
+    """``split`` (default ``ctx.train``) followed by ``images``, ``(path, class index)`` pairs.
+
+    The added images go through the same preprocessing and per-image
+    augmentation as the split (``ctx.input``, the run's ``augment``; their
+    draws are seeded apart from the split's). Pass the result as
+    ``fit_epochs(..., train=...)``, e.g. new data plus a rehearsal buffer.
+    Batch mixing (mixup, cutmix) is applied to ``ctx.train`` only.
+    """
+    from edgetl.data.folder import Sample, Samples
+
+    split = ctx.train if split is None else split
+    if not images:
+        return split
+    samples = Samples([Sample(Path(p), int(y)) for p, y in images], list(ctx.labels))
+    geometric = [a for a in ctx.config.augment if a not in PER_BATCH]
+    seed = ctx.config.train.seed + 1
+    plain = ImageDataset(samples, ctx.input, augment=[], train=False, seed=seed)
+    augmented = ImageDataset(samples, ctx.input, augment=geometric, train=True, seed=seed) if geometric else plain
+    labels = np.concatenate([split.labels, np.asarray([y for _, y in images], dtype=int)])
+    return Split(split.name, _Joined([split.dataset, augmented]), _Joined([split.plain, plain]), labels,
+                 list(split.paths) + [Path(p) for p, _ in images])

@@ -52,6 +52,12 @@ class Classifier(nn.Module):
 def build_classifier(ctx: FitContext, dropout: float | None = None, hidden: int | None = None) -> Classifier:
     """``ctx.module`` (the built backbone) with a fresh head for ``ctx.labels``.
 
+    In a ``--from`` run (``ctx.previous``) it is the previous run's classifier
+    instead: ``ctx.module`` holds the previous backbone weights and the head is
+    the previous head expanded to ``ctx.labels`` (old rows copied, new rows
+    fresh), so a plain fine-tune continues from the old model; ``hidden`` may
+    then be None (the previous head's shape) or equal to it.
+
     ``dropout`` defaults to the run's ``train.dropout``; ``hidden`` must be a
     positive integer or None (a ValueError otherwise, for the strategy to
     turn into a ConfigError naming its option).
@@ -59,4 +65,55 @@ def build_classifier(ctx: FitContext, dropout: float | None = None, hidden: int 
     if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
         raise ValueError(f"hidden: expected a positive integer or null, got {hidden!r}")
     rate: Any = ctx.config.train.dropout if dropout is None else dropout
+    previous = getattr(ctx, "previous", None)
+    if previous is not None and previous.classifier is not None:
+        return _continued(previous.classifier, float(rate), hidden)
     return Classifier(ctx.module, ctx.backbone.feature_dim, len(ctx.labels), dropout=float(rate), hidden=hidden)
+
+
+def head_hidden(model: Classifier) -> int | None:
+    """The width of ``model``'s hidden head layer, or None for a linear head."""
+    linears = [m for m in model.head if isinstance(m, nn.Linear)]
+    return linears[0].out_features if len(linears) > 1 else None
+
+
+def _continued(model: Classifier, dropout: float, hidden: int | None) -> Classifier:
+    """A ``--from`` run's classifier (previous weights, expanded head) with this run's dropout."""
+    old = head_hidden(model)
+    if hidden is not None and hidden != old:
+        raise ValueError(f"hidden: {hidden} differs from the previous run's head "
+                         f"({'a linear head' if old is None else f'hidden {old}'}); leave it unset with --from")
+    for m in model.head:
+        if isinstance(m, nn.Dropout):
+            m.p = dropout
+    return model
+
+
+def expand_classifier(features: nn.Module, feature_dim: int, head_state: dict[str, torch.Tensor],
+                      num_classes: int) -> Classifier | None:
+    """A :class:`Classifier` whose head starts from ``head_state`` (a previous Classifier's ``head.*``).
+
+    The previous head's rows are its classes; they are copied into the first
+    rows of the new last layer, the remaining ``num_classes - K_old`` rows keep
+    their fresh (seeded) initialisation. A hidden layer is copied whole.
+    Returns None when ``head_state`` is not a Classifier head (a linear-probe
+    head with standardisation, a custom module).
+    """
+    if set(head_state) == {"1.weight", "1.bias"}:
+        hidden, last = None, "1"
+    elif set(head_state) == {"1.weight", "1.bias", "4.weight", "4.bias"}:
+        hidden, last = int(head_state["1.weight"].shape[0]), "4"
+    else:
+        return None
+    if head_state["1.weight"].shape[1] != feature_dim or head_state[f"{last}.weight"].shape[0] > num_classes:
+        return None
+    model = Classifier(features, feature_dim, num_classes, hidden=hidden)
+    layer = model.head[int(last)]
+    k_old = head_state[f"{last}.weight"].shape[0]
+    with torch.no_grad():
+        if hidden is not None:
+            model.head[1].weight.copy_(head_state["1.weight"])
+            model.head[1].bias.copy_(head_state["1.bias"])
+        layer.weight[:k_old].copy_(head_state[f"{last}.weight"])
+        layer.bias[:k_old].copy_(head_state[f"{last}.bias"])
+    return model

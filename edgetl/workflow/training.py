@@ -89,7 +89,8 @@ class Run:
 
 
 def train_config(cfg: RunConfig, out: str | Path | None = None, *, device: str = "auto", resume: bool = False,
-                 force: bool = False, skip_bad: bool = False, log: Log = stderr_log) -> Run | None:
+                 force: bool = False, skip_bad: bool = False, log: Log = stderr_log,
+                 from_run: str | Path | None = None) -> Run | None:
     """Train a validated config into ``out`` (default ``runs/NAME``); None on a non-main DDP rank.
 
     The log ends with report.md's results (what ``edgetl train`` prints last).
@@ -98,7 +99,8 @@ def train_config(cfg: RunConfig, out: str | Path | None = None, *, device: str =
     from edgetl.host.report import report_summary
 
     run_dir = Path(out) if out else Path("runs") / cfg.name
-    summary = Trainer(cfg, run_dir, device=device, resume=resume, force=force, skip_bad=skip_bad, log=log).run()
+    summary = Trainer(cfg, run_dir, device=device, resume=resume, force=force, skip_bad=skip_bad, log=log,
+                      from_run=from_run).run()
     if summary is None:
         return None
     log(report_summary(run_dir))  # the results (argmax and operating point side by side) end the log
@@ -107,7 +109,7 @@ def train_config(cfg: RunConfig, out: str | Path | None = None, *, device: str =
 
 def train(config: str | Path | dict[str, Any] | RunConfig, *, out: str | Path | None = None, device: str = "auto",
           resume: bool = False, force: bool = False, skip_bad: bool = False, log: Log | None = stderr_log,
-          **overrides: Any) -> Run | None:
+          from_run: str | Path | None = None, **overrides: Any) -> Run | None:
     """Train a run: ``edgetl train`` from Python.
 
     Args:
@@ -116,6 +118,8 @@ def train(config: str | Path | dict[str, Any] | RunConfig, *, out: str | Path | 
             continues an interrupted run there.
         device: ``auto``, ``cpu`` or ``cuda``.
         log: receives progress lines (default: stderr); None is silent.
+        from_run: a trained run directory to continue (``edgetl train --from``): its
+            weights and classes, new classes of the data appended (continual learning).
         **overrides: config keys to change: a section as a dict merges into it
             (``train={"epochs": 3}``), a dotted key sets one value (``**{"train.epochs": 3}``).
 
@@ -124,4 +128,4 @@ def train(config: str | Path | dict[str, Any] | RunConfig, *, out: str | Path | 
     """
     cfg = resolve_config(config, overrides)
     return train_config(cfg, out, device=device, resume=resume, force=force, skip_bad=skip_bad,
-                        log=log or (lambda message: None))
+                        log=log or (lambda message: None), from_run=from_run)

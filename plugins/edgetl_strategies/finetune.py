@@ -81,31 +81,43 @@ class Finetune(Strategy):
         return {"unfreeze": "all", "lr_decay": 1.0, "freeze_bn": False} if kind == "scratch" else None
 
     def fit(self, ctx: FitContext) -> TrainedModel:
-        from edgetl.training import fit_epochs, param_groups
-
         opts = resolve(self.name, ctx.options, self.DEFAULTS)
-        decay = positive_float(self.name, "lr_decay", opts["lr_decay"], upper=1.0)
-        model = build_model(ctx, opts["hidden"])
-        groups = ctx.backbone.layer_groups(model.features)
-        unfreeze = opts["unfreeze"]
-        if unfreeze == "all":
-            n_top = len(groups)
-        elif isinstance(unfreeze, int) and not isinstance(unfreeze, bool) and unfreeze >= 0:
-            n_top = unfreeze
-        else:
-            raise ConfigError(f"strategy.options.unfreeze: expected 'all' or a number of layer groups "
-                              f"(0..{len(groups)}), got {unfreeze!r}")
-        frozen = set_trainable(model, groups, n_top)
-        bn = freeze_bn(self.name, opts["freeze_bn"], _per_rank_batch(ctx))
-        ctx.progress(f"finetune: head + top {min(n_top, len(groups))}/{len(groups)} layer groups, "
-                     f"lr {ctx.config.train.lr:g} x {decay:g} per group, BatchNorm "
-                     f"{'frozen' if bn else 'training'}", 0, ctx.config.train.epochs)
-        opt_groups = param_groups(model, groups, ctx.config.train.lr, decay, ctx.config.train.weight_decay)
-        stopper = fit_epochs(
-            ctx, model, opt_groups, tag=self.name,
-            eval_modules=lambda: frozen + ([model.features] if bn else []),
-            on_epoch_start=lambda e: {"unfrozen_groups": min(n_top, len(groups))})
+        model, stopper = train_finetune(ctx, self.name, opts)
         return TrainedModel(module=model, task="classify", labels=list(ctx.labels), best_epoch=stopper.best_epoch)
+
+
+def train_finetune(ctx: FitContext, name: str, opts: dict[str, Any], train: Any = None,
+                   callbacks: tuple[Any, ...] = ()) -> tuple[Any, Any]:
+    """``finetune``'s training (``unfreeze``, ``lr_decay``, ``freeze_bn``, ``hidden`` in ``opts``).
+
+    ``train``/``callbacks`` go to ``fit_epochs`` (a split with extra images, an
+    extra loss): ``rehearsal`` is this plus a buffer and distillation.
+    Returns the model and the EarlyStopping.
+    """
+    from edgetl.training import fit_epochs, param_groups
+
+    decay = positive_float(name, "lr_decay", opts["lr_decay"], upper=1.0)
+    model = build_model(ctx, opts["hidden"])
+    groups = ctx.backbone.layer_groups(model.features)
+    unfreeze = opts["unfreeze"]
+    if unfreeze == "all":
+        n_top = len(groups)
+    elif isinstance(unfreeze, int) and not isinstance(unfreeze, bool) and unfreeze >= 0:
+        n_top = unfreeze
+    else:
+        raise ConfigError(f"strategy.options.unfreeze: expected 'all' or a number of layer groups "
+                          f"(0..{len(groups)}), got {unfreeze!r}")
+    frozen = set_trainable(model, groups, n_top)
+    bn = freeze_bn(name, opts["freeze_bn"], _per_rank_batch(ctx))
+    ctx.progress(f"{name}: head + top {min(n_top, len(groups))}/{len(groups)} layer groups, "
+                 f"lr {ctx.config.train.lr:g} x {decay:g} per group, BatchNorm "
+                 f"{'frozen' if bn else 'training'}", 0, ctx.config.train.epochs)
+    opt_groups = param_groups(model, groups, ctx.config.train.lr, decay, ctx.config.train.weight_decay)
+    stopper = fit_epochs(
+        ctx, model, opt_groups, tag=name, train=train, callbacks=callbacks,
+        eval_modules=lambda: frozen + ([model.features] if bn else []),
+        on_epoch_start=lambda e: {"unfrozen_groups": min(n_top, len(groups))})
+    return model, stopper
 
 
 class Progressive(Strategy):

@@ -179,9 +179,12 @@ class LinearProbe(Strategy):
         x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
         head = model.head.cpu()
         head.requires_grad_(True)
+        # a --from run's head (old rows + fresh new rows) is the start when it reads the same features
+        continued = (ctx.previous is not None and ctx.previous.classifier is not None and opts["stages"] is None
+                     and not opts["standardize"])
         torch.manual_seed(cfg.seed)
         for m in head.modules():
-            if hasattr(m, "reset_parameters"):
+            if hasattr(m, "reset_parameters") and not continued:
                 m.reset_parameters()
         threads = torch.get_num_threads()
         # tiny matmuls: one thread; several spin-wait on a busy CPU (measured 10-25 s per epoch

@@ -1,0 +1,208 @@
+"""Continual learning: ``edgetl train --from RUN`` and the ``rehearsal`` strategy (plugins/edgetl_transfer).
+
+Tiny backbone, tiny synthetic images with three visibly different classes:
+stage 1 learns ``good`` and ``line``; stage 2 sees only the new class
+``spot`` (no old-class image), so a naive fine-tune forgets the old classes
+while rehearsal (stored exemplars) + LwF keeps predicting them. Also: the
+buffer's bound and balance, the exemplars carried forward, the ``--from``
+errors, and the continual run exported through the gate.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+from train_fixtures import one_torch_thread, write_config  # noqa: E402, F401
+
+from edgetl.config import load_run_config  # noqa: E402
+from edgetl.errors import ConfigError, EdgetlError, UsageError  # noqa: E402
+from edgetl.host.engine import Trainer  # noqa: E402
+
+
+def make_image(rng: np.random.Generator, kind: str, size: int = 40) -> np.ndarray:
+    """``good``: a smooth gradient; ``line``: plus a dark line; ``spot``: plus a bright square."""
+    img = np.linspace(90, 170, size, dtype=np.float32)[None, :].repeat(size, 0) + rng.normal(0, 6, (size, size))
+    r = int(rng.integers(6, size - 12))
+    if kind == "line":
+        img[r:r + 3, 3:size - 3] = 20
+    elif kind == "spot":
+        img[r:r + 9, r:r + 9] = 250
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    return np.stack([img, img, img], axis=-1)
+
+
+def make_folder(root, per_class: dict[str, int], seed: int):
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    for kind, n in per_class.items():
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            cv2.imwrite(str(root / kind / f"{kind}_{i:03d}.png"), make_image(rng, kind))
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("continual")
+    make_folder(root / "old" / "train", {"good": 14, "line": 14}, seed=1)
+    make_folder(root / "old" / "val", {"good": 6, "line": 6}, seed=2)
+    make_folder(root / "new" / "train", {"spot": 14}, seed=3)  # the new class only
+    for split, seed in (("val", 4), ("test", 5)):
+        make_folder(root / "new" / split, {"good": 6, "line": 6, "spot": 6}, seed=seed)
+    return root
+
+
+def train(run_dir, data, strategy="rehearsal", options=None, from_run=None, overrides=(), **kw):
+    cfg_path = write_config(run_dir.parent / f"{run_dir.name}.yaml", data, strategy, options,
+                            **{"epochs": 4, "lr": 1e-2, **kw})
+    cfg = load_run_config(cfg_path, list(overrides))
+    Trainer(cfg, run_dir, device="cpu", log=lambda m: None, from_run=from_run).run()
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory, data):
+    """good/line, rehearsal without --from: a fine-tune that stores a 12-image buffer."""
+    run = tmp_path_factory.mktemp("s1") / "run"
+    train(run, data / "old", options={"buffer_size": 13})
+    return run
+
+
+@pytest.fixture(scope="module")
+def stage2(tmp_path_factory, data, stage1):
+    """spot only (+ the stored exemplars), rehearsal + LwF, with the naive fine-tune as baseline."""
+    run = tmp_path_factory.mktemp("s2") / "run"
+    metrics = train(run, data / "new", options={"buffer_size": 9, "lwf": True}, from_run=stage1,
+                    baseline="finetune", class_weights="balanced")
+    return run, metrics
+
+
+def index(run):
+    return json.loads((run / "exemplars" / "index.json").read_text())
+
+
+def test_buffer_is_bounded_balanced_and_stored_with_hashes(stage1):
+    import hashlib
+
+    doc = index(stage1)
+    assert doc["buffer_size"] == 13 and doc["selection"] == "herding"
+    assert doc["counts"] == {"good": 6, "line": 6}  # 13 // 2 each: equal share, never over the bound
+    for item in doc["items"]:
+        path = stage1 / item["file"]
+        assert path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == item["sha256"]
+        assert path.parent.name == item["label"]
+
+
+def test_selection_is_bounded_per_class_and_deterministic():
+    from edgetl_transfer.rehearsal import herding, select
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [10, 2, 30])
+    features = rng.normal(size=(42, 8))
+    for feats in (features, None):
+        chosen = select(labels, feats, 3, 12, seed=0)
+        counts = np.bincount(labels[chosen], minlength=3)
+        assert counts.tolist() == [4, 2, 4] and len(set(chosen)) == len(chosen)  # a small class keeps all it has
+        assert chosen == select(labels, feats, 3, 12, seed=0)
+    # herding's first pick is the image nearest the class mean
+    f = features[:10] / np.linalg.norm(features[:10], axis=1, keepdims=True)
+    assert herding(features[:10], 1) == [int(np.argmin(np.linalg.norm(f - f.mean(0), axis=1)))]
+
+
+def test_old_classes_kept_with_rehearsal_forgotten_by_naive_finetune(stage2):
+    run, metrics = stage2
+    assert metrics["labels"] == ["good", "line", "spot"]  # old indices kept, the new class appended
+    doc = metrics["continual"]
+    assert doc["old_labels"] == ["good", "line"] and doc["new_labels"] == ["spot"] and doc["split"] == "test"
+    assert doc["before"]["overall"] >= 0.8  # stage 1 had learnt its classes
+    ours, naive = doc["after"], doc["baseline"]
+    assert naive["strategy"] == "finetune"
+    # trained on spot images only (its best epoch by val, which holds every class, forgets least)
+    assert naive["old"]["overall"] <= 0.5 and naive["forgetting"]["overall"] >= 0.4
+    assert ours["old"]["overall"] >= 0.8 and ours["new"]["overall"] >= 0.5
+    assert ours["forgetting"]["overall"] <= naive["forgetting"]["overall"] - 0.3
+    report = (run / "report.md").read_text()
+    assert "## Continual learning" in report and "| **old classes** |" in report
+    assert metrics["strategy_extra"]["exemplars_rehearsed"] == 12 and metrics["strategy_extra"]["lwf"] is True
+
+
+def test_exemplars_are_carried_forward(stage1, stage2):
+    run, _ = stage2
+    doc = index(run)
+    assert doc["counts"] == {"good": 3, "line": 3, "spot": 3}
+    sources = {item["source"] for item in doc["items"] if item["label"] != "spot"}
+    assert sources <= {str(stage1 / item["file"]) for item in index(stage1)["items"]}  # old classes: old exemplars
+
+
+def test_continual_run_exports_through_the_gate(tmp_path, stage2):
+    pytest.importorskip("onnxruntime")
+    import zipfile
+
+    from edgetl.host.export import ExportOptions, export_run
+
+    run, _ = stage2
+    result = export_run(run, ExportOptions(format="onnx", precision="fp32", calib_count=8, out=tmp_path / "m.edgetl",
+                                           gate=100.0, min_agreement=0.0, latency_runs=0))
+    assert result.bundle.is_file() and any(a["passed"] for a in result.attempts)
+    with zipfile.ZipFile(result.bundle) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+        assert not [n for n in zf.namelist() if "exemplar" in n]  # the buffer stays in the run directory
+    assert manifest["labels"] == ["good", "line", "spot"]
+
+
+def test_plain_finetune_from_a_run_starts_from_its_weights(tmp_path, data, stage1):
+    from edgetl.host.continual import open_previous, previous_run
+    from edgetl.plugins import get_manager
+
+    backbone = get_manager().get("backbone", "timm:test_efficientnet")
+    prev = open_previous(stage1, tmp_path / "out", backbone.name, _spec(backbone), "classify")
+    module = backbone.build(pretrained=False)
+    got = previous_run(prev, module, backbone.feature_dim, ["good", "line", "spot"])
+    old = prev.state_dict
+    assert torch.equal(module.state_dict()["conv_stem.weight"], old["features.conv_stem.weight"])
+    head = got.classifier.head[-1]
+    assert head.weight.shape[0] == 3 and torch.equal(head.weight[:2], old["head.1.weight"])
+    assert not torch.equal(head.weight[2], torch.zeros_like(head.weight[2]))  # the new row is initialised
+
+
+def _spec(backbone):
+    import dataclasses
+
+    return dataclasses.replace(backbone.input, size=(32, 32))
+
+
+def test_from_errors_are_one_line(tmp_path, data, stage1):
+    cases = [
+        ({"from_run": tmp_path / "nope"}, UsageError, "no such run directory"),
+        ({"from_run": stage1, "overrides": ["train.image_size=48"]}, ConfigError, "differs from the --from run's"),
+        ({"from_run": stage1, "overrides": ["backbone.name=efficientnet_lite0"]}, ConfigError, "backbone.name"),
+        ({"from_run": stage1, "options": {"lwf": "yes"}}, ConfigError, "strategy.options.lwf"),
+        ({"options": {"lwf": True}}, ConfigError, "needs a previous run"),
+    ]
+    for i, (kw, kind, text) in enumerate(cases):
+        with pytest.raises(kind, match=text) as info:
+            train(tmp_path / f"bad{i}", data / "new" if "from_run" in kw else data / "old", **{"epochs": 1, **kw})
+        assert "\n" not in str(info.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EdgetlError, match="not a run directory"):
+        train(tmp_path / "bad2", data / "new", from_run=tmp_path / "empty", epochs=1)
+
+
+def test_from_an_anomaly_run_is_refused(tmp_path, data, stage1):
+    import torch as t
+
+    fake = tmp_path / "anomaly"
+    fake.mkdir()
+    payload = t.load(stage1 / "model.pt", weights_only=True)
+    payload["task"] = "anomaly"
+    t.save(payload, fake / "model.pt")
+    (fake / "model.pt2").write_bytes((stage1 / "model.pt2").read_bytes())
+    with pytest.raises(UsageError, match="anomaly model"):
+        train(tmp_path / "bad", data / "new", from_run=fake, epochs=1)
