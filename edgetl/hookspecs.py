@@ -59,8 +59,9 @@ def edgetl_strategies(register: Callable[["Strategy"], None]) -> None:
 
     ``Strategy.fit(ctx)`` receives a ``FitContext`` (the backbone and its
     built module, the data, labels, options, config, torch device, progress and
-    history callbacks) and returns a :class:`edgetl.api.TrainedModel` holding
-    everything it learned inside one module.
+    history callbacks; in a ``--from`` run, the previous run) and returns a
+    :class:`edgetl.api.TrainedModel` holding everything it learned inside one
+    module.
     """
 
 
