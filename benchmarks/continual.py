@@ -38,6 +38,8 @@ import shutil
 import time
 from pathlib import Path
 
+from anomaly_vs_anomalib import link_tree as link  # ImageFolders of symlinks: root/<class>/<file>
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = {"batch_size": 32, "optimizer": "adamw", "weight_decay": 0.01, "label_smoothing": 0.1, "dropout": 0.2,
          "schedule": {"kind": "cosine", "warmup_epochs": 0}, "class_weights": "sqrt", "grad_clip": 5.0,
@@ -45,16 +47,6 @@ TRAIN = {"batch_size": 32, "optimizer": "adamw", "weight_decay": 0.01, "label_sm
 VARIANTS = {"finetune": ("finetune", {"lr_decay": 0.8}),
             "rehearsal": ("rehearsal", {"lr_decay": 0.8}),
             "rehearsal+lwf": ("rehearsal", {"lr_decay": 0.8, "lwf": True})}
-
-
-def link(items: list[tuple[Path, str]], root: Path) -> Path:
-    """An ImageFolder of symlinks: ``root/<class>/<file>``."""
-    for path, label in items:
-        (root / label).mkdir(parents=True, exist_ok=True)
-        dest = root / label / path.name
-        if not dest.exists():
-            dest.symlink_to(path.resolve())
-    return root
 
 
 def texture_items(data: Path) -> dict[str, list[tuple[Path, str]]]:

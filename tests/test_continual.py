@@ -206,3 +206,15 @@ def test_from_an_anomaly_run_is_refused(tmp_path, data, stage1):
     (fake / "model.pt2").write_bytes((stage1 / "model.pt2").read_bytes())
     with pytest.raises(UsageError, match="anomaly model"):
         train(tmp_path / "bad", data / "new", from_run=fake, epochs=1)
+
+
+def test_cli_from_missing_run_is_one_line(tmp_path, data):
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    cfg = write_config(tmp_path / "c.yaml", data / "new", "finetune", None, epochs=1)
+    result = CliRunner().invoke(cli, ["train", str(cfg), "--from", str(tmp_path / "nope"),
+                                      "--out", str(tmp_path / "run"), "--device", "cpu"])
+    assert result.exit_code != 0 and "--from" in result.output and "no such run directory" in result.output
+    assert "Traceback" not in result.output
