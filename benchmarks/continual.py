@@ -21,7 +21,7 @@ buffer of ``--buffer`` images); stage 2 continues it three ways: naive
 Each stage-2 run's metrics.json ``continual`` gives old-class accuracy before
 (the stage-1 model) and after on the test images, and the new classes'.
 
-    python benchmarks/continual.py --set textures --set elpv --size 128 --epochs 4
+    python benchmarks/continual.py --set textures --set elpv --size 128 --epochs 4 --buffer 60
 
 The run directories go under benchmarks/results/work/continual/ (not
 committed); one JSON per set under benchmarks/results/continual/.
@@ -98,11 +98,12 @@ def stage_data(items: dict, old: list[str], new: list[str], work: Path, cap: int
 
 def train(name: str, strategy: str, options: dict, data: dict, args: argparse.Namespace, out: Path,
           from_run: Path | None = None) -> dict:
+    """One run through ``edgetl.train`` (stage 2: ``from_run`` and ``--epochs2`` epochs); its figures."""
     import edgetl
 
     cfg = {"name": name, "data": data, "backbone": {"name": "efficientnet_lite0", "pretrained": True},
            "strategy": {"name": strategy, "options": options},
-           "train": {**TRAIN, "epochs": args.epochs, "image_size": args.size}, "augment": ["hflip", "vflip"]}
+           "train": {**TRAIN, "epochs": args.epochs2 if from_run else args.epochs, "image_size": args.size}, "augment": ["hflip", "vflip"]}
     t0 = time.perf_counter()
     run = edgetl.train(cfg, out=out, device="cpu", force=True, from_run=from_run, log=None)
     metrics = run.metrics
@@ -162,12 +163,14 @@ def main() -> None:
     parser.add_argument("--elpv", help="ELPV four-class split folder (train/val/test with p000 p033 p067 p100)")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs2", type=int, default=None, help="stage-2 epochs (default --epochs)")
     parser.add_argument("--buffer", type=int, default=40, help="rehearsal buffer size (all classes together)")
     parser.add_argument("--cap", type=int, default=150, help="stage-1 training images per class at most")
     parser.add_argument("--old-per-class", type=int, default=0, help="old-class images in stage-2 training data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "continual"))
     args = parser.parse_args()
+    args.epochs2 = args.epochs2 or args.epochs
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for name in args.set or sorted(SETS, reverse=True):
         result = run_set(name, args)
