@@ -163,7 +163,7 @@ class Rehearsal(Strategy):
                      0, ctx.config.train.epochs)
         model, stopper = train_finetune(ctx, self.name, opts, train=train, callbacks=callbacks)
         t0 = time.perf_counter()
-        stored = self.store(ctx, model, with_images(ctx, old), opts)
+        stored = self.store(ctx, model, train if opts["rehearse"] else with_images(ctx, old), opts)
         extra = {"buffer_size": opts["buffer_size"], "buffer_per_class": opts["buffer_size"] // len(ctx.labels),
                  "selection": opts["selection"], "exemplars_rehearsed": len(train) - len(ctx.train),
                  "exemplars_stored": stored, "lwf": opts["lwf"]}
