@@ -16,8 +16,9 @@ keep their meaning: this adds classes, it does not re-split old ones.)
 Stage-2 training data holds the new class(es) and ``--old-per-class`` images
 of each old class (default 0); val and test hold every class. Stage 1 is
 ``rehearsal`` without ``--from`` (a fine-tune that stores a class-balanced
-buffer of ``--buffer`` images); stage 2 continues it three ways: naive
-``finetune``, ``rehearsal`` (the stored exemplars), ``rehearsal`` + LwF.
+buffer of ``--buffer`` images); stage 2 continues it four ways: naive
+``finetune``, ``rehearsal`` (the stored exemplars), ``rehearsal`` + LwF, and
+LwF alone (no exemplars).
 Each stage-2 run's metrics.json ``continual`` gives old-class accuracy before
 (the stage-1 model) and after on the test images, and the new classes'.
 
@@ -46,7 +47,8 @@ TRAIN = {"batch_size": 32, "optimizer": "adamw", "weight_decay": 0.01, "label_sm
          "early_stopping": {"metric": "balanced_accuracy", "patience": None}, "seed": 0, "lr": 1e-3}
 VARIANTS = {"finetune": ("finetune", {"lr_decay": 0.8}),
             "rehearsal": ("rehearsal", {"lr_decay": 0.8}),
-            "rehearsal+lwf": ("rehearsal", {"lr_decay": 0.8, "lwf": True})}
+            "rehearsal+lwf": ("rehearsal", {"lr_decay": 0.8, "lwf": True}),
+            "lwf": ("rehearsal", {"lr_decay": 0.8, "lwf": True, "rehearse": False, "buffer_size": 0})}
 
 
 def texture_items(data: Path) -> dict[str, list[tuple[Path, str]]]:
@@ -126,7 +128,7 @@ def run_set(name: str, args: argparse.Namespace) -> dict:
     print(f"[{name}] stage 1: test acc {stage1['test_accuracy']:.3f} in {stage1['fit_s']:.0f} s", flush=True)
     rows = {}
     for variant, (strategy, options) in VARIANTS.items():
-        opts = {**options, "buffer_size": args.buffer} if strategy == "rehearsal" else options
+        opts = {"buffer_size": args.buffer, **options} if strategy == "rehearsal" else options
         rows[variant] = train(f"{name}-{variant}", strategy, opts, s2_data, args, work / variant,
                               from_run=work / "stage1")
         c = rows[variant]["continual"]
