@@ -157,7 +157,7 @@ def test_continual_run_exports_through_the_gate(tmp_path, stage2):
     assert manifest["labels"] == ["good", "line", "spot"]
 
 
-def test_plain_finetune_from_a_run_starts_from_its_weights(tmp_path, data, stage1):
+def test_from_run_loads_the_old_backbone_and_expands_the_head(tmp_path, data, stage1):
     from edgetl.host.continual import open_previous, previous_run
     from edgetl.plugins import get_manager
 
@@ -170,6 +170,15 @@ def test_plain_finetune_from_a_run_starts_from_its_weights(tmp_path, data, stage
     head = got.classifier.head[-1]
     assert head.weight.shape[0] == 3 and torch.equal(head.weight[:2], old["head.1.weight"])
     assert not torch.equal(head.weight[2], torch.zeros_like(head.weight[2]))  # the new row is initialised
+    # what finetune, progressive and linear-probe build on: build_classifier returns that classifier
+    from types import SimpleNamespace
+
+    from edgetl.training import build_classifier
+
+    ctx = SimpleNamespace(previous=got, config=SimpleNamespace(train=SimpleNamespace(dropout=0.1)))
+    assert build_classifier(ctx) is got.classifier and got.classifier.head[0].p == 0.1
+    with pytest.raises(ValueError, match="hidden"):
+        build_classifier(ctx, hidden=16)
 
 
 def _spec(backbone):
