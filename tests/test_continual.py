@@ -5,7 +5,8 @@ stage 1 learns ``good`` and ``line``; stage 2 sees only the new class
 ``spot`` (no old-class image), so a naive fine-tune forgets the old classes
 while rehearsal (stored exemplars) + LwF keeps predicting them. Also: the
 buffer's bound and balance, the exemplars carried forward, the ``--from``
-errors, and the continual run exported through the gate.
+errors, and the continual run exported through the gate (ONNX and OpenVINO)
+and served on the agent like the host model.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
+from serve_support import running_agent  # noqa: E402
 from train_fixtures import one_torch_thread, write_config  # noqa: E402, F401
 
 from edgetl.config import load_run_config  # noqa: E402
@@ -84,6 +86,12 @@ def stage2(tmp_path_factory, data, stage1):
     return run, metrics
 
 
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    with running_agent(tmp_path_factory) as running:
+        yield running
+
+
 def index(run):
     return json.loads((run / "exemplars" / "index.json").read_text())
 
@@ -141,20 +149,21 @@ def test_exemplars_are_carried_forward(stage1, stage2):
     assert sources <= {str(stage1 / item["file"]) for item in index(stage1)["items"]}  # old classes: old exemplars
 
 
-def test_continual_run_exports_through_the_gate(tmp_path, stage2):
+def test_continual_run_exports_through_the_gate_and_serves(tmp_path, data, stage2, agent):
     pytest.importorskip("onnxruntime")
     import zipfile
 
-    from edgetl.host.export import ExportOptions, export_run
+    from serve_support import export_fp32, exports_and_serves
 
     run, _ = stage2
-    result = export_run(run, ExportOptions(format="onnx", precision="fp32", calib_count=8, out=tmp_path / "m.edgetl",
-                                           gate=100.0, min_agreement=0.0, latency_runs=0))
+    result = export_fp32(run, tmp_path / "m.edgetl")  # the default gate
     assert result.bundle.is_file() and any(a["passed"] for a in result.attempts)
     with zipfile.ZipFile(result.bundle) as zf:
         manifest = json.loads(zf.read("manifest.json"))
         assert not [n for n in zf.namelist() if "exemplar" in n]  # the buffer stays in the run directory
     assert manifest["labels"] == ["good", "line", "spot"]
+    images = [sorted((data / "new" / "test" / cls).glob("*.png"))[0] for cls in ("good", "line", "spot")]
+    exports_and_serves(agent, run, tmp_path, images)
 
 
 def test_from_run_loads_the_old_backbone_and_expands_the_head(tmp_path, data, stage1):

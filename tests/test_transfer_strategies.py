@@ -1,9 +1,9 @@
 """The transfer-learning strategies (plugins/edgetl_transfer): lora, dann, intermediate-pretrain.
 
 Tiny backbone, tiny synthetic images: each strategy trains a few steps,
-reports its negative-transfer check, exports through the gate (ONNX, signed)
-and is installed on one shared agent, whose /v1/predict must give the host
-model's class; LoRA's parameter sets, merge parity and plain exported graph;
+reports its negative-transfer check, exports through the gate (ONNX and
+OpenVINO, signed) and is installed on one shared agent, whose /v1/predict must
+give the host model's class; LoRA's parameter sets, merge parity and plain exported graph;
 DANN's gradient reversal and its dropped domain head.
 """
 
@@ -17,6 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
+from serve_support import exports_and_serves, running_agent  # noqa: E402
 from train_fixtures import make_dataset, make_folder, one_torch_thread, write_config  # noqa: E402, F401
 
 from edgetl.config import load_run_config  # noqa: E402
@@ -39,43 +40,15 @@ def train(tmp_path, data, strategy, options=None, overrides=(), **kw):
     return summary, json.loads((tmp_path / "run" / "metrics.json").read_text())
 
 
-def export_onnx(run_dir, out, fmt="onnx", sign=None):
-    """FP32 through the default gate (1 point, 0.98 agreement): the exported graph must be the trained model."""
-    from edgetl.host.export import ExportOptions, export_run
-
-    options = ExportOptions(format=fmt, precision="fp32", calib_count=8, out=out, latency_runs=0, sign=sign)
-    return export_run(run_dir, options)
-
-
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory):
-    """(signing key, agent client): one agent in a thread for the module; each test installs its bundle."""
-    from agent_support import ThreadAgent
-
-    from edgetl.keys import generate_keypair
-
-    root = tmp_path_factory.mktemp("agent")
-    key, pub = generate_keypair(root / "signer")
-    with ThreadAgent(root / "state", [pub]) as running, running.client() as client:
-        yield key, client
+    with running_agent(tmp_path_factory) as running:
+        yield running
 
 
-def served_like_the_host(agent, run_dir, bundle_path, data):
-    """Install the bundle on the agent; /v1/predict gives the host run's class for val images of both classes."""
-    from agent_support import install
-
-    from edgetl.workflow.model import Model
-
-    _, client = agent
-    assert install(client, bundle_path)["status"] == "installed"
-    images = [p for cls in ("defect", "good") for p in sorted((data / "val" / cls).glob("*.png"))[:2]]
-    host = Model(run_dir).predict(images)
-    for image, expected in zip(images, host, strict=True):
-        response = client.post("/v1/predict", content=image.read_bytes(), headers={"Content-Type": "image/png"})
-        assert response.status_code == 200, response.text
-        doc = response.json()
-        assert doc["label"] == expected.label, image
-        assert doc["scores"] == pytest.approx(expected.scores, abs=1e-4)  # the same model, not just the same class
+def val_images(data):
+    """Two val images of each class: what the agent must answer like the host."""
+    return [p for cls in ("defect", "good") for p in sorted((data / "val" / cls).glob("*.png"))[:2]]
 
 
 def tiny_classifier(seed=0):
@@ -191,12 +164,7 @@ def test_lora_trains_exports_serves_and_reports(tmp_path, data, agent):
     assert_verdict(metrics["baseline"], report)
     assert {r["slice"] for r in metrics["slices"]["val"]["cls"]} == {"good", "defect"}  # per-slice report
     assert "## Per slice" in report and "### `cls` (val)" in report
-    result = export_onnx(tmp_path / "run", tmp_path / "lora.edgetl", sign=agent[0])
-    assert result.bundle.is_file() and any(a["passed"] for a in result.attempts)
-    served_like_the_host(agent, tmp_path / "run", result.bundle, data)
-    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'edgetl[openvino]')")
-    result = export_onnx(tmp_path / "run", tmp_path / "lora-ov.edgetl", fmt="openvino")
-    assert result.bundle.is_file() and any(a["passed"] for a in result.attempts)
+    exports_and_serves(agent, tmp_path / "run", tmp_path, val_images(data))
 
 
 def test_lora_bad_option_is_one_line(tmp_path, data):
@@ -238,9 +206,7 @@ def test_dann_trains_drops_the_domain_head_exports_and_serves(tmp_path, data, ag
     loaded = load_run(tmp_path / "run").model
     n_plain = sum(v.numel() for k, v in tiny_classifier()[1].state_dict().items())
     assert sum(v.numel() for v in loaded.state_dict().values()) == n_plain
-    result = export_onnx(tmp_path / "run", tmp_path / "dann.edgetl", sign=agent[0])
-    assert any(a["passed"] for a in result.attempts)
-    served_like_the_host(agent, tmp_path / "run", result.bundle, data)
+    exports_and_serves(agent, tmp_path / "run", tmp_path, val_images(data))
 
 
 def test_dann_without_target_images_is_one_line(tmp_path, data):
@@ -278,6 +244,4 @@ def test_intermediate_pretrain_trains_both_stages_exports_and_serves(tmp_path, d
     assert summary["epochs_run"] == 2 and summary["best_epoch"] in (1, 2)
     assert metrics["strategy_extra"]["pretrain_epochs"] == 2
     assert 0 <= metrics["strategy_extra"]["rotation_accuracy"] <= 1
-    result = export_onnx(tmp_path / "run", tmp_path / "ip.edgetl", sign=agent[0])
-    assert any(a["passed"] for a in result.attempts)
-    served_like_the_host(agent, tmp_path / "run", result.bundle, data)
+    exports_and_serves(agent, tmp_path / "run", tmp_path, val_images(data))
