@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -118,6 +119,27 @@ def quantize_int8(src: Path, dst: Path, batches: list[np.ndarray], *, symmetric:
     return dst
 
 
+def int8_base(src: Path, folder: Path, batches: list[np.ndarray], reduce_range: bool,
+              shared: dict[str, Any]) -> tuple[Path, Path, Path]:
+    """(pre-processed graph, calibration cache, whole-model INT8) of ``src``, made once per export.
+
+    The plain INT8 step and the accuracy-aware step quantize the same graph
+    with the same calibration: ``shared`` (``QuantizeContext.shared``) keeps
+    what the first one made, so the second neither pre-processes nor
+    calibrates again (on ELPV at 300 px calibration is most of a step's time).
+    """
+    key = f"onnx-int8-base:{src}:{'reduce-range' if reduce_range else 'full-range'}"
+    made = shared.get(key)
+    if made is not None and all(Path(p).is_file() for p in made):
+        return made
+    folder.mkdir(parents=True, exist_ok=True)
+    prep = preprocess(src, folder / "prep.onnx")
+    cache = folder / "calibration.json"
+    full = quantize_int8(prep, folder / "int8.onnx", batches, reduce_range=reduce_range, cache=cache)
+    shared[key] = (prep, cache, full)
+    return shared[key]
+
+
 def output_ops(path: Path) -> list[str]:
     """Names of the nodes that produce the graph's outputs."""
     import onnx
@@ -180,7 +202,8 @@ def accuracy_aware_int8(src: Path, dst: Path, batches: list[np.ndarray], *, min_
                         reduce_range: bool, decide: Callable[[np.ndarray], np.ndarray],
                         check: np.ndarray | None = None, sample: int = 32, report: dict[str, Any],
                         budget_s: float | None = None,
-                        progress: Callable[[str, int, int], None] | None = None) -> Path:
+                        progress: Callable[[str, int, int], None] | None = None,
+                        reference: np.ndarray | None = None, shared: dict[str, Any] | None = None) -> Path:
     """INT8 with the most sensitive layers left in float (see the module docstring), within a time budget.
 
     ``check`` (M, 3, H, W): the images the agreement target is checked on —
@@ -188,6 +211,10 @@ def accuracy_aware_int8(src: Path, dst: Path, batches: list[np.ndarray], *, min_
     does); the calibration images otherwise, which the quantization ranges were
     fitted to and so flatter the result. Sensitivity is ranked on ``sample`` of them.
     ``decide`` maps outputs to decisions under the model's operating point.
+    ``reference``: the FP32 outputs on ``check`` when known (the export's torch
+    outputs, what the gate compares with); else the FP32 graph is run here.
+    ``shared``: ``QuantizeContext.shared``, to reuse the plain INT8 step's
+    calibration and model (:func:`int8_base`).
 
     Bounded: the ranking stops at half of ``budget_s``; the search (0, 1, 2,
     4, ... layers in float, up to half) stops as soon as the agreement target
@@ -199,13 +226,13 @@ def accuracy_aware_int8(src: Path, dst: Path, batches: list[np.ndarray], *, min_
     clock = Clock(budget_s, progress)
     with tempfile.TemporaryDirectory(prefix="edgetl-aaq-") as tmp:
         tmp = Path(tmp)
-        prep = preprocess(src, tmp / "prep.onnx")
-        cache = tmp / "calibration.json"
+        prep, cache, full = int8_base(src, dst.parent / "base", batches, reduce_range,
+                                      {} if shared is None else shared)
         check = np.concatenate(batches) if check is None else check
-        check_ref = _session_outputs(prep, check)
+        check_ref = _session_outputs(prep, check) if reference is None else np.asarray(reference)
         want = decide(check_ref)
-        full = quantize_int8(prep, tmp / "k0.onnx", batches, reduce_range=reduce_range, cache=cache)
         agree = float((decide(_session_outputs(full, check)) == want).mean())
+        clock.tick(f"int8 accuracy-aware: whole model INT8, agreement {agree:.3f}", 1, 1)
         best, stopped = (agree, 0, full), "agreement met"
         candidates = [n.name for n in onnx.load(str(prep)).graph.node if n.op_type in WEIGHTED_OPS and n.name]
         ranked, scores = [], {}
@@ -277,9 +304,8 @@ class Fp16(_Base):
 class Int8Ptq(_Base):
     def _quantize(self, src, dst, batches, ctx):
         reduce = needs_reduce_range()
-        with tempfile.TemporaryDirectory(prefix="edgetl-ptq-") as tmp:
-            prep = preprocess(src, Path(tmp) / "prep.onnx")
-            quantize_int8(prep, dst, batches, reduce_range=reduce)
+        _, _, full = int8_base(src, dst.parent / "base", batches, reduce, ctx.shared)
+        shutil.copyfile(full, dst)
         ctx.report.update(format="QDQ", per_channel=True, activations="uint8", weights="int8",
                           reduce_range=reduce, calibration_images=sum(len(b) for b in batches),
                           reduce_range_reason=("host CPU lacks VNNI: U8S8 kernels would saturate"
@@ -289,10 +315,11 @@ class Int8Ptq(_Base):
 class Int8AccuracyAware(_Base):
     def _quantize(self, src, dst, batches, ctx):
         reduce = needs_reduce_range()
-        check = ctx.validation.x if ctx.validation is not None else None
+        val = ctx.validation
         accuracy_aware_int8(src, dst, batches, min_agreement=ctx.gate.min_agreement, reduce_range=reduce,
-                            decide=ctx.model.decide, check=check, report=ctx.report,
-                            budget_s=ctx.time_budget_s, progress=ctx.progress)
+                            decide=ctx.model.decide, check=None if val is None else val.x, report=ctx.report,
+                            budget_s=ctx.time_budget_s, progress=ctx.progress,
+                            reference=None if val is None else val.reference, shared=ctx.shared)
         ctx.report.update(format="QDQ", per_channel=True, reduce_range=reduce)
 
 
