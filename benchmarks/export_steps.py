@@ -3,7 +3,7 @@
 Runs ``edgetl export RUN --format F --precision auto --json`` as a fresh
 process (imports included) for each format and each code tree (``--code
 LABEL=DIR``, e.g. a checkout of the previous commit and this one), the trees
-interleaved per format so both see the same machine load. Every stderr line
+run one after the other in one job (under the heavy lock), so all see the same machine. Every stderr line
 is time-stamped on arrival, so steps an older tree did not time (its data
 step) are still accounted for as "untimed". Prints one table per format
 (step -> seconds per tree) and writes the JSON.
@@ -24,12 +24,17 @@ import time
 from pathlib import Path
 
 
-def run_export(code: Path, run: str, fmt: str, extra: list[str]) -> dict:
-    """One export in a fresh process with ``code`` first on the path; returns wall time, log and document."""
+def run_export(code: Path, run: str, fmt: str, extra: list[str], keep: Path | None = None,
+               label: str = "") -> dict:
+    """One export in a fresh process with ``code`` first on the path; returns wall time, log and document.
+
+    ``keep``: a folder to keep the bundle in (``<label>-<format>.edgetl``), e.g. to evaluate it on test.
+    """
     env = {**os.environ, "PYTHONPATH": f"{code}:{code / 'plugins'}", "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory(prefix="export-steps-") as tmp:
+        out = (keep / f"{label}-{fmt}.edgetl") if keep is not None else Path(tmp) / "b.edgetl"
         cmd = [sys.executable, "-m", "edgetl", "export", run, "--format", fmt, "--precision", "auto", "--json",
-               "--out", str(Path(tmp) / "b.edgetl"), *extra]
+               "--out", str(out), *extra]
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         log = [(round(time.perf_counter() - start, 1), line.rstrip()) for line in proc.stderr]
@@ -76,14 +81,18 @@ def main() -> None:
     ap.add_argument("--code", action="append", required=True, help="LABEL=DIR of an edgetl tree (repeatable)")
     ap.add_argument("--extra", default="", help="extra export options, one string")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/export_steps.json"))
+    ap.add_argument("--keep", type=Path, help="keep the bundles here (<label>-<format>.edgetl)")
     args = ap.parse_args()
     codes = dict(c.split("=", 1) for c in args.code)
-    doc = {"run": args.run, "load_before": os.getloadavg(), "results": {}}
-    for fmt in args.formats:
-        doc["results"][fmt] = {}
-        for label, code in codes.items():
+    doc = {"run": args.run, "load_before": os.getloadavg(), "results": {fmt: {} for fmt in args.formats}}
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    for label, code in codes.items():  # every format of one tree, then the next tree: one job, one machine state
+        for fmt in args.formats:
             print(f"{fmt} / {label} (load {os.getloadavg()[0]:.1f}) ...", file=sys.stderr, flush=True)
-            doc["results"][fmt][label] = run_export(Path(code).resolve(), args.run, fmt, args.extra.split())
+            doc["results"][fmt][label] = run_export(Path(code).resolve(), args.run, fmt, args.extra.split(),
+                                                    args.keep, label)
+            doc["results"][fmt][label]["load"] = os.getloadavg()
     doc["load_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1))

@@ -96,13 +96,17 @@ def preprocess(src: Path, dst: Path) -> Path:
 
 def quantize_int8(src: Path, dst: Path, batches: list[np.ndarray], *, symmetric: bool = False,
                   reduce_range: bool = False, nodes_to_exclude: list[str] | None = None,
-                  nodes_to_quantize: list[str] | None = None, cache: Path | None = None) -> Path:
-    """``quantize_static`` in QDQ format with per-channel weights (see the module docstring)."""
+                  nodes_to_quantize: list[str] | None = None, cache: Path | None = None,
+                  keep_tail_float: bool = True) -> Path:
+    """``quantize_static`` in QDQ format with per-channel weights (see the module docstring).
+
+    ``keep_tail_float``: leave :func:`float_tail` (pooling, concat, standardisation) in float.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     # keep the head's output op (softmax/sigmoid) in float: probabilities at 1/255 resolution would
-    # make a recall threshold such as 0.003 meaningless
-    nodes_to_exclude = list(nodes_to_exclude or []) + output_ops(src)
+    # make a recall threshold such as 0.003 meaningless; and the feature tail (float_tail)
+    nodes_to_exclude = list(nodes_to_exclude or []) + output_ops(src) + (float_tail(src) if keep_tail_float else [])
     extra: dict[str, Any] = {}
     if symmetric:
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
@@ -138,6 +142,44 @@ def int8_base(src: Path, folder: Path, batches: list[np.ndarray], reduce_range: 
     full = quantize_int8(prep, folder / "int8.onnx", batches, reduce_range=reduce_range, cache=cache)
     shared[key] = (prep, cache, full)
     return shared[key]
+
+
+def float_tail(path: Path) -> list[str]:
+    """Names of the unweighted ops that feed no convolution: pooling, concatenation, standardisation.
+
+    They stay float. One per-tensor INT8 scale over pooled features of
+    several stages, or over ``x - mean`` before ``* 1/std``, rounds the
+    small-scale features to nothing, and standardisation then amplifies the
+    error (the ELPV multi-stage probe: docs/export.md). They work on a few
+    thousand numbers per image, so float costs no measurable time. Weighted
+    layers among them (the head's Gemm/MatMul) are still quantized.
+    """
+    import onnx
+
+    nodes = list(onnx.load(str(path), load_external_data=False).graph.node)
+    return [nodes[i].name for i in tail_nodes([(n.op_type, list(n.input), list(n.output)) for n in nodes],
+                                              conv_ops=("Conv",), weighted_ops=WEIGHTED_OPS) if nodes[i].name]
+
+
+def tail_nodes(nodes: list[tuple[str, list[str], list[str]]], conv_ops: Sequence[str],
+               weighted_ops: Sequence[str]) -> list[int]:
+    """Indices of the ``(op_type, inputs, outputs)`` nodes that are not weighted and feed no ``conv_ops`` node.
+
+    Empty when the graph has no convolution (nothing to call a backbone).
+    """
+    producer = {out: i for i, (_, _, outs) in enumerate(nodes) for out in outs}
+    feeds_conv: set[int] = set()
+    todo = [i for i, (op, _, _) in enumerate(nodes) if op in conv_ops]
+    if not todo:
+        return []
+    while todo:
+        for name in nodes[todo.pop()][1]:
+            j = producer.get(name)
+            if j is not None and j not in feeds_conv:
+                feeds_conv.add(j)
+                todo.append(j)
+    return [i for i, (op, _, _) in enumerate(nodes)
+            if op not in conv_ops and op not in weighted_ops and i not in feeds_conv]
 
 
 def output_ops(path: Path) -> list[str]:
@@ -304,8 +346,9 @@ class Fp16(_Base):
 class Int8Ptq(_Base):
     def _quantize(self, src, dst, batches, ctx):
         reduce = needs_reduce_range()
-        _, _, full = int8_base(src, dst.parent / "base", batches, reduce, ctx.shared)
+        prep, _, full = int8_base(src, dst.parent / "base", batches, reduce, ctx.shared)
         shutil.copyfile(full, dst)
+        ctx.report.update(float_ops=len(float_tail(prep)))
         ctx.report.update(format="QDQ", per_channel=True, activations="uint8", weights="int8",
                           reduce_range=reduce, calibration_images=sum(len(b) for b in batches),
                           reduce_range_reason=("host CPU lacks VNNI: U8S8 kernels would saturate"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgetl_onnx.quantize import Clock
+from edgetl_onnx.quantize import Clock, tail_nodes
 
 from edgetl.api import QuantizeContext
 from edgetl.errors import ExportError
@@ -55,6 +55,28 @@ def fp16_weights(files: Sequence[Path], out_dir: Path, ctx: QuantizeContext) -> 
     return _save(ov.Core().read_model(str(_xml(files))), out_dir, compress=True)
 
 
+CONV_OPS = ("Convolution", "GroupConvolution")
+WEIGHTED_OPS = ("MatMul",)
+
+
+def float_tail(model: Any) -> list[str]:
+    """Friendly names of the unweighted ops that feed no convolution (pooling, concat, standardisation).
+
+    Kept float through nncf's ignored scope, for the reason given at
+    ``edgetl_onnx.quantize.float_tail``; the head's MatMul is still quantized.
+    """
+    ops = list(model.get_ordered_ops())
+    sources = [[i.get_source_output().get_node() for i in op.inputs()] for op in ops]
+    nodes = [(op.get_type_name(), [s.get_friendly_name() for s in src], [op.get_friendly_name()])
+             for op, src in zip(ops, sources, strict=True)]
+
+    def bias_add(i: int) -> bool:  # a weighted layer's bias: part of that layer for nncf, not of the tail
+        return nodes[i][0] == "Add" and any(s.get_type_name() in CONV_OPS + WEIGHTED_OPS for s in sources[i])
+
+    return [ops[i].get_friendly_name() for i in tail_nodes(nodes, CONV_OPS, WEIGHTED_OPS)
+            if nodes[i][0] not in ("Constant", "Parameter", "Result") and not bias_add(i)]
+
+
 def ptq_model(files: Sequence[Path], ctx: QuantizeContext) -> Any:
     """``nncf.quantize`` of the FP32 IR, weights kept float, made once per export (``ctx.shared``).
 
@@ -69,10 +91,14 @@ def ptq_model(files: Sequence[Path], ctx: QuantizeContext) -> Any:
     key = f"openvino-int8-ptq:{_xml(files)}"
     if key not in ctx.shared:
         batches = list(ctx.calibration)
+        model = ov.Core().read_model(str(_xml(files)))
+        tail = float_tail(model)
         keep_float = AdvancedQuantizationParameters(backend_params={"compress_weights": False})
-        ctx.shared[key] = nncf.quantize(ov.Core().read_model(str(_xml(files))), nncf.Dataset(batches),
-                                        subset_size=len(batches), target_device=nncf.TargetDevice.CPU,
-                                        advanced_parameters=keep_float)
+        ctx.shared[key] = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
+                                        target_device=nncf.TargetDevice.CPU, advanced_parameters=keep_float,
+                                        ignored_scope=nncf.IgnoredScope(names=tail, validate=False))
+        ctx.shared[key + ":float_ops"] = tail
+    ctx.report.update(float_ops=len(ctx.shared[key + ":float_ops"]))
     return ctx.shared[key]
 
 
