@@ -11,6 +11,7 @@ accuracy on the run's validation images.
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 from pathlib import Path
 
@@ -23,10 +24,27 @@ def tail(nodes) -> list[str]:
     return [n.name for n in nodes[last + 1:] if n.op_type not in HEAD]
 
 
+def depthwise(nodes) -> list[str]:
+    return [n.name for n in nodes if n.op_type == "Conv"
+            and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
+def prefix(nodes, k: int) -> list[str]:
+    return [n.name for n in nodes[:k]]
+
+
+def stem(nodes) -> list[str]:
+    return [next(n.name for n in nodes if n.op_type == "Conv")]
+
+
 GROUPS = {
     "tail: pooling, concat, standardisation": tail,
     "head linear layers (Gemm)": lambda nodes: [n.name for n in nodes if n.op_type in HEAD],
     "tail + head (backbone alone INT8)": lambda nodes: tail(nodes) + [n.name for n in nodes if n.op_type in HEAD],
+    "tail + stem conv": lambda nodes: tail(nodes) + stem(nodes),
+    "tail + depthwise convs": lambda nodes: tail(nodes) + depthwise(nodes),
+    **{f"tail + first {k} ops (every type)": functools.partial(lambda nodes, k: tail(nodes) + prefix(nodes, k), k=k)
+       for k in (8, 16, 32)},
 }
 
 

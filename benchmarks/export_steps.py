@@ -32,11 +32,12 @@ def run_export(code: Path, run: str, fmt: str, extra: list[str], keep: Path | No
     """
     env = {**os.environ, "PYTHONPATH": f"{code}:{code / 'plugins'}", "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory(prefix="export-steps-") as tmp:
-        out = (keep / f"{label}-{fmt}.edgetl") if keep is not None else Path(tmp) / "b.edgetl"
-        cmd = [sys.executable, "-m", "edgetl", "export", run, "--format", fmt, "--precision", "auto", "--json",
+        out = (keep.resolve() / f"{label}-{fmt}.edgetl") if keep is not None else Path(tmp) / "b.edgetl"
+        cmd = [sys.executable, "-m", "edgetl", "export", str(Path(run).resolve()), "--format", fmt, "--precision", "auto", "--json",
                "--out", str(out), *extra]
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        # cwd: the temporary folder, so ``python -m`` cannot import the edgetl of the current folder
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp)
         log = [(round(time.perf_counter() - start, 1), line.rstrip()) for line in proc.stderr]
         out = proc.stdout.read()
         proc.wait()
@@ -46,8 +47,14 @@ def run_export(code: Path, run: str, fmt: str, extra: list[str], keep: Path | No
     except json.JSONDecodeError:
         doc = {"error": out[-2000:]}
     return {"code": str(code), "format": fmt, "cmd": " ".join(cmd), "rc": proc.returncode, "wall_s": wall,
-            "log": log, "stages": doc.get("stages", []), "attempts": doc.get("attempts", []),
+            "log": log, "edgetl_from": code_of(env, tmp), "stages": doc.get("stages", []), "attempts": doc.get("attempts", []),
             "passed": doc.get("passed"), "precision": doc.get("precision"), "method": doc.get("method")}
+
+
+def code_of(env: dict[str, str], cwd: str) -> str:
+    """Where the export's edgetl is imported from (a check that ``--code`` took effect)."""
+    probe = [sys.executable, "-c", "import edgetl, edgetl_onnx; print(edgetl.__file__, edgetl_onnx.__file__)"]
+    return subprocess.run(probe, capture_output=True, text=True, env=env, cwd=cwd).stdout.strip()
 
 
 def step_rows(result: dict) -> dict[str, float]:

@@ -276,23 +276,73 @@ def accuracy_aware_int8(src: Path, dst: Path, batches: list[np.ndarray], *, min_
         agree = float((decide(_session_outputs(full, check)) == want).mean())
         clock.tick(f"int8 accuracy-aware: whole model INT8, agreement {agree:.3f}", 1, 1)
         best, stopped = (agree, 0, full), "agreement met"
-        candidates = [n.name for n in onnx.load(str(prep)).graph.node if n.op_type in WEIGHTED_OPS and n.name]
-        ranked, scores = [], {}
+        nodes = [n for n in onnx.load(str(prep)).graph.node if n.name]
+        candidates = [n.name for n in nodes if n.op_type in WEIGHTED_OPS]
+        ranked, scores, prefix = [], {}, 0
         if agree < min_agreement:
-            ranked, scores = rank_layers(prep, candidates, batches, check[:sample], check_ref[:sample],
-                                         reduce_range, cache, clock, tmp)
-            best, stopped = search_float_layers(prep, ranked, batches, check, want, decide, min_agreement,
-                                                reduce_range, cache, clock, tmp, best)
+            measure = _agreement_on(check, want, decide)
+            prefix, prefix_best = search_float_prefix(prep, [n.name for n in nodes], batches, measure,
+                                                      min_agreement, reduce_range, cache, clock, tmp)
+            if prefix_best[0] >= min_agreement:
+                best, stopped = (prefix_best[0], 0, prefix_best[1]), "agreement met (float prefix)"
+            else:
+                ranked, scores = rank_layers(prep, candidates, batches, check[:sample], check_ref[:sample],
+                                             reduce_range, cache, clock, tmp)
+                best, stopped = search_float_layers(prep, ranked, batches, check, want, decide, min_agreement,
+                                                    reduce_range, cache, clock, tmp, best)
+                if prefix_best[0] > best[0]:  # neither met the target: return the closer one for the gate
+                    best = (prefix_best[0], 0, prefix_best[1])
+                else:
+                    prefix = 0
         agree, k, out = best
-        log.info("accuracy-aware int8: %d of %d layers in float: agreement %.3f on %d images (%s, %.0f s)",
-                 k, len(candidates), agree, len(check), stopped, clock.elapsed)
-        report.update(float_layers=ranked[:k], quantized_layers=len(candidates) - k, selection_agreement=agree,
+        log.info("accuracy-aware int8: %d of %d layers in float, first %d ops in float: agreement %.3f on %d "
+                 "images (%s, %.0f s)", k, len(candidates), prefix, agree, len(check), stopped, clock.elapsed)
+        report.update(float_prefix_ops=prefix, float_layers=ranked[:k], quantized_layers=len(candidates) - k,
+                      selection_agreement=agree,
                       selection_images=len(check), sensitivity_images=min(sample, len(check)),
                       ranked_layers=len(scores), stopped=stopped, budget_s=clock.budget_s,
                       seconds=round(clock.elapsed, 1),
                       sensitivity=[{"node": n, "mean_abs_diff": scores[n]} for n in ranked[:10] if n in scores])
         dst.write_bytes(out.read_bytes())
     return dst
+
+
+def _agreement_on(check: np.ndarray, want: np.ndarray,
+                  decide: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], float]:
+    return lambda path: float((decide(_session_outputs(path, check)) == want).mean())
+
+
+def search_float_prefix(prep: Path, names: list[str], batches: list[np.ndarray], measure: Callable[[Path], float],
+                        min_agreement: float, reduce_range: bool, cache: Path, clock: Clock,
+                        tmp: Path) -> tuple[int, tuple[float, Path | None]]:
+    """Leave the graph's first 8, 16, 32, ... ops (input side, every type) in float until agreement is met.
+
+    The first phase of the search, because it is cheap (no calibration,
+    a few candidates) and fits CNNs whose early high-resolution layers carry a
+    subtle signal: on the ELPV recipe the per-tensor INT8 activations of the
+    first blocks cost most of the agreement, and keeping single layers float
+    leaves their activations quantized for their neighbours. Stops at half
+    the ops, or half the time budget. Returns (k, (agreement, model)) of the
+    first candidate that meets the target, else of the best one.
+    """
+    best: tuple[int, tuple[float, Path | None]] = (0, (-1.0, None))
+    k, steps = FIRST_PREFIX, max(1, (len(names) // 2 // FIRST_PREFIX).bit_length())
+    while k <= len(names) // 2 and not clock.over(0.5):
+        out = quantize_int8(prep, tmp / f"prefix{k}.onnx", batches, reduce_range=reduce_range,
+                            nodes_to_exclude=names[:k], cache=cache)
+        agree = measure(out)
+        clock.tick(f"int8 accuracy-aware: first {k} ops in float, agreement {agree:.3f}",
+                   (k // FIRST_PREFIX).bit_length(), steps)
+        if agree > best[1][0]:
+            best = (k, (agree, out))
+        if agree >= min_agreement:
+            break
+        k *= 2
+    return best
+
+
+FIRST_PREFIX = 8
+"""The smallest float prefix :func:`search_float_prefix` tries (then 16, 32, ...)."""
 
 
 def search_float_layers(prep: Path, ranked: list[str], batches: list[np.ndarray], check: np.ndarray,

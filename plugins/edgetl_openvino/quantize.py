@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgetl_onnx.quantize import Clock, tail_nodes
+from edgetl_onnx.quantize import FIRST_PREFIX, Clock, tail_nodes
 
 from edgetl.api import QuantizeContext
 from edgetl.errors import ExportError
@@ -120,6 +120,55 @@ def int8_ptq(files: Sequence[Path], out_dir: Path, ctx: QuantizeContext) -> list
     return _save(quantized, out_dir, compress=False)
 
 
+SKIP_TYPES = ("Constant", "Parameter", "Result", "FakeQuantize", "Convert")
+
+
+def float_prefix(quantized: Any, original: Any, k: int) -> Any:
+    """A copy of the INT8 model with its first ``k`` ops (input side) back in float.
+
+    FakeQuantize nodes whose consumers all lie in the prefix are bypassed,
+    and the prefix's bias constants are taken from ``original`` (nncf's bias
+    correction tuned them for the quantized layer), as nncf's own revert does.
+    No calibration: one copy, one edit (see ``edgetl_onnx.quantize.search_float_prefix``).
+    """
+    from openvino import op as ov_op
+
+    model = quantized.clone()
+    ordered = list(model.get_ordered_ops())
+    first = {o.get_friendly_name() for o in [o for o in ordered if o.get_type_name() not in SKIP_TYPES][:k]}
+    for fq in [o for o in ordered if o.get_type_name() == "FakeQuantize"]:
+        consumers = [t.get_node() for t in fq.output(0).get_target_inputs()]
+        if consumers and all(c.get_friendly_name() in first for c in consumers):
+            fq.output(0).replace(fq.input_value(0))
+    originals = {o.get_friendly_name(): o for o in original.get_ordered_ops()}
+    for node in [o for o in ordered if o.get_friendly_name() in first and o.get_type_name() == "Add"]:
+        twin = originals.get(node.get_friendly_name())
+        for i, value in enumerate(node.input_values()):
+            source = twin.input_value(i).get_node() if twin is not None else None
+            if value.get_node().get_type_name() == "Constant" and source is not None \
+                    and source.get_type_name() == "Constant":
+                node.input(i).replace_source_output(ov_op.Constant(source.get_data()).output(0))
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+def prefix_search(quantized: Any, original: Any, measure: Any, min_agreement: float, clock: Clock,
+                  progress: Any) -> tuple[int, Any, float]:
+    """First 8, 16, 32, ... ops in float until ``measure(model)`` (agreement) meets the target; half the ops at
+    most, half the budget at most. Returns (k, model, agreement) of the first that meets it, else k = 0."""
+    total = len([o for o in quantized.get_ordered_ops() if o.get_type_name() not in SKIP_TYPES])
+    k = FIRST_PREFIX
+    while k <= total // 2 and not clock.over(0.5):
+        candidate = float_prefix(quantized, original, k)
+        agree = measure(candidate)
+        progress(f"int8 accuracy-control: first {k} ops in float, agreement {agree:.3f} "
+                 f"({clock.elapsed:.0f} s of {clock.budget_s:.0f})", k, total // 2)
+        if agree >= min_agreement:
+            return k, candidate, agree
+        k *= 2
+    return 0, None, 0.0
+
+
 def restore_accuracy(model: Any, quantized: Any, validation: Any, metric: Any, max_drop: float,
                      restorer: Any) -> Any:
     """nncf's accuracy restorer on an already quantized model: the steps of
@@ -181,14 +230,24 @@ def int8_accuracy_control(files: Sequence[Path], out_dir: Path, ctx: QuantizeCon
     restorer = nncf.AdvancedAccuracyRestorerParameters(
         max_num_iterations=MAX_ITERATIONS, ranking_subset_size=min(RANKING_SUBSET, len(items)),
         num_ranking_workers=1)
+    original = ov.Core().read_model(str(_xml(files)))
+    ptq = ptq_model(files, ctx)
+
+    def measure(model: Any) -> float:
+        return agreement(ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}), items)[0]
+
     try:
-        quantized = restore_accuracy(ov.Core().read_model(str(_xml(files))), ptq_model(files, ctx).clone(),
-                                     nncf.Dataset(items, lambda item: item[0]), agreement, max_drop, restorer)
+        prefix, quantized, prefix_agreement = prefix_search(ptq, original, measure, 1.0 - max_drop, clock,
+                                                            ctx.progress)
+        if quantized is None:
+            quantized = restore_accuracy(original, ptq.clone(), nncf.Dataset(items, lambda item: item[0]),
+                                         agreement, max_drop, restorer)
     except BudgetSpent as exc:
         raise ExportError(str(exc)) from None
     ctx.report.update(tool="nncf.quantize + nncf QuantizationAccuracyRestorer", nncf=nncf.__version__,
                       metric="top-1 agreement with FP32", max_drop=max_drop, validation_images=len(items),
                       ranking_subset=min(RANKING_SUBSET, len(items)), max_iterations=MAX_ITERATIONS,
                       validation_passes=passes["n"], budget_s=clock.budget_s, seconds=round(clock.elapsed, 1),
-                      reused_int8_ptq=reused)
+                      reused_int8_ptq=reused, float_prefix_ops=prefix,
+                      prefix_agreement=prefix_agreement if prefix else None)
     return _save(_compressed(quantized), out_dir, compress=False)
