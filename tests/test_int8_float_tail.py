@@ -111,3 +111,57 @@ def test_openvino_int8_leaves_the_tail_without_fake_quantize(two_scales, tmp_pat
     compiled = ov.Core().compile_model(model, "CPU")
     got = np.concatenate([compiled(x[i:i + 1])[0] for i in range(len(x))])
     assert (got.argmax(1) == reference.argmax(1)).mean() >= 0.9  # measured 0.94 (all-INT8 nncf: 0.89)
+
+
+def test_onnx_float_prefix_search_stops_at_the_first_prefix_that_meets_the_target(two_scales, monkeypatch):
+    import onnx
+    from edgetl_onnx import quantize as q
+
+    path, x, reference, folder = two_scales
+    prep = q.preprocess(path, folder / "prep-prefix.onnx")
+    batches = [x[i:i + 1] for i in range(16)]
+    names = [n.name for n in onnx.load(str(prep)).graph.node if n.name]
+    monkeypatch.setattr(q, "FIRST_PREFIX", 2)
+    tried = []
+
+    def measure(model):
+        tried.append(model)
+        return 0.5 if len(tried) == 1 else 0.99  # the second candidate (4 ops) meets 0.98
+
+    cache = folder / "prefix-cache.json"
+    k, (agree, model) = q.search_float_prefix(prep, names, batches, measure, 0.98, False, cache,
+                                              q.Clock(600.0), folder)
+    assert (k, agree, len(tried)) == (4, 0.99, 2)
+    graph = onnx.load(str(model)).graph
+    quantized_inputs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    first = [n for n in graph.node if n.name in names[:4]]
+    assert first and not any(i in quantized_inputs for n in first for i in n.input)  # the prefix reads float
+    k, (agree, _) = q.search_float_prefix(prep, names, batches, lambda m: 0.5, 0.98, False, cache,
+                                          q.Clock(600.0), folder)
+    assert agree == 0.5  # never met: the best candidate comes back for the gate to judge
+
+
+def test_openvino_float_prefix_bypasses_quantizers_and_restores_biases(two_scales, tmp_path):
+    pytest.importorskip("nncf")
+    import nncf
+    import openvino as ov
+    from edgetl_openvino.quantize import SKIP_TYPES, float_prefix
+
+    path, x, reference, _ = two_scales
+    original = ov.convert_model(str(path))
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    keep_float = AdvancedQuantizationParameters(backend_params={"compress_weights": False})  # as ptq_model does
+    ptq = nncf.quantize(original.clone(), nncf.Dataset([x[i:i + 1] for i in range(16)]), subset_size=16,
+                        advanced_parameters=keep_float)
+
+    def run(model):
+        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return np.concatenate([compiled(x[i:i + 1])[0] for i in range(len(x))])
+
+    total = len([o for o in ptq.get_ordered_ops() if o.get_type_name() not in SKIP_TYPES])
+    everything = float_prefix(ptq, original, total)
+    # every quantizer bypassed and nncf's corrected biases replaced by the originals: the FP32 model again
+    assert np.abs(run(everything) - reference).max() < 1e-4
+    assert np.abs(run(float_prefix(ptq, original, 0)) - run(ptq)).max() == 0.0
+    assert any(o.get_type_name() == "FakeQuantize" for o in ptq.get_ordered_ops())  # the input was not edited
