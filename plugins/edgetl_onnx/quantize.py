@@ -7,9 +7,11 @@
   ONNX Runtime's U8S8 kernels accumulate in 16 bits and saturate; measured on
   an AVX2 Zen 3 the top-1 agreement collapses. ``reduce_range`` (7-bit
   weights) avoids it there, so it is on exactly when the host lacks VNNI.
-- Accuracy-aware INT8: a per-layer sensitivity pass (quantize one layer at a
+- Accuracy-aware INT8: the first ops of the graph (input side) in float,
+  8, 16, 32, ... (:func:`search_float_prefix`); if no prefix reaches the
+  target, a per-layer sensitivity pass (quantize one layer at a
   time, measured through the real optimised ONNX Runtime kernels, on
-  validation images against the FP32 ONNX outputs), then the most sensitive
+  validation images against the FP32 outputs), then the most sensitive
   layers are left in float, doubling the count until top-1 agreement on the
   validation images reaches the gate's minimum (nncf's accuracy control uses
   the validation set the same way; the gate then re-measures independently).
@@ -258,7 +260,9 @@ def accuracy_aware_int8(src: Path, dst: Path, batches: list[np.ndarray], *, min_
     ``shared``: ``QuantizeContext.shared``, to reuse the plain INT8 step's
     calibration and model (:func:`int8_base`).
 
-    Bounded: the ranking stops at half of ``budget_s``; the search (0, 1, 2,
+    First a float prefix (:func:`search_float_prefix`); the ranked search
+    below only when no prefix meets the target. Bounded: the prefix and the
+    ranking stop at half of ``budget_s``; the search (0, 1, 2,
     4, ... layers in float, up to half) stops as soon as the agreement target
     is met, or when the budget is spent — then the best candidate so far is
     returned, and the gate, which re-measures, decides (the target is never lowered).
