@@ -42,12 +42,13 @@ def run_export(code: Path, run: str, fmt: str, extra: list[str], keep: Path | No
         out = proc.stdout.read()
         proc.wait()
         wall = time.perf_counter() - start
+        origin = code_of(env, tmp)
     try:
         doc = json.loads(out)
     except json.JSONDecodeError:
         doc = {"error": out[-2000:]}
     return {"code": str(code), "format": fmt, "cmd": " ".join(cmd), "rc": proc.returncode, "wall_s": wall,
-            "log": log, "edgetl_from": code_of(env, tmp), "stages": doc.get("stages", []), "attempts": doc.get("attempts", []),
+            "log": log, "edgetl_from": origin, "stages": doc.get("stages", []), "attempts": doc.get("attempts", []),
             "passed": doc.get("passed"), "precision": doc.get("precision"), "method": doc.get("method")}
 
 
