@@ -352,9 +352,11 @@ def try_step(step: FallbackStep, run: Any, plan: ExportPlan, data: ExportData, f
     draft, runtime, files = None, None, None
     try:
         t = time.perf_counter()
-        files = step_files(step, plan, fp32_files, ctx, work)
-        stages.append({"stage": f"quantize {label}", "seconds": time.perf_counter() - t,
-                       "size_bytes": _size(files), "detail": ctx.report})
+        try:
+            files = step_files(step, plan, fp32_files, ctx, work)
+        finally:  # a quantizer that fails (e.g. out of its time budget) spent its time too
+            stages.append({"stage": f"quantize {label}", "seconds": time.perf_counter() - t,
+                           "size_bytes": _size(files) if files else None, "detail": ctx.report})
         if files is not fp32_files:
             options.progress(f"quantize  {stages[-1]['seconds']:6.1f} s  {_kb(_size(files)):>9}  {label}")
         t = time.perf_counter()
