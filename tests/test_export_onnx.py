@@ -308,3 +308,13 @@ def test_every_step_is_timed_even_a_quantizer_that_fails(tiny, tmp_path, monkeyp
     assert failed["size_bytes"] is None and failed["seconds"] >= 0
     assert "passed its budget" in result.manifest["export"]["attempts"][0]["reason"]
     assert all(s["seconds"] >= 0 for s in result.stages)
+
+
+def test_quantize_budget_option_reaches_the_accuracy_aware_quantizer(tiny, tmp_path, broken_ptq):
+    run_dir, *_ = tiny
+    res = CliRunner().invoke(cli, ["export", str(run_dir), "--format", "onnx", "--precision", "int8",
+                                   "--calib-count", "16", "--latency-runs", "0", "--quantize-budget", "7",
+                                   "--out", str(tmp_path / "b.edgetl"), "--json"])
+    assert res.exit_code == 0, res.output[-2000:]
+    attempts = json.loads(res.stdout)["attempts"]
+    assert attempts[-1]["method"] == "accuracy-aware" and attempts[-1]["details"]["budget_s"] == 7.0
