@@ -11,11 +11,41 @@ accuracy on the run's validation images.
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 from pathlib import Path
 
-GROUPS = {"pooling (Pow, ReduceMean, Clip, Concat)": ("Pow", "ReduceMean", "Clip", "Concat"),
-          "head linear layers (Gemm)": ("Gemm",)}
+HEAD = ("Gemm", "MatMul")
+
+
+def tail(nodes) -> list[str]:
+    """Ops after the backbone's last convolution that are not weighted: pooling, concatenation, standardisation."""
+    last = max(i for i, n in enumerate(nodes) if n.op_type == "Conv")
+    return [n.name for n in nodes[last + 1:] if n.op_type not in HEAD]
+
+
+def depthwise(nodes) -> list[str]:
+    return [n.name for n in nodes if n.op_type == "Conv"
+            and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
+def prefix(nodes, k: int) -> list[str]:
+    return [n.name for n in nodes[:k]]
+
+
+def stem(nodes) -> list[str]:
+    return [next(n.name for n in nodes if n.op_type == "Conv")]
+
+
+GROUPS = {
+    "tail: pooling, concat, standardisation": tail,
+    "head linear layers (Gemm)": lambda nodes: [n.name for n in nodes if n.op_type in HEAD],
+    "tail + head (backbone alone INT8)": lambda nodes: tail(nodes) + [n.name for n in nodes if n.op_type in HEAD],
+    "tail + stem conv": lambda nodes: tail(nodes) + stem(nodes),
+    "tail + depthwise convs": lambda nodes: tail(nodes) + depthwise(nodes),
+    **{f"tail + first {k} ops (every type)": functools.partial(lambda nodes, k: tail(nodes) + prefix(nodes, k), k=k)
+       for k in (8, 16, 32)},
+}
 
 
 def main() -> None:
@@ -38,12 +68,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="edgetl-int8-layers-"))
     prep = preprocess(export_onnx(run.model, torch.from_numpy(val.x[:1]), tmp / "m.onnx"), tmp / "p.onnx")
     ref = _session_outputs(prep, val.x).argmax(1)
-    nodes = onnx.load(str(prep)).graph.node
+    nodes = list(onnx.load(str(prep)).graph.node)
     print(f"FP32 accuracy {(ref == val.labels).mean():.3f} on {len(ref)} validation images")
-    for label, ops in [("full INT8", ())] + list(GROUPS.items()):
-        keep = [n.name for n in nodes if n.op_type in ops]
-        out = _session_outputs(quantize_int8(prep, tmp / f"q{len(keep)}.onnx", calib, nodes_to_exclude=keep),
-                               val.x).argmax(1)
+    for label, pick in [("full INT8", lambda nodes: [])] + list(GROUPS.items()):
+        keep = pick(nodes)
+        # keep_tail_float=False: what this script measures is which group needs float, the tail included
+        out = _session_outputs(quantize_int8(prep, tmp / f"q{label[:4]}{len(keep)}.onnx", calib,
+                                             nodes_to_exclude=keep, keep_tail_float=False), val.x).argmax(1)
         print(f"{label:<42} float nodes {len(keep):>3}  agreement {(out == ref).mean():.3f}  "
               f"accuracy {(out == val.labels).mean():.3f}")
 

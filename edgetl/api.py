@@ -602,6 +602,12 @@ class QuantizeContext:
             (None: no budget); the gate re-measures whatever it returns.
         report: facts to record (tool, versions, settings); they land in the
             attempt's ``details`` in the manifest and ``export --json``.
+        shared: one dict for every attempt of one export (each attempt gets a
+            fresh context, this same dict): a later step may reuse what an
+            earlier one made from the same FP32 files and calibration — the
+            accuracy-controlled INT8 step starts from the plain INT8 step's
+            model instead of calibrating again. Keys are the quantizer's own
+            (prefixed with its target); files named in it live until the export ends.
     """
 
     calibration: list["np.ndarray"]
@@ -613,6 +619,7 @@ class QuantizeContext:
     progress: Callable[[str, int, int], None] = lambda stage, done, total: None
     time_budget_s: float | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict)
 
     def legacy_options(self) -> dict[str, Any]:
         """The ``options`` dict quantizers received before this context existed (same keys, same objects)."""

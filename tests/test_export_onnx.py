@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from edgetl.bundle import extract_bundle, open_bundle, verify_bundle
 from edgetl.cli import cli
+from edgetl.errors import ExportError
 from edgetl.host.export import ExportOptions, export_run
 from edgetl.keys import generate_keypair
 
@@ -286,4 +287,34 @@ def test_accuracy_aware_is_bounded_by_its_budget_and_reports_progress(small_onnx
     assert (tmp_path / "q.onnx").is_file()
     assert report["stopped"] == stopped and report["ranked_layers"] == ranked and report["budget_s"] == budget
     assert report["selection_images"] == 12 and 0.0 <= report["selection_agreement"] <= 1.0
-    assert bool(lines) == (budget > 0) and all(done <= total for _, done, total in lines)
+    # the whole-model INT8 line always comes; the ranking and search lines only within the budget
+    assert "whole model INT8" in lines[0][0] and (len(lines) > 1) == (budget > 0)
+    assert all(done <= total for _, done, total in lines)
+
+
+def test_every_step_is_timed_even_a_quantizer_that_fails(tiny, tmp_path, monkeypatch):
+    import edgetl_onnx
+
+    def out_of_budget(self, files, out_dir, ctx):
+        raise ExportError("accuracy-aware passed its budget")
+
+    monkeypatch.setattr(edgetl_onnx.OnnxInt8Ptq, "quantize", out_of_budget)
+    run_dir, *_ = tiny
+    result = export_run(run_dir, _options(tmp_path, precision="auto"))
+    stages = {s["stage"]: s for s in result.stages}
+    assert {"load run", "data validation", "data fp32 reference", "data calibration", "export",
+            "latency torch fp32", "reference"} <= set(stages)
+    failed = stages["quantize int8/ptq"]  # its time counts although it produced nothing
+    assert failed["size_bytes"] is None and failed["seconds"] >= 0
+    assert "passed its budget" in result.manifest["export"]["attempts"][0]["reason"]
+    assert all(s["seconds"] >= 0 for s in result.stages)
+
+
+def test_quantize_budget_option_reaches_the_accuracy_aware_quantizer(tiny, tmp_path, broken_ptq):
+    run_dir, *_ = tiny
+    res = CliRunner().invoke(cli, ["export", str(run_dir), "--format", "onnx", "--precision", "int8",
+                                   "--calib-count", "16", "--latency-runs", "0", "--quantize-budget", "7",
+                                   "--out", str(tmp_path / "b.edgetl"), "--json"])
+    assert res.exit_code == 0, res.output[-2000:]
+    attempts = json.loads(res.stdout)["attempts"]
+    assert attempts[-1]["method"] == "accuracy-aware" and attempts[-1]["details"]["budget_s"] == 7.0

@@ -186,7 +186,8 @@ def test_third_party_target_and_quantizer_train_export_verify_and_serve(plugin_e
     details = attempt["details"]
     assert details["labels"] == ["defect", "good"] and details["calibration_batches"] == 8
     assert details["self_check_agreement"] >= 0.9 and details["min_agreement"] == 0.98
-    assert doc["stages"][0]["detail"]["exporter"] == "torchscript"  # ExportSpec.report reached the record
+    export_stage = next(s for s in doc["stages"] if s["stage"] == "export")
+    assert export_stage["detail"]["exporter"] == "torchscript"  # ExportSpec.report reached the record
     assert "quantize  cast 1/1" in exported.stderr  # QuantizeContext.progress reached the log
 
     verified = _edgetl(plugin_env, "bundle", "verify", str(bundle), "--trust", str(pub), "--json")

@@ -35,6 +35,19 @@ def attempts_table(attempts: list[dict], torch_ms: float | None = None, title: s
     console().print(table)
 
 
+def stages_table(stages: list[dict]) -> None:
+    """Where the export's time went: one row per timed step, and the total."""
+    from rich.table import Table
+
+    table = Table(title="export steps")
+    table.add_column("step")
+    table.add_column("seconds", justify="right")
+    for stage in stages:
+        table.add_row(stage["stage"], f"{stage['seconds']:.1f}")
+    table.add_row("total (timed steps)", f"{sum(s['seconds'] for s in stages):.1f}")
+    console().print(table)
+
+
 @click.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", help="Target plugin: onnx, openvino, tensorrt, … (default: the --target profile's).")
@@ -58,10 +71,14 @@ def attempts_table(attempts: list[dict], torch_ms: float | None = None, title: s
 @click.option("--out", type=click.Path(path_type=Path), help="Bundle file (default <run name>-<format>.edgetl).")
 @click.option("--latency-runs", type=click.IntRange(0), default=50, show_default=True,
               help="Batch-1 runs per attempt for the latency column (0 skips).")
+@click.option("--quantize-budget", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Wall-time budget of each accuracy-controlled quantization step (default 90); bounds the "
+                   "search, never the gate.")
 @json_option
 def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fallback: bool, gate: float,
-               min_agreement: float, gate_slices: bool, calib_count: int, dynamic_batch: bool, model_version: str | None,
-               sign: Path | None, out: Path | None, latency_runs: int, as_json: bool) -> None:
+               min_agreement: float, gate_slices: bool, calib_count: int, dynamic_batch: bool,
+               model_version: str | None, sign: Path | None, out: Path | None, latency_runs: int,
+               quantize_budget: float | None, as_json: bool) -> None:
     """Export RUN_DIR, quantize, gate on the validation set, and write a signed bundle.
 
     Prints each stage with its time and size, then a table of every attempt.
@@ -82,7 +99,8 @@ def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fal
                                    gate=gate, min_agreement=min_agreement, gate_slices=gate_slices,
                                    calib_count=calib_count,
                                    dynamic_batch=dynamic_batch, model_version=model_version, sign=sign, out=out,
-                                   latency_runs=latency_runs, log=info).result
+                                   latency_runs=latency_runs, quantize_budget_s=quantize_budget,
+                                   log=info).result
     except GateFailedError as exc:
         attempts = getattr(exc, "attempts", [])
         if as_json:
@@ -96,6 +114,7 @@ def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fal
         return
     attempts_table(result.attempts, result.manifest.export.latency_ms.get("torch_fp32"),
                    title=f"{doc['name']} -> {doc['target']}")
+    stages_table(result.stages)
     click.echo(f"bundle: {doc['bundle']} ({doc['size_bytes'] / 1e6:.2f} MB), {doc['precision']}/{doc['method']}, "
                f"version {doc['model_version']}, "
                + (f"signed by key {doc['key_id'][:16]}…" if doc["signed"] else "UNSIGNED (pass --sign KEY)"))

@@ -131,16 +131,21 @@ def _size(files: list[Path]) -> int:
     return sum(Path(f).stat().st_size for f in files)
 
 
-def torch_outputs(model: Any, x: np.ndarray, batch: int = 64) -> np.ndarray:
-    """FP32 torch outputs for (M, 3, H, W) float32 rows."""
+def torch_outputs(model: Any, x: np.ndarray, batch: int = 64,
+                  progress: Callable[[str], None] | None = None) -> np.ndarray:
+    """FP32 torch outputs for (M, 3, H, W) float32 rows (``progress``: a line per batch after the first)."""
     import torch
 
     def first(out: Any) -> Any:  # multi-output models (anomaly: score, map): the first output is gated
         return out[0] if isinstance(out, (tuple, list)) else out
 
+    parts = []
     with torch.no_grad():
-        return np.concatenate([first(model(torch.from_numpy(x[i:i + batch]))).numpy()
-                               for i in range(0, len(x), batch)]).astype(np.float32)
+        for i in range(0, len(x), batch):
+            parts.append(first(model(torch.from_numpy(x[i:i + batch]))).numpy())
+            if progress is not None and len(x) > batch:
+                progress(f"data      FP32 torch outputs {min(i + batch, len(x))}/{len(x)}")
+    return np.concatenate(parts).astype(np.float32)
 
 
 def median_latency_ms(fn: Callable[[np.ndarray], Any], x: np.ndarray, runs: int, warmup: int = 5) -> float | None:
@@ -172,6 +177,7 @@ class ExportData:
     reference: np.ndarray  # FP32 torch outputs, one row per image
     calib: list[np.ndarray]
     slices: dict[str, list[str]] = field(default_factory=dict)  # attribute -> each val image's value
+    shared: dict[str, Any] = field(default_factory=dict)  # QuantizeContext.shared: one per export
 
     @property
     def calib_count(self) -> int:
@@ -201,20 +207,49 @@ def plan_export(options: ExportOptions) -> ExportPlan:
     return ExportPlan(target, profile, chain, spec, runtime_settings, private_key)
 
 
-def load_data(run: Any, plan: ExportPlan, options: ExportOptions) -> ExportData:
-    """Validation images (gate, reference set) with the FP32 outputs, and calibration batches from train."""
+@contextlib.contextmanager
+def timed(stages: list[dict[str, Any]], name: str, say: Callable[[str], None] | None = None,
+          what: str = "") -> Any:
+    """Append ``{stage, seconds, size_bytes}`` for the block to ``stages``; ``say`` a line when it ends.
+
+    The block may set ``record["size_bytes"]``, ``record["detail"]`` or ``record["what"]`` (the log text).
+    """
+    record: dict[str, Any] = {"stage": name, "seconds": None, "size_bytes": None, "what": what}
+    t = time.perf_counter()
+    yield record
+    record["seconds"] = time.perf_counter() - t
+    text = record.pop("what")
+    stages.append(record)
+    if say is not None:
+        say(f"{name.split()[0]:<9} {record['seconds']:6.1f} s  {text}".rstrip())
+
+
+def load_data(run: Any, plan: ExportPlan, options: ExportOptions,
+              stages: list[dict[str, Any]] | None = None) -> ExportData:
+    """Validation images (gate, reference set) with the FP32 outputs, and calibration batches from train.
+
+    Each part (decoding val, the FP32 torch outputs, decoding calibration) is a timed stage in ``stages``.
+    """
     from edgetl.host import calibration as cal
     from edgetl.host.gate import SMALL_N, per_image
 
     say = options.progress
+    stages = [] if stages is None else stages
     train_dir, val_dir = cal.run_folders(run.config)
-    paths, labels = cal.scan(val_dir, run.labels)
-    slices = gate_slice_values(run, paths) if options.gate_slices else {}
-    val = cal.load_set(paths, labels, run.input)
-    reference = per_image(torch_outputs(run.model, val.x), val.owner, len(val), run.labels, run.positive)
-    calib = cal.calibration_batches(train_dir, run.labels, run.input, options.calib_count, batch=plan.spec.batch)
+    with timed(stages, "data validation", say) as rec:
+        paths, labels = cal.scan(val_dir, run.labels)
+        slices = gate_slice_values(run, paths) if options.gate_slices else {}
+        val = cal.load_set(paths, labels, run.input)
+        rec["what"] = f"{len(val)} validation images (gate) from {val_dir}"
+    with timed(stages, "data fp32 reference", say) as rec:
+        reference = per_image(torch_outputs(run.model, val.x, progress=say), val.owner, len(val), run.labels,
+                              run.positive)
+        rec["what"] = f"FP32 torch outputs on the {len(val)} validation images (computed once, for every attempt)"
+    with timed(stages, "data calibration", say) as rec:
+        calib = cal.calibration_batches(train_dir, run.labels, run.input, options.calib_count,
+                                        batch=plan.spec.batch)
+        rec["what"] = f"{sum(len(b) for b in calib)} calibration images from {train_dir}"
     data = ExportData(val, reference, calib, slices)
-    say(f"data      {len(val)} validation images (gate), {data.calib_count} calibration images from {train_dir}")
     for name, values in slices.items():
         counts = {v: values.count(v) for v in sorted(set(values))}
         say(f"data      gated per slice of {name}: " + ", ".join(f"{v} ({n})" for v, n in counts.items()))
@@ -266,7 +301,7 @@ def export_fp32(run: Any, plan: ExportPlan, data: ExportData, work: Path, option
 
 def quantize_context(run: Any, plan: ExportPlan, data: ExportData, fp32_files: list[Path],
                      options: ExportOptions) -> QuantizeContext:
-    """The typed context every quantizer of this export receives (a fresh ``report`` per attempt)."""
+    """The typed context every quantizer of this export receives (a fresh ``report`` per attempt, one ``shared``)."""
     facts = model_facts(run)
     val = data.val
     validation = None if len(val.x) != len(val) else ValidationSet(val.x, val.labels, data.reference, facts)
@@ -277,7 +312,7 @@ def quantize_context(run: Any, plan: ExportPlan, data: ExportData, fp32_files: l
     return QuantizeContext(
         calibration=data.calib, model=facts, fp32_files=list(fp32_files), validation=validation,
         gate=GateSettings(max_drop_points=options.gate, min_agreement=options.min_agreement),
-        profile=plan.profile, progress=progress, time_budget_s=options.quantize_budget_s)
+        profile=plan.profile, progress=progress, time_budget_s=options.quantize_budget_s, shared=data.shared)
 
 
 def call_quantizer(quantizer: Quantizer, files: list[Path], out_dir: Path, ctx: QuantizeContext) -> list[Path]:
@@ -322,7 +357,9 @@ def gate_attempt(run: Any, plan: ExportPlan, data: ExportData, manifest: Manifes
         figures = gate(out, data.reference, val.labels, **rules)
         if data.slices:
             figures = with_slices(figures, gate_slices(out, data.reference, val.labels, data.slices, **rules))
+        t = time.perf_counter()
         figures["latency_ms"] = median_latency_ms(runtime.predict, val.x[:plan.spec.batch], options.latency_runs)
+        figures["latency_seconds"] = time.perf_counter() - t
     except BaseException:
         runtime.close()
         raise
@@ -341,9 +378,11 @@ def try_step(step: FallbackStep, run: Any, plan: ExportPlan, data: ExportData, f
     draft, runtime, files = None, None, None
     try:
         t = time.perf_counter()
-        files = step_files(step, plan, fp32_files, ctx, work)
-        stages.append({"stage": f"quantize {label}", "seconds": time.perf_counter() - t,
-                       "size_bytes": _size(files), "detail": ctx.report})
+        try:
+            files = step_files(step, plan, fp32_files, ctx, work)
+        finally:  # a quantizer that fails (e.g. out of its time budget) spent its time too
+            stages.append({"stage": f"quantize {label}", "seconds": time.perf_counter() - t,
+                           "size_bytes": _size(files) if files else None, "detail": ctx.report})
         if files is not fp32_files:
             options.progress(f"quantize  {stages[-1]['seconds']:6.1f} s  {_kb(_size(files)):>9}  {label}")
         t = time.perf_counter()
@@ -351,8 +390,10 @@ def try_step(step: FallbackStep, run: Any, plan: ExportPlan, data: ExportData, f
                                spec=plan.spec, runtime_settings=plan.runtime_settings,
                                model_version=options.model_version)
         figures, runtime = gate_attempt(run, plan, data, as_manifest(draft, "draft manifest"), files, options)
-        attempt.update(figures, gate_seconds=time.perf_counter() - t)
+        attempt.update(figures, gate_seconds=time.perf_counter() - t - figures["latency_seconds"])
         stages.append({"stage": f"gate {label}", "seconds": attempt["gate_seconds"], "size_bytes": None})
+        stages.append({"stage": f"latency {label}", "seconds": figures["latency_seconds"], "size_bytes": None,
+                       "detail": {"runs": options.latency_runs}})
     except Exception as exc:
         log.debug("attempt %s failed", label, exc_info=True)
         attempt["reason"] = f"{type(exc).__name__}: {exc}"[:500]
@@ -379,10 +420,12 @@ def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
     from edgetl.host.run import load_run
 
     plan = plan_export(options)
-    run = load_run(run_dir)
-    data = load_data(run, plan, options)
     stages: list[dict[str, Any]] = []
     attempts: list[dict[str, Any]] = []
+    with timed(stages, "load run", options.progress) as rec:
+        run = load_run(run_dir)
+        rec["what"] = f"{run.name}: {run.backbone}, {run.strategy}"
+    data = load_data(run, plan, options, stages)
     with tempfile.TemporaryDirectory(prefix="edgetl-export-") as tmp:
         fp32_files, stage = export_fp32(run, plan, data, Path(tmp), options)
         stages.append(stage)
@@ -396,11 +439,14 @@ def export_run(run_dir: str | Path, options: ExportOptions) -> ExportResult:
             err.attempts = attempts
             raise err
         try:
+            with timed(stages, "latency torch fp32", options.progress,
+                       f"PyTorch eager batch-{plan.spec.batch} latency, {options.latency_runs} runs"):
+                torch_latency = median_latency_ms(lambda x: torch_outputs(run.model, x),
+                                                  data.val.x[:plan.spec.batch], options.latency_runs)
             bundle, manifest, signature = build_and_write(
                 run=run, draft=draft, files=files, runtime=runtime, val=data.val, options=options,
                 attempts=attempts, stages=stages, export_report=plan.spec.report, private_key=plan.private_key,
-                calib_count=data.calib_count, torch_latency=median_latency_ms(
-                    lambda x: torch_outputs(run.model, x), data.val.x[:plan.spec.batch], options.latency_runs))
+                calib_count=data.calib_count, torch_latency=torch_latency)
         finally:
             runtime.close()
     result = ExportResult(bundle=bundle, manifest=manifest, attempts=attempts, stages=stages, signature=signature)

@@ -7,9 +7,11 @@
   ONNX Runtime's U8S8 kernels accumulate in 16 bits and saturate; measured on
   an AVX2 Zen 3 the top-1 agreement collapses. ``reduce_range`` (7-bit
   weights) avoids it there, so it is on exactly when the host lacks VNNI.
-- Accuracy-aware INT8: a per-layer sensitivity pass (quantize one layer at a
+- Accuracy-aware INT8: the first ops of the graph (input side) in float,
+  8, 16, 32, ... (:func:`search_float_prefix`); if no prefix reaches the
+  target, a per-layer sensitivity pass (quantize one layer at a
   time, measured through the real optimised ONNX Runtime kernels, on
-  validation images against the FP32 ONNX outputs), then the most sensitive
+  validation images against the FP32 outputs), then the most sensitive
   layers are left in float, doubling the count until top-1 agreement on the
   validation images reaches the gate's minimum (nncf's accuracy control uses
   the validation set the same way; the gate then re-measures independently).
@@ -20,6 +22,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -95,13 +98,17 @@ def preprocess(src: Path, dst: Path) -> Path:
 
 def quantize_int8(src: Path, dst: Path, batches: list[np.ndarray], *, symmetric: bool = False,
                   reduce_range: bool = False, nodes_to_exclude: list[str] | None = None,
-                  nodes_to_quantize: list[str] | None = None, cache: Path | None = None) -> Path:
-    """``quantize_static`` in QDQ format with per-channel weights (see the module docstring)."""
+                  nodes_to_quantize: list[str] | None = None, cache: Path | None = None,
+                  keep_tail_float: bool = True) -> Path:
+    """``quantize_static`` in QDQ format with per-channel weights (see the module docstring).
+
+    ``keep_tail_float``: leave :func:`float_tail` (pooling, concat, standardisation) in float.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     # keep the head's output op (softmax/sigmoid) in float: probabilities at 1/255 resolution would
-    # make a recall threshold such as 0.003 meaningless
-    nodes_to_exclude = list(nodes_to_exclude or []) + output_ops(src)
+    # make a recall threshold such as 0.003 meaningless; and the feature tail (float_tail)
+    nodes_to_exclude = list(nodes_to_exclude or []) + output_ops(src) + (float_tail(src) if keep_tail_float else [])
     extra: dict[str, Any] = {}
     if symmetric:
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
@@ -116,6 +123,65 @@ def quantize_int8(src: Path, dst: Path, batches: list[np.ndarray], *, symmetric:
         calibration_cache_path=str(cache) if cache is not None else None,
     )
     return dst
+
+
+def int8_base(src: Path, folder: Path, batches: list[np.ndarray], reduce_range: bool,
+              shared: dict[str, Any]) -> tuple[Path, Path, Path]:
+    """(pre-processed graph, calibration cache, whole-model INT8) of ``src``, made once per export.
+
+    The plain INT8 step and the accuracy-aware step quantize the same graph
+    with the same calibration: ``shared`` (``QuantizeContext.shared``) keeps
+    what the first one made, so the second neither pre-processes nor
+    calibrates again (on ELPV at 300 px calibration is most of a step's time).
+    """
+    key = f"onnx-int8-base:{src}:{'reduce-range' if reduce_range else 'full-range'}"
+    made = shared.get(key)
+    if made is not None and all(Path(p).is_file() for p in made):
+        return made
+    folder.mkdir(parents=True, exist_ok=True)
+    prep = preprocess(src, folder / "prep.onnx")
+    cache = folder / "calibration.json"
+    full = quantize_int8(prep, folder / "int8.onnx", batches, reduce_range=reduce_range, cache=cache)
+    shared[key] = (prep, cache, full)
+    return shared[key]
+
+
+def float_tail(path: Path) -> list[str]:
+    """Names of the unweighted ops that feed no convolution: pooling, concatenation, standardisation.
+
+    They stay float. One per-tensor INT8 scale over pooled features of
+    several stages, or over ``x - mean`` before ``* 1/std``, rounds the
+    small-scale features to nothing, and standardisation then amplifies the
+    error (the ELPV multi-stage probe: docs/export.md). They work on a few
+    thousand numbers per image, so float costs no measurable time. Weighted
+    layers among them (the head's Gemm/MatMul) are still quantized.
+    """
+    import onnx
+
+    nodes = list(onnx.load(str(path), load_external_data=False).graph.node)
+    return [nodes[i].name for i in tail_nodes([(n.op_type, list(n.input), list(n.output)) for n in nodes],
+                                              conv_ops=("Conv",), weighted_ops=WEIGHTED_OPS) if nodes[i].name]
+
+
+def tail_nodes(nodes: list[tuple[str, list[str], list[str]]], conv_ops: Sequence[str],
+               weighted_ops: Sequence[str]) -> list[int]:
+    """Indices of the ``(op_type, inputs, outputs)`` nodes that are not weighted and feed no ``conv_ops`` node.
+
+    Empty when the graph has no convolution (nothing to call a backbone).
+    """
+    producer = {out: i for i, (_, _, outs) in enumerate(nodes) for out in outs}
+    feeds_conv: set[int] = set()
+    todo = [i for i, (op, _, _) in enumerate(nodes) if op in conv_ops]
+    if not todo:
+        return []
+    while todo:
+        for name in nodes[todo.pop()][1]:
+            j = producer.get(name)
+            if j is not None and j not in feeds_conv:
+                feeds_conv.add(j)
+                todo.append(j)
+    return [i for i, (op, _, _) in enumerate(nodes)
+            if op not in conv_ops and op not in weighted_ops and i not in feeds_conv]
 
 
 def output_ops(path: Path) -> list[str]:
@@ -180,7 +246,8 @@ def accuracy_aware_int8(src: Path, dst: Path, batches: list[np.ndarray], *, min_
                         reduce_range: bool, decide: Callable[[np.ndarray], np.ndarray],
                         check: np.ndarray | None = None, sample: int = 32, report: dict[str, Any],
                         budget_s: float | None = None,
-                        progress: Callable[[str, int, int], None] | None = None) -> Path:
+                        progress: Callable[[str, int, int], None] | None = None,
+                        reference: np.ndarray | None = None, shared: dict[str, Any] | None = None) -> Path:
     """INT8 with the most sensitive layers left in float (see the module docstring), within a time budget.
 
     ``check`` (M, 3, H, W): the images the agreement target is checked on —
@@ -188,8 +255,14 @@ def accuracy_aware_int8(src: Path, dst: Path, batches: list[np.ndarray], *, min_
     does); the calibration images otherwise, which the quantization ranges were
     fitted to and so flatter the result. Sensitivity is ranked on ``sample`` of them.
     ``decide`` maps outputs to decisions under the model's operating point.
+    ``reference``: the FP32 outputs on ``check`` when known (the export's torch
+    outputs, what the gate compares with); else the FP32 graph is run here.
+    ``shared``: ``QuantizeContext.shared``, to reuse the plain INT8 step's
+    calibration and model (:func:`int8_base`).
 
-    Bounded: the ranking stops at half of ``budget_s``; the search (0, 1, 2,
+    First a float prefix (:func:`search_float_prefix`); the ranked search
+    below only when no prefix meets the target. Bounded: the prefix and the
+    ranking stop at half of ``budget_s``; the search (0, 1, 2,
     4, ... layers in float, up to half) stops as soon as the agreement target
     is met, or when the budget is spent — then the best candidate so far is
     returned, and the gate, which re-measures, decides (the target is never lowered).
@@ -199,31 +272,81 @@ def accuracy_aware_int8(src: Path, dst: Path, batches: list[np.ndarray], *, min_
     clock = Clock(budget_s, progress)
     with tempfile.TemporaryDirectory(prefix="edgetl-aaq-") as tmp:
         tmp = Path(tmp)
-        prep = preprocess(src, tmp / "prep.onnx")
-        cache = tmp / "calibration.json"
+        prep, cache, full = int8_base(src, dst.parent / "base", batches, reduce_range,
+                                      {} if shared is None else shared)
         check = np.concatenate(batches) if check is None else check
-        check_ref = _session_outputs(prep, check)
+        check_ref = _session_outputs(prep, check) if reference is None else np.asarray(reference)
         want = decide(check_ref)
-        full = quantize_int8(prep, tmp / "k0.onnx", batches, reduce_range=reduce_range, cache=cache)
         agree = float((decide(_session_outputs(full, check)) == want).mean())
+        clock.tick(f"int8 accuracy-aware: whole model INT8, agreement {agree:.3f}", 1, 1)
         best, stopped = (agree, 0, full), "agreement met"
-        candidates = [n.name for n in onnx.load(str(prep)).graph.node if n.op_type in WEIGHTED_OPS and n.name]
-        ranked, scores = [], {}
+        nodes = [n for n in onnx.load(str(prep)).graph.node if n.name]
+        candidates = [n.name for n in nodes if n.op_type in WEIGHTED_OPS]
+        ranked, scores, prefix = [], {}, 0
         if agree < min_agreement:
-            ranked, scores = rank_layers(prep, candidates, batches, check[:sample], check_ref[:sample],
-                                         reduce_range, cache, clock, tmp)
-            best, stopped = search_float_layers(prep, ranked, batches, check, want, decide, min_agreement,
-                                                reduce_range, cache, clock, tmp, best)
+            measure = _agreement_on(check, want, decide)
+            prefix, prefix_best = search_float_prefix(prep, [n.name for n in nodes], batches, measure,
+                                                      min_agreement, reduce_range, cache, clock, tmp)
+            if prefix_best[0] >= min_agreement:
+                best, stopped = (prefix_best[0], 0, prefix_best[1]), "agreement met (float prefix)"
+            else:
+                ranked, scores = rank_layers(prep, candidates, batches, check[:sample], check_ref[:sample],
+                                             reduce_range, cache, clock, tmp)
+                best, stopped = search_float_layers(prep, ranked, batches, check, want, decide, min_agreement,
+                                                    reduce_range, cache, clock, tmp, best)
+                if prefix_best[0] > best[0]:  # neither met the target: return the closer one for the gate
+                    best = (prefix_best[0], 0, prefix_best[1])
+                else:
+                    prefix = 0
         agree, k, out = best
-        log.info("accuracy-aware int8: %d of %d layers in float: agreement %.3f on %d images (%s, %.0f s)",
-                 k, len(candidates), agree, len(check), stopped, clock.elapsed)
-        report.update(float_layers=ranked[:k], quantized_layers=len(candidates) - k, selection_agreement=agree,
+        log.info("accuracy-aware int8: %d of %d layers in float, first %d ops in float: agreement %.3f on %d "
+                 "images (%s, %.0f s)", k, len(candidates), prefix, agree, len(check), stopped, clock.elapsed)
+        report.update(float_prefix_ops=prefix, float_layers=ranked[:k], quantized_layers=len(candidates) - k,
+                      selection_agreement=agree,
                       selection_images=len(check), sensitivity_images=min(sample, len(check)),
                       ranked_layers=len(scores), stopped=stopped, budget_s=clock.budget_s,
                       seconds=round(clock.elapsed, 1),
                       sensitivity=[{"node": n, "mean_abs_diff": scores[n]} for n in ranked[:10] if n in scores])
         dst.write_bytes(out.read_bytes())
     return dst
+
+
+def _agreement_on(check: np.ndarray, want: np.ndarray,
+                  decide: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], float]:
+    return lambda path: float((decide(_session_outputs(path, check)) == want).mean())
+
+
+def search_float_prefix(prep: Path, names: list[str], batches: list[np.ndarray], measure: Callable[[Path], float],
+                        min_agreement: float, reduce_range: bool, cache: Path, clock: Clock,
+                        tmp: Path) -> tuple[int, tuple[float, Path | None]]:
+    """Leave the graph's first 8, 16, 32, ... ops (input side, every type) in float until agreement is met.
+
+    The first phase of the search, because it is cheap (no calibration,
+    a few candidates) and fits CNNs whose early high-resolution layers carry a
+    subtle signal: on the ELPV recipe the per-tensor INT8 activations of the
+    first blocks cost most of the agreement, and keeping single layers float
+    leaves their activations quantized for their neighbours. Stops at half
+    the ops, or half the time budget. Returns (k, (agreement, model)) of the
+    first candidate that meets the target, else of the best one.
+    """
+    best: tuple[int, tuple[float, Path | None]] = (0, (-1.0, None))
+    k, steps = FIRST_PREFIX, max(1, (len(names) // 2 // FIRST_PREFIX).bit_length())
+    while k <= len(names) // 2 and not clock.over(0.5):
+        out = quantize_int8(prep, tmp / f"prefix{k}.onnx", batches, reduce_range=reduce_range,
+                            nodes_to_exclude=names[:k], cache=cache)
+        agree = measure(out)
+        clock.tick(f"int8 accuracy-aware: first {k} ops in float, agreement {agree:.3f}",
+                   (k // FIRST_PREFIX).bit_length(), steps)
+        if agree > best[1][0]:
+            best = (k, (agree, out))
+        if agree >= min_agreement:
+            break
+        k *= 2
+    return best
+
+
+FIRST_PREFIX = 8
+"""The smallest float prefix :func:`search_float_prefix` tries (then 16, 32, ...)."""
 
 
 def search_float_layers(prep: Path, ranked: list[str], batches: list[np.ndarray], check: np.ndarray,
@@ -277,9 +400,9 @@ class Fp16(_Base):
 class Int8Ptq(_Base):
     def _quantize(self, src, dst, batches, ctx):
         reduce = needs_reduce_range()
-        with tempfile.TemporaryDirectory(prefix="edgetl-ptq-") as tmp:
-            prep = preprocess(src, Path(tmp) / "prep.onnx")
-            quantize_int8(prep, dst, batches, reduce_range=reduce)
+        prep, _, full = int8_base(src, dst.parent / "base", batches, reduce, ctx.shared)
+        shutil.copyfile(full, dst)
+        ctx.report.update(float_ops=len(float_tail(prep)))
         ctx.report.update(format="QDQ", per_channel=True, activations="uint8", weights="int8",
                           reduce_range=reduce, calibration_images=sum(len(b) for b in batches),
                           reduce_range_reason=("host CPU lacks VNNI: U8S8 kernels would saturate"
@@ -289,10 +412,11 @@ class Int8Ptq(_Base):
 class Int8AccuracyAware(_Base):
     def _quantize(self, src, dst, batches, ctx):
         reduce = needs_reduce_range()
-        check = ctx.validation.x if ctx.validation is not None else None
+        val = ctx.validation
         accuracy_aware_int8(src, dst, batches, min_agreement=ctx.gate.min_agreement, reduce_range=reduce,
-                            decide=ctx.model.decide, check=check, report=ctx.report,
-                            budget_s=ctx.time_budget_s, progress=ctx.progress)
+                            decide=ctx.model.decide, check=None if val is None else val.x, report=ctx.report,
+                            budget_s=ctx.time_budget_s, progress=ctx.progress,
+                            reference=None if val is None else val.reference, shared=ctx.shared)
         ctx.report.update(format="QDQ", per_channel=True, reduce_range=reduce)
 
 

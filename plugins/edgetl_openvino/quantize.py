@@ -1,11 +1,13 @@
 """Host-side OpenVINO quantizers: FP16 weights, nncf INT8 PTQ, nncf INT8 with accuracy control.
 
-``nncf.quantize_with_accuracy_control`` quantizes, measures a validation
-metric, and reverts the most harmful layers to float until the drop is within
-``max_drop``. The metric given to it is top-1 agreement with the FP32 model on
-the run's validation images, with ``max_drop = 1 - min_agreement``: the gate
-also bounds the accuracy drop, but that one is usually met first. The gate then
-re-measures the result independently.
+Accuracy control is ``nncf.quantize_with_accuracy_control``'s method: quantize,
+measure a validation metric, and revert the most harmful layers to float until
+the drop is within ``max_drop``. The metric given to it is top-1 agreement
+with the FP32 model on the run's validation images, with ``max_drop = 1 -
+min_agreement``: the gate also bounds the accuracy drop, but that one is
+usually met first. The gate then re-measures the result independently. Its
+first step, ``nncf.quantize``, is the plain INT8 step's: one model per export
+(``QuantizeContext.shared``) serves both, so auto's chain calibrates once.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgetl_onnx.quantize import Clock
+from edgetl_onnx.quantize import FIRST_PREFIX, Clock, tail_nodes
 
 from edgetl.api import QuantizeContext
 from edgetl.errors import ExportError
@@ -53,16 +55,144 @@ def fp16_weights(files: Sequence[Path], out_dir: Path, ctx: QuantizeContext) -> 
     return _save(ov.Core().read_model(str(_xml(files))), out_dir, compress=True)
 
 
-def int8_ptq(files: Sequence[Path], out_dir: Path, ctx: QuantizeContext) -> list[Path]:
+CONV_OPS = ("Convolution", "GroupConvolution")
+WEIGHTED_OPS = ("MatMul",)
+
+
+def float_tail(model: Any) -> list[str]:
+    """Friendly names of the unweighted ops that feed no convolution (pooling, concat, standardisation).
+
+    Kept float through nncf's ignored scope, for the reason given at
+    ``edgetl_onnx.quantize.float_tail``; the head's MatMul is still quantized.
+    """
+    ops = list(model.get_ordered_ops())
+    sources = [[i.get_source_output().get_node() for i in op.inputs()] for op in ops]
+    nodes = [(op.get_type_name(), [s.get_friendly_name() for s in src], [op.get_friendly_name()])
+             for op, src in zip(ops, sources, strict=True)]
+
+    def bias_add(i: int) -> bool:  # a weighted layer's bias: part of that layer for nncf, not of the tail
+        return nodes[i][0] == "Add" and any(s.get_type_name() in CONV_OPS + WEIGHTED_OPS for s in sources[i])
+
+    return [ops[i].get_friendly_name() for i in tail_nodes(nodes, CONV_OPS, WEIGHTED_OPS)
+            if nodes[i][0] not in ("Constant", "Parameter", "Result") and not bias_add(i)]
+
+
+def ptq_model(files: Sequence[Path], ctx: QuantizeContext) -> Any:
+    """``nncf.quantize`` of the FP32 IR, weights kept float, made once per export (``ctx.shared``).
+
+    The plain INT8 step compresses a copy for its file; the accuracy-control
+    step starts from the same model instead of calibrating again (nncf's own
+    ``quantize_with_accuracy_control`` would), and its reverts need the float weights.
+    """
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
-    batches = list(ctx.calibration)
-    model = ov.Core().read_model(str(_xml(files)))
-    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
-                              target_device=nncf.TargetDevice.CPU)
-    ctx.report.update(tool="nncf.quantize", nncf=nncf.__version__, calibration_images=sum(len(b) for b in batches))
+    key = f"openvino-int8-ptq:{_xml(files)}"
+    if key not in ctx.shared:
+        batches = list(ctx.calibration)
+        model = ov.Core().read_model(str(_xml(files)))
+        tail = float_tail(model)
+        keep_float = AdvancedQuantizationParameters(backend_params={"compress_weights": False})
+        ctx.shared[key] = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
+                                        target_device=nncf.TargetDevice.CPU, advanced_parameters=keep_float,
+                                        ignored_scope=nncf.IgnoredScope(names=tail, validate=False))
+        ctx.shared[key + ":float_ops"] = tail
+    ctx.report.update(float_ops=len(ctx.shared[key + ":float_ops"]))
+    return ctx.shared[key]
+
+
+def _compressed(model: Any) -> Any:
+    """A copy with INT8 weights stored as int8 (what ``nncf.quantize`` returns by default)."""
+    from openvino._offline_transformations import compress_quantize_weights_transformation
+
+    model = model.clone()
+    compress_quantize_weights_transformation(model)
+    return model
+
+
+def int8_ptq(files: Sequence[Path], out_dir: Path, ctx: QuantizeContext) -> list[Path]:
+    import nncf
+
+    quantized = _compressed(ptq_model(files, ctx))
+    ctx.report.update(tool="nncf.quantize", nncf=nncf.__version__,
+                      calibration_images=sum(len(b) for b in ctx.calibration))
     return _save(quantized, out_dir, compress=False)
+
+
+SKIP_TYPES = ("Constant", "Parameter", "Result", "FakeQuantize", "Convert")
+
+
+def float_prefix(quantized: Any, original: Any, k: int) -> Any:
+    """A copy of the INT8 model with its first ``k`` ops (input side) back in float.
+
+    FakeQuantize nodes whose consumers all lie in the prefix are bypassed,
+    and the prefix's bias constants are taken from ``original`` (nncf's bias
+    correction tuned them for the quantized layer), as nncf's own revert does.
+    No calibration: one copy, one edit (see ``edgetl_onnx.quantize.search_float_prefix``).
+    """
+    from openvino import op as ov_op
+
+    model = quantized.clone()
+    ordered = list(model.get_ordered_ops())
+    first = {o.get_friendly_name() for o in [o for o in ordered if o.get_type_name() not in SKIP_TYPES][:k]}
+    for fq in [o for o in ordered if o.get_type_name() == "FakeQuantize"]:
+        consumers = [t.get_node() for t in fq.output(0).get_target_inputs()]
+        if consumers and all(c.get_friendly_name() in first for c in consumers):
+            fq.output(0).replace(fq.input_value(0))
+    originals = {o.get_friendly_name(): o for o in original.get_ordered_ops()}
+    for node in [o for o in ordered if o.get_friendly_name() in first and o.get_type_name() == "Add"]:
+        twin = originals.get(node.get_friendly_name())
+        for i, value in enumerate(node.input_values()):
+            source = twin.input_value(i).get_node() if twin is not None else None
+            if value.get_node().get_type_name() == "Constant" and source is not None \
+                    and source.get_type_name() == "Constant":
+                node.input(i).replace_source_output(ov_op.Constant(source.get_data()).output(0))
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+def prefix_search(quantized: Any, original: Any, measure: Any, min_agreement: float, clock: Clock,
+                  progress: Any) -> tuple[int, Any, float]:
+    """First 8, 16, 32, ... ops in float until ``measure(model)`` (agreement) meets the target; half the ops at
+    most, half the budget at most. Returns (k, model, agreement) of the first that meets it, else k = 0."""
+    total = len([o for o in quantized.get_ordered_ops() if o.get_type_name() not in SKIP_TYPES])
+    k = FIRST_PREFIX
+    while k <= total // 2 and not clock.over(0.5):
+        candidate = float_prefix(quantized, original, k)
+        agree = measure(candidate)
+        progress(f"int8 accuracy-control: first {k} ops in float, agreement {agree:.3f} "
+                 f"({clock.elapsed:.0f} s of {clock.budget_s:.0f})", k, total // 2)
+        if agree >= min_agreement:
+            return k, candidate, agree
+        k *= 2
+    return 0, None, 0.0
+
+
+def restore_accuracy(model: Any, quantized: Any, validation: Any, metric: Any, max_drop: float,
+                     restorer: Any) -> Any:
+    """nncf's accuracy restorer on an already quantized model: the steps of
+    ``quantize_with_accuracy_control`` after its own ``quantize`` (hyper-parameter tuning off, its default)."""
+    import nncf
+    from nncf.quantization.algorithms.accuracy_control.algorithm import (
+        QuantizationAccuracyRestorer,
+        calculate_accuracy_drop,
+    )
+    from nncf.quantization.algorithms.accuracy_control.evaluator import Evaluator
+
+    evaluator = Evaluator(metric)
+    evaluator.enable_iteration_count()
+    initial = evaluator.collect_metric_results(model, validation, model_name="initial")
+    size = evaluator.num_passed_iterations
+    evaluator.disable_iteration_count()
+    first = evaluator.collect_metric_results(quantized, validation, model_name="quantized")
+    met, _ = calculate_accuracy_drop(initial.metric_value, first.metric_value, max_drop, nncf.DropType.ABSOLUTE)
+    if met:
+        return quantized
+    return QuantizationAccuracyRestorer(
+        restorer.ranking_subset_size, restorer.max_num_iterations, max_drop, nncf.DropType.ABSOLUTE,
+        restorer.num_ranking_workers, restorer.restore_mode,
+    ).apply(model, initial, quantized, first, validation, size, evaluator)
 
 
 def int8_accuracy_control(files: Sequence[Path], out_dir: Path, ctx: QuantizeContext) -> list[Path]:
@@ -75,12 +205,12 @@ def int8_accuracy_control(files: Sequence[Path], out_dir: Path, ctx: QuantizeCon
     # the controlled metric is top-1 agreement with the FP32 model, not accuracy: the gate asks for
     # both, and on ELPV accuracy stayed within budget (-0.67 pt) while 8 % of the answers changed
     x, ref, decide = validation.x, validation.reference_decisions, validation.decide
-    batches = list(ctx.calibration)
     items = [(x[i:i + 1], int(ref[i])) for i in range(len(ref))]
     max_drop = max(0.0, 1.0 - ctx.gate.min_agreement)
 
     clock = Clock(ctx.time_budget_s, ctx.progress)
     passes = {"n": 0}
+    reused = f"openvino-int8-ptq:{_xml(files)}" in ctx.shared
 
     def agreement(compiled: Any, data: Any) -> tuple[float, list[float]]:
         # nncf calls this for every validation (full set) and ranking (subset) pass; over the budget it
@@ -95,21 +225,29 @@ def int8_accuracy_control(files: Sequence[Path], out_dir: Path, ctx: QuantizeCon
                      f"({clock.elapsed:.0f} s of {clock.budget_s:.0f})", passes["n"], passes["n"])
         return float(np.mean(per_item)) if per_item else 0.0, per_item
 
-    model = ov.Core().read_model(str(_xml(files)))
     # bounded: layers ranked on a subset, few revert iterations, one ranking worker (parallel workers
     # only contend on a small CPU)
     restorer = nncf.AdvancedAccuracyRestorerParameters(
         max_num_iterations=MAX_ITERATIONS, ranking_subset_size=min(RANKING_SUBSET, len(items)),
         num_ranking_workers=1)
+    original = ov.Core().read_model(str(_xml(files)))
+    ptq = ptq_model(files, ctx)
+
+    def measure(model: Any) -> float:
+        return agreement(ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}), items)[0]
+
     try:
-        quantized = nncf.quantize_with_accuracy_control(
-            model, nncf.Dataset(batches), nncf.Dataset(items, lambda item: item[0]), agreement,
-            max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=len(batches),
-            target_device=nncf.TargetDevice.CPU, advanced_accuracy_restorer_parameters=restorer)
+        prefix, quantized, prefix_agreement = prefix_search(ptq, original, measure, 1.0 - max_drop, clock,
+                                                            ctx.progress)
+        if quantized is None:
+            quantized = restore_accuracy(original, ptq.clone(), nncf.Dataset(items, lambda item: item[0]),
+                                         agreement, max_drop, restorer)
     except BudgetSpent as exc:
         raise ExportError(str(exc)) from None
-    ctx.report.update(tool="nncf.quantize_with_accuracy_control", nncf=nncf.__version__,
+    ctx.report.update(tool="nncf.quantize + nncf QuantizationAccuracyRestorer", nncf=nncf.__version__,
                       metric="top-1 agreement with FP32", max_drop=max_drop, validation_images=len(items),
                       ranking_subset=min(RANKING_SUBSET, len(items)), max_iterations=MAX_ITERATIONS,
-                      validation_passes=passes["n"], budget_s=clock.budget_s, seconds=round(clock.elapsed, 1))
-    return _save(quantized, out_dir, compress=False)
+                      validation_passes=passes["n"], budget_s=clock.budget_s, seconds=round(clock.elapsed, 1),
+                      reused_int8_ptq=reused, float_prefix_ops=prefix,
+                      prefix_agreement=prefix_agreement if prefix else None)
+    return _save(_compressed(quantized), out_dir, compress=False)
