@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,9 +106,13 @@ def test_unavailable_device_is_a_clear_error_and_the_device_half_needs_no_torch(
     assert proc.stdout.strip() == "openvino"
 
 
-@pytest.mark.parametrize("budget", [0.0, 600.0])
-def test_accuracy_control_stops_at_its_budget_with_a_reason(tmp_path, budget):
+@pytest.mark.parametrize("budget,internals", [(0.0, True), (600.0, True), (600.0, False)])
+def test_accuracy_control_stops_at_its_budget_with_a_reason(tmp_path, budget, internals, monkeypatch):
+    """``internals=False``: an nncf without the restorer's internal classes takes the public
+    ``quantize_with_accuracy_control`` path, which must give a model as well."""
     torch = pytest.importorskip("torch")
+    if not internals:
+        monkeypatch.setitem(sys.modules, "nncf.quantization.algorithms.accuracy_control.algorithm", None)
     from edgetl_openvino.export import export_ir
     from edgetl_openvino.quantize import int8_accuracy_control
 
@@ -138,3 +143,5 @@ def test_accuracy_control_stops_at_its_budget_with_a_reason(tmp_path, budget):
         out = int8_accuracy_control(files, tmp_path / "q", ctx)
         assert out[0].is_file() and ctx.report["validation_passes"] == len(lines) >= 2
         assert ctx.report["ranking_subset"] == 10 and ctx.report["max_iterations"] == 8
+        assert ctx.report["tool"].startswith("nncf.quantize_with_accuracy_control" if not internals else
+                                             "nncf.quantize + nncf QuantizationAccuracyRestorer")

@@ -172,13 +172,21 @@ def prefix_search(quantized: Any, original: Any, measure: Any, min_agreement: fl
 def restore_accuracy(model: Any, quantized: Any, validation: Any, metric: Any, max_drop: float,
                      restorer: Any) -> Any:
     """nncf's accuracy restorer on an already quantized model: the steps of
-    ``quantize_with_accuracy_control`` after its own ``quantize`` (hyper-parameter tuning off, its default)."""
+    ``quantize_with_accuracy_control`` after its own ``quantize`` (hyper-parameter tuning off, its default).
+
+    These classes are nncf's internals (present in the pinned 3.4): with an nncf that
+    lacks them this returns None and the caller runs the public
+    ``nncf.quantize_with_accuracy_control``, which calibrates once more."""
     import nncf
-    from nncf.quantization.algorithms.accuracy_control.algorithm import (
-        QuantizationAccuracyRestorer,
-        calculate_accuracy_drop,
-    )
-    from nncf.quantization.algorithms.accuracy_control.evaluator import Evaluator
+
+    try:
+        from nncf.quantization.algorithms.accuracy_control.algorithm import (
+            QuantizationAccuracyRestorer,
+            calculate_accuracy_drop,
+        )
+        from nncf.quantization.algorithms.accuracy_control.evaluator import Evaluator
+    except ImportError:
+        return None
 
     evaluator = Evaluator(metric)
     evaluator.enable_iteration_count()
@@ -242,9 +250,18 @@ def int8_accuracy_control(files: Sequence[Path], out_dir: Path, ctx: QuantizeCon
         if quantized is None:
             quantized = restore_accuracy(original, ptq.clone(), nncf.Dataset(items, lambda item: item[0]),
                                          agreement, max_drop, restorer)
+        tool = "nncf.quantize + nncf QuantizationAccuracyRestorer"
+        if quantized is None:  # an nncf without the restorer's internals: the public entry point
+            tool = "nncf.quantize_with_accuracy_control"
+            batches = list(ctx.calibration)
+            quantized = nncf.quantize_with_accuracy_control(
+                original, nncf.Dataset(batches), nncf.Dataset(items, lambda item: item[0]), agreement,
+                max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=len(batches),
+                target_device=nncf.TargetDevice.CPU, advanced_accuracy_restorer_parameters=restorer,
+                ignored_scope=nncf.IgnoredScope(names=float_tail(original), validate=False))
     except BudgetSpent as exc:
         raise ExportError(str(exc)) from None
-    ctx.report.update(tool="nncf.quantize + nncf QuantizationAccuracyRestorer", nncf=nncf.__version__,
+    ctx.report.update(tool=tool, nncf=nncf.__version__,
                       metric="top-1 agreement with FP32", max_drop=max_drop, validation_images=len(items),
                       ranking_subset=min(RANKING_SUBSET, len(items)), max_iterations=MAX_ITERATIONS,
                       validation_passes=passes["n"], budget_s=clock.budget_s, seconds=round(clock.elapsed, 1),
