@@ -109,6 +109,22 @@ def test_partial_finetune_bad_unfreeze_is_a_config_error(tmp_path, data):
         train(tmp_path, data, {"unfreeze": 99}, epochs=1)
     with pytest.raises(ConfigError, match="strategy.options.head_epochs"):
         train(tmp_path, data, {"head_epochs": -1}, out="b", epochs=1)
+    with pytest.raises(ConfigError, match="strategy.options.map_flips"):
+        train(tmp_path, data, {"map_flips": "yes"}, out="c", epochs=1)
+
+
+def test_flipped_maps_flip_each_map_reproducibly():
+    from edgetl_strategies.partial import FlippedMaps
+
+    maps = torch.arange(2 * 3 * 3, dtype=torch.float32).reshape(1, 2, 3, 3).repeat(64, 1, 1, 1)
+    ds = FlippedMaps(maps, torch.zeros(64, dtype=torch.long), seed=0)
+    seen = {tuple(ds[i][0].flatten().tolist()) for i in range(64)}
+    want = {tuple(torch.flip(maps[0], dims=d).flatten().tolist()) for d in ((), (2,), (1,), (1, 2))}
+    assert seen == want  # all four: as is, horizontal, vertical, both
+    first = [ds[i][0] for i in range(8)]
+    assert all(torch.equal(a, ds[i][0]) for i, a in enumerate(first))  # same seed, epoch, index: same flip
+    ds.set_epoch(1)
+    assert any(not torch.equal(a, ds[i][0]) for i, a in enumerate(first))
 
 
 def test_partial_finetune_run_exports_through_the_gate(tmp_path, data):

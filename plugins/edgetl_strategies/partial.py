@@ -23,6 +23,9 @@ options:
         each is another frozen pass; train-time flips/rotations of the image
         are these views, nothing else applies (said in the log).
     hidden: width of an MLP head's hidden layer, or null for a linear head.
+    map_flips: random horizontal / vertical flips of each cached map while the
+        top trains (free: no frozen pass; the maps' own symmetry, not the
+        image's, so a regulariser rather than a view); default false.
     head_epochs: epochs of the head-only stage (0 skips it); default 40.
     head_lr: its learning rate; default 1e-3.
     cache_dir: a folder for the on-disk activation cache, or null (memory only).
@@ -48,8 +51,8 @@ class PartialFinetune(Strategy):
     description = "frozen lower stages run once (activations cached), the top layer groups + head fine-tune on them"
     requires = ("torch",)
     extra = "train"
-    DEFAULTS = {"unfreeze": 2, "views": None, "hidden": None, "head_epochs": 40, "head_lr": 1e-3,
-                "cache_dir": None, "batch_size": 32}
+    DEFAULTS = {"unfreeze": 2, "views": None, "hidden": None, "map_flips": False, "head_epochs": 40,
+                "head_lr": 1e-3, "cache_dir": None, "batch_size": 32}
 
     def fit(self, ctx: FitContext) -> TrainedModel:
         import torch
@@ -62,6 +65,8 @@ class PartialFinetune(Strategy):
         if isinstance(head_epochs, bool) or not isinstance(head_epochs, int) or head_epochs < 0:
             raise ConfigError(f"strategy.options.head_epochs: expected a number of epochs >= 0, got {head_epochs!r}")
         head_lr = positive_float(self.name, "head_lr", opts["head_lr"])
+        if not isinstance(opts["map_flips"], bool):
+            raise ConfigError(f"strategy.options.map_flips: expected true or false, got {opts['map_flips']!r}")
         model = build_model(ctx, opts["hidden"])
         try:
             bottom, top = split_backbone(model.features, opts["unfreeze"])
@@ -73,7 +78,7 @@ class PartialFinetune(Strategy):
         feature_seconds = time.perf_counter() - t0
         torch.manual_seed(ctx.config.train.seed)
         head_best = self._head_first(ctx, model, top, maps, y_train, val_maps, head_epochs, head_lr)
-        stopper = self._joint(ctx, model, top, maps, y_train, val_maps)
+        stopper = self._joint(ctx, model, top, maps, y_train, val_maps, opts["map_flips"])
         model.features = torch.nn.Sequential(bottom, top)
         model.requires_grad_(False)
         model.to(ctx.device).eval()
@@ -130,7 +135,8 @@ class PartialFinetune(Strategy):
                              val_inputs=TensorDataset(x_val, torch.from_numpy(ctx.val.labels)))
         return stopper.best_epoch
 
-    def _joint(self, ctx: FitContext, model: Any, top: Any, maps: Any, y_train: Any, val_maps: Any) -> Any:
+    def _joint(self, ctx: FitContext, model: Any, top: Any, maps: Any, y_train: Any, val_maps: Any,
+               map_flips: bool) -> Any:
         """The top groups and the head together on the cached maps, at ``train.lr``."""
         import torch
         from torch.utils.data import TensorDataset
@@ -143,7 +149,8 @@ class PartialFinetune(Strategy):
         groups = [{"name": "top", "params": list(top.parameters())},
                   {"name": "head", "params": list(model.head.parameters())}]
         return fit_epochs(ctx, net, groups, tag=self.name,
-                          train=Split("train-maps", TensorDataset(maps, y_train), None, y_train.numpy(), []),
+                          train=Split("train-maps", FlippedMaps(maps, y_train, ctx.config.train.seed) if map_flips
+                                      else TensorDataset(maps, y_train), None, y_train.numpy(), []),
                           val_inputs=TensorDataset(val_maps, torch.from_numpy(ctx.val.labels)))
 
 
@@ -160,3 +167,25 @@ def as_float(module: Any) -> Any:
             return self.module(x.float())
 
     return Float()
+
+
+class FlippedMaps:
+    """(map, label) pairs, each map flipped horizontally and/or vertically at random (drawn from seed, epoch
+    and index, so a rerun or a resumed run sees the same flips)."""
+
+    def __init__(self, maps: Any, labels: Any, seed: int):
+        self.maps, self.labels, self.seed, self.epoch = maps, labels, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
+        import torch
+
+        draw = np.random.default_rng((self.seed, self.epoch, int(i))).random(2)
+        dims = [d for d, r in zip((2, 1), draw, strict=True) if r < 0.5]  # (C, H, W): 2 = horizontal
+        m = self.maps[i]
+        return (torch.flip(m, dims=dims) if dims else m), self.labels[i]
