@@ -100,6 +100,9 @@ def test_partial_finetune_leaves_the_bottom_frozen_and_updates_the_top(tmp_path,
     bottom, top = model.features
     assert torch.equal(bottom[0].weight, seen["initial"]["conv_stem.weight"])  # frozen: bit for bit
     assert not torch.equal(top[-3].weight, seen["initial"]["conv_head.weight"])  # trained
+    # freeze_bn (default): the top's BatchNorm statistics are the pretrained ones, its affine weights trained
+    assert torch.equal(top[-2].running_mean, seen["initial"]["bn2.running_mean"])
+    assert not torch.equal(top[-2].weight, seen["initial"]["bn2.weight"])
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(model(x).sum(1), torch.ones(2), atol=1e-5)  # a plain classifier on images
 
@@ -111,6 +114,8 @@ def test_partial_finetune_bad_unfreeze_is_a_config_error(tmp_path, data):
         train(tmp_path, data, {"head_epochs": -1}, out="b", epochs=1)
     with pytest.raises(ConfigError, match="strategy.options.map_flips"):
         train(tmp_path, data, {"map_flips": "yes"}, out="c", epochs=1)
+    with pytest.raises(ConfigError, match="strategy.options.freeze_bn"):
+        train(tmp_path, data, {"freeze_bn": "auto"}, out="d", epochs=1)
 
 
 def test_flipped_maps_flip_each_map_reproducibly():
