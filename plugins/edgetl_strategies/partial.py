@@ -47,7 +47,7 @@ import numpy as np
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError
 from edgetl_strategies.finetune import build_model
-from edgetl_strategies.linear_probe import VIEWS, probe, views_from_augment
+from edgetl_strategies.linear_probe import cached_views, probe
 from edgetl_strategies.options import positive_float, resolve
 
 
@@ -65,7 +65,7 @@ class PartialFinetune(Strategy):
         from edgetl.training import split_backbone
 
         opts = resolve(self.name, ctx.options, self.DEFAULTS)
-        views = self._views(ctx, opts)
+        views = cached_views(opts["views"], ctx.config.augment)
         head_epochs = opts["head_epochs"]
         if isinstance(head_epochs, bool) or not isinstance(head_epochs, int) or head_epochs < 0:
             raise ConfigError(f"strategy.options.head_epochs: expected a number of epochs >= 0, got {head_epochs!r}")
@@ -92,15 +92,6 @@ class PartialFinetune(Strategy):
                             timings={"feature_seconds": feature_seconds},
                             extra={"head_best_epoch": head_best, "cached_views": views})
 
-    def _views(self, ctx: FitContext, opts: dict[str, Any]) -> list[str]:
-        views = list(opts["views"]) if opts["views"] is not None else views_from_augment(ctx.config.augment)
-        if "identity" not in views:
-            views.insert(0, "identity")
-        for v in views:
-            if v not in VIEWS:
-                raise ConfigError(f"strategy.options.views: unknown view {v!r} (known: {', '.join(VIEWS)})")
-        return views
-
     def _cache(self, ctx: FitContext, bottom: Any, opts: dict[str, Any], views: list[str]) -> tuple[Any, Any, Any]:
         """Frozen maps of train (every view) and val (identity), float16, keyed by where the cut is."""
         import torch
@@ -124,14 +115,15 @@ class PartialFinetune(Strategy):
         import torch
         from torch.utils.data import TensorDataset
 
-        from edgetl.training import Split, fit_epochs, predict
+        from edgetl.training import Split, fit_epochs
 
         if not epochs:
             return 0
         top.to(ctx.device).eval()
 
         def pooled(m):
-            return torch.from_numpy(predict(as_float(top), TensorDataset(m, torch.zeros(len(m))), ctx.device, 64))
+            with torch.inference_mode():
+                return torch.cat([top(m[i:i + 64].to(ctx.device).float()).cpu() for i in range(0, len(m), 64)])
 
         x_train, x_val = pooled(maps), pooled(val_maps)
         head = model.head
@@ -160,21 +152,6 @@ class PartialFinetune(Strategy):
                                       []),
                           val_inputs=TensorDataset(val_maps, torch.from_numpy(ctx.val.labels)),
                           eval_modules=lambda: [top] if opts["freeze_bn"] else [])
-
-
-def as_float(module: Any) -> Any:
-    """``module`` on float32 input (the cached maps are float16)."""
-    import torch
-
-    class Float(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.module = module
-
-        def forward(self, x):
-            return self.module(x.float())
-
-    return Float()
 
 
 class FlippedMaps:
