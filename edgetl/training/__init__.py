@@ -15,6 +15,7 @@ Optimiser:   :func:`param_groups`, :func:`make_optimizer`, :class:`Schedule`,
              :func:`class_weights`, :func:`soft_targets`
 Features:    :func:`extract_features`, :class:`StagePool`, :func:`gem`, :data:`VIEWS`, :data:`TTA_VIEWS`,
              :func:`apply_view`, :class:`WithTTA`
+Partial:     :func:`split_backbone`, :class:`OnMaps`
 Data:        :class:`Split`, :func:`with_images`, :func:`batches`, :func:`predict`, :func:`to_device`
 Memory:      :class:`PeakMemory`, :func:`rss_bytes`
 DDP:         :class:`DistInfo`, :func:`dist_info`, :func:`is_main`, :func:`shard`,
@@ -33,6 +34,7 @@ _WHERE = {
     "param_groups": "optim", "make_optimizer": "optim", "Schedule": "optim", "class_weights": "optim",
     "soft_targets": "optim",
     "extract_features": "features", "StagePool": "features", "gem": "features",
+    "split_backbone": "partial", "OnMaps": "partial",
     "VIEWS": "views", "TTA_VIEWS": "views", "apply_view": "views", "WithTTA": "views",
     "Split": "datasets", "with_images": "datasets", "batches": "data", "predict": "data", "to_device": "data",
     "PeakMemory": "memory", "rss_bytes": "memory",

@@ -29,12 +29,12 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def cache_key(ctx: FitContext, paths: list[Path], view: str) -> str:
-    """Backbone + weights + preprocessing + view + file contents -> a hex key."""
+def cache_key(ctx: FitContext, paths: list[Path], view: str, tag: str | None = None) -> str:
+    """Backbone + weights + preprocessing + view (+ tag and dtype) + file contents -> a hex key."""
     cfg = ctx.config.backbone
     h = hashlib.sha256()
-    h.update(repr((ctx.backbone.name, cfg.pretrained, cfg.weights, ctx.input.to_dict() if ctx.input else None,
-                   view)).encode())
+    what = (ctx.backbone.name, cfg.pretrained, cfg.weights, ctx.input.to_dict() if ctx.input else None, view)
+    h.update(repr(what if tag is None else (*what, tag)).encode())
     if cfg.weights:
         h.update(_file_digest(Path(cfg.weights)).encode())
     for p in paths:
@@ -44,7 +44,8 @@ def cache_key(ctx: FitContext, paths: list[Path], view: str) -> str:
 
 def extract_features(ctx: FitContext, module: torch.nn.Module, dataset: Any,
                      views: tuple[str, ...] | list[str] = ("identity",), *, batch_size: int = 64,
-                     cache_dir: str | Path | None = None) -> np.ndarray:
+                     cache_dir: str | Path | None = None, cache_tag: str | None = None,
+                     dtype: Any = np.float32) -> np.ndarray:
     """``module``'s outputs (e.g. pooled features (N, D)) for every image of ``dataset`` and view.
 
     Args:
@@ -54,9 +55,16 @@ def extract_features(ctx: FitContext, module: torch.nn.Module, dataset: Any,
             dataset of ``(x, y)``.
         views: names from :data:`edgetl.training.VIEWS`; ``identity`` is the image as is.
         cache_dir: folder of the on-disk cache; default ``ctx.cache_dir``; None: memory only.
+        cache_tag: names a module that is not ``ctx.module`` but a fixed function of
+            its pretrained weights (e.g. ``"bottom:7"`` for the frozen stages below
+            a partial fine-tune, :func:`split_backbone`), so its outputs may be
+            disk-cached too: the tag is part of the key. The caller vouches that
+            the same tag always means the same frozen weights.
+        dtype: of the returned (and cached) array, e.g. ``np.float16`` to halve
+            the memory of intermediate maps (N, C, H, W).
 
     Returns:
-        float32 (len(views) * N, D): the rows of ``views[0]`` first, in dataset order.
+        ``dtype`` (len(views) * N, ...): the rows of ``views[0]`` first, in dataset order.
         Every process of a ``--nproc`` run gets the whole array.
     """
     for view in views:
@@ -64,12 +72,14 @@ def extract_features(ctx: FitContext, module: torch.nn.Module, dataset: Any,
             raise ValueError(f"unknown view {view!r} (known: {', '.join(VIEWS)})")
     plain, paths = getattr(dataset, "plain", dataset), getattr(dataset, "paths", None)
     folder = cache_dir if cache_dir is not None else ctx.cache_dir
-    cacheable = folder is not None and paths is not None and module is ctx.module
-    files = {v: Path(folder) / f"{cache_key(ctx, paths, v)}.npy" if cacheable else None for v in views}
+    cacheable = folder is not None and paths is not None and (module is ctx.module or cache_tag is not None)
+    dtype = np.dtype(dtype)
+    tag = None if cache_tag is None and dtype == np.float32 else (cache_tag, dtype.name)
+    files = {v: Path(folder) / f"{cache_key(ctx, paths, v, tag)}.npy" if cacheable else None for v in views}
     out = {v: np.load(f) for v, f in files.items() if f is not None and f.is_file()}
     todo = [v for v in views if v not in out]
     if todo:
-        out.update(_compute(ctx, module, plain, todo, batch_size, getattr(dataset, "name", "data")))
+        out.update(_compute(ctx, module, plain, todo, batch_size, getattr(dataset, "name", "data"), dtype))
         for view in todo:
             if files[view] is not None and ctx.dist.is_main:
                 files[view].parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +88,7 @@ def extract_features(ctx: FitContext, module: torch.nn.Module, dataset: Any,
 
 
 def _compute(ctx: FitContext, module: torch.nn.Module, plain: Any, views: list[str], batch_size: int,
-             name: str) -> dict[str, np.ndarray]:
+             name: str, dtype: np.dtype) -> dict[str, np.ndarray]:
     """One pass over this process's shard, every view per batch; gathered over processes."""
     idx = dist.shard(len(plain), ctx.dist)
     was_training = module.training
@@ -89,7 +99,7 @@ def _compute(ctx: FitContext, module: torch.nn.Module, plain: Any, views: list[s
         for x, _ in loader(plain, batch_size, ctx.device, indices=idx):
             x = to_device(x, ctx.device)
             for view in views:
-                parts[view].append(module(apply_view(x, view)).float().cpu().numpy())
+                parts[view].append(module(apply_view(x, view)).float().cpu().numpy().astype(dtype))
             done += len(x)
             ctx.progress(f"features {name}", done, len(idx))
     module.train(was_training)
@@ -97,7 +107,7 @@ def _compute(ctx: FitContext, module: torch.nn.Module, plain: Any, views: list[s
                                "seconds": time.perf_counter() - start})
     result = {}
     for view in views:
-        mine = np.concatenate(parts[view]) if parts[view] else np.zeros((0, 0), np.float32)
+        mine = np.concatenate(parts[view]) if parts[view] else np.zeros((0, 0), dtype)
         gathered = [p for p in dist.all_gather(ctx.dist, mine) if len(p)]
         result[view] = np.concatenate(gathered) if gathered else mine
     return result

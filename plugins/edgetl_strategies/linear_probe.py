@@ -62,6 +62,17 @@ def views_from_augment(augment: list[str]) -> list[str]:
     return views
 
 
+def cached_views(given: Any, augment: list[str]) -> list[str]:
+    """The ``views`` option (or the views implied by ``augment``), identity first; unknown names: a ConfigError."""
+    views = list(given) if given is not None else views_from_augment(augment)
+    if "identity" not in views:
+        views.insert(0, "identity")
+    for v in views:
+        if v not in VIEWS:
+            raise ConfigError(f"strategy.options.views: unknown view {v!r} (known: {', '.join(VIEWS)})")
+    return views
+
+
 def probe(head: Any) -> Any:
     """``head`` as a module whose ``logits`` train and whose ``forward`` gives probabilities."""
     import torch
@@ -152,12 +163,7 @@ class LinearProbe(Strategy):
 
         opts = resolve(self.name, ctx.options, self.DEFAULTS)
         cfg = ctx.config.train
-        views = list(opts["views"]) if opts["views"] is not None else views_from_augment(ctx.config.augment)
-        if "identity" not in views:
-            views.insert(0, "identity")
-        for v in views:
-            if v not in VIEWS:
-                raise ConfigError(f"strategy.options.views: unknown view {v!r} (known: {', '.join(VIEWS)})")
+        views = cached_views(opts["views"], ctx.config.augment)
         ignored = [a for a in ctx.config.augment if a not in ("hflip", "vflip", "rot90")]
         model = build_model(ctx, opts["hidden"])
         if opts["stages"] is not None:
