@@ -134,15 +134,13 @@ class ContinualConfig(_Strict):
     previous run and the data happen when the run starts.
     """
 
-    split: dict[str, list[str]] = Field(default_factory=dict)
+    split: dict[str, typing.Annotated[list[str], Field(min_length=1)]] = Field(default_factory=dict)
 
     @field_validator("split")
     @classmethod
     def _children(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
         seen: dict[str, str] = {}
         for parent, children in value.items():
-            if not children:
-                raise ValueError(f"'{parent}': give at least one child class (e.g. {parent}: [a, b])")
             for child in children:
                 if child in value:
                     raise ValueError(f"'{child}' is split itself; a child must be a new class, not a parent")

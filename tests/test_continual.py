@@ -361,7 +361,7 @@ def test_split_config_errors_are_one_line(tmp_path, split_data, stage1, merged):
         (merged, ["continual.split.defect=[line, spot, dent]"], "child 'dent' has no images in data.train"),
         (merged, ["continual.split.defect=[good, spot]"], "child 'good' is a class of the --from run already"),
         (None, SPLIT, "continual.split: splits classes of a previous run; give one with --from"),
-        (merged, ["continual.split.defect=[]"], "continual.split: 'defect': give at least one child"),
+        (merged, ["continual.split.defect=[]"], "continual.split.defect: List should have at least 1 item"),
         (merged, ["continual.split={defect: [line], good: [line]}"], "'line' is a child of both"),
         (merged, ["continual.split.defect=[defect]"], "'defect' is split itself"),
     ]
