@@ -281,6 +281,7 @@ class Trainer:
             ddp.shutdown(self.info)
 
     def open_previous(self, strategy: Strategy) -> None:
+        """Read the ``--from`` run before anything is written; a split class's stored exemplars are dropped."""
         from edgetl.host.continual import drop_split_exemplars, open_previous
 
         self.previous = prev = open_previous(self.from_run, self.out, self.backbone.name, self.spec, strategy.task)
