@@ -13,7 +13,15 @@ confident grades ``p000`` (functional) vs ``p100`` (defective); stage 2 adds
 the uncertain grades ``p033`` and ``p067`` as new classes. (The old classes
 keep their meaning: this adds classes, it does not re-split old ones.)
 
-Stage-2 training data holds the new class(es) and ``--old-per-class`` images
+``elpv-split`` (the same split folder): stage 1 is binary-merged, ``good``
+(``p000``) vs ``defect`` (``p033`` + ``p067`` + ``p100``); stage 2 trains the
+four grades on the same training images with ``continual.split``: ``defect``
+-> ``p033, p067, p100`` and ``good`` -> ``p000``. Its stage 2 runs naive
+``finetune`` and LwF (``rehearsal`` with ``lwf``, no buffer: every stored
+exemplar belongs to a split class and is dropped); the old task is the binary
+one, the children's probabilities summed.
+
+Stage-2 training data (``textures``, ``elpv``) holds the new class(es) and ``--old-per-class`` images
 of each old class (default 0); val and test hold every class. Stage 1 is
 ``rehearsal`` without ``--from`` (a fine-tune that stores a class-balanced
 buffer of ``--buffer`` images); stage 2 continues it four ways: naive
@@ -23,6 +31,7 @@ Each stage-2 run's metrics.json ``continual`` gives old-class accuracy before
 (the stage-1 model) and after on the test images, and the new classes'.
 
     python benchmarks/continual.py --set textures --set elpv --size 128 --epochs 4 --buffer 60
+    python benchmarks/continual.py --set elpv-split --size 128 --epochs 4
 
 The run directories go under benchmarks/results/work/continual/ (not
 committed); one JSON per set under benchmarks/results/continual/.
@@ -69,8 +78,33 @@ def elpv_items(data: Path) -> dict[str, list[tuple[Path, str]]]:
                     for p in sorted(c.iterdir())] for split in ("train", "val", "test")}
 
 
+ELPV = "/work/wt/elpv/data/elpv-four-s0"
 SETS = {"textures": (texture_items, ["good", "defect"], ["hole"], "data/textures"),
-        "elpv": (elpv_items, ["p000", "p100"], ["p033", "p067"], "/work/wt/elpv/data/elpv-four-s0")}
+        "elpv": (elpv_items, ["p000", "p100"], ["p033", "p067"], ELPV),
+        "elpv-split": (elpv_items, ["defect", "good"], ["p000", "p033", "p067", "p100"], ELPV)}
+SPLITS = {"elpv-split": {"defect": ["p033", "p067", "p100"], "good": ["p000"]}}
+SPLIT_VARIANTS = {k: VARIANTS[k] for k in ("finetune", "lwf")}  # a split parent's exemplars are dropped
+
+
+def split_stage_data(items: dict, split: dict[str, list[str]], work: Path, cap: int, seed: int) -> tuple[dict, dict]:
+    """Stage 1: every child's images under its parent's name; stage 2: the same images under their own.
+
+    Training images: at most ``cap`` per child class (the same ones in both stages).
+    """
+    rng = random.Random(seed)
+    parent = {c: p for p, children in split.items() for c in children}
+    chosen = {}
+    for name, pool in items.items():
+        chosen[name] = []
+        for c in sorted(parent):
+            mine = [it for it in pool if it[1] == c]
+            rng.shuffle(mine)
+            chosen[name] += mine[:cap] if name == "train" else mine
+    s1, s2 = {}, {}
+    for name, pairs in chosen.items():
+        s1[name] = str(link([(p, parent[c]) for p, c in pairs], work / "s1" / name))
+        s2[name] = str(link(pairs, work / "s2" / name))
+    return s1, s2
 
 
 def stage_data(items: dict, old: list[str], new: list[str], work: Path, cap: int, old_per_class: int,
@@ -99,13 +133,16 @@ def stage_data(items: dict, old: list[str], new: list[str], work: Path, cap: int
 
 
 def train(name: str, strategy: str, options: dict, data: dict, args: argparse.Namespace, out: Path,
-          from_run: Path | None = None) -> dict:
+          from_run: Path | None = None, split: dict | None = None) -> dict:
     """One run through ``edgetl.train`` (stage 2: ``from_run`` and ``--epochs2`` epochs); its figures."""
     import edgetl
 
     cfg = {"name": name, "data": data, "backbone": {"name": "efficientnet_lite0", "pretrained": True},
            "strategy": {"name": strategy, "options": options},
-           "train": {**TRAIN, "epochs": args.epochs2 if from_run else args.epochs, "image_size": args.size}, "augment": ["hflip", "vflip"]}
+           "train": {**TRAIN, "epochs": args.epochs2 if from_run else args.epochs, "image_size": args.size},
+           "augment": ["hflip", "vflip"]}
+    if split:
+        cfg["continual"] = {"split": split}
     t0 = time.perf_counter()
     run = edgetl.train(cfg, out=out, device="cpu", force=True, from_run=from_run, log=None)
     metrics = run.metrics
@@ -117,24 +154,31 @@ def train(name: str, strategy: str, options: dict, data: dict, args: argparse.Na
 
 def run_set(name: str, args: argparse.Namespace) -> dict:
     reader, old, new, default = SETS[name]
-    data = Path(getattr(args, name) or default)
+    data = Path(getattr(args, name.split("-")[0]) or default)
     work = ROOT / "benchmarks" / "results" / "work" / "continual" / name
     items = reader(data)
-    s1_data, s2_data = stage_data(items, old, new, work / "data", args.cap, args.old_per_class, args.seed)
-    counts = {split: {c: sum(1 for _, lab in items[split] if lab == c) for c in old + new} for split in items}
-    print(f"[{name}] stage 1: {old}; stage 2 adds {new}; images per split and class: {counts}", flush=True)
+    split = SPLITS.get(name)
+    if split:
+        shutil.rmtree(work / "data", ignore_errors=True)
+        s1_data, s2_data = split_stage_data(items, split, work / "data", args.cap, args.seed)
+    else:
+        s1_data, s2_data = stage_data(items, old, new, work / "data", args.cap, args.old_per_class, args.seed)
+    counts = {part: {c: sum(1 for _, lab in items[part] if lab == c) for c in sorted({lab for _, lab in items[part]})}
+              for part in items}
+    print(f"[{name}] stage 1: {old}; stage 2: {'splits ' + str(split) if split else 'adds ' + str(new)}; "
+          f"images per split and class: {counts}", flush=True)
     stage1 = train(f"{name}-stage1", "rehearsal", {"lr_decay": 0.8, "buffer_size": args.buffer}, s1_data, args,
                    work / "stage1")
     print(f"[{name}] stage 1: test acc {stage1['test_accuracy']:.3f} in {stage1['fit_s']:.0f} s", flush=True)
     rows = {}
-    for variant, (strategy, options) in VARIANTS.items():
+    for variant, (strategy, options) in (SPLIT_VARIANTS if split else VARIANTS).items():
         opts = {"buffer_size": args.buffer, **options} if strategy == "rehearsal" else options
         rows[variant] = train(f"{name}-{variant}", strategy, opts, s2_data, args, work / variant,
-                              from_run=work / "stage1")
+                              from_run=work / "stage1", split=split)
         c = rows[variant]["continual"]
         print(f"[{name}] {variant}: old {c['before']['overall']:.3f} -> {c['after']['old']['overall']:.3f}, "
               f"new {c['after']['new']['overall']:.3f}, {rows[variant]['fit_s']:.0f} s", flush=True)
-    return {"set": name, "data": str(data), "old": old, "new": new, "counts": counts, "stage1": stage1,
+    return {"set": name, "data": str(data), "old": old, "new": new, "split": split, "counts": counts, "stage1": stage1,
             "stage2": rows, "settings": {k: v for k, v in vars(args).items() if k != "set"},
             "load_average": os.getloadavg()}
 
@@ -160,7 +204,8 @@ def table(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", action="append", choices=sorted(SETS), help="textures and/or elpv (default both)")
+    parser.add_argument("--set", action="append", choices=sorted(SETS),
+                        help="textures, elpv and/or elpv-split (default textures and elpv)")
     parser.add_argument("--textures", help="the texture set (default data/textures)")
     parser.add_argument("--elpv", help="ELPV four-class split folder (train/val/test with p000 p033 p067 p100)")
     parser.add_argument("--size", type=int, default=128)
@@ -174,7 +219,7 @@ def main() -> None:
     args = parser.parse_args()
     args.epochs2 = args.epochs2 or args.epochs
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    for name in args.set or sorted(SETS, reverse=True):
+    for name in args.set or ["textures", "elpv"]:
         result = run_set(name, args)
         (Path(args.out) / f"{name}.json").write_text(json.dumps(result, indent=1, default=float), encoding="utf-8")
         print(f"\n{name} (test images; before = the stage-1 model)\n{table(result)}\n", flush=True)

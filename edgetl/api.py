@@ -212,9 +212,11 @@ class PreviousRun:
 
     Attributes:
         run_dir: the previous run's directory.
-        labels: its class names in its index order; they are the first
-            ``len(labels)`` entries of ``FitContext.labels`` (new classes follow).
-        new_labels: the classes of this run that the previous one did not have.
+        labels: its class names in its index order; without ``split`` they are
+            the first ``len(labels)`` entries of ``FitContext.labels`` (new
+            classes follow); with it, the unsplit ones are (see :meth:`parent`).
+        new_labels: the classes of this run that the previous one did not have
+            (a split class's children among them).
         model: the previous run's saved module (eval only, cannot be trained):
             (N, 3, H, W) -> (N, len(labels)) probabilities; the teacher for
             distillation and the "before" of the forgetting report.
@@ -231,6 +233,8 @@ class PreviousRun:
         threshold: the previous run's operating point (None: argmax).
         positive: the label that threshold is about.
         strategy: the strategy that trained it.
+        split: the run config's ``continual.split``: old class -> the classes of
+            this run that replace it (empty when none is split).
     """
 
     run_dir: Path
@@ -243,6 +247,13 @@ class PreviousRun:
     threshold: float | None = None
     positive: str | None = None
     strategy: str = ""
+    split: dict[str, list[str]] = field(default_factory=dict)
+
+    def parent(self, label: str) -> str | None:
+        """The previous run's class a class of this run belongs to: itself, its split parent, or None (new)."""
+        if label in self.labels and label not in self.split:
+            return label
+        return next((p for p, children in self.split.items() if label in children), None)
 
 
 @dataclass

@@ -125,6 +125,31 @@ class SliceConfig(_Strict):
         return self
 
 
+class ContinualConfig(_Strict):
+    """``continual``: how an ``edgetl train --from RUN`` run maps the previous run's classes.
+
+    ``split``: each named old class (the parent) is replaced by its children,
+    classes of the new training data that the previous run did not have
+    (docs/training.md, "Splitting a class"). The checks that need the
+    previous run and the data happen when the run starts.
+    """
+
+    split: dict[str, typing.Annotated[list[str], Field(min_length=1)]] = Field(default_factory=dict)
+
+    @field_validator("split")
+    @classmethod
+    def _children(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        seen: dict[str, str] = {}
+        for parent, children in value.items():
+            for child in children:
+                if child in value:
+                    raise ValueError(f"'{child}' is split itself; a child must be a new class, not a parent")
+                if child in seen:
+                    raise ValueError(f"'{child}' is a child of both '{seen[child]}' and '{parent}'")
+                seen[child] = parent
+        return value
+
+
 class RunConfig(_Strict):
     name: str
     data: DataConfig
@@ -134,6 +159,7 @@ class RunConfig(_Strict):
     augment: list[str] = Field(default_factory=lambda: ["hflip", "vflip", "rot90", "color_jitter"])
     loggers: list[LoggerConfig] = Field(default_factory=list)
     slices: list[SliceConfig] = Field(default_factory=list)
+    continual: ContinualConfig = Field(default_factory=ContinualConfig)
 
     @field_validator("augment")
     @classmethod

@@ -236,3 +236,136 @@ def test_cli_from_missing_run_is_one_line(tmp_path, data):
                                       "--out", str(tmp_path / "run"), "--device", "cpu"])
     assert result.exit_code != 0 and "--from" in result.output and "no such run directory" in result.output
     assert "Traceback" not in result.output
+
+
+# -- splitting a class: stage 1 learns good vs defect (line and spot images), stage 2 splits defect -----
+SPLIT = ["continual.split.defect=[line, spot]"]
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory, data):
+    """good vs defect, where defect holds line and spot images (the stage-1 binary task)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("merged")
+    for split, n, seed in (("train", 8, 6), ("val", 4, 7)):
+        make_folder(root / split, {"good": 2 * n, "line": n, "spot": n}, seed=seed)
+        for kind in ("line", "spot"):
+            (root / split / "defect").mkdir(exist_ok=True)
+            for f in (root / split / kind).iterdir():
+                shutil.move(str(f), str(root / split / "defect" / f.name))
+            (root / split / kind).rmdir()
+    run = root / "run"
+    train(run, root, options={"buffer_size": 8})
+    return run
+
+
+@pytest.fixture(scope="module")
+def split_data(tmp_path_factory, data):
+    """Stage 2: training images of the children only; val and test hold good, line and spot."""
+    root = tmp_path_factory.mktemp("split_data")
+    make_folder(root / "train", {"line": 8, "spot": 8}, seed=8)
+    for split in ("val", "test"):
+        (root / split).symlink_to(data / "new" / split)
+    return root
+
+
+@pytest.fixture(scope="module")
+def split_run(tmp_path_factory, split_data, merged):
+    """good / line / spot from the good-vs-defect run, defect split; rehearsal + LwF, naive baseline."""
+    run = tmp_path_factory.mktemp("split") / "run"
+    cfg = load_run_config(write_config(run.parent / "c.yaml", split_data, "rehearsal", {"lwf": True},
+                                       epochs=3, lr=1e-2, baseline="finetune"), SPLIT)
+    lines: list[str] = []
+    Trainer(cfg, run, device="cpu", log=lines.append, from_run=merged).run()
+    return run, json.loads((run / "metrics.json").read_text()), lines
+
+
+def test_split_labels_and_child_rows_start_from_the_parent(tmp_path, data, merged):
+    from edgetl.host.continual import open_previous, plan_labels, previous_run
+    from edgetl.plugins import get_manager
+
+    split = {"defect": ["line", "spot"]}
+    prev_labels = ["defect", "good"]  # stage 1's sorted folders
+    assert plan_labels(prev_labels, ["good", "line", "spot", "zeta"], split) == ["good", "line", "spot", "zeta"]
+    assert plan_labels(["a", "b", "c"], ["x2", "x1"], {"b": ["x2", "x1"]}) == ["a", "c", "x1", "x2"]
+    backbone = get_manager().get("backbone", "timm:test_efficientnet")
+    prev = open_previous(merged, tmp_path / "out", backbone.name, _spec(backbone), "classify")
+    assert prev.labels == prev_labels
+    prev.split = split
+    labels = ["good", "line", "spot"]
+    got = previous_run(prev, backbone.build(pretrained=False), backbone.feature_dim, labels)
+    assert got.split == split and got.new_labels == ["line", "spot"]
+    assert [got.parent(c) for c in labels] == ["good", "defect", "defect"]
+    head, old = got.classifier.head[-1], prev.state_dict
+    assert torch.equal(head.weight[0], old["head.1.weight"][1])  # good keeps its row at its new index
+    for i in (1, 2):
+        assert torch.equal(head.weight[i], old["head.1.weight"][0])
+        assert torch.allclose(head.bias[i], old["head.1.bias"][0] - np.log(2))
+    # the new model starts out predicting the old one's probabilities, defect's spread over its children
+    x = torch.stack([img for img, _ in _images(data)])
+    got.classifier.eval()
+    with torch.no_grad():
+        new = got.classifier(x)  # probabilities
+        before = prev.model(x)
+    assert torch.allclose(new[:, 0], before[:, 1], atol=1e-5)
+    assert torch.allclose(new[:, 1] + new[:, 2], before[:, 0], atol=1e-5)
+    assert torch.allclose(new[:, 1], new[:, 2], atol=1e-6)
+
+
+def _images(data):
+    """Four normalised 32 px test images as (x, label) pairs."""
+    from edgetl.data.folder import load_split
+    from edgetl.plugins import get_manager
+    from edgetl.training.datasets import ImageDataset
+
+    samples = load_split(data / "new" / "test")
+    ds = ImageDataset(samples, _spec(get_manager().get("backbone", "timm:test_efficientnet")), augment=[],
+                      train=False, seed=0)
+    return [ds[i] for i in (0, 7, 13, 17)]
+
+
+def test_split_run_reports_the_old_task_merged_before_and_after(split_run):
+    import csv
+
+    run, metrics, lines = split_run
+    assert metrics["labels"] == ["good", "line", "spot"]
+    doc = metrics["continual"]
+    assert doc["old_labels"] == ["defect", "good"] and doc["new_labels"] == ["line", "spot"]
+    assert doc["split_classes"] == {"defect": ["line", "spot"]}
+    assert doc["before"]["n"] == {"defect": 12, "good": 6}  # a child's test images count as its parent's
+    # "after" recomputed from the saved predictions: the children's probabilities summed
+    with open(run / "predictions_test.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    parent_of = {"good": "good", "line": "defect", "spot": "defect"}
+    hits = {"defect": 0, "good": 0}
+    for r in rows:
+        p = {"good": float(r["p_good"]), "defect": float(r["p_line"]) + float(r["p_spot"])}
+        hits[parent_of[r["label"]]] += max(p, key=p.get) == parent_of[r["label"]]
+    after = doc["after"]["old"]
+    assert after["per_class"] == {"defect": hits["defect"] / 12, "good": hits["good"] / 6}
+    assert after["overall"] == pytest.approx((hits["defect"] + hits["good"]) / 18)
+    assert doc["after"]["forgetting"]["overall"] == pytest.approx(doc["before"]["overall"] - after["overall"])
+    assert set(doc["after"]["new"]["per_class"]) == {"line", "spot"}
+    assert doc["baseline"]["strategy"] == "finetune" and "defect" in doc["baseline"]["old"]["per_class"]
+    report = (run / "report.md").read_text()
+    assert "| defect (= line + spot) | 12 |" in report and "Split classes: defect → line, spot" in report
+    # the stored defect exemplars cannot be relabelled: dropped, and the log says so
+    assert any("dropped 4 stored exemplars of split classes (defect)" in line for line in lines)
+    assert metrics["strategy_extra"]["exemplars_rehearsed"] == 4  # the good ones
+
+
+def test_split_config_errors_are_one_line(tmp_path, split_data, stage1, merged):
+    cases = [
+        (stage1, ["continual.split.defect=[spot]"], "continual.split.defect: 'defect' is not a class of the --from"),
+        (merged, ["continual.split.defect=[line, spot, dent]"], "child 'dent' has no images in data.train"),
+        (merged, ["continual.split.defect=[good, spot]"], "child 'good' is a class of the --from run already"),
+        (None, SPLIT, "continual.split: splits classes of a previous run; give one with --from"),
+        (merged, ["continual.split.defect=[]"], "continual.split.defect: List should have at least 1 item"),
+        (merged, ["continual.split={defect: [line], good: [line]}"], "'line' is a child of both"),
+        (merged, ["continual.split.defect=[defect]"], "'defect' is split itself"),
+    ]
+    for i, (from_run, overrides, text) in enumerate(cases):
+        with pytest.raises(ConfigError) as info:
+            train(tmp_path / f"bad{i}", split_data, from_run=from_run, overrides=overrides, epochs=1)
+        assert text in str(info.value) and "\n" not in str(info.value)

@@ -117,7 +117,7 @@ class Trainer:
                  from_run: str | Path | None = None):
         self.cfg, self.out, self.skip_bad = config, out, skip_bad
         self.from_run, self.previous = from_run, None
-        self.baseline_pred: tuple[str, np.ndarray] | None = None  # (strategy, predictions) for the continual report
+        self.baseline_probs: tuple[str, np.ndarray] | None = None  # (strategy, probabilities) for the continual report
         self.resume, self.force = resume, force
         self.device_name = device
         self.history: list[dict[str, Any]] = []
@@ -216,7 +216,7 @@ class Trainer:
         val = evaluate(data.val.labels, val_probs, data.classes)
         test_probs = self.predict(trained.module, data.test) if data.test is not None else None
         test = evaluate(data.test.labels, test_probs, data.classes) if data.test is not None else None
-        self.baseline_pred = (base.name, (test_probs if test_probs is not None else val_probs).argmax(axis=1))
+        self.baseline_probs = (base.name, test_probs if test_probs is not None else val_probs)
         metric = self.cfg.train.early_stopping.metric
         key = metric if metric != "loss" else "balanced_accuracy"
         delta = (main_val.get(key) or 0.0) - (val.get(key) or 0.0)
@@ -269,11 +269,9 @@ class Trainer:
             spec = dataclasses.replace(spec, size=(self.cfg.train.image_size, self.cfg.train.image_size))
         self.spec = spec
         if self.from_run is not None:
-            from edgetl.host.continual import open_previous
-
-            self.previous = open_previous(self.from_run, self.out, self.backbone.name, spec, strategy.task)
-            self.log(f"continuing {self.from_run}: classes {self.previous.labels} keep their indices"
-                     + (f", {len(self.previous.exemplars)} stored exemplars" if self.previous.exemplars else ""))
+            self.open_previous(strategy)
+        elif self.cfg.continual.split:
+            raise ConfigError("continual.split: splits classes of a previous run; give one with --from RUN")
         self.device = resolve_device(self.device_name)
         self.info = ddp.init(self.device.type)
         try:
@@ -281,6 +279,20 @@ class Trainer:
         finally:
             self.tracking.close()  # a run that did not finish is marked failed
             ddp.shutdown(self.info)
+
+    def open_previous(self, strategy: Strategy) -> None:
+        """Read the ``--from`` run before anything is written; a split class's stored exemplars are dropped."""
+        from edgetl.host.continual import drop_split_exemplars, open_previous
+
+        self.previous = prev = open_previous(self.from_run, self.out, self.backbone.name, self.spec, strategy.task)
+        prev.split = self.cfg.continual.split
+        dropped = drop_split_exemplars(prev)
+        self.log(f"continuing {self.from_run}: classes {prev.labels}"
+                 + (f", split {prev.split}" if prev.split else " keep their indices")
+                 + (f", {len(prev.exemplars)} stored exemplars" if prev.exemplars else ""))
+        if dropped:
+            self.log(f"  dropped {len(dropped)} stored exemplars of split classes "
+                     f"({', '.join(sorted(set(dropped)))}): they cannot be given a child's label")
 
     def _run(self, strategy: Strategy) -> dict[str, Any] | None:
         from edgetl.host.report import write_run_dir
@@ -295,7 +307,8 @@ class Trainer:
                                        resume=resume_state is not None)
         seed_everything(cfg.train.seed)
         data = load_run_data(cfg, self.spec, self.skip_bad, task=strategy.task,
-                             previous_labels=self.previous.labels if self.previous else None)
+                             previous_labels=self.previous.labels if self.previous else None,
+                             split=self.cfg.continual.split)
         for bad in data.skipped:
             self.log(f"skipped unreadable image: {bad}")
         self.log(f"{cfg.name}: {strategy.name} on {self.backbone.name} "
@@ -364,8 +377,8 @@ class Trainer:
         split = data.test if data.test is not None else data.val
         old_probs = self.predict(self.previous.model, split)
         new_pred = decide(probs, data.classes, trained.threshold, trained.positive)
-        return forgetting(self.previous, data.classes, split.name, split.labels, old_probs, new_pred,
-                          self.baseline_pred)
+        return forgetting(self.previous, data.classes, split.name, split.labels, old_probs, probs, new_pred,
+                          self.baseline_probs)
 
     def operating_point(self, strategy: Strategy, trained: TrainedModel, data: RunData,
                         val_probs: np.ndarray) -> str:

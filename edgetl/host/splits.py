@@ -134,12 +134,14 @@ def _relabel(items: list[Any], found: list[str], classes: list[str]) -> list[Any
 
 
 def load_run_data(config: Any, spec: InputSpec, skip_bad: bool = False, task: str = "classify",
-                  previous_labels: list[str] | None = None) -> RunData:
+                  previous_labels: list[str] | None = None, split: dict[str, list[str]] | None = None) -> RunData:
     """Train, val (folder or stratified ``val_split``) and optional test splits of a run config.
 
     ``previous_labels`` (a ``--from`` run): the classes are those labels in
     their order, then the training data's other classes (sorted); the
     training data may hold a single class and need not hold the old ones.
+    ``split`` (``continual.split``) replaces old classes by new ones
+    (:func:`edgetl.host.continual.plan_labels`).
     """
     if task == "anomaly":
         return load_anomaly_run_data(config, spec, skip_bad)
@@ -149,7 +151,9 @@ def load_run_data(config: Any, spec: InputSpec, skip_bad: bool = False, task: st
     classes = list(train.classes)
     train_items = list(train.items)
     if previous_labels is not None:
-        classes = list(previous_labels) + sorted(set(classes) - set(previous_labels))
+        from edgetl.host.continual import plan_labels
+
+        classes = plan_labels(list(previous_labels), classes, split or {})
         train_items = _relabel(train_items, list(train.classes), classes)
     if len(classes) < 2:
         raise DataError(f"data.train: {data.train}: found {len(classes)} class folder(s), need at least 2")

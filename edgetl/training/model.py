@@ -90,30 +90,39 @@ def _continued(model: Classifier, dropout: float, hidden: int | None) -> Classif
 
 
 def expand_classifier(features: nn.Module, feature_dim: int, head_state: dict[str, torch.Tensor],
-                      num_classes: int) -> Classifier | None:
+                      num_classes: int, rows: list[int | None] | None = None) -> Classifier | None:
     """A :class:`Classifier` whose head starts from ``head_state`` (a previous Classifier's ``head.*``).
 
-    The previous head's rows are its classes; they are copied into the first
-    rows of the new last layer, the remaining ``num_classes - K_old`` rows keep
-    their fresh (seeded) initialisation. A hidden layer is copied whole.
-    Returns None when ``head_state`` is not a Classifier head (a linear-probe
-    head with standardisation, a custom module).
+    ``rows[i]``: the previous row (class) that new class ``i`` starts from, or
+    None for a fresh (seeded) row; default: the previous rows first, in order.
+    A previous row copied to ``m`` new rows gets ``bias - log m`` in each, so
+    their softmax mass together equals the previous class's probability (a
+    split class starts out predicting its parent, spread evenly over its
+    children). A hidden layer is copied whole. Returns None when
+    ``head_state`` is not a Classifier head (a linear-probe head with
+    standardisation, a custom module).
     """
+    import math
+
     if set(head_state) == {"1.weight", "1.bias"}:
         hidden, last = None, "1"
     elif set(head_state) == {"1.weight", "1.bias", "4.weight", "4.bias"}:
         hidden, last = int(head_state["1.weight"].shape[0]), "4"
     else:
         return None
-    if head_state["1.weight"].shape[1] != feature_dim or head_state[f"{last}.weight"].shape[0] > num_classes:
+    k_old = head_state[f"{last}.weight"].shape[0]
+    rows = list(range(k_old)) + [None] * (num_classes - k_old) if rows is None else list(rows)
+    if head_state["1.weight"].shape[1] != feature_dim or len(rows) != num_classes or any(
+            r is not None and not 0 <= r < k_old for r in rows):
         return None
     model = Classifier(features, feature_dim, num_classes, hidden=hidden)
     layer = model.head[int(last)]
-    k_old = head_state[f"{last}.weight"].shape[0]
     with torch.no_grad():
         if hidden is not None:
             model.head[1].weight.copy_(head_state["1.weight"])
             model.head[1].bias.copy_(head_state["1.bias"])
-        layer.weight[:k_old].copy_(head_state[f"{last}.weight"])
-        layer.bias[:k_old].copy_(head_state[f"{last}.bias"])
+        for i, r in enumerate(rows):
+            if r is not None:
+                layer.weight[i].copy_(head_state[f"{last}.weight"][r])
+                layer.bias[i] = head_state[f"{last}.bias"][r] - math.log(rows.count(r))
     return model

@@ -19,7 +19,10 @@ a buffer, so that a later ``--from`` of the run has exemplars to rehearse.
   previous model's, on every training batch:
   ``lwf_weight · T² · CE(softmax(log p_old / T), softmax(z_old / T))``,
   with ``p_old`` the previous model's probabilities and ``z_old`` the new
-  logits of the old classes. It needs no stored images.
+  logits of the old classes. It needs no stored images. After a split
+  (``continual.split``) a parent's logit is the log-sum-exp of its
+  children's, so the softened sum of the children's probabilities is
+  distilled onto the parent's.
 
 Only the classifier is returned (backbone + expanded head): the buffer lives
 in the run directory, the teacher is not part of the module.
@@ -107,17 +110,36 @@ def write_buffer(run_dir: Path, items: list[tuple[Path, str]], facts: dict[str, 
     return len(rows)
 
 
-def distillation(teacher: Any, k_old: int, temperature: float, weight: float) -> Any:
-    """The LwF term as an ``edgetl.training.Callback``."""
+def old_classes(prev: Any, labels: list[str]) -> Any:
+    """(K_old, K) 0/1 matrix: row j marks the classes of this run that make up previous class j."""
+    import torch
+
+    groups = torch.zeros(len(prev.labels), len(labels))
+    for i, label in enumerate(labels):
+        parent = prev.parent(label)
+        if parent is not None:
+            groups[prev.labels.index(parent), i] = 1.0
+    return groups
+
+
+def distillation(teacher: Any, groups: Any, temperature: float, weight: float) -> Any:
+    """The LwF term as an ``edgetl.training.Callback``; ``groups``: :func:`old_classes`.
+
+    A previous class's student logit is the log-sum-exp of its classes' logits
+    (the class's own logit when it was not split).
+    """
     import torch
 
     from edgetl.training import Callback
+
+    mask = torch.log(groups)  # 0 where a class belongs to the previous class, -inf elsewhere
 
     class Distill(Callback):
         def extra_loss(self, model, x, y, logits):
             with torch.no_grad():
                 soft = torch.softmax(torch.log(teacher(x).float().clamp_min(1e-8)) / temperature, dim=1)
-            student = torch.log_softmax(logits[:, :k_old].float() / temperature, dim=1)
+            z = logits.float()[:, None, :] / temperature + mask.to(logits.device)[None]
+            student = torch.log_softmax(torch.logsumexp(z, dim=2), dim=1)
             return weight * temperature ** 2 * -(soft * student).sum(dim=1).mean()
 
     return Distill()
@@ -152,12 +174,14 @@ class Rehearsal(Strategy):
 
         opts = self.options(ctx)
         prev = ctx.previous
+        # the engine has dropped the exemplars of split classes (no child label to give them)
         old = [(p, ctx.labels.index(label)) for p, label in (prev.exemplars if prev else [])]
         train = with_images(ctx, old) if opts["rehearse"] else ctx.train
         callbacks = ()
         if opts["lwf"]:
             teacher = prev.model.to(ctx.device).eval()
-            callbacks = (distillation(teacher, len(prev.labels), opts["temperature"], opts["lwf_weight"]),)
+            callbacks = (distillation(teacher, old_classes(prev, ctx.labels), opts["temperature"],
+                                      opts["lwf_weight"]),)
         ctx.progress(f"rehearsal: {len(ctx.train)} new images + {len(train) - len(ctx.train)} stored exemplars"
                      + (f", LwF (T {opts['temperature']:g}, weight {opts['lwf_weight']:g})" if opts["lwf"] else ""),
                      0, ctx.config.train.epochs)
