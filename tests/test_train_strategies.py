@@ -83,6 +83,38 @@ def test_linear_probe_disk_cache_skips_backbone_on_rerun(tmp_path, data, count_b
     assert count_backbone_calls["n"] == 3 and first > 3
 
 
+def test_linear_probe_stage_pooled_features_are_disk_cached_too(tmp_path, data):
+    opts = {"cache_dir": str(tmp_path / "cache"), "stages": [1, 2], "hidden": 8}
+    train(tmp_path, data, "linear-probe", opts, out="a", epochs=2)
+    files = sorted((tmp_path / "cache").glob("*.npy"))
+    assert len(files) == 2  # train identity + val identity, under the stage-pool tag
+    stamps = [f.stat().st_mtime_ns for f in files]
+    train(tmp_path, data, "linear-probe", opts, out="b", epochs=2)
+    assert sorted((tmp_path / "cache").glob("*.npy")) == files and [f.stat().st_mtime_ns for f in files] == stamps
+    val = [json.loads((tmp_path / run / "metrics.json").read_text())["final"]["val"] for run in ("a", "b")]
+    assert val[0] == val[1]  # the same features read back: the same head, the same figures
+    train(tmp_path, data, "linear-probe", {**opts, "stages": [2]}, out="c", epochs=2)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 4  # other stages: other features, other keys
+
+
+def test_feature_cache_key_of_a_from_run_includes_the_previous_weights(tmp_path):
+    from types import SimpleNamespace
+
+    from edgetl.training.features import cache_key
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"pixels")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "model.pt").write_bytes(b"old weights")
+    ctx = SimpleNamespace(config=SimpleNamespace(backbone=SimpleNamespace(pretrained=True, weights=None)),
+                          backbone=SimpleNamespace(name="b"), input=None, previous=None)
+    pretrained = cache_key(ctx, [image], "identity")
+    ctx.previous = SimpleNamespace(run_dir=tmp_path / "old")
+    from_old = cache_key(ctx, [image], "identity")
+    (tmp_path / "old" / "model.pt").write_bytes(b"other weights")
+    assert len({pretrained, from_old, cache_key(ctx, [image], "identity")}) == 3
+
+
 def test_linear_probe_stage_pooling_is_part_of_the_saved_model(tmp_path, data):
     from edgetl.host.run import load_run
 

@@ -30,13 +30,19 @@ def _file_digest(path: Path) -> str:
 
 
 def cache_key(ctx: FitContext, paths: list[Path], view: str, tag: str | None = None) -> str:
-    """Backbone + weights + preprocessing + view (+ tag and dtype) + file contents -> a hex key."""
+    """Backbone + weights + preprocessing + view (+ tag and dtype) + file contents -> a hex key.
+
+    A ``--from`` run's backbone holds the previous run's weights, not the pretrained ones:
+    that run's ``model.pt`` is part of the key, so its features never collide with these."""
     cfg = ctx.config.backbone
     h = hashlib.sha256()
     what = (ctx.backbone.name, cfg.pretrained, cfg.weights, ctx.input.to_dict() if ctx.input else None, view)
     h.update(repr(what if tag is None else (*what, tag)).encode())
     if cfg.weights:
         h.update(_file_digest(Path(cfg.weights)).encode())
+    previous = getattr(ctx, "previous", None)
+    if previous is not None:
+        h.update(_file_digest(Path(previous.run_dir) / "model.pt").encode())
     for p in paths:
         h.update(_file_digest(p).encode())
     return h.hexdigest()[:32]

@@ -5,8 +5,8 @@ flip/rotation views asked for in ``augment``; val: the identity), so
 ``train.epochs`` epochs of the head take seconds. Colour and crop
 augmentations cannot be cached and are ignored (said in the log).
 With ``cache_dir`` set, features are also kept on disk, keyed by backbone,
-weights, preprocessing, view and the SHA-256 of every file, so a rerun skips
-the backbone pass entirely.
+weights, preprocessing, view, the ``stages`` pooling and the SHA-256 of every
+file, so a rerun skips the backbone pass entirely.
 
 options:
     views: list of views to cache for training (default: derived from
@@ -174,10 +174,12 @@ class LinearProbe(Strategy):
                      + (f" (not cacheable, ignored: {', '.join(ignored)})" if ignored else ""), 0, 1)
         t0 = time.perf_counter()
         cache = opts["cache_dir"]
+        # StagePool is a fixed function of the frozen backbone: its features may be disk-cached under a tag
+        tag = None if opts["stages"] is None else f"stage-pool:{opts['stages']}"
         x_train = torch.from_numpy(extract_features(ctx, model.features, ctx.train, views,
-                                                    batch_size=opts["batch_size"], cache_dir=cache))
+                                                    batch_size=opts["batch_size"], cache_dir=cache, cache_tag=tag))
         x_val = torch.from_numpy(extract_features(ctx, model.features, ctx.val, ["identity"],
-                                                  batch_size=opts["batch_size"], cache_dir=cache))
+                                                  batch_size=opts["batch_size"], cache_dir=cache, cache_tag=tag))
         feature_seconds = time.perf_counter() - t0
         y_train = torch.from_numpy(np.tile(ctx.train.labels, len(views)))
         mean = x_train.mean(dim=0) if opts["standardize"] else torch.zeros(x_train.shape[1])
