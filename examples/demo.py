@@ -3,17 +3,22 @@
 Every step is an ``edgetl`` command a user would type, run as a subprocess so
 the demo exercises exactly the command line:
 
-  data (ELPV, binary, seed 0) -> inspect -> train (EfficientNet-Lite0 linear
-  probe with cached flip views + the negative-transfer baseline) -> eval on
-  the held-out test split -> sign -> export OpenVINO and ONNX bundles through
-  the accuracy gate -> verify -> bench -> device agent on 127.0.0.1: deploy,
-  replay the test images through the camera pipeline, summary, stop ->
-  anomaly detection from good images only (PatchCore on the texture set's
-  train/good, eval with pixel metrics, OpenVINO INT8 through the gate, the
-  agent's ``?heatmap=true``).
+  data (ELPV, four classes, seed 0) -> inspect -> train (the ELPV recipe,
+  docs/training.md: EfficientNet-Lite0 at the cells' native 300 px, GeM
+  features of several stages, an MLP head, the epoch kept by val loss; its
+  config has no from-scratch baseline) -> eval on the held-out test split ->
+  sign -> export OpenVINO and ONNX bundles through the accuracy gate (each
+  target profile's chain from INT8 down; the demo says which precision
+  passed and why the ones before it did not) -> verify -> bench -> device
+  agent on 127.0.0.1: deploy, replay the test images through the camera
+  pipeline, a confusion table and the line's keep/reject decision (p067 and
+  p100 rejected), stop -> anomaly detection from good images only (PatchCore
+  on the texture set's train/good, eval with pixel metrics, OpenVINO INT8
+  through the gate, the agent's ``?heatmap=true``).
 
-``DEMO=quick`` swaps ELPV for the synthetic texture set. The expected time is
-printed at the start, the time of every step at the end.
+``DEMO=quick`` swaps ELPV for the synthetic texture set (binary good/defect,
+the 224 px linear probe). The expected time is printed at the start, the time
+of every step at the end.
 Outputs go to ``demo-out/`` (gitignored); datasets to ``data/``.
 """
 
@@ -72,12 +77,43 @@ def dataset() -> tuple[Path, Path]:
         if not root.exists():
             edgetl("data", "textures", root, "--seed", "0")
     else:
-        root, config = ROOT / "data" / "elpv", ROOT / "examples/defect_detection/elpv-binary-linear-probe.yaml"
+        root, config = ROOT / "data" / "elpv-four", ROOT / "examples/defect_detection/elpv-four-recipe.yaml"
         if not root.exists():
-            edgetl("data", "elpv", root, "--classes", "binary", "--seed", "0")
+            edgetl("data", "elpv", root, "--classes", "four", "--seed", "0")
         else:
             print(f"{root.relative_to(ROOT)} exists: skipping 'edgetl data elpv'")
     return root, config
+
+
+def train_title() -> str:
+    if QUICK:
+        return "3. train: EfficientNet-Lite0 linear probe at 224 px (flip views cached)"
+    return ("3. train: the ELPV recipe, EfficientNet-Lite0 at 300 px, GeM features of stages 2-4 + MLP head, "
+            "epoch kept by val loss (no from-scratch baseline in this config)")
+
+
+def reject_labels() -> str:
+    """The labels a line would take off: ELPV's defect probability 2/3 and 1 (the binary set's 'defect')."""
+    if QUICK:
+        return "defect"
+    print("ELPV's four labels are the experts' defect probability: p000 = 0 (a working cell), p033 = 1/3, "
+          "p067 = 2/3, p100 = 1 (defective). The replay also scores the line's decision, reject on p067 or p100 "
+          "(what the binary ELPV set calls 'defect').", flush=True)
+    return "p067,p100"
+
+
+def chosen_precision(fmt: str, bundle: Path) -> None:
+    """Say which precision passed the gate, and why each precision tried before it did not."""
+    doc = json.loads(edgetl("bundle", "inspect", bundle, "--json", capture=True).stdout)
+    failed = [a for a in doc["attempts"] if not a.get("passed")]
+    chosen = f"{doc['precision']}/{doc['method']}"
+    gate = doc["gate"] or {}
+    print(f"{fmt} bundle: {chosen}, drop {gate.get('drop_points', 0):+.2f} points on val, agreement "
+          f"{gate.get('agreement', 0):.3f}", flush=True)
+    for a in failed:
+        print(f"  {a['precision']}/{a['method']} did not pass the gate: {a.get('reason') or 'failed'}", flush=True)
+    if failed:
+        print(f"  so {fmt} ships {chosen}: the chain stops at the first precision that passes", flush=True)
 
 
 def report_summary(run: Path) -> None:
@@ -108,7 +144,8 @@ def anomaly(textures: Path | None) -> None:
     defect = sorted((textures / "test" / "defect").iterdir())[0]
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "device_demo.py"), "--bundle", str(bundle),
                            "--trust", str(OUT / "demo.pub"), "--images", str(textures / "test"),
-                           "--out", str(OUT / "anomaly-device"), "--heatmap", str(defect)], cwd=ROOT)
+                           "--out", str(OUT / "anomaly-device"), "--heatmap", str(defect), "--reject", "anomaly,defect"],
+                          cwd=ROOT)
     if proc.returncode != 0:
         sys.exit(f"demo: the anomaly device step failed with exit status {proc.returncode}")
 
@@ -130,7 +167,7 @@ def main() -> None:
     data, config = dataset()
     edgetl("data", "inspect", data, "--sheet", OUT / "sheet.png")
 
-    step("3. train: EfficientNet-Lite0 linear probe (flip views cached) + negative-transfer baseline")
+    step(train_title())
     run = OUT / "run"
     edgetl("train", config, "--out", run, "--set", f"data.train={data}/train", "--set", f"data.val={data}/val",
            "--set", f"data.test={data}/test")
@@ -146,6 +183,7 @@ def main() -> None:
         bundles[fmt] = OUT / f"demo-{fmt}.edgetl"
         edgetl("export", run, "--target", target,  # a shipped profile, by name: it names the format
                "--sign", OUT / "demo.key", "--out", bundles[fmt])
+        chosen_precision(fmt, bundles[fmt])
         edgetl("bundle", "verify", bundles[fmt], "--trust", OUT / "demo.pub")
 
     step("6. bench: PyTorch eager vs the bundles on this CPU, on the test split")
@@ -154,7 +192,8 @@ def main() -> None:
     step("7. device: agent on 127.0.0.1, deploy, replay the test images through the camera pipeline")
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "device_demo.py"), "--bundle",
                            str(bundles["openvino"]), "--trust", str(OUT / "demo.pub"),
-                           "--images", str(data / "test"), "--out", str(OUT / "device")], cwd=ROOT)
+                           "--images", str(data / "test"), "--out", str(OUT / "device"),
+                           "--reject", reject_labels()], cwd=ROOT)
     if proc.returncode != 0:
         sys.exit(f"demo: the device half failed with exit status {proc.returncode}")
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import httpx
 
+from edgetl.bundle import open_bundle
+
 ROOT = Path(__file__).resolve().parents[1]
 EDGETL = [sys.executable, "-m", "edgetl"]
 
@@ -71,21 +73,75 @@ def stop_agent(proc: subprocess.Popen) -> None:
     print(f"agent stopped ({how})", flush=True)
 
 
-def summarise(lines: list[dict]) -> dict:
-    """Counts per predicted label, and accuracy where the image's folder names its true class."""
-    predicted = collections.Counter(r["label"] for r in lines)
+def summarise(lines: list[dict], labels: list[str], reject: frozenset[str] = frozenset()) -> dict:
+    """Counts per predicted label; where the image's folder names its true class, the confusion.
+
+    Accuracy and recall per class are reported only when every folder is one
+    of the model's ``labels`` (an anomaly model says ``anomaly`` of a
+    ``defect`` folder: that is no error). ``reject`` names the labels and
+    folders that mean "take the part off the line" (ELPV's p067 and p100):
+    the summary then also scores that keep/reject decision, which is what a
+    line acts on when the model has more classes than the line has outcomes.
+    """
     truth = [(Path(r["source"]).parts[0], r["label"]) for r in lines if len(Path(r["source"]).parts) > 1]
-    doc = {"n": len(lines), "predicted": dict(predicted),
+    doc = {"n": len(lines), "predicted": dict(collections.Counter(r["label"] for r in lines)),
            "mean_latency_ms": sum(r["latency_ms"] for r in lines) / max(1, len(lines)),
            "models": sorted({r["model"] for r in lines})}
-    if truth:
+    if not truth:
+        return doc
+    confusion: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for t, p in truth:
+        confusion[t][p] += 1
+    doc["confusion"] = {t: dict(sorted(c.items())) for t, c in sorted(confusion.items())}
+    if set(confusion) <= set(labels):
         doc["accuracy"] = sum(t == p for t, p in truth) / len(truth)
-        per_class = collections.defaultdict(lambda: [0, 0])
-        for t, p in truth:
-            per_class[t][0] += t == p
-            per_class[t][1] += 1
-        doc["recall_per_class"] = {k: v[0] / v[1] for k, v in sorted(per_class.items())}
+        doc["recall_per_class"] = {t: c[t] / sum(c.values()) for t, c in sorted(confusion.items())}
+    if reject:
+        doc["reject"] = reject_decision(truth, reject)
     return doc
+
+
+def reject_decision(truth: list[tuple[str, str]], reject: frozenset[str]) -> dict:
+    """The line's decision: a part is rejected when its predicted label is in ``reject``."""
+    pairs = [(t in reject, p in reject) for t, p in truth]
+    defective = sum(t for t, _ in pairs)
+    good = len(pairs) - defective
+    caught = sum(t and p for t, p in pairs)
+    false_rejects = sum(p and not t for t, p in pairs)
+    return {"labels": sorted(reject), "defective": defective, "rejected_defective": caught,
+            "recall": caught / defective if defective else None, "good": good, "rejected_good": false_rejects,
+            "false_reject_rate": false_rejects / good if good else None,
+            "accuracy": sum(t == p for t, p in pairs) / len(pairs)}
+
+
+def summary_text(summary: dict, labels: list[str]) -> str:
+    """The replay as a plant engineer reads it: a confusion table, recall per class, the reject decision."""
+    out = [f"{summary['n']} images, {summary['mean_latency_ms']:.1f} ms mean latency, model "
+           + ", ".join(summary["models"])]
+    if "confusion" not in summary:
+        return "\n".join(out + ["predicted: " + json.dumps(summary["predicted"])])
+    width = max(6, *(len(x) for x in labels))
+    recall = summary.get("recall_per_class", {})
+    out.append(f"{'true class':<12}{'images':>7}   predicted as:" + "".join(f"{x:>{width + 1}}" for x in labels)
+               + f"{'recall':>9}")
+    for true, row in summary["confusion"].items():
+        out.append(f"{true:<12}{sum(row.values()):>7}" + " " * 16 + "".join(f"{row.get(x, 0):>{width + 1}}"
+                                                                          for x in labels)
+                   + (f"{recall[true]:>9.1%}" if true in recall else f"{'-':>9}"))
+    if "accuracy" in summary:
+        out.append(f"accuracy {summary['accuracy']:.1%}")
+    if (rej := summary.get("reject")) is not None:
+        said = " or ".join(x for x in rej["labels"] if x in labels)
+        parts = "/".join(x for x in rej["labels"] if x in summary["confusion"])
+        out.append(f"the line's decision, reject when the model says {said}: "
+                   f"{_share(rej['rejected_defective'], rej['defective'])} {parts} parts rejected (recall), "
+                   f"{_share(rej['rejected_good'], rej['good'])} other parts rejected (false rejects); "
+                   f"keep/reject right for {rej['accuracy']:.1%} of the parts")
+    return "\n".join(out)
+
+
+def _share(k: int, n: int) -> str:
+    return f"{k} of the {n}" + (f" ({k / n:.1%})" if n else "")
 
 
 def heatmap(client: httpx.Client, image: Path, out: Path) -> None:
@@ -110,7 +166,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "demo-out" / "device")
     parser.add_argument("--heatmap", type=Path, help="anomaly models: POST this image with ?heatmap=true, "
                                                       "save the map as OUT/heatmap.png")
+    parser.add_argument("--reject", default="", metavar="NAME,...",
+                        help="labels (and image folders) that mean 'take the part off the line': also score that "
+                             "keep/reject decision")
     args = parser.parse_args()
+    reject = frozenset(x for x in args.reject.split(",") if x)
+    with open_bundle(args.bundle) as bundle:
+        labels = list(bundle.manifest["labels"])
+    folders = {p.name for p in args.images.iterdir() if p.is_dir()}
+    if unknown := sorted(reject - set(labels) - folders):
+        sys.exit(f"device demo: --reject {','.join(unknown)}: neither a label of {args.bundle} "
+                 f"({', '.join(labels)}) nor a folder of {args.images}")
     args.out.mkdir(parents=True, exist_ok=True)
     results = (args.out / "results.jsonl").resolve()
     results.unlink(missing_ok=True)
@@ -151,10 +217,10 @@ def main() -> None:
         stop_agent(proc)
         shutil.rmtree(tmp, ignore_errors=True)
     lines = [json.loads(line) for line in results.read_text().splitlines()]
-    summary = summarise(lines)
+    summary = summarise(lines, labels, reject)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nresults: {results} ({summary['n']} lines)")
-    print(json.dumps(summary, indent=2))
+    print(f"\nresults: {results} ({summary['n']} lines); summary: {args.out / 'summary.json'}")
+    print(summary_text(summary, labels))
     predictions = [m for m in metrics.splitlines() if m.startswith("edgetl_predictions_total{")]
     print("agent metrics:\n  " + "\n  ".join(predictions))
 

@@ -8,6 +8,7 @@ rules change (e.g. the pipeline's confinement to ``--data-root``).
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
@@ -26,9 +27,32 @@ def test_device_demo_deploys_and_replays_the_folder_through_the_pipeline(tmp_pat
     images = make_tiny_data(tmp_path) / "val"
     out = tmp_path / "device-out"
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "device_demo.py"), "--bundle", str(bundle),
-                           "--trust", str(pub), "--images", str(images), "--out", str(out)],
+                           "--trust", str(pub), "--images", str(images), "--out", str(out), "--reject", "defect"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     assert len(rows) == len(list(images.rglob("*.png")))
     assert {row["label"] for row in rows} <= {"defect", "good"}
+    # the summary the demo prints: a confusion of folder x prediction and the line's keep/reject decision
+    pairs = [(Path(r["source"]).parts[0], r["label"]) for r in rows]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["confusion"] == {t: dict(sorted(c.items())) for t, c in sorted(
+        {t: collections.Counter(p for tt, p in pairs if tt == t) for t, _ in pairs}.items())}
+    reject = summary["reject"]
+    assert reject["defective"] == sum(t == "defect" for t, _ in pairs)
+    assert reject["rejected_good"] == sum(t == "good" and p == "defect" for t, p in pairs)
+    assert summary["accuracy"] == sum(t == p for t, p in pairs) / len(pairs)
+    assert "true class" in proc.stdout and "the line's decision, reject when the model says defect" in proc.stdout
+
+
+def test_device_demo_refuses_a_reject_name_the_bundle_and_folders_lack(tmp_path):
+    from edgetl.keys import generate_keypair
+
+    key, pub = generate_keypair(tmp_path / "release")
+    bundle = make_tiny_bundle(tmp_path, key=key)
+    images = make_tiny_data(tmp_path) / "val"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "device_demo.py"), "--bundle", str(bundle),
+                           "--trust", str(pub), "--images", str(images), "--reject", "p067"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "--reject p067: neither a label of" in proc.stderr and "(defect, good)" in proc.stderr
