@@ -113,13 +113,22 @@ def chosen_precision(fmt: str, bundle: Path) -> None:
     for a in failed:
         print(f"  {a['precision']}/{a['method']} did not pass the gate: {a.get('reason') or 'failed'}", flush=True)
     if failed:
-        print(f"  so {fmt} ships {chosen}: the chain stops at the first precision that passes", flush=True)
+        what = "INT8 did not pass" if doc["precision"] != "int8" else "the plain INT8 step did not pass"
+        print(f"  {what}, so {fmt} ships {chosen}: the chain keeps the first precision that passes", flush=True)
 
 
 def report_summary(run: Path) -> None:
+    """The run's headline figures, one line per split; the rest is in report.md."""
     metrics = json.loads((run / "metrics.json").read_text())
-    print(json.dumps({k: metrics[k] for k in metrics if k in ("final", "best", "baseline", "transfer", "test")},
-                     indent=2, default=str)[:3000])
+    best = metrics.get("best") or {}
+    print(f"kept epoch {best.get('epoch')} of {metrics.get('epochs_run')} (best {best.get('metric')})")
+    for split, m in (metrics.get("final") or {}).items():
+        recall = ", ".join(f"{label} {c['recall']:.0%}" for label, c in m["per_class"].items())
+        print(f"{split}: accuracy {m['accuracy']:.1%}, balanced {m['balanced_accuracy']:.1%}, n={m['n']}; "
+              f"recall per class: {recall}")
+    for key in ("baseline", "transfer"):
+        if metrics.get(key):
+            print(f"{key}: " + json.dumps(metrics[key], default=str)[:1500])
     print(f"full report: {(run / 'report.md').relative_to(ROOT)}")
 
 
