@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 QUICK = os.environ.get("DEMO", "") == "quick"
 OUT = ROOT / "demo-out"
+CONFIGS = {"quick": ROOT / "examples/defect_detection/textures-linear-probe.yaml",
+           "full": ROOT / "examples/defect_detection/elpv-four-recipe.yaml"}
 # Measured on the development machine (2 shared AMD EPYC cores, load average 4-12 from other work):
 # see README.md. An idle or bigger machine is faster.
 EXPECTED = {"quick": "45 minutes measured at a load average of 10-20 (565 s of CPU time; a from-scratch baseline "
@@ -74,11 +76,11 @@ def edgetl(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
 def dataset() -> tuple[Path, Path]:
     """Materialise the demo data once; return (split root, run config)."""
     if QUICK:
-        root, config = ROOT / "data" / "textures", ROOT / "examples/defect_detection/textures-linear-probe.yaml"
+        root, config = ROOT / "data" / "textures", CONFIGS["quick"]
         if not root.exists():
             edgetl("data", "textures", root, "--seed", "0")
     else:
-        root, config = ROOT / "data" / "elpv-four", ROOT / "examples/defect_detection/elpv-four-recipe.yaml"
+        root, config = ROOT / "data" / "elpv-four", CONFIGS["full"]
         if not root.exists():
             edgetl("data", "elpv", root, "--classes", "four", "--seed", "0")
         else:

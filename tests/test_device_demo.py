@@ -56,3 +56,20 @@ def test_device_demo_refuses_a_reject_name_the_bundle_and_folders_lack(tmp_path)
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "--reject p067: neither a label of" in proc.stderr and "(defect, good)" in proc.stderr
+
+
+def test_full_demo_trains_the_four_class_recipe_and_rejects_elpv_labels(monkeypatch):
+    """`make demo`'s main job is the ELPV recipe; the keep/reject labels it passes the replay are ELPV's."""
+    import importlib.util
+
+    from edgetl.config import load_run_config
+    from edgetl.data.elpv import FOUR
+
+    monkeypatch.delenv("DEMO", raising=False)
+    spec = importlib.util.spec_from_file_location("edgetl_demo_script", ROOT / "examples" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    cfg = load_run_config(demo.CONFIGS["full"])
+    assert cfg.name == "elpv-four-recipe" and cfg.train.image_size == 300
+    assert cfg.strategy.name == "linear-probe" and cfg.strategy.options["stages"] == [2, 3, 4]
+    assert set(demo.reject_labels().split(",")) == {"p067", "p100"} <= set(FOUR)
