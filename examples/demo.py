@@ -13,8 +13,9 @@ the demo exercises exactly the command line:
   agent on 127.0.0.1: deploy, replay the test images through the camera
   pipeline, a confusion table and the line's keep/reject decision (p067 and
   p100 rejected), stop -> anomaly detection from good images only (PatchCore
-  on the texture set's train/good, eval with pixel metrics, OpenVINO INT8
-  through the gate, the agent's ``?heatmap=true``).
+  on the texture set's train/good, eval with pixel metrics, an OpenVINO
+  export asking for INT8 with ``--fallback`` through the gate, saying which
+  precision shipped, the agent's ``?heatmap=true``).
 
 ``DEMO=quick`` swaps ELPV for the synthetic texture set (binary good/defect,
 the 224 px linear probe). The expected time is printed at the start, the time
@@ -39,8 +40,8 @@ QUICK = os.environ.get("DEMO", "") == "quick"
 OUT = ROOT / "demo-out"
 CONFIGS = {"quick": ROOT / "examples/defect_detection/textures-linear-probe.yaml",
            "full": ROOT / "examples/defect_detection/elpv-four-recipe.yaml"}
-# Measured on the development machine (2 shared AMD EPYC cores, load average 4-12 from other work):
-# see README.md. An idle or bigger machine is faster.
+# Measured on the development machine (2 shared AMD EPYC cores; the load average is part of each figure):
+# see README.md. A busier machine is slower, a bigger one faster.
 EXPECTED = {"quick": "4.6 minutes measured at a load average of 1.5-1.7 (the anomaly part 2.7 of them); 45 minutes "
                     "at a load average of 10-20",
             "full": "12 minutes measured at a load average of 1.5-2 (train 3.5 min, the two exports 4 min, "
@@ -90,7 +91,7 @@ def dataset() -> tuple[Path, Path]:
 
 def train_title() -> str:
     if QUICK:
-        return "3. train: EfficientNet-Lite0 linear probe at 224 px (flip views cached)"
+        return "3. train: EfficientNet-Lite0 linear probe at 224 px, operating point for 95 % defect recall"
     return ("3. train: the ELPV recipe, EfficientNet-Lite0 at 300 px, GeM features of stages 2-4 + MLP head, "
             "epoch kept by val loss (no from-scratch baseline in this config)")
 
@@ -153,6 +154,7 @@ def anomaly(textures: Path | None) -> None:
     bundle = OUT / "anomaly-openvino.edgetl"
     edgetl("export", run, "--format", "openvino", "--precision", "int8", "--fallback", "--sign", OUT / "demo.key",
            "--out", bundle)
+    chosen_precision("anomaly openvino", bundle)
     defect = sorted((textures / "test" / "defect").iterdir())[0]
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "device_demo.py"), "--bundle", str(bundle),
                            "--trust", str(OUT / "demo.pub"), "--images", str(textures / "test"),
