@@ -76,6 +76,7 @@ def test_int8_goes_through_nncf_and_the_gate_and_json_stdout_stays_clean(run_dir
     attempts = open_bundle(out).manifest["export"]["attempts"]
     assert attempts[-1]["passed"] and all(a["precision"] == "int8" for a in attempts)
     assert attempts[0]["method"] == "ptq" and attempts[0]["details"]["tool"] == "nncf.quantize"
+    assert attempts[0]["details"]["bias_correction"] == "full"  # the default (--bias-correction)
     if len(attempts) == 2:
         # the accuracy-controlled step restores layers of the PTQ step's model (calibrated once)
         assert attempts[1]["details"]["tool"] == "nncf.quantize + nncf QuantizationAccuracyRestorer"
