@@ -160,11 +160,13 @@ def quantize_nncf_onnx(bench: Bench, name: str, count: int | None, dst: Path, pr
 def quantize_ov(bench: Bench, name: str, count: int | None, dst: Path, prefix: int = 0) -> Any:
     """``nncf.quantize`` of the IR as the openvino-int8-ptq step does, with the lever's settings.
 
-    ``prefix``: then the first ops back in float as the accuracy-control step's float prefix does.
+    ``prefix``: the first ops (input side) in nncf's ignored scope, so bias correction sees them float
+    (taking them back to float after quantizing, as the accuracy-control step's prefix does, leaves the
+    later layers' corrections tuned to a quantized prefix).
     """
     import nncf
     import openvino as ov
-    from edgetl_openvino.quantize import _compressed, float_prefix, float_tail
+    from edgetl_openvino.quantize import SKIP_TYPES, _compressed, float_tail
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
     kw = ov_lever(name)
@@ -172,13 +174,12 @@ def quantize_ov(bench: Bench, name: str, count: int | None, dst: Path, prefix: i
     kw["advanced"].backend_params = {"compress_weights": False}
     batches = bench.calib(count)
     model = ov.convert_model(str(bench.fp32))
+    first = [o.get_friendly_name() for o in model.get_ordered_ops() if o.get_type_name() not in SKIP_TYPES][:prefix]
     quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
                               target_device=nncf.TargetDevice.CPU, preset=kw.get("preset"),
                               fast_bias_correction=kw.get("fast_bias_correction", True),
                               advanced_parameters=kw.get("advanced"),
-                              ignored_scope=nncf.IgnoredScope(names=float_tail(model), validate=False))
-    if prefix:
-        quantized = float_prefix(quantized, model, prefix)
+                              ignored_scope=nncf.IgnoredScope(names=float_tail(model) + first, validate=False))
     ov.save_model(_compressed(quantized), str(dst), compress_to_fp16=False)
     return dst
 
