@@ -43,6 +43,7 @@ def ort_lever(name: str) -> dict[str, Any]:
         "ort-percentile-99.999": {"calibration": "percentile", "percentile": 99.999},
         "ort-percentile-99.99": {"calibration": "percentile", "percentile": 99.99},
         "ort-entropy": {"calibration": "entropy"},
+        "ort-symmetric": {"symmetric": True},  # signed activations, zero point 0 (the TensorRT Q/DQ step's form)
     }
     return table[name]
 
