@@ -76,6 +76,7 @@ def test_int8_goes_through_nncf_and_the_gate_and_json_stdout_stays_clean(run_dir
     attempts = open_bundle(out).manifest["export"]["attempts"]
     assert attempts[-1]["passed"] and all(a["precision"] == "int8" for a in attempts)
     assert attempts[0]["method"] == "ptq" and attempts[0]["details"]["tool"] == "nncf.quantize"
+    assert attempts[0]["details"]["bias_correction"] == "full"  # the default (--bias-correction)
     if len(attempts) == 2:
         # the accuracy-controlled step restores layers of the PTQ step's model (calibrated once)
         assert attempts[1]["details"]["tool"] == "nncf.quantize + nncf QuantizationAccuracyRestorer"
@@ -145,3 +146,38 @@ def test_accuracy_control_stops_at_its_budget_with_a_reason(tmp_path, budget, in
         assert ctx.report["ranking_subset"] == 10 and ctx.report["max_iterations"] == 8
         assert ctx.report["tool"].startswith("nncf.quantize_with_accuracy_control" if not internals else
                                              "nncf.quantize + nncf QuantizationAccuracyRestorer")
+
+
+@pytest.mark.parametrize("mode", ["full", "fast", "exact"])
+def test_bias_correction_mode_reaches_nncf_and_the_report(tmp_path, monkeypatch, mode):
+    """``--bias-correction``: nncf's full BiasCorrection by default (ELPV: 185/197 kept against 176), fast on request."""
+    pytest.importorskip("nncf")
+    import nncf
+    import openvino as ov
+    from edgetl_openvino import quantize as q
+
+    from edgetl.api import InputSpec, ModelFacts, QuantizeContext
+    from edgetl.errors import ExportError
+
+    seen = {}
+
+    def fake_quantize(model, dataset, **kw):
+        seen.update(kw)
+        return model
+
+    monkeypatch.setattr(nncf, "quantize", fake_quantize)
+    monkeypatch.setattr(q, "float_tail", lambda model: [])
+    param = ov.op.Parameter(ov.Type.f32, ov.Shape([1, 3]))
+    xml = tmp_path / "m.xml"
+    ov.save_model(ov.Model([ov.opset13.relu(param)], [param]), str(xml))
+    facts = ModelFacts(name="t", task="classify", labels=["a", "b", "c"], threshold=None, positive=None,
+                       output="probabilities", input=InputSpec(size=(1, 3)))
+    ctx = QuantizeContext(calibration=[np.zeros((1, 3), np.float32)], model=facts, fp32_files=[xml],
+                          bias_correction=mode)
+    if mode == "exact":
+        with pytest.raises(ExportError, match="bias_correction 'exact': expected one of full, fast"):
+            q.ptq_model([xml], ctx)
+        return
+    q.ptq_model([xml], ctx)
+    assert seen["fast_bias_correction"] is (mode == "fast") and ctx.report["bias_correction"] == mode
+    assert QuantizeContext(calibration=[], model=facts, fp32_files=[]).bias_correction == "full"

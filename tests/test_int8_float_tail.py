@@ -165,3 +165,55 @@ def test_openvino_float_prefix_bypasses_quantizers_and_restores_biases(two_scale
     assert np.abs(run(everything) - reference).max() < 1e-4
     assert np.abs(run(float_prefix(ptq, original, 0)) - run(ptq)).max() == 0.0
     assert any(o.get_type_name() == "FakeQuantize" for o in ptq.get_ordered_ops())  # the input was not edited
+
+
+def test_onnx_calibration_in_chunks_gives_the_ranges_of_one_pass(two_scales, monkeypatch):
+    """ONNX Runtime calibrates in chunks (memory: it holds every activation of a chunk); ranges must not change."""
+    from edgetl_onnx import quantize as q
+
+    path, x, _, folder = two_scales
+    prep = q.preprocess(path, folder / "prep-chunks.onnx")
+    batches = [x[i:i + 1] for i in range(30)]
+    caches, ranges, make = {}, [], q._reader
+
+    def recording_reader(batches, name):
+        reader = make(batches, name)
+        original = reader.set_range
+        reader.set_range = lambda start_index, end_index: (ranges.append((start_index, end_index)),
+                                                           original(start_index, end_index))
+        return reader
+
+    monkeypatch.setattr(q, "_reader", recording_reader)
+    for chunk in (4, 1000):  # 30 batches: chunks of 3 (largest divisor <= 4), then one pass of 30
+        monkeypatch.setattr(q, "CALIBRATION_CHUNK", chunk)
+        caches[chunk] = folder / f"ranges-{chunk}.json"
+        q.quantize_int8(prep, folder / f"chunk{chunk}.onnx", batches, cache=caches[chunk])
+    assert ranges == [(i, i + 3) for i in range(0, 30, 3)] + [(0, 30)]  # ten chunks of 3, then one of 30
+    assert q._chunk(30) == 30 and q._chunk(7) == 7 and q._chunk(13) == 13
+    monkeypatch.setattr(q, "CALIBRATION_CHUNK", 4)
+    assert q._chunk(30) == 3 and q._chunk(13) == 1
+    assert caches[4].read_text() == caches[1000].read_text()
+
+
+def test_onnx_calibration_method_is_checked_and_percentile_narrows_an_outlier_range(two_scales):
+    from edgetl_onnx import quantize as q
+
+    from edgetl.errors import ExportError
+
+    path, x, _, folder = two_scales
+    prep = q.preprocess(path, folder / "prep-method.onnx")
+    batches = [x[i:i + 1] for i in range(20)] + [x[:1] * 50.0]  # one outlier image
+    with pytest.raises(ExportError, match="calibration 'mse': expected one of minmax, percentile, entropy"):
+        q.quantize_int8(prep, folder / "bad.onnx", batches, calibration="mse")
+
+    def input_scale(calibration: str) -> float:
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(q.quantize_int8(prep, folder / f"{calibration}.onnx", batches,
+                                              calibration=calibration, percentile=99.0)))
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        first = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+        return float(inits[first.input[1]])
+
+    assert input_scale("percentile") < 0.5 * input_scale("minmax")

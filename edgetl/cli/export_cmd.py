@@ -74,11 +74,14 @@ def stages_table(stages: list[dict]) -> None:
 @click.option("--quantize-budget", type=click.FloatRange(min=1), metavar="SECONDS",
               help="Wall-time budget of each accuracy-controlled quantization step (default 90); bounds the "
                    "search, never the gate.")
+@click.option("--bias-correction", type=click.Choice(["full", "fast"]), default="full", show_default=True,
+              help="INT8 bias correction (nncf, OpenVINO): full measures each layer's output shift with the layers "
+                   "before it quantized (slower, more accurate); fast estimates it per layer.")
 @json_option
 def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fallback: bool, gate: float,
                min_agreement: float, gate_slices: bool, calib_count: int, dynamic_batch: bool,
                model_version: str | None, sign: Path | None, out: Path | None, latency_runs: int,
-               quantize_budget: float | None, as_json: bool) -> None:
+               quantize_budget: float | None, bias_correction: str, as_json: bool) -> None:
     """Export RUN_DIR, quantize, gate on the validation set, and write a signed bundle.
 
     Prints each stage with its time and size, then a table of every attempt.
@@ -100,6 +103,7 @@ def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fal
                                    calib_count=calib_count,
                                    dynamic_batch=dynamic_batch, model_version=model_version, sign=sign, out=out,
                                    latency_runs=latency_runs, quantize_budget_s=quantize_budget,
+                                   bias_correction=bias_correction,
                                    log=info).result
     except GateFailedError as exc:
         attempts = getattr(exc, "attempts", [])

@@ -59,6 +59,7 @@ class ExportOptions:
     reference_count: int = 32
     latency_runs: int = 50
     quantize_budget_s: float | None = None  # handed to quantizers as QuantizeContext.time_budget_s
+    bias_correction: str = "full"  # QuantizeContext.bias_correction: nncf's full or fast INT8 bias correction
     progress: Callable[[str], None] = lambda message: None
 
 
@@ -312,7 +313,8 @@ def quantize_context(run: Any, plan: ExportPlan, data: ExportData, fp32_files: l
     return QuantizeContext(
         calibration=data.calib, model=facts, fp32_files=list(fp32_files), validation=validation,
         gate=GateSettings(max_drop_points=options.gate, min_agreement=options.min_agreement),
-        profile=plan.profile, progress=progress, time_budget_s=options.quantize_budget_s, shared=data.shared)
+        profile=plan.profile, progress=progress, time_budget_s=options.quantize_budget_s, shared=data.shared,
+        bias_correction=options.bias_correction)
 
 
 def call_quantizer(quantizer: Quantizer, files: list[Path], out_dir: Path, ctx: QuantizeContext) -> list[Path]:

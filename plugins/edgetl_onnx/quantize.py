@@ -47,14 +47,21 @@ def _onnx_file(files: Sequence[Path]) -> Path:
 
 
 def _reader(batches: list[np.ndarray], input_name: str):
+    """A calibration reader over ``batches``; ``set_range`` lets ONNX Runtime calibrate in chunks."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.i = 0
+            self.i, self.end = 0, len(batches)
+
+        def __len__(self):
+            return len(batches)
+
+        def set_range(self, start_index: int, end_index: int):
+            self.i, self.end = start_index, min(end_index, len(batches))
 
         def get_next(self):
-            if self.i >= len(batches):
+            if self.i >= self.end:
                 return None
             self.i += 1
             return {input_name: np.ascontiguousarray(batches[self.i - 1], dtype=np.float32)}
@@ -63,6 +70,25 @@ def _reader(batches: list[np.ndarray], input_name: str):
             self.i = 0
 
     return Reader()
+
+
+CALIBRATION_CHUNK = 50
+"""Most calibration batches ONNX Runtime holds the activations of at once (``CalibStridedMinMax``).
+
+Its calibrators keep every intermediate tensor of every batch until the
+ranges are computed: at 300 px an EfficientNet-Lite0 image is tens of MB of
+activations, so 300 images at once would be gigabytes. Chunks merge ranges
+(and histograms) exactly; the chunk must divide the count, so it is the
+largest divisor up to this.
+"""
+
+
+def _chunk(n: int) -> int:
+    return max(d for d in range(1, min(n, CALIBRATION_CHUNK) + 1) if n % d == 0)
+
+
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+"""``quantize_int8(calibration=...)``: ONNX Runtime's activation range estimators (CalibrationMethod)."""
 
 
 def _input_name(path: Path) -> str:
@@ -99,19 +125,25 @@ def preprocess(src: Path, dst: Path) -> Path:
 def quantize_int8(src: Path, dst: Path, batches: list[np.ndarray], *, symmetric: bool = False,
                   reduce_range: bool = False, nodes_to_exclude: list[str] | None = None,
                   nodes_to_quantize: list[str] | None = None, cache: Path | None = None,
-                  keep_tail_float: bool = True) -> Path:
+                  keep_tail_float: bool = True, calibration: str = "minmax", percentile: float = 99.999) -> Path:
     """``quantize_static`` in QDQ format with per-channel weights (see the module docstring).
 
     ``keep_tail_float``: leave :func:`float_tail` (pooling, concat, standardisation) in float.
+    ``calibration``: one of :data:`CALIBRATION_METHODS` (``percentile``: the range
+    covers that percentile of the absolute values).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     # keep the head's output op (softmax/sigmoid) in float: probabilities at 1/255 resolution would
     # make a recall threshold such as 0.003 meaningless; and the feature tail (float_tail)
     nodes_to_exclude = list(nodes_to_exclude or []) + output_ops(src) + (float_tail(src) if keep_tail_float else [])
-    extra: dict[str, Any] = {}
+    if calibration not in CALIBRATION_METHODS:
+        raise ExportError(f"calibration {calibration!r}: expected one of {', '.join(CALIBRATION_METHODS)}")
+    extra: dict[str, Any] = {"CalibStridedMinMax": _chunk(len(batches))} if batches else {}
+    if calibration == "percentile":
+        extra["CalibPercentile"] = float(percentile)
     if symmetric:
-        extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+        extra.update({"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
     use_cache = cache is not None and cache.exists()
     quantize_static(
         str(src), str(dst), None if use_cache else _reader(batches, _input_name(src)),
@@ -119,7 +151,8 @@ def quantize_int8(src: Path, dst: Path, batches: list[np.ndarray], *, symmetric:
         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
         op_types_to_quantize=list(WEIGHTED_OPS) if symmetric else None,
         nodes_to_exclude=nodes_to_exclude or None, nodes_to_quantize=nodes_to_quantize or None,
-        calibrate_method=CalibrationMethod.MinMax, extra_options=extra or None,
+        calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                          "entropy": CalibrationMethod.Entropy}[calibration], extra_options=extra or None,
         calibration_cache_path=str(cache) if cache is not None else None,
     )
     return dst
