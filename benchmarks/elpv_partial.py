@@ -41,6 +41,8 @@ from elpv_heads import FOUR, fmt, scores, split_of, summary  # noqa: E402
 WORK = Path(os.environ.get("ELPV_PARTIAL_WORK", ROOT / "benchmarks" / "results" / "work" / "elpv-partial"))
 RESULTS = Path(os.environ.get("ELPV_PARTIAL_RESULTS", ROOT / "benchmarks" / "results" / "elpv"))
 GEM_P = 3.0
+# the cached maps, by the first trained block k (``blocks[k:]`` train): the output of blocks[k - 1]
+LEVELS = {3: "b2", 4: "b3", 5: "b4", 6: "b5"}
 
 
 def gem(x, p: float = GEM_P):
@@ -58,7 +60,7 @@ def build(backbone: str):
 
 
 def cache(args) -> None:
-    """Stem + blocks 0..5 once per cell and view; blocks.4 and blocks.5 maps and the frozen GeM vectors saved."""
+    """Stem + blocks 0..5 once per cell and view; the maps after blocks 2..5 and the frozen GeM vectors saved."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -73,28 +75,29 @@ def cache(args) -> None:
         imgs, prob, kind = imgs[:args.limit], prob[:args.limit], kind[:args.limit]
     mean, std = float(spec.input.mean[0]), float(spec.input.std[0])
     for view in args.views.split(","):
-        if (out := stem.with_name(f"{stem.name}.{view}.b5.npy")).is_file():
+        if all(stem.with_name(f"{stem.name}.{view}.{lv}.npy").is_file() for lv in LEVELS.values()):
             continue
         t0 = time.perf_counter()
-        b4, b5, g2, g4 = [], [], [], []
+        kept, g2, g4 = {lv: [] for lv in LEVELS.values()}, [], []
         with torch.inference_mode():
             for i in range(0, len(imgs), args.batch):
                 x = torch.from_numpy(imgs[i:i + args.batch]).float().div_(255).sub_(mean).div_(std)
                 x = dihedral(x[:, None].expand(-1, 3, -1, -1), view).contiguous(memory_format=torch.channels_last)
                 h = model.bn1(model.conv_stem(x))
-                for j in range(5):
+                for j in range(6):
                     h = model.blocks[j](h)
                     if j == 2:
                         g2.append(gem(h).numpy())
-                b4.append(h.half().numpy())
-                g4.append(gem(h).numpy())
-                b5.append(model.blocks[5](h).half().numpy())
+                    if j == 4:
+                        g4.append(gem(h).numpy())
+                    if (lv := LEVELS.get(j + 1)) is not None:  # the input of blocks[j + 1]
+                        kept[lv].append(h.half().numpy())
                 if (i // args.batch) % 20 == 0:
                     print(f"{view}: {i + len(x)}/{len(imgs)} {time.perf_counter() - t0:.0f}s", flush=True)
-        np.save(stem.with_name(f"{stem.name}.{view}.b4.npy"), np.concatenate(b4))
+        for lv, parts in kept.items():
+            np.save(stem.with_name(f"{stem.name}.{view}.{lv}.npy"), np.concatenate(parts))
         np.save(stem.with_name(f"{stem.name}.{view}.gem.npy"), np.concatenate([np.concatenate(g2),
                                                                             np.concatenate(g4)], 1))
-        np.save(out, np.concatenate(b5))
         meta = stem.with_name(f"{stem.name}.json")
         doc = json.loads(meta.read_text()) if meta.is_file() else {"seconds": {}}
         doc.update({"backbone": args.backbone, "size": args.size, "threads": args.threads, "read_seconds": read_s,
@@ -197,6 +200,8 @@ def fit_seed(exp: dict, data: dict, seed: int) -> dict:
     train_seconds = time.perf_counter() - t0
     top.load_state_dict(best["state"])
     result = scores(y[te], logits_of(top, maps, extra, te, test_views))
+    if tta := exp.get("report_tta"):  # the kept model with test-time views averaged: reported, never selected on
+        result["tta"] = {"views": tta, **scores(y[te], logits_of(top, maps, extra, te, tta))}
     result.update({"seed": seed, "best_epoch": best["epoch"], "val_nll": best["nll"], "lp_best_epoch": lp_epochs,
                    "lp_seconds": lp_seconds, "lp_only": lp_scores, "train_seconds": train_seconds, "history": best["history"]})
     return result
@@ -245,7 +250,10 @@ def finetune(top, maps, extra, y, tr, va, te, train_views, test_views, w, exp: d
                              {"params": list(top.head.parameters()), "lr": exp.get("head_lr", 3e-4),
                               "weight_decay": 0.05}])
     epochs, bs = exp.get("epochs", 12), exp.get("batch", 32)
-    pairs = [(v, i) for v in train_views for i in tr]
+    # "random": each epoch shows every cell once, in one of the cached views drawn at random (an epoch costs
+    # one pass whatever the number of views); otherwise every (view, cell) pair is a sample
+    sampled = exp.get("view_sampling") == "random"
+    pairs = [(train_views[0], i) for i in tr] if sampled else [(v, i) for v in train_views for i in tr]
     steps = epochs * -(-len(pairs) // bs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
                                                 total_steps=steps, pct_start=0.1)
@@ -261,6 +269,9 @@ def finetune(top, maps, extra, y, tr, va, te, train_views, test_views, w, exp: d
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.eval()
         t0 = time.perf_counter()
+        if sampled:
+            draw = torch.randint(len(train_views), (len(tr),), generator=gen).tolist()
+            pairs = [(train_views[d], i) for d, i in zip(draw, tr, strict=True)]
         for b in torch.randperm(len(pairs), generator=gen).split(bs):
             sel = [pairs[j] for j in b.tolist()]
             h = torch.from_numpy(np.stack([maps[v][i] for v, i in sel])).float()
@@ -310,6 +321,9 @@ def experiments() -> dict[str, dict]:
         "ft6 lr 3e-4 + map flips, BN stats frozen": {**frozen_bn, "lr": 3e-4, "head_lr": 3e-4},
         "ft5 lr 1e-4 + map flips, BN stats frozen": {**frozen_bn, "k": 5},
         "ft6 lr 1e-4 + map flips, BN stats frozen, balance sqrt": {**frozen_bn, "balance": 0.5},
+        "ft3 lr 2e-4, BN stats frozen, dihedral views": {**frozen_bn, "k": 3, "lr": 2e-4, "head_lr": 2e-4,
+                                                          "map_flips": False, "train_views": list(DIHEDRAL),
+                                                          "view_sampling": "random", "report_tta": list(DIHEDRAL)},
         "ft6 BN stats frozen + flip views + flip TTA": {**frozen_bn, "map_flips": False,
                                                         "train_views": ["identity", "hflip", "vflip", "rot180"],
                                                         "test_views": ["identity", "hflip", "vflip", "rot180"]},
@@ -320,7 +334,7 @@ def load(exp: dict) -> dict:
     """The cached maps for ``exp`` (blocks.4 for k = 5, blocks.5 for k = 6) per view, memory-mapped."""
     stem = WORK / f"{exp['backbone']}-{exp['size']}"
     meta = json.loads(stem.with_name(f"{stem.name}.json").read_text())
-    level = {5: "b4", 6: "b5"}[exp["k"]]
+    level = LEVELS[exp["k"]]
     views = sorted(set(exp.get("train_views", ["identity"])) | set(exp.get("test_views", ["identity"])))
     y = np.rint(np.array(meta["probability"]) * 3).astype(int)
     return {"maps": {v: np.load(stem.with_name(f"{stem.name}.{v}.{level}.npy"), mmap_mode="r") for v in views},
@@ -373,13 +387,18 @@ def table(_args) -> None:
         doc = json.loads(f.read_text())
         groups.setdefault(doc["experiment"], []).append(doc)
     for name, runs in list(groups.items()):
-        if not runs[0]["config"].get("extras") and "lp_only" in runs[0] and "lp-only" not in groups:  # the LP stage, scored on its own
+        one_view = len(runs[0]["config"].get("train_views", ["identity"])) == 1
+        if one_view and not runs[0]["config"].get("extras") and "lp_only" in runs[0] and "lp-only" not in groups:
+            # the LP stage, scored on its own (the identity-view runs: they share it)
             groups["lp-only"] = []
             lp = [{**r["lp_only"], "seed": r["seed"]} for r in runs]
             row("head alone on the frozen top (300 px, average pool, MLP 256)", lp,
                 f"{np.median([r['lp_seconds'] for r in runs]) / 60:.1f}")
         minutes = np.median([r["train_seconds"] for r in runs]) / 60
         row(name, runs, f"{minutes:.1f}")
+        if all("tta" in r for r in runs):  # the same kept models, test-time views averaged
+            row(f"{name}, TTA over {len(runs[0]['tta']['views'])} views", [{**r["tta"], "seed": r["seed"]}
+                                                                        for r in runs], f"{minutes:.1f}")
 
 
 def row(name: str, runs: list[dict], minutes: str) -> None:

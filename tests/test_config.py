@@ -18,11 +18,24 @@ from edgetl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = sorted((ROOT / "targets").glob("*.yaml"))
+EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
 
 
 def test_the_five_device_profiles_ship():
     assert {p.stem for p in TARGETS} >= {"jetson-orin-nano", "jetson-agx-orin", "x86-openvino-cpu",
                                          "x86-onnxruntime-cpu", "x86-nvidia-tensorrt"}
+
+
+@pytest.mark.parametrize("path", [p for p in EXAMPLES if "name:" in p.read_text() and "strategy:" in p.read_text()],
+                         ids=lambda p: p.stem)
+def test_every_example_run_config_validates_with_known_strategy_options(path):
+    from edgetl.plugins import get_manager
+
+    cfg = load_run_config(path)
+    strategy = get_manager().get("strategy", cfg.strategy.name)
+    defaults = getattr(strategy, "DEFAULTS", None)
+    if defaults is not None:  # a misspelt option would only fail once training starts
+        assert set(cfg.strategy.options) <= set(defaults), sorted(set(cfg.strategy.options) - set(defaults))
 
 
 @pytest.mark.parametrize("path", TARGETS, ids=lambda p: p.stem)

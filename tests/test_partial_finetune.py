@@ -118,11 +118,11 @@ def test_partial_finetune_bad_unfreeze_is_a_config_error(tmp_path, data):
         train(tmp_path, data, {"freeze_bn": "auto"}, out="d", epochs=1)
 
 
-def test_flipped_maps_flip_each_map_reproducibly():
-    from edgetl_strategies.partial import FlippedMaps
+def test_cached_maps_flip_each_map_reproducibly():
+    from edgetl_strategies.partial import CachedMaps
 
     maps = torch.arange(2 * 3 * 3, dtype=torch.float32).reshape(1, 2, 3, 3).repeat(64, 1, 1, 1)
-    ds = FlippedMaps(maps, torch.zeros(64, dtype=torch.long), seed=0)
+    ds = CachedMaps(maps, torch.zeros(64, dtype=torch.long), seed=0)
     seen = {tuple(ds[i][0].flatten().tolist()) for i in range(64)}
     want = {tuple(torch.flip(maps[0], dims=d).flatten().tolist()) for d in ((), (2,), (1,), (1, 2))}
     assert seen == want  # all four: as is, horizontal, vertical, both
@@ -130,6 +130,39 @@ def test_flipped_maps_flip_each_map_reproducibly():
     assert all(torch.equal(a, ds[i][0]) for i, a in enumerate(first))  # same seed, epoch, index: same flip
     ds.set_epoch(1)
     assert any(not torch.equal(a, ds[i][0]) for i, a in enumerate(first))
+
+
+def test_cached_maps_sample_one_view_per_image_and_epoch():
+    from edgetl_strategies.partial import CachedMaps
+
+    n, views = 40, 4  # view-major, as cached: maps[v * n + i] is image i in view v
+    maps = torch.stack([torch.full((1, 2, 2), float(v * n + i)) for v in range(views) for i in range(n)])
+    labels = torch.arange(n).repeat(views)
+    ds = CachedMaps(maps, labels, seed=0, n_views=views, flips=False)
+    assert len(ds) == n  # an epoch is one pass over the images, not over the views
+    drawn = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        rows = [ds[i] for i in range(n)]
+        assert [int(y) for _, y in rows] == list(range(n))  # image i's own label, whichever view
+        assert all(int(m[0, 0, 0]) % n == i for i, (m, _) in enumerate(rows))  # image i, in some view
+        drawn.append([int(m[0, 0, 0]) // n for m, _ in rows])
+    assert set(sum(drawn, [])) == set(range(views))  # every view is drawn
+    assert drawn[0] != drawn[1]  # fresh draws each epoch
+    ds.set_epoch(0)
+    assert [int(ds[i][0][0, 0, 0]) // n for i in range(n)] == drawn[0]  # reproducible
+    with pytest.raises(ValueError, match="not 2 views"):
+        CachedMaps(maps[:-1], labels[:-1], seed=0, n_views=2)
+
+
+def test_partial_finetune_samples_cached_views(tmp_path, data):
+    summary, history = train(tmp_path, data, {"unfreeze": 2, "hidden": 8, "head_epochs": 1,
+                                              "views": ["identity", "hflip", "transpose", "antitranspose"],
+                                              "view_sampling": "random"}, epochs=2, lr=0.01)
+    joint = [r for r in history if r["strategy"] == "partial-finetune"]
+    assert len(joint) == 2 and all(float(r["train_loss"]) > 0 for r in joint)
+    with pytest.raises(ConfigError, match="strategy.options.view_sampling"):
+        train(tmp_path, data, {"view_sampling": "some"}, out="b", epochs=1)
 
 
 def test_partial_finetune_run_exports_through_the_gate(tmp_path, data):

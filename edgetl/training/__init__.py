@@ -35,7 +35,7 @@ _WHERE = {
     "soft_targets": "optim",
     "extract_features": "features", "StagePool": "features", "gem": "features",
     "split_backbone": "partial", "OnMaps": "partial",
-    "VIEWS": "views", "TTA_VIEWS": "views", "apply_view": "views", "WithTTA": "views",
+    "VIEWS": "view_names", "TTA_VIEWS": "view_names", "apply_view": "views", "WithTTA": "views",
     "Split": "datasets", "with_images": "datasets", "batches": "data", "predict": "data", "to_device": "data",
     "PeakMemory": "memory", "rss_bytes": "memory",
     "DistInfo": "dist", "dist_info": "dist", "is_main": "dist", "shard": "dist", "all_gather": "dist",

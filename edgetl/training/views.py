@@ -12,11 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-VIEWS = ("identity", "hflip", "vflip", "rot180", "rot90", "rot270")
-"""Every view :func:`apply_view` knows (rot90/rot270 need square inputs)."""
+from edgetl.training.view_names import TTA_VIEWS, VIEWS
 
-TTA_VIEWS = ("hflip", "vflip", "rot180")
-"""Views usable at test time: shape-preserving for any H, W."""
+__all__ = ["TTA_VIEWS", "VIEWS", "WithTTA", "apply_view"]
 
 
 def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
@@ -33,6 +31,10 @@ def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
         return torch.rot90(x, 1, dims=(2, 3))
     if view == "rot270":
         return torch.rot90(x, 3, dims=(2, 3))
+    if view == "transpose":
+        return x.transpose(2, 3)
+    if view == "antitranspose":
+        return torch.flip(x.transpose(2, 3), dims=(2, 3))
     raise ValueError(f"unknown view {view!r} (known: {', '.join(VIEWS)})")
 
 

@@ -42,10 +42,9 @@ import numpy as np
 
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError
+from edgetl.training import VIEWS
 from edgetl_strategies.finetune import build_model
 from edgetl_strategies.options import resolve
-
-VIEWS = ("identity", "hflip", "vflip", "rot180", "rot90", "rot270")  # edgetl.training.VIEWS, without torch
 
 
 def views_from_augment(augment: list[str]) -> list[str]:

@@ -22,6 +22,11 @@ options:
     views: cached training views (default from ``augment``, as ``linear-probe``):
         each is another frozen pass; train-time flips/rotations of the image
         are these views, nothing else applies (said in the log).
+    view_sampling: ``all`` (default): every (view, image) pair is a sample, so
+        an epoch costs one top pass per view; ``random``: each epoch shows every
+        image once, in one of its cached views drawn at random (an epoch costs
+        one top pass whatever the number of views: the views are augmentation,
+        not more data per epoch).
     hidden: width of an MLP head's hidden layer, or null for a linear head.
     map_flips: random horizontal / vertical flips of each cached map while the
         top trains (free: no frozen pass; the maps' own symmetry, not the
@@ -56,8 +61,9 @@ class PartialFinetune(Strategy):
     description = "frozen lower stages run once (activations cached), the top layer groups + head fine-tune on them"
     requires = ("torch",)
     extra = "train"
-    DEFAULTS = {"unfreeze": 2, "views": None, "hidden": None, "map_flips": False, "freeze_bn": True, "head_epochs": 40,
-                "head_lr": 1e-3, "cache_dir": None, "batch_size": 32}
+    DEFAULTS = {"unfreeze": 2, "views": None, "view_sampling": "all", "hidden": None, "map_flips": False,
+                "freeze_bn": True, "head_epochs": 40, "head_lr": 1e-3, "cache_dir": None, "batch_size": 32}
+    VIEW_SAMPLING = ("all", "random")
 
     def fit(self, ctx: FitContext) -> TrainedModel:
         import torch
@@ -73,6 +79,9 @@ class PartialFinetune(Strategy):
         for key in ("map_flips", "freeze_bn"):
             if not isinstance(opts[key], bool):
                 raise ConfigError(f"strategy.options.{key}: expected true or false, got {opts[key]!r}")
+        if opts["view_sampling"] not in self.VIEW_SAMPLING:
+            raise ConfigError(f"strategy.options.view_sampling: expected one of {', '.join(self.VIEW_SAMPLING)}, "
+                              f"got {opts['view_sampling']!r}")
         model = build_model(ctx, opts["hidden"])
         try:
             bottom, top = split_backbone(model.features, opts["unfreeze"])
@@ -146,31 +155,41 @@ class PartialFinetune(Strategy):
         net = OnMaps(top, model.head)
         groups = [{"name": "top", "params": list(top.parameters())},
                   {"name": "head", "params": list(model.head.parameters())}]
+        n_views = len(maps) // len(ctx.train.labels) if opts["view_sampling"] == "random" else 1
+        samples = (CachedMaps(maps, y_train, ctx.config.train.seed, n_views=n_views, flips=opts["map_flips"])
+                   if opts["map_flips"] or n_views > 1 else TensorDataset(maps, y_train))
         return fit_epochs(ctx, net, groups, tag=self.name,
-                          train=Split("train-maps", FlippedMaps(maps, y_train, ctx.config.train.seed)
-                                      if opts["map_flips"] else TensorDataset(maps, y_train), None, y_train.numpy(),
-                                      []),
+                          train=Split("train-maps", samples, None, y_train[:len(samples)].numpy(), []),
                           val_inputs=TensorDataset(val_maps, torch.from_numpy(ctx.val.labels)),
                           eval_modules=lambda: [top] if opts["freeze_bn"] else [])
 
 
-class FlippedMaps:
-    """(map, label) pairs, each map flipped horizontally and/or vertically at random (drawn from seed, epoch
-    and index, so a rerun or a resumed run sees the same flips)."""
+class CachedMaps:
+    """(map, label) samples from the cached maps, drawn from seed, epoch and index (a rerun or a resumed run
+    sees the same draws).
 
-    def __init__(self, maps: Any, labels: Any, seed: int):
+    With ``n_views > 1`` the maps hold ``n_views`` blocks of images (view-major, as cached) and sample ``i``
+    is image ``i`` in one of its views, drawn at random: an epoch is one pass over the images. With
+    ``flips``, each map is also flipped horizontally and/or vertically at random.
+    """
+
+    def __init__(self, maps: Any, labels: Any, seed: int, n_views: int = 1, flips: bool = True):
+        if len(maps) % n_views:
+            raise ValueError(f"{len(maps)} cached maps are not {n_views} views of the same images")
         self.maps, self.labels, self.seed, self.epoch = maps, labels, int(seed), 0
+        self.n_views, self.flips, self.n = int(n_views), bool(flips), len(maps) // n_views
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return self.n
 
     def __getitem__(self, i: int) -> tuple[Any, Any]:
         import torch
 
-        draw = np.random.default_rng((self.seed, self.epoch, int(i))).random(2)
-        dims = [d for d, r in zip((2, 1), draw, strict=True) if r < 0.5]  # (C, H, W): 2 = horizontal
-        m = self.maps[i]
-        return (torch.flip(m, dims=dims) if dims else m), self.labels[i]
+        draw = np.random.default_rng((self.seed, self.epoch, int(i))).random(3)
+        j = int(i) + self.n * min(int(draw[2] * self.n_views), self.n_views - 1)
+        m = self.maps[j]
+        dims = [d for d, r in zip((2, 1), draw[:2], strict=True) if r < 0.5] if self.flips else []  # (C, H, W)
+        return (torch.flip(m, dims=dims) if dims else m), self.labels[j]
