@@ -27,8 +27,6 @@ from pathlib import Path
 
 import httpx
 
-from edgetl.bundle import open_bundle
-
 ROOT = Path(__file__).resolve().parents[1]
 EDGETL = [sys.executable, "-m", "edgetl"]
 
@@ -171,8 +169,12 @@ def main() -> None:
                              "keep/reject decision")
     args = parser.parse_args()
     reject = frozenset(x for x in args.reject.split(",") if x)
-    with open_bundle(args.bundle) as bundle:
-        labels = list(bundle.manifest["labels"])
+    # the labels as a user reads them: the command line, not edgetl's private bundle reader
+    inspect = subprocess.run([*EDGETL, "bundle", "inspect", "--json", str(args.bundle)], capture_output=True,
+                             text=True)
+    if inspect.returncode:
+        sys.exit(f"device demo: edgetl bundle inspect {args.bundle} failed: {inspect.stderr.strip()}")
+    labels = list(json.loads(inspect.stdout)["labels"])
     folders = {p.name for p in args.images.iterdir() if p.is_dir()}
     if unknown := sorted(reject - set(labels) - folders):
         sys.exit(f"device demo: --reject {','.join(unknown)}: neither a label of {args.bundle} "
