@@ -85,13 +85,24 @@ def prepare_out(out: Path, resume: bool, force: bool, info: DistInfo) -> dict[st
     return None
 
 
-def with_tta(trained: TrainedModel, views: list[str]) -> None:
-    """Wrap the module in ``train.tta`` views (so export and device compute the same)."""
-    from edgetl.training.views import TTA_VIEWS, WithTTA
+def check_tta(views: list[str], size: tuple[int, int]) -> None:
+    """``train.tta`` against the known views and the run's (H, W) input, before anything is trained or written."""
+    from edgetl.training.view_names import check_tta_views
 
-    for v in views:
-        if v not in TTA_VIEWS:
-            raise ConfigError(f"train.tta: unknown view {v!r} (known: {', '.join(TTA_VIEWS)})")
+    try:
+        check_tta_views(views)
+    except ValueError as exc:
+        raise ConfigError(f"train.tta: {exc}") from None
+    try:
+        check_tta_views(views, size)
+    except ValueError as exc:  # the names are known: the size is what is wrong
+        raise ConfigError(f"train.tta: {exc} (train.image_size: N gives an N x N input)") from None
+
+
+def with_tta(trained: TrainedModel, views: list[str]) -> None:
+    """Wrap the module in ``train.tta`` views (so export and device compute the same); :func:`check_tta` ran."""
+    from edgetl.training.views import WithTTA
+
     if trained.task != "classify":
         raise ConfigError(f"train.tta: test-time views average probabilities; task {trained.task!r} has none")
     trained.module = WithTTA(trained.module, views)
@@ -268,6 +279,7 @@ class Trainer:
         if self.cfg.train.image_size:
             spec = dataclasses.replace(spec, size=(self.cfg.train.image_size, self.cfg.train.image_size))
         self.spec = spec
+        check_tta(self.cfg.train.tta, spec.size)
         if self.from_run is not None:
             self.open_previous(strategy)
         elif self.cfg.continual.split:

@@ -14,7 +14,7 @@ Loop:        :func:`fit_epochs`, :class:`Callback`, :class:`EarlyStopping`,
 Optimiser:   :func:`param_groups`, :func:`make_optimizer`, :class:`Schedule`,
              :func:`class_weights`, :func:`soft_targets`
 Features:    :func:`extract_features`, :class:`StagePool`, :func:`gem`, :data:`VIEWS`, :data:`TTA_VIEWS`,
-             :func:`apply_view`, :class:`WithTTA`
+             :data:`SQUARE_TTA_VIEWS`, :func:`apply_view`, :class:`WithTTA`
 Partial:     :func:`split_backbone`, :class:`OnMaps`
 Data:        :class:`Split`, :func:`with_images`, :func:`batches`, :func:`predict`, :func:`to_device`
 Memory:      :class:`PeakMemory`, :func:`rss_bytes`
@@ -35,7 +35,8 @@ _WHERE = {
     "soft_targets": "optim",
     "extract_features": "features", "StagePool": "features", "gem": "features",
     "split_backbone": "partial", "OnMaps": "partial",
-    "VIEWS": "view_names", "TTA_VIEWS": "view_names", "apply_view": "views", "WithTTA": "views",
+    "VIEWS": "view_names", "TTA_VIEWS": "view_names", "SQUARE_TTA_VIEWS": "view_names",
+    "apply_view": "views", "WithTTA": "views",
     "Split": "datasets", "with_images": "datasets", "batches": "data", "predict": "data", "to_device": "data",
     "PeakMemory": "memory", "rss_bytes": "memory",
     "DistInfo": "dist", "dist_info": "dist", "is_main": "dist", "shard": "dist", "all_gather": "dist",

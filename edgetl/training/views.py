@@ -1,10 +1,10 @@
 """Flip/rotation views of a batch, and test-time views inside a module.
 
-Flips and 180° rotations are exact on normalised tensors, so a view computed
-on the device equals the view computed here. :class:`WithTTA` wraps any
-classifier module so that test-time augmentation is part of the module a
-strategy returns (and therefore of the exported graph), not a run setting
-applied elsewhere.
+Flips, rotations and transposes only move pixels, so they are exact on
+normalised tensors: a view computed on the device equals the view computed
+here. :class:`WithTTA` wraps any classifier module so that test-time
+augmentation is part of the module a strategy returns (and therefore of the
+exported graph), not a run setting applied elsewhere.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgetl.training.view_names import TTA_VIEWS, VIEWS
+from edgetl.training.view_names import SQUARE_TTA_VIEWS, TTA_VIEWS, VIEWS, check_tta_views
 
-__all__ = ["TTA_VIEWS", "VIEWS", "WithTTA", "apply_view"]
+__all__ = ["SQUARE_TTA_VIEWS", "TTA_VIEWS", "VIEWS", "WithTTA", "apply_view"]
 
 
 def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
@@ -43,18 +43,23 @@ class WithTTA(nn.Module):
 
     Args:
         module: (N, 3, H, W) -> (N, K) probabilities.
-        views: names from :data:`TTA_VIEWS`.
+        views: names from :data:`TTA_VIEWS` (any input) and :data:`SQUARE_TTA_VIEWS` (square
+            inputs only: a non-square batch is a ValueError at forward).
+
+    Raises:
+        ValueError: an unknown view name.
     """
 
     def __init__(self, module: nn.Module, views: tuple[str, ...] | list[str]):
         super().__init__()
-        for view in views:
-            if view not in TTA_VIEWS:
-                raise ValueError(f"unknown test-time view {view!r} (known: {', '.join(TTA_VIEWS)})")
+        check_tta_views(views)
         self.module = module
         self.views = tuple(views)
+        self.needs_square = any(view in SQUARE_TTA_VIEWS for view in self.views)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.needs_square:  # H, W are static in every export we make, so this check leaves no trace in a graph
+            check_tta_views(self.views, (x.shape[2], x.shape[3]))
         # every view in one batch: one pass through the network (and through an exported graph), so a
         # runtime or a quantizer's validation pays one call per image, not one per view
         views = torch.cat([x] + [apply_view(x, view) for view in self.views], dim=0)
