@@ -26,14 +26,27 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, data):
+def logs():
+    return {}  # strategy name -> its training log lines
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data, logs):
     root = tmp_path_factory.mktemp("runs")
     out = {}
     for name, options in (("patchcore", {"coreset_ratio": 0.25}), ("padim", {"channels": 20})):
         cfg = anomaly_config(root / f"{name}.yaml", data, name, options)
-        train_from_file(cfg, out=str(root / name), log=lambda m: None)
+        train_from_file(cfg, out=str(root / name), log=logs.setdefault(name, []).append)
         out[name] = root / name
     return out
+
+
+@pytest.mark.parametrize("name", ["patchcore", "padim"])
+def test_the_final_scoring_reports_its_progress(runs, logs, name):
+    metrics = json.loads((runs[name] / "metrics.json").read_text())
+    for split in ("val", "test"):
+        n = metrics["final"][split]["n"]
+        assert f"  evaluate {split}: {n}/{n} images" in logs[name], logs[name]
 
 
 @pytest.mark.parametrize("name", ["patchcore", "padim"])

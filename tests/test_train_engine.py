@@ -51,6 +51,7 @@ def test_train_writes_the_run_directory(tmp_path, data):
                  "predictions_val.csv", "predictions_test.csv"):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     assert "finetune epoch   1" in err and "finetune epoch   2" in err  # one line per epoch on stderr
+    assert "evaluate val: 20/20 images" in err and "evaluate test: 12/12 images" in err  # the final evaluation
     history = list(csv.DictReader((run / "history.csv").open()))
     assert [r["epoch"] for r in history] == ["1", "2"]
     assert {"train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "lr_head", "epoch_time_s"} <= set(
@@ -141,9 +142,31 @@ def test_resume_without_checkpoint_is_an_error(tmp_path, data):
     assert code == 2 and "nothing to resume" in err
 
 
+def test_evaluation_reports_images_done_after_each_batch():
+    from edgetl.training.data import predict
+
+    calls = []
+    images = torch.utils.data.TensorDataset(torch.rand(10, 3, 4, 4), torch.zeros(10))
+    out = predict(torch.nn.Flatten(), images, torch.device("cpu"), batch_size=4,
+                  progress=lambda done, total: calls.append((done, total)))
+    assert out.shape == (10, 48) and calls == [(4, 10), (8, 10), (10, 10)]
+
+
+def test_trainer_prints_a_counted_stage_every_fifth_of_the_way(tmp_path, data):
+    lines = []
+    trainer = Trainer(load_run_config(write_config(tmp_path / "c.yaml", data)), tmp_path / "run", log=lines.append)
+    for done in [*range(64, 654, 64), 654]:  # ELPV's test split in batches of 64
+        trainer.progress("evaluate test", done, 654)
+    trainer.progress("early stop: no better val loss for 3 epochs", 4, 10)  # a message: always printed
+    assert lines == [f"  evaluate test: {n}/654 images" for n in (192, 320, 448, 576, 654)] + [
+        "early stop: no better val loss for 3 epochs"]
+
+
 def test_scratch_baseline_is_reported(tmp_path, data):
     cfg = load_run_config(write_config(tmp_path / "c.yaml", data, epochs=2), ["train.baseline=scratch"])
-    summary = Trainer(cfg, tmp_path / "run", device="cpu", log=lambda m: None).run()
+    lines = []
+    summary = Trainer(cfg, tmp_path / "run", device="cpu", log=lines.append).run()
+    assert "  evaluate test (baseline-scratch): 12/12 images" in lines
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     base = metrics["baseline"]
     assert base["kind"] == "scratch" and isinstance(base["helped"], bool)

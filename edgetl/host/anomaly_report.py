@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,16 @@ from edgetl.host.run import save_run_model
 GRID = 8  # worst test images shown in report.md
 
 
-def score_split(module: Any, split: Any, device: Any, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """(scores (N,), maps (N, H, W)) float32 of a split's un-augmented images."""
+def score_split(module: Any, split: Any, device: Any, batch_size: int = 32,
+                progress: Callable[[str, int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (N,), maps (N, H, W)) float32 of a split's un-augmented images.
+
+    ``progress(stage, done, total)`` gets ``evaluate SPLIT`` after each batch.
+    """
     from edgetl.training import predict
 
-    scores, maps = predict(module.to(device), split.plain, device, batch_size=batch_size)
+    counted = None if progress is None else (lambda done, total: progress(f"evaluate {split.name}", done, total))
+    scores, maps = predict(module.to(device), split.plain, device, batch_size=batch_size, progress=counted)
     return scores.reshape(-1), maps.reshape(len(scores), *maps.shape[-2:])
 
 
@@ -120,15 +126,16 @@ def _report(out: Path, metrics: dict[str, Any], grid: Path | None) -> None:
 
 def write_anomaly_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, strategy: str,
                           spec: InputSpec, data: Any, device: Any, timing: dict[str, Any],
-                          program: Any = None) -> dict[str, Any]:
+                          program: Any = None,
+                          progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Score val (and test), write every file of ``runs/NAME/``; returns the ``--json`` summary."""
     out.mkdir(parents=True, exist_ok=True)
-    val_scores, val_maps = score_split(trained.module, data.val, device)
+    val_scores, val_maps = score_split(trained.module, data.val, device, progress=progress)
     docs = {"val": split_document(data.val, spec, val_scores, val_maps), "test": None}
     _predictions(out / "predictions_val.csv", data.val, val_scores)
     shown = (data.val, val_scores, val_maps)
     if data.test is not None:
-        test_scores, test_maps = score_split(trained.module, data.test, device)
+        test_scores, test_maps = score_split(trained.module, data.test, device, progress=progress)
         docs["test"] = split_document(data.test, spec, test_scores, test_maps)
         _predictions(out / "predictions_test.csv", data.test, test_scores)
         shown = (data.test, test_scores, test_maps)

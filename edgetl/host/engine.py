@@ -32,6 +32,7 @@ from edgetl.tracking import Tracking, check_loggers
 from edgetl.training import dist
 
 CHECKPOINT = "checkpoint.pt"
+COUNTED = ("features", "evaluate")  # progress stages reported per batch (images done/total), throttled
 
 
 def resolve_device(name: str) -> Any:
@@ -133,6 +134,7 @@ class Trainer:
         self.device_name = device
         self.history: list[dict[str, Any]] = []
         self._log = log
+        self._counted: dict[str, int] = {}  # per-batch stage -> images done so far (see progress)
         self.info = dist.env_info()
         self.tracking = Tracking()
 
@@ -142,11 +144,15 @@ class Trainer:
 
     # -- callbacks ----------------------------------------------------------
     def progress(self, stage: str, done: int, total: int) -> None:
-        if stage.startswith("features"):
+        """``ctx.progress``: a line per message; per-batch stages (:data:`COUNTED`) a line every 20 %."""
+        if stage.startswith(COUNTED):
             progress_note(f"{stage}: {done}/{total} images")  # the heartbeat says where between the lines
             step = max(1, total // 5)
-            if done == total or done // step != (done - 1) // step:
+            before = self._counted.pop(stage, 0)  # done at the stage's previous batch (0: a new pass)
+            if done == total or done // step != (before if before < done else 0) // step:
                 self.log(f"  {stage}: {done}/{total} images")
+            if done < total:
+                self._counted[stage] = done
             return
         self.log(stage)
 
@@ -174,11 +180,14 @@ class Trainer:
                           resume_state=resume_state, time_budget_s=time_budget_s, history=self.history,
                           previous=previous, run_dir=run_dir)
 
-    def predict(self, module: Any, split: Any) -> np.ndarray:
+    def predict(self, module: Any, split: Any, whose: str = "") -> np.ndarray:
+        """``module``'s outputs on ``split``, reported as ``evaluate SPLIT[ (whose)]: done/total images``."""
         from edgetl.training.data import predict
 
+        stage = f"evaluate {split.name}" + (f" ({whose})" if whose else "")
         return predict(module.to(self.device), split.plain, self.device,
-                       batch_size=max(64, self.cfg.train.batch_size), info=self.info)
+                       batch_size=max(64, self.cfg.train.batch_size), info=self.info,
+                       progress=lambda done, total: self.progress(stage, done, total))
 
     def fit(self, strategy: Strategy, ctx: FitContext, data: RunData) -> tuple[TrainedModel, Any, float]:
         """``strategy.fit`` then the contract check; (trained, its ExportedProgram, seconds)."""
@@ -223,9 +232,9 @@ class Trainer:
         ctx = self.context(dataclasses.replace(data, unlabeled=None), module, options, tag=f"baseline-{kind}",
                            time_budget_s=time_budget_s, previous=previous)
         trained, _, seconds = self.fit(base, ctx, data)
-        val_probs = self.predict(trained.module, data.val)
+        val_probs = self.predict(trained.module, data.val, f"baseline-{kind}")
         val = evaluate(data.val.labels, val_probs, data.classes)
-        test_probs = self.predict(trained.module, data.test) if data.test is not None else None
+        test_probs = self.predict(trained.module, data.test, f"baseline-{kind}") if data.test is not None else None
         test = evaluate(data.test.labels, test_probs, data.classes) if data.test is not None else None
         self.baseline_probs = (base.name, test_probs if test_probs is not None else val_probs)
         metric = self.cfg.train.early_stopping.metric
@@ -254,7 +263,7 @@ class Trainer:
             return None
         summary = write_anomaly_run_dir(
             self.out, cfg=self.cfg, trained=trained, backbone=self.backbone, strategy=strategy.name, spec=self.spec,
-            data=data, device=self.device, program=program, timing={"fit_seconds": fit_seconds,
+            data=data, device=self.device, program=program, progress=self.progress, timing={"fit_seconds": fit_seconds,
                                                    "total_seconds": time.perf_counter() - started})
         val = summary["val"]
         self.log(f"val: image AUROC {val['image_auroc'] or float('nan'):.4f}, F1 {val['image_f1']:.4f}"
@@ -387,7 +396,7 @@ class Trainer:
         from edgetl.metrics import decide
 
         split = data.test if data.test is not None else data.val
-        old_probs = self.predict(self.previous.model, split)
+        old_probs = self.predict(self.previous.model, split, "previous run")
         new_pred = decide(probs, data.classes, trained.threshold, trained.positive)
         return forgetting(self.previous, data.classes, split.name, split.labels, old_probs, probs, new_pred,
                           self.baseline_probs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -104,23 +104,29 @@ def batches(ctx: FitContext, dataset: Any, batch_size: int = 64, shuffle: bool =
 
 
 def predict(module: torch.nn.Module, dataset: Any, device: torch.device, batch_size: int = 64,
-            info: DistInfo | None = None) -> Any:
+            info: DistInfo | None = None, progress: Callable[[int, int], None] | None = None) -> Any:
     """``module``'s outputs on every item of ``dataset`` as float32 numpy, batch first.
 
     A module returning a tuple (anomaly: score, map) gives a tuple of arrays.
     With ``info`` of a distributed run, each process computes its shard and
-    every process gets the whole result, in dataset order.
+    every process gets the whole result, in dataset order. ``progress(done,
+    total)`` is called after each batch (images of this process's shard), so a
+    minute-long evaluation says how far it got.
     """
     info = info or DistInfo()
     idx = dist.shard(len(dataset), info)
     was_training = module.training
     module.eval()
     parts: list[Any] = []
+    done = 0
     with torch.inference_mode(), autocast(device):
         for x, _ in loader(dataset, batch_size, device, indices=idx):
             out = module(to_device(x, device))
             parts.append(tuple(o.float().cpu().numpy() for o in out) if isinstance(out, (tuple, list))
                          else out.float().cpu().numpy())
+            done += len(x)
+            if progress is not None:
+                progress(done, len(idx))
     module.train(was_training)
     gathered = [p for rank in dist.all_gather(info, parts) for p in rank]
     if not gathered:
