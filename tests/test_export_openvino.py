@@ -107,15 +107,29 @@ def test_unavailable_device_is_a_clear_error_and_the_device_half_needs_no_torch(
     assert proc.stdout.strip() == "openvino"
 
 
-@pytest.mark.parametrize("budget,internals", [(0.0, True), (600.0, True), (600.0, False)])
-def test_accuracy_control_stops_at_its_budget_with_a_reason(tmp_path, budget, internals, monkeypatch):
+@pytest.mark.parametrize("budget,internals,verbose", [(0.0, True, False), (600.0, True, False),
+                                                      (600.0, False, True)])
+def test_accuracy_control_stops_at_its_budget_with_a_reason(tmp_path, budget, internals, verbose, monkeypatch):
     """``internals=False``: an nncf without the restorer's internal classes takes the public
-    ``quantize_with_accuracy_control`` path, which must give a model as well."""
+    ``quantize_with_accuracy_control`` path, which must give a model as well. nncf's INFO log is
+    lowered to WARNING for the call unless ``--verbose``; progress is one line per 10 s of passes."""
     torch = pytest.importorskip("torch")
     if not internals:
         monkeypatch.setitem(sys.modules, "nncf.quantization.algorithms.accuracy_control.algorithm", None)
+    monkeypatch.setenv("EDGETL_VERBOSE", "1" if verbose else "0")
+    import logging
+
+    from edgetl_openvino import quantize as q
     from edgetl_openvino.export import export_ir
     from edgetl_openvino.quantize import int8_accuracy_control
+    from nncf.common.logging.logger import nncf_logger
+
+    monkeypatch.setattr(q, "PROGRESS_EVERY_S", 1e9)  # every pass within one interval: only the first is a line
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    nncf_logger.addHandler(handler)
+    level = nncf_logger.level
 
     from edgetl.api import GateSettings, InputSpec, ModelFacts, QuantizeContext, ValidationSet
     from edgetl.errors import ExportError
@@ -136,16 +150,23 @@ def test_accuracy_control_stops_at_its_budget_with_a_reason(tmp_path, budget, in
                           gate=GateSettings(min_agreement=1.0), time_budget_s=budget,
                           validation=ValidationSet(x, reference.argmax(1), reference, facts),
                           progress=lambda stage, done, total: lines.append(stage))
-    if budget == 0:
-        with pytest.raises(ExportError, match="passed its 0 s budget after 0 validation passes"):
-            int8_accuracy_control(files, tmp_path / "q", ctx)
-        assert lines == []
-    else:
+    try:
+        if budget == 0:
+            with pytest.raises(ExportError, match="passed its 0 s budget after 0 validation passes"):
+                int8_accuracy_control(files, tmp_path / "q", ctx)
+            assert lines == []
+            return
         out = int8_accuracy_control(files, tmp_path / "q", ctx)
-        assert out[0].is_file() and ctx.report["validation_passes"] == len(lines) >= 2
-        assert ctx.report["ranking_subset"] == 10 and ctx.report["max_iterations"] == 8
-        assert ctx.report["tool"].startswith("nncf.quantize_with_accuracy_control" if not internals else
-                                             "nncf.quantize + nncf QuantizationAccuracyRestorer")
+    finally:
+        nncf_logger.removeHandler(handler)
+    passes = ctx.report["validation_passes"]
+    assert out[0].is_file() and passes >= 2 and len(lines) == 2, lines  # first pass, then the count
+    assert lines[0].startswith("int8 accuracy-control: validation pass 1 on ")
+    assert lines[1].startswith(f"int8 accuracy-control: {passes} validation passes in ")
+    assert any(r.levelno == logging.INFO for r in records) == verbose and nncf_logger.level == level
+    assert ctx.report["ranking_subset"] == 10 and ctx.report["max_iterations"] == 8
+    assert ctx.report["tool"].startswith("nncf.quantize_with_accuracy_control" if not internals else
+                                         "nncf.quantize + nncf QuantizationAccuracyRestorer")
 
 
 @pytest.mark.parametrize("mode", ["full", "fast", "exact"])

@@ -12,7 +12,9 @@ first step, ``nncf.quantize``, is the plain INT8 step's: one model per export
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ MAX_ITERATIONS = 8
 """Layers nncf may revert to float, one per iteration (each iteration re-validates the whole set)."""
 RANKING_SUBSET = 64
 """Validation images the per-layer ranking is measured on (nncf's default is 300)."""
+PROGRESS_EVERY_S = 10.0
+"""Seconds between validation-pass progress lines (ELPV: about 115 passes per export, a few per second)."""
 
 
 class BudgetSpent(Exception):
@@ -216,9 +220,54 @@ def restore_accuracy(model: Any, quantized: Any, validation: Any, metric: Any, m
     ).apply(model, initial, quantized, first, validation, size, evaluator)
 
 
+@contextlib.contextmanager
+def nncf_quiet() -> Iterator[None]:
+    """nncf's logger at WARNING while the block runs (unless ``--verbose``).
+
+    Accuracy control logs several INFO lines per revert iteration and per
+    validation ("Validation of initial model was started", "Elapsed Time", …)
+    through a handler nncf binds to stdout; the command line hides them
+    anyway, the Python API would print them all.
+    """
+    from nncf.common.logging.logger import nncf_logger
+
+    from edgetl import quiet
+
+    level = nncf_logger.level
+    if not quiet.verbose_on():
+        nncf_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        nncf_logger.setLevel(level)
+
+
+class PassCounter:
+    """Validation passes of accuracy control: a progress line on the first and then one per
+    :data:`PROGRESS_EVERY_S` at most (nncf makes ~115 on ELPV), the latest always on the heartbeat."""
+
+    def __init__(self, clock: Clock, progress: Any):
+        self.clock, self.progress = clock, progress
+        self.n, self.shown_at = 0, None
+
+    def count(self, images: int) -> None:
+        from edgetl.progress import note
+
+        self.n += 1
+        line = (f"int8 accuracy-control: validation pass {self.n} on {images} images "
+                f"({self.clock.elapsed:.0f} s of {self.clock.budget_s:.0f})")
+        note(line)
+        if self.shown_at is None or self.clock.elapsed - self.shown_at >= PROGRESS_EVERY_S:
+            self.shown_at = self.clock.elapsed
+            self.progress(line, self.n, self.n)
+
+    def done(self) -> None:
+        self.progress(f"int8 accuracy-control: {self.n} validation passes in {self.clock.elapsed:.0f} s",
+                      self.n, self.n)
+
+
 def int8_accuracy_control(files: Sequence[Path], out_dir: Path, ctx: QuantizeContext) -> list[Path]:
     import nncf
-    import openvino as ov
 
     validation = ctx.validation
     if validation is None:
@@ -230,7 +279,7 @@ def int8_accuracy_control(files: Sequence[Path], out_dir: Path, ctx: QuantizeCon
     max_drop = max(0.0, 1.0 - ctx.gate.min_agreement)
 
     clock = Clock(ctx.time_budget_s, ctx.progress)
-    passes = {"n": 0}
+    passes = PassCounter(clock, ctx.progress)
     reused = f"openvino-int8-ptq:{_xml(files)}:{ctx.bias_correction}" in ctx.shared
 
     def agreement(compiled: Any, data: Any) -> tuple[float, list[float]]:
@@ -238,13 +287,30 @@ def int8_accuracy_control(files: Sequence[Path], out_dir: Path, ctx: QuantizeCon
         # stops the whole run: the attempt fails and the chain moves on (the gate is never lowered)
         if clock.over():
             raise BudgetSpent(f"accuracy control passed its {clock.budget_s:.0f} s budget after "
-                              f"{passes['n']} validation passes without meeting the target")
+                              f"{passes.n} validation passes without meeting the target")
         output = compiled.outputs[0]
         per_item = [float(decide(np.asarray(compiled(item[0])[output]))[0] == item[1]) for item in data]
-        passes["n"] += 1
-        ctx.progress(f"int8 accuracy-control: validation pass {passes['n']} on {len(per_item)} images "
-                     f"({clock.elapsed:.0f} s of {clock.budget_s:.0f})", passes["n"], passes["n"])
+        passes.count(len(per_item))
         return float(np.mean(per_item)) if per_item else 0.0, per_item
+
+    with nncf_quiet():
+        quantized, tool, prefix, prefix_agreement = _controlled(files, ctx, items, agreement, max_drop, clock)
+    passes.done()
+    ctx.report.update(tool=tool, nncf=nncf.__version__,
+                      metric="top-1 agreement with FP32", max_drop=max_drop, validation_images=len(items),
+                      ranking_subset=min(RANKING_SUBSET, len(items)), max_iterations=MAX_ITERATIONS,
+                      validation_passes=passes.n, budget_s=clock.budget_s, seconds=round(clock.elapsed, 1),
+                      reused_int8_ptq=reused, float_prefix_ops=prefix,
+                      prefix_agreement=prefix_agreement if prefix else None)
+    return _save(_compressed(quantized), out_dir, compress=False)
+
+
+def _controlled(files: Sequence[Path], ctx: QuantizeContext, items: list[tuple[np.ndarray, int]], agreement: Any,
+                max_drop: float, clock: Clock) -> tuple[Any, str, int, float]:
+    """The float-prefix search, then nncf's restorer (or its public entry point): (model, tool, prefix ops,
+    prefix agreement); a budget spent is an ExportError."""
+    import nncf
+    import openvino as ov
 
     # bounded: layers ranked on a subset, few revert iterations, one ranking worker (parallel workers
     # only contend on a small CPU)
@@ -275,10 +341,4 @@ def int8_accuracy_control(files: Sequence[Path], out_dir: Path, ctx: QuantizeCon
                 ignored_scope=nncf.IgnoredScope(names=float_tail(original), validate=False))
     except BudgetSpent as exc:
         raise ExportError(str(exc)) from None
-    ctx.report.update(tool=tool, nncf=nncf.__version__,
-                      metric="top-1 agreement with FP32", max_drop=max_drop, validation_images=len(items),
-                      ranking_subset=min(RANKING_SUBSET, len(items)), max_iterations=MAX_ITERATIONS,
-                      validation_passes=passes["n"], budget_s=clock.budget_s, seconds=round(clock.elapsed, 1),
-                      reused_int8_ptq=reused, float_prefix_ops=prefix,
-                      prefix_agreement=prefix_agreement if prefix else None)
-    return _save(_compressed(quantized), out_dir, compress=False)
+    return quantized, tool, prefix, prefix_agreement
