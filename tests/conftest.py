@@ -22,3 +22,28 @@ def _fresh_plugin_manager():
     reset_manager()
     yield
     reset_manager()
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    """``count_calls(attr=None)`` -> ``{"n": forward passes}`` through every timm backbone built later in the test.
+
+    With ``attr`` (e.g. ``"conv_stem"``) the hook sits on that submodule, else on the whole backbone:
+    how tests prove a frozen part ran once however many epochs follow.
+    """
+    from edgetl_timm.backbones import TimmBackbone
+
+    def count(attr: str | None = None) -> dict[str, int]:
+        calls = {"n": 0}
+        original = TimmBackbone.build
+
+        def build(self, *a, **k):
+            module = original(self, *a, **k)
+            target = getattr(module, attr) if attr else module
+            target.register_forward_hook(lambda m, i, o: calls.__setitem__("n", calls["n"] + 1))
+            return module
+
+        monkeypatch.setattr(TimmBackbone, "build", build)
+        return calls
+
+    return count

@@ -27,23 +27,6 @@ def train(tmp_path, data, options=None, out="run", **kw):
     return summary, list(csv.DictReader((tmp_path / out / "history.csv").open()))
 
 
-@pytest.fixture
-def stem_calls(monkeypatch):
-    """Counts forward passes through the stem convolution of every backbone built during the test."""
-    from edgetl_timm.backbones import TimmBackbone
-
-    calls = {"n": 0}
-    original = TimmBackbone.build
-
-    def build(self, *a, **k):
-        module = original(self, *a, **k)
-        module.conv_stem.register_forward_hook(lambda m, i, o: calls.__setitem__("n", calls["n"] + 1))
-        return module
-
-    monkeypatch.setattr(TimmBackbone, "build", build)
-    return calls
-
-
 def test_split_backbone_halves_compute_the_backbone_and_share_its_weights():
     from edgetl_timm.backbones import TimmBackbone
 
@@ -65,7 +48,8 @@ def test_split_backbone_halves_compute_the_backbone_and_share_its_weights():
         split_backbone(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), 1)
 
 
-def test_partial_finetune_trains_the_top_on_cached_maps(tmp_path, data, stem_calls):
+def test_partial_finetune_trains_the_top_on_cached_maps(tmp_path, data, count_calls):
+    stem_calls = count_calls("conv_stem")  # forward passes through the stem of every backbone built
     summary, history = train(tmp_path, data, {"unfreeze": 2, "hidden": 8, "head_epochs": 3}, out="a",
                              epochs=2, lr=0.01)
     short = stem_calls["n"]

@@ -31,30 +31,14 @@ def train(tmp_path, data, strategy="finetune", options=None, out="run", override
     return summary, history
 
 
-@pytest.fixture
-def count_backbone_calls(monkeypatch):
-    """Counts forward passes through every backbone module built during the test."""
-    from edgetl_timm.backbones import TimmBackbone
-
-    calls = {"n": 0}
-    original = TimmBackbone.build
-
-    def build(self, *a, **k):
-        module = original(self, *a, **k)
-        module.register_forward_hook(lambda m, i, o: calls.__setitem__("n", calls["n"] + 1))
-        return module
-
-    monkeypatch.setattr(TimmBackbone, "build", build)
-    return calls
-
-
 def test_finetune_loss_decreases(tmp_path, data):
     _, history = train(tmp_path, data, options={"freeze_bn": False}, epochs=4, lr=0.01)
     losses = [float(r["train_loss"]) for r in history]
     assert losses[-1] < 0.6 * losses[0], losses
 
 
-def test_linear_probe_caches_features_once(tmp_path, data, count_backbone_calls):
+def test_linear_probe_caches_features_once(tmp_path, data, count_calls):
+    count_backbone_calls = count_calls()
     # 48 train images in one batch of 64, 4 views (identity, hflip, vflip, rot180); 20 val images
     _, history = train(tmp_path, data, "linear-probe", {"batch_size": 64}, out="a", epochs=2, lr=0.05,
                        overrides=["augment=[hflip, vflip]"])
@@ -72,7 +56,8 @@ def test_linear_probe_caches_features_once(tmp_path, data, count_backbone_calls)
     assert all(r["unfrozen_groups"] == "0" for r in history)
 
 
-def test_linear_probe_disk_cache_skips_backbone_on_rerun(tmp_path, data, count_backbone_calls):
+def test_linear_probe_disk_cache_skips_backbone_on_rerun(tmp_path, data, count_calls):
+    count_backbone_calls = count_calls()
     opts = {"cache_dir": str(tmp_path / "cache")}
     train(tmp_path, data, "linear-probe", opts, out="a", epochs=2)
     first = count_backbone_calls["n"]
