@@ -42,7 +42,7 @@ WORK = Path(os.environ.get("ELPV_PARTIAL_WORK", ROOT / "benchmarks" / "results" 
 RESULTS = Path(os.environ.get("ELPV_PARTIAL_RESULTS", ROOT / "benchmarks" / "results" / "elpv"))
 GEM_P = 3.0
 # the cached maps, by the first trained block k (``blocks[k:]`` train): the output of blocks[k - 1]
-LEVELS = {3: "b2", 4: "b3", 5: "b4", 6: "b5"}
+LEVELS = {2: "b1", 3: "b2", 4: "b3", 5: "b4", 6: "b5"}
 
 
 def gem(x, p: float = GEM_P):
@@ -60,7 +60,8 @@ def build(backbone: str):
 
 
 def cache(args) -> None:
-    """Stem + blocks 0..5 once per cell and view; the maps after blocks 2..5 and the frozen GeM vectors saved."""
+    """Stem + the blocks below the deepest ``--levels`` map once per cell and view; those maps (default: after
+    blocks 2..5) and the frozen GeM vectors saved."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -74,37 +75,46 @@ def cache(args) -> None:
     if args.limit:
         imgs, prob, kind = imgs[:args.limit], prob[:args.limit], kind[:args.limit]
     mean, std = float(spec.input.mean[0]), float(spec.input.std[0])
+    levels = args.levels.split(",")
+    unknown = [lv for lv in levels if lv not in LEVELS.values()]
+    if unknown:
+        raise SystemExit(f"--levels: unknown {unknown} (known: {', '.join(LEVELS.values())})")
+    keep = {k - 1: lv for k, lv in LEVELS.items() if lv in levels}  # block index -> level kept after it
+    depth = max(max(keep) + 1, 5 if args.gem else 0)  # blocks that must run (GeM needs blocks 0..4)
     for view in args.views.split(","):
-        if all(stem.with_name(f"{stem.name}.{view}.{lv}.npy").is_file() for lv in LEVELS.values()):
+        files = [stem.with_name(f"{stem.name}.{view}.{lv}.npy") for lv in keep.values()]
+        if all(f.is_file() for f in files) and (not args.gem or stem.with_name(f"{stem.name}.{view}.gem.npy").is_file()):
             continue
         t0 = time.perf_counter()
-        kept, g2, g4 = {lv: [] for lv in LEVELS.values()}, [], []
+        kept, g2, g4 = {lv: [] for lv in keep.values()}, [], []
         with torch.inference_mode():
             for i in range(0, len(imgs), args.batch):
                 x = torch.from_numpy(imgs[i:i + args.batch]).float().div_(255).sub_(mean).div_(std)
                 x = dihedral(x[:, None].expand(-1, 3, -1, -1), view).contiguous(memory_format=torch.channels_last)
                 h = model.bn1(model.conv_stem(x))
-                for j in range(6):
+                for j in range(depth):
                     h = model.blocks[j](h)
                     if j == 2:
                         g2.append(gem(h).numpy())
                     if j == 4:
                         g4.append(gem(h).numpy())
-                    if (lv := LEVELS.get(j + 1)) is not None:  # the input of blocks[j + 1]
+                    if (lv := keep.get(j)) is not None:  # the input of blocks[j + 1]
                         kept[lv].append(h.half().numpy())
                 if (i // args.batch) % 20 == 0:
                     print(f"{view}: {i + len(x)}/{len(imgs)} {time.perf_counter() - t0:.0f}s", flush=True)
         for lv, parts in kept.items():
             np.save(stem.with_name(f"{stem.name}.{view}.{lv}.npy"), np.concatenate(parts))
-        np.save(stem.with_name(f"{stem.name}.{view}.gem.npy"), np.concatenate([np.concatenate(g2),
-                                                                            np.concatenate(g4)], 1))
+        if args.gem:
+            np.save(stem.with_name(f"{stem.name}.{view}.gem.npy"), np.concatenate([np.concatenate(g2),
+                                                                                np.concatenate(g4)], 1))
         meta = stem.with_name(f"{stem.name}.json")
         doc = json.loads(meta.read_text()) if meta.is_file() else {"seconds": {}}
         doc.update({"backbone": args.backbone, "size": args.size, "threads": args.threads, "read_seconds": read_s,
                     "probability": prob.tolist(), "cell_type": kind.tolist()})
-        doc["seconds"][view] = time.perf_counter() - t0
+        key = "seconds" if args.levels == "b2,b3,b4,b5" else f"seconds {args.levels}"  # the pass's cost
+        doc.setdefault(key, {})[view] = time.perf_counter() - t0
         meta.write_text(json.dumps(doc))
-        print(f"{view}: done in {doc['seconds'][view]:.0f}s", flush=True)
+        print(f"{view}: done in {doc[key][view]:.0f}s", flush=True)
 
 
 class Upper:
@@ -199,9 +209,13 @@ def fit_seed(exp: dict, data: dict, seed: int) -> dict:
     best = finetune(top, maps, extra, y, tr, va, te, train_views, test_views, w, exp, seed)
     train_seconds = time.perf_counter() - t0
     top.load_state_dict(best["state"])
-    result = scores(y[te], logits_of(top, maps, extra, te, test_views))
+    test_probs = logits_of(top, maps, extra, te, test_views)
+    result = scores(y[te], test_probs)
+    # the kept model's test probabilities (cells in split order): ensembles of runs are scored from these
+    result["test_probs"] = np.round(test_probs, 5).tolist()
     if tta := exp.get("report_tta"):  # the kept model with test-time views averaged: reported, never selected on
-        result["tta"] = {"views": tta, **scores(y[te], logits_of(top, maps, extra, te, tta))}
+        tta_probs = logits_of(top, maps, extra, te, tta)
+        result["tta"] = {"views": tta, **scores(y[te], tta_probs), "test_probs": np.round(tta_probs, 5).tolist()}
     result.update({"seed": seed, "best_epoch": best["epoch"], "val_nll": best["nll"], "lp_best_epoch": lp_epochs,
                    "lp_seconds": lp_seconds, "lp_only": lp_scores, "train_seconds": train_seconds, "history": best["history"]})
     return result
@@ -258,6 +272,9 @@ def finetune(top, maps, extra, y, tr, va, te, train_views, test_views, w, exp: d
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
                                                 total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
+    # weight averaging (SWA): the weights at the end of every epoch from ``swa_start`` on, averaged; a candidate
+    # for selection like any epoch. BatchNorm statistics are frozen here, so the average needs no BN pass.
+    swa = torch.optim.swa_utils.AveragedModel(top, use_buffers=True) if exp.get("swa_start") else None
     probs = logits_of(top, maps, extra, va, test_views)
     best = {"nll": nll(probs, y[va]), "epoch": 0, "state": copy.deepcopy(top.state_dict()), "history": []}
     for epoch in range(epochs):
@@ -297,6 +314,18 @@ def finetune(top, maps, extra, y, tr, va, te, train_views, test_views, w, exp: d
               f"(test {test_acc:.3f}) {row['seconds']:.0f}s", flush=True)
         if row["val_nll"] < best["nll"]:
             best.update(nll=row["val_nll"], epoch=epoch + 1, state=copy.deepcopy(top.state_dict()))
+        if swa is not None and epoch + 1 >= exp["swa_start"]:
+            swa.update_parameters(top)
+    if swa is not None:
+        probs = logits_of(swa.module, maps, extra, va, test_views)
+        test_acc = float((logits_of(swa.module, maps, extra, te, test_views).argmax(1) == y[te]).mean())
+        row = {"epoch": "swa", "val_nll": nll(probs, y[va]), "val_acc": float((probs.argmax(1) == y[va]).mean()),
+               "test_acc_diagnostic": test_acc, "averaged_epochs": int(swa.n_averaged)}
+        best["history"].append(row)
+        print(f"  swa of epochs {exp['swa_start']}-{epochs}: val nll {row['val_nll']:.3f} acc {row['val_acc']:.3f} "
+              f"(test {test_acc:.3f})", flush=True)
+        if row["val_nll"] < best["nll"]:
+            best.update(nll=row["val_nll"], epoch="swa", state=copy.deepcopy(swa.module.state_dict()))
     return best
 
 
@@ -324,6 +353,21 @@ def experiments() -> dict[str, dict]:
         "ft3 lr 2e-4, BN stats frozen, dihedral views": {**frozen_bn, "k": 3, "lr": 2e-4, "head_lr": 2e-4,
                                                           "map_flips": False, "train_views": list(DIHEDRAL),
                                                           "view_sampling": "random", "report_tta": list(DIHEDRAL)},
+        # the 24-epoch run's weights averaged over its second half (its val loss rose after epoch 14 while
+        # the accuracy still climbed: an over-confident single epoch, what an average of epochs smooths)
+        "ft3 lr 2e-4, BN stats frozen, dihedral views, 24 epochs, SWA 13-24": {
+            **frozen_bn, "k": 3, "lr": 2e-4, "head_lr": 2e-4, "map_flips": False, "epochs": 24, "swa_start": 13,
+            "train_views": list(DIHEDRAL), "view_sampling": "random", "report_tta": list(DIHEDRAL)},
+        # blocks 2-6 on the 24 x 75 x 75 maps after blocks.1 (cache --levels b1 --no-gem first)
+        "ft2 lr 2e-4, BN stats frozen, dihedral views": {**frozen_bn, "k": 2, "lr": 2e-4, "head_lr": 2e-4,
+                                                          "map_flips": False, "train_views": list(DIHEDRAL),
+                                                          "view_sampling": "random", "report_tta": list(DIHEDRAL)},
+        # seed 0's val loss (and the diagnostic test accuracy) still fell at epoch 12 of the 12-epoch run
+        "ft3 lr 2e-4, BN stats frozen, dihedral views, 24 epochs": {**frozen_bn, "k": 3, "lr": 2e-4, "head_lr": 2e-4,
+                                                                    "map_flips": False, "epochs": 24,
+                                                                    "train_views": list(DIHEDRAL),
+                                                                    "view_sampling": "random",
+                                                                    "report_tta": list(DIHEDRAL)},
         "ft6 BN stats frozen + flip views + flip TTA": {**frozen_bn, "map_flips": False,
                                                         "train_views": ["identity", "hflip", "vflip", "rot180"],
                                                         "test_views": ["identity", "hflip", "vflip", "rot180"]},
@@ -339,7 +383,7 @@ def load(exp: dict) -> dict:
     y = np.rint(np.array(meta["probability"]) * 3).astype(int)
     return {"maps": {v: np.load(stem.with_name(f"{stem.name}.{v}.{level}.npy"), mmap_mode="r") for v in views},
             "extra": {v: np.load(stem.with_name(f"{stem.name}.{v}.gem.npy")).astype(np.float32) for v in views},
-            "y": y, "kind": np.array(meta["cell_type"]), "cache_seconds": meta["seconds"]}
+            "y": y, "kind": np.array(meta["cell_type"]), "cache_seconds": meta.get(f"seconds {level}", meta["seconds"])}
 
 
 def train(args) -> None:
@@ -418,6 +462,10 @@ def main() -> None:
     c.add_argument("--batch", type=int, default=16)
     c.add_argument("--limit", type=int, default=0, help="first N cells only (a smoke test)")
     c.add_argument("--views", default="identity", help=f"comma-separated, of {', '.join(DIHEDRAL)}")
+    c.add_argument("--levels", default="b2,b3,b4,b5",
+                   help="comma-separated maps to keep: bN is the output of blocks.N (b1: 24 x 75 x 75 at 300 px)")
+    c.add_argument("--no-gem", dest="gem", action="store_false",
+                   help="skip the frozen GeM vectors (kept by an earlier cache of the same views)")
     t = sub.add_parser("train")
     t.add_argument("--only", action="append")
     t.add_argument("--seeds", default="0,1,2")
