@@ -2,8 +2,8 @@
 
 The stem and the lower stages stay frozen: they run ONCE per cell at the
 cells' native 300 px (``cache``) and their output maps are kept on disk in
-float16 (after ``blocks.4``: 112 x 19 x 19, after ``blocks.5``: 192 x 10 x 10,
-plus the GeM of ``blocks.2`` and ``blocks.4``, the recipe's frozen multi-stage
+float16 (``--levels``: after ``blocks.1``, 24 x 75 x 75, up to ``blocks.5``, 192 x 10 x 10;
+default blocks.2 to blocks.5), plus the GeM of ``blocks.2`` and ``blocks.4``, the recipe's frozen multi-stage
 features). Maps are per cell, so one cache serves every seed. ``train`` then
 fine-tunes the upper stages (``blocks[k:]``), ``conv_head`` and an MLP head on
 those small maps for many epochs: first the head alone on the frozen pooled
@@ -12,6 +12,7 @@ features (a linear probe, seconds), then everything above the cache together
 model is the backbone with its upper stages updated plus the head.
 
     nice -n 5 python benchmarks/elpv_partial.py cache                 # the frozen pass, once
+    nice -n 5 python benchmarks/elpv_partial.py cache --views identity,hflip,... --levels b1 --no-gem   # ft2's maps
     nice -n 5 python benchmarks/elpv_partial.py train --only NAME --seeds 0,1,2
     python benchmarks/elpv_partial.py table                           # + the frozen recipe row
 
@@ -436,7 +437,7 @@ def table(_args) -> None:
             # the LP stage, scored on its own (the identity-view runs: they share it)
             groups["lp-only"] = []
             lp = [{**r["lp_only"], "seed": r["seed"]} for r in runs]
-            row("head alone on the frozen top (300 px, average pool, MLP 256)", lp,
+            row(f"head alone on the frozen top (the LP stage of {name!r})", lp,
                 f"{np.median([r['lp_seconds'] for r in runs]) / 60:.1f}")
         minutes = np.median([r["train_seconds"] for r in runs]) / 60
         row(name, runs, f"{minutes:.1f}")
