@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -231,10 +232,8 @@ def nncf_quiet() -> Iterator[None]:
     """
     from nncf.common.logging.logger import nncf_logger
 
-    from edgetl import quiet
-
     level = nncf_logger.level
-    if not quiet.verbose_on():
+    if not verbose_requested():
         nncf_logger.setLevel(logging.WARNING)
     try:
         yield
@@ -242,21 +241,24 @@ def nncf_quiet() -> Iterator[None]:
         nncf_logger.setLevel(level)
 
 
+def verbose_requested() -> bool:
+    """``--verbose``/``--debug`` or ``EDGETL_VERBOSE=1``/``EDGETL_DEBUG=1`` (docs/cli.md): the documented
+    switch for library output, read from the environment (the command line sets it; plugins see no host code)."""
+    return any(os.environ.get(name, "") not in ("", "0", "false") for name in ("EDGETL_VERBOSE", "EDGETL_DEBUG"))
+
+
 class PassCounter:
     """Validation passes of accuracy control: a progress line on the first and then one per
-    :data:`PROGRESS_EVERY_S` at most (nncf makes ~115 on ELPV), the latest always on the heartbeat."""
+    :data:`PROGRESS_EVERY_S` at most (nncf makes ~115 on ELPV) through the context's progress callback."""
 
     def __init__(self, clock: Clock, progress: Any):
         self.clock, self.progress = clock, progress
         self.n, self.shown_at = 0, None
 
     def count(self, images: int) -> None:
-        from edgetl.progress import note
-
         self.n += 1
         line = (f"int8 accuracy-control: validation pass {self.n} on {images} images "
                 f"({self.clock.elapsed:.0f} s of {self.clock.budget_s:.0f})")
-        note(line)
         if self.shown_at is None or self.clock.elapsed - self.shown_at >= PROGRESS_EVERY_S:
             self.shown_at = self.clock.elapsed
             self.progress(line, self.n, self.n)
