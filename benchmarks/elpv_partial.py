@@ -344,6 +344,8 @@ def experiments() -> dict[str, dict]:
             "hidden": 256, "balance": 0.0, "map_flips": True, "extras": False}
     low = {**base, "lr": 1e-4, "head_lr": 1e-4}
     frozen_bn = {**low, "freeze_bn": True}
+    ft3 = {**frozen_bn, "k": 3, "lr": 2e-4, "head_lr": 2e-4, "map_flips": False, "train_views": list(DIHEDRAL),
+           "view_sampling": "random", "report_tta": list(DIHEDRAL)}
     return {
         "ft6 + map flips": base,
         "ft6 lr 1e-4 + map flips": low,
@@ -351,24 +353,18 @@ def experiments() -> dict[str, dict]:
         "ft6 lr 3e-4 + map flips, BN stats frozen": {**frozen_bn, "lr": 3e-4, "head_lr": 3e-4},
         "ft5 lr 1e-4 + map flips, BN stats frozen": {**frozen_bn, "k": 5},
         "ft6 lr 1e-4 + map flips, BN stats frozen, balance sqrt": {**frozen_bn, "balance": 0.5},
-        "ft3 lr 2e-4, BN stats frozen, dihedral views": {**frozen_bn, "k": 3, "lr": 2e-4, "head_lr": 2e-4,
-                                                          "map_flips": False, "train_views": list(DIHEDRAL),
-                                                          "view_sampling": "random", "report_tta": list(DIHEDRAL)},
+        "ft3 lr 2e-4, BN stats frozen, dihedral views": ft3,
         # the 24-epoch run's weights averaged over its second half (its val loss rose after epoch 14 while
         # the accuracy still climbed: an over-confident single epoch, what an average of epochs smooths)
-        "ft3 lr 2e-4, BN stats frozen, dihedral views, 24 epochs, SWA 13-24": {
-            **frozen_bn, "k": 3, "lr": 2e-4, "head_lr": 2e-4, "map_flips": False, "epochs": 24, "swa_start": 13,
-            "train_views": list(DIHEDRAL), "view_sampling": "random", "report_tta": list(DIHEDRAL)},
+        "ft3 lr 2e-4, BN stats frozen, dihedral views, 24 epochs, SWA 13-24": {**ft3, "epochs": 24, "swa_start": 13},
         # blocks 2-6 on the 24 x 75 x 75 maps after blocks.1 (cache --levels b1 --no-gem first)
-        "ft2 lr 2e-4, BN stats frozen, dihedral views": {**frozen_bn, "k": 2, "lr": 2e-4, "head_lr": 2e-4,
-                                                          "map_flips": False, "train_views": list(DIHEDRAL),
-                                                          "view_sampling": "random", "report_tta": list(DIHEDRAL)},
+        "ft2 lr 2e-4, BN stats frozen, dihedral views": {**ft3, "k": 2},
         # seed 0's val loss (and the diagnostic test accuracy) still fell at epoch 12 of the 12-epoch run
-        "ft3 lr 2e-4, BN stats frozen, dihedral views, 24 epochs": {**frozen_bn, "k": 3, "lr": 2e-4, "head_lr": 2e-4,
-                                                                    "map_flips": False, "epochs": 24,
-                                                                    "train_views": list(DIHEDRAL),
-                                                                    "view_sampling": "random",
-                                                                    "report_tta": list(DIHEDRAL)},
+        "ft3 lr 2e-4, BN stats frozen, dihedral views, 24 epochs": {**ft3, "epochs": 24},
+        # the same ft3 on the larger EfficientNet-Lite1 / Lite2 (deeper; Lite2 also 1.1x wider), still at 300 px
+        # (cache --backbone efficientnet_lite2 --views <8> --levels b2 --no-gem first)
+        "ft3 Lite1, dihedral views": {**ft3, "backbone": "efficientnet_lite1"},
+        "ft3 Lite2, dihedral views": {**ft3, "backbone": "efficientnet_lite2"},
         "ft6 BN stats frozen + flip views + flip TTA": {**frozen_bn, "map_flips": False,
                                                         "train_views": ["identity", "hflip", "vflip", "rot180"],
                                                         "test_views": ["identity", "hflip", "vflip", "rot180"]},
@@ -382,8 +378,12 @@ def load(exp: dict) -> dict:
     level = LEVELS[exp["k"]]
     views = sorted(set(exp.get("train_views", ["identity"])) | set(exp.get("test_views", ["identity"])))
     y = np.rint(np.array(meta["probability"]) * 3).astype(int)
+    if exp.get("extras", False):
+        extra = {v: np.load(stem.with_name(f"{stem.name}.{v}.gem.npy")).astype(np.float32) for v in views}
+    else:  # no frozen GeM input: a cache made with --no-gem serves
+        extra = {v: np.zeros((len(y), 0), np.float32) for v in views}
     return {"maps": {v: np.load(stem.with_name(f"{stem.name}.{v}.{level}.npy"), mmap_mode="r") for v in views},
-            "extra": {v: np.load(stem.with_name(f"{stem.name}.{v}.gem.npy")).astype(np.float32) for v in views},
+            "extra": extra,
             "y": y, "kind": np.array(meta["cell_type"]), "cache_seconds": meta.get(f"seconds {level}", meta["seconds"])}
 
 
