@@ -78,6 +78,27 @@ def test_square_views_refuse_a_non_square_batch_and_unknown_names():
         WithTTA(module, ["identity"])
 
 
+def test_train_tta_over_a_strategy_that_already_averages_views_is_one_layer_over_both_lists():
+    from edgetl.api import TrainedModel
+    from edgetl.host.engine import with_tta
+
+    module = orientation_sensitive()
+    batches = []
+    module.register_forward_hook(lambda m, args, out: batches.append(len(args[0])))
+    trained = TrainedModel(module=WithTTA(module, ["hflip", "rot90"]), task="classify", labels=["a", "b", "c"])
+    line = with_tta(trained, ["rot90", "vflip"])
+    assert line == ("train.tta: the strategy's model already averages views ['hflip', 'rot90']; one layer over "
+                    "['hflip', 'rot90', 'vflip'] (not one inside the other)")
+    assert trained.module.views == ("hflip", "rot90", "vflip") and trained.module.module is module
+    x = torch.randn(2, 3, 5, 5)
+    out = trained.module(x)
+    assert batches == [8]  # 2 images x (identity + 3 views), not 2 x 3 x 3
+    expected = sum(module(apply_view(x, v)) for v in ("identity", "hflip", "rot90", "vflip")) / 4
+    assert torch.allclose(out, expected, atol=1e-6)
+    plain = TrainedModel(module=module, task="classify", labels=["a", "b", "c"])
+    assert with_tta(plain, ["vflip"]) is None and plain.module.views == ("vflip",)
+
+
 def test_the_view_names_load_without_torch():
     code = BLOCKER + ("from edgetl.training import SQUARE_TTA_VIEWS, TTA_VIEWS\n"
                       "from edgetl.training.view_names import check_tta_views\n"

@@ -100,13 +100,25 @@ def check_tta(views: list[str], size: tuple[int, int]) -> None:
         raise ConfigError(f"train.tta: {exc} (train.image_size: N gives an N x N input)") from None
 
 
-def with_tta(trained: TrainedModel, views: list[str]) -> None:
-    """Wrap the module in ``train.tta`` views (so export and device compute the same); :func:`check_tta` ran."""
+def with_tta(trained: TrainedModel, views: list[str]) -> str | None:
+    """Wrap the module in ``train.tta`` views (so export and device compute the same); :func:`check_tta` ran.
+
+    A strategy may return a :class:`WithTTA` of its own: wrapping it again would run every config view over
+    every strategy view (8 x 8 passes per image for the square's symmetries), so the two lists merge into
+    one layer over the union. Returns a line saying so, None otherwise.
+    """
     from edgetl.training.views import WithTTA
 
     if trained.task != "classify":
         raise ConfigError(f"train.tta: test-time views average probabilities; task {trained.task!r} has none")
+    if isinstance(trained.module, WithTTA):
+        own = trained.module.views
+        merged = list(dict.fromkeys([*own, *views]))
+        trained.module = WithTTA(trained.module.module, merged)
+        return (f"train.tta: the strategy's model already averages views {list(own)}; one layer over "
+                f"{merged} (not one inside the other)")
     trained.module = WithTTA(trained.module, views)
+    return None
 
 
 def operating_point(cfg: RunConfig, labels: list[str], y_val: np.ndarray,
@@ -343,7 +355,8 @@ class Trainer:
         if trained.task == "anomaly":
             return self._finish_anomaly(trained, program, strategy, data, fit_seconds, started)
         if cfg.train.tta:
-            with_tta(trained, list(cfg.train.tta))
+            if (merged := with_tta(trained, list(cfg.train.tta))) is not None:
+                self.log(merged)
             program = None  # the saved module is the wrapped one
         val_probs = self.predict(trained.module, data.val)
         source = self.operating_point(strategy, trained, data, val_probs)
