@@ -13,7 +13,8 @@ cores, glibc malloc).
     python benchmarks/cpu_settings.py [--rounds 3] [--batches 6]
 
 jemalloc is measured when ``libjemalloc.so.2`` is found (Debian:
-``apt install libjemalloc2``), tcmalloc likewise (``libtcmalloc_minimal4``).
+``apt install libjemalloc2``), tcmalloc likewise (``libtcmalloc_minimal4``);
+glibc itself also runs with mmap turned off (``GLIBC_TUNABLES``, no install).
 Prints a table and writes benchmarks/results/cpu_settings.json.
 """
 
@@ -31,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLOCATORS = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
+GLIBC_KEEP = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
 
 
 def find_library(name: str) -> str | None:
@@ -85,20 +87,27 @@ def worker(threads: int, batches: int) -> dict[str, float]:
 
 
 def settings(max_threads: int) -> list[dict]:
+    """Each setting's environment: torch threads, and the allocator (a preloaded library, or glibc tuned)."""
     threads = sorted({1, max_threads})
-    out = [{"name": f"{t} thread{'s' * (t > 1)}, glibc malloc", "threads": t, "preload": None} for t in threads]
+    out = [{"name": f"{t} thread{'s' * (t > 1)}, glibc malloc", "threads": t, "env": {}} for t in threads]
+    # glibc serves blocks over its mmap threshold (at most 32 MiB) with fresh mmap()s, which the kernel
+    # zero-fills page by page on every batch; this keeps them in the heap and the heap untrimmed
+    out.append({"name": f"{max_threads} threads, glibc without mmap", "threads": max_threads,
+                "env": {"GLIBC_TUNABLES": GLIBC_KEEP}})
+    out.append({"name": f"{max_threads} threads, glibc as edgetl train sets it", "threads": max_threads,
+                "env": {}, "keep_large_blocks": True})  # the same through mallopt, in the process
     for alloc, lib in ALLOCATORS.items():
         if path := find_library(lib):
-            out.append({"name": f"{max_threads} threads, {alloc}", "threads": max_threads, "preload": path})
+            out.append({"name": f"{max_threads} threads, {alloc}", "threads": max_threads,
+                        "env": {"LD_PRELOAD": path}})
     return out
 
 
 def run_one(setting: dict, batches: int) -> dict[str, float]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(setting["threads"])}
-    if setting["preload"]:
-        env["LD_PRELOAD"] = setting["preload"]
-    out = subprocess.run([sys.executable, __file__, "--worker", str(setting["threads"]), "--batches", str(batches)],
-                         env=env, capture_output=True, text=True, check=False)
+    env = {**os.environ, "OMP_NUM_THREADS": str(setting["threads"]), **setting["env"]}
+    argv = [sys.executable, __file__, "--worker", str(setting["threads"]), "--batches", str(batches)]
+    argv += ["--keep-large-blocks"] if setting.get("keep_large_blocks") else []
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
         raise SystemExit(f"{setting['name']}: worker failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -110,8 +119,14 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=6, help="timed batches per loop and round")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu_settings.json")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--keep-large-blocks", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
+        if args.keep_large_blocks:
+            from edgetl.host.allocator import keep_large_blocks
+
+            if not keep_large_blocks():
+                raise SystemExit("keep_large_blocks() was not applied on this system")
         print(json.dumps(worker(args.worker, args.batches)))
         return
     from edgetl.cpuinfo import cpu_info
@@ -126,7 +141,8 @@ def main() -> None:
             print(f"round {r + 1}: {s['name']}: {rates[s['name']][-1]}", flush=True)
     loops = ("frozen_pass", "top_step")
     med = {n: {lp: statistics.median(x[lp] for x in runs) for lp in loops} for n, runs in rates.items()}
-    base = next(s["name"] for s in todo if s["threads"] == (os.cpu_count() or 1) and not s["preload"])
+    base = next(s["name"] for s in todo  # torch's default: all cores, glibc as it comes
+                if s["threads"] == (os.cpu_count() or 1) and not s["env"] and not s.get("keep_large_blocks"))
     print("\n| setting | frozen pass img/s | vs default | top step img/s | vs default |\n|---|---|---|---|---|")
     for n, m in med.items():
         print(f"| {n} | {m['frozen_pass']:.1f} | {m['frozen_pass'] / med[base]['frozen_pass']:.2f}x "
