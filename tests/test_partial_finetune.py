@@ -21,9 +21,9 @@ def data(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("tiny"))
 
 
-def train(tmp_path, data, options=None, out="run", **kw):
+def train(tmp_path, data, options=None, out="run", log=lambda m: None, **kw):
     cfg = load_run_config(write_config(tmp_path / f"{out}.yaml", data, "partial-finetune", options, **kw), [])
-    summary = Trainer(cfg, tmp_path / out, device="cpu", log=lambda m: None).run()
+    summary = Trainer(cfg, tmp_path / out, device="cpu", log=log).run()
     return summary, list(csv.DictReader((tmp_path / out / "history.csv").open()))
 
 
@@ -140,11 +140,15 @@ def test_cached_maps_sample_one_view_per_image_and_epoch():
 
 
 def test_partial_finetune_samples_cached_views(tmp_path, data):
+    lines = []
     summary, history = train(tmp_path, data, {"unfreeze": 2, "hidden": 8, "head_epochs": 1,
                                               "views": ["identity", "hflip", "transpose", "antitranspose"],
-                                              "view_sampling": "random"}, epochs=2, lr=0.01)
+                                              "view_sampling": "random"}, log=lines.append, epochs=2, lr=0.01)
     joint = [r for r in history if r["strategy"] == "partial-finetune"]
     assert len(joint) == 2 and all(float(r["train_loss"]) > 0 for r in joint)
+    pooled = [ln.strip() for ln in lines if "pooled by the frozen top" in ln]  # the head stage's pass is counted
+    assert pooled[-1] == "features val pooled by the frozen top: 20/20 images"
+    assert "features train pooled by the frozen top: 192/192 images" in pooled  # 48 images x 4 views
     with pytest.raises(ConfigError, match="strategy.options.view_sampling"):
         train(tmp_path, data, {"view_sampling": "some"}, out="b", epochs=1)
 

@@ -130,11 +130,15 @@ class PartialFinetune(Strategy):
             return 0
         top.to(ctx.device).eval()
 
-        def pooled(m):
+        def pooled(m, split: str):  # minutes for 8 views of a few thousand maps: counted like a feature pass
+            out = []
             with torch.inference_mode():
-                return torch.cat([top(m[i:i + 64].to(ctx.device).float()).cpu() for i in range(0, len(m), 64)])
+                for i in range(0, len(m), 64):
+                    out.append(top(m[i:i + 64].to(ctx.device).float()).cpu())
+                    ctx.progress(f"features {split} pooled by the frozen top", min(i + 64, len(m)), len(m))
+            return torch.cat(out)
 
-        x_train, x_val = pooled(maps), pooled(val_maps)
+        x_train, x_val = pooled(maps, "train"), pooled(val_maps, "val")
         head = model.head
         stopper = fit_epochs(ctx, probe(head), [{"name": "head", "params": list(head.parameters()), "lr": lr}],
                              tag=f"{self.name}-head", epochs=epochs,
