@@ -24,6 +24,7 @@ import argparse
 import glob
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -83,7 +84,8 @@ def worker(threads: int, batches: int) -> dict[str, float]:
         loss.backward()
         opt.step()
 
-    return {"frozen_pass": timed(frozen_pass, batches, len(x)), "top_step": timed(top_step, batches, len(maps))}
+    rates = {"frozen_pass": timed(frozen_pass, batches, len(x)), "top_step": timed(top_step, batches, len(maps))}
+    return {**rates, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB on Linux
 
 
 def settings(max_threads: int) -> list[dict]:
@@ -139,14 +141,15 @@ def main() -> None:
         for s in todo if r % 2 == 0 else todo[::-1]:
             rates[s["name"]].append(run_one(s, args.batches))
             print(f"round {r + 1}: {s['name']}: {rates[s['name']][-1]}", flush=True)
-    loops = ("frozen_pass", "top_step")
+    loops = ("frozen_pass", "top_step", "peak_rss_mib")
     med = {n: {lp: statistics.median(x[lp] for x in runs) for lp in loops} for n, runs in rates.items()}
     base = next(s["name"] for s in todo  # torch's default: all cores, glibc as it comes
                 if s["threads"] == (os.cpu_count() or 1) and not s["env"] and not s.get("keep_large_blocks"))
-    print("\n| setting | frozen pass img/s | vs default | top step img/s | vs default |\n|---|---|---|---|---|")
+    print("\n| setting | frozen pass img/s | vs default | top step img/s | vs default | peak RSS MiB |\n"
+          "|---|---|---|---|---|---|")
     for n, m in med.items():
         print(f"| {n} | {m['frozen_pass']:.1f} | {m['frozen_pass'] / med[base]['frozen_pass']:.2f}x "
-              f"| {m['top_step']:.1f} | {m['top_step'] / med[base]['top_step']:.2f}x |")
+              f"| {m['top_step']:.1f} | {m['top_step'] / med[base]['top_step']:.2f}x | {m['peak_rss_mib']:.0f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"cpu": cpu, "load_after": os.getloadavg(), "rounds": args.rounds,
                                     "batches": args.batches, "baseline": base, "runs": rates, "median": med},
