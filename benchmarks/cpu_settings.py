@@ -96,7 +96,7 @@ def settings(max_threads: int) -> list[dict]:
     # zero-fills page by page on every batch; this keeps them in the heap and the heap untrimmed
     out.append({"name": f"{max_threads} threads, glibc without mmap", "threads": max_threads,
                 "env": {"GLIBC_TUNABLES": GLIBC_KEEP}})
-    out.append({"name": f"{max_threads} threads, glibc as edgetl train sets it", "threads": max_threads,
+    out.append({"name": f"{max_threads} threads, glibc as EDGETL_MALLOC=keep sets it", "threads": max_threads,
                 "env": {}, "keep_large_blocks": True})  # the same through mallopt, in the process
     for alloc, lib in ALLOCATORS.items():
         if path := find_library(lib):
@@ -127,7 +127,7 @@ def main() -> None:
         if args.keep_large_blocks:
             from edgetl.host.allocator import keep_large_blocks
 
-            if not keep_large_blocks():
+            if not keep_large_blocks(requested=True):
                 raise SystemExit("keep_large_blocks() was not applied on this system")
         print(json.dumps(worker(args.worker, args.batches)))
         return

@@ -38,18 +38,19 @@ def probe(**env) -> tuple[str, str]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
-def test_large_blocks_come_from_the_heap_once_applied_and_from_mmap_with_edgetl_malloc_system():
+def test_large_blocks_come_from_the_heap_with_edgetl_malloc_keep_and_from_mmap_otherwise():
     try:
         import ctypes
 
         ctypes.CDLL(None).mallinfo2  # noqa: B018
     except AttributeError:
         pytest.skip("this C library has no mallinfo2 (glibc >= 2.33 is needed to observe the setting)")
-    assert probe() == ("True", "0")
+    assert probe(EDGETL_MALLOC="keep") == ("True", "0")
     assert probe(EDGETL_MALLOC="system") == ("False", "1")
+    assert probe(EDGETL_MALLOC="") == ("False", "1")  # opt-in: unset leaves glibc as it comes
 
 
-def test_edgetl_train_applies_it_before_training(monkeypatch, tmp_path):
+def test_edgetl_train_asks_for_it_before_training(monkeypatch, tmp_path):
     from click.testing import CliRunner
 
     import edgetl.host.allocator as allocator

@@ -99,6 +99,24 @@ def test_train_tta_over_a_strategy_that_already_averages_views_is_one_layer_over
     assert with_tta(plain, ["vflip"]) is None and plain.module.views == ("vflip",)
 
 
+def test_evaluation_batches_hold_fewer_images_under_tta_so_each_call_keeps_its_size(monkeypatch):
+    import types
+
+    import edgetl.training.data as training_data
+    from edgetl.host.engine import Trainer
+
+    asked = []
+    monkeypatch.setattr(training_data, "predict", lambda module, data, device, batch_size, **kw: asked.append(batch_size))
+    trainer = types.SimpleNamespace(cfg=types.SimpleNamespace(train=types.SimpleNamespace(batch_size=32)),
+                                    device="cpu", info=None, progress=lambda *a: None)
+    split = types.SimpleNamespace(name="val", plain=None)
+    module = orientation_sensitive()
+    Trainer.predict(trainer, module, split)
+    Trainer.predict(trainer, WithTTA(module, DIHEDRAL), split)
+    Trainer.predict(trainer, WithTTA(module, ["hflip"]), split)
+    assert asked == [64, 8, 32]  # 64 inputs per call: 64 images, 8 x 8 views, 32 x 2
+
+
 def test_the_view_names_load_without_torch():
     code = BLOCKER + ("from edgetl.training import SQUARE_TTA_VIEWS, TTA_VIEWS\n"
                       "from edgetl.training.view_names import check_tta_views\n"

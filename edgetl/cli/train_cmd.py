@@ -61,7 +61,8 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, devi
     from edgetl.host.allocator import keep_large_blocks
     from edgetl.workflow import train_config
 
-    keep_large_blocks()  # ~3x faster frozen passes at 300 px (docs/training.md, "CPU threads and the allocator")
+    if keep_large_blocks():  # EDGETL_MALLOC=keep (docs/training.md, "CPU threads and the allocator")
+        info("EDGETL_MALLOC=keep: glibc keeps large freed blocks (faster frozen passes, more resident memory)")
     with long_step("train"):
         run = train_config(cfg, out, device=device, resume=resume, force=force, skip_bad=skip_bad, log=info,
                            from_run=from_run)

@@ -1,18 +1,20 @@
-"""glibc's allocator, tuned for training: large blocks stay in the process instead of going back to the kernel.
+"""glibc's allocator, tuned for speed: large blocks stay in the process instead of going back to the kernel.
 
 glibc serves every block above its mmap threshold (at most 32 MiB) with a
 fresh ``mmap()`` and returns it with ``munmap()`` when freed. A convolution
 network at 300 px allocates and frees blocks of that size for every batch
 (a 16 x 32 x 150 x 150 float map is 46 MiB), so each batch pays the kernel
 to map and zero-fill those pages again. ``benchmarks/cpu_settings.py``
-measured the recipe's frozen pass 3.4x faster with mmap turned off and the
-heap never trimmed (the same as preloading tcmalloc), and the training step
-unchanged or slightly faster. The price is a resident size that stays at its
-peak until the process exits, which a training command can afford.
+measured the recipe's frozen pass 3.3x faster with mmap turned off and the
+heap (almost) never trimmed, like preloading tcmalloc.
 
-``edgetl train`` applies it at start; ``EDGETL_MALLOC=system`` leaves glibc
-as it is. Other C libraries (musl) and other systems are left alone. The
-device side never calls this: its runtimes keep their own arenas.
+The price is memory, and it is why this is opt-in (``EDGETL_MALLOC=keep``
+for ``edgetl train``): freed blocks stay mapped and the heap fragments, so
+the resident size grows far past the live data. A full ELPV partial
+fine-tune held 9.4 GB after its feature pass, and its 8-view test-time
+evaluation was killed for memory at 20.7 GB on a 24 GB machine. Other C
+libraries (musl) and other systems are left alone; the device side never
+calls this.
 """
 
 from __future__ import annotations
@@ -26,13 +28,19 @@ M_MMAP_MAX = -4
 KEEP_BELOW = 2**31 - 1  # the largest trim threshold mallopt's int takes: free memory is kept up to 2 GiB
 
 
-def keep_large_blocks() -> bool:
+def keep_large_blocks(requested: bool | None = None) -> bool:
     """Turn glibc's mmap for large blocks off and its heap trimming (almost) off; True when applied.
 
-    Skipped (False) with ``EDGETL_MALLOC=system``, off Linux, and where the C
-    library has no ``mallopt`` (musl) or refuses the setting.
+    Args:
+        requested: apply it; None (default) reads ``EDGETL_MALLOC``: ``keep`` applies it, anything else
+            (unset, ``system``) leaves glibc as it comes.
+
+    Skipped (False) when not requested, off Linux, and where the C library has
+    no ``mallopt`` (musl) or refuses the setting.
     """
-    if os.environ.get("EDGETL_MALLOC", "").lower() == "system" or not sys.platform.startswith("linux"):
+    if requested is None:
+        requested = os.environ.get("EDGETL_MALLOC", "system").strip().lower() == "keep"
+    if not requested or not sys.platform.startswith("linux"):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library this Python runs on

@@ -195,10 +195,14 @@ class Trainer:
     def predict(self, module: Any, split: Any, whose: str = "") -> np.ndarray:
         """``module``'s outputs on ``split``, reported as ``evaluate SPLIT[ (whose)]: done/total images``."""
         from edgetl.training.data import predict
+        from edgetl.training.views import WithTTA
 
         stage = f"evaluate {split.name}" + (f" ({whose})" if whose else "")
+        # a WithTTA runs every view of the batch as one batch: fewer images, the same tensor size per call
+        # (8 views x 64 images at 300 px held ~10 GB of activations)
+        views = 1 + len(module.views) if isinstance(module, WithTTA) else 1
         return predict(module.to(self.device), split.plain, self.device,
-                       batch_size=max(64, self.cfg.train.batch_size), info=self.info,
+                       batch_size=max(1, max(64, self.cfg.train.batch_size) // views), info=self.info,
                        progress=lambda done, total: self.progress(stage, done, total))
 
     def fit(self, strategy: Strategy, ctx: FitContext, data: RunData) -> tuple[TrainedModel, Any, float]:
