@@ -97,7 +97,7 @@ def settings(max_threads: int) -> list[dict]:
     out.append({"name": f"{max_threads} threads, glibc without mmap", "threads": max_threads,
                 "env": {"GLIBC_TUNABLES": GLIBC_KEEP}})
     out.append({"name": f"{max_threads} threads, glibc as EDGETL_MALLOC=keep sets it", "threads": max_threads,
-                "env": {}, "keep_large_blocks": True})  # the same through mallopt, in the process
+                "env": {"EDGETL_MALLOC": "keep"}})  # the same through mallopt, in the process
     for alloc, lib in ALLOCATORS.items():
         if path := find_library(lib):
             out.append({"name": f"{max_threads} threads, {alloc}", "threads": max_threads,
@@ -107,9 +107,8 @@ def settings(max_threads: int) -> list[dict]:
 
 def run_one(setting: dict, batches: int) -> dict[str, float]:
     env = {**os.environ, "OMP_NUM_THREADS": str(setting["threads"]), **setting["env"]}
-    argv = [sys.executable, __file__, "--worker", str(setting["threads"]), "--batches", str(batches)]
-    argv += ["--keep-large-blocks"] if setting.get("keep_large_blocks") else []
-    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    out = subprocess.run([sys.executable, __file__, "--worker", str(setting["threads"]), "--batches", str(batches)],
+                         env=env, capture_output=True, text=True, check=False)
     if out.returncode:
         raise SystemExit(f"{setting['name']}: worker failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -121,14 +120,13 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=6, help="timed batches per loop and round")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu_settings.json")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--keep-large-blocks", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        if args.keep_large_blocks:
-            from edgetl.host.allocator import keep_large_blocks
+        from edgetl.host.allocator import keep_large_blocks
 
-            if not keep_large_blocks(requested=True):
-                raise SystemExit("keep_large_blocks() was not applied on this system")
+        # what ``edgetl train`` does at start: a no-op unless this setting's environment says EDGETL_MALLOC=keep
+        if not keep_large_blocks() and os.environ.get("EDGETL_MALLOC") == "keep":
+            raise SystemExit("EDGETL_MALLOC=keep was not applied on this system")
         print(json.dumps(worker(args.worker, args.batches)))
         return
     from edgetl.cpuinfo import cpu_info
@@ -144,7 +142,7 @@ def main() -> None:
     loops = ("frozen_pass", "top_step", "peak_rss_mib")
     med = {n: {lp: statistics.median(x[lp] for x in runs) for lp in loops} for n, runs in rates.items()}
     base = next(s["name"] for s in todo  # torch's default: all cores, glibc as it comes
-                if s["threads"] == (os.cpu_count() or 1) and not s["env"] and not s.get("keep_large_blocks"))
+                if s["threads"] == (os.cpu_count() or 1) and not s["env"])
     print("\n| setting | frozen pass img/s | vs default | top step img/s | vs default | peak RSS MiB |\n"
           "|---|---|---|---|---|---|")
     for n, m in med.items():

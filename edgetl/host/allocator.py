@@ -28,19 +28,15 @@ M_MMAP_MAX = -4
 KEEP_BELOW = 2**31 - 1  # the largest trim threshold mallopt's int takes: free memory is kept up to 2 GiB
 
 
-def keep_large_blocks(requested: bool | None = None) -> bool:
-    """Turn glibc's mmap for large blocks off and its heap trimming (almost) off; True when applied.
+def keep_large_blocks() -> bool:
+    """With ``EDGETL_MALLOC=keep``, turn glibc's mmap for large blocks off and its heap trimming (almost) off;
+    True when applied.
 
-    Args:
-        requested: apply it; None (default) reads ``EDGETL_MALLOC``: ``keep`` applies it, anything else
-            (unset, ``system``) leaves glibc as it comes.
-
-    Skipped (False) when not requested, off Linux, and where the C library has
-    no ``mallopt`` (musl) or refuses the setting.
+    Anything else (unset, ``system``) leaves glibc as it comes, and so do
+    other systems and a C library with no ``mallopt`` (musl) or one that
+    refuses the setting (False).
     """
-    if requested is None:
-        requested = os.environ.get("EDGETL_MALLOC", "system").strip().lower() == "keep"
-    if not requested or not sys.platform.startswith("linux"):
+    if os.environ.get("EDGETL_MALLOC", "system").strip().lower() != "keep" or not sys.platform.startswith("linux"):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library this Python runs on
