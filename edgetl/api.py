@@ -35,6 +35,8 @@ def _metrics():
 TASKS = ("classify", "anomaly")
 OUTPUTS = ("probabilities", "anomaly_score")
 PRECISIONS = ("fp32", "fp16", "int8")
+BINDINGS = ("arch", "gpu", "runtime", "cpu_features")
+"""What a target's shipped files may be tied to (:attr:`Target.bound_to`)."""
 
 
 @dataclass(frozen=True)
@@ -450,6 +452,19 @@ class Target(Component):
         gate_requires: modules the host needs to run :meth:`load_for_gate`;
             None means ``requires`` (the gate runs the device runtime itself).
         runtime_packages: distributions whose versions go into the manifest's ``compat.runtimes``.
+        bound_to: what the shipped files are tied to, beyond the format itself
+            (:data:`BINDINGS`): ``"arch"`` (native code for one CPU architecture:
+            a device of another one is refused), ``"gpu"`` (a plan for one GPU
+            model: refused on a device whose GPUs do not match the profile's
+            ``gpu``), ``"runtime"`` (a runtime major.minor other than the
+            host's is refused, not just warned about), ``"cpu_features"`` (INT8
+            kernels chosen for the exporting host's CPU features such as VNNI:
+            a device lacking them gets a warning, a refusal under
+            ``agent serve --strict-int8``). ONNX and OpenVINO IR declare
+            ``("cpu_features",)``: portable files, CPU INT8 kernels; the TensorRT
+            target ``()``: it ships ONNX and builds its engine on the device. The
+            default, ``("arch", "cpu_features")``, is the cautious one for a
+            target that does not say.
     """
 
     kind = "target"
@@ -459,6 +474,40 @@ class Target(Component):
     export_extra: str | None = "train"
     gate_requires: tuple[str, ...] | None = None
     runtime_packages: tuple[str, ...] = ()
+    bound_to: tuple[str, ...] = ("arch", "cpu_features")
+
+    def profile_model(self) -> Any:
+        """The pydantic model class that validates a device profile's settings for this target, or None.
+
+        Its fields are the profile keys this target adds to the common ones
+        (docs/export.md, "Device profiles"): ``runtime`` (what lands in the
+        manifest's ``target.runtime`` and reaches :meth:`load`) and any
+        top-level section such as TensorRT's ``engine_build``. A profile for
+        this target is validated against the common keys plus these, with
+        unknown keys refused ("did you mean"). None (the default): ``runtime``
+        is any mapping and no other key is allowed. Import pydantic inside the
+        method: ``edgetl --help`` loads every plugin.
+        """
+        return None
+
+    def runtime_distributions(self) -> dict[str, tuple[str, ...]]:
+        """Per ``compat.runtimes`` key (a name of :attr:`runtime_packages`): the distributions that carry
+        that runtime on a device, whose version the compatibility check compares with the host's.
+
+        The default: each package is its own distribution. ONNX Runtime answers
+        ``{"onnxruntime": ("onnxruntime", "onnxruntime-gpu")}``; a target whose
+        recorded versions are host-side facts only (TensorRT records the ONNX
+        Runtime that gated it) answers ``{}``: nothing to compare on the device.
+        """
+        return {package: (package,) for package in self.runtime_packages}
+
+    def profiles(self) -> dict[str, Path]:
+        """Named device profiles this target's plugin ships: name -> YAML file.
+
+        ``edgetl export --target NAME`` finds them after the profiles shipped
+        with edgetl. Default: none.
+        """
+        return {}
 
     @abstractmethod
     def export(self, model: "torch.nn.Module", example: "torch.Tensor", out_dir: Path,

@@ -171,38 +171,37 @@ class RunConfig(_Strict):
 
 
 # -- target profile -----------------------------------------------------------
-class RuntimeSettings(_Strict):
-    device: str = "CPU"
-    performance_hint: Literal["LATENCY", "THROUGHPUT"] | None = None
-    providers: list[str] = Field(default_factory=list)
-    threads: int | None = Field(default=None, ge=1)
-
-
 class InputConstraints(_Strict):
     batch: int = Field(default=1, ge=1)
     dynamic_batch: bool = False
     max_image_size: int | None = Field(default=None, ge=16)
 
 
-class EngineBuild(_Strict):
-    on_device: bool = True
-    workspace_mb: int = Field(default=1024, ge=64)
-    dla_core: int | None = Field(default=None, ge=0)
-    needs: list[str] = Field(default_factory=list)
-    typical_minutes: float | None = None
-
-
 class TargetProfile(_Strict):
+    """A device profile (``--target``): the keys every target shares (docs/export.md, "Device profiles").
+
+    ``format`` names any registered target. The settings that belong to one
+    runtime (``runtime``'s keys, sections such as TensorRT's ``engine_build``)
+    are that target's: :func:`load_target_profile` validates them with the
+    model its :meth:`edgetl.api.Target.profile_model` returns (the profile is
+    then an instance of :func:`profile_class` for that target). Constructed
+    directly, ``runtime`` is any mapping.
+    """
+
     name: str
     description: str = ""
-    format: Literal["onnx", "openvino", "tensorrt"]
-    arch: Literal["x86_64", "aarch64"] = "x86_64"
-    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    format: str = Field(description="the registered target (edgetl plugins list): onnx, openvino, tensorrt, …")
+    arch: str = Field(default="x86_64", pattern=r"^[A-Za-z0-9_]+$",
+                      description="the device's CPU architecture as uname names it (x86_64, aarch64, …)")
+    gpu: str | None = Field(default=None, description="part of the device GPU's name (Orin Nano, RTX 4090)")
+    runtime: dict[str, Any] = Field(default_factory=dict)
     precisions: list[Literal["fp32", "fp16", "int8"]]
     fallback: list[str] = Field(description="ordered chain, e.g. int8/ptq, int8/accuracy-control, fp16, fp32")
     input: InputConstraints = Field(default_factory=InputConstraints)
     agent_port: int = Field(default=8470, ge=1, le=65535)
-    engine_build: EngineBuild | None = None
+    quantize: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="options per quantizer name, validated by that quantizer "
+                                          "(e.g. openvino-int8-ptq: {bias_correction: fast})")
 
     @model_validator(mode="after")
     def _chain_in_precisions(self):
@@ -212,6 +211,28 @@ class TargetProfile(_Strict):
                 raise ValueError(f"fallback step '{step}' uses precision '{precision}', "
                                  f"not in precisions {self.precisions}")
         return self
+
+    def runtime_settings(self) -> dict[str, Any]:
+        """``runtime`` as the manifest's ``target.runtime`` holds it (unset keys left out)."""
+        runtime = self.runtime
+        if isinstance(runtime, BaseModel):
+            return runtime.model_dump(exclude_none=True)
+        return {k: v for k, v in dict(runtime).items() if v is not None}
+
+
+_PROFILE_CLASSES: dict[tuple[str, int], type[TargetProfile]] = {}
+
+
+def profile_class(target: Any) -> type[TargetProfile]:
+    """:class:`TargetProfile` with ``target``'s own profile keys (:meth:`edgetl.api.Target.profile_model`)."""
+    settings = target.profile_model()
+    if settings is None:
+        return TargetProfile
+    key = (target.name, id(settings))
+    if key not in _PROFILE_CLASSES:  # the target's fields first: its 'runtime' replaces the free mapping
+        _PROFILE_CLASSES[key] = type(f"TargetProfile[{target.name}]", (settings, TargetProfile),
+                                     {"model_config": ConfigDict(extra="forbid")})
+    return _PROFILE_CLASSES[key]
 
 
 # -- fleet file -----------------------------------------------------------------
@@ -390,9 +411,50 @@ def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     return load(RunConfig, resolve_named(path, "configs", "example config"), overrides)
 
 
+def plugin_profiles() -> dict[str, Path]:
+    """Device profiles the target plugins ship (:meth:`edgetl.api.Target.profiles`): name -> file."""
+    from edgetl.plugins import get_manager
+
+    found: dict[str, Path] = {}
+    for target in get_manager().all("target"):
+        for name, file in target.profiles().items():
+            found.setdefault(name, Path(file))
+    return found
+
+
+def resolve_profile(path: str | Path) -> Path:
+    """A profile file: ``path`` itself, a profile shipped with edgetl, or one a target plugin ships."""
+    given = Path(path)
+    if given.exists() or given.suffix in (".yaml", ".yml") or len(given.parts) > 1 \
+            or (PACKAGE_DIR / "targets" / f"{given.name}.yaml").is_file():
+        return resolve_named(path, "targets", "device profile")
+    plugins = plugin_profiles()
+    if given.name in plugins:
+        return plugins[given.name]
+    names = sorted({*shipped("targets"), *plugins})
+    raise ConfigError(f"{path}: no such file, and no shipped device profile of that name"
+                      f"{did_you_mean(given.name, names)} (shipped: {', '.join(names) or 'none'})")
+
+
 def load_target_profile(path: str | Path) -> TargetProfile:
-    """A device profile from a file, or by the name of a shipped one (``x86-openvino-cpu``)."""
-    return load(TargetProfile, resolve_named(path, "targets", "device profile"))
+    """A device profile from a file, or by name: shipped with edgetl (``x86-openvino-cpu``) or by a plugin.
+
+    The common keys and the target's own (:func:`profile_class`) are validated
+    in one pass, so any unknown or misspelt key is one line naming it.
+    """
+    from edgetl.errors import UnknownComponentError
+    from edgetl.plugins import get_manager
+
+    path = resolve_profile(path)
+    data = read_yaml(path)
+    model: type[TargetProfile] = TargetProfile
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if isinstance(fmt, str):
+        try:
+            model = profile_class(get_manager().get("target", fmt))
+        except UnknownComponentError as exc:
+            raise ConfigError(f"{path}: format: {exc}") from None
+    return validate(model, data, str(path))
 
 
 def load_fleet(path: str | Path) -> FleetFile:

@@ -78,7 +78,10 @@ class TargetDoc(_Open):
 
 
 class CompatDoc(_Open):
-    arch: str
+    arch: str = Field(description="the CPU architecture the bundle is for: the device profile's, else the "
+                                  "exporting host's")
+    host_arch: str | None = Field(default=None, description="the architecture of the host that exported it")
+    gpu: str | None = Field(default=None, description="the GPU the device profile names (part of its name), if any")
     runtimes: dict[str, str] = Field(default_factory=dict, description="library versions used on the host")
     host_cpu: dict[str, Any] = Field(default_factory=dict,
                                      description="model name and ISA flags the INT8 choice was made for")

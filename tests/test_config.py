@@ -152,8 +152,27 @@ def test_target_profile_fallback_outside_precisions(tmp_path):
 
 
 def test_target_profile_unknown_format(tmp_path):
-    path = write(tmp_path, "name: t\nformat: coreml\nprecisions: [fp32]\nfallback: [fp32]\n", "t.yaml")
-    assert "format: Input should be 'onnx', 'openvino' or 'tensorrt'" in one_line_error(load_target_profile, path)
+    path = write(tmp_path, "name: t\nformat: onnxx\nprecisions: [fp32]\nfallback: [fp32]\n", "t.yaml")
+    assert one_line_error(load_target_profile, path) == \
+        f"{path}: format: unknown target 'onnxx'; did you mean 'onnx'? (known: onnx, openvino, tensorrt)"
+
+
+def test_runtime_settings_are_validated_by_the_profiles_target(tmp_path):
+    head = "name: t\nformat: {}\nprecisions: [fp32]\nfallback: [fp32]\n"
+    ov = write(tmp_path, head.format("openvino") + "runtime: {performance_hnt: LATENCY}\n", "ov.yaml")
+    assert "runtime.performance_hnt: unknown key 'performance_hnt'; did you mean 'performance_hint'?" \
+        in one_line_error(load_target_profile, ov)
+    ort = write(tmp_path, head.format("onnx") + "runtime: {performance_hint: LATENCY}\n", "ort.yaml")
+    assert "runtime.performance_hint: unknown key 'performance_hint' (known here: device, providers, threads)" \
+        in one_line_error(load_target_profile, ort)
+    trt = write(tmp_path, head.format("tensorrt") + "engine_build: {workspace_mb: 8}\n", "trt.yaml")
+    assert "engine_build.workspace_mb: Input should be greater than or equal to 64" \
+        in one_line_error(load_target_profile, trt)
+    stray = write(tmp_path, head.format("onnx") + "engine_build: {}\n", "stray.yaml")
+    assert "engine_build: unknown key 'engine_build'" in one_line_error(load_target_profile, stray)
+    profile = load_target_profile("jetson-orin-nano")
+    assert profile.engine_build.workspace_mb == 1024 and profile.runtime_settings() == {"device": "GPU"}
+    assert (profile.arch, profile.gpu) == ("aarch64", "Orin Nano")
 
 
 def test_fleet_file(tmp_path):

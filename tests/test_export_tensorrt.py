@@ -38,7 +38,7 @@ def test_host_writes_a_symmetric_qdq_onnx_and_the_build_settings(int8_bundle, tm
     assert build["network"] == "strongly_typed" and build["quantization"] == "explicit-qdq"
     assert build["workspace_mb"] == 1024 and build["min_tensorrt"] == "10.0"  # from the Orin Nano profile
     assert build["optimization_profile"] == {"min_batch": 1, "opt_batch": 1, "max_batch": 1}
-    assert manifest["compat"]["arch"] and manifest["target"]["profile"] == "jetson-orin-nano"
+    assert manifest["target"]["profile"] == "jetson-orin-nano"
     dest = extract_bundle(result.bundle, tmp_path / "x", 1 << 26)
     model = onnx.load(str(dest / "model" / "model.onnx"))
     onnx.checker.check_model(model)
@@ -48,6 +48,23 @@ def test_host_writes_a_symmetric_qdq_onnx_and_the_build_settings(int8_bundle, tm
     zero_points = [inits[n.input[2]] for n in model.graph.node
                    if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # symmetric, signed
+
+
+def test_the_bundle_is_for_the_profiles_device_and_passes_compat_on_a_jetson(int8_bundle):
+    """Exported here (x86 or not) for jetson-orin-nano: the manifest carries the profile's arch and GPU,
+    and the device's compatibility check passes on aarch64 Jetson facts (the engine is built there)."""
+    import platform
+
+    from edgetl.device.compat import check_compatibility
+
+    manifest = int8_bundle[1].manifest
+    assert (manifest.compat.arch, manifest.compat.gpu) == ("aarch64", "Orin Nano")
+    assert manifest.compat.host_arch == platform.machine()
+    jetson = {"arch": "aarch64", "cpu": {"flags": ["asimddp"]}, "versions": {"tensorrt": "10.3.0"},
+              "gpus": [{"name": "NVIDIA Jetson (integrated)", "model": "NVIDIA Jetson Orin Nano Developer Kit"}],
+              "runtimes": {"tensorrt": {"available": True, "missing": [], "extra": "tensorrt"}}}
+    report = check_compatibility(manifest, jetson)
+    assert report["passed"] and report["warnings"] == [] and report["arch"]["device"] == "aarch64"
 
 
 def test_qdq_model_is_gated_with_onnx_runtime_and_agrees_with_torch(int8_bundle):

@@ -87,12 +87,12 @@ def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fal
     Prints each stage with its time and size, then a table of every attempt.
     The exit status is non-zero, and no bundle is written, when nothing passes.
     """
-    from edgetl.config import load_target_profile, resolve_named
+    from edgetl.config import load_target_profile, resolve_profile
     from edgetl.errors import GateFailedError, UsageError
     from edgetl.workflow.bundle import export_bundle
 
     if target is not None:
-        target = resolve_named(target, "targets", "device profile")
+        target = resolve_profile(target)
         fmt = fmt or load_target_profile(target).format
     if not fmt:
         raise UsageError("give --format (onnx, openvino, tensorrt, …) or --target PROFILE, e.g. x86-openvino-cpu")

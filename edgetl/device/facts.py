@@ -38,7 +38,10 @@ def gpu_facts() -> list[dict[str, Any]]:
     gpus: list[dict[str, Any]] = []
     tegra = Path("/etc/nv_tegra_release")
     if tegra.is_file():
-        gpus.append({"name": "NVIDIA Jetson (integrated)", "l4t": tegra.read_text().splitlines()[0].strip()})
+        board = Path("/proc/device-tree/model")  # e.g. "NVIDIA Jetson Orin Nano Developer Kit"
+        model = board.read_text(errors="replace").strip("\x00\n ") if board.is_file() else None
+        gpus.append({"name": "NVIDIA Jetson (integrated)", "l4t": tegra.read_text().splitlines()[0].strip(),
+                     **({"model": model} if model else {})})
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
@@ -62,6 +65,16 @@ def runtime_facts() -> dict[str, Any]:
         out[target.name] = {"available": not missing, "missing": missing, "extra": target.extra,
                             "plugin": target.plugin}
     return out
+
+
+def _distributions() -> list[str]:
+    """:data:`RUNTIME_PACKAGES` and every distribution a target plugin names as carrying its runtime."""
+    from edgetl.plugins import get_manager
+
+    names = list(RUNTIME_PACKAGES)
+    for target in get_manager().all("target"):
+        names += [d for dists in target.runtime_distributions().values() for d in dists if d not in names]
+    return names
 
 
 def device_facts() -> dict[str, Any]:
@@ -88,5 +101,5 @@ def _device_facts() -> dict[str, Any]:
     return {
         "arch": uname.machine, "os": {"system": uname.system, "kernel": uname.release, **os_release},
         "python": platform.python_version(), "edgetl": __version__, "cpu": cpu_facts(), "gpus": gpu_facts(),
-        "versions": {p: v for p in RUNTIME_PACKAGES if (v := _version(p))}, "runtimes": runtime_facts(),
+        "versions": {p: v for p in _distributions() if (v := _version(p))}, "runtimes": runtime_facts(),
     }

@@ -86,8 +86,9 @@ def draft_manifest(*, run: Any, target: Any, profile: Any, step: Any, files: lis
                    "runtime": runtime_settings, "batch": spec.batch, "dynamic_batch": spec.dynamic_batch,
                    "build": target.build_settings(profile, step, spec),
                    "requires": list(target.requires), "extra": target.extra},
-        "compat": {"arch": platform.machine(), "runtimes": target.facts(), "host_cpu": cpu_info(),
-                   "python": platform.python_version()},
+        "compat": {"arch": profile.arch if profile is not None else platform.machine(),
+                   "host_arch": platform.machine(), "gpu": getattr(profile, "gpu", None),
+                   "runtimes": target.facts(), "host_cpu": cpu_info(), "python": platform.python_version()},
         "files": digests,
     }
 

@@ -185,6 +185,26 @@ class ExportData:
         return sum(len(b) for b in self.calib)
 
 
+def check_bindings(target: Any, profile: Any) -> None:
+    """Refuse, before any work, a bundle its own target declares unusable on the profile's device.
+
+    A target whose files are tied to the CPU architecture (``Target.bound_to``)
+    makes them for this host's, so a profile for another architecture cannot
+    be served; one tied to the GPU needs the profile to name it (``gpu``), or
+    the device could not check it.
+    """
+    import platform
+
+    bound = set(target.bound_to)
+    if profile is not None and "arch" in bound and profile.arch != platform.machine():
+        raise UsageError(f"--target {profile.name}: target '{target.name}' makes files tied to the CPU "
+                         f"architecture they are made on ({platform.machine()}), and the profile is for "
+                         f"{profile.arch}: export on an {profile.arch} machine")
+    if "gpu" in bound and (profile is None or not profile.gpu):
+        raise UsageError(f"target '{target.name}' makes files tied to one GPU model: give --target with a "
+                         f"profile that names it ('gpu: ...', docs/export.md \"Device profiles\")")
+
+
 def plan_export(options: ExportOptions) -> ExportPlan:
     """Resolve the target, profile and chain; fail early on a missing module or a mismatched profile."""
     from edgetl.config import load_target_profile
@@ -199,12 +219,13 @@ def plan_export(options: ExportOptions) -> ExportPlan:
     if profile is not None and profile.format != target.name:
         raise UsageError(f"--target {options.target}: profile '{profile.name}' is for format "
                          f"'{profile.format}', not '{target.name}'")
+    check_bindings(target, profile)
     chain = resolve_chain(target, profile, options.precision, options.fallback)
     private_key = (load_private_key(options.sign) if isinstance(options.sign, (str, Path))
                    else options.sign)  # a path, or an already loaded key
     spec = ExportSpec(batch=profile.input.batch if profile is not None else 1, profile=profile,
                       dynamic_batch=options.dynamic_batch or bool(profile and profile.input.dynamic_batch))
-    runtime_settings = profile.runtime.model_dump(exclude_none=True) if profile is not None else {}
+    runtime_settings = profile.runtime_settings() if profile is not None else {}
     return ExportPlan(target, profile, chain, spec, runtime_settings, private_key)
 
 

@@ -28,6 +28,16 @@ class OnnxTarget(Target):
     extra = "onnxruntime"
     runtime_packages = ("onnxruntime",)
     export_requires = ("torch", "onnx", "onnxscript")
+    # an ONNX file runs on any CPU architecture ONNX Runtime supports; its INT8 steps follow the host's VNNI
+    bound_to = ("cpu_features",)
+
+    def runtime_distributions(self) -> dict[str, tuple[str, ...]]:
+        return {"onnxruntime": ("onnxruntime", "onnxruntime-gpu")}
+
+    def profile_model(self) -> Any:
+        from edgetl_onnx.profile import OnnxProfile
+
+        return OnnxProfile
 
     def export(self, model: Any, example: Any, out_dir: Path, spec: ExportSpec) -> list[Path]:
         from edgetl_onnx.export import export_onnx

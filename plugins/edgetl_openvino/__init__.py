@@ -27,6 +27,12 @@ class OpenVinoTarget(Target):
     requires = ("openvino",)
     extra = "openvino"
     runtime_packages = ("openvino",)
+    bound_to = ("cpu_features",)  # IR is compiled for the device when it loads; INT8 kernels follow its ISA
+
+    def profile_model(self) -> Any:
+        from edgetl_openvino.profile import OpenVinoProfile
+
+        return OpenVinoProfile
     export_requires = ("torch", "onnx", "onnxscript", "openvino")
 
     def export(self, model: Any, example: Any, out_dir: Path, spec: ExportSpec) -> list[Path]:

@@ -39,6 +39,17 @@ class TensorRtTarget(Target):
     runtime_packages = ("onnxruntime",)  # the host gates with ONNX Runtime; TensorRT is the device's business
     export_requires = ("torch", "onnx", "onnxscript")
     gate_requires = ("onnxruntime",)
+    # The bundle holds ONNX: the engine plan (tied to GPU and TensorRT version) is built on the device,
+    # so an x86 host exports for an aarch64 Jetson. The ONNX Runtime version recorded is the host's gate.
+    bound_to = ()
+
+    def runtime_distributions(self) -> dict[str, tuple[str, ...]]:
+        return {}
+
+    def profile_model(self) -> Any:
+        from edgetl_tensorrt.profile import TensorRtProfile
+
+        return TensorRtProfile
 
     def export(self, model: Any, example: Any, out_dir: Path, spec: ExportSpec) -> list[Path]:
         from edgetl_onnx.export import export_onnx
@@ -48,7 +59,7 @@ class TensorRtTarget(Target):
 
     def build_settings(self, profile: Any, step: FallbackStep, spec: ExportSpec) -> dict[str, Any]:
         """What the device builds: typing, workspace, DLA, explicit optimisation profile (shapes: batch)."""
-        engine = profile.engine_build if profile is not None and profile.engine_build is not None else None
+        engine = getattr(profile, "engine_build", None)
         batch = spec.batch
         max_batch = max(batch, 8) if spec.dynamic_batch else batch
         return {
