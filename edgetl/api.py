@@ -11,6 +11,7 @@ only in annotations. Shapes and units are stated in each docstring.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -668,13 +669,15 @@ class QuantizeContext:
             accuracy-controlled INT8 step starts from the plain INT8 step's
             model instead of calibrating again. Keys are the quantizer's own
             (prefixed with its target); files named in it live until the export ends.
-        bias_correction: ``"full"`` or ``"fast"``, for INT8 quantizers that
-            correct the shift quantization puts on each layer's output (nncf:
-            the OpenVINO steps). ``full`` measures each layer's shift with the
-            layers before it already quantized, on a fifth of the calibration
-            images (nncf ``fast_bias_correction=False``): on the ELPV recipe it
-            kept 185/197 validation decisions against 176 for ``fast``, which
-            estimates the shift from the layer alone (docs/export.md).
+        options: this quantizer's own settings, validated by the model its
+            :meth:`Quantizer.options_model` returns (an instance of it, defaults
+            filled), from the profile's ``quantize`` section and
+            ``--quantizer-option NAME.KEY=VALUE``; an empty dict for a quantizer
+            that declares none.
+        bias_correction: deprecated (removed in 0.3): the OpenVINO INT8 steps'
+            ``bias_correction`` is their option now
+            (``ctx.options.bias_correction``). Still filled with what
+            ``--bias-correction`` asked for; setting it warns.
     """
 
     calibration: list["np.ndarray"]
@@ -688,6 +691,13 @@ class QuantizeContext:
     report: dict[str, Any] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)
     bias_correction: str = "full"
+    options: Any = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.bias_correction != "full":
+            warnings.warn("QuantizeContext.bias_correction is deprecated and is removed in edgetl 0.3: it is the "
+                          "OpenVINO INT8 quantizers' option now (QuantizeContext.options.bias_correction)",
+                          DeprecationWarning, stacklevel=3)
 
     def legacy_options(self) -> dict[str, Any]:
         """The ``options`` dict quantizers received before this context existed (same keys, same objects)."""
@@ -710,6 +720,18 @@ class Quantizer(Component):
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.target, self.precision, self.method)
+
+    def options_model(self) -> Any:
+        """The pydantic model class of this quantizer's own options, or None (it takes none).
+
+        Users set them in the device profile (``quantize: {NAME: {key: value}}``)
+        or with ``edgetl export --quantizer-option NAME.KEY=VALUE``; the export
+        validates them before any work (an unknown key is one line with "did
+        you mean") and hands the instance to :meth:`quantize` as
+        ``ctx.options``. Import pydantic inside the method: ``edgetl --help``
+        loads every plugin.
+        """
+        return None
 
     @abstractmethod
     def quantize(self, files: Sequence[Path], out_dir: Path, ctx: QuantizeContext) -> list[Path]:

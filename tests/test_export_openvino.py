@@ -169,13 +169,15 @@ def test_accuracy_control_stops_at_its_budget_with_a_reason(tmp_path, budget, in
                                          "nncf.quantize + nncf QuantizationAccuracyRestorer")
 
 
-@pytest.mark.parametrize("mode", ["full", "fast", "exact"])
-def test_bias_correction_mode_reaches_nncf_and_the_report(tmp_path, monkeypatch, mode):
-    """``--bias-correction``: nncf's full BiasCorrection by default (ELPV: 185/197 kept against 176), fast on request."""
+@pytest.mark.parametrize("mode", ["full", "fast", "deprecated-fast"])
+def test_bias_correction_option_reaches_nncf_and_the_report(tmp_path, monkeypatch, mode):
+    """The quantizer's ``bias_correction`` option: nncf's full BiasCorrection by default (ELPV: 185/197 kept
+    against 176), fast on request; the deprecated ``QuantizeContext.bias_correction`` still works and warns."""
     pytest.importorskip("nncf")
     import nncf
     import openvino as ov
     from edgetl_openvino import quantize as q
+    from edgetl_openvino.options import OvInt8Options
 
     from edgetl.api import InputSpec, ModelFacts, QuantizeContext
     from edgetl.errors import ExportError
@@ -193,12 +195,17 @@ def test_bias_correction_mode_reaches_nncf_and_the_report(tmp_path, monkeypatch,
     ov.save_model(ov.Model([ov.opset13.relu(param)], [param]), str(xml))
     facts = ModelFacts(name="t", task="classify", labels=["a", "b", "c"], threshold=None, positive=None,
                        output="probabilities", input=InputSpec(size=(1, 3)))
-    ctx = QuantizeContext(calibration=[np.zeros((1, 3), np.float32)], model=facts, fp32_files=[xml],
-                          bias_correction=mode)
-    if mode == "exact":
-        with pytest.raises(ExportError, match="bias_correction 'exact': expected one of full, fast"):
-            q.ptq_model([xml], ctx)
-        return
+    if mode == "deprecated-fast":
+        with pytest.warns(DeprecationWarning, match="bias_correction is deprecated and is removed in edgetl 0.3"):
+            ctx = QuantizeContext(calibration=[np.zeros((1, 3), np.float32)], model=facts, fp32_files=[xml],
+                                  bias_correction="fast")
+    else:
+        ctx = QuantizeContext(calibration=[np.zeros((1, 3), np.float32)], model=facts, fp32_files=[xml],
+                              options=OvInt8Options(bias_correction=mode))
     q.ptq_model([xml], ctx)
-    assert seen["fast_bias_correction"] is (mode == "fast") and ctx.report["bias_correction"] == mode
+    fast = mode.endswith("fast")
+    assert seen["fast_bias_correction"] is fast and ctx.report["bias_correction"] == ("fast" if fast else "full")
     assert QuantizeContext(calibration=[], model=facts, fp32_files=[]).bias_correction == "full"
+    ctx.options = OvInt8Options.model_construct(bias_correction="exact")  # past the model's validation
+    with pytest.raises(ExportError, match="bias_correction 'exact': expected one of full, fast"):
+        q.ptq_model([xml], ctx)

@@ -63,6 +63,28 @@ class TorchScriptOnnx(Target):
     export_requires = ("torch", "onnx")
     gate_requires = ("onnxruntime",)
     runtime_packages = ("onnxruntime",)
+    bound_to = ("cpu_features",)  # an ONNX file runs on any architecture
+
+    def profile_model(self):
+        from pydantic import BaseModel, ConfigDict, Field
+
+        class Runtime(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            threads: int | None = Field(default=None, ge=1)
+
+        class Graph(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            opset: int = Field(default=17, ge=13)
+
+        class Profile(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            runtime: Runtime = Field(default_factory=Runtime)
+            graph: Graph = Field(default_factory=Graph)
+
+        return Profile
+
+    def profiles(self):
+        return {"tsonnx-box": Path(__file__).with_name("tsonnx-box.yaml")}
 
     def export(self, model, example, out_dir, spec: ExportSpec):
         import torch
@@ -71,9 +93,10 @@ class TorchScriptOnnx(Target):
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "net.onnx"
         axes = {"x": {0: "n"}} if spec.dynamic_batch else None
+        opset = spec.profile.graph.opset if spec.profile is not None else 17
         torch.onnx.export(model, (example,), str(path), input_names=["x"], dynamic_axes=axes, dynamo=False,
-                          opset_version=17)
-        spec.report.update(exporter="torchscript", batch=spec.batch)
+                          opset_version=opset)
+        spec.report.update(exporter="torchscript", batch=spec.batch, opset=opset)
         return [path]
 
     def load(self, files, manifest, options=None):
@@ -90,6 +113,15 @@ class CastFp16(Quantizer):
     target, precision, method = "tsonnx", "fp16", "cast"
     requires = ("onnx", "onnxruntime")
 
+    def options_model(self):
+        from pydantic import BaseModel, ConfigDict
+
+        class Options(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            keep_io_types: bool = True
+
+        return Options
+
     def quantize(self, files, out_dir, ctx: QuantizeContext):
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -98,12 +130,13 @@ class CastFp16(Quantizer):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         ctx.progress("cast", 0, 1)
-        model = OnnxModel(convert_float_to_float16(onnx.load(str(files[0])), keep_io_types=True))
+        keep = ctx.options.keep_io_types
+        model = OnnxModel(convert_float_to_float16(onnx.load(str(files[0])), keep_io_types=keep))
         model.topological_sort()
         dst = out_dir / "net.onnx"
         onnx.save(model.model, str(dst))
         ctx.progress("cast", 1, 1)
-        report = {"tool": "onnxruntime float16", "labels": list(ctx.model.labels),
+        report = {"tool": "onnxruntime float16", "labels": list(ctx.model.labels), "keep_io_types": keep,
                   "calibration_batches": len(ctx.calibration), "min_agreement": ctx.gate.min_agreement}
         if ctx.validation is not None:  # check itself the way the gate will
             out = OrtRuntime(dst, "fp16").predict(ctx.validation.x)
@@ -124,10 +157,26 @@ def edgetl_quantizers(register):
 '''
 
 
+PROFILE = """
+# a device profile the plugin ships: its own runtime keys and section, checked by its profile_model()
+name: tsonnx-box
+description: an aarch64 box running the TorchScript ONNX through ONNX Runtime
+format: tsonnx
+arch: aarch64
+runtime: {threads: 1}
+graph: {opset: 16}
+precisions: [fp32, fp16]
+fallback: [fp16/cast, fp32]
+quantize:
+  tsonnx-fp16-cast: {keep_io_types: true}
+"""
+
+
 def _install_plugin(tmp_path: Path) -> Path:
     project = tmp_path / "project"
     (project / "edgetl_tsonnx").mkdir(parents=True)
     (project / "edgetl_tsonnx" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
+    (project / "edgetl_tsonnx" / "tsonnx-box.yaml").write_text(textwrap.dedent(PROFILE))
     (project / "pyproject.toml").write_text(textwrap.dedent('''
         [build-system]
         requires = ["setuptools>=68"]
@@ -139,6 +188,8 @@ def _install_plugin(tmp_path: Path) -> Path:
         tsonnx = "edgetl_tsonnx"
         [tool.setuptools]
         packages = ["edgetl_tsonnx"]
+        [tool.setuptools.package-data]
+        edgetl_tsonnx = ["*.yaml"]
     '''))
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
@@ -176,7 +227,7 @@ def test_third_party_target_and_quantizer_train_export_verify_and_serve(plugin_e
 
     key, pub = generate_keypair(tmp_path / "keys" / "release")
     bundle = tmp_path / "tiny-tsonnx.edgetl"
-    exported = _edgetl(plugin_env, "export", str(tmp_path / "run"), "--format", "tsonnx", "--sign", str(key),
+    exported = _edgetl(plugin_env, "export", str(tmp_path / "run"), "--target", "tsonnx-box", "--sign", str(key),
                        "--calib-count", "8", "--latency-runs", "0", "--out", str(bundle), "--json")
     assert exported.returncode == 0, exported.stderr[-2000:]
     doc = json.loads(exported.stdout)
@@ -186,8 +237,10 @@ def test_third_party_target_and_quantizer_train_export_verify_and_serve(plugin_e
     details = attempt["details"]
     assert details["labels"] == ["defect", "good"] and details["calibration_batches"] == 8
     assert details["self_check_agreement"] >= 0.9 and details["min_agreement"] == 0.98
+    assert details["keep_io_types"] is True  # the profile's quantize section, as the quantizer's ctx.options
     export_stage = next(s for s in doc["stages"] if s["stage"] == "export")
     assert export_stage["detail"]["exporter"] == "torchscript"  # ExportSpec.report reached the record
+    assert export_stage["detail"]["opset"] == 16  # the profile's own section, typed by the target's model
     assert "quantize  cast 1/1" in exported.stderr  # QuantizeContext.progress reached the log
 
     verified = _edgetl(plugin_env, "bundle", "verify", str(bundle), "--trust", str(pub), "--json")
@@ -201,6 +254,10 @@ def test_third_party_target_and_quantizer_train_export_verify_and_serve(plugin_e
             status = install(client, bundle)
             assert status["status"] == "installed", status.get("error")
             assert status["report"]["reference"]["passed"]
+            compat = status["report"]["compatibility"]  # the plugin declared its files portable: a warning only
+            assert compat["arch"]["bundle"] == "aarch64" and compat["bound_to"] == ["cpu_features"]
+            assert any(w.startswith("exported for aarch64") for w in compat["warnings"]) or \
+                compat["arch"]["device"] == "aarch64"
             image = next((tmp_path / "data" / "val" / "defect").glob("*.png")).read_bytes()
             answer = client.post("/v1/predict", content=image, headers={"Content-Type": "image/png"}).json()
             assert answer["model"] == doc["model_version"] and answer["label"] in ("defect", "good")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,10 @@ class ExportOptions:
     reference_count: int = 32
     latency_runs: int = 50
     quantize_budget_s: float | None = None  # handed to quantizers as QuantizeContext.time_budget_s
-    bias_correction: str = "full"  # QuantizeContext.bias_correction: nncf's full or fast INT8 bias correction
+    # options per quantizer name (the profile's ``quantize`` section, then these): docs/export.md "Device profiles"
+    quantizer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # deprecated (removed in 0.3): quantizer_options={"openvino-int8-ptq": {"bias_correction": "fast"}}
+    bias_correction: str | None = None
     progress: Callable[[str], None] = lambda message: None
 
 
@@ -168,6 +171,7 @@ class ExportPlan:
     spec: ExportSpec
     runtime_settings: dict[str, Any]
     private_key: Any
+    quantizer_options: dict[str, Any] = field(default_factory=dict)  # quantizer name -> its validated options
 
 
 @dataclass
@@ -205,6 +209,106 @@ def check_bindings(target: Any, profile: Any) -> None:
                          f"profile that names it ('gpu: ...', docs/export.md \"Device profiles\")")
 
 
+def _step_label(precision: str, method: str) -> str:
+    return precision if method == "default" else f"{precision}/{method}"
+
+
+def check_chain(target: Any, profile: Any, chain: list[FallbackStep]) -> None:
+    """Every step of the chain has its quantizer: a misspelt or missing method is a configuration error
+    before any work ("did you mean"), never a failed attempt that lets ``auto`` end at fp32 silently."""
+    from edgetl.errors import ConfigError, did_you_mean
+    from edgetl.plugins import get_manager
+
+    manager = get_manager()
+    mine = [q for q in manager.all("quantizer") if q.target == target.name]
+    for step in chain:
+        if (step.precision, step.method) == ("fp32", "default") or manager.quantizer(target.name, *astuple(step)):
+            continue
+        label = _step_label(step.precision, step.method)
+        labels = [_step_label(q.precision, q.method) for q in mine]
+        where = (f"--target {profile.name}: fallback step" if profile is not None
+                 else f"target '{target.name}' (plugin {target.plugin}): chain step")
+        have = ", ".join(f"{_step_label(q.precision, q.method)} ({q.name}, plugin {q.plugin})" for q in mine)
+        raise ConfigError(f"{where} '{label}': no quantizer of target '{target.name}' does "
+                          f"({step.precision}, {step.method}){did_you_mean(label, labels)} "
+                          f"(its quantizers: {have or 'none'}; fp32 needs none)")
+
+
+def parse_quantizer_options(items: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``["openvino-int8-ptq.bias_correction=fast", …]`` -> ``{"openvino-int8-ptq": {"bias_correction": "fast"}}``
+    (values read as YAML scalars, like ``--set``)."""
+    import yaml
+
+    found: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        name, dot, option = key.strip().partition(".")
+        if not (eq and dot and name and option):
+            raise UsageError(f"--quantizer-option {item!r}: expected QUANTIZER.KEY=VALUE, "
+                             "e.g. openvino-int8-ptq.bias_correction=fast")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        found.setdefault(name, {})[option] = value
+    return found
+
+
+def validate_quantizer_options(target: Any, profile: Any, chain: list[FallbackStep],
+                               options: ExportOptions) -> dict[str, Any]:
+    """Each quantizer's options from the profile's ``quantize`` section and ``options.quantizer_options``
+    (these win), validated by the model the quantizer declares (:meth:`edgetl.api.Quantizer.options_model`);
+    the chain's quantizers that declare a model and were given nothing get its defaults."""
+    import warnings
+
+    from pydantic import ValidationError
+
+    from edgetl.config import format_validation_error
+    from edgetl.errors import ConfigError, did_you_mean
+    from edgetl.plugins import get_manager
+
+    manager = get_manager()
+    given: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, raw in (profile.quantize if profile is not None else {}).items():
+        given[name] = (f"--target {profile.name}: quantize.{name}", dict(raw or {}))
+    if options.bias_correction is not None:
+        warnings.warn("ExportOptions.bias_correction / --bias-correction is deprecated and is removed in edgetl 0.3: "
+                      "use quantizer_options / --quantizer-option openvino-int8-ptq.bias_correction=…",
+                      DeprecationWarning, stacklevel=3)
+        if target.name == "openvino":
+            for name in ("openvino-int8-ptq", "openvino-int8-accuracy-control"):
+                source, raw = given.get(name, ("--bias-correction", {}))
+                given[name] = (source, {"bias_correction": options.bias_correction, **raw})
+    for name, raw in options.quantizer_options.items():
+        _, before = given.get(name, ("", {}))
+        given[name] = (f"--quantizer-option {name}", {**before, **raw})
+    quantizers = {q.name: q for q in manager.all("quantizer")}
+    mine = sorted(n for n, q in quantizers.items() if q.target == target.name)
+    validated: dict[str, Any] = {}
+    for name, (source, raw) in given.items():
+        quantizer = quantizers.get(name)
+        if quantizer is None or quantizer.target != target.name:
+            why = (f"unknown quantizer '{name}'{did_you_mean(name, mine)}" if quantizer is None else
+                   f"quantizer '{name}' is for target '{quantizer.target}', not '{target.name}'")
+            raise ConfigError(f"{source}: {why} (quantizers of '{target.name}': {', '.join(mine) or 'none'})")
+        model = quantizer.options_model()
+        if model is None:
+            if raw:
+                raise ConfigError(f"{source}: quantizer '{name}' (plugin {quantizer.plugin}) takes no options "
+                                  f"(got {', '.join(raw)})")
+            continue
+        try:
+            validated[name] = model.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(source, exc, model)) from None
+    for step in chain:
+        quantizer = manager.quantizer(target.name, step.precision, step.method)
+        model = quantizer.options_model() if quantizer is not None and quantizer.name not in validated else None
+        if model is not None:
+            validated[quantizer.name] = model()
+    return validated
+
+
 def plan_export(options: ExportOptions) -> ExportPlan:
     """Resolve the target, profile and chain; fail early on a missing module or a mismatched profile."""
     from edgetl.config import load_target_profile
@@ -221,12 +325,14 @@ def plan_export(options: ExportOptions) -> ExportPlan:
                          f"'{profile.format}', not '{target.name}'")
     check_bindings(target, profile)
     chain = resolve_chain(target, profile, options.precision, options.fallback)
+    check_chain(target, profile, chain)
+    quantizer_options = validate_quantizer_options(target, profile, chain, options)
     private_key = (load_private_key(options.sign) if isinstance(options.sign, (str, Path))
                    else options.sign)  # a path, or an already loaded key
     spec = ExportSpec(batch=profile.input.batch if profile is not None else 1, profile=profile,
                       dynamic_batch=options.dynamic_batch or bool(profile and profile.input.dynamic_batch))
     runtime_settings = profile.runtime_settings() if profile is not None else {}
-    return ExportPlan(target, profile, chain, spec, runtime_settings, private_key)
+    return ExportPlan(target, profile, chain, spec, runtime_settings, private_key, quantizer_options)
 
 
 @contextlib.contextmanager
@@ -334,8 +440,7 @@ def quantize_context(run: Any, plan: ExportPlan, data: ExportData, fp32_files: l
     return QuantizeContext(
         calibration=data.calib, model=facts, fp32_files=list(fp32_files), validation=validation,
         gate=GateSettings(max_drop_points=options.gate, min_agreement=options.min_agreement),
-        profile=plan.profile, progress=progress, time_budget_s=options.quantize_budget_s, shared=data.shared,
-        bias_correction=options.bias_correction)
+        profile=plan.profile, progress=progress, time_budget_s=options.quantize_budget_s, shared=data.shared)
 
 
 def call_quantizer(quantizer: Quantizer, files: list[Path], out_dir: Path, ctx: QuantizeContext) -> list[Path]:
@@ -362,6 +467,9 @@ def step_files(step: FallbackStep, plan: ExportPlan, fp32_files: list[Path], ctx
     quantizer = get_manager().quantizer(plan.target.name, step.precision, step.method)
     if quantizer is None:
         raise ExportError(f"no quantizer registered for ({plan.target.name}, {step.precision}, {step.method})")
+    ctx.options = plan.quantizer_options.get(quantizer.name, {})
+    if isinstance(getattr(ctx.options, "bias_correction", None), str):
+        ctx.bias_correction = ctx.options.bias_correction  # the deprecated field keeps saying what ran
     with stdout_to_stderr():  # library progress bars and logs: keep stdout for --json
         return call_quantizer(quantizer, fp32_files, work / f"{step.precision}-{step.method}", ctx)
 

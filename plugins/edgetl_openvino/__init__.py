@@ -64,12 +64,19 @@ class OvFp16Weights(_OvQuantizer):
     description = "FP16-compressed weights (half the file; inference precision per device)"
 
 
-class OvInt8Ptq(_OvQuantizer):
+class _OvInt8(_OvQuantizer):
+    def options_model(self) -> Any:
+        from edgetl_openvino.options import OvInt8Options
+
+        return OvInt8Options
+
+
+class OvInt8Ptq(_OvInt8):
     name, precision, method, impl = "openvino-int8-ptq", "int8", "ptq", "int8_ptq"
     description = "nncf.quantize: INT8 post-training quantization"
 
 
-class OvInt8AccuracyControl(_OvQuantizer):
+class OvInt8AccuracyControl(_OvInt8):
     name, precision, method, impl = "openvino-int8-accuracy-control", "int8", "accuracy-control", "int8_accuracy_control"
     description = "nncf.quantize_with_accuracy_control: INT8, reverting layers until the drop fits the gate"
 

@@ -93,9 +93,8 @@ def ptq_model(files: Sequence[Path], ctx: QuantizeContext) -> Any:
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
-    if ctx.bias_correction not in BIAS_CORRECTION:
-        raise ExportError(f"bias_correction {ctx.bias_correction!r}: expected one of {', '.join(BIAS_CORRECTION)}")
-    key = f"openvino-int8-ptq:{_xml(files)}:{ctx.bias_correction}"
+    mode = bias_correction(ctx)
+    key = f"openvino-int8-ptq:{_xml(files)}:{mode}"
     if key not in ctx.shared:
         batches = list(ctx.calibration)
         model = ov.Core().read_model(str(_xml(files)))
@@ -103,15 +102,23 @@ def ptq_model(files: Sequence[Path], ctx: QuantizeContext) -> Any:
         keep_float = AdvancedQuantizationParameters(backend_params={"compress_weights": False})
         ctx.shared[key] = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
                                         target_device=nncf.TargetDevice.CPU, advanced_parameters=keep_float,
-                                        fast_bias_correction=ctx.bias_correction == "fast",
+                                        fast_bias_correction=mode == "fast",
                                         ignored_scope=nncf.IgnoredScope(names=tail, validate=False))
         ctx.shared[key + ":float_ops"] = tail
-    ctx.report.update(float_ops=len(ctx.shared[key + ":float_ops"]), bias_correction=ctx.bias_correction)
+    ctx.report.update(float_ops=len(ctx.shared[key + ":float_ops"]), bias_correction=mode)
     return ctx.shared[key]
 
 
+def bias_correction(ctx: QuantizeContext) -> str:
+    """The ``bias_correction`` option (:class:`edgetl_openvino.options.OvInt8Options`; full unless set)."""
+    mode = getattr(ctx.options, "bias_correction", None) or ctx.bias_correction
+    if mode not in BIAS_CORRECTION:
+        raise ExportError(f"bias_correction {mode!r}: expected one of {', '.join(BIAS_CORRECTION)}")
+    return mode
+
+
 BIAS_CORRECTION = ("full", "fast")
-"""``QuantizeContext.bias_correction``: nncf's ``BiasCorrection`` (full) or ``FastBiasCorrection`` (fast).
+"""The ``bias_correction`` option: nncf's ``BiasCorrection`` (full) or ``FastBiasCorrection`` (fast).
 
 Full is the default: on the ELPV recipe (EfficientNet-Lite0 at 300 px,
 multi-stage features) it kept 185 of 197 validation decisions against 176
@@ -282,7 +289,7 @@ def int8_accuracy_control(files: Sequence[Path], out_dir: Path, ctx: QuantizeCon
 
     clock = Clock(ctx.time_budget_s, ctx.progress)
     passes = PassCounter(clock, ctx.progress)
-    reused = f"openvino-int8-ptq:{_xml(files)}:{ctx.bias_correction}" in ctx.shared
+    reused = f"openvino-int8-ptq:{_xml(files)}:{bias_correction(ctx)}" in ctx.shared
 
     def agreement(compiled: Any, data: Any) -> tuple[float, list[float]]:
         # nncf calls this for every validation (full set) and ranking (subset) pass; over the budget it
@@ -339,7 +346,7 @@ def _controlled(files: Sequence[Path], ctx: QuantizeContext, items: list[tuple[n
                 original, nncf.Dataset(batches), nncf.Dataset(items, lambda item: item[0]), agreement,
                 max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=len(batches),
                 target_device=nncf.TargetDevice.CPU, advanced_accuracy_restorer_parameters=restorer,
-                fast_bias_correction=ctx.bias_correction == "fast",
+                fast_bias_correction=bias_correction(ctx) == "fast",
                 ignored_scope=nncf.IgnoredScope(names=float_tail(original), validate=False))
     except BudgetSpent as exc:
         raise ExportError(str(exc)) from None
