@@ -346,6 +346,46 @@ class Strategy(Component):
     def fit(self, ctx: FitContext) -> TrainedModel:
         """Train on ``ctx.train``, select on ``ctx.val``, return the :class:`TrainedModel`."""
 
+    def options_model(self) -> Any:
+        """The pydantic model class of this strategy's ``options``, or None (the default: any mapping).
+
+        When given, :meth:`check_options` validates the run config's
+        ``strategy.options`` with it before anything is written (an unknown key
+        is one line with "did you mean"), and :meth:`parse_options` returns the
+        typed instance in ``fit``. Import pydantic inside the method.
+        """
+        return None
+
+    def parse_options(self, options: dict[str, Any]) -> Any:
+        """``options`` validated by :meth:`options_model` (an instance of it), or as given when there is none.
+
+        Raises:
+            ConfigError: one line naming ``strategy.options`` and the key.
+        """
+        model = self.options_model()
+        if model is None:
+            return options
+        from pydantic import ValidationError
+
+        from edgetl.config import format_validation_error
+        from edgetl.errors import ConfigError
+
+        try:
+            return model.model_validate(options)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(f"strategy.options ({self.name})", exc, model)) from None
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Refuse bad ``options`` before the run starts: ``edgetl train`` calls it before the run
+        directory exists, so a typo costs no run and leaves nothing behind.
+
+        The default validates with :meth:`options_model` (nothing when there is
+        none). Override it to check options you read from ``ctx.options`` by
+        hand; raise :class:`edgetl.errors.ConfigError` naming the key
+        (``edgetl.training.resolve_options`` does, for a dict of defaults).
+        """
+        self.parse_options(options)
+
     def baseline_options(self, kind: str) -> dict[str, Any] | None:
         """Options with which this strategy trains the ``kind`` baseline (one of :data:`BASELINE_KINDS`).
 

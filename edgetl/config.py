@@ -67,6 +67,12 @@ class ThresholdPolicy(_Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        """``threshold: argmax`` is short for ``threshold: {policy: argmax}`` (docs/training.md)."""
+        return {"policy": value} if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _recall_needs_class(self):
         if self.policy == "recall" and (not self.class_ or self.target is None):

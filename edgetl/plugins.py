@@ -137,9 +137,7 @@ class PluginManager:
     def __init__(self, load_third_party: bool = True):
         self.pm = pluggy.PluginManager("edgetl")
         self.pm.add_hookspecs(hookspecs)
-        if os.environ.get("EDGETL_TRACE_HOOKS", "") not in ("", "0", "false"):
-            self.pm.trace.root.setwriter(sys.stderr.write)
-            self.pm.enable_tracing()
+        self.trace = os.environ.get("EDGETL_TRACE_HOOKS", "") not in ("", "0", "false")
         self.plugins: dict[str, PluginInfo] = {}
         self.registry: dict[str, dict[str, Component]] = {k: {} for k in COMPONENT_TYPES}
         for modname in DEFAULT_PLUGINS:
@@ -230,7 +228,44 @@ class PluginManager:
     def call_hook(self, plugin: Any, hook: str, **kwargs: Any) -> list[Any]:
         """Call ``hook`` of one registered plugin through pluggy (traced, validated, isolated)."""
         others = [p for p in self.pm.get_plugins() if p is not plugin]
-        return self.pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
+        caller = self.pm.subset_hook_caller(hook, remove_plugins=others)
+        if not self.trace:
+            return caller(**kwargs)
+        return self._traced(caller, self.pm.get_name(plugin) or repr(plugin), hook, kwargs)
+
+    @staticmethod
+    def _traced(caller: Any, plugin: str, hook: str, kwargs: dict[str, Any]) -> list[Any]:
+        """``EDGETL_TRACE_HOOKS=1``: one line per hook call on stderr, naming the plugin and what it gave
+        (the components it registered, the commands it added, or the hook's return value)."""
+        import time
+
+        given: list[str] = []
+        if "register" in kwargs:
+            register = kwargs["register"]
+
+            def recording(component: Any) -> None:
+                given.append(f"{getattr(component, 'kind', '?')} '{getattr(component, 'name', '?')}'")
+                register(component)
+
+            kwargs = {**kwargs, "register": recording}
+        before = set(getattr(kwargs.get("cli"), "commands", {}) or {})
+        t = time.perf_counter()
+        sys.stderr.write(f"edgetl hook {hook} -> plugin {plugin}\n")
+        try:
+            result = caller(**kwargs)
+        except Exception as exc:
+            sys.stderr.write(f"edgetl hook {hook} <- plugin {plugin}: raised {type(exc).__name__}: {exc}\n")
+            raise
+        ms = (time.perf_counter() - t) * 1000
+        if "register" in kwargs:
+            summary = f"registered {len(given)}: {', '.join(given)}" if given else "registered nothing"
+        elif "cli" in kwargs:
+            added = sorted(set(kwargs["cli"].commands) - before)
+            summary = f"added commands {', '.join(added)}" if added else "added no command"
+        else:
+            summary = f"returned {result!r}"[:200]
+        sys.stderr.write(f"edgetl hook {hook} <- plugin {plugin}: {summary} ({ms:.1f} ms)\n")
+        return result
 
     def _collect(self, module: Any, info: PluginInfo) -> list[Component]:
         """Call each register-style hook of ``module``; every failing hook is named in one error."""
@@ -259,6 +294,10 @@ class PluginManager:
                                 f"expected an instance of edgetl.api.{expected.__name__}")
             if not component.name:
                 raise TypeError(f"plugin '{info.name}' registered a {kind} without a name")
+            typo = misspelt_methods(component, expected)
+            if typo:
+                raise TypeError(f"plugin '{info.name}': {kind} '{component.name}' ({type(component).__name__}) "
+                                + "; ".join(typo))
             taken = self.registry[kind].get(component.name) or next(
                 (c for c in found if c.kind == kind and c.name == component.name), None)
             if taken is not None:
@@ -301,6 +340,50 @@ class PluginManager:
                 if info is None or info.source == "builtin":
                     raise
                 self._broken(info, f"edgetl_commands failed: {type(exc).__name__}: {exc}", exc)
+
+
+def misspelt_methods(component: Any, contract: type) -> list[str]:
+    """Methods a component defines whose name is a near miss of one of its contract's (``quantise`` for
+    ``quantize``, ``build_setings``): without this check the contract's default would run silently."""
+    import difflib
+    import inspect
+
+    known = {n for n, v in inspect.getmembers(contract) if callable(v) and not n.startswith("_")}
+    own: set[str] = set()
+    for cls in type(component).__mro__:
+        if cls is contract or issubclass(contract, cls):
+            break
+        own |= {n for n, v in vars(cls).items() if callable(v) and not n.startswith("_")}
+    found = []
+    for name in sorted(own - known):
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.85)
+        if close:
+            found.append(f"defines {name}(), which is no method of edgetl.api.{contract.__name__}; "
+                         f"did you mean {close[0]}()?")
+    return found
+
+
+def blame(exc: BaseException) -> str | None:
+    """Which plugin (and component) an unexpected exception came from, for a one-line error; None: edgetl's own.
+
+    The innermost frame of the traceback that runs a registered component's
+    method (its ``self``) names the component; else the innermost frame in a
+    loaded plugin's module names the plugin.
+    """
+    import traceback
+
+    modules = {} if _MANAGER is None else {i.module: i.name for i in _MANAGER.plugins.values() if i.module}
+    frames = [frame for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__)))]
+    for frame in frames:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Component) and owner.plugin:
+            return f"{owner.kind} '{owner.name}' (plugin {owner.plugin})"
+    for frame in frames:
+        module = str(frame.f_globals.get("__name__", ""))
+        top = next((m for m in modules if module == m or module.startswith(m + ".")), None)
+        if top is not None:
+            return f"plugin {modules[top]} ({module})"
+    return None
 
 
 _MANAGER: PluginManager | None = None

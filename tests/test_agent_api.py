@@ -218,7 +218,9 @@ def test_the_token_guards_every_route_but_health_and_metrics(agent):
     import httpx
 
     with httpx.Client(base_url=agent.url) as anon:
-        assert anon.get("/v1/health").json() == {"status": "ok"}
+        health = anon.get("/v1/health").json()  # nothing installed yet: up, and says what that means
+        assert (health["status"], health["serving"]) == ("ok", False) and "no model installed yet" in health["reason"]
+        assert "/v1/predict answers 503" in health["reason"] and "model" not in health
         assert anon.get("/metrics").status_code == 200
         for method, path in PROTECTED:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}):

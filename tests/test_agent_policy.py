@@ -88,7 +88,8 @@ def test_an_agent_whose_only_model_does_not_load_starts_degraded_and_accepts_an_
         assert r.status_code == 503
         assert not list(state.glob(".*.tmp"))
         assert install(client, b.v2)["status"] == "installed"
-        assert httpx.get(agent.url + "/v1/health").json() == {"status": "ok"}
+        assert httpx.get(agent.url + "/v1/health").json() == {"status": "ok", "serving": True,
+                                                              "model": b.v2_version}
         assert client.post("/v1/predict", content=b.jpeg(), headers={"Content-Type": "image/jpeg"}).status_code == 200
 
 

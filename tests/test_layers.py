@@ -1,7 +1,9 @@
 """The import rules of docs/architecture.md, enforced on the source (AST scan, nothing imported).
 
 1. Plugins (``plugins/`` and ``examples/``) import from edgetl only the public
-   modules listed in docs/architecture.md, and never a ``_name``.
+   modules listed in docs/architecture.md, and never a ``_name``; from another
+   built-in plugin only the names its package's ``__all__`` lists, never one of
+   its submodules (docs/plugins.md, "What the built-in plugins share").
 2. The layers: ``edgetl.training`` (the strategy SDK) builds on the core only;
    the core and the device side never reach up into host, training or the CLI;
    the host never imports the device side or the CLI.
@@ -62,6 +64,45 @@ def test_plugins_import_only_public_edgetl_modules_and_names():
             elif module != "edgetl" and module not in public:
                 bad.append(f"{where}: {module} is not a public module (docs/architecture.md)")
             bad += [f"{where}: {module}.{n} is private" for n in names if n.startswith("_")]
+    assert not bad, "\n".join(bad)
+
+
+def plugin_packages() -> dict[str, set[str]]:
+    """Each built-in plugin package -> the names its ``__init__``'s literal ``__all__`` lists (empty: none)."""
+    found = {}
+    for init in (ROOT / "plugins").glob("edgetl_*/__init__.py"):
+        names: set[str] = set()
+        for node in ast.parse(init.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+                names = set(ast.literal_eval(node.value))
+        found[init.parent.name] = names
+    return found
+
+
+def test_built_in_plugins_use_only_each_others_public_names():
+    packages = plugin_packages()
+    assert packages["edgetl_onnx"] >= {"export_onnx", "run_static"} and "COMMON_OPTIONS" in packages["edgetl_strategies"]
+    bad = []
+    files = list((ROOT / "plugins").rglob("*.py")) + list((ROOT / "examples").rglob("*.py"))
+    for path in (f for f in files if "build" not in f.relative_to(ROOT).parts):
+        rel = path.relative_to(ROOT)
+        own = rel.parts[1] if rel.parts[0] == "plugins" else None
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                found = [(a.name, []) for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found = [(node.module, [a.name for a in node.names])]
+            else:
+                continue
+            for module, names in found:
+                top = module.split(".")[0]
+                if top not in packages or top == own:
+                    continue
+                where = f"{rel}:{node.lineno}"
+                if module != top:
+                    bad.append(f"{where}: {module} is another plugin's submodule; import from {top} "
+                               f"(its __all__: {', '.join(sorted(packages[top])) or 'nothing'})")
+                bad += [f"{where}: {top}.{n} is not in {top}.__all__" for n in names if n not in packages[top]]
     assert not bad, "\n".join(bad)
 
 

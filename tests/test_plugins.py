@@ -162,17 +162,19 @@ def test_hookimpl_for_a_hook_that_does_not_exist_suggests_the_nearest(tmp_path, 
                 match="edgetl_sink is not an edgetl hook; did you mean 'edgetl_sinks'")
 
 
-def test_hook_calls_are_traced_through_pluggy(tmp_path, monkeypatch, capsys):
+def test_hook_calls_are_traced_naming_the_plugin_and_what_it_gave(tmp_path, monkeypatch, capsys):
     make_plugin(tmp_path, "traced", SINK_PLUGIN.format(sink="traced"))
     activate(monkeypatch, tmp_path, load="traced")
     monkeypatch.setenv("EDGETL_TRACE_HOOKS", "1")
     PluginManager()
     err = capsys.readouterr().err
-    assert "edgetl_sinks [hook]" in err and "edgetl_backbones [hook]" in err
-    assert err.count("edgetl_sinks [hook]") == 3  # edgetl_stdio, edgetl_sinks, traced: one call each
+    assert "edgetl hook edgetl_sinks -> plugin traced\n" in err
+    assert "edgetl hook edgetl_sinks <- plugin traced: registered 1: sink 'traced' (" in err
+    assert "edgetl hook edgetl_targets <- plugin edgetl_onnx: registered 1: target 'onnx'" in err
+    assert err.count("edgetl hook edgetl_sinks -> ") == 3  # edgetl_stdio, edgetl_sinks, traced: one call each
     monkeypatch.setenv("EDGETL_TRACE_HOOKS", "0")
     PluginManager()
-    assert "[hook]" not in capsys.readouterr().err
+    assert "edgetl hook" not in capsys.readouterr().err
 
 
 def test_trace_hooks_env_var_prints_on_the_command_line(tmp_path):
@@ -180,7 +182,8 @@ def test_trace_hooks_env_var_prints_on_the_command_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "edgetl", "plugins", "list", "--json"], capture_output=True,
                          text=True, env=env)
     assert out.returncode == 0, out.stderr
-    assert "edgetl_targets [hook]" in out.stderr and "finish edgetl_loggers --> []" in out.stderr
+    assert "edgetl hook edgetl_targets -> plugin edgetl_onnx" in out.stderr
+    assert "edgetl hook edgetl_loggers <- plugin edgetl_loggers: registered 2: logger 'tensorboard'" in out.stderr
     json.loads(out.stdout)  # tracing never touches stdout
 
 

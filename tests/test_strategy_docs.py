@@ -95,3 +95,50 @@ def test_the_tutorial_extra_loss_under_two_processes_matches_one(tmp_path):
     a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True)["state_dict"] for d in ("one", "two"))
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-4, rtol=1e-3), k
+
+
+def sam_code() -> str:
+    text = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n# edgetl_sam\.py\n(.*?)```", text, flags=re.S).group(1)
+    assert len(code.strip().splitlines()) < 40, "the SAM tutorial is promised in under 40 lines"
+    return code
+
+
+def test_the_sam_tutorial_takes_two_passes_per_step_and_goes_through_export_and_verify(tmp_path, monkeypatch):
+    """SAM on the SDK's loop (the ``step`` hook): train -> export through the gate -> bundle verify."""
+    import json
+
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+    from edgetl.errors import ConfigError
+    from edgetl.host.export import ExportOptions, export_run
+    from edgetl.training import loop
+
+    make_plugin(tmp_path / "site", "sam", sam_code(), module="edgetl_sam")
+    activate(monkeypatch, tmp_path / "site", "sam")
+    reset_manager()
+    try:
+        data = make_dataset(tmp_path / "data", n_train=12, n_val=10)
+        bad = load_run_config(write_config(tmp_path / "bad.yaml", data, "sam", {"rhoo": 0.1}, epochs=1))
+        with pytest.raises(ConfigError, match="rhoo: unknown key 'rhoo'; did you mean 'rho'"):
+            Trainer(bad, tmp_path / "never", device="cpu", log=lambda m: None).run()
+        assert not (tmp_path / "never").exists()  # the options hook ran before the run directory
+
+        closures = []
+        original = loop.TrainStep.closure
+        monkeypatch.setattr(loop.TrainStep, "closure",
+                            lambda self, *a, **k: closures.append(self.batch) or original(self, *a, **k))
+        cfg = load_run_config(write_config(tmp_path / "sam.yaml", data, "sam", {"rho": 0.05}, epochs=2, lr=0.01))
+        summary = Trainer(cfg, tmp_path / "run", device="cpu", log=lambda m: None).run()
+        assert summary["strategy"] == "sam" and summary["best_epoch"] in (1, 2)
+        assert closures and len(closures) % 2 == 0 and closures[0::2] == closures[1::2]  # two passes per step
+
+        result = export_run(tmp_path / "run", ExportOptions(format="onnx", precision="fp32", calib_count=8,
+                                                            latency_runs=0, out=tmp_path / "sam.edgetl"))
+        assert result.attempts[-1]["passed"]
+        verified = CliRunner().invoke(cli, ["bundle", "verify", str(tmp_path / "sam.edgetl"), "--json"])
+        doc = json.loads(verified.stdout)
+        assert doc["reference"]["status"] == "passed", verified.output
+    finally:
+        reset_manager()

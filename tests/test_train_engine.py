@@ -93,6 +93,8 @@ def test_bad_configs_fail_with_one_line(tmp_path, data, override, message):
                              "--device", "cpu")
     assert code in (1, 2) and message in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 3 and out == ""
+    if override.startswith("strategy."):  # Strategy.check_options ran before the run directory was made
+        assert not (tmp_path / "run").exists()
 
 
 def test_threshold_class_must_be_a_label(tmp_path, data):

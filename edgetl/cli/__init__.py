@@ -39,7 +39,10 @@ class EdgetlGroup(click.Group):
             if _debug_on():
                 traceback.print_exc()
             else:
-                click.echo(f"error: internal error: {type(exc).__name__}: {exc} "
+                from edgetl.plugins import blame
+
+                where = blame(exc) or "internal error"  # a plugin's bug names the plugin, not edgetl
+                click.echo(f"error: {where}: {type(exc).__name__}: {exc} "
                            "(run with --debug for the traceback)", err=True)
             ctx.exit(1)
 

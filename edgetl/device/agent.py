@@ -110,10 +110,16 @@ class Agent:
         log.error("agent degraded: %s", self.degraded)
 
     def health(self) -> dict[str, Any]:
-        """``{"status": "ok"}``, or ``degraded`` with the reason when no model could be loaded at start."""
-        if self.degraded and self.model is None:
-            return {"status": "degraded", "reason": self.degraded}
-        return {"status": "ok"}
+        """``ok`` with the serving model, ``ok`` and ``serving: false`` with what that means when no model
+        is installed yet, or ``degraded`` with the reason when no model could be loaded at start."""
+        model = self.model
+        if model is not None:
+            return {"status": "ok", "serving": True, "model": model.manifest.model_version}
+        if self.degraded:
+            return {"status": "degraded", "serving": False, "reason": self.degraded}
+        return {"status": "ok", "serving": False,
+                "reason": "no model installed yet: the agent is up and accepts an install (PUT /v1/model, "
+                          "edgetl deploy); /v1/predict answers 503 until one is installed"}
 
     def shutdown(self) -> None:
         """Stop the pipeline (its sinks flush and close); the model stays loaded until the process ends."""

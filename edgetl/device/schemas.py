@@ -21,8 +21,11 @@ class ErrorDoc(BaseModel):
 
 
 class HealthDoc(BaseModel):
-    status: Literal["ok", "degraded"]
-    reason: str | None = Field(default=None, description="why no model serves (degraded only)")
+    status: Literal["ok", "degraded"] = Field(description="ok: the agent works (serving or ready for an "
+                                                          "install); degraded: installed models fail to load")
+    serving: bool = Field(default=False, description="whether a model answers /v1/predict")
+    model: str | None = Field(default=None, description="the serving model's model_version")
+    reason: str | None = Field(default=None, description="why no model serves (none installed yet, or degraded)")
 
 
 class InfoDoc(_Open):

@@ -156,7 +156,8 @@ class Trainer:
 
     # -- callbacks ----------------------------------------------------------
     def progress(self, stage: str, done: int, total: int) -> None:
-        """``ctx.progress``: a line per message; per-batch stages (:data:`COUNTED`) a line every 20 %."""
+        """``ctx.progress``: a line per call, with ``done/total`` once work is done (``done`` 0 starts a stage:
+        the message alone); per-batch stages (:data:`COUNTED`) a line every 20 %."""
         if stage.startswith(COUNTED):
             progress_note(f"{stage}: {done}/{total} images")  # the heartbeat says where between the lines
             step = max(1, total // 5)
@@ -166,7 +167,7 @@ class Trainer:
             if done < total:
                 self._counted[stage] = done
             return
-        self.log(stage)
+        self.log(f"{stage} {done}/{total}" if done > 0 and total > 0 else stage)
 
     def log_epoch(self, row: Any, tag: str | None = None) -> None:
         """Record one history row (a HistoryRow or a dict; missing keys are fine) and print it."""
@@ -299,6 +300,7 @@ class Trainer:
         self.backbone = manager.get("backbone", self.cfg.backbone.name)
         if strategy.missing_modules():
             raise EdgetlError(f"strategy {strategy.name}: missing {', '.join(strategy.missing_modules())}")
+        strategy.check_options(self.cfg.strategy.options)  # a bad option: stop before the run directory exists
         check_loggers(self.cfg)  # unknown logger or missing library: stop before anything is written
         spec = self.backbone.input
         if self.cfg.train.image_size:

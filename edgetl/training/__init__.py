@@ -8,7 +8,7 @@ its submodule (and torch) on first use, so a plugin takes the names inside
 ("Writing a strategy").
 
 Model:       :class:`Classifier`, :func:`build_classifier`
-Loop:        :func:`fit_epochs`, :class:`Callback`, :class:`EarlyStopping`,
+Loop:        :func:`fit_epochs`, :class:`TrainStep`, :func:`default_step`, :class:`Callback`, :class:`EarlyStopping`,
              :class:`HistoryRow`, :data:`HIGHER_IS_BETTER`, :func:`val_row`,
              :func:`soft_cross_entropy`, :func:`set_bn_eval`
 Optimiser:   :func:`param_groups`, :func:`make_optimizer`, :class:`Schedule`,
@@ -18,6 +18,8 @@ Features:    :func:`extract_features`, :class:`StagePool`, :func:`gem`, :data:`V
 Partial:     :func:`split_backbone`, :class:`OnMaps`
 Data:        :class:`Split`, :func:`with_images`, :func:`batches`, :func:`predict`, :func:`to_device`
 Memory:      :class:`PeakMemory`, :func:`rss_bytes`
+Options:     :func:`resolve_options`, :func:`positive_float`, :func:`resolve_freeze_bn`,
+             :class:`DefaultOptions` (torch-free)
 DDP:         :class:`DistInfo`, :func:`dist_info`, :func:`is_main`, :func:`shard`,
              :func:`all_gather`, :func:`all_reduce_sum`, :func:`broadcast`, :func:`barrier`
 """
@@ -29,7 +31,7 @@ from typing import Any
 
 _WHERE = {
     "Classifier": "model", "build_classifier": "model",
-    "fit_epochs": "loop", "Callback": "loop", "EarlyStopping": "loop", "HistoryRow": "loop",
+    "fit_epochs": "loop", "TrainStep": "loop", "default_step": "loop", "Callback": "loop", "EarlyStopping": "loop", "HistoryRow": "loop",
     "HIGHER_IS_BETTER": "loop", "val_row": "loop", "soft_cross_entropy": "loop", "set_bn_eval": "loop",
     "param_groups": "optim", "make_optimizer": "optim", "Schedule": "optim", "class_weights": "optim",
     "soft_targets": "optim",
@@ -41,6 +43,8 @@ _WHERE = {
     "PeakMemory": "memory", "rss_bytes": "memory",
     "DistInfo": "dist", "dist_info": "dist", "is_main": "dist", "shard": "dist", "all_gather": "dist",
     "all_reduce_sum": "dist", "broadcast": "dist", "barrier": "dist",
+    "resolve_options": "options", "positive_float": "options", "resolve_freeze_bn": "options",
+    "DefaultOptions": "options",
 }
 
 __all__ = sorted(_WHERE)

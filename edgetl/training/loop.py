@@ -137,6 +137,62 @@ class Callback:
         """After the epoch's validation, before its row is logged (may add ``row.extra`` columns)."""
 
 
+@dataclass
+class TrainStep:
+    """One training step of :func:`fit_epochs`, handed to its ``step`` hook: the batch and two actions.
+
+    The default step is ``step.closure(); step.optimizer_step()``. A hook calls
+    them as its method needs: SAM (two closures around a weight perturbation,
+    then one update), gradient accumulation (``closure(zero_grad=False,
+    scale=1/n)`` on every batch, ``optimizer_step()`` on every n-th), lookahead
+    (the update, then its slow-weight interpolation). Whatever the hook does,
+    the loop keeps the rest: mixup/cutmix have already mixed ``x``/``y``, the
+    closure runs under autocast with the gradient scaler, callbacks' extra
+    losses are in it, DDP averages its gradients, and ``--resume`` checkpoints
+    the model and optimizer after each epoch (state a hook keeps elsewhere is
+    not checkpointed: keep it in the optimizer's ``state`` to survive a resume).
+
+    Attributes:
+        model: the unwrapped module being trained.
+        optimizer: the torch optimizer (``train.optimizer`` over ``groups``).
+        x: this process's batch (N, 3, H, W) on the device (mixed when mixup/cutmix apply).
+        y: (N,) class indices, or (N, K) soft targets after mixing.
+        epoch: 0-based epoch.
+        batch: 0-based index of the batch in the epoch.
+        batches: batches in the epoch.
+        losses: the loss of every closure call of this step (the first is the epoch's ``train_loss``).
+    """
+
+    model: Any
+    optimizer: Any
+    x: Any
+    y: Any
+    epoch: int
+    batch: int
+    batches: int
+    _closure: Callable[[bool, float], torch.Tensor] = field(repr=False, default=None)  # type: ignore[assignment]
+    _update: Callable[[], None] = field(repr=False, default=None)  # type: ignore[assignment]
+    losses: list[float] = field(default_factory=list)
+
+    def closure(self, zero_grad: bool = True, scale: float = 1.0) -> torch.Tensor:
+        """Forward and backward at the current weights: gradients of the step's loss (times ``scale``)
+        land in ``.grad`` (cleared first unless ``zero_grad`` is False); returns the loss (detached)."""
+        loss = self._closure(zero_grad, scale)
+        self.losses.append(float(loss))
+        return loss
+
+    def optimizer_step(self) -> None:
+        """The update: gradient clipping (``train.grad_clip``), the optimizer's step through the gradient
+        scaler. The learning-rate schedule steps once per batch whatever the hook does."""
+        self._update()
+
+
+def default_step(step: TrainStep) -> None:
+    """What :func:`fit_epochs` does with each batch unless given a ``step`` hook."""
+    step.closure()
+    step.optimizer_step()
+
+
 class _Start(Callback):
     def __init__(self, start: Callable[[int], dict[str, Any]]):
         self.start = start
@@ -274,35 +330,47 @@ def _wrap(model: torch.nn.Module, ctx: FitContext) -> torch.nn.Module:
 
 
 def _train_epoch(ctx: FitContext, model: torch.nn.Module, wrapped: torch.nn.Module, s: _Setup, epoch: int,
-                 tag: str, loss_fn: Callable, callbacks: list[Callback]) -> tuple[float, int]:
+                 tag: str, loss_fn: Callable, callbacks: list[Callback],
+                 step_fn: Callable[[TrainStep], None]) -> tuple[float, int]:
     """One pass over the training set; (summed loss over all processes' images, images seen here)."""
     cfg, device, k, world = ctx.config.train, ctx.device, len(ctx.labels), ctx.dist.world
     total, seen = 0.0, 0
     bar = progress_bar(len(s.sampler), f"{tag} {epoch + 1}/{s.epochs}", ctx.dist.is_main)
-    for (x, y), global_n in zip(s.loader, s.sampler.global_sizes, strict=True):
-        x, y = to_device(x, device), torch.as_tensor(y).to(device, non_blocking=True)
-        if s.mix is not None:
-            x, y = s.mix(x, y)
-        target = soft_targets(y, k, cfg.label_smoothing)
-        with autocast(device):
-            logits = wrapped(x)
-        per = loss_fn(logits, target)
-        if s.weights is not None:
-            per = per * (target @ s.weights)
-        loss = per.sum() * (world / global_n)
-        for cb in callbacks:
-            more = cb.extra_loss(model, x, y, logits)
-            if more is not None:
-                loss = loss + more
-        s.optimizer.zero_grad(set_to_none=True)
-        s.scaler.scale(loss).backward()
+
+    def update() -> None:
         if cfg.grad_clip:
             s.scaler.unscale_(s.optimizer)
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
         s.scaler.step(s.optimizer)
         s.scaler.update()
+
+    for i, ((x, y), global_n) in enumerate(zip(s.loader, s.sampler.global_sizes, strict=True)):
+        x, y = to_device(x, device), torch.as_tensor(y).to(device, non_blocking=True)
+        if s.mix is not None:
+            x, y = s.mix(x, y)
+        target = soft_targets(y, k, cfg.label_smoothing)
+
+        def closure(zero_grad: bool, scale: float, x: torch.Tensor = x, y: torch.Tensor = y,
+                    target: torch.Tensor = target, global_n: int = global_n) -> torch.Tensor:
+            if zero_grad:
+                s.optimizer.zero_grad(set_to_none=True)
+            with autocast(device):
+                logits = wrapped(x)
+            per = loss_fn(logits, target)
+            if s.weights is not None:
+                per = per * (target @ s.weights)
+            loss = per.sum() * (world / global_n)
+            for cb in callbacks:
+                more = cb.extra_loss(model, x, y, logits)
+                if more is not None:
+                    loss = loss + more
+            s.scaler.scale(loss * scale if scale != 1.0 else loss).backward()
+            return loss.detach()
+
+        step = TrainStep(model, s.optimizer, x, y, epoch, i, len(s.sampler), closure, update)
+        step_fn(step)
         s.schedule.step()
-        total += float(loss.detach()) * global_n / world
+        total += (step.losses[0] if step.losses else 0.0) * global_n / world
         seen += len(x)
         bar.update(1)
     bar.close()
@@ -315,7 +383,8 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
                on_epoch_start: Callable[[int], dict[str, Any]] | None = None,
                eval_modules: Callable[[], list[torch.nn.Module]] | None = None,
                epochs: int | None = None, time_budget_s: float | None = None,
-               train: Any = None, val_inputs: Any = None) -> EarlyStopping:
+               train: Any = None, val_inputs: Any = None,
+               step: Callable[[TrainStep], None] | None = None) -> EarlyStopping:
     """Train ``model`` for ``train.epochs`` epochs; on return it holds the best weights, in eval mode.
 
     Args:
@@ -344,6 +413,10 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
             cached features (mixup/cutmix then do not apply: they mix images).
         val_inputs: what to validate on instead of ``ctx.val.plain``: a dataset
             of ``(x, y)`` in ``ctx.val``'s order (e.g. its cached features).
+        step: what to do with each batch, given a :class:`TrainStep`; default
+            :func:`default_step` (one closure, one optimizer step). SAM,
+            gradient accumulation, lookahead or any two-pass method is a step
+            hook, and keeps ``--resume``, ``--nproc``, AMP and mixup.
 
     Returns:
         The :class:`EarlyStopping` (``best_epoch``, ``best``).
@@ -357,7 +430,8 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
     wrapped: list[Any] = [None, None]  # the DDP-wrapped forward and the trainable set it was built for
     started = time.perf_counter()
     for epoch in range(_resume(ctx, tag, model, s), s.epochs):
-        _one_epoch(ctx, model, s, tag, epoch, train, val, loss_fn, callbacks, eval_modules, wrapped)
+        _one_epoch(ctx, model, s, tag, epoch, train, val, loss_fn, callbacks, eval_modules, wrapped,
+                   step or default_step)
         if s.stopper.stop:
             ctx.progress(f"early stop: no better val {s.stopper.metric} for {s.stopper.patience} epochs",
                          epoch + 1, s.epochs)
@@ -372,7 +446,7 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
 
 def _one_epoch(ctx: FitContext, model: torch.nn.Module, s: _Setup, tag: str, epoch: int, train: Any, val: Any,
                loss_fn: Callable, callbacks: list[Callback], eval_modules: Callable | None,
-               wrapped: list[Any]) -> None:
+               wrapped: list[Any], step_fn: Callable[[TrainStep], None]) -> None:
     """Train, validate, log and checkpoint epoch ``epoch`` (0-based)."""
     extra: dict[str, Any] = {}
     for cb in callbacks:
@@ -386,7 +460,7 @@ def _one_epoch(ctx: FitContext, model: torch.nn.Module, s: _Setup, tag: str, epo
     model.train()
     set_bn_eval(eval_modules() if eval_modules else [])
     t0 = time.perf_counter()
-    total, seen = _train_epoch(ctx, model, wrapped[0], s, epoch, tag, loss_fn, callbacks)
+    total, seen = _train_epoch(ctx, model, wrapped[0], s, epoch, tag, loss_fn, callbacks, step_fn)
     total, seen = dist.all_reduce_sum(ctx.dist, [total, float(seen)])
     train_s = time.perf_counter() - t0
     row = _epoch_row(ctx, model, s, tag, epoch, total / max(seen, 1), extra, val)

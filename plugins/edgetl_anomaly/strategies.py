@@ -37,11 +37,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from edgetl_strategies.options import positive_float, resolve
 
 from edgetl.anomaly_metrics import THRESHOLD, f1_threshold, percentile_threshold
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError, DataError
+from edgetl.training import DefaultOptions, positive_float, resolve_options
 
 COMMON = {"stages": [2, 3], "sigma": 4.0, "threshold": "auto", "percentile": 99.0, "batch_size": 32, "border": 0}
 LABELS = ["good", "anomaly"]
@@ -103,14 +103,14 @@ def calibrate(ctx: FitContext, name: str, model: Any, opts: dict[str, Any]) -> d
     return facts
 
 
-class _AnomalyStrategy(Strategy):
+class _AnomalyStrategy(DefaultOptions, Strategy):
     task = "anomaly"
     requires = ("torch",)
     extra = "train"
     DEFAULTS: dict[str, Any] = COMMON
 
     def options(self, ctx: FitContext) -> dict[str, Any]:
-        opts = resolve(self.name, ctx.options, self.DEFAULTS)
+        opts = resolve_options(self.name, ctx.options, self.DEFAULTS)
         opts["sigma"] = float(opts["sigma"]) if float(opts["sigma"]) == 0 else positive_float(
             self.name, "sigma", opts["sigma"])
         for key in ("batch_size", "border"):

@@ -7,6 +7,7 @@ Registration imports nothing heavy: the host half (:mod:`edgetl_onnx.export`,
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,27 @@ from edgetl.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgetl.manifest import Manifest
+
+# What other plugins may use (docs/plugins.md, "What the built-in plugins share"): these names, from this
+# package, never a submodule; each loads its module on first use. tests/test_layers.py enforces it.
+_PUBLIC = {
+    "export_onnx": ("export", "export_onnx"),  # host: torch -> checked ONNX (dynamo, legacy fallback)
+    "load_runtime": ("runtime", "load"),  # device: ONNX Runtime session for the files of a manifest
+    "run_static": ("runtime", "run_static"),  # device: any N through a static-batch model (padding)
+    "run_static_all": ("runtime", "run_static_all"),
+    "tail_nodes": ("quantize", "tail_nodes"),  # host: the float feature tail of a graph
+    "QuantizeClock": ("quantize", "Clock"),  # host: budget and throttled progress of a quantizer
+    "FIRST_PREFIX": ("quantize", "FIRST_PREFIX"),
+}
+__all__ = ["FIRST_PREFIX", "OnnxFileQuantizer", "QuantizeClock", "export_onnx", "load_runtime", "run_static",
+           "run_static_all", "tail_nodes"]  # _PUBLIC and the class below (tests/test_layers.py reads it)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'edgetl_onnx' has no attribute {name!r}")
+    module, attr = _PUBLIC[name]
+    return getattr(importlib.import_module(f"edgetl_onnx.{module}"), attr)
 
 
 class OnnxTarget(Target):

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgetl_onnx.quantize import FIRST_PREFIX, Clock, tail_nodes
+from edgetl_onnx import FIRST_PREFIX, tail_nodes
+from edgetl_onnx import QuantizeClock as Clock
 
 from edgetl.api import QuantizeContext
 from edgetl.errors import ExportError

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from edgetl_onnx.runtime import run_static, run_static_all
+from edgetl_onnx import run_static, run_static_all
 
 from edgetl.api import Runtime
 from edgetl.errors import BundleError

@@ -24,7 +24,7 @@ from typing import Any
 
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError
-from edgetl_strategies.options import freeze_bn, positive_float, resolve
+from edgetl.training import DefaultOptions, positive_float, resolve_freeze_bn, resolve_options
 
 COMMON = {"lr_decay": 0.5, "freeze_bn": "auto", "hidden": None}
 
@@ -65,7 +65,7 @@ def _per_rank_batch(ctx: FitContext) -> int:
 
 
 
-class Finetune(Strategy):
+class Finetune(DefaultOptions, Strategy):
     name = "finetune"
     description = "train the head and the top N (or all) backbone layer groups, discriminative learning rates"
     requires = ("torch",)
@@ -81,7 +81,7 @@ class Finetune(Strategy):
         return {"unfreeze": "all", "lr_decay": 1.0, "freeze_bn": False} if kind == "scratch" else None
 
     def fit(self, ctx: FitContext) -> TrainedModel:
-        opts = resolve(self.name, ctx.options, self.DEFAULTS)
+        opts = resolve_options(self.name, ctx.options, self.DEFAULTS)
         model, stopper = train_finetune(ctx, self.name, opts)
         return TrainedModel(module=model, task="classify", labels=list(ctx.labels), best_epoch=stopper.best_epoch)
 
@@ -108,7 +108,7 @@ def train_finetune(ctx: FitContext, name: str, opts: dict[str, Any], train: Any 
         raise ConfigError(f"strategy.options.unfreeze: expected 'all' or a number of layer groups "
                           f"(0..{len(groups)}), got {unfreeze!r}")
     frozen = set_trainable(model, groups, n_top)
-    bn = freeze_bn(name, opts["freeze_bn"], _per_rank_batch(ctx))
+    bn = resolve_freeze_bn(name, opts["freeze_bn"], _per_rank_batch(ctx))
     ctx.progress(f"{name}: head + top {min(n_top, len(groups))}/{len(groups)} layer groups, "
                  f"lr {ctx.config.train.lr:g} x {decay:g} per group, BatchNorm "
                  f"{'frozen' if bn else 'training'}", 0, ctx.config.train.epochs)
@@ -120,7 +120,7 @@ def train_finetune(ctx: FitContext, name: str, opts: dict[str, Any], train: Any 
     return model, stopper
 
 
-class Progressive(Strategy):
+class Progressive(DefaultOptions, Strategy):
     name = "progressive"
     description = "head first, then unfreeze one more layer group every K epochs (or on plateau), lower lr deeper"
     requires = ("torch",)
@@ -135,7 +135,7 @@ class Progressive(Strategy):
     def fit(self, ctx: FitContext) -> TrainedModel:
         from edgetl.training import HIGHER_IS_BETTER, fit_epochs, param_groups
 
-        opts = resolve(self.name, ctx.options, self.DEFAULTS)
+        opts = resolve_options(self.name, ctx.options, self.DEFAULTS)
         decay = positive_float(self.name, "lr_decay", opts["lr_decay"], upper=1.0)
         every = opts["every"]
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
@@ -147,7 +147,7 @@ class Progressive(Strategy):
         cap = len(groups) if opts["max_groups"] is None else min(int(opts["max_groups"]), len(groups))
         epochs = ctx.config.train.epochs
         lr = ctx.config.train.lr
-        bn = freeze_bn(self.name, opts["freeze_bn"], _per_rank_batch(ctx))
+        bn = resolve_freeze_bn(self.name, opts["freeze_bn"], _per_rank_batch(ctx))
         if opts["trigger"] == "epochs":
             plan = self.plan(every, len(groups), epochs, cap)
             steps = [f"epoch {plan.index(n) + 1}: +group{len(groups) - n} (lr {lr * decay ** n:.2g})"

@@ -42,9 +42,8 @@ import numpy as np
 
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError
-from edgetl.training import VIEWS
+from edgetl.training import VIEWS, DefaultOptions, resolve_options
 from edgetl_strategies.finetune import build_model
-from edgetl_strategies.options import resolve
 
 
 def views_from_augment(augment: list[str]) -> list[str]:
@@ -142,7 +141,7 @@ def fold_standardisation(head: Any, mean: Any, std: Any) -> None:
         linear.bias.sub_(linear.weight @ mean)
 
 
-class LinearProbe(Strategy):
+class LinearProbe(DefaultOptions, Strategy):
     name = "linear-probe"
     description = "frozen backbone, features cached once (flip views), linear or MLP head trained on the cache"
     requires = ("torch",)
@@ -160,7 +159,7 @@ class LinearProbe(Strategy):
 
         from edgetl.training import Split, extract_features, fit_epochs
 
-        opts = resolve(self.name, ctx.options, self.DEFAULTS)
+        opts = resolve_options(self.name, ctx.options, self.DEFAULTS)
         cfg = ctx.config.train
         views = cached_views(opts["views"], ctx.config.augment)
         ignored = [a for a in ctx.config.augment if a not in ("hflip", "vflip", "rot90")]

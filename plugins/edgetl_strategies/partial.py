@@ -51,12 +51,12 @@ import numpy as np
 
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError
+from edgetl.training import DefaultOptions, positive_float, resolve_options
 from edgetl_strategies.finetune import build_model
 from edgetl_strategies.linear_probe import cached_views, probe
-from edgetl_strategies.options import positive_float, resolve
 
 
-class PartialFinetune(Strategy):
+class PartialFinetune(DefaultOptions, Strategy):
     name = "partial-finetune"
     description = "frozen lower stages run once (activations cached), the top layer groups + head fine-tune on them"
     requires = ("torch",)
@@ -70,7 +70,7 @@ class PartialFinetune(Strategy):
 
         from edgetl.training import split_backbone
 
-        opts = resolve(self.name, ctx.options, self.DEFAULTS)
+        opts = resolve_options(self.name, ctx.options, self.DEFAULTS)
         views = cached_views(opts["views"], ctx.config.augment)
         head_epochs = opts["head_epochs"]
         if isinstance(head_epochs, bool) or not isinstance(head_epochs, int) or head_epochs < 0:

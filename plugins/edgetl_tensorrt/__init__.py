@@ -52,7 +52,7 @@ class TensorRtTarget(Target):
         return TensorRtProfile
 
     def export(self, model: Any, example: Any, out_dir: Path, spec: ExportSpec) -> list[Path]:
-        from edgetl_onnx.export import export_onnx
+        from edgetl_onnx import export_onnx
 
         return [export_onnx(model, example, Path(out_dir) / "model.onnx", dynamic_batch=spec.dynamic_batch,
                             report=spec.report)]
@@ -75,9 +75,9 @@ class TensorRtTarget(Target):
     def load_for_gate(self, files: Sequence[Path], manifest: Manifest,
                       options: dict[str, Any] | None = None) -> Runtime:
         """Host stand-in: ONNX Runtime on the exact ONNX the device will build from."""
-        from edgetl_onnx.runtime import load
+        from edgetl_onnx import load_runtime
 
-        return load(files, manifest, {"providers": ["CPUExecutionProvider"]})
+        return load_runtime(files, manifest, {"providers": ["CPUExecutionProvider"]})
 
     def load(self, files: Sequence[Path], manifest: Manifest,
              options: dict[str, Any] | None = None) -> Runtime:

@@ -20,11 +20,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from edgetl_strategies.finetune import COMMON, build_model
-from edgetl_strategies.options import freeze_bn, positive_float, resolve
+from edgetl_strategies import COMMON_OPTIONS as COMMON
+from edgetl_strategies import build_model
 
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError
+from edgetl.training import DefaultOptions, positive_float, resolve_freeze_bn, resolve_options
 
 
 def lambda_schedule(progress: float, gamma: float = 10.0) -> float:
@@ -118,7 +119,7 @@ def needs_unlabeled(ctx: FitContext, name: str) -> None:
                           "images (none given)")
 
 
-class Dann(Strategy):
+class Dann(DefaultOptions, Strategy):
     name = "dann"
     description = "domain-adversarial fine-tune toward data.target_unlabeled (gradient reversal, domain head dropped)"
     requires = ("torch",)
@@ -132,7 +133,7 @@ class Dann(Strategy):
         if ctx.dist.enabled:
             raise ConfigError("strategy dann: runs in one process (the domain head is not DDP-synchronised); "
                               "drop --nproc")
-        opts = resolve(self.name, ctx.options, self.DEFAULTS)
+        opts = resolve_options(self.name, ctx.options, self.DEFAULTS)
         weight = positive_float(self.name, "weight", opts["weight"])
         gamma = positive_float(self.name, "gamma", opts["gamma"])
         decay = positive_float(self.name, "lr_decay", opts["lr_decay"], upper=1.0)
@@ -143,7 +144,7 @@ class Dann(Strategy):
         head = domain_head(ctx.backbone.feature_dim, hidden).to(ctx.device)
         groups = ctx.backbone.layer_groups(model.features)
         cfg = ctx.config.train
-        bn = freeze_bn(self.name, opts["freeze_bn"], cfg.batch_size)
+        bn = resolve_freeze_bn(self.name, opts["freeze_bn"], cfg.batch_size)
         steps = cfg.epochs * math.ceil(len(ctx.train) / cfg.batch_size)
         callback = make_callback(ctx, model, head, weight, gamma, steps)
         opt_groups = param_groups(model, groups, cfg.lr, decay, cfg.weight_decay)

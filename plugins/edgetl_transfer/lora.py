@@ -23,11 +23,11 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from edgetl_strategies.finetune import build_model
-from edgetl_strategies.options import positive_float, resolve
+from edgetl_strategies import build_model
 
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError
+from edgetl.training import DefaultOptions, positive_float, resolve_options
 
 LAYER_KINDS = ("conv", "linear")
 
@@ -103,7 +103,7 @@ def merge(peft_model: Any) -> Any:
     return peft_model.merge_and_unload()
 
 
-class Lora(Strategy):
+class Lora(DefaultOptions, Strategy):
     name = "lora"
     description = "low-rank adapters on the frozen backbone's conv/linear layers (peft), merged before export"
     requires = ("torch", "peft")
@@ -112,7 +112,7 @@ class Lora(Strategy):
                 "freeze_bn": True, "hidden": None}
 
     def options(self, ctx: FitContext) -> dict[str, Any]:
-        opts = resolve(self.name, ctx.options, self.DEFAULTS)
+        opts = resolve_options(self.name, ctx.options, self.DEFAULTS)
         r = opts["r"]
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ConfigError(f"strategy.options.r: expected a positive integer rank, got {r!r} (lora)")

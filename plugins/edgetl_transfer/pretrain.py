@@ -21,10 +21,9 @@ import dataclasses
 import time
 from typing import Any
 
-from edgetl_strategies.options import positive_float, resolve
-
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError
+from edgetl.training import DefaultOptions, positive_float, resolve_options
 from edgetl_transfer.dann import needs_unlabeled
 
 
@@ -79,7 +78,7 @@ def pretrain_rotation(ctx: FitContext, epochs: int, lr: float, limit: int | None
     return rows
 
 
-class IntermediatePretrain(Strategy):
+class IntermediatePretrain(DefaultOptions, Strategy):
     name = "intermediate-pretrain"
     description = "self-supervised rotation prediction on data.target_unlabeled, then finetune on the labels"
     requires = ("torch",)
@@ -87,12 +86,12 @@ class IntermediatePretrain(Strategy):
     DEFAULTS = {"pretrain_epochs": 3, "pretrain_lr": None, "pretrain_images": None, "finetune": {}}
 
     def fit(self, ctx: FitContext) -> TrainedModel:
-        from edgetl_strategies.finetune import Finetune
+        from edgetl_strategies import Finetune
 
         from edgetl.training import PeakMemory
 
         needs_unlabeled(ctx, self.name)
-        opts = resolve(self.name, ctx.options, self.DEFAULTS)
+        opts = resolve_options(self.name, ctx.options, self.DEFAULTS)
         epochs = opts["pretrain_epochs"]
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ConfigError(f"strategy.options.pretrain_epochs: expected a number of epochs >= 0, got {epochs!r} "

@@ -46,11 +46,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgetl_strategies.finetune import COMMON, train_finetune
-from edgetl_strategies.options import positive_float, resolve
+from edgetl_strategies import COMMON_OPTIONS as COMMON
+from edgetl_strategies import train_finetune
 
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError
+from edgetl.training import DefaultOptions, positive_float, resolve_options
 
 EXEMPLARS = "exemplars"
 INDEX = "index.json"
@@ -145,7 +146,7 @@ def distillation(teacher: Any, groups: Any, temperature: float, weight: float) -
     return Distill()
 
 
-class Rehearsal(Strategy):
+class Rehearsal(DefaultOptions, Strategy):
     name = "rehearsal"
     description = "continual learning: fine-tune on new data + a class-balanced exemplar buffer, optional LwF"
     requires = ("torch",)
@@ -154,7 +155,7 @@ class Rehearsal(Strategy):
                 "lwf_weight": 1.0, "unfreeze": "all", **COMMON}
 
     def options(self, ctx: FitContext) -> dict[str, Any]:
-        opts = resolve(self.name, ctx.options, self.DEFAULTS)
+        opts = resolve_options(self.name, ctx.options, self.DEFAULTS)
         size = opts["buffer_size"]
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ConfigError(f"strategy.options.buffer_size: expected a whole number >= 0, got {size!r}")

@@ -16,7 +16,8 @@ def router(agent) -> APIRouter:
 
     @api.get("/v1/health", response_model=schemas.HealthDoc, response_model_exclude_none=True, tags=["agent"])
     def health() -> dict[str, Any]:
-        """Liveness, without a token: ``ok``, or ``degraded`` with the reason (no model loads)."""
+        """Liveness, without a token: ``ok`` (serving a model, or none installed yet: ``serving: false`` and
+        what that means), or ``degraded`` with the reason (installed models do not load)."""
         return agent.health()
 
     @api.get("/metrics", tags=["agent"], response_class=Response,
