@@ -1,11 +1,13 @@
 """What a plugin author meets when something is wrong: a near-miss method name, a bug in a plugin,
-``train.threshold: argmax``, progress counts, a typed options model refused before the run."""
+``train.threshold: argmax``, a typed options model refused before the run."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
-from click.testing import CliRunner
-from plugin_factory import activate, make_plugin
+from plugin_factory import activate, make_plugin, subprocess_env
 
 from edgetl.errors import ConfigError
 from edgetl.plugins import PluginManager, PluginWarning, blame, reset_manager
@@ -81,12 +83,11 @@ def test_an_exception_inside_a_plugin_names_the_plugin_and_the_component(tmp_pat
         with pytest.raises(ZeroDivisionError) as err:
             sink.open({})
         assert blame(err.value) == "sink 'boom' (plugin buggy)"
-        from edgetl.cli import cli
-
-        result = CliRunner().invoke(cli, ["boom"])
-        assert result.exit_code == 1
-        assert result.output.strip() == ("error: plugin buggy (edgetl_test_buggy): ZeroDivisionError: division by "
-                                         "zero (run with --debug for the traceback)")
+        done = subprocess.run([sys.executable, "-m", "edgetl", "boom"], capture_output=True, text=True,
+                              env=subprocess_env(tmp_path, load="buggy"))
+        assert done.returncode == 1
+        assert done.stderr.strip() == ("error: plugin buggy (edgetl_test_buggy): ZeroDivisionError: division by "
+                                       "zero (run with --debug for the traceback)")
         assert blame(ValueError("edgetl's own")) is None
     finally:
         reset_manager()
@@ -101,18 +102,6 @@ def test_threshold_argmax_shorthand_is_accepted(tmp_path):
     path.write_text("name: x\ndata: {train: a}\ntrain: {threshold: recall}\n")
     with pytest.raises(ConfigError, match="policy 'recall' needs 'class'"):
         load_run_config(path)
-
-
-def test_strategy_progress_prints_the_counts(tmp_path):
-    from edgetl.host.engine import Trainer
-
-    lines: list[str] = []
-    trainer = Trainer.__new__(Trainer)
-    trainer._counted, trainer.log = {}, lines.append
-    trainer.progress("sam: second pass", 3, 10)
-    trainer.progress("sam: starting", 0, 10)
-    trainer.progress("a note", 0, 0)
-    assert lines == ["sam: second pass 3/10", "sam: starting", "a note"]
 
 
 def test_a_typed_strategy_options_model_refuses_a_typo_before_any_run(tmp_path):

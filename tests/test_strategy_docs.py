@@ -142,3 +142,54 @@ def test_the_sam_tutorial_takes_two_passes_per_step_and_goes_through_export_and_
         assert doc["reference"]["status"] == "passed", verified.output
     finally:
         reset_manager()
+
+
+BLANKING = '''
+from edgetl.api import Strategy, TrainedModel
+from edgetl.hookspecs import hookimpl
+
+SEEN = []
+
+
+class Blank(Strategy):
+    name, requires = "blank", ("torch",)
+
+    def fit(self, ctx):
+        import torch
+        from edgetl.training import Callback, build_classifier, fit_epochs
+
+        class Watch(Callback):
+            def extra_loss(self, model, x, y, logits):
+                SEEN.append(float(x.abs().sum()))
+
+        def blank(step):  # an augmentation of the strategy's own, on the batch
+            step.x = torch.zeros_like(step.x)
+            step.closure(zero_grad=step.batch == 0, scale=0.5)  # accumulate over the epoch...
+            if step.batch + 1 == step.batches:
+                step.optimizer_step()  # ...and update once
+
+        model = build_classifier(ctx)
+        stop = fit_epochs(ctx, model, model.head.parameters(), tag="blank", step=blank, callbacks=[Watch()])
+        return TrainedModel(module=model, task="classify", labels=list(ctx.labels), best_epoch=stop.best_epoch)
+
+
+@hookimpl
+def edgetl_strategies(register):
+    register(Blank())
+'''
+
+
+def test_a_step_hook_may_replace_the_batch_and_accumulate_gradients(tmp_path, monkeypatch):
+    import importlib
+
+    make_plugin(tmp_path / "site", "blank", BLANKING, module="edgetl_blank")
+    activate(monkeypatch, tmp_path / "site", "blank")
+    reset_manager()
+    try:
+        data = make_dataset(tmp_path / "data", n_train=12, n_val=6)
+        cfg = load_run_config(write_config(tmp_path / "b.yaml", data, "blank", epochs=1))
+        Trainer(cfg, tmp_path / "run", device="cpu", log=lambda m: None).run()
+        seen = importlib.import_module("edgetl_blank").SEEN
+        assert seen and set(seen) == {0.0}  # every closure trained on the batch the hook replaced
+    finally:
+        reset_manager()

@@ -159,9 +159,10 @@ def test_trainer_prints_a_counted_stage_every_fifth_of_the_way(tmp_path, data):
     trainer = Trainer(load_run_config(write_config(tmp_path / "c.yaml", data)), tmp_path / "run", log=lines.append)
     for done in [*range(64, 654, 64), 654]:  # ELPV's test split in batches of 64
         trainer.progress("evaluate test", done, 654)
-    trainer.progress("early stop: no better val loss for 3 epochs", 4, 10)  # a message: always printed
+    trainer.progress("early stop: no better val loss for 3 epochs", 0, 0)  # a message: always printed
+    trainer.progress("sam: second pass", 4, 10)  # any other stage: always printed, with its counts
     assert lines == [f"  evaluate test: {n}/654 images" for n in (192, 320, 448, 576, 654)] + [
-        "early stop: no better val loss for 3 epochs"]
+        "early stop: no better val loss for 3 epochs", "sam: second pass 4/10"]
 
 
 def test_scratch_baseline_is_reported(tmp_path, data):

@@ -78,6 +78,53 @@ def _target(manifest: Manifest) -> Target:
         return _Undeclared(manifest.target.format, manifest.compat.runtimes)
 
 
+def _present(fmt: str, facts: dict[str, Any]) -> None:
+    """Refuse a bundle whose target plugin or runtime library this device lacks."""
+    runtime = facts["runtimes"].get(fmt)
+    if runtime is None:
+        known = ", ".join(sorted(facts["runtimes"])) or "none"
+        raise InstallError(f"incompatible: the bundle needs target '{fmt}', which is not installed on this "
+                           f"device (targets here: {known})")
+    if not runtime["available"]:
+        extra = f"; install edgetl[{runtime['extra']}]" if runtime.get("extra") else ""
+        raise InstallError(f"incompatible: target '{fmt}' needs {', '.join(runtime['missing'])}, "
+                           f"missing on this device{extra}")
+
+
+def _arch_and_gpu(fmt: str, compat: Any, facts: dict[str, Any], bound: set[str], warnings: list[str]) -> None:
+    bundle_arch, device_arch = compat.arch, facts["arch"]
+    if bundle_arch and bundle_arch != device_arch:
+        if "arch" in bound:
+            raise InstallError(f"incompatible: the bundle's {fmt} model was made for {bundle_arch}, "
+                               f"this device is {device_arch} (target '{fmt}' declares its files tied to the "
+                               f"CPU architecture)")
+        warnings.append(f"exported for {bundle_arch}, running on {device_arch} ({fmt} files are portable)")
+    gpus = facts.get("gpus") or []
+    device_gpus = ", ".join(g.get("model") or g.get("name", "?") for g in gpus) or "no GPU found"
+    if compat.gpu and not gpu_matches(compat.gpu, gpus):
+        if "gpu" in bound:
+            raise InstallError(f"incompatible: the bundle's {fmt} model was built for GPU '{compat.gpu}'; "
+                               f"this device has {device_gpus} (target '{fmt}' declares its files tied to the GPU)")
+        warnings.append(f"the device profile expects GPU '{compat.gpu}'; this device has {device_gpus}")
+
+
+def _versions(fmt: str, compat: Any, facts: dict[str, Any], target: Target, bound: set[str],
+              warnings: list[str]) -> dict[str, Any]:
+    distributions = target.runtime_distributions()
+    versions: dict[str, Any] = {}
+    for name, host_version in compat.runtimes.items():
+        device_version = next((facts["versions"][p] for p in distributions.get(name, ())
+                               if p in facts["versions"]), None)
+        versions[name] = {"bundle": host_version, "device": device_version}
+        if device_version and _major_minor(str(host_version)) != _major_minor(device_version):
+            message = f"{name} {device_version} here, {host_version} on the host"
+            if "runtime" in bound:
+                raise InstallError(f"incompatible: {message} (target '{fmt}' declares its files tied to the "
+                                   f"runtime version)")
+            warnings.append(message)
+    return versions
+
+
 def check_compatibility(manifest: Manifest | dict[str, Any], facts: dict[str, Any], strict_int8: bool = False,
                         target: Any = None) -> dict[str, Any]:
     """Compare the manifest's target and compat facts with :func:`edgetl.device.facts.device_facts`.
@@ -95,43 +142,11 @@ def check_compatibility(manifest: Manifest | dict[str, Any], facts: dict[str, An
     manifest = as_manifest(manifest)
     fmt, precision, compat = manifest.target.format, manifest.target.precision, manifest.compat
     warnings: list[str] = []
-    runtime = facts["runtimes"].get(fmt)
-    if runtime is None:
-        known = ", ".join(sorted(facts["runtimes"])) or "none"
-        raise InstallError(f"incompatible: the bundle needs target '{fmt}', which is not installed on this "
-                           f"device (targets here: {known})")
-    if not runtime["available"]:
-        extra = f"; install edgetl[{runtime['extra']}]" if runtime.get("extra") else ""
-        raise InstallError(f"incompatible: target '{fmt}' needs {', '.join(runtime['missing'])}, "
-                           f"missing on this device{extra}")
+    _present(fmt, facts)
     target = target if target is not None else _target(manifest)
     bound = set(target.bound_to)
-    bundle_arch, device_arch = compat.arch, facts["arch"]
-    if bundle_arch and bundle_arch != device_arch:
-        if "arch" in bound:
-            raise InstallError(f"incompatible: the bundle's {fmt} model was made for {bundle_arch}, "
-                               f"this device is {device_arch} (target '{fmt}' declares its files tied to the "
-                               f"CPU architecture)")
-        warnings.append(f"exported for {bundle_arch}, running on {device_arch} ({fmt} files are portable)")
-    gpus = facts.get("gpus") or []
-    device_gpus = ", ".join(g.get("model") or g.get("name", "?") for g in gpus) or "no GPU found"
-    if compat.gpu and not gpu_matches(compat.gpu, gpus):
-        if "gpu" in bound:
-            raise InstallError(f"incompatible: the bundle's {fmt} model was built for GPU '{compat.gpu}'; "
-                               f"this device has {device_gpus} (target '{fmt}' declares its files tied to the GPU)")
-        warnings.append(f"the device profile expects GPU '{compat.gpu}'; this device has {device_gpus}")
-    distributions = target.runtime_distributions()
-    versions: dict[str, Any] = {}
-    for name, host_version in compat.runtimes.items():
-        device_version = next((facts["versions"][p] for p in distributions.get(name, ())
-                               if p in facts["versions"]), None)
-        versions[name] = {"bundle": host_version, "device": device_version}
-        if device_version and _major_minor(str(host_version)) != _major_minor(device_version):
-            message = f"{name} {device_version} here, {host_version} on the host"
-            if "runtime" in bound:
-                raise InstallError(f"incompatible: {message} (target '{fmt}' declares its files tied to the "
-                                   f"runtime version)")
-            warnings.append(message)
+    _arch_and_gpu(fmt, compat, facts, bound, warnings)
+    versions = _versions(fmt, compat, facts, target, bound, warnings)
     if precision == "int8" and "cpu_features" in bound:
         host_flags = set(compat.host_cpu.get("flags") or [])
         lacking = sorted((host_flags & set(INT8_FEATURES)) - set(facts["cpu"]["flags"]))
@@ -140,7 +155,8 @@ def check_compatibility(manifest: Manifest | dict[str, Any], facts: dict[str, An
             if strict_int8:
                 raise InstallError(f"incompatible: {message}")
             warnings.append(message + "; the reference check on this device decides")
+    gpus = facts.get("gpus") or []
     return {"passed": True, "format": fmt, "precision": precision, "bound_to": sorted(bound),
-            "arch": {"bundle": bundle_arch, "device": device_arch},
+            "arch": {"bundle": compat.arch, "device": facts["arch"]},
             "gpu": {"bundle": compat.gpu, "device": [g.get("model") or g.get("name") for g in gpus]},
             "runtimes": versions, "warnings": warnings}

@@ -155,8 +155,9 @@ class TrainStep:
     Attributes:
         model: the unwrapped module being trained.
         optimizer: the torch optimizer (``train.optimizer`` over ``groups``).
-        x: this process's batch (N, 3, H, W) on the device (mixed when mixup/cutmix apply).
-        y: (N,) class indices, or (N, K) soft targets after mixing.
+        x: this process's batch (N, 3, H, W) on the device (mixed when mixup/cutmix apply); the
+            closure reads it when called, so a hook may replace it first (an augmentation of its own).
+        y: (N,) class indices, or (N, K) soft targets after mixing (label smoothing applies in the closure).
         epoch: 0-based epoch.
         batch: 0-based index of the batch in the epoch.
         batches: batches in the epoch.
@@ -348,10 +349,12 @@ def _train_epoch(ctx: FitContext, model: torch.nn.Module, wrapped: torch.nn.Modu
         x, y = to_device(x, device), torch.as_tensor(y).to(device, non_blocking=True)
         if s.mix is not None:
             x, y = s.mix(x, y)
-        target = soft_targets(y, k, cfg.label_smoothing)
+        holder: list[TrainStep] = []
 
-        def closure(zero_grad: bool, scale: float, x: torch.Tensor = x, y: torch.Tensor = y,
-                    target: torch.Tensor = target, global_n: int = global_n) -> torch.Tensor:
+        def closure(zero_grad: bool, scale: float, global_n: int = global_n,
+                    holder: list[TrainStep] = holder) -> torch.Tensor:
+            x, y = holder[0].x, holder[0].y  # the hook may have changed the batch (its own augmentation)
+            target = soft_targets(y, k, cfg.label_smoothing)
             if zero_grad:
                 s.optimizer.zero_grad(set_to_none=True)
             with autocast(device):
@@ -368,6 +371,7 @@ def _train_epoch(ctx: FitContext, model: torch.nn.Module, wrapped: torch.nn.Modu
             return loss.detach()
 
         step = TrainStep(model, s.optimizer, x, y, epoch, i, len(s.sampler), closure, update)
+        holder.append(step)
         step_fn(step)
         s.schedule.step()
         total += (step.losses[0] if step.losses else 0.0) * global_n / world
@@ -433,11 +437,10 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
         _one_epoch(ctx, model, s, tag, epoch, train, val, loss_fn, callbacks, eval_modules, wrapped,
                    step or default_step)
         if s.stopper.stop:
-            ctx.progress(f"early stop: no better val {s.stopper.metric} for {s.stopper.patience} epochs",
-                         epoch + 1, s.epochs)
+            ctx.progress(f"early stop: no better val {s.stopper.metric} for {s.stopper.patience} epochs", 0, 0)
             break
         if budget is not None and time.perf_counter() - started >= budget:
-            ctx.progress(f"{tag}: time budget of {budget:.0f} s reached", epoch + 1, s.epochs)
+            ctx.progress(f"{tag}: time budget of {budget:.0f} s reached after epoch {epoch + 1}/{s.epochs}", 0, 0)
             break
     s.stopper.restore(model)
     model.eval()
