@@ -226,19 +226,13 @@ class TargetProfile(_Strict):
         return {k: v for k, v in dict(runtime).items() if v is not None}
 
 
-_PROFILE_CLASSES: dict[tuple[str, int], type[TargetProfile]] = {}
-
-
 def profile_class(target: Any) -> type[TargetProfile]:
     """:class:`TargetProfile` with ``target``'s own profile keys (:meth:`edgetl.api.Target.profile_model`)."""
     settings = target.profile_model()
     if settings is None:
         return TargetProfile
-    key = (target.name, id(settings))
-    if key not in _PROFILE_CLASSES:  # the target's fields first: its 'runtime' replaces the free mapping
-        _PROFILE_CLASSES[key] = type(f"TargetProfile[{target.name}]", (settings, TargetProfile),
-                                     {"model_config": ConfigDict(extra="forbid")})
-    return _PROFILE_CLASSES[key]
+    # the target's fields first: its 'runtime' replaces the free mapping
+    return type(f"TargetProfile[{target.name}]", (settings, TargetProfile), {"model_config": ConfigDict(extra="forbid")})
 
 
 # -- fleet file -----------------------------------------------------------------

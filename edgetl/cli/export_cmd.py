@@ -52,8 +52,8 @@ def stages_table(stages: list[dict]) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", help="Target plugin: onnx, openvino, tensorrt, … (default: the --target profile's).")
 @click.option("--target", "target", type=click.Path(path_type=Path),
-              help="Device profile, a shipped name (x86-openvino-cpu) or a YAML file: runtime settings, "
-                   "batch and fallback chain.")
+              help="Device profile, a shipped name (x86-openvino-cpu), one a target plugin ships, or a YAML "
+                   "file: runtime settings, batch and fallback chain.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
               help="auto walks the chain (int8 -> accuracy-aware int8 -> fp16 -> fp32) and keeps the first that passes.")
 @click.option("--fallback", is_flag=True, help="If the asked precision fails the gate, continue down the chain.")
