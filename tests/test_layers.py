@@ -47,6 +47,17 @@ def layer(module: str) -> str:
     return parts[1] if len(parts) > 1 and parts[1] in UPPER else "core"
 
 
+def test_edgetl_api_names_every_public_name_in_all():
+    """``edgetl.api.__all__`` is the promise: every public class and constant defined there, nothing else."""
+    import inspect
+
+    import edgetl.api as api
+
+    defined = {n for n, v in vars(api).items() if not n.startswith("_") and not inspect.ismodule(v)
+               and (getattr(v, "__module__", None) == "edgetl.api" or n.isupper()) and n not in ("ABC", "TYPE_CHECKING")}
+    assert set(api.__all__) == defined
+
+
 def test_the_public_module_table_is_there():
     assert {"edgetl.api", "edgetl.hookspecs", "edgetl.errors", "edgetl.training", "edgetl.preprocess"} <= \
         public_modules()
