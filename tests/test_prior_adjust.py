@@ -75,11 +75,11 @@ def test_a_balanced_run_saves_the_adjusted_model_and_says_so(tmp_path):
     from edgetl.host.engine import Trainer
 
     data = tmp_path / "data"
-    make_folder(data / "train", {"good": 24, "defect": 6}, seed=1)
-    make_folder(data / "val", {"good": 10, "defect": 10}, seed=2)
+    make_folder(data / "train", {"good": 16, "defect": 4}, seed=1)
+    make_folder(data / "val", {"good": 6, "defect": 6}, seed=2)
     runs = {}
     for name, policy in (("plain", "{policy: argmax}"), ("adjusted", "{policy: balanced, tau: 1.0}")):
-        cfg = load_run_config(write_config(tmp_path / f"{name}.yaml", data, "linear-probe", epochs=2),
+        cfg = load_run_config(write_config(tmp_path / f"{name}.yaml", data, "linear-probe", epochs=1),
                               [f"train.threshold={policy}"])
         lines: list[str] = []
         Trainer(cfg, tmp_path / name, device="cpu", log=lines.append).run()
