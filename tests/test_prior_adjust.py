@@ -96,6 +96,21 @@ def test_a_balanced_run_saves_the_adjusted_model_and_says_so(tmp_path):
     # same seed, same head: the saved model's outputs are the plain model's, adjusted (to the CSV's 6 decimals)
     np.testing.assert_allclose(adjusted, adjust(plain, decision["offsets"]), atol=2e-5)
     assert predicted == [["defect", "good"][i] for i in adjusted.argmax(axis=1)]
+    # the bundle (ONNX, read without torch on a device) outputs the same adjusted probabilities
+    from edgetl.bundle_predictor import BundlePredictor
+    from edgetl.host.export import ExportOptions, export_run
+    from edgetl.host.run import load_run
+    from edgetl.preprocess import preprocess_file
+
+    result = export_run(tmp_path / "adjusted", ExportOptions(format="onnx", precision="fp32", calib_count=8,
+                                                             latency_runs=1, out=tmp_path / "adjusted.edgetl"))
+    assert result.attempts[0]["passed"]
+    with (tmp_path / "adjusted" / "predictions_val.csv").open() as fh:
+        paths = [row["path"] for row in csv.DictReader(fh)]
+    spec = load_run(tmp_path / "adjusted").input
+    with BundlePredictor(result.bundle) as predictor:
+        got = np.concatenate([predictor.predict(preprocess_file(p, spec)) for p in paths])
+    np.testing.assert_allclose(got[:, [0, 1]], adjusted, atol=2e-5)
 
 
 def test_tau_and_min_recall_belong_to_the_balanced_policy():
