@@ -78,7 +78,7 @@ def test_a_balanced_run_saves_the_adjusted_model_and_says_so(tmp_path):
     make_folder(data / "train", {"good": 16, "defect": 4}, seed=1)
     make_folder(data / "val", {"good": 6, "defect": 6}, seed=2)
     runs = {}
-    for name, policy in (("plain", "{policy: argmax}"), ("adjusted", "{policy: balanced, tau: 1.0}")):
+    for name, policy in (("plain", "{policy: argmax}"), ("adjusted", "{policy: balanced, tau: 1.05}")):
         cfg = load_run_config(write_config(tmp_path / f"{name}.yaml", data, "linear-probe", epochs=1),
                               [f"train.threshold={policy}"])
         lines: list[str] = []
@@ -86,10 +86,10 @@ def test_a_balanced_run_saves_the_adjusted_model_and_says_so(tmp_path):
         runs[name] = (json.loads((tmp_path / name / "metrics.json").read_text()), lines)
     metrics, lines = runs["adjusted"]
     decision = metrics["decision"]
-    assert decision["tau"] == 1.0 and decision["tau_from"] == "config"
+    assert decision["tau"] == 1.05 and decision["tau_from"] == "config"  # off the tuning grid: added to the curve
     assert decision["prior"] == pytest.approx({"defect": 0.2, "good": 0.8})
     assert runs["plain"][0]["decision"] is None and metrics["threshold"] is None
-    assert any("class-prior adjustment, tau 1" in line for line in lines)
+    assert any("class-prior adjustment, tau 1.05 (from config): val accuracy" in line for line in lines)
     assert "class-prior adjustment" in (tmp_path / "adjusted" / "report.md").read_text()
     plain, _ = _val_probs(tmp_path / "plain")
     adjusted, predicted = _val_probs(tmp_path / "adjusted")

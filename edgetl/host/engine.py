@@ -141,12 +141,13 @@ def balanced_point(cfg: RunConfig, labels: list[str], y_train: np.ndarray, y_val
     training images counts as one). ``tau`` is the config's, or
     :func:`edgetl.metrics.tune_adjustment`'s choice on val.
     """
-    from edgetl.metrics import adjustment_offsets, tune_adjustment
+    from edgetl.metrics import ADJUST_TAUS, adjustment_offsets, tune_adjustment
 
     policy = cfg.train.threshold
     counts = np.maximum(np.bincount(np.asarray(y_train, dtype=int), minlength=len(labels)), 1)
     prior = counts / counts.sum()
-    tau, curve = tune_adjustment(y_val, probs, prior, max_accuracy_drop=policy.max_accuracy_drop,
+    taus = ADJUST_TAUS if policy.tau is None else (*ADJUST_TAUS, float(policy.tau))  # the curve shows it
+    tau, curve = tune_adjustment(y_val, probs, prior, taus, max_accuracy_drop=policy.max_accuracy_drop,
                                  min_recall=policy.min_recall)
     chosen = "val" if policy.tau is None else "config"
     tau = tau if policy.tau is None else float(policy.tau)
@@ -453,12 +454,11 @@ class Trainer:
 
         decision = balanced_point(self.cfg, data.classes, data.train.labels, data.val.labels, val_probs)
         trained.module = PriorAdjusted(trained.module, decision["offsets"])
-        row = next(c for c in decision["val_curve"] if c["tau"] == decision["tau"]) \
-            if any(c["tau"] == decision["tau"] for c in decision["val_curve"]) else None
-        self.log(f"operating point: class-prior adjustment, tau {decision['tau']:g} (from {decision['tau_from']})"
-                 + (f": val accuracy {row['accuracy']:.3f}, balanced {row['balanced_accuracy']:.3f} "
-                    f"(argmax {decision['val_curve'][0]['accuracy']:.3f} / "
-                    f"{decision['val_curve'][0]['balanced_accuracy']:.3f})" if row else ""))
+        row = next(c for c in decision["val_curve"] if c["tau"] == decision["tau"])
+        base = decision["val_curve"][0]
+        self.log(f"operating point: class-prior adjustment, tau {decision['tau']:g} (from {decision['tau_from']}): "
+                 f"val accuracy {row['accuracy']:.3f}, balanced {row['balanced_accuracy']:.3f} (argmax "
+                 f"{base['accuracy']:.3f} / {base['balanced_accuracy']:.3f})")
         return decision, adjust(val_probs, decision["offsets"])
 
     def operating_point(self, strategy: Strategy, trained: TrainedModel, data: RunData,
