@@ -61,10 +61,11 @@ def _results(metrics: dict[str, Any], target: float) -> list[str]:
     point = None if threshold is None else f"p({positive}) ≥ {fmt.prob(threshold)}"
     lines = ["| split | decision | n | accuracy (95 % CI) | balanced acc. | ROC AUC | recall (positive class) "
              "| false-reject rate |", "|---|---|---|---|---|---|---|---|"]
+    plain = "argmax of the prior-adjusted model" if metrics.get("decision") else "argmax"
     for split in ("val", "test"):
         if final[split] is None:
             continue
-        lines += _doc_lines(argmax[split], split, "argmax")
+        lines += _doc_lines(argmax[split], split, plain)
         if point is not None:
             lines += _doc_lines(final[split], split, point)
     if point is None and (adj := metrics.get("decision")):
