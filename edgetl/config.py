@@ -61,9 +61,17 @@ class EarlyStopping(_Strict):
 
 
 class ThresholdPolicy(_Strict):
-    policy: Literal["argmax", "recall"] = "argmax"
+    """The operating point: ``argmax``; ``recall`` (a threshold on ``class`` for ``target`` recall on val);
+    ``balanced`` (class-prior adjustment, docs/training.md "Middle grades": ``tau`` fixed, or tuned on val
+    for balanced accuracy within ``max_accuracy_drop`` of the argmax's accuracy and, with ``min_recall``,
+    every class at that recall)."""
+
+    policy: Literal["argmax", "recall", "balanced"] = "argmax"
     class_: str | None = Field(default=None, alias="class")
     target: float | None = Field(default=None, gt=0, le=1)
+    tau: float | None = Field(default=None, ge=0, le=5)
+    max_accuracy_drop: float = Field(default=0.02, ge=0, le=1)
+    min_recall: float | None = Field(default=None, gt=0, le=1)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -77,6 +85,8 @@ class ThresholdPolicy(_Strict):
     def _recall_needs_class(self):
         if self.policy == "recall" and (not self.class_ or self.target is None):
             raise ValueError("policy 'recall' needs 'class' (e.g. defect) and 'target' (e.g. 0.99)")
+        if self.policy != "balanced" and (self.tau is not None or self.min_recall is not None):
+            raise ValueError("'tau' and 'min_recall' belong to policy 'balanced'")
         return self
 
 

@@ -21,6 +21,13 @@ a threshold the decision is the argmax. Anomaly scores (one normalised score
 per image) are anomalous at or above the threshold, :data:`ANOMALY_THRESHOLD`
 (0.5) unless one is stored.
 
+Class-prior (logit) adjustment (``train.threshold.policy: balanced``; Menon et
+al., "Long-tail learning via logit adjustment", ICLR 2021) is not a second rule:
+the run's model gets a fixed last step that multiplies each class's probability
+by ``prior_c ** -tau`` and renormalises (:func:`adjust`), so its outputs, the
+bundle's and the device's, are the adjusted probabilities and the argmax above
+decides on them. :func:`tune_adjustment` picks ``tau`` on validation data.
+
 Ties: an image whose reference output lies within :data:`TIE_MARGIN` of the
 decision boundary (:func:`decision_margin`) has no meaningful decision: two
 runtimes that agree to 1e-6 may still land on different sides. Comparisons
@@ -159,6 +166,67 @@ def pick_threshold(y_true: np.ndarray, probs: np.ndarray, pos: int, target_recal
     need = int(np.ceil(target_recall * scores.size - 1e-9))
     need = min(max(need, 1), scores.size)
     return float(scores[need - 1])
+
+
+ADJUST_TAUS = tuple(round(0.1 * i, 1) for i in range(21))
+"""The ``tau`` grid :func:`tune_adjustment` searches by default: 0 (argmax) to 2 in steps of 0.1."""
+
+
+def adjustment_offsets(prior: Sequence[float] | np.ndarray, tau: float) -> np.ndarray:
+    """Per-class log offsets ``-tau * log(prior)`` (K,): rare classes are raised, common ones lowered.
+
+    ``tau = 1`` makes the argmax the Bayes decision for balanced accuracy when
+    the probabilities are calibrated (Menon et al., 2021); 0 leaves the argmax.
+    """
+    prior = np.asarray(prior, dtype=np.float64)
+    if prior.ndim != 1 or not np.all(prior > 0):
+        raise ValueError(f"prior: expected positive class frequencies, got {prior.tolist()}")
+    return -float(tau) * np.log(prior / prior.sum())
+
+
+def adjust(probs: np.ndarray, offsets: Sequence[float] | np.ndarray) -> np.ndarray:
+    """``probs`` (N, K) times ``exp(offsets)`` per class, renormalised: softmax(log p + offsets)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    w = np.exp(np.asarray(offsets, dtype=np.float64) - np.max(offsets))
+    q = probs * w[None, :]
+    return q / np.clip(q.sum(axis=1, keepdims=True), 1e-300, None)
+
+
+def tune_adjustment(y_true: np.ndarray, probs: np.ndarray, prior: Sequence[float] | np.ndarray,
+                    taus: Sequence[float] = ADJUST_TAUS, max_accuracy_drop: float = 0.02,
+                    min_recall: float | None = None) -> tuple[float, list[dict[str, Any]]]:
+    """The ``tau`` of :func:`adjustment_offsets` for ``probs`` (validation data), and the curve it chose on.
+
+    The one with the highest balanced accuracy (the smallest tau on ties)
+    among the taus whose accuracy is at most ``max_accuracy_drop`` below the
+    argmax's (tau 0). With ``min_recall``, only taus where every class
+    present reaches that recall compete, the floor going first: when none of
+    them is within the accuracy bound, the most accurate of them is taken;
+    when no tau reaches the floor, it is dropped (the curve says so:
+    ``meets_min_recall``).
+
+    Returns:
+        (tau, curve): one dict per tau with ``tau``, ``accuracy``,
+        ``balanced_accuracy``, ``recall`` (per class index present) and
+        ``meets_min_recall``.
+    """
+    y_true = np.asarray(y_true, dtype=int)
+    labels = [str(i) for i in range(np.asarray(probs).shape[1])]
+    base = evaluate(y_true, probs, labels)["accuracy"]
+    curve = []
+    for tau in sorted({0.0, *map(float, taus)}):
+        doc = evaluate(y_true, adjust(probs, adjustment_offsets(prior, tau)), labels)
+        recall = {int(k): v["recall"] for k, v in doc["per_class"].items() if v["support"]}
+        curve.append({"tau": tau, "accuracy": doc["accuracy"], "balanced_accuracy": doc["balanced_accuracy"],
+                      "recall": recall,
+                      "meets_min_recall": min_recall is None or min(recall.values()) >= min_recall - 1e-12})
+    floor = [c for c in curve if c["meets_min_recall"]] or curve
+    ok = [c for c in floor if c["accuracy"] >= base - max_accuracy_drop - 1e-12]
+    if not ok:
+        top = max(c["accuracy"] for c in floor)
+        ok = [c for c in floor if c["accuracy"] == top]
+    best = max(ok, key=lambda c: (round(c["balanced_accuracy"], 12), -c["tau"]))
+    return best["tau"], curve
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -106,6 +106,11 @@ def reject_labels() -> str:
     return "p067,p100"
 
 
+def route_args() -> list[str]:
+    """ELPV: the grades the line routes (p033/p067, the experts' "maybe", to a second look)."""
+    return [] if QUICK else ["--route", "p000=keep,p033=second-look,p067=second-look,p100=reject"]
+
+
 def chosen_precision(fmt: str, bundle: Path) -> None:
     """Say which precision passed the gate, and why each precision tried before it did not."""
     doc = json.loads(edgetl("bundle", "inspect", bundle, "--json", capture=True).stdout)
@@ -207,7 +212,7 @@ def main() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "device_demo.py"), "--bundle",
                            str(bundles["openvino"]), "--trust", str(OUT / "demo.pub"),
                            "--images", str(data / "test"), "--out", str(OUT / "device"),
-                           "--reject", reject_labels()], cwd=ROOT)
+                           "--reject", reject_labels(), *route_args()], cwd=ROOT)
     if proc.returncode != 0:
         sys.exit(f"demo: the device half failed with exit status {proc.returncode}")
 

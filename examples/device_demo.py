@@ -138,6 +138,38 @@ def summary_text(summary: dict, labels: list[str]) -> str:
     return "\n".join(out)
 
 
+ACTIONS = ("keep", "second-look", "reject")
+
+
+def parse_route(text: str) -> dict[str, str]:
+    """``p000=keep,p033=second-look,...`` -> {label: action}; an unknown action stops the demo."""
+    route = {}
+    for item in filter(None, text.split(",")):
+        label, _, action = item.partition("=")
+        if action not in ACTIONS:
+            sys.exit(f"device demo: --route {item}: expected LABEL=ACTION with ACTION one of {', '.join(ACTIONS)}")
+        route[label] = action
+    return route
+
+
+def routing_text(lines: list[dict], route: dict[str, str]) -> str:
+    """Per true grade (image folder), how many parts the line kept, sent to a second look or rejected.
+
+    The action is the route of the label the agent returned, i.e. of its
+    decision under the bundle's operating point; labels without a route are kept.
+    """
+    table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for r in lines:
+        parts = Path(r["source"]).parts
+        table[parts[0] if len(parts) > 1 else "(all)"][route.get(r["label"], "keep")] += 1
+    out = ["the line's routing, " + ", ".join(f"{label} -> {action}" for label, action in route.items()) + ":",
+           f"{'true class':<12}{'images':>7}" + "".join(f"{a:>13}" for a in ACTIONS)]
+    for true, row in sorted(table.items()):
+        n = sum(row.values())
+        out.append(f"{true:<12}{n:>7}" + "".join(f"{row[a]:>7} {row[a] / n:>5.0%}" for a in ACTIONS))
+    return "\n".join(out)
+
+
 def _share(k: int, n: int) -> str:
     return f"{k} of the {n}" + (f" ({k / n:.1%})" if n else "")
 
@@ -167,8 +199,12 @@ def main() -> None:
     parser.add_argument("--reject", default="", metavar="NAME,...",
                         help="labels (and image folders) that mean 'take the part off the line': also score that "
                              "keep/reject decision")
+    parser.add_argument("--route", default="", metavar="LABEL=ACTION,...",
+                        help="what the line does with each label (keep, second-look, reject): print the routing "
+                             "of the replayed parts per true class")
     args = parser.parse_args()
     reject = frozenset(x for x in args.reject.split(",") if x)
+    route = parse_route(args.route)
     # the labels as a user reads them: the command line, not edgetl's private bundle reader
     inspect = subprocess.run([*EDGETL, "bundle", "inspect", "--json", str(args.bundle)], capture_output=True,
                              text=True)
@@ -223,6 +259,8 @@ def main() -> None:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\nresults: {results} ({summary['n']} lines); summary: {args.out / 'summary.json'}")
     print(summary_text(summary, labels))
+    if route:
+        print(routing_text(lines, route))
     predictions = [m for m in metrics.splitlines() if m.startswith("edgetl_predictions_total{")]
     print("agent metrics:\n  " + "\n  ".join(predictions))
 

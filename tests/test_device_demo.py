@@ -27,8 +27,8 @@ def test_device_demo_deploys_and_replays_the_folder_through_the_pipeline(tmp_pat
     images = make_tiny_data(tmp_path) / "val"
     out = tmp_path / "device-out"
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "device_demo.py"), "--bundle", str(bundle),
-                           "--trust", str(pub), "--images", str(images), "--out", str(out), "--reject", "defect"],
-                          capture_output=True, text=True, timeout=300)
+                           "--trust", str(pub), "--images", str(images), "--out", str(out), "--reject", "defect",
+                           "--route", "good=keep,defect=second-look"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     assert len(rows) == len(list(images.rglob("*.png")))
@@ -43,6 +43,13 @@ def test_device_demo_deploys_and_replays_the_folder_through_the_pipeline(tmp_pat
     assert reject["rejected_good"] == sum(t == "good" and p == "defect" for t, p in pairs)
     assert summary["accuracy"] == sum(t == p for t, p in pairs) / len(pairs)
     assert "true class" in proc.stdout and "the line's decision, reject when the model says defect" in proc.stdout
+    # the routing: per true class, the parts kept / sent to a second look / rejected, from the agent's labels
+    routing = proc.stdout.split("the line's routing, good -> keep, defect -> second-look:")[1].splitlines()
+    for true in ("defect", "good"):
+        row = next(line.split() for line in routing if line.startswith(true))
+        counts = summary["confusion"][true]
+        assert [int(row[1]), int(row[2]), int(row[4]), int(row[6])] == [
+            sum(counts.values()), counts.get("good", 0), counts.get("defect", 0), 0]  # count, share, count, ...
 
 
 def test_device_demo_refuses_a_reject_name_the_bundle_and_folders_lack(tmp_path):
@@ -73,3 +80,5 @@ def test_full_demo_trains_the_four_class_recipe_and_rejects_elpv_labels(monkeypa
     assert cfg.name == "elpv-four-recipe" and cfg.train.image_size == 300
     assert cfg.strategy.name == "linear-probe" and cfg.strategy.options["stages"] == [2, 3, 4]
     assert set(demo.reject_labels().split(",")) == {"p067", "p100"} <= set(FOUR)
+    route = dict(item.split("=") for item in demo.route_args()[1].split(","))
+    assert route == {"p000": "keep", "p033": "second-look", "p067": "second-look", "p100": "reject"}

@@ -33,16 +33,21 @@ def _print_counts(counts: dict[str, dict[str, int]]) -> None:
 @click.option("--val-size", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
               help="Share of the rest used for validation.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--folds", type=click.IntRange(2, 20), default=None, metavar="K",
+              help="K disjoint stratified test folds instead of one split: OUT/fold-<k>/{train,val,test}/ per fold "
+                   "(val: --val-size of the other folds; replaces --test-size). Images are hard links to one copy.")
 @click.option("--limit", type=click.IntRange(4), default=None, hidden=True,
               help="Keep a stratified subset of about N cells (tests, quick looks).")
 def elpv_cmd(out: str, classes: str, cell_type: str, test_size: float, val_size: float, seed: int,
-             limit: int | None) -> None:
+             folds: int | None, limit: int | None) -> None:
     """Write the ELPV solar-cell set to OUT/{train,val,test}/<class>/ (+ manifest.csv, README.md).
 
     2,624 greyscale 300x300 electroluminescence images of mono- and
     polycrystalline solar cells from 44 modules (PyPI package elpv-dataset),
     each with a defect probability 0, 1/3, 2/3 or 1. The split is stratified by
     class and cell type and fixed by --seed. Use val to select; test only to report.
+    --folds K writes K such split roots, OUT/fold-0 ... OUT/fold-<K-1>, whose
+    test parts are disjoint and cover every cell (cross-split evaluation).
 
     \b
     Licence: CC BY-NC-SA 4.0 (non-commercial, attribution, share alike).
@@ -55,8 +60,11 @@ def elpv_cmd(out: str, classes: str, cell_type: str, test_size: float, val_size:
     from edgetl.data.elpv import materialise_elpv
 
     counts = materialise_elpv(out, classes=classes, cell_type=cell_type, test_size=test_size,
-                              val_size=val_size, seed=seed, limit=limit)
+                              val_size=val_size, seed=seed, limit=limit, folds=folds)
     _print_counts(counts)
+    if folds:
+        info(f"counts summed over the {folds} folds (each cell is in one fold's test): {out}/fold-0 ... "
+             f"{out}/fold-{folds - 1}")
     info(f"wrote {out} (licence CC BY-NC-SA 4.0; see {out}/README.md for the citations)")
 
 

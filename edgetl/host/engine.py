@@ -125,12 +125,36 @@ def operating_point(cfg: RunConfig, labels: list[str], y_val: np.ndarray,
                     probs: np.ndarray) -> tuple[float | None, str | None]:
     """``train.threshold``: argmax (None), or the highest threshold reaching the target recall on val."""
     policy = cfg.train.threshold
-    if policy.policy == "argmax":
+    if policy.policy in ("argmax", "balanced"):  # balanced: argmax of the adjusted model (prior_adjust)
         return None, None
     if policy.class_ not in labels:
         raise ConfigError(f"train.threshold.class: '{policy.class_}' is not a class of data.train ({labels})")
     pos = labels.index(policy.class_)
     return pick_threshold(y_val, probs, pos, policy.target), policy.class_
+
+
+def balanced_point(cfg: RunConfig, labels: list[str], y_train: np.ndarray, y_val: np.ndarray,
+                   probs: np.ndarray) -> dict[str, Any]:
+    """``train.threshold.policy: balanced``: the class-prior adjustment (tau, offsets) and the val curve.
+
+    The prior is the training split's class frequencies (a class without
+    training images counts as one). ``tau`` is the config's, or
+    :func:`edgetl.metrics.tune_adjustment`'s choice on val.
+    """
+    from edgetl.metrics import ADJUST_TAUS, adjustment_offsets, tune_adjustment
+
+    policy = cfg.train.threshold
+    counts = np.maximum(np.bincount(np.asarray(y_train, dtype=int), minlength=len(labels)), 1)
+    prior = counts / counts.sum()
+    taus = ADJUST_TAUS if policy.tau is None else (*ADJUST_TAUS, float(policy.tau))  # the curve shows it
+    tau, curve = tune_adjustment(y_val, probs, prior, taus, max_accuracy_drop=policy.max_accuracy_drop,
+                                 min_recall=policy.min_recall)
+    chosen = "val" if policy.tau is None else "config"
+    tau = tau if policy.tau is None else float(policy.tau)
+    named = [{**c, "recall": {labels[i]: r for i, r in c["recall"].items()}} for c in curve]
+    return {"policy": "balanced", "tau": tau, "tau_from": chosen, "prior": dict(zip(labels, prior.tolist(), strict=True)),
+            "offsets": adjustment_offsets(prior, tau).tolist(), "max_accuracy_drop": policy.max_accuracy_drop,
+            "min_recall": policy.min_recall, "val_curve": named}
 
 
 class Trainer:
@@ -366,6 +390,10 @@ class Trainer:
             program = None  # the saved module is the wrapped one
         val_probs = self.predict(trained.module, data.val)
         source = self.operating_point(strategy, trained, data, val_probs)
+        decision = None
+        if cfg.train.threshold.policy == "balanced":
+            decision, val_probs = self.prior_adjust(trained, data, val_probs)
+            program = None  # the saved module is the adjusted one
         val_doc = evaluate(data.val.labels, val_probs, data.classes, trained.threshold, trained.positive)
         test_probs = self.predict(trained.module, data.test) if data.test is not None else None
         test_doc = (evaluate(data.test.labels, test_probs, data.classes, trained.threshold, trained.positive)
@@ -382,7 +410,7 @@ class Trainer:
             data=data, history=self.history, val_doc=val_doc, val_probs=val_probs, test_doc=test_doc,
             test_probs=test_probs, baseline=baseline, timing=timing, best_epoch=best_epoch(trained, ctx),
             device=str(self.device), world=self.info.world, program=program, threshold_source=source,
-            continual=continual)
+            continual=continual, decision=decision)
         self.log(f"wrote {self.out} (report: {self.out / 'report.md'})")
         self.tracking.finish(self.out)
         return summary
@@ -420,6 +448,21 @@ class Trainer:
         return forgetting(self.previous, data.classes, split.name, split.labels, old_probs, probs, new_pred,
                           self.baseline_probs)
 
+    def prior_adjust(self, trained: TrainedModel, data: RunData,
+                     val_probs: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+        """Wrap the model in its class-prior adjustment (:func:`balanced_point`); (decision, adjusted val probs)."""
+        from edgetl.metrics import adjust
+        from edgetl.training.model import PriorAdjusted
+
+        decision = balanced_point(self.cfg, data.classes, data.train.labels, data.val.labels, val_probs)
+        trained.module = PriorAdjusted(trained.module, decision["offsets"])
+        row = next(c for c in decision["val_curve"] if c["tau"] == decision["tau"])
+        base = decision["val_curve"][0]
+        self.log(f"operating point: class-prior adjustment, tau {decision['tau']:g} (from {decision['tau_from']}): "
+                 f"val accuracy {row['accuracy']:.3f}, balanced {row['balanced_accuracy']:.3f} (argmax "
+                 f"{base['accuracy']:.3f} / {base['balanced_accuracy']:.3f})")
+        return decision, adjust(val_probs, decision["offsets"])
+
     def operating_point(self, strategy: Strategy, trained: TrainedModel, data: RunData,
                         val_probs: np.ndarray) -> str:
         """Set ``trained.threshold``/``positive``: the strategy's own unless the config sets a policy.
@@ -427,6 +470,12 @@ class Trainer:
         Returns where the threshold came from (``argmax``, ``strategy`` or ``config``) for metrics.json.
         """
         threshold, positive = operating_point(self.cfg, data.classes, data.val.labels, val_probs)
+        if self.cfg.train.threshold.policy == "balanced":
+            if trained.threshold is not None:
+                self.log(f"operating point: train.threshold (balanced) replaces {strategy.name}'s own threshold "
+                         f"{trained.threshold:.4f} on '{trained.positive}'")
+            trained.threshold, trained.positive = None, None
+            return "config"
         if trained.threshold is None:
             trained.threshold, trained.positive = threshold, positive if threshold is not None else trained.positive
             return "config" if threshold is not None else "argmax"

@@ -61,12 +61,22 @@ def _results(metrics: dict[str, Any], target: float) -> list[str]:
     point = None if threshold is None else f"p({positive}) ≥ {fmt.prob(threshold)}"
     lines = ["| split | decision | n | accuracy (95 % CI) | balanced acc. | ROC AUC | recall (positive class) "
              "| false-reject rate |", "|---|---|---|---|---|---|---|---|"]
+    plain = "argmax of the prior-adjusted model" if metrics.get("decision") else "argmax"
     for split in ("val", "test"):
         if final[split] is None:
             continue
-        lines += _doc_lines(argmax[split], split, "argmax")
+        lines += _doc_lines(argmax[split], split, plain)
         if point is not None:
             lines += _doc_lines(final[split], split, point)
+    if point is None and (adj := metrics.get("decision")):
+        base = adj["val_curve"][0]
+        return lines + ["", f"Decision: **class-prior adjustment** (`train.threshold.policy: balanced`), tau "
+                            f"{adj['tau']:g} ({'chosen on val' if adj['tau_from'] == 'val' else 'from the config'}): "
+                            "each class's probability times prior^-tau, renormalised, then the argmax. The saved "
+                            "model includes the step, so every figure above, `eval`, `predict`, the export gate "
+                            "and the device use it. Without it (tau 0) val accuracy was "
+                            f"{pct(base['accuracy'])}, balanced {pct(base['balanced_accuracy'])}; the per-epoch "
+                            "log and the best-epoch selection are before the adjustment."]
     if point is None:
         return lines + ["", "Decision: argmax (the most probable class), the same one the per-epoch log's "
                             "`val_acc`/`val_bacc` use."]
@@ -93,8 +103,12 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
                   test_doc: dict[str, Any] | None, test_probs: np.ndarray | None,
                   baseline: dict[str, Any] | None, timing: dict[str, Any], best_epoch: int | None,
                   device: str, world: int, program: Any = None,
-                  threshold_source: str | None = None, continual: dict[str, Any] | None = None) -> dict[str, Any]:
+                  threshold_source: str | None = None, continual: dict[str, Any] | None = None,
+                  decision: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write every file of ``runs/NAME/``; returns the ``--json`` summary.
+
+    ``decision``: the class-prior adjustment of ``train.threshold.policy: balanced``
+    (:func:`edgetl.host.engine.balanced_point`); the model and every probability here include it.
 
     ``program``: the module's ExportedProgram when already captured (else captured here).
     ``continual``: the forgetting report of a ``--from`` run (:func:`edgetl.host.continual.forgetting`).
@@ -125,6 +139,7 @@ def write_run_dir(out: Path, *, cfg: Any, trained: TrainedModel, backbone: Any, 
         "strategy_extra": trained.extra,
         "slices": _slices(cfg, data, trained, val_probs, test_probs),
         "continual": continual,
+        "decision": decision,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float), encoding="utf-8")
     figures = _figures(out, history, strategy, data, trained.positive, val_doc, val_probs, test_doc, test_probs)

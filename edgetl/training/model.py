@@ -126,3 +126,28 @@ def expand_classifier(features: nn.Module, feature_dim: int, head_state: dict[st
                 layer.weight[i].copy_(head_state[f"{last}.weight"][r])
                 layer.bias[i] = head_state[f"{last}.bias"][r] - math.log(rows.count(r))
     return model
+
+
+class PriorAdjusted(nn.Module):
+    """``module``'s probabilities times ``exp(offsets)`` per class, renormalised (class-prior adjustment).
+
+    The run's operating point ``train.threshold.policy: balanced`` as a fixed
+    last step of the model, so the saved module, every exported bundle and the
+    device output the adjusted probabilities and the one decision rule
+    (:func:`edgetl.metrics.decide`, argmax) applies to them;
+    :func:`edgetl.metrics.adjust` is the same computation in numpy.
+
+    Args:
+        module: (N, 3, H, W) -> (N, K) probabilities.
+        offsets: (K,) log offsets, :func:`edgetl.metrics.adjustment_offsets`.
+    """
+
+    def __init__(self, module: nn.Module, offsets: Any):
+        super().__init__()
+        self.module = module
+        w = torch.as_tensor(offsets, dtype=torch.float64)
+        self.register_buffer("weights", torch.exp(w - w.max()).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.module(x) * self.weights
+        return q / q.sum(dim=1, keepdim=True).clamp_min(1e-30)

@@ -155,12 +155,10 @@ class LinearProbe(DefaultOptions, Strategy):
 
     def fit(self, ctx: FitContext) -> TrainedModel:
         import torch
-        from torch.utils.data import TensorDataset
 
-        from edgetl.training import Split, extract_features, fit_epochs
+        from edgetl.training import extract_features
 
         opts = resolve_options(self.name, ctx.options, self.DEFAULTS)
-        cfg = ctx.config.train
         views = cached_views(opts["views"], ctx.config.augment)
         ignored = [a for a in ctx.config.augment if a not in ("hflip", "vflip", "rot90")]
         model = build_model(ctx, opts["hidden"])
@@ -179,36 +177,56 @@ class LinearProbe(DefaultOptions, Strategy):
         x_val = torch.from_numpy(extract_features(ctx, model.features, ctx.val, ["identity"],
                                                   batch_size=opts["batch_size"], cache_dir=cache, cache_tag=tag))
         feature_seconds = time.perf_counter() - t0
-        y_train = torch.from_numpy(np.tile(ctx.train.labels, len(views)))
-        mean = x_train.mean(dim=0) if opts["standardize"] else torch.zeros(x_train.shape[1])
-        std = std_floor(x_train.std(dim=0)) if opts["standardize"] else torch.ones(x_train.shape[1])
-        x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
-        head = model.head.cpu()
-        head.requires_grad_(True)
-        # a --from run's head (old rows + fresh new rows) is the start when it reads the same features
-        continued = (ctx.previous is not None and ctx.previous.classifier is not None and opts["stages"] is None
-                     and not opts["standardize"])
-        torch.manual_seed(cfg.seed)
-        for m in head.modules():
-            if hasattr(m, "reset_parameters") and not continued:
-                m.reset_parameters()
-        threads = torch.get_num_threads()
-        # tiny matmuls: one thread; several spin-wait on a busy CPU (measured 10-25 s per epoch
-        # instead of well under one on a loaded 2-core machine)
-        torch.set_num_threads(1)
-        try:
-            stopper = fit_epochs(ctx, probe(head), [{"name": "head", "params": list(head.parameters())}],
-                                 tag=self.name, train=Split("train-features", TensorDataset(x_train, y_train),
-                                                            None, y_train.numpy(), []),
-                                 val_inputs=TensorDataset(x_val, torch.from_numpy(ctx.val.labels)),
-                                 on_epoch_start=lambda epoch: {"unfrozen_groups": 0})
-        finally:
-            torch.set_num_threads(threads)
-        head.cpu()
-        if opts["standardize"]:
-            head = standardizer(head, mean, std)
-        head.requires_grad_(False)
-        model.head = head.to(ctx.device)
-        model.eval()
+        stopper = train_head(ctx, model, x_train, torch.from_numpy(np.tile(ctx.train.labels, len(views))), x_val,
+                             opts, self.name)
         return TrainedModel(module=model, task="classify", labels=list(ctx.labels), best_epoch=stopper.best_epoch,
                             timings={"feature_seconds": feature_seconds})
+
+
+def train_head(ctx: FitContext, model: Any, x_train: Any, y_train: Any, x_val: Any, opts: dict[str, Any],
+               tag: str = "linear-probe") -> Any:
+    """Train ``model.head`` on cached features (x_train (N, D), y_train (N,); x_val in ``ctx.val``'s order).
+
+    The second half of :meth:`LinearProbe.fit`, a function of its own so that
+    benchmarks/elpv_folds.py trains each fold's head with exactly this code on
+    features computed once for every image. On return ``model.head`` is the
+    trained head (preceded by the standardisation when ``opts["standardize"]``),
+    frozen, in eval mode. Returns the :class:`edgetl.training.EarlyStopping`.
+    """
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from edgetl.training import Split, fit_epochs
+
+    cfg = ctx.config.train
+    mean = x_train.mean(dim=0) if opts["standardize"] else torch.zeros(x_train.shape[1])
+    std = std_floor(x_train.std(dim=0)) if opts["standardize"] else torch.ones(x_train.shape[1])
+    x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
+    head = model.head.cpu()
+    head.requires_grad_(True)
+    # a --from run's head (old rows + fresh new rows) is the start when it reads the same features
+    continued = (ctx.previous is not None and ctx.previous.classifier is not None and opts["stages"] is None
+                 and not opts["standardize"])
+    torch.manual_seed(cfg.seed)
+    for m in head.modules():
+        if hasattr(m, "reset_parameters") and not continued:
+            m.reset_parameters()
+    threads = torch.get_num_threads()
+    # tiny matmuls: one thread; several spin-wait on a busy CPU (measured 10-25 s per epoch
+    # instead of well under one on a loaded 2-core machine)
+    torch.set_num_threads(1)
+    try:
+        stopper = fit_epochs(ctx, probe(head), [{"name": "head", "params": list(head.parameters())}],
+                             tag=tag, train=Split("train-features", TensorDataset(x_train, y_train),
+                                                  None, y_train.numpy(), []),
+                             val_inputs=TensorDataset(x_val, torch.from_numpy(ctx.val.labels)),
+                             on_epoch_start=lambda epoch: {"unfrozen_groups": 0})
+    finally:
+        torch.set_num_threads(threads)
+    head.cpu()
+    if opts["standardize"]:
+        head = standardizer(head, mean, std)
+    head.requires_grad_(False)
+    model.head = head.to(ctx.device)
+    model.eval()
+    return stopper

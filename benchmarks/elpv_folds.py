@@ -1,0 +1,296 @@
+"""ELPV four-class, cross-split: a linear-probe config trained on every fold, mean ± sd over the folds.
+
+The folds are those of ``edgetl data elpv OUT --classes four --folds K --seed
+S`` (:func:`edgetl.data.elpv.fold_splits`, the same call on the same cells):
+K disjoint test folds stratified by grade and cell type, val a stratified 10 %
+of each training part. For a ``linear-probe`` config (the shipped
+``elpv-four-recipe.yaml``) the frozen backbone's features of all 2,624 cells
+are computed ONCE (the strategy's own model and
+:func:`edgetl.training.extract_features` call, disk-cached under
+benchmarks/results/work/elpv-folds/), and each fold's head is trained on its
+rows by the strategy's own head training
+(``edgetl_strategies.linear_probe.train_head``: same standardisation, head,
+optimiser, schedule, early stopping on val). That is what ``edgetl train``
+computes on ``OUT/fold-<k>``: the frozen features do not depend on the split,
+so only the backbone pass is shared. The head's probabilities on the cached
+test features are the model's outputs on the test images.
+
+Per fold and decision rule it reports test accuracy, balanced accuracy and the
+recall of every grade: the argmax; class-prior (logit) adjustment with each
+``tau`` of a grid (the trade-off curve: accuracy vs balanced accuracy);
+and the operating point ``train.threshold.policy: balanced`` picks on val
+(:func:`edgetl.metrics.tune_adjustment`). Table: mean ± sd (sample standard
+deviation over the folds), in %; JSON: benchmarks/results/elpv/folds-<config>-k<K>.json.
+
+    nice -n 10 python benchmarks/elpv_folds.py --config examples/defect_detection/elpv-four-recipe.yaml --folds 5
+    python benchmarks/elpv_folds.py --table benchmarks/results/elpv/folds-elpv-four-recipe-k5.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = Path(os.environ.get("ELPV_FOLDS_WORK", ROOT / "benchmarks" / "results" / "work" / "elpv-folds"))
+RESULTS = Path(os.environ.get("ELPV_FOLDS_RESULTS", ROOT / "benchmarks" / "results" / "elpv"))
+FOUR = ("p000", "p033", "p067", "p100")
+
+
+def fold_indices(cells, folds: int, val_size: float, seed: int) -> list[dict[str, np.ndarray]]:
+    """Per fold, the cell indices of train, val and test, as ``edgetl data elpv --folds`` writes them."""
+    from edgetl.data.elpv import fold_splits
+
+    keys = [(c.label("four"), c.cell_type) for c in cells]
+    out = []
+    for splits in fold_splits(keys, folds, val_size, seed):
+        arr = np.array(splits)
+        out.append({s: np.flatnonzero(arr == s) for s in ("train", "val", "test")})
+    return out
+
+
+def context(cfg, log):
+    """The FitContext the engine would build for this config (backbone built, input at train.image_size)."""
+    import torch
+
+    from edgetl.api import FitContext
+    from edgetl.plugins import get_manager
+
+    backbone = get_manager().get("backbone", cfg.backbone.name)
+    spec = backbone.input
+    if cfg.train.image_size:
+        spec = dataclasses.replace(spec, size=(cfg.train.image_size, cfg.train.image_size))
+    module = backbone.build(pretrained=cfg.backbone.pretrained, weights=cfg.backbone.weights)
+    return FitContext(backbone=backbone, module=module, train=None, val=None, labels=list(FOUR),
+                      options=dict(cfg.strategy.options), config=cfg, device=torch.device("cpu"), input=spec,
+                      progress=lambda stage, done, total: log(f"{stage}: {done}/{total}") if done in (0, total)
+                      or done % 256 < 32 else None)
+
+
+def model_for(ctx, opts):
+    """A fresh model as ``LinearProbe.fit`` builds it (backbone + head, optional StagePool features)."""
+    from edgetl_strategies.linear_probe import build_model, stage_pooled
+
+    model = build_model(ctx, opts["hidden"])
+    if opts["stages"] is not None:
+        model = stage_pooled(ctx, model, opts["stages"], opts["hidden"])
+    model.features.requires_grad_(False)
+    return model.eval()
+
+
+def all_features(ctx, cells, opts, views) -> tuple[np.ndarray, float]:
+    """(V, N, D) features of every cell and view, through the strategy's extract_features call (disk-cached)."""
+    from edgetl.data.folder import Sample, Samples
+    from edgetl.training import Split, extract_features
+    from edgetl.training.datasets import ImageDataset
+
+    labels = np.array([FOUR.index(c.label("four")) for c in cells])
+    samples = Samples([Sample(c.source, int(y)) for c, y in zip(cells, labels, strict=True)], list(FOUR))
+    plain = ImageDataset(samples, ctx.input)
+    split = Split("all cells", plain, plain, labels, [c.source for c in cells])
+    model = model_for(ctx, opts)
+    tag = None if opts["stages"] is None else f"stage-pool:{opts['stages']}"
+    t0 = time.perf_counter()
+    x = extract_features(ctx, model.features, split, views, batch_size=opts["batch_size"], cache_dir=WORK,
+                         cache_tag=tag)
+    return x.reshape(len(views), len(cells), -1), time.perf_counter() - t0
+
+
+def train_fold(ctx, opts, feats: np.ndarray, y: np.ndarray, idx: dict[str, np.ndarray]) -> dict:
+    """One fold's head (the strategy's train_head); val and test probabilities, kept epoch, seconds."""
+    import torch
+    from edgetl_strategies.linear_probe import train_head
+
+    rows: list = []
+    fold_ctx = dataclasses.replace(ctx, train=SimpleNamespace(labels=y[idx["train"]]),
+                                   val=SimpleNamespace(labels=y[idx["val"]], name="val"),
+                                   log_epoch=rows.append, history=[], feature_passes=[])
+    model = model_for(fold_ctx, opts)
+    views = feats.shape[0]
+    x_train = torch.from_numpy(np.concatenate([feats[v][idx["train"]] for v in range(views)]))
+    y_train = torch.from_numpy(np.tile(y[idx["train"]], views))
+    t0 = time.perf_counter()
+    stopper = train_head(fold_ctx, model, x_train, y_train, torch.from_numpy(feats[0][idx["val"]]), opts)
+    seconds = time.perf_counter() - t0
+    with torch.inference_mode():
+        probs = {s: torch.softmax(model.head(torch.from_numpy(feats[0][idx[s]])), dim=1).double().numpy()
+                 for s in ("val", "test")}
+    return {"probs": probs, "best_epoch": stopper.best_epoch, "epochs_run": len(rows), "head_seconds": seconds}
+
+
+def scores(y: np.ndarray, probs: np.ndarray) -> dict:
+    from edgetl.metrics import evaluate
+
+    doc = evaluate(y, probs, FOUR)
+    return {"accuracy": doc["accuracy"], "balanced_accuracy": doc["balanced_accuracy"],
+            "recall": {c: doc["per_class"][c]["recall"] for c in FOUR}, "n": doc["n"],
+            "confusion_matrix": doc["confusion_matrix"]}
+
+
+def decisions(y_val, y_test, probs: dict, prior, taus, max_drop: float, floors: list[float | None]) -> dict:
+    """Test scores of each rule: argmax, fixed taus (the curve), tau tuned on val (one per recall floor)."""
+    from edgetl.metrics import adjust, adjustment_offsets, tune_adjustment
+
+    out = {"argmax": scores(y_test, probs["test"])}
+    for tau in taus:
+        out[f"tau={tau:g}"] = scores(y_test, adjust(probs["test"], adjustment_offsets(prior, tau)))
+    for floor in floors:  # what train.threshold {policy: balanced, max_accuracy_drop, min_recall} picks
+        tau, curve = tune_adjustment(y_val, probs["val"], prior, max_accuracy_drop=max_drop, min_recall=floor)
+        rule = f"balanced, tuned on val (drop<={max_drop:g}" + (f", min recall {floor:g})" if floor else ")")
+        out[rule] = {**scores(y_test, adjust(probs["test"], adjustment_offsets(prior, tau))), "tau": tau,
+                     "val_curve": curve}
+    return out
+
+
+def cross_fit(per_fold: list[dict], fits: list[dict], folds_idx: list[dict], y: np.ndarray, max_drop: float) -> None:
+    """Add the rule "tau cross-fitted on the other folds' val": fold k's tau is tuned on the val predictions
+    of every other fold's model (each on cells that model never trained on), minus fold k's test cells.
+
+    So the choice sees ~4x the val cells of one fold (~30 p067 instead of 8) and never a cell of fold
+    k's test: an honest estimate of what a tau fixed in the config from such a search gives.
+    """
+    from edgetl.metrics import adjust, adjustment_offsets, tune_adjustment
+
+    for k, doc in enumerate(per_fold):
+        test = set(folds_idx[k]["test"].tolist())
+        ys, ps = [], []
+        for j, fit in enumerate(fits):
+            if j == k:
+                continue
+            keep = np.array([i not in test for i in folds_idx[j]["val"]])
+            ys.append(y[folds_idx[j]["val"]][keep])
+            ps.append(fit["probs"]["val"][keep])
+        prior = np.array(doc["prior"])
+        tau, curve = tune_adjustment(np.concatenate(ys), np.concatenate(ps), prior, max_accuracy_drop=max_drop)
+        rule = f"balanced, tau cross-fitted on the other folds' val (drop<={max_drop:g})"
+        doc["decisions"][rule] = {**scores(y[folds_idx[k]["test"]],
+                                          adjust(fits[k]["probs"]["test"], adjustment_offsets(prior, tau))),
+                                  "tau": tau, "val_cells": int(sum(len(v) for v in ys)), "val_curve": curve}
+
+
+def summarise(per_fold: list[dict]) -> dict:
+    """mean, sd (ddof 1), min, max over folds of every rule's accuracy, balanced accuracy and grade recall."""
+    out = {}
+    for rule in per_fold[0]["decisions"]:
+        docs = [f["decisions"][rule] for f in per_fold]
+        stats = {}
+        for key, values in [("accuracy", [d["accuracy"] for d in docs]),
+                            ("balanced_accuracy", [d["balanced_accuracy"] for d in docs]),
+                            *[(f"recall_{c}", [d["recall"][c] for d in docs]) for c in FOUR]]:
+            v = np.array(values)
+            stats[key] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                          "min": float(v.min()), "max": float(v.max())}
+        if "tau" in docs[0]:
+            stats["tau"] = [d["tau"] for d in docs]
+        out[rule] = stats
+    return out
+
+
+def markdown(doc: dict) -> str:
+    """The table: one row per decision rule, mean ± sd over the folds in %, and the worst fold's grade recall."""
+    s = doc["summary"]
+    lines = [f"{doc['config']}, K = {doc['folds']} (seed {doc['seed']}); mean ± sd over the folds, %; "
+             "min over folds in brackets for the grades",
+             "", "| decision | test acc. | balanced acc. | recall p000 | p033 | p067 | p100 | tau per fold |",
+             "|---|---|---|---|---|---|---|---|"]
+    for rule, st in s.items():
+        cells = [pm(st["accuracy"]), pm(st["balanced_accuracy"])]
+        cells += [f"{pm(st[f'recall_{c}'])} [{100 * st[f'recall_{c}']['min']:.0f}]" for c in FOUR]
+        taus = ", ".join(f"{t:g}" for t in st.get("tau", [])) or "–"
+        lines.append(f"| {rule} | " + " | ".join(cells) + f" | {taus} |")
+    return "\n".join(lines)
+
+
+def pm(st: dict) -> str:
+    return f"{100 * st['mean']:.1f} ± {100 * st['sd']:.1f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="examples/defect_detection/elpv-four-recipe.yaml")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0, help="the fold seed (edgetl data elpv --seed)")
+    ap.add_argument("--val-size", type=float, default=0.1)
+    ap.add_argument("--taus", default="0.25,0.5,0.75,1,1.25,1.5,2", help="fixed taus for the trade-off curve")
+    ap.add_argument("--max-accuracy-drop", type=float, default=0.02)
+    ap.add_argument("--min-recall", default="none,0.1,0.2",
+                    help="recall floors of the tuned rule, comma-separated (none: no floor)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=None, help="only the first N cells (smoke test)")
+    ap.add_argument("--set", action="append", default=[], help="config override, as edgetl train --set")
+    ap.add_argument("--table", type=Path, help="print the table of a saved JSON and exit")
+    args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(args.table.read_text())))
+        return 0
+    import torch
+    from edgetl_strategies.linear_probe import LinearProbe, cached_views
+    from edgetl_strategies.options import resolve
+
+    from edgetl.config import load_run_config
+    from edgetl.data.elpv import read_cells
+    from edgetl.metrics import tune_adjustment
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    cfg = load_run_config(args.config, args.set)
+    if cfg.strategy.name != "linear-probe":
+        sys.exit(f"{args.config}: strategy {cfg.strategy.name}: this benchmark shares one frozen pass over the "
+                 "folds, which only linear-probe allows; train other strategies per fold with edgetl train "
+                 "on edgetl data elpv --folds K")
+    if cfg.train.tta:
+        sys.exit(f"{args.config}: train.tta is not supported here (the cached test features are one view)")
+    torch.set_num_threads(args.threads)
+    opts = resolve("linear-probe", cfg.strategy.options, LinearProbe.DEFAULTS)
+    views = cached_views(opts["views"], cfg.augment)
+    cells = read_cells()[: args.limit]
+    y = np.array([FOUR.index(c.label("four")) for c in cells])
+    ctx = context(cfg, log)
+    feats, feature_seconds = all_features(ctx, cells, opts, views)
+    log(f"features: {feats.shape} in {feature_seconds:.0f} s")
+    taus = [float(t) for t in args.taus.split(",") if t]
+    floors = [None if f == "none" else float(f) for f in args.min_recall.split(",") if f]
+    per_fold, fits = [], []
+    folds_idx = fold_indices(cells, args.folds, args.val_size, args.seed)
+    for k, idx in enumerate(folds_idx):
+        fit = train_fold(ctx, opts, feats, y, idx)
+        fits.append(fit)
+        prior = np.bincount(y[idx["train"]], minlength=len(FOUR)) / len(idx["train"])
+        doc = {"fold": k, "n": {s: int(len(v)) for s, v in idx.items()}, "best_epoch": fit["best_epoch"],
+               "epochs_run": fit["epochs_run"], "head_seconds": fit["head_seconds"], "prior": prior.tolist(),
+               "decisions": decisions(y[idx["val"]], y[idx["test"]], fit["probs"], prior, taus,
+                                      args.max_accuracy_drop, floors)}
+        per_fold.append(doc)
+        a = doc["decisions"]["argmax"]
+        log(f"fold {k}: argmax test {a['accuracy']:.3f} balanced {a['balanced_accuracy']:.3f} "
+            + " ".join(f"{c} {a['recall'][c]:.2f}" for c in FOUR)
+            + f"; kept epoch {fit['best_epoch']} of {fit['epochs_run']}, head {fit['head_seconds']:.1f} s")
+    cross_fit(per_fold, fits, folds_idx, y, args.max_accuracy_drop)
+    tau_all, _ = tune_adjustment(np.concatenate([y[i["val"]] for i in folds_idx]),
+                                 np.concatenate([f["probs"]["val"] for f in fits]),
+                                 np.mean([d["prior"] for d in per_fold], axis=0),
+                                 max_accuracy_drop=args.max_accuracy_drop)
+    log(f"tau tuned on every fold's val predictions together (the value to fix in a config): {tau_all:g}")
+    doc = {"tau_all_val": tau_all, "config": Path(args.config).name, "overrides": args.set, "folds": args.folds, "seed": args.seed,
+           "val_size": args.val_size, "n_cells": len(cells), "views": views,
+           "feature_seconds": feature_seconds, "cpu": os.cpu_count(), "load_average": os.getloadavg(),
+           "per_fold": per_fold, "summary": summarise(per_fold)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"folds-{Path(args.config).stem}-k{args.folds}{'-limit' if args.limit else ''}.json"
+    out.write_text(json.dumps(doc, indent=1))
+    print(markdown(doc))
+    log(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
