@@ -220,7 +220,9 @@ def test_faults_keep_the_old_model_serving(tmp_path, b, registry, on_v1, monkeyp
 
 def test_disk_full_mid_pull_then_resume_and_downgrade_policy(tmp_path, b, registry, on_v1, monkeypatch):
     agent = on_v1
-    v1 = push(registry, b.v1, "g/cam", "old")
+    older = resign(b.v1, tmp_path / "older.edgetl", b.key,
+                   edit_manifest=lambda m: m.update(model_version="older", bundle_version=m["bundle_version"] - 1000))
+    old = push(registry, older, "g/cam", "old")
     push(registry, b.v2, "g/cam", "canary")
     p = puller(agent, registry, "g/cam", "canary")
     monkeypatch.setenv("EDGETL_TEST_DISK_FULL", "pull:200000")
@@ -240,9 +242,9 @@ def test_disk_full_mid_pull_then_resume_and_downgrade_policy(tmp_path, b, regist
         assert serving(client) == b.v2_version
     allowing = puller(agent, registry, "g/cam", "canary", allow_downgrade=True)
     allowing.refused.clear()
-    assert allowing.poll_once() == "installed" and allowing.serving_digest() == v1
+    assert allowing.poll_once() == "installed" and allowing.serving_digest() == old
     with agent.client() as client:
-        assert serving(client) == b.v1_version
+        assert serving(client) == "older"
     clean(agent)
 
 
@@ -295,7 +297,8 @@ def test_kill_9_mid_pull_then_restart_resumes(tmp_path, b, registry):
         agent = ProcessAgent(state, [b.pub], token, extra_args=args).wait_ready()
         with agent.client() as client:
             assert serving(client) == b.v1_version  # the old model serves at once after the restart
-            wait_for(lambda: serving(client) == b.v2_version, 30, "v2 after the restart")
+            wait_for(lambda: client.get("/v1/info").json()["pull"]["state"] == "ok"
+                     and serving(client) == b.v2_version, 30, "v2 after the restart")
             pull = client.get("/v1/info").json()["pull"]
         assert pull["counters"]["resumed"] == 1 and pull["state"] == "ok"
         assert pull["counters"]["downloaded_bytes"] < b.v2.stat().st_size

@@ -278,17 +278,14 @@ class Registry:
                             on_bytes(have + got)
                     out.flush()
                     os.fsync(out.fileno())
-            except OSError as exc:
-                if isinstance(exc, EdgetlError):
-                    raise
-                raise RegistryError(f"{self.ref}: cannot write the download ({exc.strerror or exc})") from None
-            except Exception as exc:
+            except OSError as exc:  # requests' errors are OSErrors too: the network first, then the disk
                 import requests
 
                 if isinstance(exc, requests.exceptions.RequestException):
                     raise RegistryError(f"{self.ref}: the download broke off after {have + got} of {size} bytes "
                                         f"({_short(exc)}); it resumes at the next poll") from None
-                raise
+                raise RegistryError(f"{self.ref}: cannot write the download ({exc.strerror or exc}); the "
+                                    f"{have + got} bytes kept resume at the next poll") from None
             finally:
                 response.close()
         if dest.stat().st_size != size:

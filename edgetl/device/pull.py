@@ -96,7 +96,7 @@ class Puller:
                          "installs": 0, "refused": 0, "errors": 0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._metrics = _PullMetrics(getattr(agent, "metrics", None))
+        self._metrics = _PullMetrics.of(getattr(agent, "metrics", None))
         self.served_digest: str | None = None  # for simulated devices (no agent state)
 
     # -- persisted facts -------------------------------------------------------------
@@ -251,6 +251,16 @@ class Puller:
 
 class _PullMetrics:
     """``edgetl_pull_*`` in the agent's registry (nothing when there is none, as in the benchmark)."""
+
+    @classmethod
+    def of(cls, metrics: Any) -> _PullMetrics:
+        """One set per agent registry (a second puller of the same agent shares it)."""
+        existing = getattr(metrics, "edgetl_pull_metrics", None)
+        if existing is None:
+            existing = cls(metrics)
+            if metrics is not None:
+                metrics.edgetl_pull_metrics = existing
+        return existing
 
     def __init__(self, metrics: Any):
         self.on = metrics is not None and getattr(metrics, "registry", None) is not None
