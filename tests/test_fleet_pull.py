@@ -307,3 +307,61 @@ def test_kill_9_mid_pull_then_restart_resumes(tmp_path, b, registry):
         agent.stop()
         proxy.close()
     assert not list((state / "staging").iterdir()) and not list((state / "uploads").iterdir())
+
+
+class _Garbage:
+    """An HTTP server on loopback that answers like a broken registry: ``mode`` picks how."""
+
+    def __init__(self, mode: str):
+        import hashlib
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        body = b"<html>proxy error</html>" if mode == "html" else json.dumps(
+            {"schemaVersion": 2, "config": {"mediaType": "application/vnd.oci.image.config.v1+json"},
+             "layers": []}).encode()
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, send_body):
+                if mode == "slow":
+                    time.sleep(3)
+                self.send_response(200)
+                self.send_header("Docker-Content-Digest", digest)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(body)
+
+            def do_HEAD(self):
+                self._answer(False)
+
+            def do_GET(self):
+                self._answer(True)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("mode, error", [("html", "not JSON"), ("image", "not an edgetl bundle"),
+                                         ("slow", "no answer within 1 s")])
+def test_a_registry_answering_garbage_or_too_slowly_never_stops_serving(tmp_path, b, registry, on_v1, mode, error):
+    fake = _Garbage(mode)
+    try:
+        p = puller(on_v1, registry, "x/cam", "canary", host=fake.host,
+                   auth=docker_config(tmp_path / "fake.json", fake.host))
+        p.config.timeout = 1
+        p.registry = Registry(p.config.ref, insecure=True, auth_file=p.config.auth_file, timeout=1)
+        assert p.poll_once() == "error" and error in p.last_error
+        with on_v1.client() as client:
+            assert serving(client) == b.v1_version and client.get("/v1/health").json()["status"] == "ok"
+        clean(on_v1)
+    finally:
+        fake.close()
