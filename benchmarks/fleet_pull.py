@@ -109,7 +109,6 @@ async def main_async(args) -> dict:
     from agent_support import Bundles, resign
     from registry_support import Mosquitto, RegistryServer
 
-    from edgetl.deploy.fleet import Broker, promote
     from edgetl.device.oci import OciRef, Registry, push_bundle
 
     tmp = Path(tempfile.mkdtemp(prefix="edgetl-fleet-pull-"))
@@ -165,6 +164,7 @@ async def main_async(args) -> dict:
                             ("registry_requests_per_s", "polls_per_s", "mqtt_messages_per_s",
                              "registry_cpu_percent", "broker_cpu_percent")}
         out["steady"] = steady
+        print(json.dumps({"first_rollout": out["first_rollout"], "steady": steady}), flush=True)
 
         # a release: B to canary, the canaries take it, promote to stable
         bytes0 = sum(d.puller.counters["downloaded_bytes"] for d in devices)
@@ -174,9 +174,16 @@ async def main_async(args) -> dict:
         canaries, stables = devices[:n_canary], devices[n_canary:]
         await wait_until(lambda: on(digest_b, canaries) == len(canaries), 3 * args.interval + 60)
         p0 = time.monotonic()
-        await asyncio.to_thread(promote, registry.url(repo), "canary", "stable", len(canaries),
-                                Broker(f"127.0.0.1:{broker.port}", str(broker.auth_file)), timeout=60,
-                                insecure=True, auth_file=str(registry.auth_file))
+        # the promotion runs as the operator would run it: `edgetl fleet promote`, its own process
+        cmd = [sys.executable, "-m", "edgetl", "fleet", "promote", registry.url(repo), "--from", "canary", "--to",
+               "stable", "--require", str(len(canaries)), "--timeout", "120s", "--status-mqtt",
+               f"127.0.0.1:{broker.port}", "--status-mqtt-auth", str(broker.auth_file), "--insecure",
+               "--registry-auth", str(registry.auth_file)]
+        proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT)
+        promoted = (await proc.communicate())[0].decode()
+        if proc.returncode != 0:
+            raise SystemExit(f"fleet promote failed: {promoted}")
         moved = time.monotonic()
         ok = await wait_until(lambda: on(digest_b, stables) == len(stables), 3 * args.interval + 120)
         done = time.monotonic()

@@ -84,7 +84,7 @@ class StatusWatch:
         if self.on_update is not None:
             self.on_update(device, doc)
 
-    def settle(self, quiet: float = 1.0, timeout: float = 10.0) -> dict[str, dict[str, Any]]:
+    def settle(self, quiet: float = 1.0, timeout: float = 30.0) -> dict[str, dict[str, Any]]:
         """Wait for the retained messages to arrive (``quiet`` seconds without one) and return them."""
         if not self.subscribed.wait(timeout):
             raise EdgetlError(f"MQTT: no subscription to {self.topic} within {timeout:g} s")
