@@ -204,8 +204,8 @@ async def main_async(args) -> dict:
                         "simulator_cpu_s": round(own_cpu() - me0, 2), "wall_s": round(time.monotonic() - t0, 1),
                         "errors": sum(d.puller.counters["errors"] for d in devices),
                         "mean_poll_latency_note": "not measured"}
-        for d in devices:
-            d.publisher.close()
+        print(json.dumps(out), flush=True)
+        await asyncio.gather(*(asyncio.to_thread(d.publisher.close) for d in devices))
     out["loadavg_end"] = os.getloadavg()
     return out
 

@@ -92,17 +92,22 @@ def test_push_three_agents_converge_and_promote_canary_to_stable(tmp_path, b, re
         wait_for(lambda: all(serving(c) == b.v1_version for c in clients), 30, "v1 everywhere")
 
         v2 = push(registry, b.v2, repo, "canary")
+        assert push(registry, b.v2, repo, "stable") == v2
         pushed = time.monotonic()
-        done = wait_for(lambda: all(serving(c) == b.v2_version for c in clients[:2]), 30, "v2 on canary")
+        done = wait_for(lambda: all(serving(c) == b.v2_version for c in clients), 30, "v2 everywhere")
         # every device polls within one interval (+10 % jitter); one install takes ~0.5 s here
-        assert done - pushed <= 2 * interval, f"canary took {done - pushed:.1f} s"
-        assert serving(clients[2]) == b.v1_version  # stable did not move
-        for p in pullers[:2]:  # one download per bundle; unchanged polls download nothing
+        assert done - pushed <= 2 * interval, f"the fleet took {done - pushed:.1f} s"
+        for p in pullers:  # one download per bundle
             assert p.counters["downloads"] == 2
             assert p.counters["downloaded_bytes"] == b.v1.stat().st_size + b.v2.stat().st_size
 
+        v3_bundle = resign(b.v1, tmp_path / "v3.edgetl", b.key, edit_manifest=lambda m: m.update(
+            model_version="v3", bundle_version=m["bundle_version"] + 1))
+        v3 = push(registry, v3_bundle, repo, "canary")  # the release to promote
+        wait_for(lambda: all(serving(c) == "v3" for c in clients[:2]), 30, "v3 on canary")
+        assert serving(clients[2]) == b.v2_version  # stable did not move
         info = clients[0].get("/v1/info").json()["pull"]
-        assert info["state"] == "ok" and info["serving_digest"] == v2 and info["channel"] == "canary"
+        assert info["state"] == "ok" and info["serving_digest"] == v3 and info["channel"] == "canary"
         assert 'edgetl_pull_state{edgetl_pull_state="ok"} 1.0' in clients[0].get("/metrics").text
 
         mqtt = ["--status-mqtt", f"127.0.0.1:{broker.port}", "--status-mqtt-auth", broker.auth_file]
@@ -112,25 +117,26 @@ def test_push_three_agents_converge_and_promote_canary_to_stable(tmp_path, b, re
         code, out = run("fleet", "promote", registry.url(repo), "--from", "canary", "--to", "stable", "--require", 2,
                         "--soak", "1s", "--timeout", "20s", *mqtt, "--insecure", "--registry-auth",
                         registry.auth_file)
-        assert code == 0 and f"stable -> {v2}" in out, out
-        wait_for(lambda: serving(clients[2]) == b.v2_version, 3 * interval + 5, "v2 on stable")
+        assert code == 0 and f"stable -> {v3}" in out, out
+        wait_for(lambda: serving(clients[2]) == "v3", 3 * interval + 5, "v3 on stable")
 
         code, out = run("fleet", "status", *mqtt, "--json")
         devices = {d["device_id"]: d for d in json.loads(out)["devices"]}
         assert code == 0 and {"cam0", "cam1", "cam2"} <= set(devices)
-        wait_for(lambda: json.loads(run("fleet", "status", *mqtt, "--json")[1])["devices"][2]["serving_digest"] == v2,
-                 3 * interval + 5, "cam2's status")
+        def fleet():
+            return {d["device_id"]: d for d in json.loads(run("fleet", "status", *mqtt, "--json")[1])["devices"]}
+
+        wait_for(lambda: fleet()["cam2"]["serving_digest"] == v3, 3 * interval + 5, "cam2's status")
         assert devices["cam0"]["channel"] == "canary" and devices["cam0"]["online"] is True
-        assert devices["cam0"]["serving"] == b.v2_version and devices["cam0"]["counters"]["downloads"] == 2
+        assert devices["cam0"]["serving"] == "v3" and devices["cam0"]["counters"]["downloads"] == 3
         # polls since then found the tag unchanged and downloaded nothing
-        assert pullers[0].counters["unchanged"] >= 1 and pullers[0].counters["downloads"] == 2
+        assert pullers[0].counters["unchanged"] >= 1 and pullers[0].counters["downloads"] == 3
 
         # the last will: cam1 drops off the network without a goodbye -> the broker says offline
         publisher = pullers[1].publisher
         publisher.client.loop_stop()
         publisher.client.socket().close()
-        wait_for(lambda: not {d["device_id"]: d for d in json.loads(run("fleet", "status", *mqtt, "--json")[1])
-                              ["devices"]}["cam1"]["online"], 10, "cam1 offline")
+        wait_for(lambda: not fleet()["cam1"]["online"], 10, "cam1 offline")
         pullers[1].publisher = None
     for a in agents:
         clean(a)

@@ -97,8 +97,8 @@ class StatusWatch:
             return {k: dict(v) for k, v in self.devices.items()}
 
     def close(self) -> None:
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 def fleet_status(broker: Broker, quiet: float = 1.0, channel: str | None = None) -> list[dict[str, Any]]:

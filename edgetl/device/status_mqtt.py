@@ -126,8 +126,8 @@ class StatusPublisher:
                 info.wait_for_publish(timeout=2)
         except (RuntimeError, ValueError):
             pass
+        self.client.disconnect()  # first: it wakes the network thread, which loop_stop then joins at once
         self.client.loop_stop()
-        self.client.disconnect()
 
 
 def _serving(agent: Any) -> dict[str, Any]:
