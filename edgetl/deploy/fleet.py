@@ -80,16 +80,19 @@ class StatusWatch:
         doc["_received"] = time.time()
         with self._lock:
             self.devices[device] = doc
-            self.last_message = time.monotonic()
+            if message.retain:  # sent because we subscribed; a busy fleet's live messages are not
+                self.last_message = time.monotonic()
         if self.on_update is not None:
             self.on_update(device, doc)
 
     def settle(self, quiet: float = 1.0, timeout: float = 30.0) -> dict[str, dict[str, Any]]:
-        """Wait for the retained messages to arrive (``quiet`` seconds without one) and return them."""
+        """Wait for the retained messages to arrive (``quiet`` seconds without a retained one: the live
+        messages of a busy fleet never pause) and return every device's latest."""
         if not self.subscribed.wait(timeout):
             raise EdgetlError(f"MQTT: no subscription to {self.topic} within {timeout:g} s")
         if self.error:
             raise EdgetlError(self.error)
+        self.last_message = max(self.last_message, time.monotonic())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and time.monotonic() - self.last_message < quiet:
             time.sleep(0.05)
