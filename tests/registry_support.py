@@ -44,7 +44,7 @@ def docker_config(path: Path, host: str, user: str = USER, password: str = PASSW
 class RegistryServer:
     """``docker-registry serve CONFIG`` on 127.0.0.1 with htpasswd (bcrypt) auth and deletes enabled."""
 
-    def __init__(self, root: Path, port: int | None = None):
+    def __init__(self, root: Path, port: int | None = None, tls: tuple[Path, Path] | None = None):
         self.binary = require_program("docker-registry", "docker-registry")
         htpasswd = require_program("htpasswd", "apache2-utils")
         self.root = Path(root)
@@ -58,6 +58,7 @@ class RegistryServer:
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n  delete:\n    enabled: true\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n"
+            + (f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else "") +
             f"auth:\n  htpasswd:\n    realm: edgetl-test\n    path: {self.root / 'htpasswd'}\n")
         self.auth_file = docker_config(self.root / "docker-config.json", self.host)
         self.proc: subprocess.Popen | None = None

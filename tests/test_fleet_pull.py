@@ -371,3 +371,35 @@ def test_a_registry_answering_garbage_or_too_slowly_never_stops_serving(tmp_path
         clean(on_v1)
     finally:
         fake.close()
+
+
+def test_tls_registry_needs_its_ca_and_plain_http_needs_insecure(tmp_path, b, registry, monkeypatch):
+    from agent_support import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path)
+    with RegistryServer(tmp_path / "tls-registry", tls=(cert, key)) as tls:
+        target = tls.url("t/cam", "canary")
+        code, out = run("push", b.v1, target, "--registry-auth", tls.auth_file)
+        assert code != 0 and "TLS failed" in out and "--registry-ca" in out
+        # credentials from the standard docker config ($DOCKER_CONFIG/config.json), TLS from the CA file
+        (tmp_path / "docker").mkdir()
+        docker_config(tmp_path / "docker" / "config.json", tls.host)
+        monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+        code, out = run("push", b.v1, target, "--registry-ca", cert, "--json")
+        assert code == 0, out
+        digest = json.loads(out)["digest"]
+        assert Registry(OciRef.parse(target), ca=cert).head_digest() == digest
+    # a plain-HTTP registry is reached only with --insecure
+    code, out = run("push", b.v1, registry.url("t/cam", "canary"), "--registry-auth", registry.auth_file)
+    assert code != 0 and "--insecure" in out
+
+
+def test_pull_options_are_checked_before_the_agent_starts(tmp_path, b):
+    token = write_token(tmp_path / "token")
+    base = ["agent", "serve", "--state-dir", tmp_path / "s", "--token-file", token, "--trust", b.pub]
+    code, out = run(*base, "--status-mqtt", "127.0.0.1:1883")
+    assert code == 2 and "go with --pull" in out
+    code, out = run(*base, "--pull", "oci://127.0.0.1:5000/line1/cam")
+    assert code != 0 and "a tag is needed (the channel)" in out
+    code, out = run(*base, "--pull", "oci://127.0.0.1:5000/line1/cam:stable", "--pull-interval", "soon")
+    assert code != 0 and "expected a duration" in out
