@@ -403,3 +403,17 @@ def test_pull_options_are_checked_before_the_agent_starts(tmp_path, b):
     assert code != 0 and "a tag is needed (the channel)" in out
     code, out = run(*base, "--pull", "oci://127.0.0.1:5000/line1/cam:stable", "--pull-interval", "soon")
     assert code != 0 and "expected a duration" in out
+
+
+def test_bundle_push_in_chunks_is_pulled_byte_for_byte(tmp_path, b, registry):
+    import edgetl
+    from edgetl.device.oci import bundle_layer, push_bundle
+
+    done = edgetl.Bundle(b.v1).push(registry.url("c/cam", "whole"), insecure=True, auth_file=registry.auth_file)
+    chunked = push_bundle(b.v1, registry.url("c/other", "chunked"), insecure=True, auth_file=registry.auth_file,
+                          chunk=100_000)  # another repository (no blob to reuse): 508 KB in 6 PATCHes
+    assert chunked["digest"] == done["digest"] and done["annotations"]["io.edgetl.bundle.digest"] == done["bundle_digest"]
+    client = Registry(OciRef.parse(registry.url("c/other", "chunked")), insecure=True, auth_file=registry.auth_file)
+    layer = bundle_layer(client.manifest()[2], client.ref)
+    client.download_blob(layer, tmp_path / "got.part", cap=1 << 30)
+    assert (tmp_path / "got.part").read_bytes() == b.v1.read_bytes()

@@ -43,6 +43,7 @@ ANNOTATION = "io.edgetl.bundle."
 ANNOTATIONS = ("name", "model_version", "bundle_version", "target", "format", "precision", "created", "digest")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 CHUNK = 64 * 1024
+UPLOAD_CHUNK = 16 * 1024 * 1024  # a bundle larger than this is pushed in chunks (oras's put_upload reads it whole)
 
 
 class RegistryError(EdgetlError):
@@ -299,8 +300,11 @@ class Registry:
         return {"bytes": got, "resumed_from": have}
 
     # -- writing -----------------------------------------------------------------
-    def push(self, bundle: Path, annotations: dict[str, str]) -> str:
-        """Push ``bundle`` as one artifact under ``ref``'s tag; return the manifest digest."""
+    def push(self, bundle: Path, annotations: dict[str, str], chunk: int = UPLOAD_CHUNK) -> str:
+        """Push ``bundle`` as one artifact under ``ref``'s tag; return the manifest digest.
+
+        A bundle over ``chunk`` bytes goes up in ``chunk``-sized PATCHes (oras's chunked upload)
+        rather than in one PUT that oras reads into memory whole."""
         self.ping()
         target = f"{self.ref.host}/{self.ref.repo}:{self.ref.tag}"
         with tempfile.TemporaryDirectory(prefix="edgetl-push-") as tmp:
@@ -310,6 +314,7 @@ class Registry:
                 response = self._client.push(target=target, files=[f"{bundle.resolve()}:{BUNDLE_MEDIA_TYPE}"],
                                              manifest_config=f"{config}:{CONFIG_MEDIA_TYPE}",
                                              manifest_annotations=annotations, disable_path_validation=True,
+                                             do_chunked=bundle.stat().st_size > chunk, chunk_size=chunk,
                                              quiet=True)
             except RegistryError:
                 raise
@@ -430,7 +435,8 @@ def artifact_annotations(manifest: dict[str, Any], digest: str) -> dict[str, str
 
 
 def push_bundle(bundle: str | Path, target: str, *, insecure: bool = False, ca: str | Path | None = None,
-                auth_file: str | Path | None = None, timeout: float = 60.0) -> dict[str, Any]:
+                auth_file: str | Path | None = None, timeout: float = 60.0,
+                chunk: int = UPLOAD_CHUNK) -> dict[str, Any]:
     """Push a bundle file to ``oci://HOST/REPO:TAG``; ``{ref, digest, bundle_digest, size, annotations}``.
 
     The bundle is read (manifest only: schema, not the signature, which the devices check) so the
@@ -447,6 +453,6 @@ def push_bundle(bundle: str | Path, target: str, *, insecure: bool = False, ca: 
     bundle_digest = "sha256:" + _sha256_file(path)
     annotations = artifact_annotations(manifest, bundle_digest)
     registry = Registry(ref, insecure=insecure, ca=ca, auth_file=auth_file, timeout=timeout)
-    digest = registry.push(path, annotations)
+    digest = registry.push(path, annotations, chunk=chunk)
     return {"ref": str(ref), "digest": digest, "bundle_digest": bundle_digest, "size": path.stat().st_size,
             "annotations": annotations}
