@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from edgetl.cli.pull_options import pull_options
+
 MIN_TOKEN_CHARS = 16  # a bearer token is the device's only password: refuse one a person could guess
 
 
@@ -42,9 +44,10 @@ def agent_group() -> None:
                    "check decides).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@pull_options
 def serve_cmd(state_dir, host, port, token_file, trust, tls_cert, tls_key, max_bundle_mb, max_members,
               max_image_mb, max_image_mpix, upload_idle_timeout, data_roots, autostart, insecure_http,
-              strict_int8, log_level) -> None:
+              strict_int8, log_level, **pull) -> None:
     """Serve the agent API: install signed bundles, predict, run the camera pipeline.
 
     \b
@@ -53,6 +56,7 @@ def serve_cmd(state_dir, host, port, token_file, trust, tls_cert, tls_key, max_b
     """
     import logging
 
+    from edgetl.cli.pull_options import pull_settings
     from edgetl.device.limits import MIB, Limits
     from edgetl.device.server import read_token, serve
     from edgetl.errors import ConfigError
@@ -62,10 +66,11 @@ def serve_cmd(state_dir, host, port, token_file, trust, tls_cert, tls_key, max_b
         raise ConfigError(f"{token_file}: the token has {len(token)} characters; use at least {MIN_TOKEN_CHARS}, "
                           f"e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))' > {token_file}")
 
+    pull_config, status = pull_settings(**pull)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = Limits(members=max_members, image_bytes=int(max_image_mb * MIB),
                     image_pixels=int(max_image_mpix * 1_000_000), upload_idle_s=upload_idle_timeout,
                     data_roots=tuple(data_roots))
     serve(state_dir=state_dir, host=host, port=port, token_file=token_file, trust=list(trust), tls_cert=tls_cert,
           tls_key=tls_key, max_bundle_mb=max_bundle_mb, autostart=autostart, insecure_http=insecure_http,
-          strict_int8=strict_int8, log_level=log_level, limits=limits)
+          strict_int8=strict_int8, log_level=log_level, limits=limits, pull=pull_config, status=status)

@@ -16,6 +16,7 @@ from edgetl.cli.data_cmd import data_group
 from edgetl.cli.deploy_cmd import deploy_command
 from edgetl.cli.device_cmd import device_group
 from edgetl.cli.export_cmd import export_cmd
+from edgetl.cli.fleet_cmd import fleet_group, push_command
 from edgetl.cli.keys_cmd import keys_group
 from edgetl.cli.plugins_cmd import plugins_group
 from edgetl.cli.train_cmd import eval_command, predict_command, train_command
@@ -44,5 +45,7 @@ COMMANDS: list[click.Command] = [
     agent_group,
     deploy_command,
     device_group,
+    push_command,
+    fleet_group,
     bench_command,
 ]

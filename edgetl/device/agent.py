@@ -239,7 +239,8 @@ class Agent:
                 "serving": {"model": model.name, "install_id": model.install_id, "threshold": model.threshold,
                             "runtime": model.runtime.info()} if model else None,
                 "trusted_keys": self._trusted_ids(), "max_bundle_bytes": self.max_bundle_bytes,
-                "limits": {k: v for k, v in asdict(self.limits).items() if k != "data_roots"}}
+                "limits": {k: v for k, v in asdict(self.limits).items() if k != "data_roots"},
+                "pull": puller.status() if (puller := getattr(self, "puller", None)) is not None else None}
 
     def _trusted_ids(self) -> list[str]:
         from edgetl.keys import key_id

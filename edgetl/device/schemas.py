@@ -36,6 +36,8 @@ class InfoDoc(_Open):
     trusted_keys: list[str]
     max_bundle_bytes: int
     limits: dict[str, Any] = Field(default_factory=dict, description="the agent's input caps (docs/deploy.md)")
+    pull: dict[str, Any] | None = Field(default=None, description="pull mode (--pull): channel, state, serving and "
+                                                                  "tag digests, last error, counters; null otherwise")
 
 
 class InstallAccepted(BaseModel):

@@ -11,6 +11,7 @@ from edgetl.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgetl.device.limits import Limits
+    from edgetl.device.pull import PullConfig
 
 log = logging.getLogger("edgetl.agent")
 
@@ -64,8 +65,10 @@ def bind_socket(host: str, port: int):
 
 def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str], tls_cert: str | None,
           tls_key: str | None, max_bundle_mb: float, autostart: bool, insecure_http: bool,
-          strict_int8: bool = False, log_level: str = "info", limits: "Limits | None" = None) -> None:
-    """Start the agent and serve until interrupted (SIGINT/SIGTERM)."""
+          strict_int8: bool = False, log_level: str = "info", limits: "Limits | None" = None,
+          pull: "PullConfig | None" = None, status: dict | None = None) -> None:
+    """Start the agent and serve until interrupted (SIGINT/SIGTERM); with ``pull``, poll a registry
+    tag for bundles (:mod:`edgetl.device.pull`) and publish the status to ``status``'s broker."""
     import uvicorn
 
     from edgetl.device.agent import Agent
@@ -88,4 +91,14 @@ def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str
                             timeout_keep_alive=30)  # clients and load balancers keep connections longer than 5 s
     log.info("agent ready on %s:%d: model %s%s", host, port, started["model"] or "none",
              f" (degraded: {agent.degraded})" if agent.degraded else "")
-    uvicorn.Server(config).run(sockets=[sock])  # the app's lifespan stops the pipeline on SIGTERM/SIGINT
+    puller = None
+    if pull is not None:
+        from edgetl.device.pull import start_pull
+
+        puller = start_pull(agent, pull, status)
+        log.info("pulling %s every %g s", pull.ref, pull.interval)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])  # the app's lifespan stops the pipeline on SIGTERM/SIGINT
+    finally:
+        if puller is not None:
+            puller.stop()

@@ -78,6 +78,17 @@ class Bundle:
 
         return deploy(self.path, device=device, token=token, **options)
 
+    def push(self, target: str, *, insecure: bool = False, ca: str | Path | None = None,
+             auth_file: str | Path | None = None) -> dict[str, Any]:
+        """``edgetl push``: store this bundle in an OCI registry under ``oci://HOST/REPO:TAG``.
+
+        Returns ``{ref, digest, bundle_digest, size, annotations}`` (``digest``: the manifest's,
+        what devices pulling the tag report). See :func:`edgetl.device.oci.push_bundle`.
+        """
+        from edgetl.device.oci import push_bundle
+
+        return push_bundle(self.path, target, insecure=insecure, ca=ca, auth_file=auth_file)
+
 
 def export_bundle(run_dir: str | Path, *, format: str, log: Log | None = None, **options: Any) -> Bundle:
     """Export ``run_dir`` through the gate into a bundle (``edgetl export``); see ``Model.export``."""

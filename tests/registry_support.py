@@ -1,0 +1,194 @@
+"""A real OCI registry (CNCF distribution, Debian's docker-registry) and a real MQTT broker
+(mosquitto), each on a free loopback port with password auth, started and stopped by the test.
+
+Both keep their data in the test's folder, so a registry can be stopped and started again on
+the same port with the same content (a registry that goes down and comes back).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from net_helpers import free_port
+from system_support import require_program
+
+USER, PASSWORD = "edgetl", "registry-pass-for-tests"
+
+
+def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited ({proc.returncode}): {log.read_text()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"not listening on {port}: {log.read_text()[-2000:]}")
+
+
+def docker_config(path: Path, host: str, user: str = USER, password: str = PASSWORD) -> Path:
+    """A docker config.json holding ``user:password`` for ``host`` (what `docker login` writes)."""
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    path.write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+    return path
+
+
+class RegistryServer:
+    """``docker-registry serve CONFIG`` on 127.0.0.1 with htpasswd (bcrypt) auth and deletes enabled."""
+
+    def __init__(self, root: Path, port: int | None = None, tls: tuple[Path, Path] | None = None):
+        self.binary = require_program("docker-registry", "docker-registry")
+        htpasswd = require_program("htpasswd", "apache2-utils")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        users = subprocess.run([htpasswd, "-Bbn", USER, PASSWORD], check=True, capture_output=True, text=True).stdout
+        (self.root / "htpasswd").write_text(users)
+        self.config = self.root / "config.yml"
+        self.config.write_text(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+            + (f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else "") +
+            f"auth:\n  htpasswd:\n    realm: edgetl-test\n    path: {self.root / 'htpasswd'}\n")
+        self.auth_file = docker_config(self.root / "docker-config.json", self.host)
+        self.proc: subprocess.Popen | None = None
+        self.log = self.root / "registry.log"
+
+    def start(self) -> RegistryServer:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([self.binary, "serve", str(self.config)], stdout=log,
+                                         stderr=subprocess.STDOUT)
+        _wait_port(self.port, self.proc, self.log)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the filesystem driver keeps a blob's bytes (to corrupt it in a test)."""
+        hexd = digest.split(":", 1)[1]
+        return self.root / "data" / "docker" / "registry" / "v2" / "blobs" / "sha256" / hexd[:2] / hexd / "data"
+
+    def url(self, repo: str, tag: str | None = None) -> str:
+        return f"oci://{self.host}/{repo}" + (f":{tag}" if tag else "")
+
+    def __enter__(self) -> RegistryServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class Mosquitto:
+    """mosquitto on 127.0.0.1 with a password file and no anonymous access."""
+
+    def __init__(self, root: Path):
+        self.binary = require_program("mosquitto", "mosquitto")
+        passwd = require_program("mosquitto_passwd", "mosquitto")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.passwords = self.root / "passwd"
+        self.passwords.write_text("")
+        subprocess.run([passwd, "-b", str(self.passwords), USER, PASSWORD], check=True, capture_output=True)
+        self.passwords.chmod(0o600)
+        self.config = self.root / "mosquitto.conf"
+        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous false\n"
+                               f"password_file {self.passwords}\npersistence false\n"
+                               # as root mosquitto would switch to its own user, who cannot read pytest's tmp
+                               + ("user root\n" if os.geteuid() == 0 else ""))
+        self.auth_file = self.root / "mqtt-auth"
+        self.auth_file.write_text(f"{USER}\n{PASSWORD}\n")
+        self.log = self.root / "mosquitto.log"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> Mosquitto:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
+        _wait_port(self.port, self.proc, self.log)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class SlowProxy:
+    """A TCP proxy on a free loopback port that passes the server's bytes on at ``rate`` bytes/s
+    (so a test can interrupt a download half-way); :meth:`cut` drops every connection."""
+
+    def __init__(self, upstream_port: int, rate: int = 256 * 1024):
+        import threading
+
+        self.upstream_port, self.rate = upstream_port, rate
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.host = f"127.0.0.1:{self.port}"
+        self.conns: list[socket.socket] = []
+        self.closed = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self.closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            self.conns += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, 0), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, self.rate), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, rate: int) -> None:
+        chunk = 16 * 1024
+        try:
+            while True:
+                data = src.recv(chunk)
+                if not data:
+                    break
+                dst.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            except OSError:
+                pass
+        self.conns = []
+
+    def close(self) -> None:
+        self.closed = True
+        self.server.close()
+        self.cut()
