@@ -233,7 +233,7 @@ def main() -> int:
         return 0
     import torch
     from edgetl_strategies.linear_probe import LinearProbe, cached_views
-    from edgetl_strategies.options import resolve
+    from edgetl.training import resolve_options as resolve
 
     from edgetl.config import load_run_config
     from edgetl.data.elpv import read_cells
