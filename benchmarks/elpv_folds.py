@@ -233,11 +233,11 @@ def main() -> int:
         return 0
     import torch
     from edgetl_strategies.linear_probe import LinearProbe, cached_views
-    from edgetl.training import resolve_options as resolve
 
     from edgetl.config import load_run_config
     from edgetl.data.elpv import read_cells
     from edgetl.metrics import tune_adjustment
+    from edgetl.training import resolve_options as resolve
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

@@ -8,29 +8,10 @@ from __future__ import annotations
 import click
 
 from edgetl.cli.common import emit_json, info, json_option
+from edgetl.cli.pull_options import broker_options, registry_options, with_options
 
-REGISTRY_OPTIONS = (
-    click.option("--insecure", is_flag=True, help="Plain HTTP to the registry (loopback tests, a trusted lab network)."),
-    click.option("--registry-auth", type=click.Path(dir_okay=False),
-                 help="Registry credentials: a docker config.json (default: the standard docker config)."),
-    click.option("--registry-ca", type=click.Path(dir_okay=False), help="CA certificate (PEM) of the registry."),
-)
-BROKER_OPTIONS = (
-    click.option("--status-mqtt", required=True, metavar="HOST[:PORT]", help="The MQTT broker devices report to."),
-    click.option("--status-mqtt-auth", type=click.Path(dir_okay=False),
-                 help="File with the MQTT user (first line) and password (second line)."),
-    click.option("--status-mqtt-ca", type=click.Path(dir_okay=False), help="CA certificate (PEM): MQTT over TLS."),
-    click.option("--status-topic-prefix", default="edgetl", show_default=True,
-                 help="Status topics are PREFIX/devices/DEVICE_ID/status."),
-)
-
-
-def _options(options):
-    def wrap(command):
-        for option in reversed(options):
-            command = option(command)
-        return command
-    return wrap
+REGISTRY_OPTIONS = registry_options()
+BROKER_OPTIONS = broker_options(True, "The MQTT broker devices report to.")
 
 
 def _seconds(text: str) -> float:
@@ -42,7 +23,7 @@ def _seconds(text: str) -> float:
 @click.command("push")
 @click.argument("bundle", type=click.Path(dir_okay=False))
 @click.argument("target", metavar="oci://HOST/REPO:TAG")
-@_options(REGISTRY_OPTIONS)
+@with_options(REGISTRY_OPTIONS)
 @json_option
 def push_command(bundle, target, insecure, registry_auth, registry_ca, as_json) -> None:
     """Store BUNDLE in an OCI registry as an edgetl artifact under TAG (a channel).
@@ -70,7 +51,7 @@ def fleet_group() -> None:
 
 
 @fleet_group.command("status")
-@_options(BROKER_OPTIONS)
+@with_options(BROKER_OPTIONS)
 @click.option("--channel", help="Only devices on this channel (tag).")
 @click.option("--wait", "wait_s", default="1s", show_default=True,
               help="How long to listen after the last retained status arrives.")
@@ -113,8 +94,8 @@ def status_cmd(status_mqtt, status_mqtt_auth, status_mqtt_ca, status_topic_prefi
               help="Highest share of 5xx answers of a device's API that still counts as healthy.")
 @click.option("--timeout", "timeout_s", default="30m", show_default=True,
               help="Give up (tag not moved, exit 1) after this long.")
-@_options(BROKER_OPTIONS)
-@_options(REGISTRY_OPTIONS)
+@with_options(BROKER_OPTIONS)
+@with_options(REGISTRY_OPTIONS)
 @json_option
 def promote_cmd(repo, source, target, require, soak, max_error_rate, timeout_s, status_mqtt, status_mqtt_auth,
                 status_mqtt_ca, status_topic_prefix, insecure, registry_auth, registry_ca, as_json) -> None:

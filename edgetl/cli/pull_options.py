@@ -7,33 +7,53 @@ from typing import Any
 
 import click
 
+
+def registry_options(insecure_dest: str = "insecure") -> tuple[Any, ...]:
+    """The registry connection options, shared by ``push``, ``fleet`` and ``agent serve --pull``."""
+    return (
+        click.option("--insecure", insecure_dest, is_flag=True,
+                     help="Talk to the registry over plain HTTP (loopback tests, a trusted lab network)."),
+        click.option("--registry-auth", type=click.Path(dir_okay=False),
+                     help="Registry credentials: a docker config.json (default: the standard docker config)."),
+        click.option("--registry-ca", type=click.Path(dir_okay=False), help="CA certificate (PEM) of the registry."),
+    )
+
+
+def broker_options(required: bool, help_broker: str) -> tuple[Any, ...]:
+    """The status broker options, shared by ``fleet`` (which reads) and ``agent serve`` (which publishes)."""
+    return (
+        click.option("--status-mqtt", required=required, metavar="HOST[:PORT]", help=help_broker),
+        click.option("--status-mqtt-auth", type=click.Path(dir_okay=False),
+                     help="File with the MQTT user (first line) and password (second line)."),
+        click.option("--status-mqtt-ca", type=click.Path(dir_okay=False), help="CA certificate (PEM): MQTT over TLS."),
+        click.option("--status-topic-prefix", default="edgetl", show_default=True,
+                     help="Status topic: PREFIX/devices/DEVICE_ID/status."),
+    )
+
+
 PULL_OPTIONS = (
     click.option("--pull", "pull_ref", metavar="oci://HOST/REPO:CHANNEL",
                  help="Poll this registry tag for bundles and install what it names (pull mode)."),
     click.option("--pull-interval", default="60s", show_default=True,
                  help="Time between polls (e.g. 60s, 5m), with ±10 % jitter."),
-    click.option("--insecure", "pull_insecure", is_flag=True,
-                 help="Talk to the registry over plain HTTP (loopback tests, a trusted lab network)."),
-    click.option("--registry-auth", type=click.Path(dir_okay=False),
-                 help="Registry credentials: a docker config.json (default: the standard docker config)."),
-    click.option("--registry-ca", type=click.Path(dir_okay=False), help="CA certificate (PEM) of the registry."),
+    *registry_options("pull_insecure"),
     click.option("--pull-allow-downgrade", is_flag=True,
                  help="Install a bundle older than the serving one when the channel's tag moves back."),
     click.option("--device-id", help="This device's name in the status topic (default: the host name)."),
-    click.option("--status-mqtt", metavar="HOST[:PORT]",
-                 help="Publish the device status (retained, last will offline) to this MQTT broker."),
-    click.option("--status-mqtt-auth", type=click.Path(dir_okay=False),
-                 help="File with the MQTT user (first line) and password (second line)."),
-    click.option("--status-mqtt-ca", type=click.Path(dir_okay=False), help="CA certificate (PEM): MQTT over TLS."),
-    click.option("--status-topic-prefix", default="edgetl", show_default=True,
-                 help="Status topic: PREFIX/devices/DEVICE_ID/status."),
+    *broker_options(False, "Publish the device status (retained, last will offline) to this MQTT broker."),
 )
 
 
-def pull_options(command):
-    for option in reversed(PULL_OPTIONS):
-        command = option(command)
-    return command
+def with_options(options: tuple[Any, ...]):
+    """A decorator applying click ``options`` in their listed order (as --help shows them)."""
+    def wrap(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return wrap
+
+
+pull_options = with_options(PULL_OPTIONS)
 
 
 def pull_settings(pull_ref: str | None, pull_interval: str, pull_insecure: bool, registry_auth: str | None,
