@@ -25,6 +25,8 @@ from edgetl.device.images import ImageTooLarge, WrongImageType
 from edgetl.device.install import InstallBusy
 from edgetl.device.limits import Limits
 from edgetl.device.routes import ApiError, model, pipeline, predict, system
+from edgetl.device.ui import UiSettings
+from edgetl.device.ui import attach as attach_ui
 from edgetl.errors import EdgetlError
 
 log = logging.getLogger("edgetl.agent.http")
@@ -71,8 +73,8 @@ def _add_error_handlers(app: FastAPI) -> None:
                             status_code=500)
 
 
-def create_app(agent: Agent, token: str) -> FastAPI:
-    """The FastAPI application serving ``agent``, protected by ``token``."""
+def create_app(agent: Agent, token: str, ui: UiSettings | None = None) -> FastAPI:
+    """The FastAPI application serving ``agent``, protected by ``token``; ``ui`` sets the line's page."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
@@ -84,6 +86,7 @@ def create_app(agent: Agent, token: str) -> FastAPI:
     _add_error_handlers(app)
     for routes in (system, model, predict, pipeline):
         app.include_router(routes.router(agent))
+    attach_ui(app, agent, token, ui)  # the line's page (/ui, its session gate) and /v1/captures
     # added last = outermost: metrics see everything, the gate runs before any body is read
     app.add_middleware(BodyLimit, limits=getattr(agent, "limits", Limits()))
     app.add_middleware(TokenGate, token=token)
