@@ -22,8 +22,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from agent_support import ThreadAgent, bundles, install, resign
+from agent_support import ThreadAgent, install
 from click.testing import CliRunner
+from line_support import make_anomaly_bundle, spot_folder
 from net_helpers import free_port
 from system_support import require_program
 
@@ -37,8 +38,13 @@ INJECTED = "<img src=x onerror=document.title='pwned'>"
 
 
 @pytest.fixture(scope="module")
-def b(tmp_path_factory):
-    return bundles(tmp_path_factory)
+def signed(tmp_path_factory):
+    """(anomaly bundle, the public key that signed it)."""
+    from edgetl.keys import generate_keypair
+
+    root = tmp_path_factory.mktemp("line-bundle")
+    key, pub = generate_keypair(root / "release")
+    return make_anomaly_bundle(root, key), pub
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +70,20 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
+# mean |blue - red| of the live picture below its banner: ~0 for a grey frame, large under the JET heat map
+HEAT_TINT = """
+const img = document.getElementById('live');
+const canvas = document.createElement('canvas');
+canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+const ctx = canvas.getContext('2d');
+ctx.drawImage(img, 0, 0);
+const data = ctx.getImageData(0, 60, canvas.width, canvas.height - 70).data;
+let sum = 0;
+for (let i = 0; i < data.length; i += 4) sum += Math.abs(data[i + 2] - data[i]);
+return sum / (data.length / 4);
+"""
+
+
 def wait_for(condition, timeout: float = 15.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -74,13 +94,9 @@ def wait_for(condition, timeout: float = 15.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def line_folder(root: Path, b, n: int = 240) -> Path:
-    """``n`` frames alternating good and defect, all in a folder whose name is markup."""
-    folder = root / "line" / INJECTED
-    folder.mkdir(parents=True)
-    for i in range(n):
-        cls = "defect" if i % 3 == 0 else "good"
-        shutil.copy(b.image(cls, i % 8), folder / f"{i:04d}.png")
+def line_folder(root: Path, n: int = 240) -> Path:
+    """``n`` frames, every third with a bright spot, in a folder whose name is markup."""
+    spot_folder(root / "line" / INJECTED, n)
     return root / "line"
 
 
@@ -103,13 +119,13 @@ def text(driver, element_id: str) -> str:
 
 
 def counter(driver, name: str) -> int:
-    from selenium.webdriver.common.by import By
-
-    for row in driver.find_elements(By.CSS_SELECTOR, "#counters tr"):
-        cells = row.find_elements(By.CSS_SELECTOR, "th, td")
-        if cells[0].text == name:
-            return int(cells[1].text)
-    raise AssertionError(f"no counter {name}")
+    """One counter's value, read in one script call (the page replaces the rows every second)."""
+    value = driver.execute_script(
+        "for (const tr of document.querySelectorAll('#counters tr'))"
+        "  if (tr.cells[0].textContent === arguments[0]) return tr.cells[1].textContent;"
+        "return null;", name)
+    assert value is not None, f"no counter {name}"
+    return int(value)
 
 
 def evil_site(agent_url: str) -> tuple[ThreadingHTTPServer, str]:
@@ -134,15 +150,15 @@ def evil_site(agent_url: str) -> tuple[ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
-def test_the_line_page_end_to_end(tmp_path, b, browser):
+def test_the_line_page_end_to_end(tmp_path, signed, browser):
     from selenium.webdriver.common.by import By
 
-    bundle = resign(b.v1, tmp_path / "line.edgetl", b.key,
-                    edit_manifest=lambda m: m.update(threshold=0.5, positive="defect"))
-    source = line_folder(tmp_path, b)
+    bundle, pub = signed
+    source = line_folder(tmp_path)
     state = tmp_path / "state"
-    ui = {"ui": UiSettings(viewer_token=VIEWER, capture_margin=0, live_fps=5)}
-    with ThreadAgent(state, [b.pub], app_kwargs=ui) as agent, agent.client() as client:
+    # every frame is a close call here (margin 1), sampled at most every 0.5 s: unlabelled captures
+    ui = {"ui": UiSettings(viewer_token=VIEWER, capture_margin=1.0, capture_every_s=0.5, live_fps=5)}
+    with ThreadAgent(state, [pub], app_kwargs=ui) as agent, agent.client() as client:
         # before any login: only the login page (and its stylesheet) answers
         for path in ("/ui/", "/ui/static/app.js", "/ui/static/app.css", "/ui/static/index.html", "/ui/api/state",
                      "/ui/api/live.jpg", "/ui/api/rejects", "/ui/api/captures", "/ui/api/frames/1.jpg",
@@ -168,13 +184,16 @@ def test_the_line_page_end_to_end(tmp_path, b, browser):
         first = wait_for(lambda: browser.find_element(By.ID, "live").get_attribute("data-frame-id"), what="a frame")
         wait_for(lambda: browser.find_element(By.ID, "live").get_attribute("data-frame-id") != first,
                  what="the live view to move on")
-        assert browser.execute_script("return document.getElementById('live').naturalWidth") == 320  # annotated
+        assert browser.execute_script("return document.getElementById('live').naturalWidth") == 320  # downscaled
+        # the heat map is blended over the grey frame: colour where the camera saw none
+        tint = browser.execute_script(HEAT_TINT)
+        assert tint > 8, tint
         inspected = counter(browser, "inspected")
         wait_for(lambda: counter(browser, "inspected") > inspected, what="the counters to move")
         assert counter(browser, "rejected") > 0
         caption = wait_for(lambda: INJECTED in text(browser, "live-caption") and text(browser, "live-caption"),
                            what="the frame's source in the caption")
-        assert "score" in caption and "threshold 0.500" in caption
+        assert "score" in caption and "threshold 0.500" in caption and "anomaly" in caption + text(browser, "card")
         assert browser.title == "edgetl line"  # the markup in the frame's name stayed text
         assert not browser.find_elements(By.CSS_SELECTOR, "#live-caption img, #captures img")
         card = text(browser, "card")
@@ -206,7 +225,7 @@ def test_the_line_page_end_to_end(tmp_path, b, browser):
         browser.find_element(By.ID, "mark-missed-defect").click()
         marked = wait_for(lambda: "marked" in text(browser, "mark-result") and text(browser, "mark-result"),
                           what="the mark")
-        assert "missed_defect (defect)" in marked
+        assert "missed_defect (anomaly)" in marked
         wait_for(lambda: "missed_defect" in text(browser, "captures"), what="the capture list")
         time.sleep(1.2)  # one more state poll so the screenshot shows settled counters
         browser.execute_script("window.scrollTo(0, 0)")
@@ -236,11 +255,14 @@ def test_the_line_page_end_to_end(tmp_path, b, browser):
                              headers={"X-CSRF-Token": csrf})
         assert refused.status_code == 403 and "viewer" in refused.json()["error"]
         assert client.get("/v1/info").json()["serving"]["threshold"] == pytest.approx(0.999)
+        assert client.post("/v1/pipeline", json={"action": "stop"}).json()["running"] is False
 
     # after a restart the mark is still there, on the page and over the API
-    with ThreadAgent(state, [b.pub], app_kwargs=ui) as agent, agent.client() as client:
+    with ThreadAgent(state, [pub], app_kwargs=ui) as agent, agent.client() as client:
         captures = client.get("/v1/captures").json()["captures"]
-        assert [(c["mark"], c["label"]) for c in captures] == [("missed_defect", "defect")]
+        assert [(c["mark"], c["label"]) for c in captures if c["mark"]] == [("missed_defect", "anomaly")]
+        sampled = [c for c in captures if not c["mark"]]
+        assert sampled and all(c["reason"] == "low_margin" and c["label"] is None for c in sampled)
         login(browser, agent.url, ADMIN)
         wait_for(lambda: "missed_defect" in text(browser, "captures"), what="the mark after a restart")
 
@@ -251,15 +273,18 @@ def test_the_line_page_end_to_end(tmp_path, b, browser):
         result = CliRunner().invoke(cli, ["collect", agent.url, "--out", str(out), "--token-file", str(token_file),
                                           "--json"])
         assert result.exit_code == 0, result.output
-        assert json.loads(result.output)["labelled"] == {"defect": 1}
-    images = list((out / "train" / "defect").glob("*.png"))
+        collected = json.loads(result.output)
+        assert collected["labelled"] == {"anomaly": 1} and collected["unlabelled"] == len(sampled)
+    images = list((out / "train" / "anomaly").glob("*.png"))
     assert len(images) == 1
     import cv2
 
     frame = cv2.imread(str(images[0]))
     assert any(np.array_equal(frame, cv2.imread(str(p))) for p in (source / INJECTED).glob("*.png"))
-    line = json.loads((out / "captures.jsonl").read_text().splitlines()[0])
-    assert line["mark"] == "missed_defect" and line["file"] == f"train/defect/{images[0].name}"
+    lines = [json.loads(line) for line in (out / "captures.jsonl").read_text().splitlines()]
+    marked = [line for line in lines if line["mark"]]
+    assert len(marked) == 1 and marked[0]["file"] == f"train/anomaly/{images[0].name}"
+    assert len(list((out / "unlabelled").glob("*.png"))) == len(sampled)
     inspected = CliRunner().invoke(cli, ["data", "inspect", str(out), "--json"])
     assert inspected.exit_code == 0, inspected.output
-    assert json.loads(inspected.output)["splits"]["train"]["counts"] == {"defect": 1}
+    assert json.loads(inspected.output)["splits"]["train"]["counts"] == {"anomaly": 1}
