@@ -103,6 +103,31 @@ def browser(url: str):
     return driver, service.process.pid, profile
 
 
+def draw_cost(source: Path, repeats: int = 200) -> dict[str, float]:
+    """Median milliseconds to draw one live picture (:meth:`LiveFeed.draw`, 640 px wide JPEG) of a VGA
+    frame, without and with a frame-sized anomaly map, in this process (one thread)."""
+    import cv2
+    import numpy as np
+
+    from edgetl.device.live import FrameRecord, LiveFeed
+
+    image = cv2.imread(str(sorted(source.glob("base*.jpg"))[0]))
+    amap = np.random.default_rng(0).random(image.shape[:2], dtype=np.float32)
+    doc = {"label": "good", "scores": {"good": 0.9, "anomaly": 0.1}, "anomaly_score": 0.1, "threshold": 0.5,
+           "latency_ms": 1.0, "model": "m"}
+    feed = LiveFeed()
+    out = {}
+    for name, m in (("plain", None), ("heat map", amap)):
+        record = FrameRecord(1, 0, "cam", time.time(), doc, False, 0.1, image, m)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            feed.draw(record, 640)
+            times.append((time.perf_counter() - start) * 1000)
+        out[name] = statistics.median(times)
+    return out
+
+
 def live_requests(client) -> float:
     for line in client.get("/metrics").text.splitlines():
         if line.startswith("edgetl_requests_total{") and 'route="/ui/api/live.jpg"' in line:
@@ -195,6 +220,7 @@ def main() -> None:
         return statistics.median(r[key] for r in rows[phase])
 
     cost = med("page open", "agent_cpu_pct") - med("no page", "agent_cpu_pct")
+    draw = draw_cost(source)
     print("\n| phase | windows | agent CPU (% of one core) | pipeline fps | live pictures/s | browser CPU | load avg |")
     print("|---|---|---|---|---|---|---|")
     for phase in rows:
@@ -203,11 +229,16 @@ def main() -> None:
               f"{med(phase, 'pictures_per_s'):.1f} | {'–' if browser_cpu is None else f'{browser_cpu:.1f} %'} | "
               f"{med(phase, 'load_avg_1m'):.1f} |")
     print(f"\nthe page costs the agent {cost:+.1f} % of one core at {args.fps:g} fps "
-          f"({os.cpu_count()} CPUs here, shared)")
+          f"({os.cpu_count()} CPUs here, shared; the no-page windows alone spread "
+          f"{min(r['agent_cpu_pct'] for r in rows['no page']):.1f}–{max(r['agent_cpu_pct'] for r in rows['no page']):.1f} %)")
+    for name, ms in draw.items():
+        print(f"one live picture ({name}, VGA frame -> 640 px JPEG): {ms:.2f} ms median; at {args.fps:g} pictures/s "
+              f"{ms * args.fps / 10:.1f} % of one core")
     out = ROOT / "benchmarks" / "results" / "ui_cost.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"fps": args.fps, "seconds": args.seconds, "rounds": args.rounds, "cpus": os.cpu_count(),
-                               "page_cost_pct_of_one_core": cost, "windows": rows}, indent=2))
+                               "page_cost_pct_of_one_core": cost, "draw_ms": draw,
+                               "windows": rows}, indent=2))
     shutil.rmtree(root, ignore_errors=True)
 
 

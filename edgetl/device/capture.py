@@ -72,7 +72,7 @@ class CaptureStore:
         self.stats = {"written": 0, "dropped_quota": 0, "skipped_disk": 0, "skipped_busy": 0}
         self._lock = threading.Lock()
         self._last_id = ""
-        self._last_sample = 0.0
+        self._last_sample: float | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._writer: threading.Thread | None = None
         self._warned_disk = False
@@ -190,7 +190,7 @@ class CaptureStore:
         if self.margin <= 0 or record.image is None:
             return
         now = time.monotonic()
-        if now - self._last_sample < self.sample_every_s:
+        if self._last_sample is not None and now - self._last_sample < self.sample_every_s:
             return
         m = margin(record.doc, positive)
         if m is None or m > self.margin:
