@@ -161,3 +161,26 @@ def test_a_viewer_token_equal_to_the_admin_token_is_refused(tmp_path):
     result = CliRunner().invoke(cli, ["agent", "serve", "--state-dir", str(tmp_path / "s"), "--token-file", str(token),
                                       "--trust", str(token), "--viewer-token-file", str(token)])
     assert result.exit_code == 1 and "viewer token is the admin token" in result.output
+
+
+def test_the_page_says_when_there_is_no_model_no_pipeline_or_no_camera(tmp_path):
+    from agent_support import ThreadAgent
+
+    from edgetl.device.ui.routes import notices
+    from edgetl.keys import generate_keypair
+
+    _, pub = generate_keypair(tmp_path / "k")
+    with ThreadAgent(tmp_path / "state", [pub]) as agent:
+        login = httpx.post(agent.url + "/ui/login", data={"token": agent.token})
+        assert login.status_code == 303
+        state = httpx.get(agent.url + "/ui/api/state", cookies=login.cookies).json()
+        assert [n["code"] for n in state["notices"]] == ["no_model", "no_pipeline"]
+        assert state["model"] is None and state["latest"] is None and state["counters"]["inspected"] == 0
+        assert httpx.get(agent.url + "/ui/api/live.jpg", cookies=login.cookies).status_code == 404
+        view = SimpleNamespace(agent=SimpleNamespace(model=object()))
+        gone = {"state": "reconnecting", "running": True, "error": "rtsp://cam: connection refused", "reconnects": 3}
+        [notice] = notices(view, gone, None)
+        assert notice["code"] == "camera_gone" and "connection refused" in notice["text"]
+        fine = {"state": "running", "running": True, "error": None, "reconnects": 0}
+        assert [n["code"] for n in notices(view, fine, {"time": time.time() - 60})] == ["stale"]
+        assert notices(view, fine, {"time": time.time()}) == []
