@@ -1,7 +1,8 @@
 """The agent's HTTP API (FastAPI): the routers of :mod:`edgetl.device.routes` behind ASGI guards.
 
-Every route but health and metrics needs ``Authorization: Bearer <token>``,
-checked (in constant time) before any body is read; every body has a cap per
+Every route but health, metrics and the line's page needs ``Authorization:
+Bearer <token>``, checked (in constant time) before any body is read (the page
+under ``/ui`` has its own session gate: :mod:`edgetl.device.ui.auth`); every body has a cap per
 route (see :mod:`edgetl.device.limits`). Errors are ``{"error": "<one line>"}``,
 never a stack trace. ``python -m edgetl.device.app`` prints the OpenAPI
 document that is kept in docs/agent-openapi.json.

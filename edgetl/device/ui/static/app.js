@@ -104,6 +104,7 @@ function fillClasses(labels) {
 
 // -- the live picture (at most liveFps a second, one request at a time) -----------------------------
 async function pollLive() {
+  const started = performance.now();
   if (!document.hidden && !state.liveBusy) {
     state.liveBusy = true;
     try {
@@ -126,7 +127,7 @@ async function pollLive() {
     } catch (err) { /* retried */ }
     state.liveBusy = false;
   }
-  setTimeout(pollLive, 1000 / state.liveFps);
+  setTimeout(pollLive, Math.max(10, 1000 / state.liveFps - (performance.now() - started)));  // liveFps a second
 }
 
 // -- rejects gallery, capture list --------------------------------------------------------------------
