@@ -52,8 +52,9 @@ def _graph() -> bytes:
     return model.SerializeToString()
 
 
-def make_anomaly_bundle(root: Path, key_path: Path, name: str = "spots") -> Path:
-    """A signed ONNX FP32 anomaly bundle (labels good/anomaly, threshold 0.5) with 8 reference images."""
+def make_anomaly_bundle(root: Path, key_path: Path, name: str = "spots",
+                        labels: tuple[str, str] = ("good", "anomaly")) -> Path:
+    """A signed ONNX FP32 anomaly bundle (``labels``: normal, anomalous; threshold 0.5) with 8 reference images."""
     import cv2
     import onnxruntime as ort
 
@@ -78,7 +79,7 @@ def make_anomaly_bundle(root: Path, key_path: Path, name: str = "spots") -> Path
         score, amap = session.run(["output", "map"], {"input": preprocess_file(path, spec)})
         member = f"reference/{n:03d}.png"
         members[member] = path.read_bytes()
-        images.append({"file": member, "label": "anomaly" if n % 2 else "good", "source": path.name,
+        images.append({"file": member, "label": labels[n % 2], "source": path.name,
                        "output": np.asarray(score, np.float32).round(7).tolist(),
                        "map": pooled_maps({"map": amap}).round(6).tolist()})
     members["reference/outputs.json"] = json.dumps({"images": images}).encode()
@@ -86,7 +87,7 @@ def make_anomaly_bundle(root: Path, key_path: Path, name: str = "spots") -> Path
     manifest = {
         "schema_version": 1, "name": name, "model_version": f"{name}-{now:%Y%m%d}-0000001",
         "created": now.isoformat(), "bundle_version": int(now.timestamp() * 1000),
-        "task": "anomaly", "labels": ["good", "anomaly"], "threshold": 0.5, "positive": "anomaly",
+        "task": "anomaly", "labels": list(labels), "threshold": 0.5, "positive": labels[1],
         "output": "anomaly_score", "input": spec_doc,
         "target": {"format": "onnx", "precision": "fp32", "method": "default", "files": ["model/model.onnx"],
                    "batch": 1, "dynamic_batch": False, "extra": "onnxruntime", "requires": ["onnxruntime"]},
@@ -98,7 +99,7 @@ def make_anomaly_bundle(root: Path, key_path: Path, name: str = "spots") -> Path
         "reference": {"outputs": "reference/outputs.json", "count": len(images), "precision": "fp32",
                       "tolerance": dict(TOLERANCES["fp32"])},
     }
-    return write_bundle(root / f"{name}.edgetl", manifest, members, private_key=load_private_key(key_path))
+    return write_bundle(root / f"{name}-{len(list(root.glob('*.edgetl')))}.edgetl", manifest, members, private_key=load_private_key(key_path))
 
 
 def spot_folder(folder: Path, n: int, every: int = 3, seed: int = 1, size: int = 240) -> Path:

@@ -288,3 +288,32 @@ def test_the_line_page_end_to_end(tmp_path, signed, browser):
     inspected = CliRunner().invoke(cli, ["data", "inspect", str(out), "--json"])
     assert inspected.exit_code == 0, inspected.output
     assert json.loads(inspected.output)["splits"]["train"]["counts"] == {"anomaly": 1}
+
+
+def test_a_class_name_with_markup_is_shown_as_text(tmp_path, browser):
+    """A bundle whose defect class is named like a script: the card, the caption and the class picker
+    show the name; nothing runs and no element is made of it."""
+    from selenium.webdriver.common.by import By
+
+    from edgetl.keys import generate_keypair
+
+    key, pub = generate_keypair(tmp_path / "release")
+    label = "<script>document.title='pwned'</script><b>bad</b>"
+    bundle = make_anomaly_bundle(tmp_path / "bundle", key, name="markup", labels=("good", label))
+    source = spot_folder(tmp_path / "line", 200, every=1)  # every frame is a "<script>…" reject
+    with ThreadAgent(tmp_path / "state", [pub]) as agent, agent.client() as client:
+        assert install(client, bundle)["status"] == "installed"
+        assert client.post("/v1/pipeline", json={"source": str(source), "source_options": {"fps": 10}}).status_code == 200
+        login(browser, agent.url, ADMIN)
+        wait_for(lambda: label in text(browser, "live-caption"), what="the label in the caption")
+        assert label in text(browser, "card")
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#rejects figure"), what="a reject")
+        options = browser.execute_script("return [...document.querySelectorAll('#mark-class option')]"
+                                         ".map(o => o.textContent)")
+        assert options == ["good", label]
+        assert browser.title == "edgetl line"
+        assert not browser.find_elements(By.CSS_SELECTOR, "main b, main script, #rejects b, #captures b")
+        # marked as a missed defect, the frame is kept but unlabelled: the class cannot be a folder name
+        browser.find_element(By.ID, "mark-missed-defect").click()
+        wait_for(lambda: "unlabelled" in text(browser, "mark-result"), what="the mark")
+        client.post("/v1/pipeline", json={"action": "stop"})

@@ -266,6 +266,7 @@ def router(view: Any, sessions: Sessions) -> APIRouter:
 
 def default_label(model: Any, kind: Any) -> str | None:
     """The class a mark implies: the normal class for a false reject, the defect class for a missed defect."""
+    from edgetl.device.capture import LABEL_RE
     from edgetl.metrics import positive_index, score_classes
 
     if model is None or kind not in ("false_reject", "missed_defect"):
@@ -279,4 +280,5 @@ def default_label(model: Any, kind: Any) -> str | None:
         if hi is None or len(labels) != 2:
             return None  # several classes: the engineer picks one
         names, lo = labels, 1 - hi
-    return names[hi] if kind == "missed_defect" else names[lo]
+    label = names[hi] if kind == "missed_defect" else names[lo]
+    return label if LABEL_RE.match(label) else None  # a class that cannot be a folder name: unlabelled
