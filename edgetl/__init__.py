@@ -14,6 +14,7 @@ loaded on first use (PEP 562 ``__getattr__``)::
     bundle = model.export("openvino", sign="me.key")
     bundle.verify(trust="me.pub")
     edgetl.deploy(bundle, device="https://cam1:8470", token="...")
+    edgetl.collect("https://cam1:8470", "data/feedback", token="...")  # marked frames back
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _LAZY = {
     "train": "edgetl.workflow", "load": "edgetl.workflow", "Run": "edgetl.workflow", "Model": "edgetl.workflow",
     "Prediction": "edgetl.prediction",
     "Bundle": "edgetl.workflow", "Deployment": "edgetl.deploy.deployment",
+    "collect": "edgetl.deploy.collect",
 }
 
 # submodules that are part of the API: the edgetl.deploy package is callable (edgetl.deploy(bundle, device=…))

@@ -69,7 +69,7 @@ class ThreadAgent:
     """
 
     def __init__(self, state_dir: Path, trusted: list[Path], token: str = "s3cret-token-for-tests",
-                 **agent_kwargs: Any):
+                 app_kwargs: dict[str, Any] | None = None, **agent_kwargs: Any):
         import uvicorn
 
         from edgetl.device.agent import Agent
@@ -82,7 +82,7 @@ class ThreadAgent:
         self.agent.startup()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(self.agent, token), host="127.0.0.1", port=self.port,
+        config = uvicorn.Config(create_app(self.agent, token, **(app_kwargs or {})), host="127.0.0.1", port=self.port,
                                 log_level="warning", access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -40,6 +40,25 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert a.keys() == c.keys() and a["train/good/brick_0000.jpg"] != c["train/good/brick_0000.jpg"]
 
 
+def test_kinds_draws_only_those_defects_and_refuses_an_unknown_one(tmp_path):
+    """--kinds: a set with disjoint kinds is a defect style a first model never saw (examples/line_feedback)."""
+    import csv
+
+    out = tmp_path / "stains"
+    result = CliRunner().invoke(cli, ["data", "textures", str(out), "--per-class", "8", "--kinds", "stain"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    drawn = {k for r in rows if r["label"] == "defect" for k in r["defects"].split("+")}
+    assert drawn == {"stain"}
+    assert "--kinds stain" in (out / "README.md").read_text()
+    make_textures(tmp_path / "all", seed=0, per_class=6)
+    everything = {k for r in csv.DictReader((tmp_path / "all" / "manifest.csv").open()) for k in r["defects"].split("+")}
+    assert everything - {""} == {"scratch", "crack", "stain", "hole"}
+    bad = CliRunner().invoke(cli, ["data", "textures", str(tmp_path / "x"), "--kinds", "stain,dent"])
+    assert bad.exit_code != 0 and "dent" in bad.output and "expected one or more of" in bad.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_writes_tiles_masks_and_readme(tmp_path):
     out = tmp_path / "tex"
     result = CliRunner().invoke(cli, ["data", "textures", str(out), "--per-class", "8"])

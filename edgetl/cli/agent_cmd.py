@@ -42,12 +42,18 @@ def agent_group() -> None:
 @click.option("--strict-int8", is_flag=True,
               help="Refuse INT8 bundles chosen for CPU features this CPU lacks (default: warn; the reference "
                    "check decides).")
+@click.option("--viewer-token-file", type=click.Path(dir_okay=False),
+              help="File holding the viewer token: it opens the line's page (/ui) read-only.")
+@click.option("--capture-mb", default=256.0, show_default=True, type=click.FloatRange(min=1),
+              help="Quota of the capture store (STATE/capture: marked frames and sampled close calls).")
+@click.option("--ui-fps", default=10.0, show_default=True, type=click.FloatRange(min=0.1, max=30),
+              help="Most live pictures the line's page draws per second, all browsers together.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @pull_options
 def serve_cmd(state_dir, host, port, token_file, trust, tls_cert, tls_key, max_bundle_mb, max_members,
               max_image_mb, max_image_mpix, upload_idle_timeout, data_roots, autostart, insecure_http,
-              strict_int8, log_level, **pull) -> None:
+              strict_int8, viewer_token_file, capture_mb, ui_fps, log_level, **pull) -> None:
     """Serve the agent API: install signed bundles, predict, run the camera pipeline.
 
     \b
@@ -59,6 +65,7 @@ def serve_cmd(state_dir, host, port, token_file, trust, tls_cert, tls_key, max_b
     from edgetl.cli.pull_options import pull_settings
     from edgetl.device.limits import MIB, Limits
     from edgetl.device.server import read_token, serve
+    from edgetl.device.ui import UiSettings
     from edgetl.errors import ConfigError
 
     token = read_token(token_file)
@@ -68,9 +75,16 @@ def serve_cmd(state_dir, host, port, token_file, trust, tls_cert, tls_key, max_b
 
     pull_config, status = pull_settings(**pull)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    viewer_token = read_token(viewer_token_file) if viewer_token_file else None
+    if viewer_token is not None and len(viewer_token) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"{viewer_token_file}: the viewer token has {len(viewer_token)} characters; use at "
+                          f"least {MIN_TOKEN_CHARS}")
+    if viewer_token is not None and viewer_token == token:
+        raise ConfigError(f"{viewer_token_file}: the viewer token is the admin token; give it its own")
+    ui = UiSettings(viewer_token=viewer_token, capture_bytes=int(capture_mb * MIB), live_fps=ui_fps)
     limits = Limits(members=max_members, image_bytes=int(max_image_mb * MIB),
                     image_pixels=int(max_image_mpix * 1_000_000), upload_idle_s=upload_idle_timeout,
                     data_roots=tuple(data_roots))
     serve(state_dir=state_dir, host=host, port=port, token_file=token_file, trust=list(trust), tls_cert=tls_cert,
           tls_key=tls_key, max_bundle_mb=max_bundle_mb, autostart=autostart, insecure_http=insecure_http,
-          strict_int8=strict_int8, log_level=log_level, limits=limits, pull=pull_config, status=status)
+          strict_int8=strict_int8, log_level=log_level, limits=limits, ui=ui, pull=pull_config, status=status)

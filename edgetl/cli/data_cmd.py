@@ -73,7 +73,10 @@ def elpv_cmd(out: str, classes: str, cell_type: str, test_size: float, val_size:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--per-class", type=click.IntRange(4), default=200, show_default=True,
               help="Tiles per class in train; val and test get a quarter of it each (at least 10).")
-def textures_cmd(out: str, seed: int, per_class: int) -> None:
+@click.option("--kinds", default="scratch,crack,stain,hole", show_default=True, metavar="KIND,...",
+              help="Defect kinds to draw (of scratch, crack, stain, hole): disjoint kinds in two sets make a "
+                   "defect style a first model never saw.")
+def textures_cmd(out: str, seed: int, per_class: int, kinds: str) -> None:
     """Write a synthetic good/defect set from scikit-image's CC0 texture photos (seconds).
 
     224x224 tiles of brick, grass and gravel with drawn scratches, cracks,
@@ -82,7 +85,8 @@ def textures_cmd(out: str, seed: int, per_class: int) -> None:
     """
     from edgetl.data.textures import make_textures
 
-    _print_counts(make_textures(out, seed=seed, per_class=per_class))
+    _print_counts(make_textures(out, seed=seed, per_class=per_class,
+                                kinds=tuple(k.strip() for k in kinds.split(",") if k.strip())))
     info(f"wrote {out}")
 
 

@@ -11,6 +11,7 @@ import click
 from edgetl.cli.agent_cmd import agent_group
 from edgetl.cli.bench_cmd import bench_command
 from edgetl.cli.bundle_cmd import bundle_group
+from edgetl.cli.collect_cmd import collect_command
 from edgetl.cli.config_cmd import config_group
 from edgetl.cli.data_cmd import data_group
 from edgetl.cli.deploy_cmd import deploy_command
@@ -47,5 +48,6 @@ COMMANDS: list[click.Command] = [
     device_group,
     push_command,
     fleet_group,
+    collect_command,
     bench_command,
 ]

@@ -159,13 +159,24 @@ def split_sizes(per_class: int) -> dict[str, int]:
     return {"train": per_class, "val": small, "test": small}
 
 
-def make_textures(out: str | Path, *, seed: int = 0, per_class: int = 200) -> dict[str, dict[str, int]]:
+def make_textures(out: str | Path, *, seed: int = 0, per_class: int = 200,
+                  kinds: tuple[str, ...] | list[str] = KINDS) -> dict[str, dict[str, int]]:
     """Write the texture set under ``out``; returns counts ``{split: {class: n}}``.
 
+    ``kinds`` draws defects of those kinds only (default: all four). Two sets
+    with disjoint kinds give a defect *style* a first model never saw: the
+    line-feedback example (examples/line_feedback/loop.py) trains on
+    ``scratch, crack`` and meets ``stain`` on the line.
+
     Raises:
-        DataError: ``out`` exists and is not empty, or ``per_class`` is too small.
+        DataError: ``out`` exists and is not empty, ``per_class`` is too small, or a kind is unknown.
     """
     cv2 = _cv2()
+    allowed = tuple(kinds)
+    unknown = [k for k in allowed if k not in KINDS]
+    if not allowed or unknown:
+        raise DataError(f"textures kinds: {', '.join(unknown) or 'none given'}; expected one or more of "
+                        f"{', '.join(KINDS)}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: already exists and is not empty; remove it or choose another folder")
@@ -186,7 +197,7 @@ def make_textures(out: str | Path, *, seed: int = 0, per_class: int = 200) -> di
                 if label == "defect":
                     subtle = bool(rng.random() < SUBTLE_SHARE)
                     for _ in range(1 + int(rng.random() < 0.5)):
-                        kind = KINDS[int(rng.integers(0, len(KINDS)))]
+                        kind = allowed[int(rng.integers(0, len(allowed)))]
                         tile, m = draw_defect(tile, kind, subtle, rng)
                         mask, kinds = np.maximum(mask, m), kinds + [kind]
                     (tmp / "masks" / split / label).mkdir(parents=True, exist_ok=True)
@@ -201,14 +212,14 @@ def make_textures(out: str | Path, *, seed: int = 0, per_class: int = 200) -> di
         writer.writeheader()
         writer.writerows(rows)
     counts = {split: {label: (sizes[split]) for label in CLASSES} for split in SPLITS}
-    (tmp / "README.md").write_text(_readme(counts, seed, per_class), "utf-8")
+    (tmp / "README.md").write_text(_readme(counts, seed, per_class, allowed), "utf-8")
     if out.exists():
         out.rmdir()
     tmp.rename(out)
     return counts
 
 
-def _readme(counts, seed, per_class) -> str:
+def _readme(counts, seed, per_class, kinds=KINDS) -> str:
     table = "\n".join(f"| {s} | {counts[s]['good']} | {counts[s]['defect']} |" for s in SPLITS)
     if CALIBRATION["probe_acc"] is not None:
         cal = (f"At seed 0 and the default `--per-class`, an {CALIBRATION['probe']} reaches "
@@ -217,12 +228,13 @@ def _readme(counts, seed, per_class) -> str:
                "(measured by `benchmarks/textures_calibration.py`; rerun it to check).")
     else:
         cal = "Calibration not measured yet: run `benchmarks/textures_calibration.py`."
+    kinds_opt = "" if tuple(kinds) == KINDS else f", --kinds {','.join(kinds)}"
     return f"""# Synthetic textures — good/defect tiles
 
-Made by `edgetl data textures` (seed {seed}, --per-class {per_class}) from the CC0 texture photos
+Made by `edgetl data textures` (seed {seed}, --per-class {per_class}{kinds_opt}) from the CC0 texture photos
 bundled in scikit-image (`brick`, `grass`, `gravel`). Splits come from disjoint regions of
 each photo (train: top half, val: bottom-left, test: bottom-right), so nothing leaks between
-them. Defects (scratch, crack, stain, hole; about {round(SUBTLE_SHARE * 100)} % subtle) are drawn
+them. Defects ({', '.join(kinds)}; about {round(SUBTLE_SHARE * 100)} % subtle) are drawn
 with OpenCV; masks are in `masks/<split>/defect/`. Good and defect tiles share the same
 photometric and JPEG finishing.
 

@@ -70,6 +70,7 @@ class Agent:
         self.model: DeviceModel | None = None
         self.degraded: str | None = None
         self.pipeline = None
+        self.frame_observers: list = []  # called with every pipeline result (the line's page: edgetl.device.ui)
         self._switch = threading.Lock()
         self._pipeline_lock = threading.Lock()
 
@@ -264,7 +265,8 @@ class Agent:
             old = self.pipeline
             if old is not None:
                 old.stop()
-            pipeline = Pipeline(config, self._pipeline_predict, self.metrics, on_end=self._pipeline_ended)
+            pipeline = Pipeline(config, self._pipeline_predict, self.metrics, on_end=self._pipeline_ended,
+                                observers=self.frame_observers)
             saved_before = read_json(self.state.pipeline_path, None)
             # saved and current *before* it starts: a short replay may end (and say so) at once
             atomic_write_json(self.state.pipeline_path, {"running": True, "config": config.to_dict()})

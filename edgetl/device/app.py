@@ -1,7 +1,8 @@
 """The agent's HTTP API (FastAPI): the routers of :mod:`edgetl.device.routes` behind ASGI guards.
 
-Every route but health and metrics needs ``Authorization: Bearer <token>``,
-checked (in constant time) before any body is read; every body has a cap per
+Every route but health, metrics and the line's page needs ``Authorization:
+Bearer <token>``, checked (in constant time) before any body is read (the page
+under ``/ui`` has its own session gate: :mod:`edgetl.device.ui.auth`); every body has a cap per
 route (see :mod:`edgetl.device.limits`). Errors are ``{"error": "<one line>"}``,
 never a stack trace. ``python -m edgetl.device.app`` prints the OpenAPI
 document that is kept in docs/agent-openapi.json.
@@ -25,6 +26,8 @@ from edgetl.device.images import ImageTooLarge, WrongImageType
 from edgetl.device.install import InstallBusy
 from edgetl.device.limits import Limits
 from edgetl.device.routes import ApiError, model, pipeline, predict, system
+from edgetl.device.ui import UiSettings
+from edgetl.device.ui import attach as attach_ui
 from edgetl.errors import EdgetlError
 
 log = logging.getLogger("edgetl.agent.http")
@@ -71,8 +74,8 @@ def _add_error_handlers(app: FastAPI) -> None:
                             status_code=500)
 
 
-def create_app(agent: Agent, token: str) -> FastAPI:
-    """The FastAPI application serving ``agent``, protected by ``token``."""
+def create_app(agent: Agent, token: str, ui: UiSettings | None = None) -> FastAPI:
+    """The FastAPI application serving ``agent``, protected by ``token``; ``ui`` sets the line's page."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
@@ -84,6 +87,7 @@ def create_app(agent: Agent, token: str) -> FastAPI:
     _add_error_handlers(app)
     for routes in (system, model, predict, pipeline):
         app.include_router(routes.router(agent))
+    attach_ui(app, agent, token, ui)  # the line's page (/ui, its session gate) and /v1/captures
     # added last = outermost: metrics see everything, the gate runs before any body is read
     app.add_middleware(BodyLimit, limits=getattr(agent, "limits", Limits()))
     app.add_middleware(TokenGate, token=token)

@@ -19,6 +19,7 @@ from fastapi import HTTPException
 from edgetl.device.limits import METRIC_METHODS, Limits
 
 OPEN_PATHS = frozenset({"/v1/health", "/metrics"})
+UI_PREFIX = "/ui"  # the line's page checks its own session cookie (edgetl.device.ui.auth.SessionGate)
 
 
 async def _send_error(send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
@@ -44,7 +45,8 @@ class TokenGate:
         self.app, self.expected = app, token.encode("utf-8")
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path not in OPEN_PATHS and not (path == UI_PREFIX or path.startswith(UI_PREFIX + "/")):
             scheme, _, given = (_header(scope, b"authorization") or b"").partition(b" ")
             # compare even when the scheme is wrong, so the time taken says nothing about the token
             if not hmac.compare_digest(given.strip(), self.expected) or scheme.lower() != b"bearer":

@@ -126,8 +126,11 @@ class Pipeline:
     """
 
     def __init__(self, config: PipelineConfig, predict: Callable[[np.ndarray, Any], dict | tuple | None],
-                 metrics: Any = None, on_end: Callable[["Pipeline", str | None], None] | None = None):
+                 metrics: Any = None, on_end: Callable[["Pipeline", str | None], None] | None = None,
+                 observers: list[Callable[[dict, Any, "Pipeline"], None]] | None = None):
         self.config, self.predict, self.metrics, self.on_end = config, predict, metrics, on_end
+        self.observers = observers if observers is not None else []  # the line's page (edgetl.device.live)
+        self.observer_errors = 0
         self.state, self.error = "starting", None
         self.frames = self.dropped = self.reconnects = self.sink_errors = self.skipped = 0
         self._times: collections.deque[float] = collections.deque(maxlen=30)
@@ -315,6 +318,12 @@ class Pipeline:
                 self.sink_errors += 1
                 log.warning("sink %s failed: %s", type(writer).__name__, exc)
         self.frames += 1
+        for observe in self.observers:  # after the sinks: the page never delays a result
+            try:
+                observe(result, frame, self)
+            except Exception as exc:
+                self.observer_errors += 1
+                log.warning("pipeline observer %s failed: %s", type(observe).__name__, exc)
 
     def _close_all(self) -> None:
         for writer in getattr(self, "_writers", []):

@@ -12,6 +12,7 @@ from edgetl.errors import ConfigError, UsageError
 if TYPE_CHECKING:  # pragma: no cover
     from edgetl.device.limits import Limits
     from edgetl.device.pull import PullConfig
+    from edgetl.device.ui import UiSettings
 
 log = logging.getLogger("edgetl.agent")
 
@@ -66,7 +67,7 @@ def bind_socket(host: str, port: int):
 def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str], tls_cert: str | None,
           tls_key: str | None, max_bundle_mb: float, autostart: bool, insecure_http: bool,
           strict_int8: bool = False, log_level: str = "info", limits: "Limits | None" = None,
-          pull: "PullConfig | None" = None, status: dict | None = None) -> None:
+          ui: "UiSettings | None" = None, pull: "PullConfig | None" = None, status: dict | None = None) -> None:
     """Start the agent and serve until interrupted (SIGINT/SIGTERM); with ``pull``, poll a registry
     tag for bundles (:mod:`edgetl.device.pull`) and publish the status to ``status``'s broker."""
     import uvicorn
@@ -85,7 +86,7 @@ def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str
     agent = Agent(state_dir, trust, max_bundle_mb=max_bundle_mb, autostart=autostart, strict_int8=strict_int8,
                   limits=limits)
     started = agent.startup()
-    app = create_app(agent, token)
+    app = create_app(agent, token, ui)
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
                             log_level=log_level, access_log=False, server_header=False,
                             timeout_keep_alive=30)  # clients and load balancers keep connections longer than 5 s

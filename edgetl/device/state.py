@@ -13,6 +13,7 @@ Layout::
       threshold.json   an operating threshold set through the API, for one model
       pipeline.json    the last pipeline config and whether it was running
       engines/         runtime caches (TensorRT engines, keyed by the target)
+      capture/         the line page's capture store (edgetl.device.capture)
 """
 
 from __future__ import annotations
