@@ -34,8 +34,8 @@ class Limits:
             cannot hold the install slot [fixed].
             The average is over a sliding window of ``upload_idle_s``: every such window of an upload
             must bring ``upload_min_rate * upload_idle_s`` bytes, not only the average since it began.
-        upload_ceiling_rate: an upload may take at most ``60 s + bundle_bytes / upload_ceiling_rate``
-            in all (:attr:`upload_max_s`; 572 s for 512 MiB), whatever its rate [fixed].
+        upload_ceiling_rate: an upload may take at most ``2 x upload_idle_s + bundle_bytes /
+            upload_ceiling_rate`` in all (:attr:`upload_max_s`; 572 s for 512 MiB), whatever its rate [fixed].
         data_roots: the only folders pipeline sources and sinks may touch [--data-root; default the
             folder ``STATE-data`` beside the state dir]; the state dir is refused even inside one.
         max_connections: open connections in all [--max-connections].
@@ -69,7 +69,7 @@ class Limits:
     @property
     def upload_max_s(self) -> float:
         """The ceiling on one upload's total time, from the bundle size cap."""
-        return 60.0 + self.bundle_bytes / self.upload_ceiling_rate
+        return 2 * self.upload_idle_s + self.bundle_bytes / self.upload_ceiling_rate
 
     def body_limit(self, method: str, path: str) -> tuple[int, str]:
         """The body cap for one request and the flag that sets it."""

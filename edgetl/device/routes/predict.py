@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 
 from edgetl.device import schemas
 from edgetl.device.routes import ApiError, bearer_dependency, errors
@@ -31,6 +30,6 @@ def router(agent) -> APIRouter:
             if not body:
                 raise ApiError(400, "request body: empty (0 bytes), expected an image")
             # one thread hop for the header check, decode, preprocessing and inference (one of K slots)
-            return await run_in_threadpool(agent.predict_bytes, body, heatmap, content_type)
+            return await agent.slots.run(agent.predict_bytes, body, heatmap, content_type)
 
     return api
