@@ -111,9 +111,9 @@ def png_inflate_bomb(mib: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def many_scans_jpeg(image_bgr, scans: int) -> bytes:
+def many_scans_jpeg(image_bgr, scans: int, max_bytes: int | None = None) -> bytes:
     """A progressive JPEG of ``image_bgr`` whose last scan is repeated until it has ``scans`` scans
-    (each scan makes the decoder pass over the whole image again)."""
+    (each scan makes the decoder pass over the whole image again), fewer if that would pass ``max_bytes``."""
     import cv2
 
     ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
@@ -121,6 +121,8 @@ def many_scans_jpeg(image_bgr, scans: int) -> bytes:
     last = data.rfind(b"\xff\xda")
     scan = data[last:-2]  # the last SOS segment and its entropy-coded data, without EOI
     have = data.count(b"\xff\xda")
+    if max_bytes is not None:
+        scans = min(scans, have + max(0, max_bytes - len(data)) // max(1, len(scan)))
     return data[:-2] + scan * max(0, scans - have) + b"\xff\xd9"
 
 

@@ -188,10 +188,12 @@ def test_a_data_root_inside_the_state_dir_is_refused_at_start(tmp_path, b):
     import sys
 
     from agent_support import BLOCKED_RUNNER
+    from net_helpers import free_port
 
     out = subprocess.run([sys.executable, "-c", BLOCKED_RUNNER, "agent", "serve", "--state-dir", str(tmp_path / "s"),
-                          "--port", "1", "--token-file", str(write_token(tmp_path / "t")), "--trust", str(b.pub),
-                          "--data-root", str(tmp_path / "s" / "data")], capture_output=True, text=True, timeout=60)
+                          "--port", str(free_port()), "--token-file", str(write_token(tmp_path / "t")),
+                          "--trust", str(b.pub), "--data-root", str(tmp_path / "s" / "data")],
+                         capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and "inside the state dir" in out.stderr + out.stdout, out
 
 
