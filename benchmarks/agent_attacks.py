@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import agent_load as load  # noqa: E402
 
-TOKEN = "bench-token"
+TOKEN = "bench-token-for-agent-attacks"  # the agent refuses tokens under 16 characters
 
 
 def proc_status(pid: int, key: str) -> int:
@@ -81,6 +81,8 @@ class Agent(load.Agent):
                                               PYTHONPATH=f"{checkout}:{checkout}/plugins"))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent {self.url} exited: see {self.log_path}")
             try:
                 if httpx.get(self.url + "/v1/health", timeout=1, verify=self.verify).status_code == 200:
                     return
@@ -181,8 +183,8 @@ def _half_open(agent: Agent, n: int) -> list:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 1024)), hard))
     context = ssl.create_default_context(cafile=str(agent.tls[0])) if agent.tls else None
-    socks = []
-    for _ in range(n):
+
+    def one(_):
         raw = socket.socket()
         raw.bind(("127.0.0.2", 0))
         raw.settimeout(2)
@@ -190,10 +192,11 @@ def _half_open(agent: Agent, n: int) -> list:
             raw.connect(("127.0.0.1", agent.port))
             sock = context.wrap_socket(raw, server_hostname="127.0.0.1") if context else raw
             sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
-            socks.append(sock)
+            return sock
         except OSError:  # the handshake timed out: the agent could not accept it
-            socks.append(raw)
-    return socks
+            return raw
+    with ThreadPoolExecutor(64) as pool:  # as an attacker would: in parallel, not one after another
+        return list(pool.map(one, range(n)))
 
 
 def attack_slowloris(agent, files):
@@ -252,6 +255,18 @@ ATTACKS = {
 }
 
 
+class _Lazy(dict):
+    """Inputs built on first use: a run with --only builds only what its attacks need."""
+
+    def __init__(self, builders):
+        super().__init__()
+        self.builders = builders
+
+    def __missing__(self, name):
+        self[name] = value = self.builders[name]()
+        return value
+
+
 def _gradient(side: int):
     import numpy as np
 
@@ -267,20 +282,21 @@ def build_inputs(work: Path) -> tuple[Path, dict]:
     # without bundle_version, so that a checkout from before that field (extra="forbid") installs them too
     b.v1 = resign(b.v1, work / "v1.edgetl", b.key, edit_manifest=lambda m: m.pop("bundle_version", None))
     b.v2 = resign(b.v2, work / "v2.edgetl", b.key, edit_manifest=lambda m: m.pop("bundle_version", None))
-    files = {
-        "zip_bomb": hostile.zip_bomb(b.v2, work / "zip_bomb.edgetl", b.key, 1024),
-        "manifest_bomb": hostile.reserved_member_bomb(work / "mb.edgetl", "manifest.json", 512),
-        "signature_bomb": hostile.reserved_member_bomb(work / "sb.edgetl", "signature", 512),
-        "many_members": hostile.many_members(work / "many.edgetl", 20000),
-        "png_bomb": hostile.png_bomb(20000, 20000),
-        "png_huge": hostile.png_bomb(33000, 33000),
-        "jpeg_tail": hostile.jpeg_with_tail(b.jpeg(), 100),
-        "png_cap": hostile.png_bomb(6300, 6300),
-        "png_inflate": hostile.png_inflate_bomb(4096),
-        "jpeg_scans": hostile.many_scans_jpeg(_gradient(1024), 100_000, max_bytes=256 * 1024),
-        "jpeg": b.jpeg(),
-        "dir_bomb": hostile.lying_directory_zip(work / "dir_bomb.edgetl", 400_000, name_len=600),
+    builders = {
+        "zip_bomb": lambda: hostile.zip_bomb(b.v2, work / "zip_bomb.edgetl", b.key, 1024),
+        "manifest_bomb": lambda: hostile.reserved_member_bomb(work / "mb.edgetl", "manifest.json", 512),
+        "signature_bomb": lambda: hostile.reserved_member_bomb(work / "sb.edgetl", "signature", 512),
+        "many_members": lambda: hostile.many_members(work / "many.edgetl", 20000),
+        "png_bomb": lambda: hostile.png_bomb(20000, 20000),
+        "png_huge": lambda: hostile.png_bomb(33000, 33000),
+        "jpeg_tail": lambda: hostile.jpeg_with_tail(b.jpeg(), 100),
+        "png_cap": lambda: hostile.png_bomb(6300, 6300),
+        "png_inflate": lambda: hostile.png_inflate_bomb(4096),
+        "jpeg_scans": lambda: hostile.many_scans_jpeg(_gradient(1024), 100_000, max_bytes=256 * 1024),
+        "jpeg": lambda: b.jpeg(),
+        "dir_bomb": lambda: hostile.lying_directory_zip(work / "dir_bomb.edgetl", 400_000, name_len=600),
     }
+    files = _Lazy(builders)
     return b, files
 
 
@@ -298,13 +314,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", type=Path, default=ROOT, help="the edgetl source tree the agent runs")
     parser.add_argument("--label", default="after")
-    parser.add_argument("--only", help="run only attacks whose name contains this")
+    parser.add_argument("--only", help="run only attacks whose name contains one of these (comma-separated)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgetl-attacks-"))
     b, files = build_inputs(work)
     rows = []
     for name, attack in ATTACKS.items():
-        if args.only and args.only not in name:
+        if args.only and not any(part in name for part in args.only.split(",")):
             continue
         tls = self_signed_cert_once(work) if name in TLS_ATTACKS else None
         agent = Agent(work, args.checkout.resolve(), b.pub, f"agent{len(rows)}", tls=tls)

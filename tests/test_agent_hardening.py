@@ -183,18 +183,17 @@ def test_sources_and_sinks_never_reach_the_state_dir_whatever_the_data_roots(tmp
         assert (state / "current.json").read_bytes() == before
 
 
-def test_a_data_root_inside_the_state_dir_is_refused_at_start(tmp_path, b):
-    import subprocess
-    import sys
-
-    from agent_support import BLOCKED_RUNNER
-    from net_helpers import free_port
-
-    out = subprocess.run([sys.executable, "-c", BLOCKED_RUNNER, "agent", "serve", "--state-dir", str(tmp_path / "s"),
-                          "--port", str(free_port()), "--token-file", str(write_token(tmp_path / "t")),
-                          "--trust", str(b.pub), "--data-root", str(tmp_path / "s" / "data")],
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode != 0 and "inside the state dir" in out.stderr + out.stdout, out
+def test_a_data_root_inside_the_state_dir_is_ignored_with_an_error_not_a_restart_loop(tmp_path, b, caplog):
+    state = tmp_path / "state"
+    (state / "data").mkdir(parents=True)
+    (state / "data" / "0.png").write_bytes(b.image().read_bytes())
+    with caplog.at_level("ERROR", logger="edgetl.agent"), \
+            ThreadAgent(state, [b.pub], limits=Limits(data_roots=(str(state / "data"),))) as agent, \
+            agent.client() as client:
+        assert "inside the state dir" in caplog.text
+        assert agent.agent.limits.data_roots == (str(tmp_path / "state-data"),)
+        r = client.post("/v1/pipeline", json={"source": str(state / "data")})
+        assert r.status_code == 400 and "outside the agent's data roots" in r.json()["error"]
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "removed", "a sink's line"])

@@ -64,8 +64,7 @@ class Agent:
         cap = int(max_bundle_mb * 1024 * 1024)
         limits = limits or Limits()
         self.limits = replace(limits, bundle_bytes=cap, unpacked_bytes=cap,
-                              data_roots=limits.data_roots or (str(default_data_root(self.state.root)),))
-        _check_data_roots(self.limits.data_roots, self.state.root)
+                              data_roots=_usable_data_roots(limits.data_roots, self.state.root))
         self.autostart, self.strict_int8 = autostart, strict_int8
         self.installer = Installer(self.state, self.journal, InstallHooks(
             trusted_keys=lambda: self.trusted_keys, limits=self.limits, strict_int8=strict_int8, switch=self.switch_to,
@@ -343,16 +342,22 @@ def default_data_root(state_root: Path) -> Path:
     return data
 
 
-def _check_data_roots(roots: tuple[str, ...], state_root: Path) -> None:
-    """A data root that is the state dir or lies inside it could only ever refuse: say so at start."""
+def _usable_data_roots(roots: tuple[str, ...], state_root: Path) -> tuple[str, ...]:
+    """``roots`` without any that is the state dir or lies inside it (logged: every path there would be
+    refused anyway); :func:`default_data_root` if none is left. Not an error at start, so that an
+    older unit file (``--data-root`` = the state dir) does not put the agent in a restart loop."""
     import os
 
     state = Path(os.path.realpath(state_root))
+    kept = []
     for root in roots:
         real = Path(os.path.realpath(root))
         if real == state or state in real.parents:
-            raise ConfigError(f"--data-root {root}: is inside the state dir {state_root}, which sources and "
-                              f"sinks may never use; give a folder beside it (e.g. {state}-data)")
+            log.error("--data-root %s is inside the state dir %s, which sources and sinks may never use: "
+                      "ignored; give a folder beside it (e.g. %s-data)", root, state_root, state)
+        else:
+            kept.append(root)
+    return tuple(kept) or (str(default_data_root(state_root)),)
 
 
 class _WithInput:

@@ -311,9 +311,16 @@ class Pipeline:
             self.state = "stopped"
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for a replay to finish; True if it did."""
-        self._worker.join(timeout)
-        return not self._worker.is_alive()
+        """Wait for a replay to finish (or a background start to fail); True if it did."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        starter = getattr(self, "_starter", None)
+        if starter is not None:
+            starter.join(timeout)
+        worker = getattr(self, "_worker", None)
+        if worker is None:
+            return self.state in ("error", "stopped")
+        worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not worker.is_alive()
 
     def status(self) -> dict[str, Any]:
         return {"state": self.state, "config": self.config.to_dict(), "frames": self.frames,
