@@ -118,8 +118,9 @@ def many_scans_jpeg(image_bgr, scans: int, max_bytes: int | None = None) -> byte
 
     ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
     data = buf.tobytes()
-    last = data.rfind(b"\xff\xda")
-    scan = data[last:-2]  # the last SOS segment and its entropy-coded data, without EOI
+    starts = [i for i in range(len(data) - 1) if data[i:i + 2] == b"\xff\xda"] + [len(data) - 2]
+    # the shortest scan (its SOS segment and entropy-coded data), repeated before EOI
+    scan = min((data[a:b] for a, b in zip(starts, starts[1:])), key=len)
     have = data.count(b"\xff\xda")
     if max_bytes is not None:
         scans = min(scans, have + max(0, max_bytes - len(data)) // max(1, len(scan)))
