@@ -120,7 +120,7 @@ def many_scans_jpeg(image_bgr, scans: int, max_bytes: int | None = None) -> byte
     data = buf.tobytes()
     starts = [i for i in range(len(data) - 1) if data[i:i + 2] == b"\xff\xda"] + [len(data) - 2]
     # the shortest scan (its SOS segment and entropy-coded data), repeated before EOI
-    scan = min((data[a:b] for a, b in zip(starts, starts[1:])), key=len)
+    scan = min((data[a:b] for a, b in zip(starts, starts[1:], strict=False)), key=len)
     have = data.count(b"\xff\xda")
     if max_bytes is not None:
         scans = min(scans, have + max(0, max_bytes - len(data)) // max(1, len(scan)))
