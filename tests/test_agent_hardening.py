@@ -74,7 +74,7 @@ def _timed(fn) -> float:
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "tls"])
 def test_half_open_connections_from_one_client_do_not_starve_another(tmp_path, b, tls):
     cert = key = None
-    args = ["--max-connections-per-client", "16", "--header-timeout", "2", "--upload-idle-timeout", "2"]
+    args = ["--max-connections-per-client", "16", "--header-timeout", "2", "--upload-idle-timeout", "1"]
     if tls:
         cert, key = self_signed_cert(tmp_path)
         args += ["--tls-cert", str(cert), "--tls-key", str(key)]
@@ -96,7 +96,7 @@ def test_half_open_connections_from_one_client_do_not_starve_another(tmp_path, b
                 took = _timed(lambda: client.post("/v1/predict", content=image,
                                                   headers={"Content-Type": "image/jpeg"}).raise_for_status())
                 assert took < ANSWER_WITHIN_S, took
-            # the admitted half-open ones are cut once --header-timeout / --upload-idle-timeout pass
+            # the admitted half-open ones are cut once --header-timeout / 2 x --upload-idle-timeout pass
             time.sleep(3.5)
             held = 0
             for sock in socks:

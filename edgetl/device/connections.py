@@ -105,13 +105,14 @@ class GuardSettings:
         max_connections: open connections in all [--max-connections].
         max_per_client: open connections from one client address [--max-connections-per-client].
         header_timeout_s: seconds for a request head to arrive in full [--header-timeout].
-        body_idle_s: seconds a request body may send nothing while it is read [--upload-idle-timeout].
+        body_idle_s: seconds a request body may send nothing while it is read [2 x --upload-idle-timeout:
+            the upload route answers 408 itself after one].
     """
 
     max_connections: int = 1024
     max_per_client: int = 64
     header_timeout_s: float = 10.0
-    body_idle_s: float = 30.0
+    body_idle_s: float = 60.0
 
 
 class ConnectionGuard:
@@ -226,7 +227,7 @@ class GuardedH11(H11Protocol):
             return f"request head incomplete after {settings.header_timeout_s:g} s (--header-timeout)"
         if (self.conn.their_state is h11.SEND_BODY and not self.flow.read_paused
                 and now - self._last_data > settings.body_idle_s):
-            return f"request body idle for {settings.body_idle_s:g} s (--upload-idle-timeout)"
+            return f"request body idle for {settings.body_idle_s:g} s (2 x --upload-idle-timeout)"
         return None
 
     def cut(self) -> None:

@@ -76,7 +76,8 @@ def guarded_http(limits: "Limits") -> type:
     return guarded_protocol(GuardSettings(max_connections=max_connections,
                                           max_per_client=limits.max_connections_per_client,
                                           header_timeout_s=limits.header_timeout_s,
-                                          body_idle_s=limits.upload_idle_s))
+                                          # after the upload route's own 408, so that one says why
+                                          body_idle_s=2 * limits.upload_idle_s))
 
 
 def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str], tls_cert: str | None,
