@@ -159,6 +159,52 @@ def check_directory(path: Path, infos: list[zipfile.ZipInfo], max_bytes: int, ma
         raise BundleError(f"{path}: uncompressed size {total} bytes exceeds the limit of {max_bytes} bytes")
 
 
+# a central-directory entry is 46 bytes plus its name and extra fields; a bundle's names are short, so
+# more directory than this per allowed member (plus 64 KiB of slack) can only be a directory bomb
+DIRECTORY_BYTES_PER_MEMBER = 46 + 256
+_EOCD, _EOCD64, _LOCATOR = b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07"
+
+
+def check_zip_tail(path: Path, max_members: int) -> None:
+    """Refuse a zip from its end-of-central-directory record alone, before the directory is parsed.
+
+    ``zipfile.ZipFile`` reads and parses the whole central directory (a Python object per entry)
+    before anything can count its entries: a 500 MiB directory of tiny entries took 4 GB. The
+    EOCD record (and its zip64 twin) says how many entries and how many directory bytes there
+    are; both are checked against ``max_members`` here, reading only the file's last 64 KiB.
+    """
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            tail_at = max(0, size - (22 + 65535 + 20))
+            f.seek(tail_at)
+            tail = f.read()
+            at = tail.rfind(_EOCD)
+            if at < 0 or at + 22 > len(tail):
+                return  # not a zip: zipfile says so
+            entries, cd_size = struct.unpack("<HI", tail[at + 10:at + 16])
+            locator = tail[at - 20:at] if at >= 20 else b""
+            if locator[:4] == _LOCATOR:
+                offset = struct.unpack("<Q", locator[8:16])[0]
+                if 0 <= offset <= size - 56:
+                    f.seek(offset)
+                    record = f.read(56)
+                    if record[:4] == _EOCD64:
+                        entries = max(entries, struct.unpack("<Q", record[32:40])[0])
+                        cd_size = max(cd_size, struct.unpack("<Q", record[40:48])[0])
+    except OSError:
+        return  # unreadable: zipfile says so
+    if entries > max_members:
+        raise BundleError(f"{path}: {entries} members, more than the limit of {max_members} (--max-members)")
+    allowed = 64 * 1024 + max_members * DIRECTORY_BYTES_PER_MEMBER
+    if cd_size > allowed:
+        raise BundleError(f"{path}: a zip directory of {cd_size} bytes, more than the {allowed} that "
+                          f"{max_members} members (--max-members) may take")
+
+
 def _read_small(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, path: Path) -> bytes:
     if info.file_size > limit:
         raise BundleError(f"{path}: {info.filename} declares {info.file_size} bytes, more than the "
@@ -183,6 +229,7 @@ def open_bundle(path: str | Path, max_bytes: int | None = None, max_members: int
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"{path}: no such bundle file")
+    check_zip_tail(path, max_members or DEFAULT_MAX_MEMBERS)
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -312,6 +359,7 @@ def extract_bundle(path: str | Path, dest: str | Path, max_bytes: int, max_membe
     """
     dest = Path(dest)
     path = Path(path)
+    check_zip_tail(path, max_members or DEFAULT_MAX_MEMBERS)
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:

@@ -97,3 +97,45 @@ def png_bomb(width: int, height: int, rows: int | None = None) -> bytes:
 def jpeg_with_tail(jpeg: bytes, tail_mib: int) -> bytes:
     """A valid JPEG followed by ``tail_mib`` MiB of junk (decoders stop at the end marker)."""
     return jpeg + ZEROS * tail_mib
+
+
+def png_inflate_bomb(mib: int) -> bytes:
+    """A 1x1 greyscale PNG whose image data inflates to ``mib`` MiB (about 1 KiB compressed per MiB):
+    libpng inflates all of it; the pixel needs 2 bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(ZEROS) for _ in range(mib)) + comp.flush()
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def many_scans_jpeg(image_bgr, scans: int, max_bytes: int | None = None) -> bytes:
+    """A progressive JPEG of ``image_bgr`` whose last scan is repeated until it has ``scans`` scans
+    (each scan makes the decoder pass over the whole image again), fewer if that would pass ``max_bytes``."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    data = buf.tobytes()
+    starts = [i for i in range(len(data) - 1) if data[i:i + 2] == b"\xff\xda"] + [len(data) - 2]
+    # the shortest scan (its SOS segment and entropy-coded data), repeated before EOI
+    scan = min((data[a:b] for a, b in zip(starts, starts[1:], strict=False)), key=len)
+    have = data.count(b"\xff\xda")
+    if max_bytes is not None:
+        scans = min(scans, have + max(0, max_bytes - len(data)) // max(1, len(scan)))
+    return data[:-2] + scan * max(0, scans - have) + b"\xff\xd9"
+
+
+def lying_directory_zip(dst: Path, entries: int, name_len: int = 200) -> Path:
+    """A zip of ``entries`` empty members with long names whose end-of-central-directory record
+    claims one entry: only the directory's size (from the same record) gives it away."""
+    with zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("manifest.json", b"{}")
+        for i in range(entries):
+            zf.writestr(f"model/{i:08d}".ljust(name_len, "x"), b"")
+    data = bytearray(dst.read_bytes())
+    at = data.rfind(b"PK\x05\x06")
+    data[at + 8:at + 12] = struct.pack("<HH", 1, 1)  # entries on this disk, entries in all
+    dst.write_bytes(bytes(data))
+    return dst

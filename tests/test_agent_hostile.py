@@ -249,6 +249,7 @@ def test_disk_full_during_extract_fails_the_install_and_keeps_the_old_model(tmp_
                 status = install(client, b.v2)
                 assert status["status"] == "failed" and status["stage"] == "stage", status
                 assert "No space left" in status["error"] and str(tmp_path) not in status["error"]
+                assert "disk is full (507" in status["error"] and "internal error" not in status["error"]
             assert serving(client) == b.v1_version
             assert list((tmp_path / "state" / "staging").iterdir()) == []
     finally:

@@ -111,7 +111,7 @@ def test_pipeline_paths_are_confined_to_the_data_roots(tmp_path, b):
             r = client.post("/v1/pipeline", json=doc)
             assert r.status_code == 400 and "outside the agent's data roots" in r.json()["error"], (doc, r.text)
         assert (outside / "precious.txt").read_text() == "keep me"
-        frames = state / "frames"
+        frames = tmp_path / "state-data" / "frames"  # the default data root, beside the state dir
         frames.mkdir()
         for i in range(3):
             (frames / f"{i}.png").write_bytes(b.image("good", i).read_bytes())

@@ -34,9 +34,23 @@ def agent_group() -> None:
 @click.option("--max-image-mpix", default=40.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Largest image (width x height, in megapixels, read from its header before decoding).")
 @click.option("--upload-idle-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds an upload may send nothing before it is dropped (408) and the install slot freed.")
+              help="Seconds an upload may send nothing before it is dropped (408) and the install slot freed; "
+                   "also the window of its minimum rate and the idle limit of any request body.")
 @click.option("--data-root", "data_roots", multiple=True, type=click.Path(file_okay=False),
-              help="Folder pipeline sources and sinks may use (repeat for several; default: the state dir).")
+              help="Folder pipeline sources and sinks may use (repeat for several; default: STATE-data beside "
+                   "the state dir). The state dir itself is always refused.")
+@click.option("--max-connections", default=1024, show_default=True, type=click.IntRange(min=1),
+              help="Open connections in all; more are answered 503 and closed.")
+@click.option("--max-connections-per-client", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Open connections from one client address; more are answered 503 and closed.")
+@click.option("--header-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds a request head may take to arrive in full before the connection is closed.")
+@click.option("--max-inflight", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Predictions decoding and running at once (sized for an 8 GB device).")
+@click.option("--max-queued", default=16, show_default=True, type=click.IntRange(min=0),
+              help="Predictions waiting for a slot; more are answered 503 with Retry-After.")
+@click.option("--metrics-token/--open-metrics", default=None,
+              help="Whether /metrics needs the bearer token [default: yes unless --host is loopback].")
 @click.option("--autostart", is_flag=True, help="Start the saved pipeline at boot even if it was stopped.")
 @click.option("--insecure-http", is_flag=True, help="Allow a bind beyond loopback without TLS.")
 @click.option("--strict-int8", is_flag=True,
@@ -52,8 +66,9 @@ def agent_group() -> None:
               type=click.Choice(["debug", "info", "warning", "error"]))
 @pull_options
 def serve_cmd(state_dir, host, port, token_file, trust, tls_cert, tls_key, max_bundle_mb, max_members,
-              max_image_mb, max_image_mpix, upload_idle_timeout, data_roots, autostart, insecure_http,
-              strict_int8, viewer_token_file, capture_mb, ui_fps, log_level, **pull) -> None:
+              max_image_mb, max_image_mpix, upload_idle_timeout, data_roots, max_connections,
+              max_connections_per_client, header_timeout, max_inflight, max_queued, metrics_token, autostart,
+              insecure_http, strict_int8, viewer_token_file, capture_mb, ui_fps, log_level, **pull) -> None:
     """Serve the agent API: install signed bundles, predict, run the camera pipeline.
 
     \b
@@ -84,7 +99,9 @@ def serve_cmd(state_dir, host, port, token_file, trust, tls_cert, tls_key, max_b
     ui = UiSettings(viewer_token=viewer_token, capture_bytes=int(capture_mb * MIB), live_fps=ui_fps)
     limits = Limits(members=max_members, image_bytes=int(max_image_mb * MIB),
                     image_pixels=int(max_image_mpix * 1_000_000), upload_idle_s=upload_idle_timeout,
-                    data_roots=tuple(data_roots))
+                    data_roots=tuple(data_roots), max_connections=max_connections,
+                    max_connections_per_client=max_connections_per_client, header_timeout_s=header_timeout,
+                    max_inflight=max_inflight, max_queued=max_queued, metrics_token=metrics_token)
     serve(state_dir=state_dir, host=host, port=port, token_file=token_file, trust=list(trust), tls_cert=tls_cert,
           tls_key=tls_key, max_bundle_mb=max_bundle_mb, autostart=autostart, insecure_http=insecure_http,
           strict_int8=strict_int8, log_level=log_level, limits=limits, ui=ui, pull=pull_config, status=status)

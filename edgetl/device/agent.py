@@ -8,6 +8,7 @@ under a lock, so requests in flight finish on the model they started with.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import asdict, replace
@@ -21,7 +22,8 @@ from edgetl.device.journal import Journal
 from edgetl.device.limits import Limits
 from edgetl.device.metrics import Metrics
 from edgetl.device.model import DeviceModel
-from edgetl.device.state import StateDir, atomic_write_json, fsync_dir, read_json
+from edgetl.device.slots import PredictSlots
+from edgetl.device.state import StateDir, atomic_write_json, fsync_dir, read_json, recover_pointer
 from edgetl.errors import ConfigError, EdgetlError
 
 log = logging.getLogger("edgetl.agent")
@@ -45,7 +47,7 @@ class Agent:
         autostart: start the saved pipeline at boot even if it was stopped.
         strict_int8: refuse (not just warn about) INT8 bundles made for CPU features this CPU lacks.
         limits: every other input cap (:class:`edgetl.device.limits.Limits`); its bundle sizes are
-            replaced by ``max_bundle_mb`` and an empty ``data_roots`` by the state dir.
+            replaced by ``max_bundle_mb`` and an empty ``data_roots`` by :func:`default_data_root`.
     """
 
     def __init__(self, state_dir: str | Path, trusted: list[str | Path], max_bundle_mb: float = 512,
@@ -62,7 +64,7 @@ class Agent:
         cap = int(max_bundle_mb * 1024 * 1024)
         limits = limits or Limits()
         self.limits = replace(limits, bundle_bytes=cap, unpacked_bytes=cap,
-                              data_roots=limits.data_roots or (str(self.state.root.resolve()),))
+                              data_roots=_usable_data_roots(limits.data_roots, self.state.root))
         self.autostart, self.strict_int8 = autostart, strict_int8
         self.installer = Installer(self.state, self.journal, InstallHooks(
             trusted_keys=lambda: self.trusted_keys, limits=self.limits, strict_int8=strict_int8, switch=self.switch_to,
@@ -71,8 +73,10 @@ class Agent:
         self.degraded: str | None = None
         self.pipeline = None
         self.frame_observers: list = []  # called with every pipeline result (the line's page: edgetl.device.ui)
-        self._switch = threading.Lock()
+        self._switch = threading.Lock()  # one model change at a time (loads happen under it)
+        self._serving = threading.Lock()  # the swap of self.model and a request's lease on it: no I/O
         self._pipeline_lock = threading.Lock()
+        self.slots = PredictSlots(self.limits.max_inflight, self.limits.max_queued)
 
     @property
     def max_bundle_bytes(self) -> int:
@@ -80,7 +84,8 @@ class Agent:
 
     # -- lifecycle -----------------------------------------------------------------
     def startup(self) -> dict[str, Any]:
-        """Recover interrupted installs, load the current model, resume the pipeline."""
+        """Repair a damaged pointer, recover interrupted installs, load the current model, resume the pipeline."""
+        recover_pointer(self.state, self.journal)
         recovered = self.installer.recover()
         self._load_at_start()
         self.metrics.set_model(self.model.name if self.model else None)
@@ -125,8 +130,9 @@ class Agent:
     def shutdown(self) -> None:
         """Stop the pipeline (its sinks flush and close); the model stays loaded until the process ends."""
         with self._pipeline_lock:
-            if self.pipeline is not None:
-                self.pipeline.stop()
+            pipeline = self.pipeline
+        if pipeline is not None:
+            pipeline.stop()
 
     def _threshold_override(self, install_id: str) -> float | None:
         doc = read_json(self.state.threshold_path, None)
@@ -148,11 +154,12 @@ class Agent:
             self.state.set_pointer(install_id, old)
             if crash_hook is not None:
                 crash_hook("switched")
-            previous_model, self.model = self.model, model
+            with self._serving:
+                previous_model, self.model = self.model, model
             self.state.prune({i for i in (install_id, old) if i})
             self.metrics.set_model(model.name)
         if previous_model is not None:
-            previous_model.close()
+            previous_model.retire()  # closed once its in-flight requests are done
         old_manifest = self.state.model_manifest(old)
         return {"from": old_manifest.model_version if old_manifest is not None else None, "to": model.name,
                 "previous_kept": bool(old)}
@@ -165,12 +172,13 @@ class Agent:
                 raise ConflictError("no previous model to roll back to")
             model = self._load(pointer["previous"])
             self.state.set_pointer(pointer["previous"], pointer["current"])
-            old, self.model = self.model, model
+            with self._serving:
+                old, self.model = self.model, model
             self.journal.append(event="rollback", **{"from": pointer["current"], "to": pointer["previous"]})
             self.metrics.rollbacks.inc()
             self.metrics.set_model(model.name)
         if old is not None:
-            old.close()
+            old.retire()  # closed once its in-flight requests are done
         return {"from": old.name if old else None, "to": model.name}
 
     def set_threshold(self, value: float) -> dict[str, Any]:
@@ -188,19 +196,27 @@ class Agent:
         return {"model": model.name, "threshold": float(value), "previous_threshold": old}
 
     # -- predictions ------------------------------------------------------------------
+    def lease(self) -> "contextlib.AbstractContextManager[DeviceModel]":
+        """The serving model, held for one request: a model replaced meanwhile is closed only when
+        its last lease ends (NoModelError without a model)."""
+        with self._serving:
+            model = self.model
+            if model is None:
+                raise NoModelError("no model installed; deploy a bundle first")
+            model.acquire()
+        return _Lease(model)
+
     def predict_image(self, image_bgr: np.ndarray, roi: tuple | None = None, origin: str = "api") -> dict[str, Any]:
         """The predict document for one decoded image (NoModelError if none is installed)."""
-        return self._predict(image_bgr, roi, origin)[0]
+        with self.lease() as model:
+            return self._predict(model, image_bgr, roi, origin)[0]
 
-    def _predict(self, image_bgr: np.ndarray, roi: tuple | None, origin: str,
+    def _predict(self, model: DeviceModel, image_bgr: np.ndarray, roi: tuple | None, origin: str,
                  keep_map: bool = False) -> tuple[dict[str, Any], np.ndarray | None]:
-        """(predict document, frame-sized anomaly map or None); ``keep_map`` reads the map of an
-        anomaly model from the same inference (``predict_outputs``)."""
+        """(predict document, frame-sized anomaly map or None) from a leased ``model``; ``keep_map``
+        reads the map of an anomaly model from the same inference (``predict_outputs``)."""
         from edgetl.predictor import predict_document
 
-        model = self.model
-        if model is None:
-            raise NoModelError("no model installed; deploy a bundle first")
         spec = model.input if roi is None else replace(model.input, roi=tuple(roi))
         predictor = _WithInput(model, spec, keep_map=keep_map and model.task == "anomaly")
         doc = predict_document(predictor, image_bgr)
@@ -208,26 +224,31 @@ class Agent:
         return doc, predictor.frame_map(image_bgr.shape[:2])
 
     def predict_bytes(self, body: bytes, heatmap: bool = False, content_type: str | None = None) -> dict[str, Any]:
-        """``POST /v1/predict``: check the image's type and size from its header, decode (reduced when
-        much larger than the network's input), predict; ``heatmap`` adds the anomaly map."""
+        """``POST /v1/predict``: check the image's type, size and decode cost from its header and
+        structure, decode (reduced when much larger than the network's input), predict; ``heatmap``
+        adds the anomaly map. Holds one of :attr:`slots` (at most ``max_inflight`` at once) and a
+        lease on the model; ``latency_ms`` covers the checks and the decode too."""
+        import time
+
         from edgetl.device.images import decode_checked
 
-        model = self.model
-        if model is None:
-            raise NoModelError("no model installed; deploy a bundle first")
-        spec = model.input
-        want = None if (spec.roi or spec.tile) else (spec.size[1], spec.size[0])
-        image = decode_checked(body, self.limits.image_pixels, want, declared=content_type)
-        if heatmap and _one_pass_map(model):  # score and map from the same inference
-            doc, amap = self._predict(image, None, "api", keep_map=True)
-            if amap is None:
-                raise ConfigError("heatmap: this model gives no anomaly map (its runtime returns no 'map' output)")
-            doc["heatmap_png"] = _png(amap)
+        with self.slots.running(), self.lease() as model:
+            started = time.perf_counter()
+            spec = model.input
+            want = None if (spec.roi or spec.tile) else (spec.size[1], spec.size[0])
+            image = decode_checked(body, self.limits.image_pixels, want, declared=content_type,
+                                   max_scans=self.limits.jpeg_max_scans)
+            if heatmap and _one_pass_map(model):  # score and map from the same inference
+                doc, amap = self._predict(model, image, None, "api", keep_map=True)
+                if amap is None:
+                    raise ConfigError("heatmap: this model gives no anomaly map (its runtime returns no 'map' output)")
+                doc["heatmap_png"] = _png(amap)
+            else:
+                doc = self._predict(model, image, None, "api")[0]
+                if heatmap:
+                    doc["heatmap_png"] = _heatmap(model, image)
+            doc["latency_ms"] = (time.perf_counter() - started) * 1000.0
             return doc
-        doc = self.predict_image(image)
-        if heatmap:
-            doc["heatmap_png"] = _heatmap(model, image)
-        return doc
 
     # -- info ---------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -252,42 +273,33 @@ class Agent:
     def pipeline_status(self) -> dict[str, Any]:
         saved = read_json(self.state.pipeline_path, None) or {}
         live = self.pipeline.status() if self.pipeline is not None else None
-        return {"running": bool(live and live["state"] in ("running", "reconnecting")),
+        return {"running": bool(live and live["state"] in ("starting", "running", "reconnecting")),
                 "status": live, "saved": saved.get("config"), "autostart": self.autostart}
 
     def start_pipeline(self, doc: dict[str, Any], strict: bool = True) -> dict[str, Any]:
-        """Start a pipeline (its paths confined to the data roots); a refused start keeps the last
-        pipeline's status and saved config."""
-        from edgetl.device.pipeline import Pipeline, PipelineConfig
+        """Start a pipeline: checked here (paths confined to the data roots, never the state dir; plugins
+        known), opened in its own thread (:meth:`Pipeline.start_in_background`); a refused request keeps
+        the last pipeline's status and saved config. The lock covers the swap, never a connection."""
+        from edgetl.device.pipeline import Pipeline, PipelineConfig, check_plugins
 
-        config = PipelineConfig.from_dict(doc).confined(self.limits.data_roots)
+        config = PipelineConfig.from_dict(doc).confined(self.limits.data_roots, (str(self.state.root),))
+        check_plugins(config)
+        pipeline = Pipeline(config, self._pipeline_predict, self.metrics, on_end=self._pipeline_ended,
+                            observers=self.frame_observers)
         with self._pipeline_lock:
-            old = self.pipeline
-            if old is not None:
-                old.stop()
-            pipeline = Pipeline(config, self._pipeline_predict, self.metrics, on_end=self._pipeline_ended,
-                                observers=self.frame_observers)
-            saved_before = read_json(self.state.pipeline_path, None)
+            old, self.pipeline = self.pipeline, pipeline
             # saved and current *before* it starts: a short replay may end (and say so) at once
             atomic_write_json(self.state.pipeline_path, {"running": True, "config": config.to_dict()})
-            self.pipeline = pipeline
-            try:
-                pipeline.start(strict=strict)
-            except Exception:
-                self.pipeline = old
-                if saved_before is None:
-                    self.state.pipeline_path.unlink(missing_ok=True)
-                else:
-                    atomic_write_json(self.state.pipeline_path, saved_before)
-                raise
+        pipeline.start_in_background(after=old, strict=strict)
         return self.pipeline_status()
 
     def stop_pipeline(self) -> dict[str, Any]:
         with self._pipeline_lock:
-            if self.pipeline is not None:
-                self.pipeline.stop()
+            pipeline = self.pipeline
             saved = read_json(self.state.pipeline_path, None) or {}
             atomic_write_json(self.state.pipeline_path, {"running": False, "config": saved.get("config")})
+        if pipeline is not None:
+            pipeline.stop()
         return self.pipeline_status()
 
     def _pipeline_ended(self, pipeline: Any, end_state: str | None) -> None:
@@ -299,7 +311,8 @@ class Agent:
     def _pipeline_predict(self, image_bgr: np.ndarray, roi: tuple | None) -> tuple[dict[str, Any], Any] | None:
         """(document, anomaly map for the sinks) of one frame; None while no model is installed."""
         try:
-            return self._predict(image_bgr, roi, "pipeline", keep_map=True)
+            with self.lease() as model:
+                return self._predict(model, image_bgr, roi, "pipeline", keep_map=True)
         except NoModelError:
             return None
 
@@ -311,6 +324,49 @@ class Agent:
                 log.info("pipeline resumed: %s", saved["config"]["source"])
             except EdgetlError as exc:
                 log.error("saved pipeline not resumed: %s", exc)
+
+
+class _Lease:
+    """``with agent.lease() as model``: releases the model's lease at the end."""
+
+    def __init__(self, model: DeviceModel):
+        self.model = model
+
+    def __enter__(self) -> DeviceModel:
+        return self.model
+
+    def __exit__(self, *exc: Any) -> None:
+        self.model.release()
+
+
+def default_data_root(state_root: Path) -> Path:
+    """``STATE-data`` beside the state dir (created if it can be): where sources and sinks go when no
+    --data-root is given. Never the state dir itself, whose files a sink could otherwise overwrite."""
+    root = Path(state_root).resolve()
+    data = root.with_name(root.name + "-data")
+    try:
+        data.mkdir(exist_ok=True)
+    except OSError as exc:  # e.g. a read-only parent: pipelines with paths are refused until --data-root
+        log.warning("cannot create the default data root %s (%s); give --data-root", data, exc.strerror)
+    return data
+
+
+def _usable_data_roots(roots: tuple[str, ...], state_root: Path) -> tuple[str, ...]:
+    """``roots`` without any that is the state dir or lies inside it (logged: every path there would be
+    refused anyway); :func:`default_data_root` if none is left. Not an error at start, so that an
+    older unit file (``--data-root`` = the state dir) does not put the agent in a restart loop."""
+    import os
+
+    state = Path(os.path.realpath(state_root))
+    kept = []
+    for root in roots:
+        real = Path(os.path.realpath(root))
+        if real == state or state in real.parents:
+            log.error("--data-root %s is inside the state dir %s, which sources and sinks may never use: "
+                      "ignored; give a folder beside it (e.g. %s-data)", root, state_root, state)
+        else:
+            kept.append(root)
+    return tuple(kept) or (str(default_data_root(state_root)),)
 
 
 class _WithInput:

@@ -18,14 +18,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from edgetl import __version__
 from edgetl.device.agent import Agent, ConflictError, NoModelError
-from edgetl.device.asgi import BodyLimit, RequestMetrics, TokenGate
+from edgetl.device.asgi import OPEN_PATHS, BodyLimit, RequestMetrics, TokenGate
 from edgetl.device.images import ImageTooLarge, WrongImageType
 from edgetl.device.install import InstallBusy
 from edgetl.device.limits import Limits
 from edgetl.device.routes import ApiError, model, pipeline, predict, system
+from edgetl.device.slots import Busy
 from edgetl.device.ui import UiSettings
 from edgetl.device.ui import attach as attach_ui
 from edgetl.errors import EdgetlError
@@ -35,7 +37,7 @@ IMAGE_TYPES = predict.IMAGE_TYPES
 
 
 def _status_for(exc: EdgetlError) -> int:
-    if isinstance(exc, NoModelError):
+    if isinstance(exc, (NoModelError, Busy)):
         return 503
     if isinstance(exc, (ConflictError, InstallBusy)):
         return 409
@@ -55,7 +57,14 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EdgetlError)
     async def _edgetl_error(request: Request, exc: EdgetlError):
-        return JSONResponse({"error": str(exc)}, status_code=_status_for(exc))
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+        return JSONResponse({"error": str(exc)}, status_code=_status_for(exc), headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect):
+        # the client went away mid-body: its mistake, not ours (no 500, no traceback); nobody reads this
+        return JSONResponse({"error": "the client closed the connection before its body was complete"},
+                            status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -89,8 +98,10 @@ def create_app(agent: Agent, token: str, ui: UiSettings | None = None) -> FastAP
         app.include_router(routes.router(agent))
     attach_ui(app, agent, token, ui)  # the line's page (/ui, its session gate) and /v1/captures
     # added last = outermost: metrics see everything, the gate runs before any body is read
-    app.add_middleware(BodyLimit, limits=getattr(agent, "limits", Limits()))
-    app.add_middleware(TokenGate, token=token)
+    limits = getattr(agent, "limits", Limits())
+    app.add_middleware(BodyLimit, limits=limits)
+    open_paths = OPEN_PATHS - {"/metrics"} if limits.metrics_token else OPEN_PATHS
+    app.add_middleware(TokenGate, token=token, open_paths=open_paths)
     app.add_middleware(RequestMetrics, metrics=agent.metrics)
     return app
 

@@ -38,15 +38,17 @@ def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
 
 
 class TokenGate:
-    """401 for every path but health and metrics unless ``Authorization: Bearer <token>`` matches
-    (constant-time compare); the body is never read for a refused request."""
+    """401 for every path but ``open_paths`` (health, and metrics unless they need the token) unless
+    ``Authorization: Bearer <token>`` matches (constant-time compare); the body is never read for a
+    refused request."""
 
-    def __init__(self, app, token: str):
-        self.app, self.expected = app, token.encode("utf-8")
+    def __init__(self, app, token: str, open_paths: frozenset[str] = OPEN_PATHS):
+        self.app, self.expected, self.open_paths = app, token.encode("utf-8"), open_paths
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
-        if scope["type"] == "http" and path not in OPEN_PATHS and not (path == UI_PREFIX or path.startswith(UI_PREFIX + "/")):
+        if (scope["type"] == "http" and path not in self.open_paths
+                and not (path == UI_PREFIX or path.startswith(UI_PREFIX + "/"))):
             scheme, _, given = (_header(scope, b"authorization") or b"").partition(b" ")
             # compare even when the scheme is wrong, so the time taken says nothing about the token
             if not hmac.compare_digest(given.strip(), self.expected) or scheme.lower() != b"bearer":

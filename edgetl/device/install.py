@@ -29,6 +29,7 @@ is described in :mod:`edgetl.device.faults`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import shutil
@@ -48,6 +49,8 @@ from edgetl.errors import BundleError, EdgetlError, InstallError
 from edgetl.manifest import Manifest
 
 log = logging.getLogger("edgetl.agent.install")
+STATUS_KEPT = 100  # ended installs whose full status stays in memory (older: from the journal)
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 STAGES = ("verify", "stage", "compatibility", "load", "reference", "switch")
 
 
@@ -258,6 +261,7 @@ class Installer:
 
         if job.manifest.reference is None:
             raise InstallError("the bundle has no reference set; the device cannot check it (re-export it)")
+        self._check_reference_images(job)
         ref = check_reference(job.staging, job.manifest, job.model)
         job.report["reference"] = ref
         if ref["n"] == 0:
@@ -270,6 +274,25 @@ class Installer:
                 f"(need >= {ref['tolerance']['label_agreement']}), max |diff| {ref['max_abs_diff']:.3g} "
                 f"(bound {ref['tolerance']['max_abs_diff']})" + (f": {first}" if first else ""))
         return {"passed": True, "n": ref["n"]}
+
+    def _check_reference_images(self, job: _Job) -> None:
+        """Every reference image is a listed member of the bundle (no path outside it) and passes the
+        checks of a ``/v1/predict`` body (pixel cap, decode work) before the reference stage decodes it."""
+        from edgetl.device.images import check_image
+        from edgetl.errors import DataError
+        from edgetl.reference import read_outputs_doc
+
+        members = set(job.manifest.files)
+        limits = self.hooks.limits
+        for item in read_outputs_doc(job.staging, job.manifest):
+            name = item.get("file") if isinstance(item, dict) else None
+            if not isinstance(name, str) or name not in members:
+                raise InstallError(f"reference image {name!r}: not a member of the bundle (the reference set "
+                                   "may only name the bundle's own files)")
+            try:
+                check_image((job.staging / name).read_bytes(), limits.image_pixels, max_scans=limits.jpeg_max_scans)
+            except DataError as exc:
+                raise InstallError(f"reference image {name}: {str(exc).removeprefix('request body: ')}") from None
 
     def _switch(self, job: _Job) -> dict[str, Any]:
         job.report["switch"] = self.hooks.switch(job.install_id, job.staging, job.model, crash_hook=crash_point)
@@ -314,6 +337,15 @@ class Installer:
             job.upload.unlink(missing_ok=True)
             self._busy.release()
         job.status.update(finished=time.time(), **final)
+        self._forget_old()
+
+    def _forget_old(self) -> None:
+        """Keep the live status of at most :data:`STATUS_KEPT` ended installs in memory; an older
+        one is rebuilt from the journal when asked for."""
+        ended = [i for i, st in self._status.items() if st.get("finished")]
+        for install_id in ended[:-STATUS_KEPT] if len(ended) > STATUS_KEPT else ():
+            self._status.pop(install_id, None)
+            self._threads.pop(install_id, None)
 
     def _unchanged_report(self) -> dict[str, Any]:
         pointer = self.state.pointer()
@@ -325,8 +357,13 @@ class Installer:
         if job.model is not None and job.model.install_id == job.install_id \
                 and self.state.pointer()["current"] != job.install_id:
             job.model.close()
-        message = str(exc) if isinstance(exc, EdgetlError) else f"internal error: {type(exc).__name__}: {exc}"
-        if not isinstance(exc, EdgetlError):
+        disk_full = isinstance(exc, OSError) and exc.errno in DISK_ERRORS
+        if disk_full:
+            message = (f"the device's disk is full (507 Insufficient Storage) during '{job.status['stage']}' "
+                       f"({exc.strerror}); free space and deploy again")
+        else:
+            message = str(exc) if isinstance(exc, EdgetlError) else f"internal error: {type(exc).__name__}: {exc}"
+        if not isinstance(exc, EdgetlError) and not disk_full:
             log.exception("install %s failed", job.install_id)
         message = message.replace(str(job.upload), "the bundle").replace(str(self.state.root), "STATE")
         if isinstance(exc, BundleError) and not message.startswith(("bundle", "the bundle")):

@@ -8,6 +8,10 @@ makes the recovered status name an earlier stage: recovery itself asks the
 pointer). The pointer (``current.json``) says whether the
 switch happened; recovery needs nothing else (see :mod:`edgetl.device.install`).
 Threshold changes and rollbacks are journaled too, for the audit trail.
+
+The journal is bounded: past :data:`MAX_BYTES` the file becomes ``journal.jsonl.1``
+(replacing the one before) and a new one starts, so it takes at most twice that on
+disk; records are read from both, oldest first.
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ from pathlib import Path
 from typing import Any
 
 TERMINAL = ("installed", "failed")
+MAX_BYTES = 4 * 1024 * 1024
 
 
 class Journal:
     """Append records; read back the last state of every install."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, max_bytes: int = MAX_BYTES):
+        self.path, self.max_bytes = path, max_bytes
+        self.rotated = path.with_name(path.name + ".1")
         self._lock = threading.Lock()
 
     def append(self, durable: bool = True, **record: Any) -> dict[str, Any]:
@@ -34,19 +40,27 @@ class Journal:
         keeps the page cache, but maybe not a power cut): for progress records recovery does not need."""
         record = {"time": time.time(), **record}
         line = json.dumps(record, sort_keys=True) + "\n"
-        with self._lock, open(self.path, "a", encoding="utf-8") as out:
-            out.write(line)
-            out.flush()
-            if durable:
-                os.fsync(out.fileno())
+        with self._lock:
+            try:
+                if self.path.stat().st_size + len(line) > self.max_bytes:
+                    os.replace(self.path, self.rotated)
+            except FileNotFoundError:
+                pass
+            with open(self.path, "a", encoding="utf-8") as out:
+                out.write(line)
+                out.flush()
+                if durable:
+                    os.fsync(out.fileno())
         return record
 
     def records(self) -> list[dict[str, Any]]:
         """Every complete record; a torn last line (crash mid-write) is ignored."""
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
+        lines = []
+        for path in (self.rotated, self.path):
+            try:
+                lines += path.read_text(encoding="utf-8").splitlines()
+            except FileNotFoundError:
+                pass
         out = []
         for line in lines:
             try:

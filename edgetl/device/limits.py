@@ -30,9 +30,22 @@ class Limits:
         image_bytes: largest ``/v1/predict`` body [--max-image-mb].
         image_pixels: largest width x height an image may declare in its header [--max-image-mpix].
         upload_idle_s: an upload that sends nothing for this long is dropped (408) [--upload-idle-timeout].
-        upload_min_rate: after its first ``upload_idle_s``, an upload averaging fewer bytes per second
-            is dropped (408), so a trickle cannot hold the install slot [fixed].
-        data_roots: the only folders pipeline sources and sinks may touch [--data-root; default the state dir].
+        upload_min_rate: an upload averaging fewer bytes per second is dropped (408), so a trickle
+            cannot hold the install slot [fixed].
+            The average is over a sliding window of ``upload_idle_s``: every such window of an upload
+            must bring ``upload_min_rate * upload_idle_s`` bytes, not only the average since it began.
+        upload_ceiling_rate: an upload may take at most ``2 x upload_idle_s + bundle_bytes /
+            upload_ceiling_rate`` in all (:attr:`upload_max_s`; 572 s for 512 MiB), whatever its rate [fixed].
+        data_roots: the only folders pipeline sources and sinks may touch [--data-root; default the
+            folder ``STATE-data`` beside the state dir]; the state dir is refused even inside one.
+        max_connections: open connections in all [--max-connections].
+        max_connections_per_client: open connections from one client address [--max-connections-per-client].
+        header_timeout_s: a request head must arrive in full within this many seconds [--header-timeout].
+        max_inflight: decodes + inferences of ``/v1/predict`` running at once [--max-inflight].
+        max_queued: predictions waiting for one of those slots; more answer 503 + Retry-After [--max-queued].
+        jpeg_max_scans: most scans (SOS markers) a JPEG may hold: a progressive JPEG has about 10 [fixed].
+        metrics_token: ``/metrics`` needs the bearer token [--metrics-token/--open-metrics; None (the
+            default): yes when the agent listens beyond loopback, no on loopback].
     """
 
     bundle_bytes: int = 512 * MIB
@@ -43,7 +56,20 @@ class Limits:
     image_pixels: int = 40_000_000
     upload_idle_s: float = 30.0
     upload_min_rate: int = 16 * 1024
+    upload_ceiling_rate: int = 1 * MIB
     data_roots: tuple[str, ...] = field(default_factory=tuple)
+    max_connections: int = 1024
+    max_connections_per_client: int = 64
+    header_timeout_s: float = 10.0
+    max_inflight: int = 2
+    max_queued: int = 16
+    jpeg_max_scans: int = 32
+    metrics_token: bool | None = None
+
+    @property
+    def upload_max_s(self) -> float:
+        """The ceiling on one upload's total time, from the bundle size cap."""
+        return 2 * self.upload_idle_s + self.bundle_bytes / self.upload_ceiling_rate
 
     def body_limit(self, method: str, path: str) -> tuple[int, str]:
         """The body cap for one request and the flag that sets it."""

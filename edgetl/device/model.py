@@ -36,6 +36,10 @@ class DeviceModel:
     threshold: float | None = None
     input: InputSpec = field(init=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+    _leases: int = field(init=False, repr=False, default=0)
+    _retired: bool = field(init=False, repr=False, default=False)
+    _closed: bool = field(init=False, repr=False, default=False)
+    _count_lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.manifest = as_manifest(self.manifest)
@@ -76,7 +80,34 @@ class DeviceModel:
             return self.runtime.predict_outputs(batch)
 
     def close(self) -> None:
+        """Close the runtime now (once), whatever uses it: for a model no request can hold."""
+        with self._count_lock:
+            if self._closed:
+                return
+            self._closed = True
         self.runtime.close()
+
+    # -- leases: a replaced model is closed after its last in-flight request ---------------
+    def acquire(self) -> None:
+        """One more request uses this model (the agent takes it under the lock of its swap)."""
+        with self._count_lock:
+            self._leases += 1
+
+    def release(self) -> None:
+        """A request is done with this model; the last one out closes a retired model."""
+        with self._count_lock:
+            self._leases -= 1
+            last = self._retired and self._leases == 0
+        if last:
+            self.close()
+
+    def retire(self) -> None:
+        """This model no longer serves: close it now if no request holds it, else after the last one."""
+        with self._count_lock:
+            self._retired = True
+            idle = self._leases == 0
+        if idle:
+            self.close()
 
     @classmethod
     def load(cls, install_id: str, folder: Path, engines_dir: Path | None = None,

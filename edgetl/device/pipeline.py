@@ -52,70 +52,176 @@ class PipelineConfig:
         if not isinstance(doc, dict) or not isinstance(doc.get("source"), (str, int)) or doc.get("source") == "":
             raise ConfigError("pipeline: 'source' is required (camera index, rtsp://, http://, video file, "
                               "image folder or gst:<pipeline>)")
+        if "\0" in str(doc["source"]):
+            raise ConfigError("pipeline: 'source' contains a NUL character")
         sinks = doc.get("sinks") or []
-        if not isinstance(sinks, list) or not all(isinstance(s, dict) and s.get("name") for s in sinks):
+        if not isinstance(sinks, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str)
+                                                  and s.get("name") for s in sinks):
             raise ConfigError("pipeline: 'sinks' must be a list of {name, options}")
+        for i, spec in enumerate(sinks):
+            _check_options(spec.get("options"), f"sinks[{i}].options")
+        _check_options(doc.get("source_options"), "source_options")
         fps = doc.get("fps_limit")
-        if fps is not None and (not isinstance(fps, (int, float)) or fps <= 0):
+        if fps is not None and (not isinstance(fps, (int, float)) or isinstance(fps, bool) or not 0 < fps < 1e6):
             raise ConfigError(f"pipeline: 'fps_limit' must be a positive number (got {fps!r})")
         roi = doc.get("roi")
-        if roi is not None and (not isinstance(roi, list) or len(roi) != 4 or not all(isinstance(v, int) for v in roi)):
-            raise ConfigError(f"pipeline: 'roi' must be [x, y, w, h] integers (got {roi!r})")
+        if roi is not None and (not isinstance(roi, list) or len(roi) != 4
+                                or not all(isinstance(v, int) and not isinstance(v, bool) for v in roi)
+                                or min(roi) < 0 or roi[2] == 0 or roi[3] == 0):
+            raise ConfigError(f"pipeline: 'roi' must be [x, y, w, h] integers, x, y >= 0, w, h > 0 (got {roi!r})")
         return cls(source=str(doc["source"]), sinks=[{"name": s["name"], "options": dict(s.get("options") or {})}
                                                      for s in sinks],
                    source_options=dict(doc.get("source_options") or {}), fps_limit=fps, roi=roi)
 
-    def confined(self, roots: tuple[str, ...] | list[str]) -> "PipelineConfig":
-        """This config with every filesystem path resolved, or ConfigError for one outside ``roots``.
+    def confined(self, roots: tuple[str, ...] | list[str], forbidden: tuple[str, ...] | list[str] = ()
+                 ) -> "PipelineConfig":
+        """This config with every filesystem path resolved, or ConfigError for one outside ``roots`` or
+        inside ``forbidden`` (the agent's state dir).
 
-        Paths are the source when it is not a camera index or a URI (``rtsp://``, ``gst:``…), and the
-        values of the path options (:data:`PATH_OPTIONS`) of the source and of every sink. A relative
-        path is taken relative to the first root.
+        Paths are the source when it is not a camera index or a network URI (a ``file://`` URI is a
+        path), the path-like values of a ``gst:`` pipeline (:func:`gst_paths`), and the values of the
+        path options (:data:`PATH_OPTIONS`) of the source and of every sink. A relative path is taken
+        relative to the first root. Every one goes through :func:`confine_path`.
         """
         source = self.source
-        if not (source.isdigit() or "://" in source or source.startswith("gst:")):
-            source = confine_path(source, roots, "source")
-        sinks = [{"name": s["name"], "options": _confine_options(s["options"], roots, f"sink {s['name']}")}
+        if source[:7].lower() == "file://":
+            source = confine_path(source[7:], roots, "source", forbidden)
+        elif source.startswith("gst:"):
+            for value in gst_paths(source[4:]):
+                confine_path(value, roots, "source (gst: path)", forbidden)
+        elif not (source.isdigit() or "://" in source):
+            source = confine_path(source, roots, "source", forbidden)
+        sinks = [{"name": s["name"], "options": _confine_options(s["options"], roots, f"sink {s['name']}",
+                                                                 forbidden)}
                  for s in self.sinks]
         return PipelineConfig(source=source, sinks=sinks, fps_limit=self.fps_limit, roi=self.roi,
-                              source_options=_confine_options(self.source_options, roots, "source_options"))
+                              source_options=_confine_options(self.source_options, roots, "source_options",
+                                                              forbidden))
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "source_options": self.source_options, "sinks": self.sinks,
                 "fps_limit": self.fps_limit, "roi": self.roi}
 
 
-PATH_OPTIONS = ("dir", "path", "file", "folder", "ca", "certfile", "keyfile")
+PATH_OPTIONS = ("dir", "path", "file", "folder", "ca", "certfile", "keyfile", "location")
+# numeric options awaited while a pipeline starts: bounded, so a start cannot hold its worker for long
+TIMEOUT_OPTIONS = {"connect_timeout_s": 30.0, "timeout_s": 30.0, "open_timeout_s": 30.0}
+# gst: element properties that name files; any other value that looks like a path is checked too
+GST_PATH_KEYS = frozenset({"location", "filename", "file", "path", "config-file", "config-file-path",
+                           "model-engine-file", "dir", "directory", "uri"})
 
 
-def confine_path(value: str, roots: tuple[str, ...] | list[str], what: str) -> str:
-    """``value`` resolved (links followed), if it lies under one of ``roots``; else ConfigError."""
+def _check_options(options: Any, where: str) -> None:
+    """ConfigError naming the field for options that are not an object, a non-string path option, or
+    a timeout outside (0, its cap]."""
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise ConfigError(f"pipeline: '{where}' must be an object (got {type(options).__name__})")
+    for key, value in options.items():
+        if key in PATH_OPTIONS and value is not None and not isinstance(value, str):
+            raise ConfigError(f"pipeline: '{where}.{key}' must be a path string (got {value!r})")
+        if isinstance(value, str) and "\0" in value:
+            raise ConfigError(f"pipeline: '{where}.{key}' contains a NUL character")
+        if key in TIMEOUT_OPTIONS and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                       or not 0 < value <= TIMEOUT_OPTIONS[key]):
+            raise ConfigError(f"pipeline: '{where}.{key}' must be a number of seconds in "
+                              f"(0, {TIMEOUT_OPTIONS[key]:g}] (got {value!r})")
+
+
+def gst_paths(description: str) -> list[str]:
+    """The filesystem paths a ``gst-launch`` description names: the values of :data:`GST_PATH_KEYS`
+    (a ``file:`` URI as its path), and any other value that is absolute or relative with a dot
+    (``/…``, ``./…``, ``../…``, ``~…``) except a V4L2 camera node (``/dev/videoN``)."""
+    import re
+    import shlex
+
+    try:
+        tokens = shlex.split(description.replace("!", " ! "))
+    except ValueError:
+        raise ConfigError("pipeline: source (gst: pipeline) has unbalanced quotes") from None
+    paths = []
+    for token in tokens:
+        key, eq, value = token.partition("=")
+        if not eq:
+            continue
+        key = key.strip().lower()
+        if value[:5].lower() == "file:":
+            paths.append(re.sub(r"^file:(//)?", "", value, flags=re.IGNORECASE))
+        elif key == "uri":
+            continue  # rtsp://, http://: not a file
+        elif key in GST_PATH_KEYS or (value.startswith(("/", "./", "../", "~"))
+                                      and not re.fullmatch(r"/dev/video\d+", value)):
+            paths.append(value)
+    return paths
+
+
+def confine_path(value: str, roots: tuple[str, ...] | list[str], what: str,
+                 forbidden: tuple[str, ...] | list[str] = ()) -> str:
+    """``value`` as a real path (every link followed), if it lies under one of ``roots`` and under none
+    of ``forbidden``; else ConfigError.
+
+    The one confinement check of the pipeline: sources of every scheme, gst: paths and sink options
+    all come here. The error is the same whether the path exists or not, and names only ``value``.
+    """
+    import os
     from pathlib import Path
 
-    resolved_roots = [Path(r).resolve() for r in roots]
-    path = Path(value)
-    resolved = (path if path.is_absolute() else resolved_roots[0] / path).resolve()
-    if not any(resolved == root or root in resolved.parents for root in resolved_roots):
-        raise ConfigError(f"pipeline: {what} {value!r} is outside the agent's data roots (--data-root); "
-                          "sources and sinks may only use paths under them")
+    resolved_roots = [Path(os.path.realpath(r)) for r in roots]
+    blocked = [Path(os.path.realpath(f)) for f in forbidden]
+
+    def inside(path: Path, folders: list[Path]) -> bool:
+        return any(path == folder or folder in path.parents for folder in folders)
+
+    refused = ConfigError(f"pipeline: {what} {value!r} is outside the agent's data roots (--data-root); "
+                          "sources and sinks may only use paths under them, never the state dir")
+    if not resolved_roots:
+        raise refused
+    path = Path(os.path.expanduser(value)) if value.startswith("~") else Path(value)
+    try:
+        resolved = Path(os.path.realpath(path if path.is_absolute() else resolved_roots[0] / path))
+    except (OSError, ValueError):
+        raise refused from None
+    if not inside(resolved, resolved_roots) or inside(resolved, blocked):
+        raise refused
     return str(resolved)
 
 
-def _confine_options(options: dict[str, Any], roots: tuple[str, ...] | list[str], what: str) -> dict[str, Any]:
-    return {key: confine_path(str(value), roots, f"{what} option '{key}'")
+def _confine_options(options: dict[str, Any], roots: tuple[str, ...] | list[str], what: str,
+                     forbidden: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    return {key: confine_path(str(value), roots, f"{what} option '{key}'", forbidden)
             if key in PATH_OPTIONS and isinstance(value, str) and value else value
             for key, value in options.items()}
 
 
-def open_source(uri: str, options: dict[str, Any]):
-    """The first source plugin that accepts ``uri``, opened."""
+def find_source(uri: str):
+    """The first source plugin that accepts ``uri`` (a look at the URI or the file system, no I/O
+    with a camera or a network), or ConfigError."""
     from edgetl.plugins import get_manager
 
     for source in get_manager().all("source"):
         if source.accepts(uri):
-            return source.open(uri, options)
+            return source
     raise ConfigError(f"pipeline: no source plugin accepts {uri!r} (camera index, rtsp://, http://, "
                       "video file, image folder or gst:<pipeline>)")
+
+
+def check_plugins(config: PipelineConfig) -> None:
+    """What a request can check without opening anything: a source plugin accepts the source and
+    every sink is a known plugin (ConfigError / UnknownComponentError otherwise)."""
+    from edgetl.plugins import get_manager
+
+    find_source(config.source)
+    for i, spec in enumerate(config.sinks):
+        try:
+            get_manager().get("sink", spec["name"])
+        except EdgetlError as exc:
+            raise ConfigError(f"pipeline: 'sinks[{i}].name': {exc}") from None
+
+
+def open_source(uri: str, options: dict[str, Any]):
+    """The first source plugin that accepts ``uri``, opened."""
+    return find_source(uri).open(uri, options)
 
 
 class Pipeline:
@@ -171,20 +277,53 @@ class Pipeline:
         self._reader.start()
         self._worker.start()
 
+    def start_in_background(self, after: "Pipeline | None" = None, strict: bool = True) -> None:
+        """Stop ``after`` (the pipeline this one replaces), then :meth:`start`, in this pipeline's own
+        thread: connecting to a camera or a broker never blocks the caller (an API request). A start
+        that fails shows as state ``error`` with the reason (``GET /v1/pipeline``)."""
+        def run() -> None:
+            if after is not None:
+                after.stop()
+            if self._stop.is_set():
+                self.state = "stopped"
+                return
+            try:
+                self.start(strict=strict)
+            except Exception as exc:
+                self.error = str(exc) if isinstance(exc, EdgetlError) else f"{type(exc).__name__}: {exc}"
+                self.state = "error"
+                log.error("pipeline not started: %s", self.error)
+                if self.on_end is not None:
+                    self.on_end(self, "error")
+                return
+            if self._stop.is_set():  # stopped while it was opening
+                self.stop()
+
+        self._starter = threading.Thread(target=run, name="pipeline-start", daemon=True)
+        self._starter.start()
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        for thread in (getattr(self, "_reader", None), getattr(self, "_worker", None)):
+        for thread in (getattr(self, "_starter", None), getattr(self, "_reader", None),
+                       getattr(self, "_worker", None)):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout)
         if self.state in ("running", "reconnecting", "starting"):
             self.state = "stopped"
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for a replay to finish; True if it did."""
-        self._worker.join(timeout)
-        return not self._worker.is_alive()
+        """Wait for a replay to finish (or a background start to fail); True if it did."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        starter = getattr(self, "_starter", None)
+        if starter is not None:
+            starter.join(timeout)
+        worker = getattr(self, "_worker", None)
+        if worker is None:
+            return self.state in ("error", "stopped")
+        worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not worker.is_alive()
 
     def status(self) -> dict[str, Any]:
         return {"state": self.state, "config": self.config.to_dict(), "frames": self.frames,

@@ -64,16 +64,37 @@ def bind_socket(host: str, port: int):
     return sock
 
 
+def guarded_http(limits: "Limits") -> type:
+    """uvicorn's HTTP protocol under the connection guard (:mod:`edgetl.device.connections`): caps,
+    header and body timeouts, a file-descriptor limit raised to fit, accept errors logged once."""
+    from edgetl.device.connections import GuardSettings, guarded_protocol, quiet_accept_errors, raise_fd_limit
+
+    fds = raise_fd_limit(limits.max_connections + 256)  # + model files, sinks, cameras, the journal
+    max_connections = min(limits.max_connections, max(16, fds - 256))
+    if max_connections < limits.max_connections:
+        log.warning("only %d file descriptors (LimitNOFILE): at most %d connections instead of %d", fds,
+                    max_connections, limits.max_connections)
+    quiet_accept_errors()
+    return guarded_protocol(GuardSettings(max_connections=max_connections,
+                                          max_per_client=limits.max_connections_per_client,
+                                          header_timeout_s=limits.header_timeout_s,
+                                          # after the upload route's own 408, so that one says why
+                                          body_idle_s=2 * limits.upload_idle_s))
+
+
 def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str], tls_cert: str | None,
           tls_key: str | None, max_bundle_mb: float, autostart: bool, insecure_http: bool,
           strict_int8: bool = False, log_level: str = "info", limits: "Limits | None" = None,
           ui: "UiSettings | None" = None, pull: "PullConfig | None" = None, status: dict | None = None) -> None:
     """Start the agent and serve until interrupted (SIGINT/SIGTERM); with ``pull``, poll a registry
     tag for bundles (:mod:`edgetl.device.pull`) and publish the status to ``status``'s broker."""
+    from dataclasses import replace
+
     import uvicorn
 
     from edgetl.device.agent import Agent
     from edgetl.device.app import create_app
+    from edgetl.device.limits import Limits
 
     if bool(tls_cert) != bool(tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
@@ -83,13 +104,17 @@ def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str
     check_bind(host, bool(tls_cert), insecure_http)
     token = read_token(token_file)
     sock = bind_socket(host, port)
+    limits = limits or Limits()
+    if limits.metrics_token is None:  # /metrics shows the line's counts: open only on loopback by default
+        limits = replace(limits, metrics_token=not is_loopback(host))
     agent = Agent(state_dir, trust, max_bundle_mb=max_bundle_mb, autostart=autostart, strict_int8=strict_int8,
                   limits=limits)
     started = agent.startup()
     app = create_app(agent, token, ui)
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
                             log_level=log_level, access_log=False, server_header=False,
-                            timeout_keep_alive=30)  # clients and load balancers keep connections longer than 5 s
+                            timeout_keep_alive=30,  # clients and load balancers keep connections longer than 5 s
+                            http=guarded_http(agent.limits))
     log.info("agent ready on %s:%d: model %s%s", host, port, started["model"] or "none",
              f" (degraded: {agent.degraded})" if agent.degraded else "")
     puller = None

@@ -14,19 +14,27 @@ Layout::
       pipeline.json    the last pipeline config and whether it was running
       engines/         runtime caches (TensorRT engines, keyed by the target)
       capture/         the line page's capture store (edgetl.device.capture)
+      quarantine/      damaged state files, set aside (never deleted) by :func:`recover_pointer`
+
+Pipeline sources and sinks may never use a path in here, whatever ``--data-root`` says
+(:func:`edgetl.device.pipeline.confine_path`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from edgetl.errors import ConfigError
 from edgetl.manifest import Manifest, validate_manifest
+
+log = logging.getLogger("edgetl.agent.state")
 
 
 def atomic_write_json(path: Path, document: Any) -> None:
@@ -145,3 +153,67 @@ class StateDir:
             upload.unlink(missing_ok=True)
             removed.append(f"uploads/{upload.name}")
         return removed
+
+
+def _pointer_problem(path: Path, models: list[str]) -> str | None:
+    """Why the pointer file cannot be trusted, or None when it is fine (or absent with no models)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "missing while models are installed" if models else None
+    except (OSError, ValueError) as exc:
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    if not isinstance(doc, dict) or any(not (doc.get(k) is None or isinstance(doc.get(k), str))
+                                        for k in ("current", "previous")):
+        return "not a {current, previous} object"
+    return None
+
+
+def pointer_from_journal(records: list[dict[str, Any]], models: set[str]) -> tuple[str | None, str | None]:
+    """(current, previous) replayed from the journal's installs and rollbacks, kept only where the
+    model is on disk; with no usable history, the two newest models (install ids sort by time)."""
+    current = previous = None
+    for record in records:
+        event = record.get("event")
+        if event == "install" and record.get("status") == "installed":
+            switch = (record.get("report") or {}).get("switch") or {}
+            if not switch.get("unchanged") and record.get("install_id") != current:
+                current, previous = record.get("install_id"), current
+        elif event == "rollback":
+            if record.get("to") is not None:
+                current, previous = record.get("to"), record.get("from")
+            else:
+                current, previous = previous, current
+    current = current if current in models else None
+    previous = previous if previous in models and previous != current else None
+    if current is None:
+        newest = sorted(models, reverse=True)
+        current, previous = (newest + [None, None])[:2]
+    return current, previous
+
+
+def recover_pointer(state: StateDir, journal: Any) -> dict[str, Any] | None:
+    """A damaged or missing ``current.json`` while models are installed: move it to ``quarantine/``
+    (never delete it, nor any model), rebuild the pointer from the journal, journal what was done.
+
+    Without this, a corrupt pointer stopped the agent, and removing the file made the next start
+    prune every installed model. Returns the journaled record, or None when the pointer was fine.
+    """
+    models_dir = state.root / "models"
+    models = sorted(p.name for p in models_dir.iterdir() if p.is_dir())
+    problem = _pointer_problem(state.pointer_path, models)
+    if problem is None:
+        return None
+    kept = None
+    if state.pointer_path.exists():
+        quarantine = state.root / "quarantine"
+        quarantine.mkdir(exist_ok=True)
+        kept = quarantine / f"current.json.{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.{os.getpid()}"
+        os.replace(state.pointer_path, kept)
+    current, previous = pointer_from_journal(journal.records(), set(models))
+    state.set_pointer(current, previous)
+    record = journal.append(event="pointer_recovered", problem=problem, current=current, previous=previous,
+                            quarantined=f"quarantine/{kept.name}" if kept else None)
+    log.error("the pointer current.json was %s: rebuilt from the journal (current %s, previous %s)%s", problem,
+              current, previous, f"; the damaged file is kept as {kept}" if kept else "")
+    return record

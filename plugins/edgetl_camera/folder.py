@@ -23,7 +23,11 @@ class FolderStream(FrameStream):
 
     def __init__(self, root: Path, options: dict[str, Any]):
         self.root = root
-        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        # only files that really lie in the folder: a link out of it (to a file or a folder elsewhere)
+        # would let a replay read what the folder's owner confined it from
+        real_root = root.resolve()
+        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                            and real_root in p.resolve().parents)
         if not self.files:
             raise DataError(f"source {str(root)!r}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
         fps = float(options.get("fps") or 0)

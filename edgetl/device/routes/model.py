@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import time
 from pathlib import Path
@@ -20,31 +21,45 @@ BUNDLE_BODY = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
-async def receive_upload(request: Request, path: Path, idle_s: float, min_rate: int = 0) -> int:
+async def receive_upload(request: Request, path: Path, idle_s: float, min_rate: int = 0,
+                         window_s: float = 30.0, max_s: float | None = None) -> int:
     """Stream the body to ``path``; return its size. Errors are ApiError (the caller frees the slot).
 
-    An upload that sends nothing for ``idle_s``, or that averages under ``min_rate`` bytes/s once
-    ``idle_s`` has passed (a trickle), is dropped with 408.
+    Dropped with 408: an upload that sends nothing for ``idle_s``; one that brings fewer than
+    ``min_rate * window_s`` bytes in any ``window_s`` (a trickle: a per-chunk or since-the-start
+    average would let a slow one hold the install slot for hours); one that lasts over ``max_s``.
     """
     declared = request.headers.get("content-length")
     started = time.monotonic()
     size = 0
+    marks: collections.deque[tuple[float, int]] = collections.deque([(started, 0)])
     stream = request.stream().__aiter__()
     try:
         with open(path, "wb") as out:
             while True:
+                wait = idle_s if max_s is None else max(0.0, min(idle_s, started + max_s - time.monotonic()))
                 try:
-                    chunk = await asyncio.wait_for(stream.__anext__(), idle_s)
+                    chunk = await asyncio.wait_for(stream.__anext__(), wait)
                 except StopAsyncIteration:
                     break
                 size += len(chunk)
                 check_disk("upload", size)
                 out.write(chunk)
-                elapsed = time.monotonic() - started
-                if min_rate and elapsed > idle_s and size < min_rate * elapsed:
-                    raise ApiError(408, f"upload too slow: {size} bytes in {elapsed:.0f} s, under "
-                                        f"{min_rate} bytes/s on average")
+                now = time.monotonic()
+                if max_s is not None and now - started > max_s:
+                    raise ApiError(408, f"upload too long: {size} bytes in {now - started:.0f} s; an upload may "
+                                        f"take at most {max_s:.0f} s (from --max-bundle-mb)")
+                marks.append((now, size))
+                while len(marks) >= 2 and marks[1][0] <= now - window_s:
+                    marks.popleft()
+                since, base = marks[0]
+                if min_rate and now - since >= window_s and size - base < min_rate * (now - since):
+                    raise ApiError(408, f"upload too slow: {size - base} bytes in the last {now - since:.0f} s, "
+                                        f"under {min_rate} bytes/s on average")
     except asyncio.TimeoutError:
+        if max_s is not None and time.monotonic() - started >= max_s:
+            raise ApiError(408, f"upload too long: {size} bytes in {max_s:.0f} s, the most an upload may take "
+                                "(from --max-bundle-mb)") from None
         raise ApiError(408, f"upload stalled: nothing received for {idle_s:g} s after {size} bytes "
                             "(--upload-idle-timeout)") from None
     except ClientDisconnect:
@@ -74,8 +89,10 @@ def router(agent) -> APIRouter:
         """
         install_id = agent.installer.reserve()
         try:
-            size = await receive_upload(request, agent.state.upload_path(install_id), agent.limits.upload_idle_s,
-                                        agent.limits.upload_min_rate)
+            limits = agent.limits
+            size = await receive_upload(request, agent.state.upload_path(install_id), limits.upload_idle_s,
+                                        limits.upload_min_rate, limits.upload_idle_s,
+                                        limits.upload_max_s)
         except BaseException:  # refused, broken off, disk full, cancelled: the slot is freed whatever happened
             agent.installer.abandon(install_id)
             raise

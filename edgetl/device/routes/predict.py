@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 
 from edgetl.device import schemas
 from edgetl.device.routes import ApiError, bearer_dependency, errors
@@ -26,10 +25,11 @@ def router(agent) -> APIRouter:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in IMAGE_TYPES:
             raise ApiError(415, f"Content-Type must be image/jpeg or image/png (got {content_type or 'none'})")
-        body = await request.body()
-        if not body:
-            raise ApiError(400, "request body: empty (0 bytes), expected an image")
-        # one thread hop for the header check, decode, preprocessing and inference
-        return await run_in_threadpool(agent.predict_bytes, body, heatmap, content_type)
+        with agent.slots.admitted():  # 503 + Retry-After beyond the queue, before the body is read
+            body = await request.body()
+            if not body:
+                raise ApiError(400, "request body: empty (0 bytes), expected an image")
+            # one thread hop for the header check, decode, preprocessing and inference (one of K slots)
+            return await agent.slots.run(agent.predict_bytes, body, heatmap, content_type)
 
     return api
