@@ -13,6 +13,11 @@ import click
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print exactly one JSON document on stdout; logs go to stderr.")
 
+threads_option = click.option(
+    "--threads", type=int, default=None, metavar="N",
+    help="CPU threads for inference (default: OMP_NUM_THREADS if set, else the CPUs this process may use less "
+         "those other processes keep busy; docs/cli.md, \"Threads\").")
+
 WIDE = 400  # columns for tables when stdout is not a terminal: a pipe or a file keeps every cell whole
 
 
@@ -57,6 +62,13 @@ def long_step(what: str) -> Iterator[None]:
             click.echo(f"({hidden} lines of library output were hidden; run with --verbose to see them)",
                        err=True)
         raise
+
+
+def inference_threads(threads: int | None) -> int:
+    """Before torch loads: passive OpenMP waits and the thread count (:mod:`edgetl.threads`)."""
+    from edgetl.threads import configure
+
+    return configure(threads)[0]
 
 
 def console(stderr: bool = False) -> Any:

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import console, emit_json, info, json_option, long_step
+from edgetl.cli.common import (
+    console,
+    emit_json,
+    inference_threads,
+    info,
+    json_option,
+    long_step,
+    threads_option,
+)
 
 
 def attempts_table(attempts: list[dict], torch_ms: float | None = None, title: str = "export") -> None:
@@ -77,11 +85,12 @@ def stages_table(stages: list[dict]) -> None:
 @click.option("--bias-correction", type=click.Choice(["full", "fast"]), default="full", show_default=True,
               help="INT8 bias correction (nncf, OpenVINO): full measures each layer's output shift with the layers "
                    "before it quantized (slower, more accurate); fast estimates it per layer.")
+@threads_option
 @json_option
 def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fallback: bool, gate: float,
                min_agreement: float, gate_slices: bool, calib_count: int, dynamic_batch: bool,
                model_version: str | None, sign: Path | None, out: Path | None, latency_runs: int,
-               quantize_budget: float | None, bias_correction: str, as_json: bool) -> None:
+               quantize_budget: float | None, bias_correction: str, threads: int | None, as_json: bool) -> None:
     """Export RUN_DIR, quantize, gate on the validation set, and write a signed bundle.
 
     Prints each stage with its time and size, then a table of every attempt.
@@ -90,6 +99,8 @@ def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fal
     from edgetl.config import load_target_profile, resolve_named
     from edgetl.errors import GateFailedError, UsageError
     from edgetl.workflow.bundle import export_bundle
+
+    inference_threads(threads)  # torch's threads for tracing, calibration and its latency column
 
     if target is not None:
         target = resolve_named(target, "targets", "device profile")
