@@ -79,6 +79,16 @@ def test_out_exists_needs_resume_or_force(tmp_path, data):
     assert code == 0, err
 
 
+def test_a_failed_train_leaves_nothing_behind_and_the_fixed_command_runs(tmp_path, data):
+    cfg = write_config(tmp_path / "c.yaml", data, epochs=1)
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", str(cfg), "--out", str(run), "--device", "cpu",
+                           "--set", f"data.val={tmp_path / 'no-val'}")  # fails after the run folder is made
+    assert code != 0 and "no-val" in err and not run.exists(), err
+    code, _, err = run_cli("train", str(cfg), "--out", str(run), "--device", "cpu")  # no --force needed
+    assert code == 0 and (run / "model.pt").is_file(), err
+
+
 @pytest.mark.parametrize("override, message", [
     ("strategy.name=finetun", "unknown strategy 'finetun'; did you mean 'finetune'"),
     ("train.lr=-0.1", "train.lr: Input should be greater than 0"),
