@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.data.stamp import existing, write_stamp
 from edgetl.errors import DataError, MissingDependencyError
 
 PHOTOS = ("brick", "grass", "gravel")
@@ -163,12 +164,15 @@ def make_textures(out: str | Path, *, seed: int = 0, per_class: int = 200) -> di
     """Write the texture set under ``out``; returns counts ``{split: {class: n}}``.
 
     Raises:
-        DataError: ``out`` exists and is not empty, or ``per_class`` is too small.
+        DataError: ``out`` holds something other than this set made with these settings (that
+            one is reused), or ``per_class`` is too small.
     """
     cv2 = _cv2()
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out}: already exists and is not empty; remove it or choose another folder")
+    settings = {"seed": seed, "per_class": per_class}
+    same = existing(out, "textures", settings)
+    if same is not None:  # made before with the same settings: reuse it (docs/data.md)
+        return same
     sizes = split_sizes(per_class)
     photos = {name: regions(img) for name, img in load_photos().items()}
     tmp = out.with_name(out.name + ".partial")
@@ -202,6 +206,7 @@ def make_textures(out: str | Path, *, seed: int = 0, per_class: int = 200) -> di
         writer.writerows(rows)
     counts = {split: {label: (sizes[split]) for label in CLASSES} for split in SPLITS}
     (tmp / "README.md").write_text(_readme(counts, seed, per_class), "utf-8")
+    write_stamp(tmp, "textures", settings, counts)
     if out.exists():
         out.rmdir()
     tmp.rename(out)
