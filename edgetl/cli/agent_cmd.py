@@ -16,7 +16,11 @@ def agent_group() -> None:
 @click.option("--state-dir", required=True, type=click.Path(file_okay=False),
               help="Where models, the journal and the pipeline config live (created if missing).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8470, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=8470, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on; 0 takes a free one (the log line and --port-file say which).")
+@click.option("--port-file", type=click.Path(dir_okay=False),
+              help="Write the port listened on to this file once the agent has started (for "
+                   "'edgetl device wait --port-file').")
 @click.option("--token-file", required=True, type=click.Path(dir_okay=False),
               help="File whose first line is the bearer token clients must send.")
 @click.option("--trust", "trust", multiple=True, required=True, type=click.Path(dir_okay=False),
@@ -42,7 +46,7 @@ def agent_group() -> None:
                    "check decides).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def serve_cmd(state_dir, host, port, token_file, trust, tls_cert, tls_key, max_bundle_mb, max_members,
+def serve_cmd(state_dir, host, port, port_file, token_file, trust, tls_cert, tls_key, max_bundle_mb, max_members,
               max_image_mb, max_image_mpix, upload_idle_timeout, data_roots, autostart, insecure_http,
               strict_int8, log_level) -> None:
     """Serve the agent API: install signed bundles, predict, run the camera pipeline.
@@ -68,4 +72,4 @@ def serve_cmd(state_dir, host, port, token_file, trust, tls_cert, tls_key, max_b
                     data_roots=tuple(data_roots))
     serve(state_dir=state_dir, host=host, port=port, token_file=token_file, trust=list(trust), tls_cert=tls_cert,
           tls_key=tls_key, max_bundle_mb=max_bundle_mb, autostart=autostart, insecure_http=insecure_http,
-          strict_int8=strict_int8, log_level=log_level, limits=limits)
+          strict_int8=strict_int8, log_level=log_level, limits=limits, port_file=port_file)
