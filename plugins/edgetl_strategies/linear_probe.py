@@ -38,8 +38,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
-
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError
 from edgetl.training import VIEWS
@@ -180,7 +178,7 @@ class LinearProbe(Strategy):
         x_val = torch.from_numpy(extract_features(ctx, model.features, ctx.val, ["identity"],
                                                   batch_size=opts["batch_size"], cache_dir=cache, cache_tag=tag))
         feature_seconds = time.perf_counter() - t0
-        y_train = torch.from_numpy(np.tile(ctx.train.labels, len(views)))
+        y_train = torch.as_tensor(ctx.train.labels).repeat(len(views))  # np.tile: numpy is not imported at registration
         mean = x_train.mean(dim=0) if opts["standardize"] else torch.zeros(x_train.shape[1])
         std = std_floor(x_train.std(dim=0)) if opts["standardize"] else torch.ones(x_train.shape[1])
         x_train, x_val = (x_train - mean) / std, (x_val - mean) / std

@@ -43,14 +43,16 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from edgetl_strategies.finetune import COMMON, train_finetune
 from edgetl_strategies.options import positive_float, resolve
 
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError
+
+if TYPE_CHECKING:  # numpy loads in the functions: registering the plugin imports no numpy
+    import numpy as np
 
 EXEMPLARS = "exemplars"
 INDEX = "index.json"
@@ -58,6 +60,7 @@ INDEX = "index.json"
 
 def herding(features: np.ndarray, m: int) -> list[int]:
     """Indices of ``m`` rows chosen by herding (iCaRL): each keeps the running mean nearest the class mean."""
+    import numpy as np
     f = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     mu, chosen, total = f.mean(axis=0), [], np.zeros(f.shape[1])
     free = np.ones(len(f), dtype=bool)
@@ -73,6 +76,7 @@ def herding(features: np.ndarray, m: int) -> list[int]:
 
 def select(labels: np.ndarray, features: np.ndarray | None, k: int, buffer_size: int, seed: int) -> list[int]:
     """Per class ``buffer_size // k`` indices (all when fewer), by herding (features given) or at random."""
+    import numpy as np
     per = buffer_size // k
     rng = np.random.default_rng(seed)
     out: list[int] = []
