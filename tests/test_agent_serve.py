@@ -64,6 +64,12 @@ def test_port_0_the_port_file_and_device_wait_find_the_agent_and_say_when_it_is_
         result = CliRunner().invoke(cli, ["deploy", str(b.v1), "--device", f"http://127.0.0.1:{port}",
                                           "--token-file", str(other)])
         assert result.exit_code == 1 and "not the agent the token belongs to" in result.output
+        url, auth = f"http://127.0.0.1:{port}", ["--token-file", str(token)]
+        assert CliRunner().invoke(cli, ["deploy", str(b.v1), "--device", url, *auth]).exit_code == 0
+        result = CliRunner().invoke(cli, ["device", "threshold", "0.25", "--device", url, *auth])
+        assert result.exit_code == 0 and result.stdout.strip().endswith("-> 0.250"), result.output
+        result = CliRunner().invoke(cli, ["device", "info", "--device", url, *auth])
+        assert "threshold 0.250" in result.stdout, result.output  # three decimals, not sixteen digits
     finally:
         agent.stop()
     result = CliRunner().invoke(cli, ["device", "wait", f"http://127.0.0.1:{free_port()}", "--timeout", "0.5"])

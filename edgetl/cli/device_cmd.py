@@ -62,6 +62,36 @@ def info_cmd(device_url, token_file, ca, as_json) -> None:
         click.echo(f"threshold {fmt.prob(serving['threshold'])}")
 
 
+@device_group.command("threshold")
+@click.argument("value", type=click.FloatRange(0, 1), metavar="X")
+@click.option("--model", "model_path", type=click.Path(exists=True), metavar="RUN_DIR|BUNDLE",
+              help="The model the device serves (its run or bundle): prints the threshold's effect on val first.")
+@click.option("--val", "val_dir", type=click.Path(file_okay=False),
+              help="Validation folder for that effect (default: the run's data.val).")
+@_with_options
+def threshold_cmd(value, model_path, val_dir, device_url, token_file, ca, as_json) -> None:
+    """Set the current model's decision threshold on the device (journaled; the next install resets it).
+
+    \b
+      edgetl device threshold 0.25 --device https://cam1:8470 --token-file tok --model runs/line1
+    """
+    from edgetl import fmt
+
+    if model_path:
+        from edgetl.workflow import load
+        from edgetl.workflow.operating_point import choose
+
+        model = load(model_path)
+        info(choose(model, threshold=value, val=val_dir).describe(model.positive))
+    with _client(device_url, token_file, ca) as client:
+        doc = client.set_threshold(value)
+    if as_json:
+        emit_json(doc)
+        return
+    old = doc.get("previous_threshold")
+    click.echo(f"{doc['model']}: threshold {'argmax' if old is None else fmt.prob(old)} -> {fmt.prob(doc['threshold'])}")
+
+
 @device_group.command("wait", short_help="Wait until an agent answers (and accepts the token).")
 @click.argument("url")
 @click.option("--port-file", type=click.Path(dir_okay=False),

@@ -10,7 +10,16 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import emit_json, inference_threads, info, json_option, long_step, threads_option
+from edgetl.cli.common import (
+    apply_operating_point,
+    emit_json,
+    inference_threads,
+    info,
+    json_option,
+    long_step,
+    threads_option,
+    threshold_options,
+)
 
 
 @click.command("train")
@@ -78,9 +87,11 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, devi
 @click.option("--slice", "slices", multiple=True, metavar="NAME=folder:N|NAME=CSV[:COLUMN]",
               help="Per-slice metrics by a folder level of the image path or a manifest column (repeatable; "
                    "a run's own config 'slices' apply when none is given).")
+@threshold_options
 @threads_option
 @json_option
 def eval_command(model: str, data_dir: str, batch: int, skip_bad: bool, slices: tuple[str, ...],
+                 threshold: float | None, recall: float | None, frr: float | None, val_dir: str | None,
                  threads: int | None, as_json: bool) -> None:
     """Evaluate a run or a bundle on a labelled image folder (one sub-folder per class).
 
@@ -92,6 +103,7 @@ def eval_command(model: str, data_dir: str, batch: int, skip_bad: bool, slices: 
 
     model_dir = model
     model = load(model, threads=inference_threads(threads))
+    apply_operating_point(model, threshold, recall, frr, val_dir, batch)
     doc = model.evaluate(data_dir, batch=batch, skip_bad=skip_bad, log=info,
                          slices=_slice_specs(slices, model_dir))
     if as_json:
@@ -167,9 +179,11 @@ def _print_anomaly(name: str, data_dir: str, doc: dict) -> None:
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False), default=None,
               help="Write annotated copies here: images (label, score, threshold drawn), and an .mp4 per video.")
+@threshold_options
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON document per line (per image or frame) on stdout.")
-def predict_command(model: str, sources: tuple[str, ...], save_dir: str | None, threads: int | None,
+def predict_command(model: str, sources: tuple[str, ...], save_dir: str | None, threshold: float | None,
+                    recall: float | None, frr: float | None, val_dir: str | None, threads: int | None,
                     as_json: bool) -> None:
     """Predict images, folders, globs, a video file or a camera index; one line per image/frame as it comes.
 
@@ -189,7 +203,9 @@ def predict_command(model: str, sources: tuple[str, ...], save_dir: str | None, 
     from edgetl.workflow import load
 
     count = 0
-    results = load(model, threads=inference_threads(threads)).stream(list(sources), save=save_dir, maps=save_dir is not None)
+    loaded = load(model, threads=inference_threads(threads))
+    apply_operating_point(loaded, threshold, recall, frr, val_dir)
+    results = loaded.stream(list(sources), save=save_dir, maps=save_dir is not None)
     with contextlib.closing(results):  # Ctrl-C on a camera still finishes the saved video
         for result in results:
             count += 1

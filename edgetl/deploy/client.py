@@ -87,6 +87,10 @@ class DeviceClient:
     def info(self) -> dict[str, Any]:
         return self._request("GET", "/v1/info")
 
+    def set_threshold(self, value: float) -> dict[str, Any]:
+        """``PATCH /v1/model/threshold``: the current model's operating threshold (the next install resets it)."""
+        return self._request("PATCH", "/v1/model/threshold", json={"threshold": value})
+
     def rollback(self) -> dict[str, Any]:
         return self._request("POST", "/v1/model/rollback")
 
