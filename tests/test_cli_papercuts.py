@@ -266,3 +266,16 @@ def test_a_silent_step_prints_a_heartbeat_line_every_interval():
         note("batch 3/10")  # a hidden bar's position: the next beat says it
         wait_for(r"  … export \d+ s: batch 3/10")
     assert lines[0] == "int8/accuracy-control: quantizing"
+
+
+def test_config_mistakes_name_the_unknown_key_the_mapping_and_the_set_option(tmp_path):
+    renamed = tmp_path / "renamed.yaml"
+    renamed.write_text("name: x\ndataset: {train: a, val: b}\nbackbone: {name: resnet18}\nstrategy: {name: none}\n")
+    code, _, err = invoke("train", renamed)
+    assert code != 0 and "dataset: unknown key 'dataset'; did you mean 'data'?" in err, err
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("name: x\ndata: {train: a, val: b}\nbackbone: resnet18\nstrategy: {name: none}\n")
+    code, _, err = invoke("train", bare)
+    assert code != 0 and "backbone: expected a mapping, e.g. backbone: {name: resnet18}" in err, err
+    code, _, err = invoke("train", bare, "--epochs", "5")
+    assert code == 2 and "--set train.epochs=5" in err and "--nproc" not in err, err

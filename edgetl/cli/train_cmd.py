@@ -22,7 +22,42 @@ from edgetl.cli.common import (
 )
 
 
-@click.command("train")
+class _TrainCommand(click.Command):
+    """``train`` whose unknown option that names a config key (``--epochs 5``) suggests ``--set train.epochs=5``.
+
+    click's own guess is the nearest option by spelling (``--nproc``), which is never what was meant.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)  # click consumes ``args`` while parsing
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            key = _config_key(exc.option_name.lstrip("-").replace("-", "_"))
+            if key is None:
+                raise
+            value = next((given[i + 1] for i, a in enumerate(given[:-1]) if a == exc.option_name), "VALUE")
+            exc.possibilities = []
+            exc.message = (f"No such option: {exc.option_name}; a config key is set with --set, "
+                           f"e.g. --set {key}={value}")
+            raise
+
+
+def _config_key(name: str) -> str | None:
+    """``train.epochs`` for ``epochs``: the dotted key of a run config field of that name, if one exists."""
+    from edgetl.config import RunConfig
+
+    for section, field in RunConfig.model_fields.items():
+        model = field.annotation
+        if name == section:
+            return section
+        fields = getattr(model, "model_fields", {})
+        if name in fields:
+            return f"{section}.{name}"
+    return None
+
+
+@click.command("train", cls=_TrainCommand)
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set train.epochs=5 (repeatable).")
