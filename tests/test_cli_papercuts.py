@@ -279,3 +279,26 @@ def test_config_mistakes_name_the_unknown_key_the_mapping_and_the_set_option(tmp
     assert code != 0 and "backbone: expected a mapping, e.g. backbone: {name: resnet18}" in err, err
     code, _, err = invoke("train", bare, "--epochs", "5")
     assert code == 2 and "--set train.epochs=5" in err and "--nproc" not in err, err
+
+
+def test_a_heartbeat_never_says_the_same_thing_twice_within_its_repeat_time():
+    from edgetl.progress import Heartbeat, note
+
+    lines: list[str] = []
+
+    def beats() -> list[str]:
+        return [line for line in lines if line.startswith("  … train")]
+
+    def wait_for(n: int) -> None:  # polls: a busy machine only makes the test slower
+        deadline = time.monotonic() + 30
+        while len(beats()) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    with Heartbeat("train", write=lines.append, interval=0.05, repeat_after=60.0) as beat:
+        beat.log("features train")
+        wait_for(1)
+        time.sleep(0.6)  # a dozen more intervals of silence: still one heartbeat
+        assert len(beats()) == 1 and "still working after" in beats()[0], lines
+        note("batch 2/9")  # something new to say: said at the next interval
+        wait_for(2)
+    assert len(beats()) == 2 and beats()[1].endswith("batch 2/9"), lines
