@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -124,6 +123,9 @@ def main() -> None:
             for hog in hogs:
                 hog.kill()
                 hog.wait()
+    from edgetl.cpuinfo import cpu_info
+
+    processor = cpu_info()["model"]
     rows = []
     for code in codes:
         med = {s: statistics.median(samples[(code, s)]) for s in SETTINGS}
@@ -134,7 +136,7 @@ def main() -> None:
                          "command_s_median": statistics.median(walls[(code, setting)]),
                          "ratio_to_one_thread": med[setting] / med["OMP_NUM_THREADS=1"]})
     print(f"\nedgetl predict {run} ({len(images)} images, first left out), {args.hogs} busy-loop processes, "
-          f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), load "
+          f"{os.cpu_count()} CPUs ({processor}), load "
           f"{os.getloadavg()[0]:.1f}\n")
     print(f"{'code':8}{'setting':20}{'n':>4}{'median ms':>11}{'p10-p90 ms':>18}{'cmd s':>8}{'vs 1 thread':>13}")
     for row in rows:
@@ -144,7 +146,7 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "before": args.before, "hogs": args.hogs, "cpus": os.cpu_count(),
-                               "processor": platform.processor() or platform.machine(), "run": str(run),
+                               "processor": processor, "run": str(run),
                                "images": len(images), "rounds": args.rounds, "rows": rows}, indent=2) + "\n",
                    encoding="utf-8")
     print(f"\nwrote {OUT}")
