@@ -89,6 +89,24 @@ def test_a_failed_train_leaves_nothing_behind_and_the_fixed_command_runs(tmp_pat
     assert code == 0 and (run / "model.pt").is_file(), err
 
 
+def test_train_without_a_yaml_takes_the_folder_layout(tmp_path, data):
+    import yaml
+
+    tiny = ["--backbone", "timm:test_efficientnet", "--set", "backbone.pretrained=false", "--set",
+            "train.image_size=32", "--set", "train.epochs=1", "--device", "cpu"]
+    code, _, err = run_cli("train", "--data", str(data), *tiny, "--out", str(tmp_path / "split"))
+    assert code == 0, err
+    cfg = yaml.safe_load((tmp_path / "split" / "config.yaml").read_text())
+    assert cfg["data"]["train"] == str(data / "train") and cfg["data"]["val"] == str(data / "val")
+    assert cfg["data"]["test"] == str(data / "test") and cfg["strategy"]["name"] == "linear-probe"
+    assert cfg["name"] == data.name
+    code, _, err = run_cli("train", "--data", str(data / "train"), *tiny, "--out", str(tmp_path / "flat"))
+    assert code == 0, err  # one folder of class folders: split by the seed
+    assert yaml.safe_load((tmp_path / "flat" / "config.yaml").read_text())["data"]["val_split"] == 0.2
+    code, _, err = run_cli("train")
+    assert code == 2 and "give a run config (CONFIG.yaml) or --data DIR" in err
+
+
 @pytest.mark.parametrize("override, message", [
     ("strategy.name=finetun", "unknown strategy 'finetun'; did you mean 'finetune'"),
     ("train.lr=-0.1", "train.lr: Input should be greater than 0"),

@@ -58,7 +58,11 @@ def _config_key(name: str) -> str | None:
 
 
 @click.command("train", cls=_TrainCommand)
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path(dir_okay=False), required=False)
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Train without a YAML: DIR/train[, val, test]/<class>/ or DIR/<class>/ (split by the seed).")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True, help="With --data: the backbone.")
+@click.option("--strategy", default="linear-probe", show_default=True, help="With --data: the strategy.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set train.epochs=5 (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -73,7 +77,8 @@ def _config_key(name: str) -> str | None:
               help="Continue a trained run: its weights and classes (kept in their indices), new classes "
                    "of the data appended (continual learning).")
 @json_option
-def train_command(config: str, overrides: tuple[str, ...], out: str | None, device: str, nproc: int,
+def train_command(config: str | None, data_dir: str | None, backbone: str, strategy: str,
+                  overrides: tuple[str, ...], out: str | None, device: str, nproc: int,
                   resume: bool, force: bool, skip_bad: bool, from_run: str | None, as_json: bool) -> None:
     """Adapt a pretrained backbone to your images: CONFIG.yaml -> runs/NAME/.
 
@@ -81,19 +86,29 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, devi
       edgetl train examples/defect_detection/elpv-four-linear-probe.yaml
       edgetl train cfg.yaml --set train.epochs=3 --set data.train=data/elpv/train --force
       edgetl train new-class.yaml --from runs/old --out runs/new   # add classes, keep the old
+      edgetl train --data data/textures --set train.epochs=20      # no YAML: the folder's layout
     """
-    from edgetl.config import load_run_config
+    from edgetl.config import RunConfig, apply_overrides, load_run_config, validate
     from edgetl.errors import UsageError
     from edgetl.host import ddp
+    from edgetl.workflow.training import folder_config
 
-    cfg = load_run_config(config, list(overrides))  # fail fast, before any process is started
+    if bool(config) == bool(data_dir):
+        raise UsageError("give a run config (CONFIG.yaml, or a shipped name) or --data DIR, not both"
+                         if config else "give a run config (CONFIG.yaml) or --data DIR (a folder of class folders)")
+    if config:
+        cfg = load_run_config(config, list(overrides))  # fail fast, before any process is started
+    else:
+        made = folder_config(data_dir, backbone=backbone, strategy=strategy)
+        cfg = validate(RunConfig, apply_overrides(made, list(overrides)), f"--data {data_dir}", list(overrides))
     if nproc < 1:
         raise UsageError(f"--nproc {nproc}: expected 1 or more processes")
     if nproc > 1 and not ddp.env_info().enabled:
         run_dir = Path(out) if out else Path("runs") / cfg.name
         if run_dir.exists() and not (resume or force):
             raise UsageError(f"{run_dir}: already exists; pass --resume to continue it or --force to overwrite it")
-        argv = ["train", config, *[a for o in overrides for a in ("--set", o)], "--device", device]
+        source = [config] if config else ["--data", data_dir, "--backbone", backbone, "--strategy", strategy]
+        argv = ["train", *source, *[a for o in overrides for a in ("--set", o)], "--device", device]
         argv += ["--out", str(run_dir)] + (["--resume"] if resume else []) + (["--force"] if force else [])
         argv += (["--skip-bad"] if skip_bad else []) + (["--json"] if as_json else [])
         argv += ["--from", from_run] if from_run else []
