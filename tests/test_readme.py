@@ -14,6 +14,7 @@ import shlex
 from pathlib import Path
 
 import click
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,10 +130,9 @@ def run_tour(folder: Path, log: list[str]) -> None:
             background.wait(15)
 
 
+@pytest.mark.slow
 def test_the_tour_runs_twice_in_a_row_in_one_folder(tmp_path, monkeypatch):
     """The README's promise: the block runs as written, and again (data kept, run retrained, a free port)."""
-    import pytest
-
     pytest.importorskip("torch")
     pytest.importorskip("openvino")
     (tmp_path / "examples").symlink_to(ROOT / "examples")
