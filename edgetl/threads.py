@@ -14,9 +14,10 @@ parked (benchmarks/busy_cpu_predict.py measures it). Two things fix it:
   must run before the first ``import torch`` of the process (the inference
   commands call it first thing); a value the user set is kept.
 
-``--threads N`` or ``OMP_NUM_THREADS`` override the choice; bundle runtimes
-(ONNX Runtime, OpenVINO) get the same count through their ``threads`` option
-when it was given explicitly.
+``--threads N`` or ``OMP_NUM_THREADS`` override the choice. The commands give
+the same count to a bundle's runtime (ONNX Runtime, OpenVINO: their
+``threads`` option, in place of the profile's), so every runtime is measured
+and run alike on this machine; the agent keeps its profile's setting.
 """
 
 from __future__ import annotations
