@@ -78,3 +78,13 @@ def test_anomaly_document_carries_image_and_pixel_metrics():
     assert doc["image_auroc"] == 1.0 and doc["image_f1"] == 1.0
     assert doc["pixel_auroc"] == 1.0 and doc["pro"] == pytest.approx(1.0)
     assert doc["n_masks"] == 1 and doc["false_reject_rate"] == 0.0  # anomalous images with a mask
+
+
+def test_the_report_grid_shows_misses_and_false_alarms_before_the_easy_detections():
+    from edgetl.host.anomaly_report import failures_first
+
+    labels = [1, 1, 1, 0, 0, 0]  # anomalous, anomalous, anomalous, good, good, good
+    scores = np.array([0.95, 0.30, 0.10, 0.60, 0.20, 0.90])
+    assert failures_first(labels, scores, limit=4) == [(2, "MISS"), (5, "FALSE ALARM"), (1, "MISS"),
+                                                       (3, "FALSE ALARM")]
+    assert failures_first(labels, scores)[4:] == [(0, ""), (4, "")]  # then the rest, highest score first
