@@ -88,3 +88,18 @@ def test_the_report_grid_shows_misses_and_false_alarms_before_the_easy_detection
     assert failures_first(labels, scores, limit=4) == [(2, "MISS"), (5, "FALSE ALARM"), (1, "MISS"),
                                                        (3, "FALSE ALARM")]
     assert failures_first(labels, scores)[4:] == [(0, ""), (4, "")]  # then the rest, highest score first
+
+
+def test_an_anomaly_training_folder_with_defect_folders_trains_on_its_good_images(tmp_path):
+    import cv2
+
+    from edgetl.data.anomaly import load_anomaly_split
+    from edgetl.data.folder import DataWarning
+
+    for kind, n in (("good", 3), ("crack", 2)):
+        (tmp_path / "train" / kind).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(tmp_path / "train" / kind / f"{i}.png"), np.full((8, 8, 3), 100, np.uint8))
+    with pytest.warns(DataWarning, match=r"trained on its 'good' images only; 2 image\(s\) of crack left out"):
+        samples = load_anomaly_split(tmp_path / "train", what="data.train", good_only=True)
+    assert len(samples.items) == 3 and samples.kinds == ["good"] * 3 and samples.labels == [0, 0, 0]
