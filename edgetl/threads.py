@@ -103,14 +103,20 @@ def configure(requested: int | None = None) -> tuple[int, str]:
 
     Call it before torch is imported (``OMP_WAIT_POLICY`` is read once, when
     libgomp loads). Torch gets the count through ``OMP_NUM_THREADS`` when it is
-    imported later, or ``set_num_threads`` if it already is; a bundle runtime
-    through its ``threads`` option, which the caller passes.
+    imported later; a bundle runtime through its ``threads`` option, which the
+    caller passes. Where torch is already imported (edgetl called from a program
+    that set torch up itself) its setting stays unless ``requested`` is given.
     """
     threads, source = inference_threads(requested)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(threads)
-    else:
+    if torch is None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
+    elif requested is not None:
+        torch.set_num_threads(threads)
     return threads, source
+
+
+def torch_owned_elsewhere() -> bool:
+    """True where torch was imported before edgetl chose threads: its owner's setting is kept."""
+    return "torch" in sys.modules

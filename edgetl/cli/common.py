@@ -91,11 +91,17 @@ def long_step(what: str) -> Iterator[None]:
         raise
 
 
-def inference_threads(threads: int | None) -> int:
-    """Before torch loads: passive OpenMP waits and the thread count (:mod:`edgetl.threads`)."""
-    from edgetl.threads import configure
+def inference_threads(threads: int | None) -> int | None:
+    """Before torch loads: passive OpenMP waits and the thread count (:mod:`edgetl.threads`).
 
-    return configure(threads)[0]
+    Returns the count for :func:`edgetl.workflow.load`; None where torch was already imported
+    and no ``--threads`` was given (a program embedding the CLI keeps its own setting).
+    """
+    from edgetl.threads import configure, torch_owned_elsewhere
+
+    owned = torch_owned_elsewhere()
+    count = configure(threads)[0]
+    return None if owned and threads is None else count
 
 
 def console(stderr: bool = False) -> Any:
