@@ -100,9 +100,14 @@ def test_train_without_a_yaml_takes_the_folder_layout(tmp_path, data):
     assert cfg["data"]["train"] == str(data / "train") and cfg["data"]["val"] == str(data / "val")
     assert cfg["data"]["test"] == str(data / "test") and cfg["strategy"]["name"] == "linear-probe"
     assert cfg["name"] == data.name
-    code, _, err = run_cli("train", "--data", str(data / "train"), *tiny, "--out", str(tmp_path / "flat"))
-    assert code == 0, err  # one folder of class folders: split by the seed
-    assert yaml.safe_load((tmp_path / "flat" / "config.yaml").read_text())["data"]["val_split"] == 0.2
+    from edgetl.workflow.training import folder_config
+
+    flat = folder_config(data / "train")  # one folder of class folders: split by the seed
+    assert flat["data"] == {"train": str(data / "train"), "val_split": 0.2}
+    flat_config = {**flat, "backbone": {"name": "timm:test_efficientnet", "pretrained": False}}
+    from edgetl.config import RunConfig, validate
+
+    assert validate(RunConfig, flat_config, "flat").data.val_split == 0.2
     code, _, err = run_cli("train")
     assert code == 2 and "give a run config (CONFIG.yaml) or --data DIR" in err
 
