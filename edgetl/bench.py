@@ -49,7 +49,7 @@ class BenchOptions:
         runs: timed calls per model (median / p90 / p99 are over these).
         warmup: untimed calls before them (allocator, kernel selection, caches).
         threads: CPU threads every runtime gets; None = ``OMP_NUM_THREADS`` when set,
-            else this process's usable CPUs.
+            else this process's free CPUs (:func:`edgetl.threads.free_cpus`).
         data: a labelled ImageFolder for accuracy and agreement, or None.
         interleave: time the models in rounds (one call each, order rotating) so
             a load that comes and goes hits every model alike; False times each
@@ -62,6 +62,7 @@ class BenchOptions:
     runs: int = 50
     warmup: int = 5
     threads: int | None = None
+    threads_source: str | None = None  # where ``threads`` came from, when the caller chose it
     data: Path | None = None
     interleave: bool = True
     progress: Callable[[str], None] = field(default=lambda message: None)
@@ -72,11 +73,10 @@ UNSTABLE_RATIO = 1.3  # p90 / median above this: the timings say more about the 
 
 
 def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota (:mod:`edgetl.threads`)."""
+    from edgetl.threads import available_cpus
+
+    return available_cpus()
 
 
 def model_kind(path: str | Path) -> str:
@@ -99,16 +99,14 @@ def model_kind(path: str | Path) -> str:
 
 
 def threads_default(threads: int | None) -> tuple[int, str]:
-    """The thread count and where it came from: ``--threads``, ``OMP_NUM_THREADS`` or the usable CPUs."""
-    if threads is not None:
-        return threads, "--threads"
-    raw = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if raw:
-        try:
-            return int(raw.split(",")[0]), "OMP_NUM_THREADS"
-        except ValueError:
-            raise DataError(f"OMP_NUM_THREADS={raw!r}: expected a whole number of threads") from None
-    return usable_cpus(), "usable CPUs"
+    """The thread count and where it came from: ``--threads``, ``OMP_NUM_THREADS`` or the free CPUs.
+
+    The same choice as ``predict`` and ``eval`` (:func:`edgetl.threads.inference_threads`): the CPUs
+    this process may use, less those other processes keep busy.
+    """
+    from edgetl.threads import inference_threads
+
+    return inference_threads(threads)
 
 
 def median_ci(samples_ms: list[float], level: float = 0.95) -> tuple[float, float]:
@@ -312,6 +310,7 @@ def run_bench(paths: list[str | Path], options: BenchOptions) -> dict[str, Any]:
     from edgetl.errors import UsageError
 
     threads, threads_source = threads_default(options.threads)
+    threads_source = options.threads_source or threads_source
     for flag, value, least in (("--batch", options.batch, 1), ("--runs", options.runs, 1),
                                ("--warmup", options.warmup, 0), ("--threads", threads, 1)):
         if value < least:

@@ -346,14 +346,20 @@ def format_validation_error(source: str, exc: ValidationError, model: type[BaseM
     that section accepts, rather than pydantic's wording.
     """
     errors = exc.errors()
-    first = errors[0]
+    # an unknown key first: a renamed section (data: -> dataset:) also makes "data: Field required",
+    # and the unknown key is the one that says what to fix
+    first = min(errors, key=lambda e: e["type"] != "extra_forbidden")
     loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
     msg = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
     if first["type"] == "extra_forbidden" and model is not None:
         known = _known_keys(model, tuple(first["loc"][:-1]))
         msg = (f"unknown key '{first['loc'][-1]}'{did_you_mean(str(first['loc'][-1]), known)}"
                + (f" (known here: {', '.join(known)})" if known else ""))
-    got = first.get("input")
+    elif first["type"] == "model_type" and isinstance(got, str) and model is not None:
+        known = _known_keys(model, tuple(first["loc"]))
+        msg = ("expected a mapping" + (f", e.g. {first['loc'][-1]}: {{name: {got}}}" if "name" in known else "")
+               + (f" (keys: {', '.join(known)})" if known else ""))
     shown = "" if first["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{source}: {loc}: {msg}{shown}{more}"

@@ -10,7 +10,9 @@ position through :meth:`Heartbeat.detail`, and when nothing was printed for
 long. On a terminal a moving bar counts as output, so no line interrupts it.
 
 The interval is ``EDGETL_PROGRESS_SECONDS`` (default 5 when stderr is not a
-terminal, 15 on one; 0 turns the heartbeat off).
+terminal, 15 on one; 0 turns the heartbeat off). A heartbeat that would say
+the same as the previous one (same message, same position) waits a minute:
+a log of a slow step is not a quarter repeats.
 """
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ class Heartbeat:
     step takes a ``log``/``progress`` callable.
     """
 
-    def __init__(self, what: str, write: Callable[[str], None] | None = None, interval: float | None = None):
+    def __init__(self, what: str, write: Callable[[str], None] | None = None, interval: float | None = None,
+                 repeat_after: float = 60.0):
         self.what = what
+        self.repeat_after = repeat_after  # seconds before a heartbeat may say the same thing again
+        self._last_beat: tuple[str, float] = ("", 0.0)
         self._write = write or self._to_stderr
         self.interval = _interval(quiet.progress_stream()) if interval is None else interval
         self._last_message = what
@@ -86,8 +91,11 @@ class Heartbeat:
             with self._lock:
                 if now - self._touched < self.interval:
                     continue
-                self._touched = now
                 where = self._detail or f"still working after “{_clip(self._last_message)}”"
+                said, when = self._last_beat
+                if where == said and now - when < self.repeat_after:
+                    continue
+                self._touched, self._last_beat = now, (where, now)
                 line = f"  … {self.what} {_seconds(now - self._start)}: {where}"
             self._write(line)
 

@@ -78,3 +78,28 @@ def test_anomaly_document_carries_image_and_pixel_metrics():
     assert doc["image_auroc"] == 1.0 and doc["image_f1"] == 1.0
     assert doc["pixel_auroc"] == 1.0 and doc["pro"] == pytest.approx(1.0)
     assert doc["n_masks"] == 1 and doc["false_reject_rate"] == 0.0  # anomalous images with a mask
+
+
+def test_the_report_grid_shows_misses_and_false_alarms_before_the_easy_detections():
+    from edgetl.host.anomaly_report import failures_first
+
+    labels = [1, 1, 1, 0, 0, 0]  # anomalous, anomalous, anomalous, good, good, good
+    scores = np.array([0.95, 0.30, 0.10, 0.60, 0.20, 0.90])
+    assert failures_first(labels, scores, limit=4) == [(2, "MISS"), (5, "FALSE ALARM"), (1, "MISS"),
+                                                       (3, "FALSE ALARM")]
+    assert failures_first(labels, scores)[4:] == [(0, ""), (4, "")]  # then the rest, highest score first
+
+
+def test_an_anomaly_training_folder_with_defect_folders_trains_on_its_good_images(tmp_path):
+    import cv2
+
+    from edgetl.data.anomaly import load_anomaly_split
+    from edgetl.data.folder import DataWarning
+
+    for kind, n in (("good", 3), ("crack", 2)):
+        (tmp_path / "train" / kind).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(tmp_path / "train" / kind / f"{i}.png"), np.full((8, 8, 3), 100, np.uint8))
+    with pytest.warns(DataWarning, match=r"trained on its 'good' images only; 2 image\(s\) of crack left out"):
+        samples = load_anomaly_split(tmp_path / "train", what="data.train", good_only=True)
+    assert len(samples.items) == 3 and samples.kinds == ["good"] * 3 and samples.labels == [0, 0, 0]

@@ -72,10 +72,13 @@ def test_eval_json_carries_image_and_pixel_metrics(runs, data):
     jsonschema.validate(doc, schema)
 
 
-def test_training_set_with_defects_is_refused(tmp_path, data):
+def test_a_training_set_with_defects_trains_on_its_good_images_and_says_so(tmp_path, data):
     cfg = anomaly_config(tmp_path / "c.yaml", data, train=str(data / "test"))
     result = CliRunner().invoke(cli, ["train", str(cfg), "--out", str(tmp_path / "r")])
-    assert result.exit_code != 0 and "good images only" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 0, result.output
+    assert "trained on its 'good' images only" in result.output and "left out" in result.output
+    good = len(list((data / "test" / "good").iterdir()))
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["counts"]["train"] == good
 
 
 def test_without_val_defects_the_threshold_is_a_percentile_of_good_scores(tmp_path, data):

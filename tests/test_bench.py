@@ -203,7 +203,7 @@ def test_threads_follow_omp_num_threads_unless_given(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert threads_default(None) == (3, "OMP_NUM_THREADS") and threads_default(2) == (2, "--threads")
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert threads_default(None)[1] == "usable CPUs"
+    assert threads_default(None)[1] == "free CPUs"
 
 
 def test_bench_warns_loudly_on_stderr_and_the_plot_is_log_scale(models, tmp_path, monkeypatch):

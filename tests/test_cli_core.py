@@ -28,8 +28,8 @@ def schema(name: str) -> dict:
 def run_edgetl(*args: str, env: dict | None = None, check_torch: bool = False) -> subprocess.CompletedProcess:
     """Run the CLI in a fresh interpreter; with check_torch, print whether torch got imported."""
     code = "import sys; from edgetl.cli import main\ntry:\n    main()\nfinally:\n"
-    code += ("    print('TORCH_LOADED=' + str('torch' in sys.modules), file=sys.stderr)\n" if check_torch
-             else "    pass\n")
+    code += ("    print('TORCH_LOADED=' + str('torch' in sys.modules), 'NUMPY_LOADED=' + str('numpy' in sys.modules),"
+             " file=sys.stderr)\n" if check_torch else "    pass\n")
     full_env = {**os.environ, "EDGETL_LOAD_PLUGINS": "", **(env or {})}
     if env and "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):  # keep the caller's path after the test's
         full_env["PYTHONPATH"] = env["PYTHONPATH"] + os.pathsep + os.environ["PYTHONPATH"]
@@ -42,10 +42,10 @@ def test_version():
 
 
 @pytest.mark.parametrize("args", [("--help",), ("plugins", "list"), ("plugins", "list", "--json")])
-def test_help_and_plugins_list_do_not_import_torch(args):
-    out = run_edgetl(*args, check_torch=True)
+def test_help_and_plugins_list_do_not_import_torch_or_numpy(args):
+    out = run_edgetl(*args, check_torch=True, env={"EDGETL_LOAD_PLUGINS": ""})  # the built-ins, registered
     assert out.returncode == 0, out.stderr
-    assert "TORCH_LOADED=False" in out.stderr
+    assert "TORCH_LOADED=False" in out.stderr and "NUMPY_LOADED=False" in out.stderr
 
 
 def test_plugins_list_json_validates_and_is_the_only_stdout():

@@ -266,3 +266,39 @@ def test_a_silent_step_prints_a_heartbeat_line_every_interval():
         note("batch 3/10")  # a hidden bar's position: the next beat says it
         wait_for(r"  … export \d+ s: batch 3/10")
     assert lines[0] == "int8/accuracy-control: quantizing"
+
+
+def test_config_mistakes_name_the_unknown_key_the_mapping_and_the_set_option(tmp_path):
+    renamed = tmp_path / "renamed.yaml"
+    renamed.write_text("name: x\ndataset: {train: a, val: b}\nbackbone: {name: resnet18}\nstrategy: {name: none}\n")
+    code, _, err = invoke("train", renamed)
+    assert code != 0 and "dataset: unknown key 'dataset'; did you mean 'data'?" in err, err
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("name: x\ndata: {train: a, val: b}\nbackbone: resnet18\nstrategy: {name: none}\n")
+    code, _, err = invoke("train", bare)
+    assert code != 0 and "backbone: expected a mapping, e.g. backbone: {name: resnet18}" in err, err
+    code, _, err = invoke("train", bare, "--epochs", "5")
+    assert code == 2 and "--set train.epochs=5" in err and "--nproc" not in err, err
+
+
+def test_a_heartbeat_never_says_the_same_thing_twice_within_its_repeat_time():
+    from edgetl.progress import Heartbeat, note
+
+    lines: list[str] = []
+
+    def beats() -> list[str]:
+        return [line for line in lines if line.startswith("  … train")]
+
+    def wait_for(n: int) -> None:  # polls: a busy machine only makes the test slower
+        deadline = time.monotonic() + 30
+        while len(beats()) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    with Heartbeat("train", write=lines.append, interval=0.05, repeat_after=60.0) as beat:
+        beat.log("features train")
+        wait_for(1)
+        time.sleep(0.6)  # a dozen more intervals of silence: still one heartbeat
+        assert len(beats()) == 1 and "still working after" in beats()[0], lines
+        note("batch 2/9")  # something new to say: said at the next interval
+        wait_for(2)
+    assert len(beats()) == 2 and beats()[1].endswith("batch 2/9"), lines

@@ -74,6 +74,14 @@ def test_cli_writes_tiles_masks_and_readme(tmp_path):
     assert not (out / "masks" / "train" / "good").exists()
     readme = (out / "README.md").read_text()
     assert "linear probe" in readme and "CC0" in readme
+    before = _files(out)
+    again = CliRunner().invoke(cli, ["data", "textures", str(out), "--per-class", "8"])  # the tour, run twice
+    assert again.exit_code == 0 and "kept it" in again.stderr and _files(out) == before, again.output
+    other = CliRunner().invoke(cli, ["data", "textures", str(out), "--per-class", "9"])
+    assert other.exit_code == 1 and "made with per_class=8" in other.stderr and f"rm -r {out}" in other.stderr
+    (out / "train" / "good" / "brick_0000.jpg").unlink()
+    changed = CliRunner().invoke(cli, ["data", "textures", str(out), "--per-class", "8"])
+    assert changed.exit_code == 1 and "7 images, 8 when it was made" in changed.stderr, changed.output
 
 
 @pytest.mark.slow

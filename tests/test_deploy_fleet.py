@@ -70,7 +70,7 @@ def test_deploy_exits_non_zero_when_the_device_refuses(tmp_path, b):
         (agent,) = start_fleet(stack, tmp_path, b, 1)
         write_token(tmp_path / "wrong.token", "nope")
         code, out = run("deploy", b.v2, "--device", agent.url, "--token-file", tmp_path / "wrong.token")
-        assert code == 1 and "token was refused" in out
+        assert code == 1 and "does not accept this token: it is not the agent the token belongs to" in out
         agent.agent.trusted_keys = [load_public_key(b.other_pub)]  # a key rotation gone wrong
         code, out = run("deploy", b.v2, "--device", agent.url, "--token-file", tmp_path / "dev0.token")
         assert code == 1 and "not trusted" in out and "not ended on the new model" in out

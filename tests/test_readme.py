@@ -14,6 +14,7 @@ import shlex
 from pathlib import Path
 
 import click
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,3 +53,92 @@ def test_the_files_the_tour_names_exist():
         for word in shlex.split(re.split(r"\s[|&>]", line)[0]):
             if word.startswith("examples/"):
                 assert (ROOT / word).is_file(), f"README tour: {word} does not exist"
+
+
+# Sizes appended to the tour's lines so it runs in seconds: the same commands and files, a small data set,
+# a tiny network (timm's test_efficientnet, random weights) and an FP16 export without latency runs.
+SMALLER = {
+    ("data", "textures"): ["--per-class", "4"],
+    ("train",): ["--set", "backbone.name=timm:test_efficientnet", "--set", "backbone.pretrained=false",
+                 "--set", "train.image_size=32", "--set", "train.epochs=2"],
+    ("export",): ["--precision", "fp16", "--latency-runs", "0", "--calib-count", "8"],
+}
+
+
+def smaller(words: list[str]) -> list[str]:
+    for prefix, extra in SMALLER.items():
+        if tuple(words[: len(prefix)]) == prefix:
+            return words + extra
+    return words
+
+
+def run_tour(folder: Path, log: list[str]) -> None:
+    """Each line of the tour as the shell would run it, ``edgetl`` lines in this process (torch loads once).
+
+    Handled like the shell: ``. activate`` (nothing to do here), ``test -f X || …``, ``VAR=$(…)`` and
+    ``"$VAR"``, ``… > FILE``, ``… | head`` (the head is left out), ``… &`` (a real background process,
+    the agent) and ``kill %1``.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    variables: dict[str, str] = {}
+    background: subprocess.Popen | None = None
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "plugins")]))
+    try:
+        for line in tour_lines():
+            log.append(line)
+            if line.startswith(". "):
+                continue
+            if line == "kill %1":
+                assert background is not None and background.poll() is None, "the agent is not running"
+                background.terminate()
+                background.wait(15)
+                background = None
+                continue
+            if line.startswith("test -f "):
+                path, _, line = line[len("test -f "):].partition(" || ")
+                if (folder / path).exists():
+                    continue
+            target = None
+            assign = re.match(r"(\w+)=\$\((.*)\)$", line)
+            if assign:
+                target, line = assign.groups()
+            for name, value in variables.items():
+                line = line.replace(f'"${name}"', shlex.quote(value))
+            if line.startswith("python "):
+                subprocess.run([sys.executable, *shlex.split(line)[1:-2]], cwd=folder, check=True,
+                               stdout=(folder / shlex.split(line)[-1]).open("w"))
+                continue
+            words = smaller(shlex.split(re.split(r"\s[|&]|\s&$", line)[0])[1:])
+            if line.endswith("&"):
+                background = subprocess.Popen([sys.executable, "-m", "edgetl", *words], cwd=folder, env=env,
+                                              stdout=subprocess.DEVNULL, stderr=(folder / "agent.log").open("a"))
+                continue
+            result = CliRunner().invoke(cli, words)
+            assert result.exit_code == 0, f"README tour: {line!r} failed:\n{result.output[-3000:]}"
+            if target:
+                variables[target] = result.stdout.strip()
+    finally:
+        if background is not None:
+            background.kill()
+            background.wait(15)
+
+
+@pytest.mark.slow
+def test_the_tour_runs_twice_in_a_row_in_one_folder(tmp_path, monkeypatch):
+    """The README's promise: the block runs as written, and again (data kept, run retrained, a free port)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("openvino")
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        log: list[str] = []
+        run_tour(tmp_path, log)
+        assert log[-1] == "kill %1"
+    assert (tmp_path / "textures.edgetl").is_file() and (tmp_path / "agent.port").is_file()

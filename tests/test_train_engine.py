@@ -79,6 +79,39 @@ def test_out_exists_needs_resume_or_force(tmp_path, data):
     assert code == 0, err
 
 
+def test_a_failed_train_leaves_nothing_behind_and_the_fixed_command_runs(tmp_path, data):
+    cfg = write_config(tmp_path / "c.yaml", data, epochs=1)
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", str(cfg), "--out", str(run), "--device", "cpu",
+                           "--set", f"data.val={tmp_path / 'no-val'}")  # fails after the run folder is made
+    assert code != 0 and "no-val" in err and not run.exists(), err
+    code, _, err = run_cli("train", str(cfg), "--out", str(run), "--device", "cpu")  # no --force needed
+    assert code == 0 and (run / "model.pt").is_file(), err
+
+
+def test_train_without_a_yaml_takes_the_folder_layout(tmp_path, data):
+    import yaml
+
+    tiny = ["--backbone", "timm:test_efficientnet", "--set", "backbone.pretrained=false", "--set",
+            "train.image_size=32", "--set", "train.epochs=1", "--device", "cpu"]
+    code, _, err = run_cli("train", "--data", str(data), *tiny, "--out", str(tmp_path / "split"))
+    assert code == 0, err
+    cfg = yaml.safe_load((tmp_path / "split" / "config.yaml").read_text())
+    assert cfg["data"]["train"] == str(data / "train") and cfg["data"]["val"] == str(data / "val")
+    assert cfg["data"]["test"] == str(data / "test") and cfg["strategy"]["name"] == "linear-probe"
+    assert cfg["name"] == data.name
+    from edgetl.workflow.training import folder_config
+
+    flat = folder_config(data / "train")  # one folder of class folders: split by the seed
+    assert flat["data"] == {"train": str(data / "train"), "val_split": 0.2}
+    flat_config = {**flat, "backbone": {"name": "timm:test_efficientnet", "pretrained": False}}
+    from edgetl.config import RunConfig, validate
+
+    assert validate(RunConfig, flat_config, "flat").data.val_split == 0.2
+    code, _, err = run_cli("train")
+    assert code == 2 and "give a run config (CONFIG.yaml) or --data DIR" in err
+
+
 @pytest.mark.parametrize("override, message", [
     ("strategy.name=finetun", "unknown strategy 'finetun'; did you mean 'finetune'"),
     ("train.lr=-0.1", "train.lr: Input should be greater than 0"),

@@ -18,7 +18,11 @@ def agent_group() -> None:
 @click.option("--state-dir", required=True, type=click.Path(file_okay=False),
               help="Where models, the journal and the pipeline config live (created if missing).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8470, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=8470, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on; 0 takes a free one (the log line and --port-file say which).")
+@click.option("--port-file", type=click.Path(dir_okay=False),
+              help="Write the port listened on to this file once the agent has started (for "
+                   "'edgetl device wait --port-file').")
 @click.option("--token-file", required=True, type=click.Path(dir_okay=False),
               help="File whose first line is the bearer token clients must send.")
 @click.option("--trust", "trust", multiple=True, required=True, type=click.Path(dir_okay=False),
@@ -65,7 +69,7 @@ def agent_group() -> None:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @pull_options
-def serve_cmd(state_dir, host, port, token_file, trust, tls_cert, tls_key, max_bundle_mb, max_members,
+def serve_cmd(state_dir, host, port, port_file, token_file, trust, tls_cert, tls_key, max_bundle_mb, max_members,
               max_image_mb, max_image_mpix, upload_idle_timeout, data_roots, max_connections,
               max_connections_per_client, header_timeout, max_inflight, max_queued, metrics_token, autostart,
               insecure_http, strict_int8, viewer_token_file, capture_mb, ui_fps, log_level, **pull) -> None:
@@ -104,4 +108,5 @@ def serve_cmd(state_dir, host, port, token_file, trust, tls_cert, tls_key, max_b
                     max_inflight=max_inflight, max_queued=max_queued, metrics_token=metrics_token)
     serve(state_dir=state_dir, host=host, port=port, token_file=token_file, trust=list(trust), tls_cert=tls_cert,
           tls_key=tls_key, max_bundle_mb=max_bundle_mb, autostart=autostart, insecure_http=insecure_http,
-          strict_int8=strict_int8, log_level=log_level, limits=limits, ui=ui, pull=pull_config, status=status)
+          strict_int8=strict_int8, log_level=log_level, limits=limits, ui=ui, pull=pull_config, status=status,
+          port_file=port_file)

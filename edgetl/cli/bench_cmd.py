@@ -120,7 +120,7 @@ def _short(name: str, width: int = 22) -> str:
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed calls before them.")
 @click.option("--threads", type=int, default=None,
               help="CPU threads for every runtime (default: OMP_NUM_THREADS if set, else the CPUs this process "
-                   "may use).")
+                   "may use less those other processes keep busy).")
 @click.option("--interleave/--no-interleave", default=True, show_default=True,
               help="Time the models in rounds, one call each (fair under a changing load), or one block each.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -139,8 +139,10 @@ def bench_command(models: tuple[str, ...], data: str | None, batch: int, runs: i
       edgetl bench a.edgetl b.edgetl --batch 8 --out bench/ --json
     """
     from edgetl.bench import BenchOptions, run_bench
+    from edgetl.threads import configure
 
-    options = BenchOptions(batch=batch, runs=runs, warmup=warmup, threads=threads,
+    threads, source = configure(threads)  # passive OpenMP waits before torch loads
+    options = BenchOptions(batch=batch, runs=runs, warmup=warmup, threads=threads, threads_source=source,
                            data=Path(data) if data else None, interleave=interleave, progress=info)
     with long_step("bench"):
         doc = run_bench(list(models), options)

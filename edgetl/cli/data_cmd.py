@@ -15,6 +15,21 @@ def data_group() -> None:
     """Materialise and inspect datasets."""
 
 
+def _made_before(out: str) -> bool:
+    from pathlib import Path
+
+    from edgetl.data.stamp import STAMP
+
+    return (Path(out) / STAMP).is_file()
+
+
+def _done(out: str, reused: bool, note: str = "") -> None:
+    if reused:
+        info(f"{out}: already made with these settings; kept it (remove the folder to make it again){note}")
+    else:
+        info(f"wrote {out}{note}")
+
+
 def _print_counts(counts: dict[str, dict[str, int]]) -> None:
     classes = list(next(iter(counts.values())))
     click.echo("split".ljust(8) + "".join(c.rjust(9) for c in classes) + "total".rjust(8))
@@ -59,13 +74,14 @@ def elpv_cmd(out: str, classes: str, cell_type: str, test_size: float, val_size:
     """
     from edgetl.data.elpv import materialise_elpv
 
+    reused = _made_before(out)
     counts = materialise_elpv(out, classes=classes, cell_type=cell_type, test_size=test_size,
                               val_size=val_size, seed=seed, limit=limit, folds=folds)
     _print_counts(counts)
     if folds:
         info(f"counts summed over the {folds} folds (each cell is in one fold's test): {out}/fold-0 ... "
              f"{out}/fold-{folds - 1}")
-    info(f"wrote {out} (licence CC BY-NC-SA 4.0; see {out}/README.md for the citations)")
+    _done(out, reused, f" (licence CC BY-NC-SA 4.0; see {out}/README.md for the citations)")
 
 
 @data_group.command("textures", short_help="Generate a synthetic good/defect texture set (seconds).")
@@ -85,9 +101,10 @@ def textures_cmd(out: str, seed: int, per_class: int, kinds: str) -> None:
     """
     from edgetl.data.textures import make_textures
 
+    reused = _made_before(out)
     _print_counts(make_textures(out, seed=seed, per_class=per_class,
                                 kinds=tuple(k.strip() for k in kinds.split(",") if k.strip())))
-    info(f"wrote {out}")
+    _done(out, reused)
 
 
 @data_group.command("inspect", short_help="Counts, sizes, corrupt files, imbalance, contact sheet.")

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import console, emit_json, info, json_option, long_step
+from edgetl.cli.common import (
+    console,
+    emit_json,
+    inference_threads,
+    info,
+    json_option,
+    long_step,
+    threads_option,
+)
 
 
 def attempts_table(attempts: list[dict], torch_ms: float | None = None, title: str = "export") -> None:
@@ -80,12 +88,13 @@ def stages_table(stages: list[dict]) -> None:
 @click.option("--bias-correction", type=click.Choice(["full", "fast"]), default=None,
               help="Deprecated (removed in 0.3): --quantizer-option openvino-int8-ptq.bias_correction=fast "
                    "(and openvino-int8-accuracy-control.…).")
+@threads_option
 @json_option
 def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fallback: bool, gate: float,
                min_agreement: float, gate_slices: bool, calib_count: int, dynamic_batch: bool,
                model_version: str | None, sign: Path | None, out: Path | None, latency_runs: int,
                quantize_budget: float | None, quantizer_option: tuple[str, ...], bias_correction: str | None,
-               as_json: bool) -> None:
+               threads: int | None, as_json: bool) -> None:
     """Export RUN_DIR, quantize, gate on the validation set, and write a signed bundle.
 
     Prints each stage with its time and size, then a table of every attempt.
@@ -95,6 +104,8 @@ def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fal
     from edgetl.errors import GateFailedError, UsageError
     from edgetl.host.export import parse_quantizer_options
     from edgetl.workflow.bundle import export_bundle
+
+    inference_threads(threads)  # torch's threads for tracing, calibration and its latency column
 
     if target is not None:
         target = resolve_profile(target)

@@ -10,11 +10,59 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import emit_json, info, json_option, long_step
+from edgetl.cli.common import (
+    apply_operating_point,
+    emit_json,
+    inference_threads,
+    info,
+    json_option,
+    long_step,
+    threads_option,
+    threshold_options,
+)
 
 
-@click.command("train")
-@click.argument("config", type=click.Path(dir_okay=False))
+class _TrainCommand(click.Command):
+    """``train`` whose unknown option that names a config key (``--epochs 5``) suggests ``--set train.epochs=5``.
+
+    click's own guess is the nearest option by spelling (``--nproc``), which is never what was meant.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)  # click consumes ``args`` while parsing
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            key = _config_key(exc.option_name.lstrip("-").replace("-", "_"))
+            if key is None:
+                raise
+            value = next((given[i + 1] for i, a in enumerate(given[:-1]) if a == exc.option_name), "VALUE")
+            exc.possibilities = []
+            exc.message = (f"No such option: {exc.option_name}; a config key is set with --set, "
+                           f"e.g. --set {key}={value}")
+            raise
+
+
+def _config_key(name: str) -> str | None:
+    """``train.epochs`` for ``epochs``: the dotted key of a run config field of that name, if one exists."""
+    from edgetl.config import RunConfig
+
+    for section, field in RunConfig.model_fields.items():
+        model = field.annotation
+        if name == section:
+            return section
+        fields = getattr(model, "model_fields", {})
+        if name in fields:
+            return f"{section}.{name}"
+    return None
+
+
+@click.command("train", cls=_TrainCommand)
+@click.argument("config", type=click.Path(dir_okay=False), required=False)
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Train without a YAML: DIR/train[, val, test]/<class>/ or DIR/<class>/ (split by the seed).")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True, help="With --data: the backbone.")
+@click.option("--strategy", default="linear-probe", show_default=True, help="With --data: the strategy.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set train.epochs=5 (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -29,7 +77,8 @@ from edgetl.cli.common import emit_json, info, json_option, long_step
               help="Continue a trained run: its weights and classes (kept in their indices), new classes "
                    "of the data appended (continual learning).")
 @json_option
-def train_command(config: str, overrides: tuple[str, ...], out: str | None, device: str, nproc: int,
+def train_command(config: str | None, data_dir: str | None, backbone: str, strategy: str,
+                  overrides: tuple[str, ...], out: str | None, device: str, nproc: int,
                   resume: bool, force: bool, skip_bad: bool, from_run: str | None, as_json: bool) -> None:
     """Adapt a pretrained backbone to your images: CONFIG.yaml -> runs/NAME/.
 
@@ -37,19 +86,29 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, devi
       edgetl train examples/defect_detection/elpv-four-linear-probe.yaml
       edgetl train cfg.yaml --set train.epochs=3 --set data.train=data/elpv/train --force
       edgetl train new-class.yaml --from runs/old --out runs/new   # add classes, keep the old
+      edgetl train --data data/textures --set train.epochs=20      # no YAML: the folder's layout
     """
-    from edgetl.config import load_run_config
+    from edgetl.config import RunConfig, apply_overrides, load_run_config, validate
     from edgetl.errors import UsageError
     from edgetl.host import ddp
+    from edgetl.workflow.training import folder_config
 
-    cfg = load_run_config(config, list(overrides))  # fail fast, before any process is started
+    if bool(config) == bool(data_dir):
+        raise UsageError("give a run config (CONFIG.yaml, or a shipped name) or --data DIR, not both"
+                         if config else "give a run config (CONFIG.yaml) or --data DIR (a folder of class folders)")
+    if config:
+        cfg = load_run_config(config, list(overrides))  # fail fast, before any process is started
+    else:
+        made = folder_config(data_dir, backbone=backbone, strategy=strategy)
+        cfg = validate(RunConfig, apply_overrides(made, list(overrides)), f"--data {data_dir}", list(overrides))
     if nproc < 1:
         raise UsageError(f"--nproc {nproc}: expected 1 or more processes")
     if nproc > 1 and not ddp.env_info().enabled:
         run_dir = Path(out) if out else Path("runs") / cfg.name
         if run_dir.exists() and not (resume or force):
             raise UsageError(f"{run_dir}: already exists; pass --resume to continue it or --force to overwrite it")
-        argv = ["train", config, *[a for o in overrides for a in ("--set", o)], "--device", device]
+        source = [config] if config else ["--data", data_dir, "--backbone", backbone, "--strategy", strategy]
+        argv = ["train", *source, *[a for o in overrides for a in ("--set", o)], "--device", device]
         argv += ["--out", str(run_dir)] + (["--resume"] if resume else []) + (["--force"] if force else [])
         argv += (["--skip-bad"] if skip_bad else []) + (["--json"] if as_json else [])
         argv += ["--from", from_run] if from_run else []
@@ -78,9 +137,12 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, devi
 @click.option("--slice", "slices", multiple=True, metavar="NAME=folder:N|NAME=CSV[:COLUMN]",
               help="Per-slice metrics by a folder level of the image path or a manifest column (repeatable; "
                    "a run's own config 'slices' apply when none is given).")
+@threshold_options
+@threads_option
 @json_option
 def eval_command(model: str, data_dir: str, batch: int, skip_bad: bool, slices: tuple[str, ...],
-                 as_json: bool) -> None:
+                 threshold: float | None, recall: float | None, frr: float | None, val_dir: str | None,
+                 threads: int | None, as_json: bool) -> None:
     """Evaluate a run or a bundle on a labelled image folder (one sub-folder per class).
 
     Applies the stored operating point; figures are fractions in [0, 1].
@@ -90,7 +152,8 @@ def eval_command(model: str, data_dir: str, batch: int, skip_bad: bool, slices: 
     from edgetl.workflow import load
 
     model_dir = model
-    model = load(model)
+    model = load(model, threads=inference_threads(threads))
+    apply_operating_point(model, threshold, recall, frr, val_dir, batch)
     doc = model.evaluate(data_dir, batch=batch, skip_bad=skip_bad, log=info,
                          slices=_slice_specs(slices, model_dir))
     if as_json:
@@ -166,8 +229,12 @@ def _print_anomaly(name: str, data_dir: str, doc: dict) -> None:
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False), default=None,
               help="Write annotated copies here: images (label, score, threshold drawn), and an .mp4 per video.")
+@threshold_options
+@threads_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON document per line (per image or frame) on stdout.")
-def predict_command(model: str, sources: tuple[str, ...], save_dir: str | None, as_json: bool) -> None:
+def predict_command(model: str, sources: tuple[str, ...], save_dir: str | None, threshold: float | None,
+                    recall: float | None, frr: float | None, val_dir: str | None, threads: int | None,
+                    as_json: bool) -> None:
     """Predict images, folders, globs, a video file or a camera index; one line per image/frame as it comes.
 
     \b
@@ -186,7 +253,9 @@ def predict_command(model: str, sources: tuple[str, ...], save_dir: str | None, 
     from edgetl.workflow import load
 
     count = 0
-    results = load(model).stream(list(sources), save=save_dir, maps=save_dir is not None)
+    loaded = load(model, threads=inference_threads(threads))
+    apply_operating_point(loaded, threshold, recall, frr, val_dir)
+    results = loaded.stream(list(sources), save=save_dir, maps=save_dir is not None)
     with contextlib.closing(results):  # Ctrl-C on a camera still finishes the saved video
         for result in results:
             count += 1

@@ -2,7 +2,8 @@
 
 Layout (what ``edgetl data textures`` writes)::
 
-    DATA/train/good/*.png               training: good images only
+    DATA/train/good/*.png               training: good images only (other class folders
+                                        there are left out, said in a warning, as anomalib does)
     DATA/val/good/…, DATA/val/<any>/…   every folder but ``good`` is anomalous
     DATA/masks/val/<class>/<stem>.png   optional 0/255 masks, same stem as the image
 
@@ -43,16 +44,28 @@ def mask_for(image: Path, split_root: Path, kind: str) -> Path | None:
 def load_anomaly_split(path: str | Path, *, what: str, good_only: bool = False) -> AnomalySamples:
     """Read a split as binary good/anomaly samples.
 
+    ``good_only`` (training): only the ``good`` images are kept; the other classes' are left
+    out, with a :class:`DataWarning` saying how many (a folder with ``good/`` and defect
+    folders trains as it is, no good-only copy needed).
+
     Raises:
-        DataError: no ``good`` class where one is needed, or (``good_only``)
-            a training split holding other classes.
+        DataError: no ``good`` class where one is needed.
     """
     root = Path(path)
     samples = load_split(root, allow_single_class=True)
     names = samples.classes
-    if good_only and names != [GOOD]:
-        raise DataError(f"{what}: {root}: an anomaly training set holds good images only "
-                        f"(one folder named '{GOOD}'), found classes {names}")
+    if good_only and GOOD in names and names != [GOOD]:
+        import warnings
+
+        from edgetl.data.folder import DataWarning
+
+        good = names.index(GOOD)
+        left = len(samples.items) - sum(s.label == good for s in samples.items)
+        warnings.warn(DataWarning(f"{what}: {root}: trained on its '{GOOD}' images only; {left} image(s) of "
+                                  f"{', '.join(n for n in names if n != GOOD)} left out (an anomaly model learns "
+                                  "from good images)"), stacklevel=2)
+        samples = Samples([Sample(s.path, 0) for s in samples.items if s.label == good], [GOOD])
+        names = samples.classes
     if GOOD not in names:
         raise DataError(f"{what}: {root}: no '{GOOD}' class (classes {names}); every class but '{GOOD}' "
                         "counts as anomalous, so good images are needed")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.data.stamp import existing, write_stamp
 from edgetl.errors import DataError, MissingDependencyError
 
 LICENSE = "CC BY-NC-SA 4.0 (https://creativecommons.org/licenses/by-nc-sa/4.0/)"
@@ -141,7 +142,8 @@ def materialise_elpv(out: str | Path, *, classes: str = "binary", cell_type: str
         (test then counts every cell once).
 
     Raises:
-        DataError: ``out`` exists and is not empty, or an option is out of range.
+        DataError: ``out`` holds something other than this set made with these settings (that
+            one is reused), or an option is out of range.
     """
     if classes not in ("binary", "four"):
         raise DataError(f"--classes {classes!r}: expected binary or four")
@@ -150,8 +152,11 @@ def materialise_elpv(out: str | Path, *, classes: str = "binary", cell_type: str
     if not (0 < test_size < 1 and 0 <= val_size < 1):
         raise DataError(f"--test-size {test_size} / --val-size {val_size}: expected fractions in (0, 1)")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out}: already exists and is not empty; remove it or choose another folder")
+    settings = {"classes": classes, "cell_type": cell_type, "test_size": test_size, "val_size": val_size,
+                "seed": seed, "limit": limit, "folds": folds}
+    same = existing(out, "elpv", settings)
+    if same is not None:  # made before with the same settings: reuse it (docs/data.md)
+        return same
     cells = [c for c in read_cells() if cell_type == "all" or c.cell_type == cell_type]
     names = ["good", "defect"] if classes == "binary" else list(FOUR)
     if limit is not None:
@@ -173,6 +178,7 @@ def materialise_elpv(out: str | Path, *, classes: str = "binary", cell_type: str
                 _readme(per_fold[-1], classes, cell_type, 1 / folds, val_size, seed, fold=(k, folds)), "utf-8")
         counts = {s: {n: sum(c[s][n] for c in per_fold) for n in names} for s in SPLITS}
         (tmp / "README.md").write_text(_folds_readme(per_fold, classes, cell_type, val_size, seed), "utf-8")
+    write_stamp(tmp, "elpv", settings, counts)
     if out.exists():
         out.rmdir()
     tmp.rename(out)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.data.stamp import existing, write_stamp
 from edgetl.errors import DataError, MissingDependencyError
 
 PHOTOS = ("brick", "grass", "gravel")
@@ -169,7 +170,8 @@ def make_textures(out: str | Path, *, seed: int = 0, per_class: int = 200,
     ``scratch, crack`` and meets ``stain`` on the line.
 
     Raises:
-        DataError: ``out`` exists and is not empty, ``per_class`` is too small, or a kind is unknown.
+        DataError: ``out`` holds something other than this set made with these settings (that
+            one is reused), ``per_class`` is too small, or a kind is unknown.
     """
     cv2 = _cv2()
     allowed = tuple(kinds)
@@ -178,8 +180,10 @@ def make_textures(out: str | Path, *, seed: int = 0, per_class: int = 200,
         raise DataError(f"textures kinds: {', '.join(unknown) or 'none given'}; expected one or more of "
                         f"{', '.join(KINDS)}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out}: already exists and is not empty; remove it or choose another folder")
+    settings = {"seed": seed, "per_class": per_class, "kinds": list(allowed)}
+    same = existing(out, "textures", settings)
+    if same is not None:  # made before with the same settings: reuse it (docs/data.md)
+        return same
     sizes = split_sizes(per_class)
     photos = {name: regions(img) for name, img in load_photos().items()}
     tmp = out.with_name(out.name + ".partial")
@@ -213,6 +217,7 @@ def make_textures(out: str | Path, *, seed: int = 0, per_class: int = 200,
         writer.writerows(rows)
     counts = {split: {label: (sizes[split]) for label in CLASSES} for split in SPLITS}
     (tmp / "README.md").write_text(_readme(counts, seed, per_class, allowed), "utf-8")
+    write_stamp(tmp, "textures", settings, counts)
     if out.exists():
         out.rmdir()
     tmp.rename(out)

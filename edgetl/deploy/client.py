@@ -68,10 +68,14 @@ class DeviceClient:
                 else response.text
         try:
             message = response.json().get("error") or response.text
-        except ValueError:
+        except (ValueError, AttributeError):
             message = response.text[:200]
+        if response.status_code == 401 and message == response.text[:200]:  # no {"error": …}: not our agent
+            raise DeployError(f"{self.name}: HTTP 401 from a server that is not an edgetl agent: check the URL")
         if response.status_code == 401:
-            raise DeployError(f"{self.name}: the token was refused (check --token-file / the fleet's token)")
+            raise DeployError(f"{self.name}: an edgetl agent answers there but does not accept this token: it is "
+                              "not the agent the token belongs to (another agent on that port? start yours with "
+                              "--port 0 --port-file F), or --token-file / the fleet's token is not its token")
         err = DeployError(f"{self.name}: {message} (HTTP {response.status_code})")
         err.status_code = response.status_code
         raise err
@@ -82,6 +86,10 @@ class DeviceClient:
 
     def info(self) -> dict[str, Any]:
         return self._request("GET", "/v1/info")
+
+    def set_threshold(self, value: float) -> dict[str, Any]:
+        """``PATCH /v1/model/threshold``: the current model's operating threshold (the next install resets it)."""
+        return self._request("PATCH", "/v1/model/threshold", json={"threshold": value})
 
     def rollback(self) -> dict[str, Any]:
         return self._request("POST", "/v1/model/rollback")

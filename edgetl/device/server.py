@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,13 @@ def check_bind(host: str, tls: bool, insecure_http: bool) -> None:
                          "or --insecure-http if the network is trusted")
 
 
+def write_port_file(path: Path, port: int) -> None:
+    """The port, written to a temporary file and renamed: a reader never sees half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{port}\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def bind_socket(host: str, port: int):
     """Bind the listening socket *before* the agent starts, so a taken port is one clear error
     (not "agent ready" followed by an exit)."""
@@ -85,9 +93,14 @@ def guarded_http(limits: "Limits") -> type:
 def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str], tls_cert: str | None,
           tls_key: str | None, max_bundle_mb: float, autostart: bool, insecure_http: bool,
           strict_int8: bool = False, log_level: str = "info", limits: "Limits | None" = None,
-          ui: "UiSettings | None" = None, pull: "PullConfig | None" = None, status: dict | None = None) -> None:
+          ui: "UiSettings | None" = None, pull: "PullConfig | None" = None, status: dict | None = None,
+          port_file: str | None = None) -> None:
     """Start the agent and serve until interrupted (SIGINT/SIGTERM); with ``pull``, poll a registry
-    tag for bundles (:mod:`edgetl.device.pull`) and publish the status to ``status``'s broker."""
+    tag for bundles (:mod:`edgetl.device.pull`) and publish the status to ``status``'s broker.
+
+    ``port`` 0 takes a free port; ``port_file`` receives the port listened on (written whole, once
+    the agent has started), for ``edgetl device wait --port-file``.
+    """
     from dataclasses import replace
 
     import uvicorn
@@ -107,6 +120,7 @@ def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str
     limits = limits or Limits()
     if limits.metrics_token is None:  # /metrics shows the line's counts: open only on loopback by default
         limits = replace(limits, metrics_token=not is_loopback(host))
+    port = sock.getsockname()[1]  # the one the OS gave for --port 0
     agent = Agent(state_dir, trust, max_bundle_mb=max_bundle_mb, autostart=autostart, strict_int8=strict_int8,
                   limits=limits)
     started = agent.startup()
@@ -115,6 +129,8 @@ def serve(state_dir: str, host: str, port: int, token_file: str, trust: list[str
                             log_level=log_level, access_log=False, server_header=False,
                             timeout_keep_alive=30,  # clients and load balancers keep connections longer than 5 s
                             http=guarded_http(agent.limits))
+    if port_file:
+        write_port_file(Path(port_file), port)
     log.info("agent ready on %s:%d: model %s%s", host, port, started["model"] or "none",
              f" (degraded: {agent.degraded})" if agent.degraded else "")
     puller = None

@@ -58,8 +58,25 @@ def _predictions(path: Path, split: Any, scores: np.ndarray) -> None:
                              f"{s:.6f}"])
 
 
+def failures_first(labels: Any, scores: np.ndarray, limit: int = GRID) -> list[tuple[int, str]]:
+    """``(index, verdict)`` of the images worth looking at: the misses (anomalous, scored below the
+    threshold; lowest first) and the false alarms (good, at or above it; highest first), alternating,
+    then the highest-scoring rest. The highest scores alone are the easiest correct detections.
+    """
+    y, s = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64)
+    misses = [int(i) for i in np.argsort(s, kind="stable") if y[i] and s[i] < THRESHOLD]
+    alarms = [int(i) for i in np.argsort(-s, kind="stable") if not y[i] and s[i] >= THRESHOLD]
+    picked: list[tuple[int, str]] = []
+    for k in range(max(len(misses), len(alarms))):
+        picked += [(misses[k], "MISS")] if k < len(misses) else []
+        picked += [(alarms[k], "FALSE ALARM")] if k < len(alarms) else []
+    taken = {i for i, _ in picked}
+    picked += [(int(i), "") for i in np.argsort(-s, kind="stable") if int(i) not in taken]
+    return picked[:limit]
+
+
 def worst_grid(split: Any, spec: InputSpec, scores: np.ndarray, maps: np.ndarray, path: Path) -> Path | None:
-    """The ``GRID`` highest-scoring images: image, heat-map overlay, mask (if any), one row each."""
+    """Misses and false alarms first (:func:`failures_first`): image, heat-map overlay, mask (if any), one row each."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,16 +84,17 @@ def worst_grid(split: Any, spec: InputSpec, scores: np.ndarray, maps: np.ndarray
 
     from edgetl.preprocess import prepare, read_image
 
-    order = np.argsort(-scores)[:GRID]
+    order = failures_first(split.labels, scores)
     if len(order) == 0:
         return None
     fig, axes = plt.subplots(len(order), 3, figsize=(6.6, 2.2 * len(order)), squeeze=False)
-    for row, i in zip(axes, order, strict=True):
+    for row, (i, verdict) in zip(axes, order, strict=True):
         image = prepare(read_image(split.paths[i]), spec)[0]
         rgb = image if spec.color == "RGB" else image[..., ::-1]
         mask = read_mask((split.masks or [None] * len(split))[i], spec, bool(split.labels[i]))
         row[0].imshow(rgb)
-        row[0].set_title(f"{(split.kinds or ['?'] * len(split))[i]}: {scores[i]:.3f}", fontsize=8)
+        row[0].set_title(f"{(split.kinds or ['?'] * len(split))[i]}: {scores[i]:.3f}"
+                         + (f"  {verdict}" if verdict else ""), fontsize=8, color="red" if verdict else "black")
         row[1].imshow(rgb)
         row[1].imshow(maps[i], cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
         row[1].set_title("heat map (0.5 = threshold)", fontsize=8)
@@ -117,7 +135,9 @@ def _report(out: Path, metrics: dict[str, Any], grid: Path | None) -> None:
                                          for k, v in facts.items()) + ".", ""]
     if grid is not None:
         lines += ["## Worst test images" if metrics["final"]["test"] else "## Worst val images", "",
-                  "Image, heat-map overlay, ground-truth mask; highest scores first.", "",
+                  "Image, heat-map overlay, ground-truth mask: the misses (anomalous images scored below the "
+                  "threshold, lowest first) and false alarms (good images at or above it, highest first), "
+                  "marked in red, then the highest scores.", "",
                   f"![worst]({grid.name})", ""]
     lines += ["Files: model.pt2 (torch.export program) + model.pt, config.yaml, metrics.json, predictions_*.csv.",
               ""]

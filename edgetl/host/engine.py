@@ -86,6 +86,20 @@ def prepare_out(out: Path, resume: bool, force: bool, info: DistInfo) -> dict[st
     return None
 
 
+def discard_failed_run(out: Path, log: Callable[[str], None]) -> None:
+    """Remove the folder a failed ``train`` made, so the corrected command is not refused.
+
+    A folder holding a checkpoint stays: ``--resume`` continues it (an interrupted long run
+    keeps its epochs).
+    """
+    if not out.is_dir():
+        return
+    if (out / CHECKPOINT).is_file():
+        log(f"kept {out}: it holds a checkpoint; continue with --resume, or start again with --force")
+        return
+    shutil.rmtree(out, ignore_errors=True)
+
+
 def check_tta(views: list[str], size: tuple[int, int]) -> None:
     """``train.tta`` against the known views and the run's (H, W) input, before anything is trained or written."""
     from edgetl.training.view_names import check_tta_views
@@ -337,11 +351,17 @@ class Trainer:
             raise ConfigError("continual.split: splits classes of a previous run; give one with --from RUN")
         self.device = resolve_device(self.device_name)
         self.info = ddp.init(self.device.type)
+        fresh = self.force or not self.out.exists()  # a folder this attempt makes is its to remove
+        failed = True
         try:
-            return self._run(strategy)
+            summary = self._run(strategy)
+            failed = False
+            return summary
         finally:
             self.tracking.close()  # a run that did not finish is marked failed
             ddp.shutdown(self.info)
+            if failed and fresh and self.info.is_main:
+                discard_failed_run(self.out, self.log)
 
     def open_previous(self, strategy: Strategy) -> None:
         """Read the ``--from`` run before anything is written; a split class's stored exemplars are dropped."""

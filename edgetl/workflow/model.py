@@ -19,8 +19,14 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgetl.workflow.bundle import Bundle
 
 
-def load(path: str | Path) -> Model:
-    """A run directory or a bundle file, as a :class:`Model` (nothing is loaded until first use)."""
+def load(path: str | Path, *, threads: int | None = None) -> Model:
+    """A run directory or a bundle file, as a :class:`Model` (nothing is loaded until first use).
+
+    Args:
+        threads: CPU threads for its runtime (``torch.set_num_threads`` for a run, the
+            runtime's ``threads`` option for a bundle); None keeps the runtime's own choice.
+            :func:`edgetl.threads.configure` picks one from the free CPUs.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such run directory or bundle file")
@@ -29,7 +35,7 @@ def load(path: str | Path) -> Model:
 
         if not (path / MODEL_FILE).is_file():
             raise DataError(f"{path}: not a run directory (no {MODEL_FILE}); train one with 'edgetl train'")
-    return Model(path)
+    return Model(path, threads=threads)
 
 
 class Model:
@@ -39,8 +45,9 @@ class Model:
         path: the run directory or bundle file.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, threads: int | None = None):
         self.path = Path(path)
+        self.threads = threads
         self._predictor: Any = None
 
     def __repr__(self) -> str:
@@ -50,6 +57,15 @@ class Model:
     def predictor(self) -> Any:
         """The loaded :class:`edgetl.predictor.Predictor` (loaded on first use)."""
         if self._predictor is None:
+            if self.threads is not None and self.is_bundle:
+                from edgetl.bundle_predictor import BundlePredictor
+
+                self._predictor = BundlePredictor(self.path, {"threads": self.threads})
+                return self._predictor
+            if self.threads is not None:
+                import torch  # a run is PyTorch eager: the thread count is torch's
+
+                torch.set_num_threads(self.threads)
             from edgetl.predictor import open_predictor
 
             self._predictor = open_predictor(self.path)

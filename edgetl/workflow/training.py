@@ -56,6 +56,34 @@ def resolve_config(config: str | Path | dict[str, Any] | RunConfig, overrides: d
     return load_run_config(config, sets)
 
 
+def folder_config(data: str | Path, *, backbone: str = "efficientnet_lite0", strategy: str = "linear-probe",
+                  val_split: float = 0.2) -> dict[str, Any]:
+    """A run config for the common case, from a folder's layout alone (``edgetl train --data DIR``).
+
+    ``DIR/train`` (+ ``DIR/val``, ``DIR/test`` where present) are the splits, as
+    ``edgetl data`` writes them; a folder of class sub-folders without them is
+    split by the seed (``val_split`` of each class for validation). The name is
+    the folder's; every other key keeps its default (``edgetl config show`` lists them).
+
+    Raises:
+        DataError: ``data`` is not a folder.
+    """
+    from edgetl.errors import DataError
+
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(f"--data {data}: no such folder (expected DIR/train[, val, test]/<class>/ or DIR/<class>/)")
+    if (root / "train").is_dir():
+        splits: dict[str, Any] = {"train": str(root / "train")}
+        splits.update({"val": str(root / "val")} if (root / "val").is_dir() else {"val_split": val_split})
+        if (root / "test").is_dir():
+            splits["test"] = str(root / "test")
+    else:
+        splits = {"train": str(root), "val_split": val_split}
+    return {"name": root.resolve().name, "data": splits, "backbone": {"name": backbone},
+            "strategy": {"name": strategy, "options": {}}}
+
+
 @dataclass
 class Run:
     """A finished training run: its directory and the ``train --json`` summary.

@@ -34,14 +34,14 @@ padim options:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from edgetl.anomaly_metrics import THRESHOLD, f1_threshold, percentile_threshold
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError, DataError
 from edgetl.training import DefaultOptions, positive_float, resolve_options
+
+if TYPE_CHECKING:  # numpy loads in the functions: registering the plugin imports no numpy
+    import numpy as np
 
 COMMON = {"stages": [2, 3], "sigma": 4.0, "threshold": "auto", "percentile": 99.0, "batch_size": 32, "border": 0}
 LABELS = ["good", "anomaly"]
@@ -49,6 +49,7 @@ LABELS = ["good", "anomaly"]
 
 def is_anomalous(ctx: FitContext, labels: np.ndarray) -> np.ndarray:
     """True for every image whose class is not ``good`` (the first class when there is no ``good``)."""
+    import numpy as np
     good = ctx.labels.index("good") if "good" in ctx.labels else 0
     return np.asarray(labels) != good
 
@@ -72,6 +73,8 @@ def run_batches(ctx: FitContext, split: Any, fn: Any, batch_size: int, stage: st
 def choose_threshold(name: str, rule: str, percentile: float, scores: np.ndarray,
                      anomalous: np.ndarray) -> tuple[float, str]:
     """(raw threshold, rule used) from validation scores; ``auto`` picks F1 when val has both kinds."""
+    from edgetl.anomaly_metrics import f1_threshold, percentile_threshold  # numpy: not at registration
+
     if rule not in ("auto", "f1", "percentile"):
         raise ConfigError(f"strategy.options.threshold: expected auto, f1 or percentile, got {rule!r} ({name})")
     both = bool(anomalous.any() and (~anomalous).any())
@@ -88,6 +91,7 @@ def choose_threshold(name: str, rule: str, percentile: float, scores: np.ndarray
 
 def calibrate(ctx: FitContext, name: str, model: Any, opts: dict[str, Any]) -> dict[str, Any]:
     """Score ``ctx.val`` with the raw model, set both normalisers; returns facts for the run."""
+    import numpy as np
     results = run_batches(ctx, ctx.val, model.raw, int(opts["batch_size"]), "features val")
     scores = np.concatenate([r[0].numpy() for r in results]).astype(np.float64)
     peaks = np.concatenate([r[1].flatten(1).max(dim=1).values.numpy() for r in results]).astype(np.float64)
@@ -138,6 +142,8 @@ class _AnomalyStrategy(DefaultOptions, Strategy):
         return features, feats, size
 
     def trained(self, model: Any, facts: dict[str, Any]) -> TrainedModel:
+        from edgetl.anomaly_metrics import THRESHOLD
+
         return TrainedModel(module=model.eval(), task="anomaly", labels=list(LABELS), threshold=THRESHOLD,
                             output="anomaly_score", positive="anomaly", extra=facts)
 

@@ -38,8 +38,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
-
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError
 from edgetl.training import VIEWS, DefaultOptions, resolve_options
@@ -177,8 +175,8 @@ class LinearProbe(DefaultOptions, Strategy):
         x_val = torch.from_numpy(extract_features(ctx, model.features, ctx.val, ["identity"],
                                                   batch_size=opts["batch_size"], cache_dir=cache, cache_tag=tag))
         feature_seconds = time.perf_counter() - t0
-        stopper = train_head(ctx, model, x_train, torch.from_numpy(np.tile(ctx.train.labels, len(views))), x_val,
-                             opts, self.name)
+        y_train = torch.as_tensor(ctx.train.labels).repeat(len(views))  # np.tile: numpy is not imported at registration
+        stopper = train_head(ctx, model, x_train, y_train, x_val, opts, self.name)
         return TrainedModel(module=model, task="classify", labels=list(ctx.labels), best_epoch=stopper.best_epoch,
                             timings={"feature_seconds": feature_seconds})
 

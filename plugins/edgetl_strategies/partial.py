@@ -47,8 +47,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
-
 from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError
 from edgetl.training import DefaultOptions, positive_float, resolve_options
@@ -103,6 +101,7 @@ class PartialFinetune(DefaultOptions, Strategy):
 
     def _cache(self, ctx: FitContext, bottom: Any, opts: dict[str, Any], views: list[str]) -> tuple[Any, Any, Any]:
         """Frozen maps of train (every view) and val (identity), float16, keyed by where the cut is."""
+        import numpy as np
         import torch
 
         from edgetl.training import extract_features
@@ -190,6 +189,7 @@ class CachedMaps:
         return self.n
 
     def __getitem__(self, i: int) -> tuple[Any, Any]:
+        import numpy as np
         import torch
 
         draw = np.random.default_rng((self.seed, self.epoch, int(i))).random(3)

@@ -43,9 +43,8 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from edgetl_strategies import COMMON_OPTIONS as COMMON
 from edgetl_strategies import train_finetune
 
@@ -53,12 +52,16 @@ from edgetl.api import FitContext, Strategy, TrainedModel
 from edgetl.errors import ConfigError
 from edgetl.training import DefaultOptions, positive_float, resolve_options
 
+if TYPE_CHECKING:  # numpy loads in the functions: registering the plugin imports no numpy
+    import numpy as np
+
 EXEMPLARS = "exemplars"
 INDEX = "index.json"
 
 
 def herding(features: np.ndarray, m: int) -> list[int]:
     """Indices of ``m`` rows chosen by herding (iCaRL): each keeps the running mean nearest the class mean."""
+    import numpy as np
     f = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     mu, chosen, total = f.mean(axis=0), [], np.zeros(f.shape[1])
     free = np.ones(len(f), dtype=bool)
@@ -74,6 +77,7 @@ def herding(features: np.ndarray, m: int) -> list[int]:
 
 def select(labels: np.ndarray, features: np.ndarray | None, k: int, buffer_size: int, seed: int) -> list[int]:
     """Per class ``buffer_size // k`` indices (all when fewer), by herding (features given) or at random."""
+    import numpy as np
     per = buffer_size // k
     rng = np.random.default_rng(seed)
     out: list[int] = []
