@@ -114,7 +114,16 @@ def notices(view: Any, health: dict[str, Any], latest: dict[str, Any] | None) ->
 
 
 def router(view: Any, sessions: Sessions) -> APIRouter:
+    """The page's routes: login and assets, what the page polls, the engineer's tools."""
     api = APIRouter(include_in_schema=False)
+    _page_routes(api, sessions)
+    _view_routes(api, view)
+    _tool_routes(api, view)
+    return api
+
+
+def _page_routes(api: APIRouter, sessions: Sessions) -> None:
+    """Login, logout, the page and its assets."""
     static = _static()
     throttle = LoginThrottle()
 
@@ -172,7 +181,9 @@ def router(view: Any, sessions: Sessions) -> APIRouter:
             raise ApiError(404, "no such asset")
         return Response(found[0], media_type=found[1])
 
-    # -- what the page polls ---------------------------------------------------------------------
+
+def _view_routes(api: APIRouter, view: Any) -> None:
+    """What the page polls (any role)."""
     @api.get("/ui/api/session")
     def session(request: Request) -> dict[str, Any]:
         s = request.state.ui_session
@@ -211,6 +222,9 @@ def router(view: Any, sessions: Sessions) -> APIRouter:
     def rejects() -> dict[str, Any]:
         return {"rejects": view.feed.reject_list()}
 
+
+def _tool_routes(api: APIRouter, view: Any) -> None:
+    """The engineer's tools: threshold preview and apply, marks, the capture store (writes need admin)."""
     @api.get("/ui/api/preview")
     def preview(threshold: float) -> dict[str, Any]:
         model = view.agent.model
@@ -260,8 +274,6 @@ def router(view: Any, sessions: Sessions) -> APIRouter:
         if path is None:
             raise ApiError(404, "no such capture")
         return Response(path.read_bytes(), media_type="image/png")
-
-    return api
 
 
 def default_label(model: Any, kind: Any) -> str | None:
