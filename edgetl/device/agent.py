@@ -257,7 +257,8 @@ class Agent:
             old = self.pipeline
             if old is not None:
                 old.stop()
-            pipeline = Pipeline(config, self._pipeline_predict, self.metrics, on_end=self._pipeline_ended)
+            pipeline = Pipeline(config, self._pipeline_predict, self.metrics, on_end=self._pipeline_ended,
+                                model_info=self.model_facts)
             saved_before = read_json(self.state.pipeline_path, None)
             # saved and current *before* it starts: a short replay may end (and say so) at once
             atomic_write_json(self.state.pipeline_path, {"running": True, "config": config.to_dict()})
@@ -272,6 +273,25 @@ class Agent:
                     atomic_write_json(self.state.pipeline_path, saved_before)
                 raise
         return self.pipeline_status()
+
+    def trigger_pipeline(self) -> dict[str, Any]:
+        """``POST /v1/pipeline/trigger``: one software trigger on the running pipeline's camera."""
+        pipeline = self.pipeline
+        if pipeline is None or pipeline.state not in ("running", "reconnecting"):
+            raise ConfigError("pipeline: no pipeline is running; start one with a genicam:// source first")
+        return pipeline.trigger()
+
+    def model_facts(self) -> dict[str, Any]:
+        """The serving model's name, version and digest (sha256 of its manifest), for PLC-facing sinks."""
+        import hashlib
+
+        model = self.model
+        if model is None:
+            return {}
+        manifest = model.manifest
+        digest = hashlib.sha256(manifest.model_dump_json().encode()).hexdigest()
+        return {"name": manifest.name, "version": manifest.model_version, "digest": digest,
+                "install_id": model.install_id}
 
     def stop_pipeline(self) -> dict[str, Any]:
         with self._pipeline_lock:
