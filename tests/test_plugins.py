@@ -169,7 +169,7 @@ def test_hook_calls_are_traced_through_pluggy(tmp_path, monkeypatch, capsys):
     PluginManager()
     err = capsys.readouterr().err
     assert "edgetl_sinks [hook]" in err and "edgetl_backbones [hook]" in err
-    assert err.count("edgetl_sinks [hook]") == 3  # edgetl_stdio, edgetl_sinks, traced: one call each
+    assert err.count("edgetl_sinks [hook]") == 4  # edgetl_stdio, edgetl_sinks, edgetl_line, traced: one call each
     monkeypatch.setenv("EDGETL_TRACE_HOOKS", "0")
     PluginManager()
     assert "[hook]" not in capsys.readouterr().err

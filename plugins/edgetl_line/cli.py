@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import click
+import json
 
-from edgetl.cli.common import emit_json, json_option
+import click
 
 
 @click.command("cameras")
-@json_option
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON document on stdout; logs go to stderr.")
 def cameras_cmd(as_json: bool) -> None:
     """List the GenICam cameras (GigE Vision, USB3 Vision) Aravis discovers here, with the URI of each."""
     from edgetl_line.genicam import list_cameras
@@ -17,7 +17,7 @@ def cameras_cmd(as_json: bool) -> None:
     for camera in found:
         camera["uri"] = f"genicam://serial={camera['serial']}" if camera["serial"] else f"genicam://{camera['id']}"
     if as_json:
-        emit_json({"cameras": found})
+        click.echo(json.dumps({"cameras": found}, indent=2))
         return
     if not found:
         click.echo("no camera found (GigE Vision cameras must be on a subnet of this host's interfaces)")
