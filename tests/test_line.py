@@ -123,6 +123,7 @@ def test_a_camera_that_vanishes_degrades_the_pipeline_which_recovers_by_itself(t
 
     request = {**camera_source("VANISH", trigger="free-run", AcquisitionFrameRate=20.0),
                "sinks": [{"name": "jsonl", "options": {"path": str(tmp_path / "r.jsonl")}}]}
+    request["source_options"]["timeout_ms"] = 300  # a silent camera is checked after 0.3 s
     camera = FakeCamera("VANISH").start()
     try:
         with ThreadAgent(tmp_path / "state", [b.pub]) as agent, agent.client() as http:
