@@ -7,7 +7,7 @@ The cell of examples/line/fake_line.py (Aravis's fake GigE Vision camera on
 source, the ``opcua`` and ``modbus`` sinks, the texture set's linear probe
 exported through the gate), N triggers per rate through
 ``POST /v1/pipeline/trigger``, the verdicts read by independent clients
-(asyncua's, pymodbus's) polling every 0.5 ms. Per rate: p50/p99/max to each
+(asyncua's, pymodbus's) polling every 5 ms. Per rate: p50/p99/max to each
 peer, frames lost, the agent's CPU per frame (user + system time of its
 process over the run / frames), and where the time goes, from each result's
 own timestamps (the fake camera stamps frames with this host's clock):

@@ -42,7 +42,7 @@ from urllib.parse import parse_qsl, unquote
 
 from edgetl.api import Frame, FrameStream, Source
 from edgetl.errors import ConfigError, EdgetlError
-from edgetl_line.pixels import check_supported, to_bgr
+from edgetl_line.pixels import canonical, check_supported, to_bgr
 
 SCHEME = "genicam://"
 SELECTORS = ("serial", "user_id", "model", "ip", "id")
@@ -180,12 +180,12 @@ class _Features:
         where = "source_options.features.PixelFormat"
         name = check_supported(str(value), f"pipeline {where}")
         available = list(self.cam.dup_available_pixel_formats_as_strings())
-        wanted = next((a for a in available if a in (value, name) or check_name(a) == name), None)
+        wanted = next((a for a in available if a in (value, name) or canonical(a) == name), None)
         if wanted is None:
             raise self._error(where, f"the camera does not offer {value!r} (it offers {', '.join(available)})")
         self._call(where, self.cam.set_pixel_format_from_string, wanted)
         got = self.cam.get_pixel_format_as_string()
-        if check_name(got) != name:
+        if canonical(got) != name:
             raise self._error(where, f"set {value!r} but the camera reads back {got!r}")
         return name
 
@@ -289,12 +289,6 @@ class _Features:
             func(*args)
         except GLib.Error as exc:
             raise self._error(where, f"the camera refused it: {exc.message}") from None
-
-
-def check_name(name: str) -> str:
-    from edgetl_line.pixels import canonical
-
-    return canonical(name)
 
 
 class GenicamStream(FrameStream):
