@@ -61,16 +61,27 @@ def conversion_ms(size: int) -> float:
 
 
 def breakdown(summary: dict, results: list[dict]) -> dict:
-    """Median ms of each stage, pairing the k-th trigger with the k-th result (only when nothing was lost)."""
-    if summary["lost"] or len(results) < len(summary["_sent"]):
-        return {"note": "frames were lost: per-stage pairing by order is not reliable"}
+    """Median ms of each stage. A result is matched to its OPC UA sighting by frame id, and to the last
+    trigger sent before its device timestamp (so a lost frame does not shift the pairing)."""
+    import bisect
+
+    seen_at = {}
+    for seen, frame_id in summary["_opcua"]:
+        seen_at.setdefault(frame_id, seen)
+    sent = summary["_sent"]
     rows = []
-    for sent, result, (seen, _) in zip(summary["_sent"], results, summary["_opcua"], strict=False):
+    for result in results:
         device = result["device_timestamp_ns"] / 1e9
-        rows.append({"camera": (device - sent) * 1000, "transport": (result["host_received"] - device) * 1000,
+        k = bisect.bisect_right(sent, device) - 1
+        seen = seen_at.get(result["camera_frame_id"])
+        if k < 0 or seen is None:
+            continue
+        rows.append({"camera": (device - sent[k]) * 1000, "transport": (result["host_received"] - device) * 1000,
                      "inference": result["latency_ms"],
                      "rest": (seen - result["host_received"]) * 1000 - result["latency_ms"]})
-    return {stage: round(statistics.median(r[stage] for r in rows), 2) for stage in rows[0]}
+    if not rows:
+        return {}
+    return {stage: round(statistics.median(r[stage] for r in rows), 2) for stage in rows[0]} | {"matched": len(rows)}
 
 
 def main() -> None:
@@ -91,11 +102,13 @@ def main() -> None:
             cpu_before, frames_before = cpu_seconds(cell.agent.pid), cell.status()["frames"]
             summary = fire(cell, args.triggers, hz)
             cpu = cpu_seconds(cell.agent.pid) - cpu_before
-            frames = cell.status()["frames"] - frames_before
+            status = cell.status()
+            frames, cell_stats = status["frames"] - frames_before, status["source_stats"]
             results = cell.results()[frames_before:]
         run = {k: v for k, v in summary.items() if not k.startswith("_")}
         run["agent_cpu_ms_per_frame"] = round(cpu / max(frames, 1) * 1000, 2)
         run["stages_median_ms"] = breakdown(summary, results)
+        run["source_stats"] = cell_stats
         run["load_average"] = os.getloadavg()
         report["runs"].append(run)
         print(json.dumps(run), file=sys.stderr, flush=True)

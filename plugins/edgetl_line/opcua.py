@@ -18,6 +18,7 @@ string the label, a float the score, an integer 1 for reject and 0 for accept.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -102,6 +103,8 @@ class OpcUaServerWriter(SinkWriter):
             self._loop.stop()
             raise
         self._pending: list[Any] = []
+        self._latest: dict[str, Any] | None = None
+        self._latest_lock = threading.Lock()
 
     async def _start(self, users: _Users, anonymous: bool, options: dict[str, Any]) -> None:
         ua = self.ua.ua
@@ -191,9 +194,27 @@ class OpcUaServerWriter(SinkWriter):
         self.control = control
 
     def write(self, result: dict[str, Any], frame: Frame | None = None) -> None:
+        """Hand the verdict to the server's loop. If the loop is behind (a busy CPU, many clients), only
+        the newest verdict waits: the nodes never lag behind a queue, and the counters, written as
+        totals, still count every result."""
         facts = self.verdicts.judge(result)
-        self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(self._loop.submit(self._publish(facts)))
+        with self._latest_lock:
+            idle, self._latest = self._latest is None, facts
+        if idle:
+            self._pending = [f for f in self._pending if not f.done()]
+            self._pending.append(self._loop.submit(self._drain()))
+
+    async def _drain(self) -> None:
+        while True:
+            with self._latest_lock:
+                facts = self._latest
+            if facts is None:
+                return
+            await self._publish(facts)
+            with self._latest_lock:
+                if self._latest is facts:
+                    self._latest = None
+                    return
 
     async def _publish(self, facts: dict[str, Any]) -> None:
         try:
