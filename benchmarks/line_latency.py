@@ -1,6 +1,6 @@
 """The line's latency budget: software trigger sent -> verdict visible on the OPC UA node and the Modbus registers.
 
-    python benchmarks/line_latency.py [--triggers 1000] [--rates 10,30] [--roi 512]
+    python benchmarks/line_latency.py [--triggers 1000] [--rates 10,30] [--roi 512] [--camera fake-gv|in-process]
 
 The cell of examples/line/fake_line.py (Aravis's fake GigE Vision camera on
 127.0.0.1, ``edgetl agent serve`` in its own process with the ``genicam``
@@ -84,19 +84,41 @@ def breakdown(summary: dict, results: list[dict]) -> dict:
     return {stage: round(statistics.median(r[stage] for r in rows), 2) for stage in rows[0]} | {"matched": len(rows)}
 
 
+def in_process_camera():
+    """Aravis's fake GigE Vision camera on 127.0.0.1 in this process, answering triggers within 1 ms."""
+    import gi
+
+    gi.require_version("Aravis", "0.8")
+    from gi.repository import Aravis
+
+    camera = Aravis.GvFakeCamera.new("127.0.0.1", "EDGETL-BENCH")
+    if not camera.is_running():
+        sys.exit("line_latency: the in-process fake camera could not start (is another one on 127.0.0.1?)")
+    camera.get_fake_camera().set_trigger_frequency(1000.0)
+    return camera
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--triggers", type=int, default=1000)
     parser.add_argument("--rates", default="10,30")
     parser.add_argument("--roi", type=int, default=512, help="square frame size on the fake sensor (BayerRG8)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "line_latency.json")
+    parser.add_argument("--camera", choices=("fake-gv", "in-process"), default="fake-gv",
+                        help="fake-gv: arv-fake-gv-camera-0.8, whose software triggers wait for a 40 ms slot (it "
+                             "emulates a 25 Hz trigger grid); in-process: the same GigE Vision camera started "
+                             "here through Aravis (Aravis.GvFakeCamera) with its trigger grid at 1 kHz")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    args.out = args.out or ROOT / "benchmarks" / "results" / f"line_latency-{args.camera}.json"
     bundle, pub = prepare_bundle(OUT)
     report = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
               "load_average_start": os.getloadavg(), "triggers": args.triggers, "frame": f"{args.roi}x{args.roi} BayerRG8",
               "bayer_to_bgr_ms": conversion_ms(args.roi), "runs": []}
+    report["camera"] = args.camera
     for hz in (float(r) for r in args.rates.split(",")):
-        with Cell(bundle, pub, OUT / f"bench-{hz:g}hz", roi=(0, 0, args.roi, args.roi)) as cell:
+        camera = in_process_camera() if args.camera == "in-process" else None
+        with Cell(bundle, pub, OUT / f"bench-{args.camera}-{hz:g}hz", roi=(0, 0, args.roi, args.roi),
+                  serial="EDGETL-BENCH" if camera else "EDGETL-LINE", start_camera=camera is None) as cell:
             cell.http.post("/v1/pipeline/trigger").raise_for_status()  # warm-up frame (first inference)
             time.sleep(1.0)
             cpu_before, frames_before = cpu_seconds(cell.agent.pid), cell.status()["frames"]
@@ -105,6 +127,7 @@ def main() -> None:
             status = cell.status()
             frames, cell_stats = status["frames"] - frames_before, status["source_stats"]
             results = cell.results()[frames_before:]
+        del camera
         run = {k: v for k, v in summary.items() if not k.startswith("_")}
         run["agent_cpu_ms_per_frame"] = round(cpu / max(frames, 1) * 1000, 2)
         run["stages_median_ms"] = breakdown(summary, results)
@@ -114,7 +137,7 @@ def main() -> None:
         print(json.dumps(run), file=sys.stderr, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    print(f"\nline latency, {report['frame']}, {args.triggers} software triggers per rate "
+    print(f"\nline latency, camera {args.camera}, {report['frame']}, {args.triggers} software triggers per rate "
           f"(CPU {report['cpu']}, {report['cores']} cores; load average at start {report['load_average_start']})")
     print("| rate | results | lost | OPC UA p50 / p99 / max ms | Modbus p50 / p99 / max ms | agent CPU ms/frame |"
           " camera / transport / inference / rest ms (median) |")

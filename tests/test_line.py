@@ -5,11 +5,14 @@ a camera that vanishes and comes back, and the one-line errors of bad configs.""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from agent_support import ThreadAgent, bundles, install
 from line_support import FakeCamera, require_aravis
 from net_helpers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +188,42 @@ def test_bad_line_configs_are_one_line_errors(tmp_path, b):
             assert trigger.status_code == 400 and "no pipeline is running" in trigger.json()["error"]
     finally:
         holder.close()
+
+
+def test_the_camera_path_delivers_image_files_pixel_exact(tmp_path):
+    """examples/line/file_camera.py (what camera_accuracy.py compares with edgetl eval) through the source:
+    every frame equals the file as edgetl eval decodes it, in RGB8 and Mono8, one per software trigger."""
+    import sys
+    import threading
+
+    import cv2
+    import numpy as np
+    from edgetl_line.genicam import GenicamStream
+
+    from edgetl.preprocess import read_image
+
+    sys.path.insert(0, str(ROOT / "examples" / "line"))
+    from file_camera import FileCamera
+
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(files[-1]), rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    with FileCamera(files, serial="FILES") as camera:
+        for pixel_format, expect in (("RGB8", lambda im: im), ("Mono8", lambda im: cv2.cvtColor(
+                cv2.cvtColor(im, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR))):
+            camera.served = 0
+            stream = GenicamStream("genicam://ip=127.0.0.1", {"trigger": "software", "roi": [0, 0, 64, 48],
+                                                               "features": {"PixelFormat": pixel_format}})
+            frames = []
+            reader = threading.Thread(target=lambda s=stream, out=frames: out.extend(s))
+            reader.start()
+            for count in range(1, 4):
+                stream.trigger()
+                wait_for(lambda count=count, out=frames: len(out) >= count, 5, f"frame {count}")
+            stream.interrupt()
+            reader.join(5)
+            stream.close()
+            assert [np.array_equal(f.image, expect(read_image(p))) for f, p in zip(frames, files, strict=True)] \
+                == [True] * 3, pixel_format
