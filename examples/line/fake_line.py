@@ -268,7 +268,7 @@ def fire(cell: Cell, triggers: int, hz: float) -> dict:
     opc_ms = [(seen - t) * 1000 for (seen, _), t in zip(watcher.opcua, sent, strict=False)]
     mb_ms = [(seen - t) * 1000 for (seen, _), t in zip(watcher.modbus, sent, strict=False)]
     ids = [frame_id for _, frame_id in watcher.opcua]
-    return {"triggers": triggers, "results": status["frames"], "lost": lost,
+    return {"triggers": triggers, "results": status["frames"], "lost": lost, "dropped": status["dropped"],
             "p50_ms": percentile(opc_ms, 50), "p99_ms": percentile(opc_ms, 99),
             "max_ms": round(max(opc_ms), 2) if opc_ms else None,
             "modbus_p50_ms": percentile(mb_ms, 50), "modbus_p99_ms": percentile(mb_ms, 99),

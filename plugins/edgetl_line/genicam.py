@@ -24,6 +24,10 @@ URI: ``genicam://`` (the first camera found), ``genicam://serial=S``,
   (free-run: after the previous frame) before it counts as lost.
 - ``buffers`` (default 8): frame buffers queued to the stream.
 
+Free-run frames are *live* (a frame still waiting when the next arrives is
+dropped and counted, as for any camera); triggered frames (software or a
+hardware line) are each a part, so the pipeline predicts every one.
+
 Each frame carries ``camera_frame_id`` (the GVSP block id; 16-bit ids are
 unwrapped so they keep increasing), ``device_timestamp_ns`` and
 ``host_received`` (seconds since the epoch) in ``Frame.meta``. Incomplete
@@ -314,6 +318,9 @@ class GenicamStream(FrameStream):
             self.applied = _Features(self.cam, uri).apply(features, options.get("roi"), options.get("trigger"),
                                                           options.get("trigger_activation"))
             self.software = self.applied.get("TriggerSource") == "Software"
+            # a triggered frame is a part on the line: the pipeline predicts every one (back-pressure,
+            # Aravis's buffers absorb a burst) instead of keeping only the newest as for free-run
+            self.live = self.applied.get("TriggerMode") != "On"
             self.stream = self.cam.create_stream(None, None)
             if self.stream is None:
                 raise EdgetlError(f"pipeline source {uri!r}: the camera opened no stream")
