@@ -315,7 +315,10 @@ class GenicamStream(FrameStream):
         self.arv = aravis()
         self.cam = open_camera(uri)
         try:
-            self.applied = _Features(self.cam, uri).apply(features, options.get("roi"), options.get("trigger"),
+            trigger = options.get("trigger")
+            if trigger is None and not {"TriggerMode", "TriggerSource"} & set(features):
+                trigger = "free-run"  # whatever mode the camera was left in by its last user
+            self.applied = _Features(self.cam, uri).apply(features, options.get("roi"), trigger,
                                                           options.get("trigger_activation"))
             self.software = self.applied.get("TriggerSource") == "Software"
             # a triggered frame is a part on the line: the pipeline predicts every one (back-pressure,
