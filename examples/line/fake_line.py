@@ -249,6 +249,31 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))], 2)
 
 
+def latencies(watcher: Watcher, sent: list[float], results: list[dict]) -> tuple[list[float], list[float]]:
+    """Trigger -> visible, in ms, for each verdict seen on OPC UA and on Modbus.
+
+    A verdict is paired with the last trigger sent before its frame's device timestamp (the fake
+    cameras stamp frames with this host's clock), so a lost frame does not shift the pairing of the
+    ones after it. Modbus sightings carry the result sequence; the k-th result is the k-th line of
+    the results file.
+    """
+    import bisect
+
+    device = {r["camera_frame_id"]: r["device_timestamp_ns"] / 1e9 for r in results}
+    by_sequence = [r["device_timestamp_ns"] / 1e9 for r in results]
+
+    def trigger_before(when: float | None) -> float | None:
+        k = bisect.bisect_right(sent, when) - 1 if when is not None else -1
+        return sent[k] if k >= 0 else None
+
+    opc = [(seen - t) * 1000 for seen, frame_id in watcher.opcua
+           if (t := trigger_before(device.get(frame_id))) is not None]
+    first = len(results) - len(watcher.modbus)  # results before the watch began (a warm-up frame)
+    mb = [(seen - t) * 1000 for k, (seen, _) in enumerate(watcher.modbus)
+          if 0 <= first + k < len(by_sequence) and (t := trigger_before(by_sequence[first + k])) is not None]
+    return opc, mb
+
+
 def fire(cell: Cell, triggers: int, hz: float) -> dict:
     """N software triggers at ``hz`` through the agent; latency per trigger to the OPC UA node and Modbus."""
     sent: list[float] = []
@@ -264,9 +289,7 @@ def fire(cell: Cell, triggers: int, hz: float) -> dict:
         time.sleep(0.1)
     status = cell.status()
     lost = status["lost"]
-    # the k-th verdict answers the k-th trigger while nothing is lost; with losses the pairing is by order only
-    opc_ms = [(seen - t) * 1000 for (seen, _), t in zip(watcher.opcua, sent, strict=False)]
-    mb_ms = [(seen - t) * 1000 for (seen, _), t in zip(watcher.modbus, sent, strict=False)]
+    opc_ms, mb_ms = latencies(watcher, sent, cell.results())
     ids = [frame_id for _, frame_id in watcher.opcua]
     return {"triggers": triggers, "results": status["frames"], "lost": lost, "dropped": status["dropped"],
             "p50_ms": percentile(opc_ms, 50), "p99_ms": percentile(opc_ms, 99),
