@@ -181,6 +181,17 @@ def test_bad_line_configs_are_one_line_errors(tmp_path, b):
                 assert answer.status_code == 400, (request, answer.text)
                 error = answer.json()["error"]
                 assert expected in error and "\n" not in error, error
+            # what `edgetl device cameras` lists is what a pipeline names
+            import json
+
+            from click.testing import CliRunner
+
+            from edgetl.cli import cli
+
+            listed = CliRunner().invoke(cli, ["device", "cameras", "--json"])
+            assert listed.exit_code == 0, listed.output
+            uris = [c["uri"] for c in json.loads(listed.stdout)["cameras"]]
+            assert "genicam://serial=BADCFG" in uris
             # the camera was released by every refused start: a good config opens it
             assert http.post("/v1/pipeline", json=camera_source("BADCFG")).status_code == 200
             http.post("/v1/pipeline", json={"action": "stop"})
