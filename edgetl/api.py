@@ -805,6 +805,10 @@ class Frame:
     second run and without putting it in the result document: (h, w) float32
     in 0..1 (0.5 = threshold) covering the whole frame (resize to the frame's
     size); None otherwise.
+
+    ``meta``: facts the source knows about the frame, copied into every result
+    document of the pipeline (a GenICam camera's ``camera_frame_id``,
+    ``device_timestamp_ns`` and ``host_received``); JSON values only.
     """
 
     image: "np.ndarray"
@@ -812,6 +816,7 @@ class Frame:
     index: int
     source: str = ""
     anomaly_map: "np.ndarray | None" = None
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class FrameStream(ABC):
@@ -822,6 +827,36 @@ class FrameStream(ABC):
 
     def close(self) -> None:
         """Release the camera/stream."""
+
+    def interrupt(self) -> None:
+        """Make a blocked ``__iter__`` return soon; called from another thread when the pipeline stops.
+
+        Default: nothing. A stream that may wait long for a frame (a triggered camera) implements it.
+        """
+
+    def stats(self) -> dict[str, int]:
+        """Counters the pipeline shows in its status (``source_stats``) and /metrics.
+
+        ``lost``: frames the device sent that never arrived whole (incomplete,
+        missing packets, timeouts); ``triggers``: software triggers sent. Default: none.
+        """
+        return {}
+
+
+class PipelineControl(ABC):
+    """What a sink may do with the pipeline that feeds it (given to :meth:`SinkWriter.attach`)."""
+
+    @abstractmethod
+    def trigger(self) -> dict[str, Any]:
+        """Fire one software trigger on the pipeline's source; EdgetlError when it takes none."""
+
+    @abstractmethod
+    def status(self) -> dict[str, Any]:
+        """The pipeline's status (``GET /v1/pipeline``'s ``status``): state, health, counters."""
+
+    def model(self) -> dict[str, Any]:
+        """The model serving: ``name``, ``version``, ``digest`` (empty when none is installed)."""
+        return {}
 
 
 class Source(Component):
@@ -843,6 +878,10 @@ class SinkWriter(ABC):
 
     @abstractmethod
     def write(self, result: dict[str, Any], frame: Frame | None = None) -> None: ...
+
+    def attach(self, control: PipelineControl) -> None:
+        """Called once by the pipeline after :meth:`Sink.open`: a PLC-facing sink keeps ``control``
+        to publish the pipeline's state and counters and to fire software triggers. Default: ignored."""
 
     def close(self) -> None:
         """Flush and release."""

@@ -40,6 +40,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "edgetl_timm",
     "edgetl_camera",
     "edgetl_sinks",
+    "edgetl_line",
     "edgetl_onnx",
     "edgetl_strategies",
     "edgetl_transfer",

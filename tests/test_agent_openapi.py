@@ -40,7 +40,8 @@ def test_the_document_holds_the_design_table():
     table = {("get", "/v1/health"), ("get", "/metrics"), ("get", "/v1/info"), ("put", "/v1/model"),
              ("get", "/v1/model/install/{install_id}"), ("post", "/v1/model/rollback"),
              ("patch", "/v1/model/threshold"), ("post", "/v1/predict"), ("get", "/v1/pipeline"),
-             ("post", "/v1/pipeline"), ("get", "/v1/captures"), ("get", "/v1/captures/{capture_id}/image")}
+             ("post", "/v1/pipeline"), ("post", "/v1/pipeline/trigger"), ("get", "/v1/captures"),
+             ("get", "/v1/captures/{capture_id}/image")}
     served = {(m, p) for p, methods in doc["paths"].items() for m in methods}
     assert served == table
     for method, path in table - {("get", "/v1/health"), ("get", "/metrics")}:

@@ -26,8 +26,8 @@ import httpx
 import numpy as np
 import pytest
 from agent_support import ThreadAgent, install
+from anomaly_bundle_support import make_anomaly_bundle, spot_folder
 from click.testing import CliRunner
-from line_support import make_anomaly_bundle, spot_folder
 from net_helpers import free_port
 from system_support import require_program
 

@@ -171,7 +171,7 @@ def test_hook_calls_are_traced_naming_the_plugin_and_what_it_gave(tmp_path, monk
     assert "edgetl hook edgetl_sinks -> plugin traced\n" in err
     assert "edgetl hook edgetl_sinks <- plugin traced: registered 1: sink 'traced' (" in err
     assert "edgetl hook edgetl_targets <- plugin edgetl_onnx: registered 1: target 'onnx'" in err
-    assert err.count("edgetl hook edgetl_sinks -> ") == 3  # edgetl_stdio, edgetl_sinks, traced: one call each
+    assert err.count("edgetl hook edgetl_sinks -> ") == 4  # edgetl_stdio, edgetl_sinks, edgetl_line, traced: one call each
     monkeypatch.setenv("EDGETL_TRACE_HOOKS", "0")
     PluginManager()
     assert "edgetl hook" not in capsys.readouterr().err

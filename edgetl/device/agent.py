@@ -285,13 +285,32 @@ class Agent:
         config = PipelineConfig.from_dict(doc).confined(self.limits.data_roots, (str(self.state.root),))
         check_plugins(config)
         pipeline = Pipeline(config, self._pipeline_predict, self.metrics, on_end=self._pipeline_ended,
-                            observers=self.frame_observers)
+                            observers=self.frame_observers, model_info=self.model_facts)
         with self._pipeline_lock:
             old, self.pipeline = self.pipeline, pipeline
             # saved and current *before* it starts: a short replay may end (and say so) at once
             atomic_write_json(self.state.pipeline_path, {"running": True, "config": config.to_dict()})
         pipeline.start_in_background(after=old, strict=strict)
         return self.pipeline_status()
+
+    def trigger_pipeline(self) -> dict[str, Any]:
+        """``POST /v1/pipeline/trigger``: one software trigger on the running pipeline's camera."""
+        pipeline = self.pipeline
+        if pipeline is None or pipeline.state not in ("running", "reconnecting"):
+            raise ConfigError("pipeline: no pipeline is running; start one with a genicam:// source first")
+        return pipeline.trigger()
+
+    def model_facts(self) -> dict[str, Any]:
+        """The serving model's name, version and digest (sha256 of its manifest), for PLC-facing sinks."""
+        import hashlib
+
+        model = self.model
+        if model is None:
+            return {}
+        manifest = model.manifest
+        digest = hashlib.sha256(manifest.model_dump_json().encode()).hexdigest()
+        return {"name": manifest.name, "version": manifest.model_version, "digest": digest,
+                "install_id": model.install_id}
 
     def stop_pipeline(self) -> dict[str, Any]:
         with self._pipeline_lock:

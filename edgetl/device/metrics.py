@@ -34,6 +34,10 @@ class Metrics:
         self.dropped_frames = Counter("edgetl_pipeline_dropped_frames",
                                       "frames dropped because inference was slower than the source", registry=r)
         self.reconnects = Counter("edgetl_pipeline_reconnects", "source reconnect attempts", registry=r)
+        self.lost_frames = Counter("edgetl_pipeline_lost_frames",
+                                   "frames the camera sent that never arrived whole (incomplete, missing "
+                                   "packets, timeouts)", registry=r)
+        self.triggers = Counter("edgetl_pipeline_triggers", "software triggers sent to the source", registry=r)
         self.input_brightness = Histogram("edgetl_input_brightness", "mean pixel value of predicted images (0-255)",
                                           buckets=PIXEL_BUCKETS, registry=r)
         self.input_contrast = Histogram("edgetl_input_contrast", "pixel standard deviation of predicted images",

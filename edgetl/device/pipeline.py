@@ -7,7 +7,13 @@ when the next arrives is replaced and counted as dropped: latency never
 builds up behind a slow model. A replay (image folder, video read flat out)
 waits for the slot instead, so every frame is predicted. A camera or stream
 that dies is reopened with exponential backoff (0.5 s doubling to 30 s, back to 0.5 s
-after it ran for 30 s).
+after it ran for 30 s); meanwhile the status says ``health: degraded`` with the reason.
+
+A source whose stream has ``trigger()`` (a GenICam camera in software-trigger
+mode) is fired through :meth:`Pipeline.trigger` (the agent's authenticated
+``POST /v1/pipeline/trigger``, or a sink given :class:`edgetl.api.PipelineControl`,
+such as the OPC UA server's method). A stream's ``stats()`` (lost frames,
+triggers) is summed over reconnects into the status and /metrics.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetl.api import PipelineControl
 from edgetl.errors import ConfigError, EdgetlError
 
 log = logging.getLogger("edgetl.agent.pipeline")
@@ -103,7 +110,8 @@ class PipelineConfig:
                 "fps_limit": self.fps_limit, "roi": self.roi}
 
 
-PATH_OPTIONS = ("dir", "path", "file", "folder", "ca", "certfile", "keyfile", "location")
+PATH_OPTIONS = ("dir", "path", "file", "folder", "ca", "certfile", "keyfile", "location", "users_file",
+                "password_file", "certificate", "private_key")
 # numeric options awaited while a pipeline starts: bounded, so a start cannot hold its worker for long
 TIMEOUT_OPTIONS = {"connect_timeout_s": 30.0, "timeout_s": 30.0, "open_timeout_s": 30.0}
 # gst: element properties that name files; any other value that looks like a path is checked too
@@ -233,10 +241,16 @@ class Pipeline:
 
     def __init__(self, config: PipelineConfig, predict: Callable[[np.ndarray, Any], dict | tuple | None],
                  metrics: Any = None, on_end: Callable[["Pipeline", str | None], None] | None = None,
-                 observers: list[Callable[[dict, Any, "Pipeline"], None]] | None = None):
+                 observers: list[Callable[[dict, Any, "Pipeline"], None]] | None = None,
+                 model_info: Callable[[], dict[str, Any]] | None = None):
         self.config, self.predict, self.metrics, self.on_end = config, predict, metrics, on_end
         self.observers = observers if observers is not None else []  # the line's page (edgetl.device.live)
         self.observer_errors = 0
+        self.model_info = model_info or dict
+        self._stats_done: dict[str, int] = {}  # stats of the streams already closed (summed over reconnects)
+        self._stats_seen: dict[str, int] = {}  # what /metrics was told so far
+        self._stats_lock = threading.Lock()
+        self._stream = None
         self.state, self.error = "starting", None
         self.frames = self.dropped = self.reconnects = self.sink_errors = self.skipped = 0
         self._times: collections.deque[float] = collections.deque(maxlen=30)
@@ -268,8 +282,13 @@ class Pipeline:
         try:
             for spec in self.config.sinks:
                 self._writers.append(get_manager().get("sink", spec["name"]).open(spec.get("options") or {}))
+            control = _Control(self)
+            for writer in self._writers:
+                writer.attach(control)
         except Exception:
             self._close_all()
+            if self._stream is not None:  # release the camera: a refused start holds nothing
+                self._retire_stream(self._stream)
             raise
         self.state = "running" if self._stream is not None else "reconnecting"
         self._reader = threading.Thread(target=self._read_loop, name="pipeline-reader", daemon=True)
@@ -304,6 +323,9 @@ class Pipeline:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        stream = self._stream
+        if stream is not None:  # a triggered camera may be waiting for a frame that never comes
+            stream.interrupt()
         with self._cond:
             self._cond.notify_all()
         for thread in (getattr(self, "_starter", None), getattr(self, "_reader", None),
@@ -326,10 +348,59 @@ class Pipeline:
         return not worker.is_alive()
 
     def status(self) -> dict[str, Any]:
+        stats = self._poll_stats()
+        degraded = self.state == "reconnecting"
         return {"state": self.state, "config": self.config.to_dict(), "frames": self.frames,
                 "dropped": self.dropped, "skipped_no_model": self.skipped, "reconnects": self.reconnects,
                 "sink_errors": self.sink_errors, "fps": round(self.fps, 3), "error": self.error,
-                "started": self.started}
+                "started": self.started, "health": "degraded" if degraded else "ok",
+                "reason": self.error if degraded else None, "lost": stats.get("lost", 0),
+                "triggers": stats.get("triggers", 0), "source_stats": stats}
+
+    def trigger(self) -> dict[str, Any]:
+        """Fire one software trigger on the source; ConfigError when it takes none, EdgetlError while
+        the camera is away (the trigger is not queued: a line must not get a stale verdict)."""
+        stream = self._stream
+        if stream is None and self.state == "reconnecting":
+            raise EdgetlError(f"pipeline: the source is away ({self.error}); trigger not sent")
+        if stream is None or not callable(getattr(stream, "trigger", None)):
+            raise ConfigError(f"pipeline: source {self.config.source!r} takes no software trigger "
+                              "(use a genicam:// camera with source_options trigger: software)")
+        sent = stream.trigger()
+        self._poll_stats()
+        return {"trigger": sent, "source": self.config.source}
+
+    def _poll_stats(self) -> dict[str, int]:
+        """The source's counters summed over reconnects; /metrics gets what is new since last time."""
+        with self._stats_lock:
+            stream = self._stream
+            live = {}
+            if stream is not None:
+                try:
+                    live = dict(stream.stats())
+                except Exception as exc:  # a vanished camera must not break the status
+                    log.debug("source stats failed: %s", exc)
+            total = {k: self._stats_done.get(k, 0) + live.get(k, 0) for k in {*self._stats_done, *live}}
+            if self.metrics is not None:
+                for key, counter in (("lost", self.metrics.lost_frames), ("triggers", self.metrics.triggers)):
+                    new = total.get(key, 0) - self._stats_seen.get(key, 0)
+                    if new > 0:
+                        counter.inc(new)
+                        self._stats_seen[key] = total.get(key, 0)
+            return total
+
+    def _retire_stream(self, stream: Any) -> None:
+        """Close ``stream`` and keep its counters in the running totals."""
+        with self._stats_lock:
+            try:
+                final = dict(stream.stats())
+            except Exception:
+                final = {}
+            for key, value in final.items():
+                self._stats_done[key] = self._stats_done.get(key, 0) + int(value)
+            if self._stream is stream:
+                self._stream = None
+        stream.close()
 
     @property
     def fps(self) -> float:
@@ -348,7 +419,7 @@ class Pipeline:
             while not self._stop.is_set():
                 if stream is None:
                     try:
-                        stream = open_source(self.config.source, self.config.source_options)
+                        stream = self._stream = open_source(self.config.source, self.config.source_options)
                         self.state = "running"
                     except EdgetlError as exc:
                         self.error = str(exc)
@@ -380,7 +451,8 @@ class Pipeline:
                 except EdgetlError as exc:
                     self.error = str(exc)
                 finally:
-                    stream.close()
+                    self._retire_stream(stream)
+                    self._poll_stats()
                 if self._stop.is_set() or not getattr(stream, "reconnect", False):
                     break
                 stream = None
@@ -423,8 +495,8 @@ class Pipeline:
                 doc, anomaly_map = out if isinstance(out, tuple) else (out, None)
                 if anomaly_map is not None:  # for the sinks, beside the (small) result document
                     frame = replace(frame, anomaly_map=anomaly_map)
-                self._deliver({"timestamp": frame.timestamp, "source": frame.source, "frame": frame.index, **doc},
-                              frame)
+                self._deliver({"timestamp": frame.timestamp, "source": frame.source, "frame": frame.index,
+                               **frame.meta, **doc}, frame)
                 self._times.append(time.monotonic())
                 if self.metrics is not None:
                     self.metrics.pipeline_frames.inc()
@@ -471,3 +543,19 @@ class Pipeline:
             except Exception as exc:
                 log.warning("closing sink failed: %s", exc)
         self._writers = []
+
+
+class _Control(PipelineControl):
+    """The :class:`edgetl.api.PipelineControl` sinks get: trigger, status, model facts."""
+
+    def __init__(self, pipeline: Pipeline):
+        self._pipeline = pipeline
+
+    def trigger(self) -> dict[str, Any]:
+        return self._pipeline.trigger()
+
+    def status(self) -> dict[str, Any]:
+        return self._pipeline.status()
+
+    def model(self) -> dict[str, Any]:
+        return dict(self._pipeline.model_info())

@@ -118,3 +118,8 @@ class PipelineStatusDoc(_Open):
     status: dict[str, Any] | None
     saved: dict[str, Any] | None
     autostart: bool
+
+
+class TriggerDoc(_Open):
+    trigger: int = Field(description="software triggers sent to the pipeline's camera so far (this one included)")
+    source: str = Field(description="the pipeline's source URI")

@@ -1,4 +1,4 @@
-"""The camera pipeline: status, start, stop."""
+"""The camera pipeline: status, start, stop, software trigger."""
 
 from __future__ import annotations
 
@@ -25,5 +25,11 @@ def router(agent) -> APIRouter:
         if body.action == "stop":
             return agent.stop_pipeline()
         return agent.start_pipeline(body.model_dump(exclude={"action"}))
+
+    @api.post("/v1/pipeline/trigger", response_model=schemas.TriggerDoc, responses=errors(400))
+    def pipeline_trigger() -> dict[str, Any]:
+        """Fire one software trigger on the pipeline's camera (a genicam:// source with
+        ``trigger: software``); the result reaches the sinks with the camera's frame id."""
+        return agent.trigger_pipeline()
 
     return api
