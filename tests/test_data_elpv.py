@@ -108,7 +108,9 @@ def test_cli_folds_writes_one_split_root_per_fold_with_hard_links(tmp_path):
     result = CliRunner().invoke(cli, ["data", "elpv", str(out), "--classes", "four", "--folds", "3",
                                       "--limit", "90"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "fold-0", "fold-1", "fold-2"]
+    assert sorted(p.name for p in out.iterdir()) == [".edgetl-dataset.json", "README.md", "fold-0", "fold-1", "fold-2"]
+    again = CliRunner().invoke(cli, ["data", "elpv", str(out), "--classes", "four", "--folds", "3", "--limit", "90"])
+    assert again.exit_code == 0, again.output  # the same folds: kept (counts checked over every fold)
     tests, originals = [], None
     for k in range(3):
         rows = _manifest(out / f"fold-{k}")

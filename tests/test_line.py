@@ -41,8 +41,36 @@ def wait_for(check, timeout=15.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_100_software_triggers_reach_an_independent_opcua_client_and_the_modbus_coil_pulses(tmp_path, b):
+def start_pipeline(http, request: dict, timeout: float = 20.0) -> dict:
+    """POST the pipeline and wait until its own thread has opened the camera and the sinks (the request
+    only validates): the status once it runs, or fails (state 'error' with the one-line reason)."""
+    answer = http.post("/v1/pipeline", json=request)
+    if answer.status_code != 200:
+        return {"state": "refused", "code": answer.status_code, "error": answer.json()["error"]}
+    return wait_for(lambda: (s := http.get("/v1/pipeline").json()["status"]) and s["state"] != "starting" and s,
+                    timeout, "the pipeline's start")
+
+
+@pytest.fixture
+def opcua_client():
+    """asyncua's sync Client, whose event-loop thread is stopped at the end whatever happened: a client
+    that never connected (or a failed assertion) would otherwise keep pytest from exiting."""
     from asyncua.sync import Client
+
+    made = []
+
+    def make(url: str):
+        made.append(Client(url))
+        return made[-1]
+
+    yield make
+    for client in made:
+        if client.tloop.is_alive() and not client.tloop.loop.is_closed():  # a disconnect stopped it already
+            client.tloop.stop()
+
+
+def test_100_software_triggers_reach_an_independent_opcua_client_and_the_modbus_coil_pulses(tmp_path, b,
+                                                                                             opcua_client):
     from pymodbus.client import ModbusTcpClient
 
     users = tmp_path / "opcua-users"
@@ -54,9 +82,9 @@ def test_100_software_triggers_reach_an_independent_opcua_client_and_the_modbus_
         {"name": "jsonl", "options": {"path": str(tmp_path / "results.jsonl")}}]}
     with FakeCamera("LINE1"), ThreadAgent(tmp_path / "state", [b.pub]) as agent, agent.client() as http:
         install(http, b.v1)
-        started = http.post("/v1/pipeline", json=request)
-        assert started.status_code == 200, started.text
-        opc = Client(f"opc.tcp://127.0.0.1:{opc_port}/edgetl/")
+        started = start_pipeline(http, request)
+        assert started["state"] == "running", started
+        opc = opcua_client(f"opc.tcp://127.0.0.1:{opc_port}/edgetl/")
         opc.set_user("line")
         opc.set_password("pa55")
         modbus = ModbusTcpClient("127.0.0.1", port=mb_port)
@@ -97,7 +125,7 @@ def test_100_software_triggers_reach_an_independent_opcua_client_and_the_modbus_
         status = http.get("/v1/pipeline").json()["status"]
         assert status["triggers"] == 100 and status["lost"] == 0 and status["frames"] == 100
         # anonymous access is off unless configured
-        anonymous = Client(f"opc.tcp://127.0.0.1:{opc_port}/edgetl/")
+        anonymous = opcua_client(f"opc.tcp://127.0.0.1:{opc_port}/edgetl/")
         with pytest.raises(Exception, match="IdentityToken"):
             anonymous.connect()
         http.post("/v1/pipeline", json={"action": "stop"})
@@ -111,7 +139,7 @@ def test_packet_loss_is_counted_and_results_keep_flowing(tmp_path, b):
     with FakeCamera("LOSSY", loss_permille=50), ThreadAgent(tmp_path / "state", [b.pub]) as agent, \
             agent.client() as http:
         install(http, b.v1)
-        assert http.post("/v1/pipeline", json=request).status_code == 200
+        assert start_pipeline(http, request)["state"] == "running"
         status = wait_for(lambda: (s := http.get("/v1/pipeline").json()["status"])["lost"] >= 3
                           and s["frames"] >= 3 and s, 20, "lost and delivered frames")
         assert status["state"] == "running" and status["source_stats"]["incomplete"] >= 3
@@ -131,7 +159,7 @@ def test_a_camera_that_vanishes_degrades_the_pipeline_which_recovers_by_itself(t
     try:
         with ThreadAgent(tmp_path / "state", [b.pub]) as agent, agent.client() as http:
             install(http, b.v1)
-            assert http.post("/v1/pipeline", json=request).status_code == 200
+            assert start_pipeline(http, request)["state"] == "running"
             wait_for(lambda: http.get("/v1/pipeline").json()["status"]["frames"] >= 3, 10, "first frames")
             camera.kill()
             status = wait_for(lambda: (s := http.get("/v1/pipeline").json()["status"])["health"] == "degraded"
@@ -176,10 +204,10 @@ def test_bad_line_configs_are_one_line_errors(tmp_path, b):
     ]
     try:
         with FakeCamera("BADCFG"), ThreadAgent(tmp_path / "state", [b.pub]) as agent, agent.client() as http:
-            for request, expected in cases:
-                answer = http.post("/v1/pipeline", json=request)
-                assert answer.status_code == 400, (request, answer.text)
-                error = answer.json()["error"]
+            for request, expected in cases:  # refused in the request (400) or by the pipeline's start (error)
+                status = start_pipeline(http, request)
+                assert status["state"] in ("refused", "error") and status.get("code", 400) == 400, (request, status)
+                error = status["error"]
                 assert expected in error and "\n" not in error, error
             # what `edgetl device cameras` lists is what a pipeline names
             import json
@@ -193,7 +221,7 @@ def test_bad_line_configs_are_one_line_errors(tmp_path, b):
             uris = [c["uri"] for c in json.loads(listed.stdout)["cameras"]]
             assert "genicam://serial=BADCFG" in uris
             # the camera was released by every refused start: a good config opens it
-            assert http.post("/v1/pipeline", json=camera_source("BADCFG")).status_code == 200
+            assert start_pipeline(http, camera_source("BADCFG"))["state"] == "running"
             http.post("/v1/pipeline", json={"action": "stop"})
             trigger = http.post("/v1/pipeline/trigger")
             assert trigger.status_code == 400 and "no pipeline is running" in trigger.json()["error"]

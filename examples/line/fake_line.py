@@ -116,6 +116,7 @@ class Cell:
             started = self.http.post("/v1/pipeline", json=request)
             if started.status_code != 200:
                 raise RuntimeError(f"pipeline refused: {started.text}")
+            self._wait_pipeline()
             return self
         except BaseException:
             self.__exit__()
@@ -137,6 +138,18 @@ class Cell:
             except Exception:
                 time.sleep(0.1)
         raise RuntimeError("agent did not start within 60 s")
+
+    def _wait_pipeline(self) -> None:
+        """The request only validates: the pipeline opens the camera and the sinks in its own thread."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = self.status()
+            if status["state"] == "running":
+                return
+            if status["state"] == "error":
+                raise RuntimeError(f"pipeline did not start: {status['error']}")
+            time.sleep(0.1)
+        raise RuntimeError("pipeline did not start within 60 s")
 
     def _wait_install(self, install_id: str) -> None:
         deadline = time.monotonic() + 120
