@@ -27,34 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class StrictRuntime:
-    """A runtime whose calls fail when it was closed while they ran (OpenVINO/TensorRT behaviour)."""
-
-    def __init__(self, runtime):
-        self._runtime, self.closed = runtime, False
-
-    def predict(self, batch):
-        out = self._runtime.predict(batch)
-        time.sleep(0.005)
-        if self.closed:
-            raise RuntimeError("runtime used after close()")
-        return out
-
-    def predict_outputs(self, batch):
-        return {"output": self.predict(batch)}
-
-    def info(self):
-        return self._runtime.info()
-
-    def close(self):
-        self.closed = True
-        self._runtime.close()
-
-
 def child(spec: dict) -> dict:
     """In a process whose ``edgetl`` is the checkout under test: the agent in a thread, the load."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from agent_support import ThreadAgent, install
+    from agent_support import StrictRuntime, ThreadAgent, install
 
     from edgetl.device.model import DeviceModel
 
@@ -62,7 +38,7 @@ def child(spec: dict) -> dict:
 
     def strict_load(cls, *args, **kwargs):
         model = load(cls, *args, **kwargs)
-        model.runtime = StrictRuntime(model.runtime)
+        model.runtime = StrictRuntime(model.runtime, delay_s=0.005)
         return model
     DeviceModel.load = classmethod(strict_load)
     image = Path(spec["jpeg"]).read_bytes()

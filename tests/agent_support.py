@@ -321,3 +321,29 @@ def bundles(tmp_path_factory) -> Bundles:
     if "b" not in _BUNDLES:
         _BUNDLES["b"] = Bundles(tmp_path_factory.mktemp("bundles"))
     return _BUNDLES["b"]
+
+
+class StrictRuntime:
+    """Wraps a runtime so that using it after close() fails, as OpenVINO and TensorRT do: each call
+    takes ``delay_s`` and checks, at its end, that the runtime was not closed meanwhile (the ONNX
+    Runtime test model's close() does nothing, so it cannot show a runtime closed under a request)."""
+
+    def __init__(self, runtime, delay_s: float = 0.01):
+        self._runtime, self.closed, self.delay_s = runtime, False, delay_s
+
+    def predict(self, batch):
+        out = self._runtime.predict(batch)
+        time.sleep(self.delay_s)
+        if self.closed:
+            raise RuntimeError("runtime used after close()")
+        return out
+
+    def predict_outputs(self, batch):
+        return {"output": self.predict(batch)}
+
+    def info(self):
+        return self._runtime.info()
+
+    def close(self):
+        self.closed = True
+        self._runtime.close()

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from agent_support import (
     ProcessAgent,
+    StrictRuntime,
     ThreadAgent,
     bundles,
     install,
@@ -271,31 +272,6 @@ def test_reference_images_may_only_name_bundle_members_and_are_capped_like_predi
 
 
 # -- concurrency --------------------------------------------------------------------------------------
-class _StrictRuntime:
-    """Wraps a runtime so that using it after close() fails, as OpenVINO and TensorRT do: each call
-    takes a little time and checks, at its end, that the runtime was not closed meanwhile."""
-
-    def __init__(self, runtime):
-        self._runtime, self.closed = runtime, False
-
-    def predict(self, batch):
-        out = self._runtime.predict(batch)
-        time.sleep(0.01)
-        if self.closed:
-            raise RuntimeError("runtime used after close()")
-        return out
-
-    def predict_outputs(self, batch):
-        return {"output": self.predict(batch)}
-
-    def info(self):
-        return self._runtime.info()
-
-    def close(self):
-        self.closed = True
-        self._runtime.close()
-
-
 def test_rollbacks_and_installs_under_predict_load_give_no_errors(tmp_path, b, monkeypatch):
     from edgetl.device.model import DeviceModel
 
@@ -303,7 +279,7 @@ def test_rollbacks_and_installs_under_predict_load_give_no_errors(tmp_path, b, m
 
     def strict_load(cls, *args, **kwargs):
         model = load(cls, *args, **kwargs)
-        model.runtime = _StrictRuntime(model.runtime)
+        model.runtime = StrictRuntime(model.runtime)
         return model
     monkeypatch.setattr(DeviceModel, "load", classmethod(strict_load))
     image = b.jpeg()

@@ -232,11 +232,7 @@ class OpcUaServerWriter(SinkWriter):
             log.warning("OPC UA publish failed: %s", exc)
 
     def close(self) -> None:
-        for future in self._pending:
-            try:
-                future.result(2)
-            except Exception:
-                pass
+        _settle(self._pending)
         try:
             self._status_task.cancel()
             self._loop.run(self.server.stop(), timeout=10)
@@ -301,16 +297,22 @@ class OpcUaClientWriter(SinkWriter):
             log.warning("OPC UA write to %s failed: %s", self.node_id, exc)
 
     def close(self) -> None:
-        for future in self._pending:
-            try:
-                future.result(2)
-            except Exception:
-                pass
+        _settle(self._pending)
         try:
             self._loop.run(self.client.disconnect(), timeout=5)
         except Exception:
             pass
         self._loop.stop()
+
+
+def _settle(pending: list[Any], timeout_s: float = 2.0) -> None:
+    """Let the writes still in flight finish (each within ``timeout_s``) before the loop stops: the
+    last verdict reaches the PLC; one that fails was already counted and logged by its writer."""
+    for future in pending:
+        try:
+            future.result(timeout_s)
+        except Exception:
+            pass
 
 
 class OpcUaSink(Sink):

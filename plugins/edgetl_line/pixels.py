@@ -11,9 +11,10 @@ mosaic of a known colour.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy loads in to_bgr: registering the plugin (edgetl --help) imports no numpy
+    import numpy as np
 
 SUPPORTED = ("Mono8", "Mono10", "Mono12", "BayerRG8", "BayerBG8", "BayerGR8", "BayerGB8", "RGB8", "BGR8")
 _BAYER = {"BayerRG8": "COLOR_BayerBG2BGR", "BayerBG8": "COLOR_BayerRG2BGR",
@@ -39,6 +40,7 @@ def check_supported(name: str, where: str) -> str:
 def to_bgr(name: str, data: Any, width: int, height: int) -> np.ndarray:
     """One frame's raw bytes in pixel format ``name`` as an (H, W, 3) BGR uint8 array (a copy)."""
     import cv2
+    import numpy as np
 
     name = canonical(name)
     raw = np.frombuffer(data, dtype=np.uint8)
