@@ -27,8 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = [
     "BASELINE_KINDS", "BINDINGS", "COMPONENT_TYPES", "OUTPUTS", "PRECISIONS", "RESIZE_MODES", "TASKS",
     "Backbone", "Component", "DistInfo", "ExportSpec", "FallbackStep", "FitContext", "Frame", "FrameStream",
-    "GateSettings", "InputSpec", "Logger", "LoggerRun", "ModelFacts", "PreviousRun", "QuantizeContext", "Quantizer",
-    "Runtime", "Sink", "SinkWriter", "Source", "Strategy", "Target", "TrainedModel", "ValidationSet",
+    "GateSettings", "InputSpec", "Logger", "LoggerRun", "ModelFacts", "PipelineControl", "PreviousRun",
+    "QuantizeContext", "Quantizer", "Runtime", "Sink", "SinkWriter", "Source", "Strategy", "Target", "TrainedModel", "ValidationSet",
 ]
 
 RESIZE_MODES = ("resize", "letterbox", "center_crop")
