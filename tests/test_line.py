@@ -4,13 +4,12 @@ a camera that vanishes and comes back, and the one-line errors of bad configs.""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from agent_support import ThreadAgent, bundles, install
 from line_support import FakeCamera, require_aravis
-from net_helpers import free_port
+from net_helpers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,14 +30,6 @@ def camera_source(serial: str, trigger: str = "software", **features) -> dict:
                                "features": {"PixelFormat": "BayerRG8", "ExposureTime": 1000.0, **features}}}
 
 
-def wait_for(check, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_pipeline(http, request: dict, timeout: float = 20.0) -> dict:

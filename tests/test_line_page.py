@@ -28,7 +28,7 @@ import pytest
 from agent_support import ThreadAgent, install
 from anomaly_bundle_support import make_anomaly_bundle, spot_folder
 from click.testing import CliRunner
-from net_helpers import free_port
+from net_helpers import free_port, wait_for
 from system_support import require_program
 
 from edgetl.cli import cli
@@ -87,14 +87,6 @@ return sum / (data.length / 4);
 """
 
 
-def wait_for(condition, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def line_folder(root: Path, n: int = 240) -> Path:
