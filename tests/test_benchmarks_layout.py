@@ -4,7 +4,8 @@
   ``run_all.py --list`` prints every step;
 - every script in ``benchmarks/experiments/`` is listed in that folder's README;
 - the maintained scripts import no ``_private`` name or module, no built-in plugin's submodule (only
-  a plugin package's ``__all__``), and no experiment (an AST scan: nothing is imported);
+  a plugin package's ``__all__``), and no experiment, and read no other object's ``_attribute`` (an AST
+  scan: nothing is imported);
 - every ``benchmarks/…`` path the docs mention exists (scripts were moved into experiments/).
 """
 
@@ -57,6 +58,10 @@ def plugin_packages() -> dict[str, set[str]]:
 def private_imports(path: Path, plugins: dict[str, set[str]], experiment_names: set[str]) -> list[str]:
     bad = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and getattr(node.value, "id", None) not in ("self", "cls")):
+            bad.append(f"{path.name}:{node.lineno}: .{node.attr}: a private attribute of another object")
+            continue
         if isinstance(node, ast.Import):
             found = [(a.name, []) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
@@ -114,9 +119,10 @@ def test_the_private_import_check_catches_what_it_should(tmp_path):
     script = tmp_path / "x.py"
     script.write_text("from edgetl.host.splits import _split\nimport edgetl._x\nfrom edgetl_onnx import export_onnx\n"
                       "from edgetl_onnx.quantize import preprocess\nfrom edgetl_onnx import tail\n"
-                      "from elpv_heads import fmt\nfrom edgetl.training import Split\n")
+                      "from elpv_heads import fmt\nfrom edgetl.training import Split\n"
+                      "agent.installer._threads\nself._ok\n")
     bad = private_imports(script, plugins, {"elpv_heads"})
-    assert [b.split(":", 2)[1] for b in bad] == ["1", "2", "4", "4", "5", "6"], bad  # 4: submodule, not __all__
+    assert [b.split(":", 2)[1] for b in bad] == ["1", "2", "4", "4", "5", "6", "8"], bad  # 4: submodule, not __all__
 
 
 def test_benchmark_paths_in_the_docs_exist():
