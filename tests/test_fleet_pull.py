@@ -158,7 +158,8 @@ def test_schema_of_the_status_message_matches_what_agents_publish(tmp_path, b, r
     sub.loop_start()
     try:
         with ThreadAgent(tmp_path / "dev", [b.pub]) as agent:
-            config = PullConfig(ref=OciRef.parse(registry.url("line2/cam", "canary")), interval=60, insecure=True,
+            # the first poll comes within interval x jitter (0.5 s here, not the 6 s of a 60 s interval)
+            config = PullConfig(ref=OciRef.parse(registry.url("line2/cam", "canary")), interval=5, insecure=True,
                                 auth_file=str(registry.auth_file))
             p = start_pull(agent.agent, config, {"broker": f"127.0.0.1:{broker.port}", "device_id": "schema-cam",
                                                  "auth_file": str(broker.auth_file)})
