@@ -84,7 +84,7 @@ def broken_ptq(monkeypatch):
     """Make the (onnx, int8, ptq) quantizer produce a model that must fail the gate."""
     import edgetl_onnx
 
-    def quantize(self, files, out_dir, calibration, options):
+    def quantize(self, files, out_dir, ctx):
         return [_sabotage_head(Path(files[0]), Path(out_dir) / "model.onnx")]
 
     monkeypatch.setattr(edgetl_onnx.OnnxInt8Ptq, "quantize", quantize)
@@ -95,7 +95,7 @@ def broken_int8(monkeypatch):
     """Both INT8 quantizers produce models that must fail the gate."""
     import edgetl_onnx
 
-    def quantize(self, files, out_dir, calibration, options):
+    def quantize(self, files, out_dir, ctx):
         return [_sabotage_head(Path(files[0]), Path(out_dir) / "model.onnx")]
 
     for cls in (edgetl_onnx.OnnxInt8Ptq, edgetl_onnx.OnnxInt8AccuracyAware):
