@@ -39,6 +39,11 @@ COUNTER_NODES = ("Inspected", "Rejected", "Errors", "LostFrames", "Triggers")
 STATUS_NODES = ("State", "Health", "Reason", "ModelName", "ModelVersion", "ModelDigest")
 
 
+# asyncua loads its whole standard address space before it listens: seconds on an idle machine, much more
+# on a loaded one.
+START_TIMEOUT_S = 60.0
+
+
 def _asyncua():
     try:
         import asyncua
@@ -94,7 +99,11 @@ class OpcUaServerWriter(SinkWriter):
         _check_free(self.host, self.port, self.url)  # before the slow address-space load
         self._loop = LoopThread("opcua-server")
         try:
-            self._loop.run(self._start(_Users(users, anonymous), anonymous, options))
+            self._loop.run(self._start(_Users(users, anonymous), anonymous, options), timeout=START_TIMEOUT_S)
+        except TimeoutError:  # an OSError too: it must not read as a taken port
+            self._loop.stop()
+            raise ConfigError(f"sink 'opcua': the server on {self.url} did not start within "
+                              f"{START_TIMEOUT_S:.0f} s (is the machine overloaded?)") from None
         except OSError as exc:
             self._loop.stop()
             raise ConfigError(f"sink 'opcua': cannot listen on {self.url} ({exc.strerror or exc}); "
