@@ -1,11 +1,12 @@
-"""Run every benchmark script that exists here, collect their JSON, print one summary (``make bench``).
+"""Run every maintained benchmark (each top-level script here), collect their JSON, print one summary (``make bench``).
 
 Each script runs as its own process (so one's threads, caches and imports do
 not colour another's figures), one after another, its table passing through
 to this terminal. ``BENCH=quick`` (the default) gives each script its short
 setting; ``BENCH=full`` the script's own defaults and the ELPV strategy
 training, which ``quick`` skips with a note (it trains three EfficientNet-Lite0
-models on 2,600 images: hours on a laptop CPU). After ``export_targets`` the
+models on 2,600 images: hours on a laptop CPU). The one-off experiments in ``experiments/`` are
+not run (their README says how). After ``export_targets`` the
 exported bundles and the run they came from are measured side by side with
 ``edgetl bench`` on the benchmark's validation images.
 
@@ -88,6 +89,20 @@ def _bench_argv(mode: str) -> list[str] | None:
             "--out", str((RESULTS / f"bench-{mode}").relative_to(ROOT))]
 
 
+def _export_steps_argv(mode: str) -> list[str] | None:
+    """Every step of ``edgetl export --precision auto`` timed, on export_targets' run, this tree only."""
+    run = _export_dir(mode) / "work" / "run"
+    if not (run / "model.pt").is_file():
+        return None
+    formats = ["--format", "onnx"] if _quick(mode) else ["--format", "onnx", "--format", "openvino"]
+    return [str(run.relative_to(ROOT)), *formats, "--code", f"this={ROOT}",
+            "--out", str(RESULTS / f"export_steps-{mode}.json")]
+
+
+# agent_attacks in quick mode: the attacks that take seconds (the full set holds 2,000-connection slowloris rows)
+QUICK_ATTACKS = "zip bomb,manifest.json inflating,pre-auth invented"
+
+
 def _headline_export(doc: dict[str, Any]) -> dict[str, Any]:
     return {"torch_eager_fp32_ms": doc.get("torch_eager_fp32_ms"),
             "rows": [f"{r['target']} {r['precision']}/{r['method']}: {'pass' if r['passed'] else 'fail'}, "
@@ -131,6 +146,41 @@ STEPS = [
          lambda m: ["--json-out", str(RESULTS / f"textures_calibration-{m}.json")],
          lambda m, t: _newer(f"textures_calibration-{m}.json", t),
          lambda d: {k: d.get(k) for k in ("probe_acc", "stats_acc", "calibrated")}),
+    Step("export_steps", "export_steps.py", _export_steps_argv,
+         lambda m, t: _newer(f"export_steps-{m}.json", t),
+         lambda d: {fmt: {label: r.get("total_s", r.get("wall_s")) for label, r in by_label.items()}
+                    for fmt, by_label in (d.get("results") or {}).items()},
+         skip_note="needs export_targets' run (run it first)"),
+    Step("busy_cpu_predict", "busy_cpu_predict.py",
+         lambda m: ["--rounds", "1", "--images", "4", "--before", "HEAD"] if _quick(m) else [],
+         lambda m, t: _newer("busy_cpu_predict.json", t),
+         lambda d: {f"{r['code']} {r['setting']}": round(r["median_ms"], 1) for r in d.get("rows", [])}),
+    Step("agent_rollbacks", "agent_rollbacks.py",
+         lambda m: (["--rollbacks", "10"] if _quick(m) else []) + ["--label", f"bench-{m}"],
+         lambda m, t: _newer(f"agent_rollbacks-bench-{m}.json", t),
+         lambda d: {k: d.get(k) for k in ("rollbacks_ok", "predictions", "errors")}),
+    Step("agent_attacks", "agent_attacks.py",
+         lambda m: (["--only", QUICK_ATTACKS] if _quick(m) else []) + ["--label", f"bench-{m}"],
+         lambda m, t: _newer(f"agent_attacks-bench-{m}.json", t),
+         lambda d: {r["attack"]: f"peak {r['peak_mib']:.0f} MiB, alive {r['agent_alive']}" for r in d.get("rows", [])}),
+    Step("agent_fuzz", "agent_fuzz.py",
+         lambda m: (["--examples", "20"] if _quick(m) else []) + ["--out", str(RESULTS / f"agent_fuzz-{m}.json")],
+         lambda m, t: _newer(f"agent_fuzz-{m}.json", t),
+         lambda d: {k: d.get(k) for k in ("examples", "cases", "5xx", "models_lost")}),
+    Step("fleet_pull", "fleet_pull.py",
+         lambda m: ["--devices", "20", "--interval", "2", "--steady", "4"] if _quick(m) else [],
+         lambda m, t: _newer("fleet_pull.json", t),
+         lambda d: {"errors": (d.get("total") or {}).get("errors"),
+                    "release_t100_s": (d.get("release") or {}).get("t100_s")}),
+    Step("line_latency", "line_latency.py",
+         lambda m: (["--triggers", "30", "--rates", "10", "--camera", "in-process"] if _quick(m) else [])
+         + ["--out", str(RESULTS / f"line_latency-{m}.json")],
+         lambda m, t: _newer(f"line_latency-{m}.json", t),
+         lambda d: {"bayer_to_bgr_ms": d.get("bayer_to_bgr_ms"), "runs": len(d.get("runs", []))}),
+    Step("ui_cost", "ui_cost.py",
+         lambda m: ["--seconds", "4", "--rounds", "1"] if _quick(m) else [],
+         lambda m, t: _newer("ui_cost.json", t),
+         lambda d: {"page_cost_pct_of_one_core": d.get("page_cost_pct_of_one_core")}),
     Step("elpv_strategies", "elpv_strategies.py",
          lambda m: None if _quick(m) else ["--results", str((RESULTS / "elpv_strategies.json").relative_to(ROOT))],
          lambda m, t: _newer("elpv_strategies.json", t),

@@ -58,6 +58,16 @@ def hand_loop(model, dataset, batch: int, lr: float, channels_last: bool) -> flo
     return seen / (time.perf_counter() - start)
 
 
+def split(name: str, items, classes: list[str], spec):
+    """An un-augmented :class:`edgetl.training.Split` of ``items`` (what the engine hands a strategy, no augment)."""
+    from edgetl.data.folder import Samples
+    from edgetl.training import Split
+    from edgetl.training.datasets import ImageDataset
+
+    plain = ImageDataset(Samples(items=list(items), classes=list(classes)), spec, augment=[], train=False, seed=0)
+    return Split(name, plain, plain, np.asarray([s.label for s in items], dtype=int), [Path(s.path) for s in items])
+
+
 def context(cfg, backbone, module, train, val, labels, spec):
     from edgetl.api import FitContext
 
@@ -78,7 +88,6 @@ def main() -> None:
     import torch
 
     from edgetl.config import RunConfig
-    from edgetl.host.splits import _split
     from edgetl.plugins import get_manager
     from edgetl.training import Classifier, fit_epochs, param_groups
 
@@ -89,8 +98,8 @@ def main() -> None:
     spec = replace(backbone.input, size=(args.size, args.size))
     samples = subset(data, args.images)
     labels = list(samples.classes)
-    train = _split("train", samples.items, labels, spec, [], True, 0)
-    val = _split("val", samples.items[:16], labels, spec, [], False, 0)
+    train = split("train", samples.items, labels, spec)
+    val = split("val", samples.items[:16], labels, spec)
     cfg = RunConfig.model_validate({
         "name": "throughput", "data": {"train": str(data)}, "augment": [],
         "train": {"epochs": 1, "batch_size": args.batch, "lr": 1e-3, "dropout": 0.0,
@@ -126,13 +135,11 @@ def main() -> None:
     best = {k: max(v) for k, v in results.items()}
 
     # linear probe: first (uncached) epoch vs an epoch on the cache
-    from edgetl_strategies.linear_probe import LinearProbe
-
     probe_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 5})})
     ctx = context(probe_cfg, backbone, backbone.build(pretrained=True), train, val, labels, spec)
     rows = []
     ctx.log_epoch = rows.append
-    trained = LinearProbe().fit(ctx)
+    trained = get_manager().get("strategy", "linear-probe").fit(ctx)
     first = trained.timings["feature_seconds"] + rows[0].epoch_time_s
     cached = float(np.mean([r.epoch_time_s for r in rows[1:]]))
     doc = {"images": len(samples), "size": args.size, "batch": args.batch, "threads": torch.get_num_threads(),

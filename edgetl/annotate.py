@@ -18,6 +18,9 @@ import numpy as np
 from edgetl import fmt
 from edgetl.errors import DataError
 
+__all__ = ["annotate", "heat_overlay", "AnnotatedWriter"]
+
+
 MIN_WIDTH = 320  # narrower images are enlarged first so the banner stays readable
 HEAT_ALPHA = 0.45
 DEFAULT_FPS = 25.0

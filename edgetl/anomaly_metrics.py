@@ -24,8 +24,15 @@ import numpy as np
 
 from edgetl.metrics import ANOMALY_THRESHOLD, binary_auc
 
+__all__ = [
+    "THRESHOLD", "PRO_FPR_LIMIT", "f1_threshold", "percentile_threshold", "f1_at", "pro_score",
+    "pixel_auroc", "anomaly_document", "evaluate_anomaly",
+]
+
+
 THRESHOLD = ANOMALY_THRESHOLD  # the one constant (edgetl.metrics): a normalised score >= 0.5 is anomalous
 PRO_FPR_LIMIT = 0.3
+"""The false-positive-rate limit up to which :func:`pro_score` integrates (the usual 30 %)."""
 
 
 def f1_threshold(is_anomalous: np.ndarray, scores: np.ndarray) -> float:
@@ -59,6 +66,7 @@ def percentile_threshold(good_scores: np.ndarray, percentile: float) -> float:
 
 
 def f1_at(is_anomalous: np.ndarray, predicted: np.ndarray) -> float:
+    """F1 of the ``predicted`` (N,) bool decisions against the true ``is_anomalous`` (N,) bool labels."""
     y, p = np.asarray(is_anomalous, dtype=bool), np.asarray(predicted, dtype=bool)
     tp = int((y & p).sum())
     denom = int(p.sum()) + int(y.sum())

@@ -11,7 +11,6 @@ only in annotations. Shapes and units are stated in each docstring.
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,23 +25,29 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = [
     "BASELINE_KINDS", "BINDINGS", "COMPONENT_TYPES", "OUTPUTS", "PRECISIONS", "RESIZE_MODES", "TASKS",
-    "Backbone", "Component", "DistInfo", "ExportSpec", "FallbackStep", "FitContext", "Frame", "FrameStream",
-    "GateSettings", "InputSpec", "Logger", "LoggerRun", "ModelFacts", "PipelineControl", "PreviousRun",
-    "QuantizeContext", "Quantizer", "Runtime", "Sink", "SinkWriter", "Source", "Strategy", "Target", "TrainedModel", "ValidationSet",
+    "Backbone", "Component", "DistInfo", "ExportSpec", "FallbackStep", "FitContext", "Frame",
+    "FrameStream", "GateSettings", "InputSpec", "Logger", "LoggerRun", "ModelFacts", "PipelineControl",
+    "PreviousRun", "QuantizeContext", "Quantizer", "Runtime", "Sink", "SinkWriter", "Source",
+    "Strategy", "Target", "TrainedModel", "ValidationSet",
 ]
 
 RESIZE_MODES = ("resize", "letterbox", "center_crop")
+"""How a frame becomes the network's input size (:attr:`InputSpec.resize`)."""
 
 
-def _metrics():
-    """:mod:`edgetl.metrics` (numpy), imported on use so ``edgetl --help`` stays light."""
-    from edgetl import metrics
+def _tie_margin() -> float:
+    """:data:`edgetl.metrics.TIE_MARGIN`; :mod:`edgetl.metrics` (numpy) is imported on use so ``edgetl --help``
+    stays light."""
+    from edgetl.metrics import TIE_MARGIN
 
-    return metrics
+    return TIE_MARGIN
 
 TASKS = ("classify", "anomaly")
+"""What a model does (:attr:`TrainedModel.task`, :attr:`Strategy.task`)."""
 OUTPUTS = ("probabilities", "anomaly_score")
+"""What a model returns: (N, K) class probabilities or (N,) normalised anomaly scores."""
 PRECISIONS = ("fp32", "fp16", "int8")
+"""The precisions a target may hold (:attr:`Target.precisions`)."""
 BINDINGS = ("arch", "gpu", "runtime", "cpu_features")
 """What a target's shipped files may be tied to (:attr:`Target.bound_to`)."""
 
@@ -84,7 +89,7 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "InputSpec":
-        def tup(v):
+        def tup(v: Any) -> tuple[Any, ...] | None:
             return tuple(v) if v is not None else None
 
         return cls(
@@ -306,9 +311,6 @@ class FitContext:
         run_dir: the run directory being written (it exists), where a strategy
             may store files that belong to the run (a rehearsal buffer); None for
             baselines, which must not write there. Write only on the main process.
-        state: deprecated, kept for plugins written against 0.x; holds copies of
-            ``dist``, ``spec``, ``history``, ``checkpoint``, ``resume_state``.
-            Use the typed fields above and :class:`TrainedModel` results instead.
     """
 
     backbone: Backbone
@@ -322,7 +324,6 @@ class FitContext:
     unlabeled: Any = None
     progress: Callable[[str, int, int], None] = lambda stage, done, total: None
     log_epoch: Callable[[Any], None] = lambda row: None
-    state: dict[str, Any] = field(default_factory=dict)
     dist: DistInfo = field(default_factory=DistInfo)
     input: InputSpec | None = None
     checkpoint: Path | None = None
@@ -451,9 +452,6 @@ class FallbackStep:
     method: str = "default"
 
 
-_LEGACY_KEYS = ("dynamic_batch", "report", "profile")
-
-
 @dataclass
 class ExportSpec:
     """What :meth:`Target.export` is asked to write.
@@ -470,19 +468,6 @@ class ExportSpec:
     dynamic_batch: bool = False
     profile: Any = None
     report: dict[str, Any] = field(default_factory=dict)
-
-    # Deprecated: targets written when this argument was a plain dict read
-    # ``options.get("dynamic_batch")`` / ``options.setdefault("report", {})``; those keep working.
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key) if key in _LEGACY_KEYS else default
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in _LEGACY_KEYS:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        return self[key]
 
 
 class Target(Component):
@@ -647,7 +632,9 @@ class ModelFacts:
 
     def decide(self, outputs: "np.ndarray") -> "np.ndarray":
         """Class indices (N,) from model outputs under the operating point (:func:`edgetl.metrics.decide`)."""
-        return _metrics().decide(outputs, self.labels, self.threshold, self.positive)
+        from edgetl.metrics import decide  # numpy: imported on use
+
+        return decide(outputs, self.labels, self.threshold, self.positive)
 
 
 @dataclass(frozen=True)
@@ -663,7 +650,7 @@ class GateSettings:
 
     max_drop_points: float = 1.0
     min_agreement: float = 0.98
-    tie_margin: float = field(default_factory=lambda: _metrics().TIE_MARGIN)
+    tie_margin: float = field(default_factory=_tie_margin)
 
 
 @dataclass
@@ -721,10 +708,6 @@ class QuantizeContext:
             filled), from the profile's ``quantize`` section and
             ``--quantizer-option NAME.KEY=VALUE``; an empty dict for a quantizer
             that declares none.
-        bias_correction: deprecated (removed in 0.3): the OpenVINO INT8 steps'
-            ``bias_correction`` is their option now
-            (``ctx.options.bias_correction``). Still filled with what
-            ``--bias-correction`` asked for; setting it warns.
     """
 
     calibration: list["np.ndarray"]
@@ -737,23 +720,7 @@ class QuantizeContext:
     time_budget_s: float | None = None
     report: dict[str, Any] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)
-    bias_correction: str = "full"
     options: Any = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.bias_correction != "full":
-            warnings.warn("QuantizeContext.bias_correction is deprecated and is removed in edgetl 0.3: it is the "
-                          "OpenVINO INT8 quantizers' option now (QuantizeContext.options.bias_correction)",
-                          DeprecationWarning, stacklevel=3)
-
-    def legacy_options(self) -> dict[str, Any]:
-        """The ``options`` dict quantizers received before this context existed (same keys, same objects)."""
-        validation = None if self.validation is None else {
-            "x": self.validation.x, "y": self.validation.y, "decide": self.validation.decide,
-            "reference_decisions": self.validation.reference_decisions}
-        return {"report": self.report, "min_agreement": self.gate.min_agreement,
-                "gate": self.gate.max_drop_points, "profile": self.profile, "fp32_files": self.fp32_files,
-                "validation": validation}
 
 
 class Quantizer(Component):
@@ -788,11 +755,6 @@ class Quantizer(Component):
             files: the target's FP32 files.
             out_dir: a fresh folder path (the quantizer creates it).
             ctx: the :class:`QuantizeContext`.
-
-        A quantizer written for the earlier contract,
-        ``quantize(files, out_dir, calibration, options)``, is still called that
-        way, with ``options`` from :meth:`QuantizeContext.legacy_options`
-        (deprecated; the host tells the two apart by the number of parameters).
         """
 
 
@@ -955,3 +917,4 @@ COMPONENT_TYPES: dict[str, type[Component]] = {
     "backbone": Backbone, "strategy": Strategy, "quantizer": Quantizer,
     "target": Target, "source": Source, "sink": Sink, "logger": Logger,
 }
+"""Each component kind (what ``edgetl plugins list`` groups by) -> the class its components subclass."""

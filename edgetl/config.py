@@ -16,6 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgetl.errors import ConfigError, did_you_mean
 
+__all__ = [
+    "RunConfig", "DataConfig", "BackboneConfig", "StrategyConfig", "TrainConfig", "ScheduleConfig",
+    "EarlyStopping", "ThresholdPolicy", "LoggerConfig", "SliceConfig", "ContinualConfig",
+    "AUGMENTATIONS", "TargetProfile", "InputConstraints", "FleetFile", "FleetDevice", "load_run_config",
+    "load_target_profile", "resolve_profile", "load_fleet", "format_validation_error",
+]
+
+
 M = TypeVar("M", bound=BaseModel)
 
 

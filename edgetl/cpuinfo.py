@@ -15,10 +15,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+__all__ = ["ISA_FLAGS", "VNNI_FLAGS", "cpu_info", "needs_reduce_range"]
+
+
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
              "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile",
              "asimd", "asimddp", "fphp", "asimdhp", "i8mm", "bf16")
+"""The instruction-set flags :func:`cpu_info` reports (x86 and Arm names, as the kernel spells them)."""
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+"""The flags of INT8 dot-product instructions (VNNI, AMX): x86 without one needs reduced range (:func:`needs_reduce_range`)."""
 
 
 @lru_cache(maxsize=1)

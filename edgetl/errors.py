@@ -10,6 +10,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+__all__ = [
+    "EdgetlError", "UsageError", "ConfigError", "DataError", "PluginError", "UnknownComponentError",
+    "MissingDependencyError", "ExportError", "GateFailedError", "BundleError", "SignatureError",
+    "SignatureNotCheckedError", "InstallError", "DeployError",
+]
+
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for the closest known names, or ``""`` when none is close."""
@@ -84,9 +90,3 @@ class InstallError(EdgetlError):
 class DeployError(EdgetlError):
     """A deploy to one or more devices did not end on the new model."""
 
-
-class NotImplementedYet(UsageError):
-    """A command that exists in the design but is not built yet (exit status 2)."""
-
-    def __init__(self, command: str):
-        super().__init__(f"'edgetl {command}' is not implemented yet")

@@ -16,6 +16,9 @@ full precision; only what people read is rounded.
 
 from __future__ import annotations
 
+__all__ = ["prob", "tol", "pct"]
+
+
 NONE = "–"
 
 

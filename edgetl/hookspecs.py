@@ -28,6 +28,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from edgetl.api import Backbone, Logger, Quantizer, Sink, Source, Strategy, Target
 
+__all__ = [
+    "hookimpl", "edgetl_backbones", "edgetl_strategies", "edgetl_quantizers", "edgetl_targets",
+    "edgetl_sources", "edgetl_sinks", "edgetl_loggers", "edgetl_commands",
+]
+
+
 hookspec = pluggy.HookspecMarker("edgetl")
 hookimpl = pluggy.HookimplMarker("edgetl")
 

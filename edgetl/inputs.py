@@ -24,8 +24,12 @@ import numpy as np
 from edgetl.data.folder import IMAGE_SUFFIXES, list_images
 from edgetl.errors import DataError
 
+__all__ = ["STREAM_PREFIXES", "Item", "expand", "iter_items", "as_bgr"]
+
+
 GLOB_CHARS = set("*?[")
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "gst:")
+"""A predict source starting with one of these is a stream, opened by a source plugin, not a file."""
 
 
 @dataclass

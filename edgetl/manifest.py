@@ -17,38 +17,24 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from edgetl.errors import BundleError
 
+__all__ = [
+    "SCHEMA_VERSION", "Manifest", "TargetDoc", "validate_manifest", "as_manifest",
+]
+
+
 SCHEMA_VERSION = 1
+"""The manifest's ``schema_version`` this edgetl writes and reads."""
 # every path segment starts with a letter, digit, '_' or '-': no '.', '..' or empty segment
 MEMBER_PATTERN = r"^(model|reference)(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$"
 Member = Annotated[str, StringConstraints(pattern=MEMBER_PATTERN)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
-class _Doc(BaseModel):
-    """Attribute access is the contract; read-only ``doc["key"]`` / ``doc.get("key")`` remain for plugins
-    written when targets received the manifest as a plain dict (deprecated, kept while cheap)."""
-
-    def _known(self, key: object) -> bool:
-        return isinstance(key, str) and (key in type(self).model_fields or key in (self.model_extra or {}))
-
-    def __getitem__(self, key: str) -> Any:
-        if not self._known(key):
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __contains__(self, key: object) -> bool:
-        """Like a JSON document: an optional field left empty (None) is not there."""
-        return self._known(key) and getattr(self, key) is not None
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self[key] if key in self else default
-
-
-class _Open(_Doc):
+class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class _Strict(_Doc):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 

@@ -42,6 +42,13 @@ from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "ANOMALY_THRESHOLD", "TIE_MARGIN", "ADJUST_TAUS", "decide", "decision_margin", "flips",
+    "binary_auc", "roc_auc", "roc_curve", "confusion_matrix", "evaluate", "pick_threshold",
+    "tune_adjustment", "adjust", "adjustment_offsets", "wilson_interval",
+]
+
+
 DEFECT_NAMES = ("defect", "anomaly", "bad", "ng", "reject")
 ANOMALY_THRESHOLD = 0.5
 """Decision threshold of a normalised anomaly score when none is stored: anomalous at or above it."""

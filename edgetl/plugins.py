@@ -35,6 +35,12 @@ from edgetl import hookspecs
 from edgetl.api import COMPONENT_TYPES, Component
 from edgetl.errors import PluginError, UnknownComponentError, did_you_mean
 
+__all__ = [
+    "DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "PluginManager", "PluginInfo", "PluginWarning",
+    "get_manager",
+]
+
+
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "edgetl_stdio",
     "edgetl_timm",
@@ -51,6 +57,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )
 
 ENTRY_POINT_GROUP = "edgetl"
+"""The entry-point group an installed plugin registers under (docs/plugins.md, how plugins are found)."""
 REGISTER_HOOKS = {
     "backbone": "edgetl_backbones", "strategy": "edgetl_strategies",
     "quantizer": "edgetl_quantizers", "target": "edgetl_targets",

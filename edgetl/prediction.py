@@ -17,6 +17,8 @@ import numpy as np
 from edgetl import fmt
 from edgetl.metrics import DEFECT_NAMES, positive_index
 
+__all__ = ["Prediction", "from_document"]
+
 
 @dataclass
 class Prediction:

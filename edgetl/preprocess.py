@@ -19,6 +19,11 @@ import numpy as np
 from edgetl.api import RESIZE_MODES, InputSpec
 from edgetl.errors import DataError
 
+__all__ = [
+    "decode_image", "read_image", "fit", "crop_roi", "split_tiles", "prepare", "normalize",
+    "preprocess", "preprocess_file",
+]
+
 
 def _cv2():
     import cv2

@@ -11,13 +11,12 @@ terminal through :func:`progress_stream`.
 
 Handlers that libraries create *during* the step bind to the buffer and keep
 it afterwards: in a command-line process that is what we want (the noise of
-a later step is hidden too). The buffer keeps the last lines so a failure
-can say how many were hidden and where to see them.
+a later step is hidden too). The buffer counts the lines it swallows so a
+failure can say how many were hidden (``--verbose`` shows them).
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import io
 import logging
@@ -27,8 +26,6 @@ import warnings
 from collections.abc import Iterator
 from typing import TextIO
 
-KEEP_LINES = 2000
-
 
 def verbose_on() -> bool:
     """``--verbose``/``--debug`` (or ``EDGETL_VERBOSE=1``/``EDGETL_DEBUG=1``): show library output."""
@@ -36,11 +33,10 @@ def verbose_on() -> bool:
 
 
 class _Buffer(io.TextIOBase):
-    """A text stream that keeps the last lines written to it (what the libraries said)."""
+    """A text stream that swallows what the libraries said and counts its non-empty lines."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.lines: collections.deque[str] = collections.deque(maxlen=KEEP_LINES)
         self.count = 0
         self._partial = ""
 
@@ -54,7 +50,6 @@ class _Buffer(io.TextIOBase):
         *done, self._partial = (self._partial + text).split("\n")
         for line in done:
             if line.strip():
-                self.lines.append(line)
                 self.count += 1
         return len(text)
 
@@ -71,10 +66,6 @@ def progress_stream() -> TextIO:
 def hidden_count() -> int:
     """Lines of library output hidden so far in this process."""
     return _buffer.count
-
-
-def hidden_lines() -> list[str]:
-    return list(_buffer.lines)
 
 
 def stream_handlers(streams: tuple[object, ...]) -> list[logging.StreamHandler]:

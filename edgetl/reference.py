@@ -33,11 +33,6 @@ TOLERANCES: dict[str, dict[str, float]] = {
 }
 
 
-def labels_of(outputs: np.ndarray) -> np.ndarray:
-    """Deprecated: :func:`edgetl.metrics.decide` without an operating point (argmax; scores >= 0.5)."""
-    return decide(outputs, [], None, None)
-
-
 def run_images(paths: list[Path], spec: InputSpec, runtime: Any) -> list[np.ndarray]:
     """Each image through :func:`edgetl.preprocess.preprocess_file` and ``runtime``: one (T, …) array per image."""
     return [np.asarray(runtime.predict(preprocess_file(p, spec)), dtype=np.float32) for p in paths]

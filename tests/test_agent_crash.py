@@ -1,9 +1,11 @@
 """kill -9 at every install step, then restart: the previous or the new model serves, never none.
 
-The agent runs as ``edgetl agent serve`` in a subprocess whose torch imports are
-blocked (and logged), so these tests also prove the agent installs and
-predicts without torch. ``EDGETL_TEST_CRASH_AT=<stage>`` makes it
-``os._exit(137)`` at that step, the same as a ``kill -9`` or a power cut there.
+The seed agent and the crash-during-recovery test run ``edgetl agent serve`` in subprocesses whose
+torch imports are blocked (and logged), so they also prove the agent installs and predicts without
+torch; there ``EDGETL_TEST_CRASH_AT=<stage>`` makes it ``os._exit(137)`` at that step, the same as a
+``kill -9`` or a power cut there. The per-stage test is about the state machine (what the disk holds
+after the crash and what recovery makes of it), so its agents run in this process and
+``EDGETL_TEST_CRASH_AT=<stage>:freeze`` stops the install dead at the step instead.
 """
 
 from __future__ import annotations
@@ -14,8 +16,19 @@ import subprocess
 import sys
 
 import pytest
-from agent_support import BLOCKED_RUNNER, ProcessAgent, bundles, install, serving, upload, write_token
+from agent_support import (
+    BLOCKED_RUNNER,
+    ProcessAgent,
+    ThreadAgent,
+    bundles,
+    install,
+    serving,
+    upload,
+    write_token,
+)
+from net_helpers import wait_for
 
+from edgetl.device import faults
 from edgetl.device.install import STAGES
 
 CRASH_POINTS = list(STAGES) + ["switched"]
@@ -75,55 +88,59 @@ print('ok')
 """
 
 
-@pytest.mark.parametrize("stage", CRASH_POINTS)
-def test_kill_at_install_step_then_restart_serves_old_or_new_model(seeded_state, b, tmp_path, stage):
-    seed, token = seeded_state
-    state = tmp_path / "state"
-    shutil.copytree(seed, state)
-    crashing = ProcessAgent(state, [b.pub], token, env={"EDGETL_TEST_CRASH_AT": stage}).wait_ready()
-    with crashing.client() as client:
-        response = upload(client, b.v2)
-        assert response.status_code == 202
-        install_id = response.json()["install_id"]
-    crashing.proc.wait(30)
-    assert crashing.proc.returncode == 137, f"expected the crash point to fire at {stage}"
-    crashing.kill()
-
-    restarted = ProcessAgent(state, [b.pub], token).wait_ready()
-    try:
-        with restarted.client() as client:
-            expected = b.v2_version if stage == "switched" else b.v1_version
-            assert serving(client) == expected
-            r = client.post("/v1/predict", content=b.jpeg(), headers={"Content-Type": "image/jpeg"})
-            assert r.status_code == 200 and r.json()["model"] == expected
-            status = client.get(f"/v1/model/install/{install_id}").json()
-            assert status["status"] == ("installed" if stage == "switched" else "failed")
-            if stage != "switched":
-                assert f"interrupted during '{stage}'" in status["error"]
-                previous = client.get("/v1/info").json()["previous"]
-                assert previous is None  # the seed had only v1
-            # the agent is usable after recovery: the same bundle now installs cleanly
-            assert install(client, b.v2)["status"] == "installed"
-    finally:
-        restarted.stop()
+def _check_recovered(state, client, b, install_id: str, stage: str) -> None:
+    """After the restart: the old model (or, past the pointer rename, the new one) serves, the install's
+    status says what happened, the agent installs again, and nothing is left half-done on disk."""
+    expected = b.v2_version if stage == "switched" else b.v1_version
+    assert serving(client) == expected
+    r = client.post("/v1/predict", content=b.jpeg(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200 and r.json()["model"] == expected
+    status = client.get(f"/v1/model/install/{install_id}").json()
+    assert status["status"] == ("installed" if stage == "switched" else "failed")
+    if stage != "switched":
+        assert f"interrupted during '{stage}'" in status["error"]
+        previous = client.get("/v1/info").json()["previous"]
+        assert previous is None  # the seed had only v1
+    # the agent is usable after recovery: the same bundle now installs cleanly
+    assert install(client, b.v2)["status"] == "installed"
     leftovers = [p.name for p in (state / "staging").iterdir()] + [p.name for p in (state / "uploads").iterdir()]
     assert leftovers == []
     models = sorted(p.name for p in (state / "models").iterdir())
     pointer = json.loads((state / "current.json").read_text())
     assert sorted(i for i in pointer.values() if i) == models
-    assert restarted.blocked_imports() == []
+
+
+@pytest.mark.parametrize("stage", CRASH_POINTS)
+def test_kill_at_install_step_then_restart_serves_old_or_new_model(seeded_state, b, tmp_path, stage, monkeypatch):
+    """The install stops dead at ``stage`` (``EDGETL_TEST_CRASH_AT=<stage>:freeze``: its thread parks there
+    and writes nothing more, so the disk is as a kill -9 there leaves it), then a new agent starts on that
+    state directory in this process: what recovery reads is the same as after a real kill, which
+    :func:`test_kill_during_recovery_then_restart_recovers` does with real processes."""
+    seed, _ = seeded_state
+    state = tmp_path / "state"
+    shutil.copytree(seed, state)
+    faults.frozen.clear()
+    monkeypatch.setenv("EDGETL_TEST_CRASH_AT", f"{stage}:freeze")
+    with ThreadAgent(state, [b.pub]) as crashing, crashing.client() as client:
+        response = upload(client, b.v2)
+        assert response.status_code == 202
+        install_id = response.json()["install_id"]
+        wait_for(lambda: faults.frozen == [stage], what=f"the install to stop at {stage}")
+    monkeypatch.delenv("EDGETL_TEST_CRASH_AT")  # the crashed agent's install thread stays parked
+    with ThreadAgent(state, [b.pub]) as restarted, restarted.client() as client:
+        _check_recovered(state, client, b, install_id, stage)
 
 
 def test_kill_during_recovery_then_restart_recovers(seeded_state, b, tmp_path):
-    """A crash at 'load', then a second crash while recovering from it: the third start still ends
-    with v1 serving, the install failed and nothing left over."""
+    """Real processes, torch blocked: a hard exit (137) at 'load', then a second one while recovering from
+    it; the third start still ends with v1 serving, the install failed and nothing left over."""
     seed, token = seeded_state
     state = tmp_path / "state"
     shutil.copytree(seed, state)
     crashing = ProcessAgent(state, [b.pub], token, env={"EDGETL_TEST_CRASH_AT": "load"}).wait_ready()
     with crashing.client() as client:
         install_id = upload(client, b.v2).json()["install_id"]
-    crashing.proc.wait(30)
+    assert crashing.proc.wait(30) == 137, "expected the crash point to fire at load"
     crashing.kill()
     recovering = ProcessAgent(state, [b.pub], token, env={"EDGETL_TEST_CRASH_AT": "recover"})
     assert recovering.proc.wait(30) == 137
@@ -131,8 +148,7 @@ def test_kill_during_recovery_then_restart_recovers(seeded_state, b, tmp_path):
     restarted = ProcessAgent(state, [b.pub], token).wait_ready()
     try:
         with restarted.client() as client:
-            assert serving(client) == b.v1_version
-            assert client.get(f"/v1/model/install/{install_id}").json()["status"] == "failed"
+            _check_recovered(state, client, b, install_id, "load")
     finally:
         restarted.stop()
-    assert [p.name for p in (state / "staging").iterdir()] == []
+    assert restarted.blocked_imports() == []

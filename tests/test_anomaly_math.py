@@ -38,6 +38,15 @@ def test_coreset_has_the_asked_size_and_is_deterministic():
     assert len(greedy_coreset(x, 10_000, seed=0)) == 500  # capped at the number of rows
 
 
+def test_coreset_reports_rows_chosen_about_every_tenth_and_the_same_subset():
+    x = torch.randn(500, 32, generator=torch.Generator().manual_seed(2))
+    seen = []
+    with_progress = greedy_coreset(x, 95, seed=7, projection_dim=8, progress=lambda done, total: seen.append((done, total)))
+    assert torch.equal(with_progress, greedy_coreset(x, 95, seed=7, projection_dim=8))
+    assert seen[0] == (1, 95) and seen[-1] == (95, 95)
+    assert [d for d, _ in seen] == [1, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 95]  # every 9 rows: throttled
+
+
 def test_coreset_covers_the_space_better_than_random_rows():
     """Greedy k-center: the largest distance from any row to the subset beats a random subset's."""
     x = torch.randn(800, 6, generator=torch.Generator().manual_seed(3))

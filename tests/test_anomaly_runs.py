@@ -49,6 +49,15 @@ def test_the_final_scoring_reports_its_progress(runs, logs, name):
         assert f"  evaluate {split}: {n}/{n} images" in logs[name], logs[name]
 
 
+def test_the_coreset_step_reports_rows_chosen_done_over_total(runs, logs):
+    """The greedy k-center selection (minutes on a large bank) counts its rows, not only "still working"."""
+    lines = [m for m in logs["patchcore"] if "coreset of" in m]
+    n = next(int(m.rsplit("/", 1)[1]) for m in lines)
+    assert 1 < len(lines) <= 12, lines
+    assert lines[0].endswith(f" 1/{n}") and lines[-1].endswith(f" {n}/{n}"), lines
+    assert any(f"memory bank {n} of" in m for m in logs["patchcore"]), logs["patchcore"]
+
+
 @pytest.mark.parametrize("name", ["patchcore", "padim"])
 def test_trained_on_good_only_it_finds_the_defects_and_reports_pixel_metrics(runs, name):
     metrics = json.loads((runs[name] / "metrics.json").read_text())

@@ -96,6 +96,77 @@ def test_timm_hub_download_is_refused_offline(monkeypatch):
         get_manager().get("backbone", "timm:test_efficientnet").build(pretrained=True)
 
 
+def _no_hub(monkeypatch):
+    """Downloads allowed, but the hub is a closed port on this machine: what no network looks like, fast.
+
+    huggingface_hub read its endpoint and offline flag at import (conftest.py set it offline), so both
+    are set here too: a download attempted despite the probe would reach the closed port, never the hub.
+    """
+    from huggingface_hub import constants
+    from net_helpers import free_port
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("EDGETL_OFFLINE", raising=False)
+    for proxy in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    port = free_port()  # bound and released: nothing listens there
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return port
+
+
+def test_without_network_an_uncached_hub_backbone_fails_in_seconds_saying_how_to_get_the_weights(
+        monkeypatch, tmp_path):
+    import time
+
+    from huggingface_hub import constants
+
+    port = _no_hub(monkeypatch)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty cache
+    start = time.monotonic()
+    with pytest.raises(EdgetlError) as info:
+        get_manager().get("backbone", "timm:test_efficientnet").build(pretrained=True)
+    assert time.monotonic() - start < 10  # huggingface_hub alone retries for about a minute
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"not in the local cache and no network: 127.0.0.1:{port} cannot be reached" in message, message
+    assert "timm.create_model('test_efficientnet', pretrained=True)" in message and "weights: PATH" in message
+    assert not constants.HF_HUB_OFFLINE  # the library's offline switch is put back
+
+
+def test_without_network_cached_hub_weights_load(monkeypatch, tmp_path):
+    """The same closed hub, the weights in huggingface_hub's cache layout: the backbone builds from them."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    _no_hub(monkeypatch)
+    backbone = get_manager().get("backbone", "timm:test_efficientnet")
+    state = {k: v + 1.0 if v.is_floating_point() else v
+             for k, v in backbone.classifier(pretrained=False).state_dict().items()}
+    repo = tmp_path / "hub" / "models--timm--test_efficientnet.r160_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, repo / "snapshots" / ("0" * 40) / "model.safetensors")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = backbone.build(pretrained=True)
+    assert torch.equal(model.state_dict()["conv_stem.weight"], state["conv_stem.weight"])
+
+
+def test_the_hub_probe_tells_a_listening_port_from_a_closed_one():
+    import socket
+
+    from edgetl_timm.hub import reachable
+    from net_helpers import free_port
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        assert reachable(server.getsockname(), timeout=2)
+    assert not reachable(("127.0.0.1", free_port()), timeout=2)
+
+
 def test_unknown_timm_model_suggests_a_name():
     with pytest.raises(UnknownComponentError, match="timm:resnet18"):
         get_manager().get("backbone", "timm:resnet18x")

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 
 from edgetl import __version__
 from edgetl.cli import cli
-from edgetl.cli.groups import _placeholder
 from tests.plugin_factory import make_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,17 +88,6 @@ def test_debug_shows_traceback():
 def test_usage_error_exits_2():
     result = CliRunner().invoke(cli, ["plugins", "list", "--no-such-flag"])
     assert result.exit_code == 2
-
-
-def test_placeholder_says_not_implemented_and_exits_2():
-    import click
-
-    group = click.Group("g", commands=[_placeholder("later", "Something later")])
-    from edgetl.cli import EdgetlGroup
-
-    root = EdgetlGroup("edgetl", commands=[group.commands["later"]])
-    result = CliRunner().invoke(root, ["later", "--anything"])
-    assert result.exit_code == 2 and "'edgetl later' is not implemented yet" in result.output
 
 
 def test_internal_error_is_one_line_without_debug(monkeypatch):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 import yaml
@@ -24,14 +26,25 @@ def run(*args):
     return result.exit_code, result.output
 
 
+def _v1_state(b) -> Path:
+    """A state dir serving v1, installed once per worker: a preinstalled device starts on a copy of it."""
+    seed = Path(b.root) / "deploy-fleet-v1"
+    if not (seed / "current.json").exists():
+        with ThreadAgent(seed, [b.pub]) as agent, agent.client() as client:
+            assert install(client, b.v1)["status"] == "installed"
+    return seed
+
+
 def start_fleet(stack, root, b, n, preinstalled=True):
     agents = []
     for i in range(n):
+        if preinstalled:
+            shutil.copytree(_v1_state(b), root / f"dev{i}")
         agent = stack.enter_context(ThreadAgent(root / f"dev{i}", [b.pub], token=f"token-{i}"))
         write_token(root / f"dev{i}.token", f"token-{i}")
         if preinstalled:
             with agent.client() as client:
-                assert install(client, b.v1)["status"] == "installed"
+                assert serving(client) == b.v1_version
         agents.append(agent)
     return agents
 

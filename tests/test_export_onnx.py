@@ -84,7 +84,7 @@ def broken_ptq(monkeypatch):
     """Make the (onnx, int8, ptq) quantizer produce a model that must fail the gate."""
     import edgetl_onnx
 
-    def quantize(self, files, out_dir, calibration, options):
+    def quantize(self, files, out_dir, ctx):
         return [_sabotage_head(Path(files[0]), Path(out_dir) / "model.onnx")]
 
     monkeypatch.setattr(edgetl_onnx.OnnxInt8Ptq, "quantize", quantize)
@@ -95,7 +95,7 @@ def broken_int8(monkeypatch):
     """Both INT8 quantizers produce models that must fail the gate."""
     import edgetl_onnx
 
-    def quantize(self, files, out_dir, calibration, options):
+    def quantize(self, files, out_dir, ctx):
         return [_sabotage_head(Path(files[0]), Path(out_dir) / "model.onnx")]
 
     for cls in (edgetl_onnx.OnnxInt8Ptq, edgetl_onnx.OnnxInt8AccuracyAware):
@@ -109,7 +109,7 @@ def test_round_trip_bundle_reproduces_torch_within_tolerance(tiny, exported, pre
 
     run_dir, data, key, pub = tiny
     result = exported(precision)
-    assert result.manifest["target"]["precision"] == precision
+    assert result.manifest.target.precision == precision
     verify_bundle(result.bundle, [pub])
     paths = sorted((data / "val").rglob("*.png"))[::4]
     want = _torch_probs(run_dir, paths)
@@ -123,15 +123,15 @@ def test_round_trip_bundle_reproduces_torch_within_tolerance(tiny, exported, pre
 def test_auto_walks_the_chain_past_a_failing_gate_and_records_every_attempt(tiny, tmp_path, broken_ptq):
     run_dir, *_ = tiny
     result = export_run(run_dir, _options(tmp_path, precision="auto"))
-    attempts = result.manifest["export"]["attempts"]
-    assert [(a["precision"], a["method"]) for a in attempts] == [("int8", "ptq"), ("int8", "accuracy-aware")]
+    attempts = result.manifest.export.attempts
+    assert [(a.precision, a.method) for a in attempts] == [("int8", "ptq"), ("int8", "accuracy-aware")]
     first, second = attempts
-    assert not first["passed"] and "agreement" in first["reason"] and first["agreement"] < 0.98
-    assert second["passed"] and second["agreement"] >= 0.98 and second["n"] == 32
-    assert result.manifest["target"]["method"] == "accuracy-aware"
+    assert not first.passed and "agreement" in first.reason and first.agreement < 0.98
+    assert second.passed and second.agreement >= 0.98 and second.n == 32
+    assert result.manifest.target.method == "accuracy-aware"
     # its own full INT8 already meets the target here: early exit, no per-layer ranking spent
-    assert second["details"]["float_layers"] == [] and second["details"]["stopped"] == "agreement met"
-    assert second["details"]["ranked_layers"] == 0
+    assert second.details["float_layers"] == [] and second.details["stopped"] == "agreement met"
+    assert second.details["ranked_layers"] == 0
 
 
 def test_explicit_precision_failing_the_gate_fails_without_fallback_and_falls_back_with_it(tiny, tmp_path, broken_int8):
@@ -149,7 +149,7 @@ def test_explicit_precision_failing_the_gate_fails_without_fallback_and_falls_ba
     assert not out.exists()
     # with --fallback the chain goes on (int8/ptq, int8/accuracy-aware, fp16): fp16 is kept
     result = export_run(run_dir, _options(tmp_path, precision="int8", fallback=True, latency_runs=0))
-    assert result.manifest["target"]["precision"] == "fp16"
+    assert result.manifest.target.precision == "fp16"
     assert [a["passed"] for a in result.attempts] == [False, False, True]
 
 
@@ -234,7 +234,7 @@ def test_dynamic_batch_export_accepts_any_batch(tiny, tmp_path):
 
     run_dir, *_ = tiny
     result = export_run(run_dir, _options(tmp_path, precision="fp32", dynamic_batch=True))
-    assert result.manifest["target"]["dynamic_batch"] is True
+    assert result.manifest.target.dynamic_batch is True
     with BundlePredictor(result.bundle) as predictor:
         assert predictor.runtime.fixed_batch is None
         assert predictor.predict(np.zeros((5, 3, 48, 48), np.float32)).shape == (5, 2)
@@ -306,7 +306,7 @@ def test_every_step_is_timed_even_a_quantizer_that_fails(tiny, tmp_path, monkeyp
             "latency torch fp32", "reference"} <= set(stages)
     failed = stages["quantize int8/ptq"]  # its time counts although it produced nothing
     assert failed["size_bytes"] is None and failed["seconds"] >= 0
-    assert "passed its budget" in result.manifest["export"]["attempts"][0]["reason"]
+    assert "passed its budget" in result.manifest.export.attempts[0].reason
     assert all(s["seconds"] >= 0 for s in result.stages)
 
 

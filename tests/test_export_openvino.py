@@ -48,8 +48,8 @@ def test_ir_round_trip_matches_torch(run_dir, tmp_path, precision, tol):
     result = export_run(run_dir, ExportOptions(format="openvino", precision=precision, calib_count=16,
                                                latency_runs=2, out=tmp_path / "ov.edgetl", target=PROFILE))
     manifest = result.manifest
-    assert manifest["target"]["files"] == ["model/model.bin", "model/model.xml"]
-    assert manifest["target"]["method"] == ("weights" if precision == "fp16" else "default")
+    assert manifest.target.files == ["model/model.bin", "model/model.xml"]
+    assert manifest.target.method == ("weights" if precision == "fp16" else "default")
     x = _val_batch(run_dir)
     with BundlePredictor(result.bundle) as predictor:
         info = predictor.info()
@@ -76,7 +76,7 @@ def test_int8_goes_through_nncf_and_the_gate_and_json_stdout_stays_clean(run_dir
     attempts = open_bundle(out).manifest["export"]["attempts"]
     assert attempts[-1]["passed"] and all(a["precision"] == "int8" for a in attempts)
     assert attempts[0]["method"] == "ptq" and attempts[0]["details"]["tool"] == "nncf.quantize"
-    assert attempts[0]["details"]["bias_correction"] == "full"  # the default (--bias-correction)
+    assert attempts[0]["details"]["bias_correction"] == "full"  # the quantizer option's default
     if len(attempts) == 2:
         # the accuracy-controlled step restores layers of the PTQ step's model (calibrated once)
         assert attempts[1]["details"]["tool"] == "nncf.quantize + nncf QuantizationAccuracyRestorer"
@@ -169,10 +169,10 @@ def test_accuracy_control_stops_at_its_budget_with_a_reason(tmp_path, budget, in
                                          "nncf.quantize + nncf QuantizationAccuracyRestorer")
 
 
-@pytest.mark.parametrize("mode", ["full", "fast", "deprecated-fast"])
+@pytest.mark.parametrize("mode", ["full", "fast", "unset"])
 def test_bias_correction_option_reaches_nncf_and_the_report(tmp_path, monkeypatch, mode):
     """The quantizer's ``bias_correction`` option: nncf's full BiasCorrection by default (ELPV: 185/197 kept
-    against 176), fast on request; the deprecated ``QuantizeContext.bias_correction`` still works and warns."""
+    against 176, and when the context carries no options), fast on request."""
     pytest.importorskip("nncf")
     import nncf
     import openvino as ov
@@ -195,17 +195,12 @@ def test_bias_correction_option_reaches_nncf_and_the_report(tmp_path, monkeypatc
     ov.save_model(ov.Model([ov.opset13.relu(param)], [param]), str(xml))
     facts = ModelFacts(name="t", task="classify", labels=["a", "b", "c"], threshold=None, positive=None,
                        output="probabilities", input=InputSpec(size=(1, 3)))
-    if mode == "deprecated-fast":
-        with pytest.warns(DeprecationWarning, match="bias_correction is deprecated and is removed in edgetl 0.3"):
-            ctx = QuantizeContext(calibration=[np.zeros((1, 3), np.float32)], model=facts, fp32_files=[xml],
-                                  bias_correction="fast")
-    else:
-        ctx = QuantizeContext(calibration=[np.zeros((1, 3), np.float32)], model=facts, fp32_files=[xml],
-                              options=OvInt8Options(bias_correction=mode))
+    options = {} if mode == "unset" else OvInt8Options(bias_correction=mode)
+    ctx = QuantizeContext(calibration=[np.zeros((1, 3), np.float32)], model=facts, fp32_files=[xml],
+                          options=options)
     q.ptq_model([xml], ctx)
-    fast = mode.endswith("fast")
+    fast = mode == "fast"
     assert seen["fast_bias_correction"] is fast and ctx.report["bias_correction"] == ("fast" if fast else "full")
-    assert QuantizeContext(calibration=[], model=facts, fp32_files=[]).bias_correction == "full"
     ctx.options = OvInt8Options.model_construct(bias_correction="exact")  # past the model's validation
     with pytest.raises(ExportError, match="bias_correction 'exact': expected one of full, fast"):
         q.ptq_model([xml], ctx)

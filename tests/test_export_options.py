@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 from click.testing import CliRunner
 
@@ -59,15 +57,6 @@ def test_bad_quantizer_options_are_one_line_before_any_work(tmp_path, extra, opt
     with pytest.raises(ConfigError) as err:
         plan_export(ExportOptions(format="openvino", target=profile(tmp_path, extra=extra), quantizer_options=options))
     assert str(err.value).startswith(expected)
-
-
-def test_the_deprecated_bias_correction_still_works_and_warns(tmp_path):
-    with pytest.warns(DeprecationWarning, match="--bias-correction is deprecated and is removed in edgetl 0.3"):
-        plan = plan_export(ExportOptions(format="openvino", target=profile(tmp_path), bias_correction="fast"))
-    assert plan.quantizer_options["openvino-int8-accuracy-control"].bias_correction == "fast"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        plan_export(ExportOptions(format="openvino", target=profile(tmp_path)))  # nothing deprecated asked
 
 
 def test_the_command_line_option_is_checked_before_the_run_is_read(tmp_path):

@@ -33,12 +33,12 @@ def test_host_writes_a_symmetric_qdq_onnx_and_the_build_settings(int8_bundle, tm
 
     _, result = int8_bundle
     manifest = result.manifest
-    assert manifest["target"]["files"] == ["model/model.onnx"]
-    build = manifest["target"]["build"]
+    assert manifest.target.files == ["model/model.onnx"]
+    build = manifest.target.build
     assert build["network"] == "strongly_typed" and build["quantization"] == "explicit-qdq"
     assert build["workspace_mb"] == 1024 and build["min_tensorrt"] == "10.0"  # from the Orin Nano profile
     assert build["optimization_profile"] == {"min_batch": 1, "opt_batch": 1, "max_batch": 1}
-    assert manifest["target"]["profile"] == "jetson-orin-nano"
+    assert manifest.target.profile == "jetson-orin-nano"
     dest = extract_bundle(result.bundle, tmp_path / "x", 1 << 26)
     model = onnx.load(str(dest / "model" / "model.onnx"))
     onnx.checker.check_model(model)

@@ -158,7 +158,8 @@ def test_schema_of_the_status_message_matches_what_agents_publish(tmp_path, b, r
     sub.loop_start()
     try:
         with ThreadAgent(tmp_path / "dev", [b.pub]) as agent:
-            config = PullConfig(ref=OciRef.parse(registry.url("line2/cam", "canary")), interval=60, insecure=True,
+            # the first poll comes within interval x jitter (0.5 s here, not the 6 s of a 60 s interval)
+            config = PullConfig(ref=OciRef.parse(registry.url("line2/cam", "canary")), interval=5, insecure=True,
                                 auth_file=str(registry.auth_file))
             p = start_pull(agent.agent, config, {"broker": f"127.0.0.1:{broker.port}", "device_id": "schema-cam",
                                                  "auth_file": str(broker.auth_file)})
@@ -285,21 +286,26 @@ def test_registry_down_mid_download_resumes(tmp_path, b, registry, on_v1):
 
 
 def test_kill_9_mid_pull_then_restart_resumes(tmp_path, b, registry):
+    """The one pull test with real processes: surviving a real kill -9 mid-download is the point."""
     push(registry, b.v1, "k/cam", "canary")
+    state = tmp_path / "state"
+    with ThreadAgent(state, [b.pub]) as seeding:  # v1 pulled straight from the registry, in this process
+        assert puller(seeding, registry, "k/cam", "canary").poll_once() == "installed"
     proxy = SlowProxy(registry.port, rate=150 * 1024)
     token = write_token(tmp_path / "token")
     auth = docker_config(tmp_path / "proxy.json", proxy.host)
     args = ["--pull", f"oci://{proxy.host}/k/cam:canary", "--pull-interval", "0.5s", "--insecure",
             "--registry-auth", str(auth)]
-    state = tmp_path / "state"
     agent = ProcessAgent(state, [b.pub], token, extra_args=args).wait_ready()
     try:
         with agent.client() as client:
-            wait_for(lambda: serving(client) == b.v1_version, 30, "v1 pulled")
+            assert serving(client) == b.v1_version
+            wait_for(lambda: client.get("/v1/info").json()["pull"]["state"] == "ok", 30, "a poll: v1 is up to date")
         push(registry, b.v2, "k/cam", "canary")
         wait_for(lambda: any(f.stat().st_size > 50_000 for f in (state / "pull").glob("*.part")), 30, "partial")
         agent.kill()
         proxy.cut()
+        proxy.rate = 0  # the rest at full speed: resuming, not the proxy's pace, is what is tested
         agent = ProcessAgent(state, [b.pub], token, extra_args=args).wait_ready()
         with agent.client() as client:
             assert serving(client) == b.v1_version  # the old model serves at once after the restart

@@ -137,7 +137,7 @@ def test_without_the_flag_the_gate_is_the_whole_set_gate(sliced_run, one_flip, t
     result = _export(sliced_run[0], tmp_path / "plain.edgetl")
     attempt = result.attempts[-1]
     assert attempt["passed"] and attempt["agreement"] == pytest.approx(31 / 32)
-    assert "slices" not in attempt and "slices" not in result.manifest["export"]["gate"]
+    assert "slices" not in attempt and "slices" not in result.manifest.export.gate
 
 
 def test_gate_slices_fails_the_export_naming_the_slice_and_leaves_no_bundle(sliced_run, one_flip, tmp_path):

@@ -152,7 +152,7 @@ def test_hook_edgetl_quantizers(tmp_path, monkeypatch):
 class Q(api.Quantizer):
     name = "toy-int8"
     target, precision, method = "toy", "int8", "ptq"
-    def quantize(self, files, out_dir, calibration, options): return list(files)
+    def quantize(self, files, out_dir, ctx): return list(files)
 @hookimpl
 def edgetl_quantizers(register): register(Q())
 """)
@@ -166,7 +166,7 @@ class R(api.Runtime):
     def predict(self, batch): return batch.mean(axis=(1, 2, 3))[:, None]
 class T(api.Target):
     name = "toy-target"
-    def export(self, model, example, out_dir, options): return []
+    def export(self, model, example, out_dir, spec): return []
     def load(self, files, manifest, options=None): return R()
 @hookimpl
 def edgetl_targets(register): register(T())

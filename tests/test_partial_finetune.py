@@ -162,6 +162,6 @@ def test_partial_finetune_run_exports_through_the_gate(tmp_path, data):
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # train and val maps, float16 on disk
     result = export_run(tmp_path / "run", ExportOptions(format="onnx", precision="fp32", calib_count=16,
                                                         latency_runs=2, out=tmp_path / "b.edgetl"))
-    attempt = result.manifest["export"]["attempts"][-1]
-    assert attempt["passed"] and attempt["agreement"] >= 0.98
-    assert result.manifest["target"]["precision"] == "fp32"
+    attempt = result.manifest.export.attempts[-1]
+    assert attempt.passed and attempt.agreement >= 0.98
+    assert result.manifest.target.precision == "fp32"

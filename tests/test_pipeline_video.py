@@ -116,22 +116,28 @@ class _FlakySource(Source):
         return _FlakyStream(self.opened)
 
 
-def test_pipeline_reconnects_a_dead_stream_with_backoff(monkeypatch):
+def test_pipeline_reconnects_a_dead_stream_with_backoff(monkeypatch, caplog):
+    import re
+
     import edgetl.device.pipeline as pl
 
     manager = get_manager()
     source = _FlakySource()
     manager.registry["source"] = {"flaky": source}
-    monkeypatch.setattr(pl, "BACKOFF_START_S", 0.05)
+    monkeypatch.setattr(pl, "BACKOFF_START_S", 0.1)
     pipeline = Pipeline(PipelineConfig.from_dict({"source": "flaky:cam"}), slow_predict(0))
-    pipeline.start()
-    deadline = time.monotonic() + 5
-    while len(source.opened) < 4 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    pipeline.stop()
+    with caplog.at_level("WARNING", logger="edgetl.agent.pipeline"):
+        pipeline.start()
+        deadline = time.monotonic() + 5
+        while len(source.opened) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pipeline.stop()
     assert pipeline.reconnects >= 3 and len(source.opened) >= 4
+    waits = [float(m.group(1)) for r in caplog.records if (m := re.search(r"reconnecting in ([\d.]+) s", r.message))]
+    assert waits[:3] == [0.1, 0.2, 0.4]  # the wait doubles
     gaps = np.diff(source.opened)
-    assert gaps[2] > gaps[0] * 1.5  # the wait doubles
+    # and is waited: each reopening comes at least its announced wait after the last (a busy CPU only adds)
+    assert all(gap >= wait - 0.01 for gap, wait in zip(gaps[:3], waits[:3], strict=True)), (gaps, waits)
     assert pipeline.status()["state"] == "stopped"
 
 

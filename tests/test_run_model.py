@@ -1,4 +1,4 @@
-"""The run directory's model file: any module in, the same outputs back; old (format 1) runs still load."""
+"""The run directory's model file: any module in, the same outputs back; runs of another format are refused."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ pytest.importorskip("timm")
 from torch import nn  # noqa: E402
 
 from edgetl.api import InputSpec, Strategy, TrainedModel  # noqa: E402
-from edgetl.errors import EdgetlError, PluginError  # noqa: E402
+from edgetl.errors import DataError, EdgetlError, PluginError  # noqa: E402
 from edgetl.host.contract import check_trained  # noqa: E402
 from edgetl.host.run import load_run, save_run_model  # noqa: E402
 
@@ -69,25 +69,12 @@ def test_an_anomaly_module_with_tuple_outputs_round_trips(tmp_path):
     assert out.stdout.strip() == "(2,) (2, 1, 16, 16) False"
 
 
-def test_a_format_1_run_directory_still_loads(tmp_path):
-    from edgetl.plugins import get_manager
-    from edgetl.training import Classifier
-
-    backbone = get_manager().get("backbone", "timm:test_efficientnet")
-    torch.manual_seed(0)
-    model = Classifier(backbone.build(pretrained=False), backbone.feature_dim, 2, dropout=0.0).eval()
-    payload = {"format": 1, "name": "old", "backbone": "timm:test_efficientnet", "strategy": "finetune",
-               "head": {"feature_dim": backbone.feature_dim, "num_classes": 2, "dropout": 0.0, "hidden": None,
-                        "tta": ["hflip"]},
-               "task": "classify", "labels": ["defect", "good"], "threshold": None, "output": "probabilities",
-               "positive": "defect", "input": SPEC.to_dict(), "config": {},
-               "state_dict": model.state_dict()}
+def test_a_run_directory_of_another_format_is_one_line(tmp_path):
+    """Only format 2 (``model.pt2`` + ``model.pt``) loads; anything else is refused naming the file."""
     (tmp_path / "old").mkdir()
-    torch.save(payload, tmp_path / "old" / "model.pt")
-    run = load_run(tmp_path / "old")
-    x = torch.randn(2, 3, 16, 16)
-    expected = (model(x) + model(torch.flip(x, dims=(3,)))) / 2
-    assert torch.allclose(run.model(x), expected, atol=1e-6)
+    torch.save({"format": 1, "name": "old"}, tmp_path / "old" / "model.pt")
+    with pytest.raises(DataError, match=r"model\.pt: model format 1, expected 2$"):
+        load_run(tmp_path / "old")
 
 
 def test_check_names_the_plugin_for_a_wrong_anomaly_output():

@@ -105,14 +105,18 @@ def sam_code() -> str:
 
 
 def test_the_sam_tutorial_takes_two_passes_per_step_and_goes_through_export_and_verify(tmp_path, monkeypatch):
-    """SAM on the SDK's loop (the ``step`` hook): train -> export through the gate -> bundle verify."""
+    """SAM on the SDK's loop (the ``step`` hook): train -> export through the gate -> bundle verify -> an agent
+    (in this process) that installs the signed bundle and answers like the host run."""
     import json
 
+    from agent_support import ThreadAgent
     from click.testing import CliRunner
+    from serve_support import served_like_the_host
 
     from edgetl.cli import cli
     from edgetl.errors import ConfigError
     from edgetl.host.export import ExportOptions, export_run
+    from edgetl.keys import generate_keypair
     from edgetl.training import loop
 
     make_plugin(tmp_path / "site", "sam", sam_code(), module="edgetl_sam")
@@ -134,12 +138,20 @@ def test_the_sam_tutorial_takes_two_passes_per_step_and_goes_through_export_and_
         assert summary["strategy"] == "sam" and summary["best_epoch"] in (1, 2)
         assert closures and len(closures) % 2 == 0 and closures[0::2] == closures[1::2]  # two passes per step
 
+        key, pub = generate_keypair(tmp_path / "signer")
         result = export_run(tmp_path / "run", ExportOptions(format="onnx", precision="fp32", calib_count=8,
-                                                            latency_runs=0, out=tmp_path / "sam.edgetl"))
+                                                            latency_runs=0, out=tmp_path / "sam.edgetl", sign=key))
         assert result.attempts[-1]["passed"]
         verified = CliRunner().invoke(cli, ["bundle", "verify", str(tmp_path / "sam.edgetl"), "--json"])
         doc = json.loads(verified.stdout)
         assert doc["reference"]["status"] == "passed", verified.output
+
+        # the device: the agent checks the signature and the reference outputs at install, then classifies
+        # each image as the host run does (same label, scores within 1e-4)
+        images = [p for cls in ("defect", "good") for p in sorted((data / "val" / cls).glob("*.png"))[:1]]
+        with ThreadAgent(tmp_path / "agent" / "state", [pub]) as agent, agent.client() as client:
+            served_like_the_host((key, client), tmp_path / "run", result.bundle, images)
+            assert client.get("/v1/info").json()["current"]["model_version"]
     finally:
         reset_manager()
 

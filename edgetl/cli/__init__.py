@@ -14,6 +14,8 @@ import click
 from edgetl import __version__
 from edgetl.errors import EdgetlError
 
+__all__ = ["cli", "main"]
+
 
 def _debug_on() -> bool:
     return os.environ.get("EDGETL_DEBUG", "") not in ("", "0", "false")

@@ -85,16 +85,12 @@ def stages_table(stages: list[dict]) -> None:
 @click.option("--quantizer-option", "quantizer_option", multiple=True, metavar="QUANTIZER.KEY=VALUE",
               help="An option of one quantizer, e.g. openvino-int8-ptq.bias_correction=fast (repeatable; wins "
                    "over the profile's 'quantize' section; docs/export.md, \"Device profiles\").")
-@click.option("--bias-correction", type=click.Choice(["full", "fast"]), default=None,
-              help="Deprecated (removed in 0.3): --quantizer-option openvino-int8-ptq.bias_correction=fast "
-                   "(and openvino-int8-accuracy-control.…).")
 @threads_option
 @json_option
 def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fallback: bool, gate: float,
                min_agreement: float, gate_slices: bool, calib_count: int, dynamic_batch: bool,
                model_version: str | None, sign: Path | None, out: Path | None, latency_runs: int,
-               quantize_budget: float | None, quantizer_option: tuple[str, ...], bias_correction: str | None,
-               threads: int | None, as_json: bool) -> None:
+               quantize_budget: float | None, quantizer_option: tuple[str, ...], threads: int | None, as_json: bool) -> None:
     """Export RUN_DIR, quantize, gate on the validation set, and write a signed bundle.
 
     Prints each stage with its time and size, then a table of every attempt.
@@ -110,9 +106,6 @@ def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fal
     if target is not None:
         target = resolve_profile(target)
         fmt = fmt or load_target_profile(target).format
-    if bias_correction is not None:
-        info(f"warning   --bias-correction is deprecated (removed in 0.3): use --quantizer-option "
-             f"openvino-int8-ptq.bias_correction={bias_correction}")
     if not fmt:
         raise UsageError("give --format (onnx, openvino, tensorrt, …) or --target PROFILE, e.g. x86-openvino-cpu")
     try:
@@ -122,7 +115,6 @@ def export_cmd(run_dir: Path, fmt: str, target: Path | None, precision: str, fal
                                    calib_count=calib_count,
                                    dynamic_batch=dynamic_batch, model_version=model_version, sign=sign, out=out,
                                    latency_runs=latency_runs, quantize_budget_s=quantize_budget,
-                                   bias_correction=bias_correction,
                                    quantizer_options=parse_quantizer_options(quantizer_option),
                                    log=info).result
     except GateFailedError as exc:

@@ -1,8 +1,4 @@
-"""The list of built-in commands, in ``--help`` order.
-
-A documented command that is not built yet is a placeholder that says so and
-exits with status 2: never fake output.
-"""
+"""The list of built-in commands, in ``--help`` order."""
 
 from __future__ import annotations
 
@@ -21,17 +17,6 @@ from edgetl.cli.fleet_cmd import fleet_group, push_command
 from edgetl.cli.keys_cmd import keys_group
 from edgetl.cli.plugins_cmd import plugins_group
 from edgetl.cli.train_cmd import eval_command, predict_command, train_command
-from edgetl.errors import NotImplementedYet
-
-
-def _placeholder(name: str, summary: str) -> click.Command:
-    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                   help=f"{summary} (not implemented yet).", add_help_option=True)
-    def command() -> None:
-        raise NotImplementedYet(name)
-
-    return command
-
 
 COMMANDS: list[click.Command] = [
     plugins_group,

@@ -236,7 +236,7 @@ The cells are dealt into {len(per_fold)} disjoint test folds stratified by class
 `fold-<k>/` is a split root whose `test/` is fold k and whose `train/` and `val/` are the
 other folds (val: a stratified {val_size} of them). Every cell is in exactly one fold's test.
 Images are hard links to one copy. Train and report per fold, then the mean and spread:
-`python benchmarks/elpv_folds.py` (docs/training.md, "Cross-split evaluation (K-fold)").
+`python benchmarks/experiments/elpv_folds.py` (docs/training.md, "Cross-split evaluation (K-fold)").
 
 train/val/test images per class:
 

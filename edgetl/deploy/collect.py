@@ -27,6 +27,9 @@ from typing import Any
 
 from edgetl.errors import DeployError
 
+__all__ = ["CollectResult", "collect"]
+
+
 LABELLED, UNLABELLED = "train", "unlabelled"
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from edgetl.errors import DeployError, UsageError
 
+__all__ = ["Deployment", "deploy", "rollout"]
+
 
 @dataclass
 class Deployment:

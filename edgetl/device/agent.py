@@ -57,7 +57,6 @@ class Agent:
         if not trusted:
             raise ConfigError("agent: at least one --trust KEY.pub is required (only signed bundles install)")
         self.trusted_keys = [load_public_key(Path(p)) for p in trusted]
-        self.trusted_paths = [str(p) for p in trusted]
         self.state = StateDir(state_dir)
         self.journal = Journal(self.state.journal_path)
         self.metrics = Metrics()
@@ -205,11 +204,6 @@ class Agent:
                 raise NoModelError("no model installed; deploy a bundle first")
             model.acquire()
         return _Lease(model)
-
-    def predict_image(self, image_bgr: np.ndarray, roi: tuple | None = None, origin: str = "api") -> dict[str, Any]:
-        """The predict document for one decoded image (NoModelError if none is installed)."""
-        with self.lease() as model:
-            return self._predict(model, image_bgr, roi, origin)[0]
 
     def _predict(self, model: DeviceModel, image_bgr: np.ndarray, roi: tuple | None, origin: str,
                  keep_map: bool = False) -> tuple[dict[str, Any], np.ndarray | None]:

@@ -4,7 +4,7 @@ glibc serves every block above its mmap threshold (at most 32 MiB) with a
 fresh ``mmap()`` and returns it with ``munmap()`` when freed. A convolution
 network at 300 px allocates and frees blocks of that size for every batch
 (a 16 x 32 x 150 x 150 float map is 46 MiB), so each batch pays the kernel
-to map and zero-fill those pages again. ``benchmarks/cpu_settings.py``
+to map and zero-fill those pages again. ``benchmarks/experiments/cpu_settings.py``
 measured the recipe's frozen pass 3.3x faster with mmap turned off and the
 heap (almost) never trimmed, like preloading tcmalloc.
 

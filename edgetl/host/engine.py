@@ -10,7 +10,6 @@ directory (:mod:`edgetl.host.report`).
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import shutil
 import time
@@ -222,12 +221,10 @@ class Trainer:
                 checkpoint: Path | None = None, resume_state: dict[str, Any] | None = None,
                 time_budget_s: float | None = None, previous: Any = None,
                 run_dir: Path | None = None) -> FitContext:
-        state = {"dist": self.info, "spec": self.spec, "history": self.history,  # deprecated copies
-                 "checkpoint": checkpoint, "resume_state": resume_state, "time_budget_s": time_budget_s}
         return FitContext(backbone=self.backbone, module=module, train=data.train, val=data.val,
                           unlabeled=data.unlabeled, labels=data.classes, options=dict(options), config=self.cfg, device=self.device,
                           progress=self.progress, log_epoch=lambda row: self.log_epoch(row, tag),
-                          state=state, dist=self.info, input=self.spec, checkpoint=checkpoint,
+                          dist=self.info, input=self.spec, checkpoint=checkpoint,
                           resume_state=resume_state, time_budget_s=time_budget_s, history=self.history,
                           previous=previous, run_dir=run_dir)
 
@@ -296,7 +293,7 @@ class Trainer:
         key = metric if metric != "loss" else "balanced_accuracy"
         delta = (main_val.get(key) or 0.0) - (val.get(key) or 0.0)
         result = {"kind": kind, "strategy": base.name, "metric": key, "seconds": seconds,
-                  "best_epoch": best_epoch(trained, ctx), "val": val, "test": test, "main_val": main_val.get(key),
+                  "best_epoch": trained.best_epoch, "val": val, "test": test, "main_val": main_val.get(key),
                   "baseline_val": val.get(key), "delta_val": delta, "helped": delta > 0,
                   **baseline_budget.facts(self.history, kind, budget, main_seconds, self.cfg.train.epochs)}
         if test is not None and main_test is not None:
@@ -423,12 +420,12 @@ class Trainer:
         if not self.info.is_main:
             return None
         timing = {"fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - started,
-                  "feature_seconds": trained.timings.get("feature_seconds", ctx.state.get("feature_seconds")),
-                  "feature_pass": ctx.feature_passes or ctx.state.get("feature_pass"), **trained.timings}
+                  "feature_seconds": trained.timings.get("feature_seconds"),
+                  "feature_pass": ctx.feature_passes or None, **trained.timings}
         summary = write_run_dir(
             self.out, cfg=cfg, trained=trained, backbone=self.backbone, strategy=strategy.name, spec=self.spec,
             data=data, history=self.history, val_doc=val_doc, val_probs=val_probs, test_doc=test_doc,
-            test_probs=test_probs, baseline=baseline, timing=timing, best_epoch=best_epoch(trained, ctx),
+            test_probs=test_probs, baseline=baseline, timing=timing, best_epoch=trained.best_epoch,
             device=str(self.device), world=self.info.world, program=program, threshold_source=source,
             continual=continual, decision=decision)
         self.log(f"wrote {self.out} (report: {self.out / 'report.md'})")
@@ -509,11 +506,6 @@ class Trainer:
         return "config"
 
 
-def best_epoch(trained: TrainedModel, ctx: FitContext) -> int | None:
-    """The strategy's ``TrainedModel.best_epoch`` (or the deprecated ``ctx.state['best_epoch']``)."""
-    return trained.best_epoch if trained.best_epoch is not None else ctx.state.get("best_epoch")
-
-
 def format_row(row: dict[str, Any]) -> str:
     """One history row for the log; only the keys present are shown."""
     def num(key: str, label: str, fmt: str) -> str:
@@ -540,10 +532,3 @@ def train_from_file(config_path: str | Path, overrides: tuple[str, ...] = (), ou
     return Trainer(cfg, Path(out) if out else Path("runs") / cfg.name, device=device, resume=resume,
                    force=force, skip_bad=skip_bad, log=log, from_run=from_run).run()
 
-
-def torch_threads_note() -> str:
-    """How many threads torch computes with (reported: it matters as much as the model on CPU)."""
-    import torch
-
-    return f"{torch.get_num_threads()} threads" + (
-        f", allocator preload {os.environ['LD_PRELOAD']}" if os.environ.get("LD_PRELOAD") else "")

@@ -11,7 +11,6 @@ what the user asked for is never silently changed.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import sys
 import tempfile
@@ -29,7 +28,6 @@ from edgetl.api import (
     GateSettings,
     ModelFacts,
     QuantizeContext,
-    Quantizer,
     ValidationSet,
 )
 from edgetl.errors import ExportError, GateFailedError, MissingDependencyError, UsageError
@@ -61,8 +59,6 @@ class ExportOptions:
     quantize_budget_s: float | None = None  # handed to quantizers as QuantizeContext.time_budget_s
     # options per quantizer name (the profile's ``quantize`` section, then these): docs/export.md "Device profiles"
     quantizer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # deprecated (removed in 0.3): quantizer_options={"openvino-int8-ptq": {"bias_correction": "fast"}}
-    bias_correction: str | None = None
     progress: Callable[[str], None] = lambda message: None
 
 
@@ -259,8 +255,6 @@ def validate_quantizer_options(target: Any, profile: Any, chain: list[FallbackSt
     """Each quantizer's options from the profile's ``quantize`` section and ``options.quantizer_options``
     (these win), validated by the model the quantizer declares (:meth:`edgetl.api.Quantizer.options_model`);
     the chain's quantizers that declare a model and were given nothing get its defaults."""
-    import warnings
-
     from pydantic import ValidationError
 
     from edgetl.config import format_validation_error
@@ -271,14 +265,6 @@ def validate_quantizer_options(target: Any, profile: Any, chain: list[FallbackSt
     given: dict[str, tuple[str, dict[str, Any]]] = {}
     for name, raw in (profile.quantize if profile is not None else {}).items():
         given[name] = (f"--target {profile.name}: quantize.{name}", dict(raw or {}))
-    if options.bias_correction is not None:
-        warnings.warn("ExportOptions.bias_correction / --bias-correction is deprecated and is removed in edgetl 0.3: "
-                      "use quantizer_options / --quantizer-option openvino-int8-ptq.bias_correction=…",
-                      DeprecationWarning, stacklevel=3)
-        if target.name == "openvino":
-            for name in ("openvino-int8-ptq", "openvino-int8-accuracy-control"):
-                source, raw = given.get(name, ("--bias-correction", {}))
-                given[name] = (source, {"bias_correction": options.bias_correction, **raw})
     for name, raw in options.quantizer_options.items():
         _, before = given.get(name, ("", {}))
         given[name] = (f"--quantizer-option {name}", {**before, **raw})
@@ -443,20 +429,6 @@ def quantize_context(run: Any, plan: ExportPlan, data: ExportData, fp32_files: l
         profile=plan.profile, progress=progress, time_budget_s=options.quantize_budget_s, shared=data.shared)
 
 
-def call_quantizer(quantizer: Quantizer, files: list[Path], out_dir: Path, ctx: QuantizeContext) -> list[Path]:
-    """Call ``quantizer.quantize`` with the contract it was written for.
-
-    ``quantize(files, out_dir, ctx)`` is the contract; a quantizer written for
-    the earlier ``quantize(files, out_dir, calibration, options)`` gets
-    ``ctx.calibration`` and :meth:`QuantizeContext.legacy_options`.
-    """
-    params = [p for p in inspect.signature(quantizer.quantize).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(params) >= 4:
-        return list(quantizer.quantize(files, out_dir, ctx.calibration, ctx.legacy_options()))
-    return list(quantizer.quantize(files, out_dir, ctx))
-
-
 def step_files(step: FallbackStep, plan: ExportPlan, fp32_files: list[Path], ctx: QuantizeContext,
                work: Path) -> list[Path]:
     """The files for one step of the chain: the FP32 export itself, or its quantizer's output."""
@@ -468,10 +440,8 @@ def step_files(step: FallbackStep, plan: ExportPlan, fp32_files: list[Path], ctx
     if quantizer is None:
         raise ExportError(f"no quantizer registered for ({plan.target.name}, {step.precision}, {step.method})")
     ctx.options = plan.quantizer_options.get(quantizer.name, {})
-    if isinstance(getattr(ctx.options, "bias_correction", None), str):
-        ctx.bias_correction = ctx.options.bias_correction  # the deprecated field keeps saying what ran
     with stdout_to_stderr():  # library progress bars and logs: keep stdout for --json
-        return call_quantizer(quantizer, fp32_files, work / f"{step.precision}-{step.method}", ctx)
+        return list(quantizer.quantize(fp32_files, work / f"{step.precision}-{step.method}", ctx))
 
 
 def gate_attempt(run: Any, plan: ExportPlan, data: ExportData, manifest: Manifest, files: list[Path],

@@ -8,10 +8,6 @@ format version, task, labels, threshold, output, positive label, backbone and
 strategy names, the InputSpec, the resolved config and the module's state
 dict (for inspection or warm starts). Export, eval, predict and bench load a
 run through :func:`load_run`. Limits: see ``docs/training.md`` ("model.pt2").
-
-Format 1 run directories (written by earlier releases: a ``ClassifierModel`` head spec, no
-``model.pt2``) still load: the classifier is rebuilt through the backbone
-registry.
 """
 
 from __future__ import annotations
@@ -125,23 +121,8 @@ def _saved_module(program: Any) -> Any:
     return SavedModule(program.module())
 
 
-def _legacy_module(payload: dict[str, Any]) -> Any:
-    """A format-1 run's ClassifierModel, rebuilt as Classifier (+ WithTTA) with the same weights."""
-    from edgetl.plugins import get_manager
-    from edgetl.training.model import Classifier
-    from edgetl.training.views import WithTTA
-
-    head = payload["head"]
-    features = get_manager().get("backbone", payload["backbone"]).build(pretrained=False)
-    model = Classifier(features, head["feature_dim"], head["num_classes"], dropout=head["dropout"],
-                       hidden=head["hidden"])
-    model.load_state_dict(payload["state_dict"])
-    tta = tuple(head.get("tta") or ())
-    return WithTTA(model, tta) if tta else model
-
-
 def load_run(run_dir: str | Path) -> Run:
-    """Load a run directory's model and facts (format 2, or format 1 through the backbone registry)."""
+    """Load a run directory's model and facts (format 2: ``model.pt2`` + ``model.pt``)."""
     import torch
 
     run_dir = Path(run_dir)
@@ -150,12 +131,9 @@ def load_run(run_dir: str | Path) -> Run:
         raise DataError(f"{run_dir}: not a run directory (no {MODEL_FILE}); train one with 'edgetl train'")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        if payload.get("format") == FORMAT:
-            model = _saved_module(torch.export.load(run_dir / PROGRAM_FILE))
-        elif payload.get("format") == 1:
-            model = _legacy_module(payload)
-        else:
-            raise DataError(f"{path}: model format {payload.get('format')!r}, expected {FORMAT} (or 1)")
+        if payload.get("format") != FORMAT:
+            raise DataError(f"{path}: model format {payload.get('format')!r}, expected {FORMAT}")
+        model = _saved_module(torch.export.load(run_dir / PROGRAM_FILE))
     except EdgetlError:
         raise
     except Exception as exc:

@@ -27,7 +27,41 @@ DDP:         :class:`DistInfo`, :func:`dist_info`, :func:`is_main`, :func:`shard
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the real types for type checkers; at run time each name loads on first use (__getattr__)
+    from edgetl.training.data import batches, predict, to_device
+    from edgetl.training.datasets import Split, with_images
+    from edgetl.training.dist import (
+        DistInfo,
+        all_gather,
+        all_reduce_sum,
+        barrier,
+        broadcast,
+        dist_info,
+        is_main,
+        shard,
+    )
+    from edgetl.training.features import StagePool, extract_features, gem
+    from edgetl.training.loop import (
+        HIGHER_IS_BETTER,
+        Callback,
+        EarlyStopping,
+        HistoryRow,
+        TrainStep,
+        default_step,
+        fit_epochs,
+        set_bn_eval,
+        soft_cross_entropy,
+        val_row,
+    )
+    from edgetl.training.memory import PeakMemory, rss_bytes
+    from edgetl.training.model import Classifier, build_classifier
+    from edgetl.training.optim import Schedule, class_weights, make_optimizer, param_groups, soft_targets
+    from edgetl.training.options import DefaultOptions, positive_float, resolve_freeze_bn, resolve_options
+    from edgetl.training.partial import OnMaps, split_backbone
+    from edgetl.training.view_names import SQUARE_TTA_VIEWS, TTA_VIEWS, VIEWS
+    from edgetl.training.views import WithTTA, apply_view
 
 _WHERE = {
     "Classifier": "model", "build_classifier": "model",
@@ -47,7 +81,17 @@ _WHERE = {
     "DefaultOptions": "options",
 }
 
-__all__ = sorted(_WHERE)
+# a literal list, so linters and type checkers see the re-exports (tests/test_public_modules.py: = _WHERE)
+__all__ = [
+    "Callback", "Classifier", "DefaultOptions", "DistInfo", "EarlyStopping", "HIGHER_IS_BETTER",
+    "HistoryRow", "OnMaps", "PeakMemory", "SQUARE_TTA_VIEWS", "Schedule", "Split", "StagePool",
+    "TTA_VIEWS", "TrainStep", "VIEWS", "WithTTA", "all_gather", "all_reduce_sum", "apply_view",
+    "barrier", "batches", "broadcast", "build_classifier", "class_weights", "default_step", "dist_info",
+    "extract_features", "fit_epochs", "gem", "is_main", "make_optimizer", "param_groups",
+    "positive_float", "predict", "resolve_freeze_bn", "resolve_options", "rss_bytes", "set_bn_eval",
+    "shard", "soft_cross_entropy", "soft_targets", "split_backbone", "to_device", "val_row",
+    "with_images",
+]
 
 
 def __getattr__(name: str) -> Any:

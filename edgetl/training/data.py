@@ -73,7 +73,8 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Any:
             nonlocal done
             done += int(n)
             progress.note(f"{desc}: batch {done}/{total}", shown=not self.disable)
-            return super().update(n)
+            shown: bool | None = super().update(n)
+            return shown
 
     return Bar(total=total, desc=desc, file=quiet.progress_stream(), leave=False, dynamic_ncols=True,
                disable=None if enabled else True)

@@ -156,7 +156,11 @@ class ImageDataset(torch.utils.data.Dataset):
         return torch.from_numpy(normalize(image, self.spec)), self.samples.items[i].label
 
 
-def batch_mix(names: list[str], num_classes: int) -> Callable | None:
+Mix = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""A batch mix: ``(x (N,3,H,W), y (N,) int) -> (x, y_soft (N, K) float)``."""
+
+
+def batch_mix(names: list[str], num_classes: int) -> Mix | None:
     """MixUp and/or CutMix for a batch: ``(x (N,3,H,W), y (N,) int) -> (x, y_soft (N, K) float)``.
 
     With both named, each batch picks one at random. None when neither is named.
@@ -173,7 +177,8 @@ def batch_mix(names: list[str], num_classes: int) -> Callable | None:
     mix = chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)
 
     def apply(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return mix(x, y)
+        mixed, soft = mix(x, y)
+        return mixed, soft
 
     return apply
 

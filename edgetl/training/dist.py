@@ -79,7 +79,7 @@ def all_reduce_sum(info: DistInfo, values: list[float]) -> list[float]:
 
     t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t)
-    return t.tolist()
+    return [float(v) for v in t.tolist()]
 
 
 class GlobalBatchSampler:

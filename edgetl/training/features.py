@@ -29,8 +29,9 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def cache_key(ctx: FitContext, paths: list[Path], view: str, tag: str | None = None) -> str:
-    """Backbone + weights + preprocessing + view (+ tag and dtype) + file contents -> a hex key.
+def cache_key(ctx: FitContext, paths: list[Path], view: str, tag: object = None) -> str:
+    """Backbone + weights + preprocessing + view (+ ``tag``: anything with a stable ``repr``, e.g.
+    (cache tag, dtype name)) + file contents -> a hex key.
 
     A ``--from`` run's backbone holds the previous run's weights, not the pretrained ones:
     that run's ``model.pt`` is part of the key, so its features never collide with these."""
@@ -78,18 +79,20 @@ def extract_features(ctx: FitContext, module: torch.nn.Module, dataset: Any,
             raise ValueError(f"unknown view {view!r} (known: {', '.join(VIEWS)})")
     plain, paths = getattr(dataset, "plain", dataset), getattr(dataset, "paths", None)
     folder = cache_dir if cache_dir is not None else ctx.cache_dir
-    cacheable = folder is not None and paths is not None and (module is ctx.module or cache_tag is not None)
     dtype = np.dtype(dtype)
     tag = None if cache_tag is None and dtype == np.float32 else (cache_tag, dtype.name)
-    files = {v: Path(folder) / f"{cache_key(ctx, paths, v, tag)}.npy" if cacheable else None for v in views}
+    files: dict[str, Path | None] = dict.fromkeys(views)
+    if folder is not None and paths is not None and (module is ctx.module or cache_tag is not None):
+        files = {v: Path(folder) / f"{cache_key(ctx, paths, v, tag)}.npy" for v in views}
     out = {v: np.load(f) for v, f in files.items() if f is not None and f.is_file()}
     todo = [v for v in views if v not in out]
     if todo:
         out.update(_compute(ctx, module, plain, todo, batch_size, getattr(dataset, "name", "data"), dtype))
         for view in todo:
-            if files[view] is not None and ctx.dist.is_main:
-                files[view].parent.mkdir(parents=True, exist_ok=True)
-                np.save(files[view], out[view])
+            file = files[view]
+            if file is not None and ctx.dist.is_main:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                np.save(file, out[view])
     return np.concatenate([out[v] for v in views])
 
 

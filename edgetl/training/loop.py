@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,12 @@ from edgetl.metrics import evaluate
 from edgetl.training import dist
 from edgetl.training.data import autocast, predict, progress_bar, to_device, use_channels_last
 from edgetl.training.optim import Schedule, class_weights, make_optimizer, soft_targets
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from edgetl.training.datasets import Mix
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss_fn(logits (N, K), soft_targets (N, K)) -> (N,)`` per-sample losses."""
 
 HIGHER_IS_BETTER = {"balanced_accuracy": True, "accuracy": True, "roc_auc": True, "loss": False}
 """Selection metrics (``train.early_stopping.metric``) and whether higher is better."""
@@ -171,8 +177,8 @@ class TrainStep:
     epoch: int
     batch: int
     batches: int
-    _closure: Callable[[bool, float], torch.Tensor] = field(repr=False, default=None)  # type: ignore[assignment]
-    _update: Callable[[], None] = field(repr=False, default=None)  # type: ignore[assignment]
+    _closure: Callable[[bool, float], torch.Tensor] = field(repr=False)
+    _update: Callable[[], None] = field(repr=False)
     losses: list[float] = field(default_factory=list)
 
     def closure(self, zero_grad: bool = True, scale: float = 1.0) -> torch.Tensor:
@@ -264,7 +270,7 @@ class _Setup:
     sampler: dist.GlobalBatchSampler
     loader: Any
     weights: torch.Tensor | None
-    mix: Callable | None
+    mix: Mix | None
     scaler: Any
     stopper: EarlyStopping
     epochs: int
@@ -317,7 +323,7 @@ def _resume(ctx: FitContext, tag: str, model: torch.nn.Module, s: _Setup) -> int
     s.stopper.best, s.stopper.best_epoch, s.stopper.bad = state["best"], state["best_epoch"], state["bad"]
     s.stopper.best_state = state["best_state"]
     torch.set_rng_state(state["rng"])
-    return state["epoch"] + 1
+    return int(state["epoch"]) + 1
 
 
 def _wrap(model: torch.nn.Module, ctx: FitContext) -> torch.nn.Module:
@@ -331,7 +337,7 @@ def _wrap(model: torch.nn.Module, ctx: FitContext) -> torch.nn.Module:
 
 
 def _train_epoch(ctx: FitContext, model: torch.nn.Module, wrapped: torch.nn.Module, s: _Setup, epoch: int,
-                 tag: str, loss_fn: Callable, callbacks: list[Callback],
+                 tag: str, loss_fn: LossFn, callbacks: list[Callback],
                  step_fn: Callable[[TrainStep], None]) -> tuple[float, int]:
     """One pass over the training set; (summed loss over all processes' images, images seen here)."""
     cfg, device, k, world = ctx.config.train, ctx.device, len(ctx.labels), ctx.dist.world
@@ -448,7 +454,7 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
 
 
 def _one_epoch(ctx: FitContext, model: torch.nn.Module, s: _Setup, tag: str, epoch: int, train: Any, val: Any,
-               loss_fn: Callable, callbacks: list[Callback], eval_modules: Callable | None,
+               loss_fn: LossFn, callbacks: list[Callback], eval_modules: Callable[[], list[torch.nn.Module]] | None,
                wrapped: list[Any], step_fn: Callable[[TrainStep], None]) -> None:
     """Train, validate, log and checkpoint epoch ``epoch`` (0-based)."""
     extra: dict[str, Any] = {}
@@ -463,8 +469,8 @@ def _one_epoch(ctx: FitContext, model: torch.nn.Module, s: _Setup, tag: str, epo
     model.train()
     set_bn_eval(eval_modules() if eval_modules else [])
     t0 = time.perf_counter()
-    total, seen = _train_epoch(ctx, model, wrapped[0], s, epoch, tag, loss_fn, callbacks, step_fn)
-    total, seen = dist.all_reduce_sum(ctx.dist, [total, float(seen)])
+    here_total, here_seen = _train_epoch(ctx, model, wrapped[0], s, epoch, tag, loss_fn, callbacks, step_fn)
+    total, seen = dist.all_reduce_sum(ctx.dist, [here_total, float(here_seen)])
     train_s = time.perf_counter() - t0
     row = _epoch_row(ctx, model, s, tag, epoch, total / max(seen, 1), extra, val)
     row.epoch_time_s, row.train_images_per_s = time.perf_counter() - t0, seen / max(train_s, 1e-9)

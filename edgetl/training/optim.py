@@ -27,9 +27,9 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> np.ndarray
         return None
     counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_classes).astype(np.float64)
     safe = np.maximum(counts, 1)
-    w = 1.0 / safe if mode == "balanced" else 1.0 / np.sqrt(safe)
-    w = w / (float((counts * w).sum()) / max(counts.sum(), 1))
-    return w
+    w: np.ndarray = 1.0 / safe if mode == "balanced" else 1.0 / np.sqrt(safe)
+    weights: np.ndarray = w / (float((counts * w).sum()) / max(counts.sum(), 1))
+    return weights
 
 
 def soft_targets(y: Any, num_classes: int, smoothing: float) -> Any:

@@ -169,7 +169,9 @@ class PatchCore(_AnomalyStrategy):
             n_keep = min(n_keep, int(opts["max_bank"]))
         t0 = time.perf_counter()
         chosen = greedy_coreset(patches, n_keep, seed=int(ctx.config.train.seed),
-                                projection_dim=int(opts["projection_dim"]))
+                                projection_dim=int(opts["projection_dim"]),
+                                progress=lambda done, total: ctx.progress(
+                                    f"  patchcore: coreset of {len(patches)} patches, rows chosen", done, total))
         bank = patches[chosen]
         support = k_nearest(bank, bank, int(opts["neighbours"]))
         coreset_s = time.perf_counter() - t0

@@ -112,7 +112,7 @@ def ptq_model(files: Sequence[Path], ctx: QuantizeContext) -> Any:
 
 def bias_correction(ctx: QuantizeContext) -> str:
     """The ``bias_correction`` option (:class:`edgetl_openvino.options.OvInt8Options`; full unless set)."""
-    mode = getattr(ctx.options, "bias_correction", None) or ctx.bias_correction
+    mode = getattr(ctx.options, "bias_correction", None) or "full"
     if mode not in BIAS_CORRECTION:
         raise ExportError(f"bias_correction {mode!r}: expected one of {', '.join(BIAS_CORRECTION)}")
     return mode

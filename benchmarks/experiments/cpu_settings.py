@@ -10,7 +10,7 @@ hit them alike, and each reports the median img/s of its timed batches; the
 table gives the median over rounds and the ratio to torch's default (all
 cores, glibc malloc).
 
-    python benchmarks/cpu_settings.py [--rounds 3] [--batches 6]
+    python benchmarks/experiments/cpu_settings.py [--rounds 3] [--batches 6]
 
 jemalloc is measured when ``libjemalloc.so.2`` is found (Debian:
 ``apt install libjemalloc2``), tcmalloc likewise (``libtcmalloc_minimal4``);
@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ALLOCATORS = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
 GLIBC_KEEP = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
 

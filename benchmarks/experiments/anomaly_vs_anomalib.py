@@ -11,9 +11,9 @@ Both run on the same preprocessed tensors (edgetl's preprocessing, 224 px) and t
 Reported per dataset and method: image AUROC, pixel AUROC and PRO (textures: masks), fitting time,
 memory-bank size, and the median latency (batch 1) of each library's model exported to OpenVINO FP32
 on this CPU, next to an EfficientNet-Lite0 classifier's. anomalib runs in its own virtual environment
-(``--anomalib-python``; benchmarks/requirements-anomalib.txt); without it only edgetl's rows are filled.
+(``--anomalib-python``; benchmarks/experiments/requirements-anomalib.txt); without it only edgetl's rows are filled.
 
-    python benchmarks/anomaly_vs_anomalib.py --work bench-out/anomaly --out bench-out/anomaly.json
+    python benchmarks/experiments/anomaly_vs_anomalib.py --work bench-out/anomaly --out bench-out/anomaly.json
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def edgetl(*args: str) -> None:
@@ -135,7 +135,7 @@ def theirs(python: str, method: str, data: Path, work: Path, coreset: float) -> 
     npz = work / f"{data.name}-tensors.npz"
     y, extra = tensors(data, npz)
     out = work / f"{data.name}-anomalib-{method}.npz"
-    proc = subprocess.run([python, str(ROOT / "benchmarks" / "anomalib_side.py"), "--method", method, "--data",
+    proc = subprocess.run([python, str(ROOT / "benchmarks" / "experiments" / "anomalib_side.py"), "--method", method, "--data",
                            str(npz), "--weights", str(weights), "--coreset", str(coreset), "--out", str(out)],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
     if proc.returncode != 0:

@@ -30,8 +30,8 @@ LwF alone (no exemplars).
 Each stage-2 run's metrics.json ``continual`` gives old-class accuracy before
 (the stage-1 model) and after on the test images, and the new classes'.
 
-    python benchmarks/continual.py --set textures --set elpv --size 128 --epochs 4 --buffer 60
-    python benchmarks/continual.py --set elpv-split --size 128 --epochs 4
+    python benchmarks/experiments/continual.py --set textures --set elpv --size 128 --epochs 4 --buffer 60
+    python benchmarks/experiments/continual.py --set elpv-split --size 128 --epochs 4
 
 The run directories go under benchmarks/results/work/continual/ (not
 committed); one JSON per set under benchmarks/results/continual/.
@@ -50,7 +50,7 @@ from pathlib import Path
 
 from anomaly_vs_anomalib import link_tree as link  # ImageFolders of symlinks: root/<class>/<file>
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRAIN = {"batch_size": 32, "optimizer": "adamw", "weight_decay": 0.01, "label_smoothing": 0.1, "dropout": 0.2,
          "schedule": {"kind": "cosine", "warmup_epochs": 0}, "class_weights": "sqrt", "grad_clip": 5.0,
          "early_stopping": {"metric": "balanced_accuracy", "patience": None}, "seed": 0, "lr": 1e-3}

@@ -1,7 +1,7 @@
-"""anomalib's PatchCore/PaDiM on tensors prepared by benchmarks/anomaly_vs_anomalib.py (runs in anomalib's venv).
+"""anomalib's PatchCore/PaDiM on tensors prepared by benchmarks/experiments/anomaly_vs_anomalib.py (runs in anomalib's venv).
 
 Not part of edgetl: it imports only anomalib, torch, numpy and openvino, so it
-runs in a separate virtual environment (benchmarks/requirements-anomalib.txt).
+runs in a separate virtual environment (benchmarks/experiments/requirements-anomalib.txt).
 It takes the *same* preprocessed images (edgetl's preprocessing, npz) and
 the *same* EfficientNet-Lite0 weights (timm layout, state dict) as edgetl,
 loads the weights into anomalib's timm feature extractor (``pre_trained=False``

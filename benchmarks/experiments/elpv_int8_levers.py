@@ -17,7 +17,7 @@ reports test accuracy next to it (never used to select). Levers:
   with full bias correction, the MIXED preset, channel alignment, quantile
   ranges, more calibration images.
 
-    python benchmarks/elpv_int8_levers.py runs/elpv-recipe-s0 --work runs/int8-levers --test \\
+    python benchmarks/experiments/elpv_int8_levers.py runs/elpv-recipe-s0 --work runs/int8-levers --test \\
         --lever ort-minmax --lever ov-default --out benchmarks/results/elpv/int8-levers.json
 
 Each result is appended to ``--out`` as it finishes (one record per lever), so

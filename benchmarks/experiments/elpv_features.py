@@ -1,6 +1,6 @@
 """ELPV: frozen multi-stage features of every cell, in the 8 dihedral views, computed once and cached.
 
-The heads explored in benchmarks/elpv_heads.py train in seconds on these
+The heads explored in benchmarks/experiments/elpv_heads.py train in seconds on these
 arrays, so every lever (loss, sampling, standardisation, TTA, which stages)
 is measured on three seeded splits without a backbone pass per try.
 
@@ -14,7 +14,7 @@ head features. Output: ``<out>/<backbone>-<size>.npz`` with ``features``
 ``probability`` and ``cell_type`` per cell. Each view is saved as soon as it
 is done, so a stopped run resumes.
 
-    nice -n 10 python benchmarks/elpv_features.py --backbone efficientnet_lite0 --threads 2
+    nice -n 10 python benchmarks/experiments/elpv_features.py --backbone efficientnet_lite0 --threads 2
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIHEDRAL = ("identity", "rot90", "rot180", "rot270", "hflip", "vflip", "transpose", "antitranspose")
 GEM_P = 3.0
 

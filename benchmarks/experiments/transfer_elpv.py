@@ -15,8 +15,8 @@ Each run is one child process (``--child``) that trains in-process inside
 over the RSS before training is the comparable figure) and writes one JSON.
 The data comes from ``edgetl data elpv OUT --cell-type {all,mono,poly}``.
 
-    python benchmarks/transfer_elpv.py --data /tmp/elpv --table peft --size 128 --epochs 2
-    python benchmarks/transfer_elpv.py --data /tmp/elpv --table shift
+    python benchmarks/experiments/transfer_elpv.py --data /tmp/elpv --table peft --size 128 --epochs 2
+    python benchmarks/experiments/transfer_elpv.py --data /tmp/elpv --table shift
 
 With both tables present, the mono-trained finetune, dann and
 intermediate-pretrain runs are also evaluated per cell type on the mono and
@@ -27,7 +27,7 @@ x cell type: n, accuracy and recall at the operating point with 95 % Wilson
 intervals, flags) from ``edgetl eval --slice cell_type=... --json`` documents
 given with ``--bias-json LABEL=FILE`` (or the ``bias`` of ``--results``):
 
-    python benchmarks/transfer_elpv.py --table bias \
+    python benchmarks/experiments/transfer_elpv.py --table bias \
         --bias-json finetune=benchmarks/results/transfer/bias-finetune.json \
         --bias-json dann=benchmarks/results/transfer/bias-dann.json \
         --bias-json intermediate-pretrain=benchmarks/results/transfer/bias-intermediate-pretrain.json
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TRAIN = {"batch_size": 32, "optimizer": "adamw", "weight_decay": 0.01, "label_smoothing": 0.1, "dropout": 0.2,
          "schedule": {"kind": "cosine", "warmup_epochs": 0}, "class_weights": "sqrt", "grad_clip": 5.0,

@@ -22,8 +22,8 @@ and the operating point ``train.threshold.policy: balanced`` picks on val
 (:func:`edgetl.metrics.tune_adjustment`). Table: mean ± sd (sample standard
 deviation over the folds), in %; JSON: benchmarks/results/elpv/folds-<config>-k<K>.json.
 
-    nice -n 10 python benchmarks/elpv_folds.py --config examples/defect_detection/elpv-four-recipe.yaml --folds 5
-    python benchmarks/elpv_folds.py --table benchmarks/results/elpv/folds-elpv-four-recipe-k5.json
+    nice -n 10 python benchmarks/experiments/elpv_folds.py --config examples/defect_detection/elpv-four-recipe.yaml --folds 5
+    python benchmarks/experiments/elpv_folds.py --table benchmarks/results/elpv/folds-elpv-four-recipe-k5.json
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORK = Path(os.environ.get("ELPV_FOLDS_WORK", ROOT / "benchmarks" / "results" / "work" / "elpv-folds"))
 RESULTS = Path(os.environ.get("ELPV_FOLDS_RESULTS", ROOT / "benchmarks" / "results" / "elpv"))
 FOUR = ("p000", "p033", "p067", "p100")

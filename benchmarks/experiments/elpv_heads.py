@@ -1,4 +1,4 @@
-"""ELPV four-class: heads on cached frozen features (benchmarks/elpv_features.py), every lever on three seeds.
+"""ELPV four-class: heads on cached frozen features (benchmarks/experiments/elpv_features.py), every lever on three seeds.
 
 Each experiment is one head recipe (which pooled blocks, loss, class
 weights, training views, test-time views, standardisation, hidden width)
@@ -9,8 +9,8 @@ on test. Results (per seed, plus mean and spread) go to
 ``benchmarks/results/elpv/heads.json``; the table prints mean ± half the
 range over the seeds.
 
-    python benchmarks/elpv_heads.py                  # every experiment
-    python benchmarks/elpv_heads.py --only recipe    # one (names below)
+    python benchmarks/experiments/elpv_heads.py                  # every experiment
+    python benchmarks/experiments/elpv_heads.py --only recipe    # one (names below)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FEATS = ROOT / "benchmarks" / "results" / "work" / "elpv-features"
 RESULTS = ROOT / "benchmarks" / "results" / "elpv" / "heads.json"
 FOUR = ("p000", "p033", "p067", "p100")

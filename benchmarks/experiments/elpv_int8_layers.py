@@ -5,7 +5,7 @@ per-channel weights, MinMax on training images), once as is and once per
 group of ops left in float, and prints top-1 agreement with FP32 and
 accuracy on the run's validation images.
 
-    python benchmarks/elpv_int8_layers.py runs/elpv-recipe-s0 --calib 64
+    python benchmarks/experiments/elpv_int8_layers.py runs/elpv-recipe-s0 --calib 64
 """
 
 from __future__ import annotations
