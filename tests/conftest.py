@@ -7,7 +7,10 @@ import os
 import pytest
 
 os.environ["EDGETL_LOAD_PLUGINS"] = ""
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Under pytest-xdist (`make test` runs one worker per core) each worker gets its share of the cores:
+# two workers with two OpenMP threads each on two cores would spin against each other.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, 2 // _workers)))
 # Nothing in the suite may touch a model hub: a test that forgets `pretrained: false` fails fast.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["EDGETL_OFFLINE"] = "1"

@@ -13,7 +13,7 @@ import os
 import pytest
 import schemathesis
 from agent_support import ThreadAgent, bundles, install
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 
 from edgetl.device.app import openapi_document
 
@@ -37,10 +37,23 @@ def live(tmp_path_factory, b):
         yield agent
 
 
-@schema.parametrize()
-@settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))
-def test_no_5xx_under_fuzzing(case, live):
+# One pytest item per operation, each with its own node id (schemathesis' own parametrize gives all of them
+# the same id, which pytest-xdist's per-file scheduling folds into one item: make test would fuzz one route).
+OPERATIONS = [result.ok() for result in schema.get_all_operations()]
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=[op.label for op in OPERATIONS])
+def test_no_5xx_under_fuzzing(operation, live):
+    @given(case=operation.as_strategy())
+    @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def fuzz(case):
+        check(case, live)
+
+    fuzz()
+
+
+def check(case, live):
     response = case.call(base_url=live.url, headers={"Authorization": f"Bearer {live.token}"}, timeout=30)
     FUZZ_COUNTS["cases"] += 1
     if response.status_code >= 500:
