@@ -55,8 +55,8 @@ def main() -> None:
     args = ap.parse_args()
     import onnx
     import torch
-    from edgetl_onnx.export import export_onnx
-    from edgetl_onnx.quantize import _session_outputs, preprocess, quantize_int8
+    from edgetl_builtins.onnx.export import export_onnx
+    from edgetl_builtins.onnx.quantize import _session_outputs, preprocess, quantize_int8
 
     from edgetl.host import calibration as cal
     from edgetl.host.run import load_run

@@ -49,7 +49,7 @@ def conversion_ms(size: int) -> float:
     import numpy as np
 
     sys.path.insert(0, str(ROOT / "plugins"))
-    from edgetl_line.pixels import to_bgr
+    from edgetl_builtins.line.pixels import to_bgr
 
     raw = np.random.default_rng(0).integers(0, 255, size * size, dtype=np.uint8).tobytes()
     times = []

@@ -126,7 +126,7 @@ def main() -> None:
     best = {k: max(v) for k, v in results.items()}
 
     # linear probe: first (uncached) epoch vs an epoch on the cache
-    from edgetl_strategies.linear_probe import LinearProbe
+    from edgetl_builtins.strategies.linear_probe import LinearProbe
 
     probe_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 5})})
     ctx = context(probe_cfg, backbone, backbone.build(pretrained=True), train, val, labels, spec)

@@ -44,7 +44,7 @@ class TwoScales(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def two_scales(tmp_path_factory):
-    from edgetl_onnx.export import export_onnx
+    from edgetl_builtins.onnx.export import export_onnx
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 3, 10, 10)).astype(np.float32)
@@ -57,7 +57,7 @@ def two_scales(tmp_path_factory):
 
 
 def test_tail_nodes_are_the_unweighted_ops_that_feed_no_convolution():
-    from edgetl_onnx.quantize import tail_nodes
+    from edgetl_builtins.onnx.quantize import tail_nodes
 
     nodes = [("Conv", ["x"], ["a"]), ("Relu", ["a"], ["b"]), ("Conv", ["b"], ["c"]),  # backbone
              ("ReduceMean", ["b"], ["p1"]), ("ReduceMean", ["c"], ["p2"]),           # pooled stages
@@ -68,7 +68,7 @@ def test_tail_nodes_are_the_unweighted_ops_that_feed_no_convolution():
 
 
 def test_onnx_int8_with_the_tail_in_float_keeps_the_small_scale_features(two_scales):
-    from edgetl_onnx.quantize import _session_outputs, float_tail, preprocess, quantize_int8
+    from edgetl_builtins.onnx.quantize import _session_outputs, float_tail, preprocess, quantize_int8
 
     path, x, reference, folder = two_scales
     prep = preprocess(path, folder / "prep.onnx")
@@ -88,7 +88,7 @@ def test_onnx_int8_with_the_tail_in_float_keeps_the_small_scale_features(two_sca
 def test_openvino_int8_leaves_the_tail_without_fake_quantize(two_scales, tmp_path):
     pytest.importorskip("nncf")
     import openvino as ov
-    from edgetl_openvino.quantize import float_tail, int8_ptq
+    from edgetl_builtins.openvino.quantize import float_tail, int8_ptq
 
     from edgetl.api import InputSpec, ModelFacts, QuantizeContext
 
@@ -115,7 +115,7 @@ def test_openvino_int8_leaves_the_tail_without_fake_quantize(two_scales, tmp_pat
 
 def test_onnx_float_prefix_search_stops_at_the_first_prefix_that_meets_the_target(two_scales, monkeypatch):
     import onnx
-    from edgetl_onnx import quantize as q
+    from edgetl_builtins.onnx import quantize as q
 
     path, x, reference, folder = two_scales
     prep = q.preprocess(path, folder / "prep-prefix.onnx")
@@ -145,7 +145,7 @@ def test_openvino_float_prefix_bypasses_quantizers_and_restores_biases(two_scale
     pytest.importorskip("nncf")
     import nncf
     import openvino as ov
-    from edgetl_openvino.quantize import SKIP_TYPES, float_prefix
+    from edgetl_builtins.openvino.quantize import SKIP_TYPES, float_prefix
 
     path, x, reference, _ = two_scales
     original = ov.convert_model(str(path))
@@ -169,7 +169,7 @@ def test_openvino_float_prefix_bypasses_quantizers_and_restores_biases(two_scale
 
 def test_onnx_calibration_in_chunks_gives_the_ranges_of_one_pass(two_scales, monkeypatch):
     """ONNX Runtime calibrates in chunks (memory: it holds every activation of a chunk); ranges must not change."""
-    from edgetl_onnx import quantize as q
+    from edgetl_builtins.onnx import quantize as q
 
     path, x, _, folder = two_scales
     prep = q.preprocess(path, folder / "prep-chunks.onnx")
@@ -196,7 +196,7 @@ def test_onnx_calibration_in_chunks_gives_the_ranges_of_one_pass(two_scales, mon
 
 
 def test_onnx_calibration_method_is_checked_and_percentile_narrows_an_outlier_range(two_scales):
-    from edgetl_onnx import quantize as q
+    from edgetl_builtins.onnx import quantize as q
 
     from edgetl.errors import ExportError
 

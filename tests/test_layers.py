@@ -92,7 +92,7 @@ def plugin_packages() -> dict[str, set[str]]:
 
 def test_built_in_plugins_use_only_each_others_public_names():
     packages = plugin_packages()
-    assert packages["edgetl_onnx"] >= {"export_onnx", "run_static"} and "COMMON_OPTIONS" in packages["edgetl_strategies"]
+    assert packages["edgetl_builtins.onnx"] >= {"export_onnx", "run_static"} and "COMMON_OPTIONS" in packages["edgetl_builtins.strategies"]
     bad = []
     files = list((ROOT / "plugins").rglob("*.py")) + list((ROOT / "examples").rglob("*.py"))
     for path in (f for f in files if "build" not in f.relative_to(ROOT).parts):

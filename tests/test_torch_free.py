@@ -48,7 +48,7 @@ def device_side_modules() -> list[str]:
 
 def test_device_side_imports_without_torch():
     modules = device_side_modules()
-    assert "edgetl.preprocess" in modules and "edgetl_stdio" in modules
+    assert "edgetl.preprocess" in modules and "edgetl_builtins.stdio" in modules
     code = BLOCKER + "import importlib\nfailed = []\n"
     code += f"for m in {modules!r}:\n"
     code += "    try:\n        importlib.import_module(m)\n"
