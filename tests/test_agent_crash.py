@@ -63,7 +63,7 @@ mods = ['edgetl.device.' + m.name for m in pkgutil.iter_modules(edgetl.device.__
 mods += ['edgetl.deploy.' + m.name for m in pkgutil.iter_modules(edgetl.deploy.__path__)]
 mods += ['edgetl_builtins.camera', 'edgetl_builtins.camera.opencv', 'edgetl_builtins.camera.folder', 'edgetl_builtins.sinks',
          'edgetl_builtins.sinks.webhook', 'edgetl_builtins.sinks.mqtt', 'edgetl_builtins.sinks.capture', 'edgetl_builtins.stdio',
-         'edgetl_builtins.onnx.runtime', 'edgetl.cli.agent_cmd', 'edgetl.cli.deploy_cmd', 'edgetl.cli.device_cmd',
+         'edgetl.onnxtools', 'edgetl.cli.agent_cmd', 'edgetl.cli.deploy_cmd', 'edgetl.cli.device_cmd',
          'edgetl.bundle', 'edgetl.keys', 'edgetl.reference', 'edgetl.predictor', 'edgetl.preprocess']
 for m in mods:
     importlib.import_module(m)

@@ -262,7 +262,7 @@ def test_bundle_verify_fails_when_this_machine_does_not_reproduce_the_reference(
 def small_onnx(tmp_path_factory):
     """A 3-conv classifier as ONNX, with calibration and check images."""
     torch = pytest.importorskip("torch")
-    from edgetl_builtins.onnx.export import export_onnx
+    from edgetl.onnxtools import export_onnx
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(),

@@ -15,8 +15,10 @@
   layers are left in float, doubling the count until top-1 agreement on the
   validation images reaches the gate's minimum (nncf's accuracy control uses
   the validation set the same way; the gate then re-measures independently).
-- Symmetric Q/DQ (for TensorRT's explicit quantization): signed INT8
-  activations and weights, zero points 0, per-channel weights, float bias.
+
+What is not specific to this target (export, ``quantize_int8``, FP16, the
+float tail, the ONNX Runtime session) is :mod:`edgetl.onnxtools`, shared with
+the OpenVINO and TensorRT targets.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,129 +34,18 @@ import numpy as np
 
 from edgetl.api import QuantizeContext
 from edgetl.cpuinfo import cpu_info, needs_reduce_range
-from edgetl.errors import ExportError
+from edgetl.onnxtools import (
+    FIRST_PREFIX,
+    WEIGHTED_OPS,
+    OnnxRuntimeModel,
+    QuantizeClock,
+    float_tail,
+    preprocess,
+    quantize_int8,
+    to_fp16,
+)
 
 log = logging.getLogger("edgetl.export.onnx")
-WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
-
-
-def _onnx_file(files: Sequence[Path]) -> Path:
-    found = [Path(f) for f in files if str(f).endswith(".onnx")]
-    if not found:
-        raise ExportError("no .onnx file to quantize among " + ", ".join(map(str, files)))
-    return found[0]
-
-
-def _reader(batches: list[np.ndarray], input_name: str):
-    """A calibration reader over ``batches``; ``set_range`` lets ONNX Runtime calibrate in chunks."""
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.i, self.end = 0, len(batches)
-
-        def __len__(self):
-            return len(batches)
-
-        def set_range(self, start_index: int, end_index: int):
-            self.i, self.end = start_index, min(end_index, len(batches))
-
-        def get_next(self):
-            if self.i >= self.end:
-                return None
-            self.i += 1
-            return {input_name: np.ascontiguousarray(batches[self.i - 1], dtype=np.float32)}
-
-        def rewind(self):
-            self.i = 0
-
-    return Reader()
-
-
-CALIBRATION_CHUNK = 50
-"""Most calibration batches ONNX Runtime holds the activations of at once (``CalibStridedMinMax``).
-
-Its calibrators keep every intermediate tensor of every batch until the
-ranges are computed: at 300 px an EfficientNet-Lite0 image is tens of MB of
-activations, so 300 images at once would be gigabytes. Chunks merge ranges
-(and histograms) exactly; the chunk must divide the count, so it is the
-largest divisor up to this.
-"""
-
-
-def _chunk(n: int) -> int:
-    return max(d for d in range(1, min(n, CALIBRATION_CHUNK) + 1) if n % d == 0)
-
-
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-"""``quantize_int8(calibration=...)``: ONNX Runtime's activation range estimators (CalibrationMethod)."""
-
-
-def _input_name(path: Path) -> str:
-    import onnx
-
-    return onnx.load(str(path), load_external_data=False).graph.input[0].name
-
-
-def to_fp16(src: Path, dst: Path) -> Path:
-    """Float16 weights and compute; float32 graph inputs and outputs."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
-    model = OnnxModel(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True))
-    model.topological_sort()  # the converter appends the input Casts after their consumers
-    onnx.save(model.model, str(dst))
-    return dst
-
-
-def preprocess(src: Path, dst: Path) -> Path:
-    """ONNX Runtime's recommended pre-quantization pass (shape inference, graph optimisation)."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    try:
-        quant_pre_process(str(src), str(dst))
-    except Exception as exc:  # pre-processing is an optimisation; quantizing the original still works
-        log.warning("quant_pre_process failed (%s: %s); quantizing the exported graph as is",
-                    type(exc).__name__, exc)
-        dst.write_bytes(Path(src).read_bytes())
-    return dst
-
-
-def quantize_int8(src: Path, dst: Path, batches: list[np.ndarray], *, symmetric: bool = False,
-                  reduce_range: bool = False, nodes_to_exclude: list[str] | None = None,
-                  nodes_to_quantize: list[str] | None = None, cache: Path | None = None,
-                  keep_tail_float: bool = True, calibration: str = "minmax", percentile: float = 99.999) -> Path:
-    """``quantize_static`` in QDQ format with per-channel weights (see the module docstring).
-
-    ``keep_tail_float``: leave :func:`float_tail` (pooling, concat, standardisation) in float.
-    ``calibration``: one of :data:`CALIBRATION_METHODS` (``percentile``: the range
-    covers that percentile of the absolute values).
-    """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    # keep the head's output op (softmax/sigmoid) in float: probabilities at 1/255 resolution would
-    # make a recall threshold such as 0.003 meaningless; and the feature tail (float_tail)
-    nodes_to_exclude = list(nodes_to_exclude or []) + output_ops(src) + (float_tail(src) if keep_tail_float else [])
-    if calibration not in CALIBRATION_METHODS:
-        raise ExportError(f"calibration {calibration!r}: expected one of {', '.join(CALIBRATION_METHODS)}")
-    extra: dict[str, Any] = {"CalibStridedMinMax": _chunk(len(batches))} if batches else {}
-    if calibration == "percentile":
-        extra["CalibPercentile"] = float(percentile)
-    if symmetric:
-        extra.update({"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
-    use_cache = cache is not None and cache.exists()
-    quantize_static(
-        str(src), str(dst), None if use_cache else _reader(batches, _input_name(src)),
-        quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
-        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
-        op_types_to_quantize=list(WEIGHTED_OPS) if symmetric else None,
-        nodes_to_exclude=nodes_to_exclude or None, nodes_to_quantize=nodes_to_quantize or None,
-        calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                          "entropy": CalibrationMethod.Entropy}[calibration], extra_options=extra or None,
-        calibration_cache_path=str(cache) if cache is not None else None,
-    )
-    return dst
 
 
 def int8_base(src: Path, folder: Path, batches: list[np.ndarray], reduce_range: bool,
@@ -179,85 +69,12 @@ def int8_base(src: Path, folder: Path, batches: list[np.ndarray], reduce_range: 
     return shared[key]
 
 
-def float_tail(path: Path) -> list[str]:
-    """Names of the unweighted ops that feed no convolution: pooling, concatenation, standardisation.
-
-    They stay float. One per-tensor INT8 scale over pooled features of
-    several stages, or over ``x - mean`` before ``* 1/std``, rounds the
-    small-scale features to nothing, and standardisation then amplifies the
-    error (the ELPV multi-stage probe: docs/export.md). They work on a few
-    thousand numbers per image, so float costs no measurable time. Weighted
-    layers among them (the head's Gemm/MatMul) are still quantized.
-    """
-    import onnx
-
-    nodes = list(onnx.load(str(path), load_external_data=False).graph.node)
-    return [nodes[i].name for i in tail_nodes([(n.op_type, list(n.input), list(n.output)) for n in nodes],
-                                              conv_ops=("Conv",), weighted_ops=WEIGHTED_OPS) if nodes[i].name]
-
-
-def tail_nodes(nodes: list[tuple[str, list[str], list[str]]], conv_ops: Sequence[str],
-               weighted_ops: Sequence[str]) -> list[int]:
-    """Indices of the ``(op_type, inputs, outputs)`` nodes that are not weighted and feed no ``conv_ops`` node.
-
-    Empty when the graph has no convolution (nothing to call a backbone).
-    """
-    producer = {out: i for i, (_, _, outs) in enumerate(nodes) for out in outs}
-    feeds_conv: set[int] = set()
-    todo = [i for i, (op, _, _) in enumerate(nodes) if op in conv_ops]
-    if not todo:
-        return []
-    while todo:
-        for name in nodes[todo.pop()][1]:
-            j = producer.get(name)
-            if j is not None and j not in feeds_conv:
-                feeds_conv.add(j)
-                todo.append(j)
-    return [i for i, (op, _, _) in enumerate(nodes)
-            if op not in conv_ops and op not in weighted_ops and i not in feeds_conv]
-
-
-def output_ops(path: Path) -> list[str]:
-    """Names of the nodes that produce the graph's outputs."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    outputs = {o.name for o in graph.output}
-    return [n.name for n in graph.node if n.name and outputs.intersection(n.output)]
-
-
 def _session_outputs(path: Path, x: np.ndarray) -> np.ndarray:
-    from edgetl_builtins.onnx.runtime import OnnxRuntimeModel
-
     return OnnxRuntimeModel(path, {}, "int8").predict(x)
 
 
-DEFAULT_BUDGET_S = 90.0
-"""Wall time an accuracy-aware quantizer aims for when the export gives none (``QuantizeContext.time_budget_s``)."""
-
-
-class Clock:
-    """Elapsed time against a budget, and throttled progress lines (about one per 10 % of a step)."""
-
-    def __init__(self, budget_s: float | None, progress: Callable[[str, int, int], None] | None = None):
-        self.budget_s = DEFAULT_BUDGET_S if budget_s is None else float(budget_s)
-        self.start = time.perf_counter()
-        self.progress = progress or (lambda stage, done, total: None)
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def over(self, fraction: float = 1.0) -> bool:
-        return self.elapsed > fraction * self.budget_s
-
-    def tick(self, stage: str, done: int, total: int) -> None:
-        if done == total or done == 1 or done % max(1, total // 10) == 0:
-            self.progress(f"{stage} ({self.elapsed:.0f} s of {self.budget_s:.0f})", done, total)
-
-
 def rank_layers(prep: Path, candidates: list[str], batches: list[np.ndarray], x: np.ndarray, ref: np.ndarray,
-                reduce_range: bool, cache: Path, clock: Clock, tmp: Path) -> tuple[list[str], dict[str, float]]:
+                reduce_range: bool, cache: Path, clock: QuantizeClock, tmp: Path) -> tuple[list[str], dict[str, float]]:
     """Layers by sensitivity (each quantized alone: mean |output - FP32|), most sensitive first.
 
     Stops at half the time budget; layers not reached follow the ranked
@@ -302,7 +119,7 @@ def accuracy_aware_int8(src: Path, dst: Path, batches: list[np.ndarray], *, min_
     """
     import onnx
 
-    clock = Clock(budget_s, progress)
+    clock = QuantizeClock(budget_s, progress)
     with tempfile.TemporaryDirectory(prefix="edgetl-aaq-") as tmp:
         tmp = Path(tmp)
         prep, cache, full = int8_base(src, dst.parent / "base", batches, reduce_range,
@@ -350,7 +167,7 @@ def _agreement_on(check: np.ndarray, want: np.ndarray,
 
 
 def search_float_prefix(prep: Path, names: list[str], batches: list[np.ndarray], measure: Callable[[Path], float],
-                        min_agreement: float, reduce_range: bool, cache: Path, clock: Clock,
+                        min_agreement: float, reduce_range: bool, cache: Path, clock: QuantizeClock,
                         tmp: Path) -> tuple[int, tuple[float, Path | None]]:
     """Leave the graph's first 8, 16, 32, ... ops (input side, every type) in float until agreement is met.
 
@@ -378,13 +195,9 @@ def search_float_prefix(prep: Path, names: list[str], batches: list[np.ndarray],
     return best
 
 
-FIRST_PREFIX = 8
-"""The smallest float prefix :func:`search_float_prefix` tries (then 16, 32, ...)."""
-
-
 def search_float_layers(prep: Path, ranked: list[str], batches: list[np.ndarray], check: np.ndarray,
                         want: np.ndarray, decide: Callable[[np.ndarray], np.ndarray], min_agreement: float,
-                        reduce_range: bool, cache: Path, clock: Clock, tmp: Path,
+                        reduce_range: bool, cache: Path, clock: QuantizeClock, tmp: Path,
                         best: tuple[float, int, Path]) -> tuple[tuple[float, int, Path], str]:
     """Leave 1, 2, 4, ... of ``ranked`` in float until the agreement target is met (early exit).
 
@@ -406,57 +219,28 @@ def search_float_layers(prep: Path, ranked: list[str], batches: list[np.ndarray]
     return best, "half the layers in float"
 
 
-class _Base:
-    """Shared quantize() plumbing: find the .onnx, write the result, report the settings."""
-
-    target = "onnx"
-    requires = ("onnx", "onnxruntime")
-    extra = "train"
-
-    def quantize(self, files: Sequence[Path], out_dir: Path, ctx: QuantizeContext) -> list[Path]:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        src = _onnx_file(files)
-        dst = out_dir / "model.onnx"
-        self._quantize(src, dst, list(ctx.calibration), ctx)
-        from edgetl_builtins.onnx.export import check_onnx
-
-        check_onnx(dst)
-        return [dst]
+def fp16(src: Path, dst: Path, ctx: QuantizeContext) -> None:
+    to_fp16(src, dst)
+    ctx.report.update(keep_io_types=True)
 
 
-class Fp16(_Base):
-    def _quantize(self, src, dst, batches, ctx):
-        to_fp16(src, dst)
-        ctx.report.update(keep_io_types=True)
+def int8_ptq(src: Path, dst: Path, ctx: QuantizeContext) -> None:
+    batches = list(ctx.calibration)
+    reduce = needs_reduce_range()
+    prep, _, full = int8_base(src, dst.parent / "base", batches, reduce, ctx.shared)
+    shutil.copyfile(full, dst)
+    ctx.report.update(float_ops=len(float_tail(prep)))
+    ctx.report.update(format="QDQ", per_channel=True, activations="uint8", weights="int8",
+                      reduce_range=reduce, calibration_images=sum(len(b) for b in batches),
+                      reduce_range_reason=("host CPU lacks VNNI: U8S8 kernels would saturate"
+                                           if reduce and not cpu_info()["vnni"] else None))
 
 
-class Int8Ptq(_Base):
-    def _quantize(self, src, dst, batches, ctx):
-        reduce = needs_reduce_range()
-        prep, _, full = int8_base(src, dst.parent / "base", batches, reduce, ctx.shared)
-        shutil.copyfile(full, dst)
-        ctx.report.update(float_ops=len(float_tail(prep)))
-        ctx.report.update(format="QDQ", per_channel=True, activations="uint8", weights="int8",
-                          reduce_range=reduce, calibration_images=sum(len(b) for b in batches),
-                          reduce_range_reason=("host CPU lacks VNNI: U8S8 kernels would saturate"
-                                               if reduce and not cpu_info()["vnni"] else None))
-
-
-class Int8AccuracyAware(_Base):
-    def _quantize(self, src, dst, batches, ctx):
-        reduce = needs_reduce_range()
-        val = ctx.validation
-        accuracy_aware_int8(src, dst, batches, min_agreement=ctx.gate.min_agreement, reduce_range=reduce,
-                            decide=ctx.model.decide, check=None if val is None else val.x, report=ctx.report,
-                            budget_s=ctx.time_budget_s, progress=ctx.progress,
-                            reference=None if val is None else val.reference, shared=ctx.shared)
-        ctx.report.update(format="QDQ", per_channel=True, reduce_range=reduce)
-
-
-class Int8SymmetricQdq(_Base):
-    def _quantize(self, src, dst, batches, ctx):
-        with tempfile.TemporaryDirectory(prefix="edgetl-qdq-") as tmp:
-            prep = preprocess(src, Path(tmp) / "prep.onnx")
-            quantize_int8(prep, dst, batches, symmetric=True)
-        ctx.report.update(format="QDQ", symmetric=True, per_channel=True, activations="int8", weights="int8",
-                          ops=list(WEIGHTED_OPS), calibration_images=sum(len(b) for b in batches))
+def int8_accuracy_aware(src: Path, dst: Path, ctx: QuantizeContext) -> None:
+    reduce = needs_reduce_range()
+    val = ctx.validation
+    accuracy_aware_int8(src, dst, list(ctx.calibration), min_agreement=ctx.gate.min_agreement,
+                        reduce_range=reduce, decide=ctx.model.decide, check=None if val is None else val.x,
+                        report=ctx.report, budget_s=ctx.time_budget_s, progress=ctx.progress,
+                        reference=None if val is None else val.reference, shared=ctx.shared)
+    ctx.report.update(format="QDQ", per_channel=True, reduce_range=reduce)

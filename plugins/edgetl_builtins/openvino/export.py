@@ -18,7 +18,7 @@ from edgetl.errors import ExportError
 def export_ir(model: Any, example: Any, out_dir: Path, *, dynamic_batch: bool, report: dict[str, Any]) -> list[Path]:
     import openvino as ov
 
-    from edgetl_builtins.onnx import export_onnx
+    from edgetl.onnxtools import export_onnx
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgetl-ov-") as tmp:

@@ -23,8 +23,7 @@ import numpy as np
 
 from edgetl.api import QuantizeContext
 from edgetl.errors import ExportError
-from edgetl_builtins.onnx import FIRST_PREFIX, tail_nodes
-from edgetl_builtins.onnx import QuantizeClock as Clock
+from edgetl.onnxtools import FIRST_PREFIX, QuantizeClock, tail_nodes
 
 MAX_ITERATIONS = 8
 """Layers nncf may revert to float, one per iteration (each iteration re-validates the whole set)."""
@@ -69,7 +68,7 @@ def float_tail(model: Any) -> list[str]:
     """Friendly names of the unweighted ops that feed no convolution (pooling, concat, standardisation).
 
     Kept float through nncf's ignored scope, for the reason given at
-    ``edgetl_builtins.onnx.quantize.float_tail``; the head's MatMul is still quantized.
+    ``edgetl.onnxtools.float_tail``; the head's MatMul is still quantized.
     """
     ops = list(model.get_ordered_ops())
     sources = [[i.get_source_output().get_node() for i in op.inputs()] for op in ops]
@@ -155,7 +154,7 @@ def float_prefix(quantized: Any, original: Any, k: int) -> Any:
     FakeQuantize nodes whose consumers all lie in the prefix are bypassed,
     and the prefix's bias constants are taken from ``original`` (nncf's bias
     correction tuned them for the quantized layer), as nncf's own revert does.
-    No calibration: one copy, one edit (see ``edgetl_builtins.onnx.quantize.search_float_prefix``).
+    No calibration: one copy, one edit (the ONNX target's ``search_float_prefix`` does the same on ONNX).
     """
     from openvino import op as ov_op
 
@@ -178,7 +177,7 @@ def float_prefix(quantized: Any, original: Any, k: int) -> Any:
     return model
 
 
-def prefix_search(quantized: Any, original: Any, measure: Any, min_agreement: float, clock: Clock,
+def prefix_search(quantized: Any, original: Any, measure: Any, min_agreement: float, clock: QuantizeClock,
                   progress: Any) -> tuple[int, Any, float]:
     """First 8, 16, 32, ... ops in float until ``measure(model)`` (agreement) meets the target; half the ops at
     most, half the budget at most. Returns (k, model, agreement) of the first that meets it, else k = 0."""
@@ -259,7 +258,7 @@ class PassCounter:
     """Validation passes of accuracy control: a progress line on the first and then one per
     :data:`PROGRESS_EVERY_S` at most (nncf makes ~115 on ELPV) through the context's progress callback."""
 
-    def __init__(self, clock: Clock, progress: Any):
+    def __init__(self, clock: QuantizeClock, progress: Any):
         self.clock, self.progress = clock, progress
         self.n, self.shown_at = 0, None
 
@@ -288,7 +287,7 @@ def int8_accuracy_control(files: Sequence[Path], out_dir: Path, ctx: QuantizeCon
     items = [(x[i:i + 1], int(ref[i])) for i in range(len(ref))]
     max_drop = max(0.0, 1.0 - ctx.gate.min_agreement)
 
-    clock = Clock(ctx.time_budget_s, ctx.progress)
+    clock = QuantizeClock(ctx.time_budget_s, ctx.progress)
     passes = PassCounter(clock, ctx.progress)
     reused = f"openvino-int8-ptq:{_xml(files)}:{bias_correction(ctx)}" in ctx.shared
 
@@ -316,7 +315,7 @@ def int8_accuracy_control(files: Sequence[Path], out_dir: Path, ctx: QuantizeCon
 
 
 def _controlled(files: Sequence[Path], ctx: QuantizeContext, items: list[tuple[np.ndarray, int]], agreement: Any,
-                max_drop: float, clock: Clock) -> tuple[Any, str, int, float]:
+                max_drop: float, clock: QuantizeClock) -> tuple[Any, str, int, float]:
     """The float-prefix search, then nncf's restorer (or its public entry point): (model, tool, prefix ops,
     prefix agreement); a budget spent is an ExportError."""
     import nncf

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgetl.api import Runtime
 from edgetl.errors import BundleError
-from edgetl_builtins.onnx import run_static, run_static_all
+from edgetl.onnxtools import run_static, run_static_all
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgetl.manifest import Manifest

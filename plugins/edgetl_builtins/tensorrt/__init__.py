@@ -5,11 +5,12 @@ A TensorRT engine is tied to the GPU model and the TensorRT/CUDA version
 (float, FP16, or explicit INT8 Q/DQ) and the build settings; the device builds
 a strongly typed engine on first load, with progress, and caches it keyed by
 (GPU, TensorRT version, bundle hash). The host gates the ONNX it ships with
-ONNX Runtime (``load_for_gate``); the device's reference check is the gate that
-counts for this target.
+ONNX Runtime (``load_for_gate``: :func:`edgetl.onnxtools.load_runtime`); the
+device's reference check is the gate that counts for this target. Export and
+quantization are :mod:`edgetl.onnxtools` too.
 
-Registration imports nothing heavy; :mod:`edgetl_builtins.tensorrt.engine` (tensorrt,
-cuda-python; no torch) loads on the device.
+Registration imports nothing heavy; :mod:`edgetl_builtins.tensorrt.engine`
+(tensorrt, cuda-python; no torch) loads on the device.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgetl.api import ExportSpec, FallbackStep, Runtime, Target
+from edgetl.api import ExportSpec, FallbackStep, QuantizeContext, Runtime, Target
 from edgetl.hookspecs import hookimpl
-from edgetl_builtins.onnx import OnnxFileQuantizer
+from edgetl.onnxtools import OnnxFileQuantizer
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgetl.manifest import Manifest
@@ -51,7 +52,7 @@ class TensorRtTarget(Target):
         return TensorRtProfile
 
     def export(self, model: Any, example: Any, out_dir: Path, spec: ExportSpec) -> list[Path]:
-        from edgetl_builtins.onnx import export_onnx
+        from edgetl.onnxtools import export_onnx
 
         return [export_onnx(model, example, Path(out_dir) / "model.onnx", dynamic_batch=spec.dynamic_batch,
                             report=spec.report)]
@@ -74,7 +75,7 @@ class TensorRtTarget(Target):
     def load_for_gate(self, files: Sequence[Path], manifest: Manifest,
                       options: dict[str, Any] | None = None) -> Runtime:
         """Host stand-in: ONNX Runtime on the exact ONNX the device will build from."""
-        from edgetl_builtins.onnx import load_runtime
+        from edgetl.onnxtools import load_runtime
 
         return load_runtime(files, manifest, {"providers": ["CPUExecutionProvider"]})
 
@@ -85,20 +86,37 @@ class TensorRtTarget(Target):
         return load(files, manifest, options)
 
 
-class _TrtQuantizer(OnnxFileQuantizer):
-    """The device builds from ONNX, so the host quantizes ONNX exactly as the onnx target does."""
+class TrtInt8Qdq(OnnxFileQuantizer):
+    """Symmetric Q/DQ for TensorRT's explicit quantization: signed INT8 activations and weights, zero points 0,
+    per-channel weights, float bias, only the weighted ops (the device builds a strongly typed engine from it)."""
 
-    target = "tensorrt"
-
-
-class TrtInt8Qdq(_TrtQuantizer):
-    name, precision, method, impl = "tensorrt-int8-qdq", "int8", "qdq", "Int8SymmetricQdq"
+    name, target, precision, method = "tensorrt-int8-qdq", "tensorrt", "int8", "qdq"
     description = "explicit INT8: symmetric per-channel Q/DQ ONNX (quantize_static) for a strongly typed build"
 
+    def quantize_file(self, src: Path, dst: Path, ctx: QuantizeContext) -> None:
+        import tempfile
 
-class TrtFp16(_TrtQuantizer):
-    name, precision, method, impl = "tensorrt-fp16", "fp16", "default", "Fp16"
+        from edgetl.onnxtools import WEIGHTED_OPS, preprocess, quantize_int8
+
+        batches = list(ctx.calibration)
+        with tempfile.TemporaryDirectory(prefix="edgetl-qdq-") as tmp:
+            prep = preprocess(src, Path(tmp) / "prep.onnx")
+            quantize_int8(prep, dst, batches, symmetric=True)
+        ctx.report.update(format="QDQ", symmetric=True, per_channel=True, activations="int8", weights="int8",
+                          ops=list(WEIGHTED_OPS), calibration_images=sum(len(b) for b in batches))
+
+
+class TrtFp16(OnnxFileQuantizer):
+    """Float16 ONNX, as the onnx target's ``onnx-fp16`` makes it: the device builds from ONNX."""
+
+    name, target, precision, method = "tensorrt-fp16", "tensorrt", "fp16", "default"
     description = "float16 ONNX (float32 I/O) for a strongly typed FP16 build"
+
+    def quantize_file(self, src: Path, dst: Path, ctx: QuantizeContext) -> None:
+        from edgetl.onnxtools import to_fp16
+
+        to_fp16(src, dst)
+        ctx.report.update(keep_io_types=True)
 
 
 @hookimpl

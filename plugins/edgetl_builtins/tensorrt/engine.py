@@ -186,7 +186,7 @@ class TensorRtModel(Runtime):
         return out.astype(np.float32)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        from edgetl_builtins.onnx import run_static
+        from edgetl.onnxtools import run_static
 
         batch = np.asarray(batch, dtype=np.float32)
         chunk = self.fixed_batch or (None if len(batch) <= self.max_batch else self.max_batch)
