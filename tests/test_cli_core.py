@@ -73,10 +73,10 @@ def test_plugins_show_json_validates():
 
 
 def test_unknown_plugin_is_one_line_error_exit_1():
-    out = run_edgetl("plugins", "show", "edgetl_stdo")
+    out = run_edgetl("plugins", "show", "edgetl_builtins.stdo")
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: unknown plugin 'edgetl_stdo'; did you mean 'edgetl_builtins.stdio'")
+    assert len(lines) == 1 and lines[0].startswith("error: unknown plugin 'edgetl_builtins.stdo'; did you mean 'edgetl_builtins.stdio'")
 
 
 def test_debug_shows_traceback():
