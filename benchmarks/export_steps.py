@@ -54,7 +54,7 @@ def run_export(code: Path, run: str, fmt: str, extra: list[str], keep: Path | No
 
 def code_of(env: dict[str, str], cwd: str) -> str:
     """Where the export's edgetl is imported from (a check that ``--code`` took effect)."""
-    probe = [sys.executable, "-c", "import edgetl, edgetl_onnx; print(edgetl.__file__, edgetl_onnx.__file__)"]
+    probe = [sys.executable, "-c", "import edgetl, edgetl_builtins.onnx; print(edgetl.__file__, edgetl_builtins.onnx.__file__)"]
     return subprocess.run(probe, capture_output=True, text=True, env=env, cwd=cwd).stdout.strip()
 
 

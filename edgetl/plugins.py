@@ -42,18 +42,18 @@ __all__ = [
 
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "edgetl_stdio",
-    "edgetl_timm",
-    "edgetl_camera",
-    "edgetl_sinks",
-    "edgetl_line",
-    "edgetl_onnx",
-    "edgetl_strategies",
-    "edgetl_transfer",
-    "edgetl_anomaly",
-    "edgetl_openvino",
-    "edgetl_tensorrt",
-    "edgetl_loggers",
+    "edgetl_builtins.stdio",
+    "edgetl_builtins.timm",
+    "edgetl_builtins.camera",
+    "edgetl_builtins.sinks",
+    "edgetl_builtins.line",
+    "edgetl_builtins.onnx",
+    "edgetl_builtins.strategies",
+    "edgetl_builtins.transfer",
+    "edgetl_builtins.anomaly",
+    "edgetl_builtins.openvino",
+    "edgetl_builtins.tensorrt",
+    "edgetl_builtins.loggers",
 )
 
 ENTRY_POINT_GROUP = "edgetl"

@@ -34,7 +34,7 @@ def count_calls(monkeypatch):
     With ``attr`` (e.g. ``"conv_stem"``) the hook sits on that submodule, else on the whole backbone:
     how tests prove a frozen part ran once however many epochs follow.
     """
-    from edgetl_timm.backbones import TimmBackbone
+    from edgetl_builtins.timm.backbones import TimmBackbone
 
     def count(attr: str | None = None) -> dict[str, int]:
         calls = {"n": 0}

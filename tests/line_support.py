@@ -18,7 +18,7 @@ def require_aravis() -> None:
     """Skip (fail under CI) without the fake camera or the Aravis GObject bindings, naming the package."""
     require_program(PROGRAM, PACKAGE)
     try:
-        from edgetl_line.genicam import aravis
+        from edgetl_builtins.line.genicam import aravis
 
         aravis()
     except Exception as exc:  # EdgetlError naming the package
@@ -47,7 +47,7 @@ class FakeCamera:
         return self
 
     def _wait_ready(self, timeout: float = 10.0) -> None:
-        from edgetl_line.genicam import aravis
+        from edgetl_builtins.line.genicam import aravis
 
         arv = aravis()
         deadline = time.monotonic() + timeout

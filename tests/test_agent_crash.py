@@ -74,9 +74,9 @@ import importlib, pkgutil
 import edgetl.device, edgetl.deploy
 mods = ['edgetl.device.' + m.name for m in pkgutil.iter_modules(edgetl.device.__path__)]
 mods += ['edgetl.deploy.' + m.name for m in pkgutil.iter_modules(edgetl.deploy.__path__)]
-mods += ['edgetl_camera', 'edgetl_camera.opencv', 'edgetl_camera.folder', 'edgetl_sinks',
-         'edgetl_sinks.webhook', 'edgetl_sinks.mqtt', 'edgetl_sinks.capture', 'edgetl_stdio',
-         'edgetl_onnx.runtime', 'edgetl.cli.agent_cmd', 'edgetl.cli.deploy_cmd', 'edgetl.cli.device_cmd',
+mods += ['edgetl_builtins.camera', 'edgetl_builtins.camera.opencv', 'edgetl_builtins.camera.folder', 'edgetl_builtins.sinks',
+         'edgetl_builtins.sinks.webhook', 'edgetl_builtins.sinks.mqtt', 'edgetl_builtins.sinks.capture', 'edgetl_builtins.stdio',
+         'edgetl.onnxtools', 'edgetl.cli.agent_cmd', 'edgetl.cli.deploy_cmd', 'edgetl.cli.device_cmd',
          'edgetl.bundle', 'edgetl.keys', 'edgetl.reference', 'edgetl.predictor', 'edgetl.preprocess']
 for m in mods:
     importlib.import_module(m)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from edgetl_anomaly.host.search import greedy_coreset, k_nearest, nearest
+from edgetl_builtins.anomaly.host.search import greedy_coreset, k_nearest, nearest
 from train_fixtures import one_torch_thread  # noqa: F401
 
 from edgetl.anomaly_metrics import anomaly_document, f1_threshold, percentile_threshold, pro_score

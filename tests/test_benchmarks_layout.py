@@ -108,17 +108,17 @@ def test_every_experiment_is_listed_in_its_readme():
 
 def test_maintained_benchmarks_import_no_private_names():
     plugins = plugin_packages()
-    assert "edgetl_onnx" in plugins and plugins["edgetl_onnx"]
+    assert "edgetl_builtins.onnx" in plugins and plugins["edgetl_builtins.onnx"]
     names = {p.stem for p in experiments()}
     bad = [b for p in maintained() + [BENCH / h for h in HELPERS] for b in private_imports(p, plugins, names)]
     assert not bad, "\n".join(bad)
 
 
 def test_the_private_import_check_catches_what_it_should(tmp_path):
-    plugins = {"edgetl_onnx": {"export_onnx"}}
+    plugins = {"edgetl_builtins.onnx": {"export_onnx"}}
     script = tmp_path / "x.py"
-    script.write_text("from edgetl.host.splits import _split\nimport edgetl._x\nfrom edgetl_onnx import export_onnx\n"
-                      "from edgetl_onnx.quantize import preprocess\nfrom edgetl_onnx import tail\n"
+    script.write_text("from edgetl.host.splits import _split\nimport edgetl._x\nfrom edgetl_builtins.onnx import export_onnx\n"
+                      "from edgetl_builtins.onnx.quantize import preprocess\nfrom edgetl_builtins.onnx import tail\n"
                       "from elpv_heads import fmt\nfrom edgetl.training import Split\n"
                       "agent.installer._threads\nself._ok\n")
     bad = private_imports(script, plugins, {"elpv_heads"})

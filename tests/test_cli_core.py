@@ -51,7 +51,7 @@ def test_plugins_list_json_validates_and_is_the_only_stdout():
     out = run_edgetl("plugins", "list", "--json")
     doc = json.loads(out.stdout)
     jsonschema.validate(doc, schema("plugins-list.schema.json"))
-    assert any(p["name"] == "edgetl_stdio" and p["status"] == "ok" for p in doc)
+    assert any(p["name"] == "edgetl_builtins.stdio" and p["status"] == "ok" for p in doc)
 
 
 def test_plugins_list_json_shows_broken_third_party(tmp_path):
@@ -64,7 +64,7 @@ def test_plugins_list_json_shows_broken_third_party(tmp_path):
 
 
 def test_plugins_show_json_validates():
-    result = CliRunner().invoke(cli, ["plugins", "show", "edgetl_stdio", "--json"])
+    result = CliRunner().invoke(cli, ["plugins", "show", "edgetl_builtins.stdio", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     jsonschema.validate(doc, schema("plugins-show.schema.json"))
@@ -72,10 +72,10 @@ def test_plugins_show_json_validates():
 
 
 def test_unknown_plugin_is_one_line_error_exit_1():
-    out = run_edgetl("plugins", "show", "edgetl_stdo")
+    out = run_edgetl("plugins", "show", "edgetl_builtins.stdo")
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: unknown plugin 'edgetl_stdo'; did you mean 'edgetl_stdio'")
+    assert len(lines) == 1 and lines[0].startswith("error: unknown plugin 'edgetl_builtins.stdo'; did you mean 'edgetl_builtins.stdio'")
 
 
 def test_debug_shows_traceback():

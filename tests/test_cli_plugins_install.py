@@ -84,10 +84,10 @@ def test_install_of_a_package_that_registers_nothing_is_an_error(throwaway, tmp_
 
 
 def test_uninstall_refuses_builtins_and_unknown_names():
-    result = CliRunner().invoke(cli, ["plugins", "uninstall", "edgetl_stdio", "--yes"])
-    assert result.exit_code == 1 and "'edgetl_stdio' is built into edgetl" in result.stderr
-    result = CliRunner().invoke(cli, ["plugins", "uninstall", "edgetl_stdo", "--yes"])
-    assert result.exit_code == 1 and "unknown plugin 'edgetl_stdo'; did you mean 'edgetl_stdio'" in result.stderr
+    result = CliRunner().invoke(cli, ["plugins", "uninstall", "edgetl_builtins.stdio", "--yes"])
+    assert result.exit_code == 1 and "'edgetl_builtins.stdio' is built into edgetl" in result.stderr
+    result = CliRunner().invoke(cli, ["plugins", "uninstall", "edgetl_builtins.stdo", "--yes"])
+    assert result.exit_code == 1 and "unknown plugin 'edgetl_builtins.stdo'; did you mean 'edgetl_builtins.stdio'" in result.stderr
 
 
 def test_uninstall_of_a_copy_pip_cannot_remove_says_why(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Continual learning: ``edgetl train --from RUN`` and the ``rehearsal`` strategy (plugins/edgetl_transfer).
+"""Continual learning: ``edgetl train --from RUN`` and the ``rehearsal`` strategy (plugins/edgetl_builtins/transfer).
 
 Tiny backbone, tiny synthetic images with three visibly different classes:
 stage 1 learns ``good`` and ``line``; stage 2 sees only the new class
@@ -109,7 +109,7 @@ def test_buffer_is_bounded_balanced_and_stored_with_hashes(stage1):
 
 
 def test_selection_is_bounded_per_class_and_deterministic():
-    from edgetl_transfer.rehearsal import herding, select
+    from edgetl_builtins.transfer.rehearsal import herding, select
 
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], [10, 2, 30])

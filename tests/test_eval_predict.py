@@ -148,7 +148,7 @@ def test_open_predictor_on_a_run_predicts_probabilities(run):
 
 
 def test_standardised_probe_folds_exactly_into_the_head():
-    from edgetl_strategies.linear_probe import fold_standardisation
+    from edgetl_builtins.strategies.linear_probe import fold_standardisation
 
     torch.manual_seed(0)
     head = torch.nn.Sequential(torch.nn.Dropout(0.0), torch.nn.Linear(5, 3)).eval()

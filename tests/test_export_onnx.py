@@ -82,23 +82,23 @@ def _sabotage_head(src: Path, dst: Path) -> Path:
 @pytest.fixture()
 def broken_ptq(monkeypatch):
     """Make the (onnx, int8, ptq) quantizer produce a model that must fail the gate."""
-    import edgetl_onnx
+    import edgetl_builtins.onnx
 
     def quantize(self, files, out_dir, ctx):
         return [_sabotage_head(Path(files[0]), Path(out_dir) / "model.onnx")]
 
-    monkeypatch.setattr(edgetl_onnx.OnnxInt8Ptq, "quantize", quantize)
+    monkeypatch.setattr(edgetl_builtins.onnx.OnnxInt8Ptq, "quantize", quantize)
 
 
 @pytest.fixture()
 def broken_int8(monkeypatch):
     """Both INT8 quantizers produce models that must fail the gate."""
-    import edgetl_onnx
+    import edgetl_builtins.onnx
 
     def quantize(self, files, out_dir, ctx):
         return [_sabotage_head(Path(files[0]), Path(out_dir) / "model.onnx")]
 
-    for cls in (edgetl_onnx.OnnxInt8Ptq, edgetl_onnx.OnnxInt8AccuracyAware):
+    for cls in (edgetl_builtins.onnx.OnnxInt8Ptq, edgetl_builtins.onnx.OnnxInt8AccuracyAware):
         monkeypatch.setattr(cls, "quantize", quantize)
 
 
@@ -262,7 +262,7 @@ def test_bundle_verify_fails_when_this_machine_does_not_reproduce_the_reference(
 def small_onnx(tmp_path_factory):
     """A 3-conv classifier as ONNX, with calibration and check images."""
     torch = pytest.importorskip("torch")
-    from edgetl_onnx.export import export_onnx
+    from edgetl.onnxtools import export_onnx
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(),
@@ -276,7 +276,7 @@ def small_onnx(tmp_path_factory):
 
 @pytest.mark.parametrize("budget,stopped,ranked", [(0.0, "time budget", 0), (600.0, "half the layers in float", 3)])
 def test_accuracy_aware_is_bounded_by_its_budget_and_reports_progress(small_onnx, tmp_path, budget, stopped, ranked):
-    from edgetl_onnx.quantize import accuracy_aware_int8
+    from edgetl_builtins.onnx.quantize import accuracy_aware_int8
 
     src, batches, check = small_onnx
     report, lines = {}, []
@@ -293,12 +293,12 @@ def test_accuracy_aware_is_bounded_by_its_budget_and_reports_progress(small_onnx
 
 
 def test_every_step_is_timed_even_a_quantizer_that_fails(tiny, tmp_path, monkeypatch):
-    import edgetl_onnx
+    import edgetl_builtins.onnx
 
     def out_of_budget(self, files, out_dir, ctx):
         raise ExportError("accuracy-aware passed its budget")
 
-    monkeypatch.setattr(edgetl_onnx.OnnxInt8Ptq, "quantize", out_of_budget)
+    monkeypatch.setattr(edgetl_builtins.onnx.OnnxInt8Ptq, "quantize", out_of_budget)
     run_dir, *_ = tiny
     result = export_run(run_dir, _options(tmp_path, precision="auto"))
     stages = {s["stage"]: s for s in result.stages}

@@ -119,9 +119,9 @@ def test_accuracy_control_stops_at_its_budget_with_a_reason(tmp_path, budget, in
     monkeypatch.setenv("EDGETL_VERBOSE", "1" if verbose else "0")
     import logging
 
-    from edgetl_openvino import quantize as q
-    from edgetl_openvino.export import export_ir
-    from edgetl_openvino.quantize import int8_accuracy_control
+    from edgetl_builtins.openvino import quantize as q
+    from edgetl_builtins.openvino.export import export_ir
+    from edgetl_builtins.openvino.quantize import int8_accuracy_control
     from nncf.common.logging.logger import nncf_logger
 
     monkeypatch.setattr(q, "PROGRESS_EVERY_S", 1e9)  # every pass within one interval: only the first is a line
@@ -176,8 +176,8 @@ def test_bias_correction_option_reaches_nncf_and_the_report(tmp_path, monkeypatc
     pytest.importorskip("nncf")
     import nncf
     import openvino as ov
-    from edgetl_openvino import quantize as q
-    from edgetl_openvino.options import OvInt8Options
+    from edgetl_builtins.openvino import quantize as q
+    from edgetl_builtins.openvino.options import OvInt8Options
 
     from edgetl.api import InputSpec, ModelFacts, QuantizeContext
     from edgetl.errors import ExportError

@@ -24,7 +24,7 @@ def test_a_misspelt_chain_step_is_a_configuration_error_naming_the_quantizers_an
     msg = str(err.value)
     assert msg.startswith("--target typo: fallback step 'int8/ptqq': no quantizer of target 'onnx' does "
                           "(int8, ptqq); did you mean 'int8/ptq'?")
-    assert "int8/ptq (onnx-int8-ptq, plugin edgetl_onnx)" in msg and "fp32 needs none" in msg
+    assert "int8/ptq (onnx-int8-ptq, plugin edgetl_builtins.onnx)" in msg and "fp32 needs none" in msg
 
 
 def test_quantizer_options_come_from_the_profile_and_the_command_line(tmp_path):
@@ -50,7 +50,7 @@ def test_quantizer_options_come_from_the_profile_and_the_command_line(tmp_path):
     ("", {"onnx-int8-ptq": {"x": 1}},
      "--quantizer-option onnx-int8-ptq: quantizer 'onnx-int8-ptq' is for target 'onnx', not 'openvino'"),
     ("", {"openvino-fp16-weights": {"x": 1}},
-     "--quantizer-option openvino-fp16-weights: quantizer 'openvino-fp16-weights' (plugin edgetl_openvino) "
+     "--quantizer-option openvino-fp16-weights: quantizer 'openvino-fp16-weights' (plugin edgetl_builtins.openvino) "
      "takes no options (got x)"),
 ])
 def test_bad_quantizer_options_are_one_line_before_any_work(tmp_path, extra, options, expected):

@@ -92,7 +92,7 @@ def test_qdq_model_is_gated_with_onnx_runtime_and_agrees_with_torch(int8_bundle)
 
 
 def test_device_refuses_incompatible_builds_and_keys_the_cache():
-    from edgetl_tensorrt.engine import cache_key, check_compat
+    from edgetl_builtins.tensorrt.engine import cache_key, check_compat
 
     build = {"min_tensorrt": "10.0", "dla_core": None}
     check_compat(build, "10.3.0", 0)

@@ -44,7 +44,7 @@ class TwoScales(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def two_scales(tmp_path_factory):
-    from edgetl_onnx.export import export_onnx
+    from edgetl.onnxtools import export_onnx
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 3, 10, 10)).astype(np.float32)
@@ -57,7 +57,7 @@ def two_scales(tmp_path_factory):
 
 
 def test_tail_nodes_are_the_unweighted_ops_that_feed_no_convolution():
-    from edgetl_onnx.quantize import tail_nodes
+    from edgetl.onnxtools import tail_nodes
 
     nodes = [("Conv", ["x"], ["a"]), ("Relu", ["a"], ["b"]), ("Conv", ["b"], ["c"]),  # backbone
              ("ReduceMean", ["b"], ["p1"]), ("ReduceMean", ["c"], ["p2"]),           # pooled stages
@@ -68,7 +68,9 @@ def test_tail_nodes_are_the_unweighted_ops_that_feed_no_convolution():
 
 
 def test_onnx_int8_with_the_tail_in_float_keeps_the_small_scale_features(two_scales):
-    from edgetl_onnx.quantize import _session_outputs, float_tail, preprocess, quantize_int8
+    from edgetl_builtins.onnx.quantize import _session_outputs
+
+    from edgetl.onnxtools import float_tail, preprocess, quantize_int8
 
     path, x, reference, folder = two_scales
     prep = preprocess(path, folder / "prep.onnx")
@@ -88,7 +90,7 @@ def test_onnx_int8_with_the_tail_in_float_keeps_the_small_scale_features(two_sca
 def test_openvino_int8_leaves_the_tail_without_fake_quantize(two_scales, tmp_path):
     pytest.importorskip("nncf")
     import openvino as ov
-    from edgetl_openvino.quantize import float_tail, int8_ptq
+    from edgetl_builtins.openvino.quantize import float_tail, int8_ptq
 
     from edgetl.api import InputSpec, ModelFacts, QuantizeContext
 
@@ -115,10 +117,12 @@ def test_openvino_int8_leaves_the_tail_without_fake_quantize(two_scales, tmp_pat
 
 def test_onnx_float_prefix_search_stops_at_the_first_prefix_that_meets_the_target(two_scales, monkeypatch):
     import onnx
-    from edgetl_onnx import quantize as q
+    from edgetl_builtins.onnx import quantize as q
+
+    from edgetl.onnxtools import QuantizeClock, preprocess
 
     path, x, reference, folder = two_scales
-    prep = q.preprocess(path, folder / "prep-prefix.onnx")
+    prep = preprocess(path, folder / "prep-prefix.onnx")
     batches = [x[i:i + 1] for i in range(16)]
     names = [n.name for n in onnx.load(str(prep)).graph.node if n.name]
     monkeypatch.setattr(q, "FIRST_PREFIX", 2)
@@ -130,14 +134,14 @@ def test_onnx_float_prefix_search_stops_at_the_first_prefix_that_meets_the_targe
 
     cache = folder / "prefix-cache.json"
     k, (agree, model) = q.search_float_prefix(prep, names, batches, measure, 0.98, False, cache,
-                                              q.Clock(600.0), folder)
+                                              QuantizeClock(600.0), folder)
     assert (k, agree, len(tried)) == (4, 0.99, 2)
     graph = onnx.load(str(model)).graph
     quantized_inputs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     first = [n for n in graph.node if n.name in names[:4]]
     assert first and not any(i in quantized_inputs for n in first for i in n.input)  # the prefix reads float
     k, (agree, _) = q.search_float_prefix(prep, names, batches, lambda m: 0.5, 0.98, False, cache,
-                                          q.Clock(600.0), folder)
+                                          QuantizeClock(600.0), folder)
     assert agree == 0.5  # never met: the best candidate comes back for the gate to judge
 
 
@@ -145,7 +149,7 @@ def test_openvino_float_prefix_bypasses_quantizers_and_restores_biases(two_scale
     pytest.importorskip("nncf")
     import nncf
     import openvino as ov
-    from edgetl_openvino.quantize import SKIP_TYPES, float_prefix
+    from edgetl_builtins.openvino.quantize import SKIP_TYPES, float_prefix
 
     path, x, reference, _ = two_scales
     original = ov.convert_model(str(path))
@@ -169,12 +173,12 @@ def test_openvino_float_prefix_bypasses_quantizers_and_restores_biases(two_scale
 
 def test_onnx_calibration_in_chunks_gives_the_ranges_of_one_pass(two_scales, monkeypatch):
     """ONNX Runtime calibrates in chunks (memory: it holds every activation of a chunk); ranges must not change."""
-    from edgetl_onnx import quantize as q
+    from edgetl import onnxtools
 
     path, x, _, folder = two_scales
-    prep = q.preprocess(path, folder / "prep-chunks.onnx")
+    prep = onnxtools.preprocess(path, folder / "prep-chunks.onnx")
     batches = [x[i:i + 1] for i in range(30)]
-    caches, ranges, make = {}, [], q._reader
+    caches, ranges, make = {}, [], onnxtools._reader
 
     def recording_reader(batches, name):
         reader = make(batches, name)
@@ -183,35 +187,34 @@ def test_onnx_calibration_in_chunks_gives_the_ranges_of_one_pass(two_scales, mon
                                                            original(start_index, end_index))
         return reader
 
-    monkeypatch.setattr(q, "_reader", recording_reader)
+    monkeypatch.setattr(onnxtools, "_reader", recording_reader)
     for chunk in (4, 1000):  # 30 batches: chunks of 3 (largest divisor <= 4), then one pass of 30
-        monkeypatch.setattr(q, "CALIBRATION_CHUNK", chunk)
+        monkeypatch.setattr(onnxtools, "CALIBRATION_CHUNK", chunk)
         caches[chunk] = folder / f"ranges-{chunk}.json"
-        q.quantize_int8(prep, folder / f"chunk{chunk}.onnx", batches, cache=caches[chunk])
+        onnxtools.quantize_int8(prep, folder / f"chunk{chunk}.onnx", batches, cache=caches[chunk])
     assert ranges == [(i, i + 3) for i in range(0, 30, 3)] + [(0, 30)]  # ten chunks of 3, then one of 30
-    assert q._chunk(30) == 30 and q._chunk(7) == 7 and q._chunk(13) == 13
-    monkeypatch.setattr(q, "CALIBRATION_CHUNK", 4)
-    assert q._chunk(30) == 3 and q._chunk(13) == 1
+    assert onnxtools._chunk(30) == 30 and onnxtools._chunk(7) == 7 and onnxtools._chunk(13) == 13
+    monkeypatch.setattr(onnxtools, "CALIBRATION_CHUNK", 4)
+    assert onnxtools._chunk(30) == 3 and onnxtools._chunk(13) == 1
     assert caches[4].read_text() == caches[1000].read_text()
 
 
 def test_onnx_calibration_method_is_checked_and_percentile_narrows_an_outlier_range(two_scales):
-    from edgetl_onnx import quantize as q
-
     from edgetl.errors import ExportError
+    from edgetl.onnxtools import preprocess, quantize_int8
 
     path, x, _, folder = two_scales
-    prep = q.preprocess(path, folder / "prep-method.onnx")
+    prep = preprocess(path, folder / "prep-method.onnx")
     batches = [x[i:i + 1] for i in range(20)] + [x[:1] * 50.0]  # one outlier image
     with pytest.raises(ExportError, match="calibration 'mse': expected one of minmax, percentile, entropy"):
-        q.quantize_int8(prep, folder / "bad.onnx", batches, calibration="mse")
+        quantize_int8(prep, folder / "bad.onnx", batches, calibration="mse")
 
     def input_scale(calibration: str) -> float:
         import onnx
         from onnx import numpy_helper
 
-        model = onnx.load(str(q.quantize_int8(prep, folder / f"{calibration}.onnx", batches,
-                                              calibration=calibration, percentile=99.0)))
+        model = onnx.load(str(quantize_int8(prep, folder / f"{calibration}.onnx", batches,
+                                           calibration=calibration, percentile=99.0)))
         inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         first = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
         return float(inits[first.input[1]])

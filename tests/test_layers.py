@@ -1,9 +1,11 @@
 """The import rules of docs/architecture.md, enforced on the source (AST scan, nothing imported).
 
 1. Plugins (``plugins/`` and ``examples/``) import from edgetl only the public
-   modules listed in docs/architecture.md, and never a ``_name``; from another
-   built-in plugin only the names its package's ``__all__`` lists, never one of
-   its submodules (docs/plugins.md, "What the built-in plugins share").
+   modules listed in docs/architecture.md, and never a ``_name``. One built-in
+   (a subpackage of ``edgetl_builtins``) imports another only through the names
+   the other's ``__init__`` lists in ``__all__``, never one of its submodules,
+   and preferably not at all (what they share belongs in a public module, e.g.
+   ``edgetl.onnxtools``; docs/plugins.md). A third party imports no built-in.
 2. The layers: ``edgetl.training`` (the strategy SDK) builds on the core only;
    the core and the device side never reach up into host, training or the CLI;
    the host never imports the device side or the CLI.
@@ -59,8 +61,8 @@ def test_edgetl_api_names_every_public_name_in_all():
 
 
 def test_the_public_module_table_is_there():
-    assert {"edgetl.api", "edgetl.hookspecs", "edgetl.errors", "edgetl.training", "edgetl.preprocess"} <= \
-        public_modules()
+    assert {"edgetl.api", "edgetl.hookspecs", "edgetl.errors", "edgetl.training", "edgetl.preprocess",
+            "edgetl.onnxtools"} <= public_modules()
 
 
 def test_plugins_import_only_public_edgetl_modules_and_names():
@@ -78,26 +80,39 @@ def test_plugins_import_only_public_edgetl_modules_and_names():
     assert not bad, "\n".join(bad)
 
 
+BUILTINS = "edgetl_builtins"
+
+
 def plugin_packages() -> dict[str, set[str]]:
-    """Each built-in plugin package -> the names its ``__init__``'s literal ``__all__`` lists (empty: none)."""
+    """Each built-in plugin (``edgetl_builtins.X``) -> the names its ``__init__``'s literal ``__all__`` lists."""
     found = {}
-    for init in (ROOT / "plugins").glob("edgetl_*/__init__.py"):
+    for init in (ROOT / "plugins" / BUILTINS).glob("*/__init__.py"):
         names: set[str] = set()
         for node in ast.parse(init.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else []
+            if any(getattr(t, "id", None) == "__all__" for t in targets):
                 names = set(ast.literal_eval(node.value))
-        found[init.parent.name] = names
+        found[f"{BUILTINS}.{init.parent.name}"] = names
     return found
 
 
-def test_built_in_plugins_use_only_each_others_public_names():
-    packages = plugin_packages()
-    assert packages["edgetl_onnx"] >= {"export_onnx", "run_static"} and "COMMON_OPTIONS" in packages["edgetl_strategies"]
+def test_the_built_in_plugins_are_one_package():
+    """One import name for all of them: ``plugins/`` holds ``edgetl_builtins`` only, and every subpackage is loaded."""
+    from edgetl.plugins import DEFAULT_PLUGINS
+
+    assert sorted(p.name for p in (ROOT / "plugins").iterdir() if p.name != "__pycache__") == [BUILTINS]
+    assert set(DEFAULT_PLUGINS) == set(plugin_packages())
+    assert "COMMON_OPTIONS" in plugin_packages()[f"{BUILTINS}.strategies"]
+
+
+def cross_plugin_imports(packages: dict[str, set[str]], root: Path = ROOT) -> list[str]:
+    """Every import, under ``root``'s plugins/ and examples/, that breaks rule 1 for built-ins."""
     bad = []
-    files = list((ROOT / "plugins").rglob("*.py")) + list((ROOT / "examples").rglob("*.py"))
-    for path in (f for f in files if "build" not in f.relative_to(ROOT).parts):
-        rel = path.relative_to(ROOT)
-        own = rel.parts[1] if rel.parts[0] == "plugins" else None
+    files = list((root / "plugins").rglob("*.py")) + list((root / "examples").rglob("*.py"))
+    for path in (f for f in files if "build" not in f.relative_to(root).parts):
+        rel = path.relative_to(root)
+        own = f"{BUILTINS}.{rel.parts[2]}" if rel.parts[:2] == ("plugins", BUILTINS) and len(rel.parts) > 3 else None
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Import):
                 found = [(a.name, []) for a in node.names]
@@ -105,16 +120,47 @@ def test_built_in_plugins_use_only_each_others_public_names():
                 found = [(node.module, [a.name for a in node.names])]
             else:
                 continue
+            where = f"{rel}:{node.lineno}"
             for module, names in found:
-                top = module.split(".")[0]
-                if top not in packages or top == own:
+                if module.split(".")[0] != BUILTINS:
                     continue
-                where = f"{rel}:{node.lineno}"
+                if own is None:
+                    bad.append(f"{where}: {module}: only edgetl's own plugins import a built-in")
+                    continue
+                if module == BUILTINS:  # from edgetl_builtins import onnx: a whole other plugin
+                    bad += [f"{where}: {BUILTINS}.{n} is another plugin; import names from its __all__"
+                            for n in names if f"{BUILTINS}.{n}" != own]
+                    continue
+                top = ".".join(module.split(".")[:2])
+                if top == own:
+                    continue
                 if module != top:
                     bad.append(f"{where}: {module} is another plugin's submodule; import from {top} "
-                               f"(its __all__: {', '.join(sorted(packages[top])) or 'nothing'})")
-                bad += [f"{where}: {top}.{n} is not in {top}.__all__" for n in names if n not in packages[top]]
+                               f"(its __all__: {', '.join(sorted(packages.get(top, ()))) or 'nothing'})")
+                bad += [f"{where}: {top}.{n} is not in {top}.__all__" for n in names
+                        if n not in packages.get(top, set())]
+    return bad
+
+
+def test_built_in_plugins_use_only_each_others_public_names():
+    bad = cross_plugin_imports(plugin_packages())
     assert not bad, "\n".join(bad)
+
+
+def test_the_cross_plugin_rule_catches_a_private_import(tmp_path):
+    """The scan above is not vacuous: the ONNX helpers' old home is rejected, and so is a submodule."""
+    packages = plugin_packages()
+    assert packages[f"{BUILTINS}.onnx"] == set()  # what the built-in targets share is edgetl.onnxtools
+    fake = tmp_path / "plugins" / BUILTINS / "openvino"
+    fake.mkdir(parents=True)
+    (tmp_path / "examples").mkdir()
+    (fake / "bad.py").write_text(f"from {BUILTINS}.onnx import export_onnx\nfrom {BUILTINS}.strategies.finetune "
+                                 "import build_model\nfrom edgetl_builtins.openvino.export import export_ir\n")
+    (tmp_path / "examples" / "outsider.py").write_text(f"import {BUILTINS}.timm\n")
+    bad = cross_plugin_imports(packages, tmp_path)
+    assert sorted(b.split(": ", 1)[0] for b in bad) == ["examples/outsider.py:1",
+                                                        "plugins/edgetl_builtins/openvino/bad.py:1",
+                                                        "plugins/edgetl_builtins/openvino/bad.py:2"], bad
 
 
 ALLOWED = {

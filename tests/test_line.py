@@ -228,7 +228,7 @@ def test_the_camera_path_delivers_image_files_pixel_exact(tmp_path):
 
     import cv2
     import numpy as np
-    from edgetl_line.genicam import GenicamStream
+    from edgetl_builtins.line.genicam import GenicamStream
 
     from edgetl.preprocess import read_image
 

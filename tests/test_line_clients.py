@@ -41,7 +41,7 @@ def wait_for(check, timeout=5.0):
 
 def test_opcua_client_mode_writes_the_verdict_into_the_plcs_node_in_its_type(tmp_path):
     from asyncua import Server, ua
-    from edgetl_line.opcua import OpcUaSink
+    from edgetl_builtins.line.opcua import OpcUaSink
 
     port, loop = free_port(), LoopThread()
 
@@ -78,7 +78,7 @@ def test_opcua_client_mode_writes_the_verdict_into_the_plcs_node_in_its_type(tmp
 
 
 def test_modbus_client_mode_pulses_the_plcs_coil_and_writes_its_registers():
-    from edgetl_line.modbus import ModbusSink
+    from edgetl_builtins.line.modbus import ModbusSink
     from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
     from pymodbus.server import ModbusTcpServer
 

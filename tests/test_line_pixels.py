@@ -23,7 +23,7 @@ def mosaic(pattern: str, bgr=RED_BGR, size: int = 8) -> np.ndarray:
 @pytest.mark.parametrize("name,pattern", [("BayerRG8", "RGGB"), ("BayerBG8", "BGGR"),
                                           ("BayerGR8", "GRBG"), ("BayerGB8", "GBRG")])
 def test_every_bayer_pattern_demosaics_to_the_colour_it_sampled(name, pattern):
-    from edgetl_line.pixels import to_bgr
+    from edgetl_builtins.line.pixels import to_bgr
 
     image = to_bgr(name, mosaic(pattern).tobytes(), 8, 8)
     assert image.shape == (8, 8, 3) and image.dtype == np.uint8
@@ -31,7 +31,7 @@ def test_every_bayer_pattern_demosaics_to_the_colour_it_sampled(name, pattern):
 
 
 def test_mono_10_and_12_are_scaled_to_8_bits_and_rgb_is_swapped():
-    from edgetl_line.pixels import to_bgr
+    from edgetl_builtins.line.pixels import to_bgr
 
     for name, top in (("Mono10", 1023), ("Mono12", 4095)):
         raw = np.array([[0, top // 2, top]], dtype="<u2")
@@ -43,7 +43,7 @@ def test_mono_10_and_12_are_scaled_to_8_bits_and_rgb_is_swapped():
 
 
 def test_other_pixel_formats_are_refused_by_name():
-    from edgetl_line.pixels import check_supported
+    from edgetl_builtins.line.pixels import check_supported
 
     with pytest.raises(ConfigError, match=r"pixel format 'YUV422_8' is not supported \(supported: Mono8, "):
         check_supported("YUV422_8", "pipeline source_options.features.PixelFormat")
@@ -52,7 +52,7 @@ def test_other_pixel_formats_are_refused_by_name():
 def test_without_pygobject_the_source_says_which_packages_to_install(monkeypatch):
     import sys
 
-    from edgetl_line.genicam import GenicamSource
+    from edgetl_builtins.line.genicam import GenicamSource
 
     monkeypatch.setitem(sys.modules, "gi", None)
     with pytest.raises(EdgetlError) as caught:
@@ -62,7 +62,7 @@ def test_without_pygobject_the_source_says_which_packages_to_install(monkeypatch
 
 
 def test_genicam_uris_select_by_serial_user_id_model_ip_or_id():
-    from edgetl_line.genicam import GenicamSource, parse_uri
+    from edgetl_builtins.line.genicam import GenicamSource, parse_uri
 
     assert parse_uri("genicam://") == {}
     assert parse_uri("genicam://serial=A1") == {"serial": "A1"}

@@ -121,7 +121,7 @@ def test_missing_library_is_an_install_hint_and_the_plugin_is_listed_unavailable
     real = iu.find_spec
     monkeypatch.setattr(iu, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
     pm = PluginManager()
-    info = pm.plugins["edgetl_loggers"]
+    info = pm.plugins["edgetl_builtins.loggers"]
     assert info.status in ("partial", "unavailable") and "pip install 'edgetl[mlflow]'" in info.reason
     monkeypatch.setattr("edgetl.plugins._MANAGER", pm)
     cfg = load_run_config(write_config(tmp_path / "c.yaml", tmp_path, epochs=1))

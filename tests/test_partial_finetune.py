@@ -28,7 +28,7 @@ def train(tmp_path, data, options=None, out="run", log=lambda m: None, **kw):
 
 
 def test_split_backbone_halves_compute_the_backbone_and_share_its_weights():
-    from edgetl_timm.backbones import TimmBackbone
+    from edgetl_builtins.timm.backbones import TimmBackbone
 
     from edgetl.training import split_backbone
 
@@ -68,7 +68,7 @@ def test_partial_finetune_trains_the_top_on_cached_maps(tmp_path, data, count_ca
 
 
 def test_partial_finetune_leaves_the_bottom_frozen_and_updates_the_top(tmp_path, data, monkeypatch):
-    from edgetl_strategies.partial import PartialFinetune
+    from edgetl_builtins.strategies.partial import PartialFinetune
 
     seen = {}
     original = PartialFinetune.fit
@@ -103,7 +103,7 @@ def test_partial_finetune_bad_unfreeze_is_a_config_error(tmp_path, data):
 
 
 def test_cached_maps_flip_each_map_reproducibly():
-    from edgetl_strategies.partial import CachedMaps
+    from edgetl_builtins.strategies.partial import CachedMaps
 
     maps = torch.arange(2 * 3 * 3, dtype=torch.float32).reshape(1, 2, 3, 3).repeat(64, 1, 1, 1)
     ds = CachedMaps(maps, torch.zeros(64, dtype=torch.long), seed=0)
@@ -117,7 +117,7 @@ def test_cached_maps_flip_each_map_reproducibly():
 
 
 def test_cached_maps_sample_one_view_per_image_and_epoch():
-    from edgetl_strategies.partial import CachedMaps
+    from edgetl_builtins.strategies.partial import CachedMaps
 
     n, views = 40, 4  # view-major, as cached: maps[v * n + i] is image i in view v
     maps = torch.stack([torch.full((1, 2, 2), float(v * n + i)) for v in range(views) for i in range(n)])

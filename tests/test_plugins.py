@@ -33,7 +33,7 @@ def test_builtin_plugins_load_first_in_fixed_order():
     assert names[: len(DEFAULT_PLUGINS)] == list(DEFAULT_PLUGINS)
     assert all(pm.plugins[n].source == "builtin" for n in DEFAULT_PLUGINS)
     sink = pm.get("sink", "jsonl")
-    assert sink.plugin == "edgetl_stdio"
+    assert sink.plugin == "edgetl_builtins.stdio"
 
 
 def test_third_party_plugin_loads_from_entry_point(tmp_path, monkeypatch):
@@ -68,7 +68,7 @@ def test_broken_third_party_import_is_reported_skipped_and_listed(tmp_path, monk
     assert pm.plugins["bad"].status == "broken"
     assert 'Error importing plugin "bad"' in pm.plugins["bad"].reason
     assert pm.get("sink", "good").plugin == "good"
-    assert pm.get("sink", "jsonl").plugin == "edgetl_stdio"
+    assert pm.get("sink", "jsonl").plugin == "edgetl_builtins.stdio"
 
 
 def test_clashing_component_name_marks_the_newcomer_broken(tmp_path, monkeypatch):
@@ -77,9 +77,9 @@ def test_clashing_component_name_marks_the_newcomer_broken(tmp_path, monkeypatch
     with pytest.warns(PluginWarning, match="clashes"):
         pm = PluginManager()
     reason = pm.plugins["clash"].reason
-    assert "edgetl_stdio" in reason and "clash" in reason and "JsonlSink" in reason
+    assert "edgetl_builtins.stdio" in reason and "clash" in reason and "JsonlSink" in reason
     assert "edgetl (built-in)" in reason and "distribution edgetl_test_clash 0.1" in reason  # who ships each
-    assert pm.get("sink", "jsonl").plugin == "edgetl_stdio"
+    assert pm.get("sink", "jsonl").plugin == "edgetl_builtins.stdio"
 
 
 def test_wrong_component_type_is_a_type_error_naming_the_plugin(tmp_path, monkeypatch):
@@ -113,7 +113,7 @@ def test_missing_optional_library_lists_plugin_unavailable_with_extra(tmp_path, 
 
 
 def test_broken_builtin_is_fatal_with_cause(monkeypatch):
-    monkeypatch.setattr("edgetl.plugins.DEFAULT_PLUGINS", ("edgetl_stdio", "edgetl_does_not_exist"))
+    monkeypatch.setattr("edgetl.plugins.DEFAULT_PLUGINS", ("edgetl_builtins.stdio", "edgetl_does_not_exist"))
     with pytest.raises(PluginError, match='built-in plugin "edgetl_does_not_exist"') as exc:
         PluginManager()
     assert isinstance(exc.value.__cause__, ModuleNotFoundError)
@@ -125,12 +125,12 @@ def test_unknown_component_name_suggests_close_match():
 
 
 def test_duplicate_entry_point_name_does_not_replace_builtin(tmp_path, monkeypatch):
-    make_plugin(tmp_path, "edgetl_stdio", SINK_PLUGIN.format(sink="other"), module="edgetl_test_dup")
-    activate(monkeypatch, tmp_path, load="edgetl_stdio")
+    make_plugin(tmp_path, "edgetl_builtins.stdio", SINK_PLUGIN.format(sink="other"), module="edgetl_test_dup")
+    activate(monkeypatch, tmp_path, load="edgetl_builtins.stdio")
     with pytest.warns(PluginWarning, match="already taken"):
         pm = PluginManager()
-    assert pm.plugins["edgetl_stdio"].source == "builtin"
-    newcomer = pm.plugins["edgetl_stdio'"]  # the primed key of docs/cli.md
+    assert pm.plugins["edgetl_builtins.stdio"].source == "builtin"
+    newcomer = pm.plugins["edgetl_builtins.stdio'"]  # the primed key of docs/cli.md
     assert newcomer.source == "third-party" and newcomer.status == "broken"
     assert "distribution edgetl_test_dup 0.1" in newcomer.reason and "edgetl (built-in)" in newcomer.reason
 
@@ -170,8 +170,8 @@ def test_hook_calls_are_traced_naming_the_plugin_and_what_it_gave(tmp_path, monk
     err = capsys.readouterr().err
     assert "edgetl hook edgetl_sinks -> plugin traced\n" in err
     assert "edgetl hook edgetl_sinks <- plugin traced: registered 1: sink 'traced' (" in err
-    assert "edgetl hook edgetl_targets <- plugin edgetl_onnx: registered 1: target 'onnx'" in err
-    assert err.count("edgetl hook edgetl_sinks -> ") == 4  # edgetl_stdio, edgetl_sinks, edgetl_line, traced: one call each
+    assert "edgetl hook edgetl_targets <- plugin edgetl_builtins.onnx: registered 1: target 'onnx'" in err
+    assert err.count("edgetl hook edgetl_sinks -> ") == 4  # edgetl_builtins.stdio, edgetl_builtins.sinks, edgetl_builtins.line, traced: one call each
     monkeypatch.setenv("EDGETL_TRACE_HOOKS", "0")
     PluginManager()
     assert "edgetl hook" not in capsys.readouterr().err
@@ -182,8 +182,8 @@ def test_trace_hooks_env_var_prints_on_the_command_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "edgetl", "plugins", "list", "--json"], capture_output=True,
                          text=True, env=env)
     assert out.returncode == 0, out.stderr
-    assert "edgetl hook edgetl_targets -> plugin edgetl_onnx" in out.stderr
-    assert "edgetl hook edgetl_loggers <- plugin edgetl_loggers: registered 2: logger 'tensorboard'" in out.stderr
+    assert "edgetl hook edgetl_targets -> plugin edgetl_builtins.onnx" in out.stderr
+    assert "edgetl hook edgetl_loggers <- plugin edgetl_builtins.loggers: registered 2: logger 'tensorboard'" in out.stderr
     json.loads(out.stdout)  # tracing never touches stdout
 
 
@@ -222,7 +222,7 @@ def test_plugins_list_shows_each_plugins_hooks(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["plugins", "list"], env={"COLUMNS": "250"})
     row = next(line for line in result.stdout.splitlines() if "hooky" in line)
     assert "sinks" in row and "sink:hooky" in row
-    assert any("edgetl_timm" in line and "backbones" in line for line in result.stdout.splitlines())
+    assert any("edgetl_builtins.timm" in line and "backbones" in line for line in result.stdout.splitlines())
 
 
 # -- papercuts -------------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ def test_load_plugins_naming_no_entry_point_warns(tmp_path, monkeypatch):
     activate(monkeypatch, tmp_path, load="helo")
     with pytest.warns(PluginWarning, match="EDGETL_LOAD_PLUGINS names 'helo'.*did you mean 'hello'"):
         PluginManager()
-    activate(monkeypatch, tmp_path, load="edgetl_stdio")
+    activate(monkeypatch, tmp_path, load="edgetl_builtins.stdio")
     with pytest.warns(PluginWarning, match="built-in plugin, which always loads"):
         PluginManager()
 
@@ -294,14 +294,14 @@ def test_a_package_with_two_broken_entry_points_reports_both(tmp_path, monkeypat
 
 def test_taken_entry_point_name_is_listed_twice_and_shown_under_its_primed_key(tmp_path, monkeypatch):
     """What docs/cli.md says about the primed key, checked on the real output."""
-    make_plugin(tmp_path, "edgetl_stdio", SINK_PLUGIN.format(sink="other"), module="edgetl_test_dup")
-    activate(monkeypatch, tmp_path, load="edgetl_stdio")
+    make_plugin(tmp_path, "edgetl_builtins.stdio", SINK_PLUGIN.format(sink="other"), module="edgetl_test_dup")
+    activate(monkeypatch, tmp_path, load="edgetl_builtins.stdio")
     with pytest.warns(PluginWarning):
         monkeypatch.setattr("edgetl.plugins._MANAGER", PluginManager())
     rows = json.loads(CliRunner().invoke(cli, ["plugins", "list", "--json"]).stdout)
-    assert [(r["source"], r["status"]) for r in rows if r["name"] == "edgetl_stdio"] == [
+    assert [(r["source"], r["status"]) for r in rows if r["name"] == "edgetl_builtins.stdio"] == [
         ("builtin", "ok"), ("third-party", "broken")]
-    shown = json.loads(CliRunner().invoke(cli, ["plugins", "show", "edgetl_stdio'", "--json"]).stdout)
+    shown = json.loads(CliRunner().invoke(cli, ["plugins", "show", "edgetl_builtins.stdio'", "--json"]).stdout)
     assert shown["source"] == "third-party" and "already taken" in shown["reason"]
 
 

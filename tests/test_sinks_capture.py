@@ -42,7 +42,7 @@ def test_capture_keeps_defects_and_near_threshold_frames_with_their_prediction(t
 
 
 def test_capture_anomaly_margin_uses_score_and_threshold():
-    from edgetl_sinks.capture import keep_reason
+    from edgetl_builtins.sinks.capture import keep_reason
 
     rng = random.Random(0)
     near = {"label": "good", "scores": {"good": 0.6, "anomaly": 0.4}, "anomaly_score": 0.46, "threshold": 0.5}

@@ -91,7 +91,7 @@ def test_without_paho_the_mqtt_sink_is_listed_unavailable_and_everything_else_lo
 
     code = ("import sys; sys.modules['paho'] = None\n"
             "from edgetl.plugins import get_manager\n"
-            "info = get_manager().plugins['edgetl_sinks']\n"
+            "info = get_manager().plugins['edgetl_builtins.sinks']\n"
             "print(info.status, '|', info.reason)\n"
             "get_manager().get('sink', 'webhook'); get_manager().get('source', 'opencv')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -47,7 +47,7 @@ def test_opencv_source_paces_a_video_file_at_its_frame_rate_by_default(tmp_path)
 
 
 def test_opencv_source_classifies_uris():
-    from edgetl_camera.opencv import classify_uri
+    from edgetl_builtins.camera.opencv import classify_uri
 
     assert classify_uri("0") == "camera"
     assert classify_uri("rtsp://10.0.0.5/stream1") == "stream"

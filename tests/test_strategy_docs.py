@@ -27,7 +27,7 @@ def tutorial_code() -> str:
 
 def _drift(tmp_path, data, alpha, monkeypatch):
     """Squared distance of the trained backbone's weights from the ones it started from."""
-    from edgetl_timm.backbones import TimmBackbone
+    from edgetl_builtins.timm.backbones import TimmBackbone
 
     built = []
     original = TimmBackbone.build

@@ -113,7 +113,7 @@ def test_linear_probe_stage_pooling_is_part_of_the_saved_model(tmp_path, data):
 
 
 def test_stage_pool_concatenates_gem_of_stages_and_the_final_map():
-    from edgetl_timm.backbones import TimmBackbone
+    from edgetl_builtins.timm.backbones import TimmBackbone
 
     from edgetl.training import StagePool, gem
 
@@ -229,7 +229,7 @@ def test_cosine_warmup_schedule_shapes_the_lr(tmp_path, data):
 
 
 def test_standardised_head_keeps_its_weights_and_floors_dead_channels():
-    from edgetl_strategies.linear_probe import standardizer, std_floor
+    from edgetl_builtins.strategies.linear_probe import standardizer, std_floor
 
     x = torch.randn(500, 6) * torch.tensor([1.0, 10.0, 0.1, 1.0, 1.0, 1.0])
     x[:, 5] = 0.3 + 1e-7 * torch.randn(500)  # a dead channel: constant up to float noise

@@ -1,4 +1,4 @@
-"""The transfer-learning strategies (plugins/edgetl_transfer): lora, dann, intermediate-pretrain.
+"""The transfer-learning strategies (plugins/edgetl_builtins/transfer): lora, dann, intermediate-pretrain.
 
 Tiny backbone, tiny synthetic images: each strategy trains a few steps,
 reports its negative-transfer check, exports through the gate (ONNX and
@@ -90,7 +90,7 @@ pytest.importorskip("peft")
 
 
 def lora_model(r=4, n_top=None, kinds=("conv", "linear")):
-    from edgetl_transfer.lora import adapter_parameter_count, add_lora, lora_targets
+    from edgetl_builtins.transfer.lora import adapter_parameter_count, add_lora, lora_targets
 
     backbone, model = tiny_classifier()
     groups = backbone.layer_groups(model.features)
@@ -123,7 +123,7 @@ def test_lora_skips_depthwise_convolutions_it_cannot_merge():
 
 
 def test_lora_merged_and_unmerged_outputs_agree(tmp_path):
-    from edgetl_transfer.lora import merge
+    from edgetl_builtins.transfer.lora import merge
 
     model, peft_model, _, _ = lora_model(r=4)
     for n, p in model.named_parameters():  # peft starts B at zero: make the adapter do something
@@ -144,7 +144,7 @@ def test_lora_merged_and_unmerged_outputs_agree(tmp_path):
 
 
 def test_lora_exported_graph_has_only_the_plain_models_ops(tmp_path):
-    from edgetl_transfer.lora import merge
+    from edgetl_builtins.transfer.lora import merge
 
     model, peft_model, _, _ = lora_model(r=4)
     merged = merge(peft_model)
@@ -174,7 +174,7 @@ def test_lora_bad_option_is_one_line(tmp_path, data):
 
 # -- dann -----------------------------------------------------------------
 def test_gradient_reversal_flips_and_scales_the_gradient():
-    from edgetl_transfer.dann import grad_reverse
+    from edgetl_builtins.transfer.dann import grad_reverse
 
     x = torch.randn(5, 3, requires_grad=True)
     y = grad_reverse(x, 0.25)
@@ -184,7 +184,7 @@ def test_gradient_reversal_flips_and_scales_the_gradient():
 
 
 def test_dann_lambda_schedule_rises_from_zero_to_almost_one():
-    from edgetl_transfer.dann import lambda_schedule
+    from edgetl_builtins.transfer.dann import lambda_schedule
 
     assert lambda_schedule(0.0) == 0.0
     assert lambda_schedule(0.5) == pytest.approx(2 / (1 + 2.718281828 ** -5) - 1)
@@ -226,7 +226,7 @@ def test_missing_target_folder_is_one_line(tmp_path, data):
 
 # -- intermediate-pretrain ------------------------------------------------
 def test_rotations_are_four_views_with_their_labels():
-    from edgetl_transfer.pretrain import rotations
+    from edgetl_builtins.transfer.pretrain import rotations
 
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
     views, labels = rotations(x)

@@ -181,7 +181,7 @@ def test_eval_and_predict_on_the_run_use_the_views(run, data):
 
 
 def test_square_views_on_a_non_square_input_stop_train_before_anything_is_written(data, tmp_path, monkeypatch):
-    from edgetl_timm.backbones import TimmBackbone
+    from edgetl_builtins.timm.backbones import TimmBackbone
 
     original = TimmBackbone.__init__
 

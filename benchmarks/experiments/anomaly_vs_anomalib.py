@@ -161,7 +161,7 @@ def classifier_latency(work: Path) -> float | None:
     model = Classifier(backbone.build(), backbone.feature_dim, 2, dropout=0.0).eval()
     target = get_manager().get("target", "openvino")
     x = torch.zeros(1, 3, *backbone.input.size)
-    from edgetl_openvino.runtime import OpenVinoModel
+    from edgetl_builtins.openvino.runtime import OpenVinoModel
 
     from edgetl.api import ExportSpec
 

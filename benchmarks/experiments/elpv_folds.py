@@ -9,7 +9,7 @@ are computed ONCE (the strategy's own model and
 :func:`edgetl.training.extract_features` call, disk-cached under
 benchmarks/results/work/elpv-folds/), and each fold's head is trained on its
 rows by the strategy's own head training
-(``edgetl_strategies.linear_probe.train_head``: same standardisation, head,
+(``edgetl_builtins.strategies.linear_probe.train_head``: same standardisation, head,
 optimiser, schedule, early stopping on val). That is what ``edgetl train``
 computes on ``OUT/fold-<k>``: the frozen features do not depend on the split,
 so only the backbone pass is shared. The head's probabilities on the cached
@@ -77,7 +77,7 @@ def context(cfg, log):
 
 def model_for(ctx, opts):
     """A fresh model as ``LinearProbe.fit`` builds it (backbone + head, optional StagePool features)."""
-    from edgetl_strategies.linear_probe import build_model, stage_pooled
+    from edgetl_builtins.strategies.linear_probe import build_model, stage_pooled
 
     model = build_model(ctx, opts["hidden"])
     if opts["stages"] is not None:
@@ -107,7 +107,7 @@ def all_features(ctx, cells, opts, views) -> tuple[np.ndarray, float]:
 def train_fold(ctx, opts, feats: np.ndarray, y: np.ndarray, idx: dict[str, np.ndarray]) -> dict:
     """One fold's head (the strategy's train_head); val and test probabilities, kept epoch, seconds."""
     import torch
-    from edgetl_strategies.linear_probe import train_head
+    from edgetl_builtins.strategies.linear_probe import train_head
 
     rows: list = []
     fold_ctx = dataclasses.replace(ctx, train=SimpleNamespace(labels=y[idx["train"]]),
@@ -232,7 +232,7 @@ def main() -> int:
         print(markdown(json.loads(args.table.read_text())))
         return 0
     import torch
-    from edgetl_strategies.linear_probe import LinearProbe, cached_views
+    from edgetl_builtins.strategies.linear_probe import LinearProbe, cached_views
 
     from edgetl.config import load_run_config
     from edgetl.data.elpv import read_cells

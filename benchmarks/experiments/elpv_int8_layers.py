@@ -55,11 +55,11 @@ def main() -> None:
     args = ap.parse_args()
     import onnx
     import torch
-    from edgetl_onnx.export import export_onnx
-    from edgetl_onnx.quantize import _session_outputs, preprocess, quantize_int8
+    from edgetl_builtins.onnx.quantize import _session_outputs
 
     from edgetl.host import calibration as cal
     from edgetl.host.run import load_run
+    from edgetl.onnxtools import export_onnx, preprocess, quantize_int8
 
     run = load_run(args.run)
     train_dir, val_dir = cal.run_folders(run.config)

@@ -84,12 +84,11 @@ class Bench:
 
     def __init__(self, run_dir: str, work: Path, with_test: bool):
         import torch
-        from edgetl_onnx.export import export_onnx
-        from edgetl_onnx.quantize import preprocess
 
         from edgetl.host import calibration as cal
         from edgetl.host.export import torch_outputs
         from edgetl.host.run import load_run
+        from edgetl.onnxtools import export_onnx, preprocess
 
         work.mkdir(parents=True, exist_ok=True)
         self.run, self.work = load_run(run_dir), work
@@ -133,7 +132,7 @@ class Bench:
 
 
 def quantize_ort(bench: Bench, name: str, count: int | None, dst: Path) -> Path:
-    from edgetl_onnx.quantize import quantize_int8
+    from edgetl.onnxtools import quantize_int8
 
     return quantize_int8(bench.prep, dst, bench.calib(count), **ort_lever(name))
 
@@ -142,7 +141,9 @@ def quantize_nncf_onnx(bench: Bench, name: str, count: int | None, dst: Path, pr
     """nncf's ONNX backend on the FP32 graph (QDQ out, for ONNX Runtime); the export's float tail ignored."""
     import nncf
     import onnx
-    from edgetl_onnx.quantize import _input_name, float_tail, output_ops
+
+    from edgetl.onnxtools import float_tail, output_ops
+    from edgetl.onnxtools import input_name as _input_name
 
     kw = ov_lever(name)
     batches = bench.calib(count)
@@ -167,7 +168,7 @@ def quantize_ov(bench: Bench, name: str, count: int | None, dst: Path, prefix: i
     """
     import nncf
     import openvino as ov
-    from edgetl_openvino.quantize import SKIP_TYPES, _compressed, float_tail
+    from edgetl_builtins.openvino.quantize import SKIP_TYPES, _compressed, float_tail
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
     kw = ov_lever(name)
@@ -191,7 +192,7 @@ def predictor(path: Path) -> Any:
 
         compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         return lambda x: np.asarray(compiled(x)[compiled.outputs[0]])
-    from edgetl_onnx.runtime import OnnxRuntimeModel
+    from edgetl.onnxtools import OnnxRuntimeModel
 
     return OnnxRuntimeModel(path, {}, "int8").predict
 
@@ -224,7 +225,8 @@ def windows(bench: Bench, size: int, count: int | None) -> list[dict[str, Any]]:
     carries. Calibrated once (the ranges are cached and reused).
     """
     import onnx
-    from edgetl_onnx.quantize import float_tail, quantize_int8
+
+    from edgetl.onnxtools import float_tail, quantize_int8
 
     tail = set(float_tail(bench.prep))
     names = [n.name for n in onnx.load(str(bench.prep)).graph.node if n.name and n.name not in tail]

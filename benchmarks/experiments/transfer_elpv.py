@@ -185,7 +185,7 @@ def adapter_costs(size: int, repeats: int, work: Path) -> dict:
     mergeable layer, as the ``lora`` strategy puts it.
     """
     import torch
-    from edgetl_transfer.lora import add_lora, lora_targets, merge
+    from edgetl_builtins.transfer.lora import add_lora, lora_targets, merge
 
     from edgetl.plugins import get_manager
     from edgetl.training import Classifier
