@@ -3,8 +3,8 @@
 - every top-level ``benchmarks/*.py`` is a step of ``benchmarks/run_all.py`` (or run_all itself), and
   ``run_all.py --list`` prints every step;
 - every script in ``benchmarks/experiments/`` is listed in that folder's README;
-- the maintained scripts import no ``_private`` name or module, no built-in plugin's submodule (only
-  a plugin package's ``__all__``), and no experiment, and read no other object's ``_attribute`` (an AST
+- the maintained scripts import no ``_private`` name or module, no built-in plugin (``edgetl_builtins``:
+  they use the public API, as a third party would), and no experiment, and read no other object's ``_attribute`` (an AST
   scan: nothing is imported);
 - every ``benchmarks/…`` path the docs mention exists (scripts were moved into experiments/).
 """
@@ -43,19 +43,7 @@ def experiments() -> list[Path]:
     return sorted(EXPERIMENTS.glob("*.py"))
 
 
-def plugin_packages() -> dict[str, set[str]]:
-    """Built-in plugin package -> its literal ``__all__`` (the names other code may import from it)."""
-    found = {}
-    for init in (ROOT / "plugins").glob("*/__init__.py"):
-        names: set[str] = set()
-        for node in ast.parse(init.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
-                names = set(ast.literal_eval(node.value))
-        found[init.parent.name] = names
-    return found
-
-
-def private_imports(path: Path, plugins: dict[str, set[str]], experiment_names: set[str]) -> list[str]:
+def private_imports(path: Path, experiment_names: set[str]) -> list[str]:
     bad = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
@@ -73,10 +61,9 @@ def private_imports(path: Path, plugins: dict[str, set[str]], experiment_names: 
             parts = module.lstrip(".").split(".")
             if any(p.startswith("_") for p in parts) or any(n.startswith("_") for n in names):
                 bad.append(f"{where}: {module} {names}: a private name")
-            if parts[0] in plugins:
-                if len(parts) > 1:
-                    bad.append(f"{where}: {module} is a plugin's submodule (import from {parts[0]}: its __all__)")
-                bad += [f"{where}: {parts[0]}.{n} is not in its __all__" for n in names if n not in plugins[parts[0]]]
+            if parts[0] == "edgetl_builtins":
+                bad.append(f"{where}: {module}: a built-in plugin (use the public API: edgetl.*, the CLI or "
+                           "the plugin manager, as a third party would)")
             if parts[0] in experiment_names:
                 bad.append(f"{where}: {module} is an experiment (benchmarks/experiments/)")
     return bad
@@ -107,22 +94,19 @@ def test_every_experiment_is_listed_in_its_readme():
 
 
 def test_maintained_benchmarks_import_no_private_names():
-    plugins = plugin_packages()
-    assert "edgetl_builtins.onnx" in plugins and plugins["edgetl_builtins.onnx"]
     names = {p.stem for p in experiments()}
-    bad = [b for p in maintained() + [BENCH / h for h in HELPERS] for b in private_imports(p, plugins, names)]
+    bad = [b for p in maintained() + [BENCH / h for h in HELPERS] for b in private_imports(p, names)]
     assert not bad, "\n".join(bad)
 
 
 def test_the_private_import_check_catches_what_it_should(tmp_path):
-    plugins = {"edgetl_builtins.onnx": {"export_onnx"}}
     script = tmp_path / "x.py"
     script.write_text("from edgetl.host.splits import _split\nimport edgetl._x\nfrom edgetl_builtins.onnx import export_onnx\n"
                       "from edgetl_builtins.onnx.quantize import preprocess\nfrom edgetl_builtins.onnx import tail\n"
                       "from elpv_heads import fmt\nfrom edgetl.training import Split\n"
                       "agent.installer._threads\nself._ok\n")
-    bad = private_imports(script, plugins, {"elpv_heads"})
-    assert [b.split(":", 2)[1] for b in bad] == ["1", "2", "4", "4", "5", "6", "8"], bad  # 4: submodule, not __all__
+    bad = private_imports(script, {"elpv_heads"})
+    assert [b.split(":", 2)[1] for b in bad] == ["1", "2", "3", "4", "5", "6", "8"], bad
 
 
 def test_benchmark_paths_in_the_docs_exist():
