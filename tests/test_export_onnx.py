@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from bundle_factory import make_tiny_run
 from click.testing import CliRunner
+from train_fixtures import one_torch_thread  # noqa: F401
 
 from edgetl.bundle import extract_bundle, open_bundle, verify_bundle
 from edgetl.cli import cli
@@ -118,20 +119,6 @@ def test_round_trip_bundle_reproduces_torch_within_tolerance(tiny, exported, pre
     assert got.shape == want.shape
     assert np.abs(got - want).max() < tol
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
-
-
-def test_auto_walks_the_chain_past_a_failing_gate_and_records_every_attempt(tiny, tmp_path, broken_ptq):
-    run_dir, *_ = tiny
-    result = export_run(run_dir, _options(tmp_path, precision="auto"))
-    attempts = result.manifest["export"]["attempts"]
-    assert [(a["precision"], a["method"]) for a in attempts] == [("int8", "ptq"), ("int8", "accuracy-aware")]
-    first, second = attempts
-    assert not first["passed"] and "agreement" in first["reason"] and first["agreement"] < 0.98
-    assert second["passed"] and second["agreement"] >= 0.98 and second["n"] == 32
-    assert result.manifest["target"]["method"] == "accuracy-aware"
-    # its own full INT8 already meets the target here: early exit, no per-layer ranking spent
-    assert second["details"]["float_layers"] == [] and second["details"]["stopped"] == "agreement met"
-    assert second["details"]["ranked_layers"] == 0
 
 
 def test_explicit_precision_failing_the_gate_fails_without_fallback_and_falls_back_with_it(tiny, tmp_path, broken_int8):
@@ -310,11 +297,22 @@ def test_every_step_is_timed_even_a_quantizer_that_fails(tiny, tmp_path, monkeyp
     assert all(s["seconds"] >= 0 for s in result.stages)
 
 
-def test_quantize_budget_option_reaches_the_accuracy_aware_quantizer(tiny, tmp_path, broken_ptq):
+def test_auto_walks_the_chain_past_a_failing_gate_records_every_attempt_and_passes_the_budget(tiny, tmp_path,
+                                                                                            broken_ptq):
+    """``--precision auto`` through the CLI: INT8/PTQ fails the gate, accuracy-aware (given ``--quantize-budget``) passes."""
     run_dir, *_ = tiny
-    res = CliRunner().invoke(cli, ["export", str(run_dir), "--format", "onnx", "--precision", "int8",
-                                   "--calib-count", "16", "--latency-runs", "0", "--quantize-budget", "7",
-                                   "--out", str(tmp_path / "b.edgetl"), "--json"])
+    out = tmp_path / "b.edgetl"
+    res = CliRunner().invoke(cli, ["export", str(run_dir), "--format", "onnx", "--precision", "auto",
+                                   "--calib-count", "24", "--latency-runs", "0", "--quantize-budget", "7",
+                                   "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output[-2000:]
     attempts = json.loads(res.stdout)["attempts"]
-    assert attempts[-1]["method"] == "accuracy-aware" and attempts[-1]["details"]["budget_s"] == 7.0
+    assert [(a["precision"], a["method"]) for a in attempts] == [("int8", "ptq"), ("int8", "accuracy-aware")]
+    first, second = attempts
+    assert not first["passed"] and "agreement" in first["reason"] and first["agreement"] < 0.98
+    assert second["passed"] and second["agreement"] >= 0.98 and second["n"] == 32
+    assert open_bundle(out).manifest["target"]["method"] == "accuracy-aware"
+    # its own full INT8 already meets the target here: early exit, no per-layer ranking spent
+    assert second["details"]["float_layers"] == [] and second["details"]["stopped"] == "agreement met"
+    assert second["details"]["ranked_layers"] == 0
+    assert second["details"]["budget_s"] == 7.0  # --quantize-budget reached the accuracy-aware quantizer
