@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from edgetl.host.export import ExportOptions, export_run
 from edgetl.keys import generate_keypair
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
+PROFILES = Path(__file__).resolve().parent.parent / "targets"
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +35,27 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(tiny, tmp_path_factory):
-    """``exported(precision)``: one signed ONNX export per precision, shared by the module's tests."""
+    """``exported(precision)``: one signed ONNX export per precision, shared by the module's tests.
+
+    FP32 goes through the CLI (``edgetl export --json`` with a target profile): its bundle serves the
+    FP32 tests and its JSON/stderr the CLI test; FP16 and INT8 through :func:`export_run`.
+    """
     cache: dict[str, object] = {}
     folder = tmp_path_factory.mktemp("bundles")
 
     def get(precision: str):
         if precision not in cache:
             run_dir, _, key, _ = tiny
-            cache[precision] = export_run(run_dir, _options(folder, precision=precision, sign=key,
-                                                            out=folder / f"{precision}.edgetl"))
+            out = folder / f"{precision}.edgetl"
+            if precision == "fp32":
+                res = CliRunner().invoke(cli, ["export", str(run_dir), "--format", "onnx", "--precision", "fp32",
+                                               "--target", str(PROFILES / "x86-onnxruntime-cpu.yaml"),
+                                               "--calib-count", "24", "--latency-runs", "2", "--sign", str(key),
+                                               "--model-version", "v-test", "--out", str(out), "--json"])
+                assert res.exit_code == 0, res.output
+                cache[precision] = SimpleNamespace(bundle=out, manifest=open_bundle(out).manifest, cli=res)
+            else:
+                cache[precision] = export_run(run_dir, _options(folder, precision=precision, sign=key, out=out))
         return cache[precision]
 
     return get
@@ -176,24 +190,19 @@ def test_failure_mid_export_leaves_no_bundle(tiny, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_export_json_matches_schema_and_bundle_verify_reruns_the_reference(tiny, tmp_path):
+def test_cli_export_json_matches_schema_and_bundle_verify_reruns_the_reference(tiny, exported):
     import jsonschema
 
-    run_dir, _, key, pub = tiny
-    out = tmp_path / "cli.edgetl"
-    runner = CliRunner()
-    res = runner.invoke(cli, ["export", str(run_dir), "--format", "onnx", "--target",
-                              str(Path(__file__).resolve().parent.parent / "targets" / "x86-onnxruntime-cpu.yaml"),
-                              "--calib-count", "16", "--latency-runs", "2", "--sign", str(key),
-                              "--model-version", "v-test", "--out", str(out), "--json"])
-    assert res.exit_code == 0, res.output
+    _, _, _, pub = tiny
+    fp32 = exported("fp32")  # made by `edgetl export ... --target x86-onnxruntime-cpu.yaml --sign --json`
+    res, out = fp32.cli, fp32.bundle
     doc = json.loads(res.stdout)
     jsonschema.validate(doc, json.loads((SCHEMAS / "export.schema.json").read_text()))
     assert doc["model_version"] == "v-test" and doc["signed"] and "export" in res.stderr
     manifest = open_bundle(out).manifest
     assert manifest["target"]["profile"] == "x86-onnxruntime-cpu"
     assert manifest["compat"]["host_cpu"]["flags"]
-    ver = runner.invoke(cli, ["bundle", "verify", str(out), "--trust", str(pub), "--json"])
+    ver = CliRunner().invoke(cli, ["bundle", "verify", str(out), "--trust", str(pub), "--json"])
     assert ver.exit_code == 0, ver.output
     assert json.loads(ver.stdout)["reference"]["status"] == "passed"
 
