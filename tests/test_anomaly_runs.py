@@ -142,7 +142,7 @@ def test_exported_graph_matches_torch_scores_and_maps(runs, data, tmp_path, fmt,
 
         result = request.getfixturevalue("signed")[0]
         dest = extract_bundle(result.bundle, tmp_path / "bundle", 1 << 26)
-        files = [dest / f for f in result.manifest["target"]["files"] if f.endswith(".xml")]
+        files = [dest / f for f in result.manifest.target.files if f.endswith(".xml")]
     else:
         files = get_manager().get("target", fmt).export(run.model, torch.from_numpy(x[:1]), tmp_path / "fp32",
                                                         ExportSpec())
