@@ -1,8 +1,12 @@
 """A third-party strategy driven the whole way: train -> eval -> export (gate) -> verify -> agent -> predict.
 
-Each ``edgetl`` step runs in a fresh interpreter with the plugin's folder on
-``PYTHONPATH`` and ``EDGETL_LOAD_PLUGINS`` naming it, exactly as an outsider
-who pip-installed it would run them; the agent runs in a thread (it needs no
+The steps go through the real command line, ``edgetl.cli.cli`` under click's
+``CliRunner``, in this process: the plugin's folder on ``sys.path`` and
+``EDGETL_LOAD_PLUGINS`` naming it (:func:`plugin_factory.activate`), so the
+plugin is found through its entry point as an installed one is. ``train`` can
+instead run as ``python -m edgetl`` in a fresh interpreter (:func:`edgetl`),
+exactly as an outsider who pip-installed the plugin runs it: the one chain
+where the fresh process is the point. The agent runs in a thread (it needs no
 strategy plugin: bundles are self-contained).
 """
 
@@ -27,9 +31,21 @@ def edgetl(*args: Any, env: dict[str, str]) -> subprocess.CompletedProcess:
                           env=full, cwd=ROOT, timeout=600)
 
 
-def ok(result: subprocess.CompletedProcess) -> dict[str, Any]:
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
+def invoke(*args: Any) -> tuple[int, str, str]:
+    """``edgetl ARGS`` in this process: (exit code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def ok(result: subprocess.CompletedProcess | tuple[int, str, str]) -> dict[str, Any]:
+    code, out, err = ((result.returncode, result.stdout, result.stderr)
+                      if isinstance(result, subprocess.CompletedProcess) else result)
+    assert code == 0, err[-3000:]
+    return json.loads(out)
 
 
 def plugin_env(site: Path, load: str) -> dict[str, str]:
@@ -38,16 +54,22 @@ def plugin_env(site: Path, load: str) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(p for p in paths if p), "EDGETL_LOAD_PLUGINS": load}
 
 
-def train_to_prediction(tmp_path: Path, config: Path, data: Path, env: dict[str, str]) -> dict[str, Any]:
-    """Run the chain; returns {summary, eval, export, verify, install, prediction}."""
+def train_to_prediction(tmp_path: Path, config: Path, data: Path,
+                        fresh_train_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run the chain; returns {summary, eval, export, verify, install, prediction}.
+
+    The plugin must be active in this process; with ``fresh_train_env`` (see :func:`plugin_env`) ``train``
+    runs in a fresh interpreter with that environment instead.
+    """
     run, bundle = tmp_path / "run", tmp_path / "model.edgetl"
-    out: dict[str, Any] = {"summary": ok(edgetl("train", config, "--out", run, "--device", "cpu", "--json", env=env))}
-    out["eval"] = ok(edgetl("eval", run, data / "val", "--json", env=env))
-    ok(edgetl("keys", "generate", tmp_path / "k", "--json", env=env))
-    out["export"] = ok(edgetl("export", run, "--format", "onnx", "--precision", "fp32", "--calib-count", 8,
+    train = ["train", config, "--out", run, "--device", "cpu", "--json"]
+    out: dict[str, Any] = {"summary": ok(edgetl(*train, env=fresh_train_env) if fresh_train_env else invoke(*train))}
+    out["eval"] = ok(invoke("eval", run, data / "val", "--json"))
+    ok(invoke("keys", "generate", tmp_path / "k", "--json"))
+    out["export"] = ok(invoke("export", run, "--format", "onnx", "--precision", "fp32", "--calib-count", 8,
                               "--latency-runs", 0, "--gate", 1.0, "--min-agreement", 0.98,
-                              "--sign", tmp_path / "k.key", "--out", bundle, "--json", env=env))
-    out["verify"] = ok(edgetl("bundle", "verify", bundle, "--trust", tmp_path / "k.pub", "--json", env=env))
+                              "--sign", tmp_path / "k.key", "--out", bundle, "--json"))
+    out["verify"] = ok(invoke("bundle", "verify", bundle, "--trust", tmp_path / "k.pub", "--json"))
     with ThreadAgent(tmp_path / "state", [tmp_path / "k.pub"]) as agent, agent.client() as client:
         out["install"] = install(client, bundle)
         image = next((data / "val" / "defect").glob("*.png")).read_bytes()

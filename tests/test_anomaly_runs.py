@@ -124,7 +124,9 @@ def _torch_outputs(run_dir, x):
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 @pytest.mark.parametrize("name", ["patchcore", "padim"])
-def test_exported_graph_matches_torch_scores_and_maps(runs, data, tmp_path, fmt, name):
+def test_exported_graph_matches_torch_scores_and_maps(runs, data, tmp_path, fmt, name, request):
+    """patchcore's OpenVINO graph is the signed bundle's own (the one the agent tests serve); the others
+    come straight from the target's ``export``."""
     import torch
 
     from edgetl.host.run import load_run
@@ -135,8 +137,15 @@ def test_exported_graph_matches_torch_scores_and_maps(runs, data, tmp_path, fmt,
     x = np.concatenate([preprocess_file(p, run.input) for p in sorted((data / "test").rglob("*.png"))[:6]])
     from edgetl.api import ExportSpec
 
-    files = get_manager().get("target", fmt).export(run.model, torch.from_numpy(x[:1]), tmp_path / "fp32",
-                                                    ExportSpec())
+    if (name, fmt) == ("patchcore", "openvino"):
+        from edgetl.bundle import extract_bundle
+
+        result = request.getfixturevalue("signed")[0]
+        dest = extract_bundle(result.bundle, tmp_path / "bundle", 1 << 26)
+        files = [dest / f for f in result.manifest.target.files if f.endswith(".xml")]
+    else:
+        files = get_manager().get("target", fmt).export(run.model, torch.from_numpy(x[:1]), tmp_path / "fp32",
+                                                        ExportSpec())
     runtime = device_runtime(fmt, files)
     got = runtime.predict_outputs(x)
     score, amap = _torch_outputs(runs[name], x)

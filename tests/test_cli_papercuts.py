@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -83,8 +84,16 @@ def test_export_finds_a_shipped_profile_by_name_and_takes_its_format(monkeypatch
 
 @pytest.mark.slow
 def test_the_wheel_ships_device_profiles_and_example_configs(tmp_path):
+    # setuptools builds in the source tree (build/, *.egg-info): build a copy, the checkout is never written to
+    nested = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+
+    def ignore(folder: str, names: list[str]) -> set[str]:  # a working checkout's outputs stay behind
+        top = {".git", ".venv", ".ruff_cache", ".pytest_cache", "runs", "data", "demo-out"}
+        return set(nested(folder, names)) | (top & set(names) if Path(folder) == ROOT else set())
+
+    source = shutil.copytree(ROOT, tmp_path / "src", symlinks=True, ignore=ignore)
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, cwd=tmp_path)
+                          "-w", str(tmp_path), str(source)], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     wheel = next(tmp_path.glob("edgetl-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())

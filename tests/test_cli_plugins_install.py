@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -52,9 +53,12 @@ def _listed(python, env) -> dict:
     return {p["name"]: p for p in json.loads(out.stdout)}
 
 
-def test_install_then_uninstall_round_trip(throwaway):
+def test_install_then_uninstall_round_trip(throwaway, tmp_path):
     python, env = throwaway
-    out = _edgetl(python, env, "plugins", "install", str(EXAMPLE))
+    # pip builds in the source folder: install a copy, so the checkout is never written to
+    example = shutil.copytree(EXAMPLE, tmp_path / "example", ignore=shutil.ignore_patterns("build", "*.egg-info",
+                                                                                          "__pycache__"))
+    out = _edgetl(python, env, "plugins", "install", str(example))
     assert out.returncode == 0, out.stderr
     assert "plugin 'csv' from edgetl-csv-sink registered (ok)" in out.stdout
     assert _listed(python, env)["csv"]["status"] == "ok"

@@ -153,17 +153,18 @@ def test_continual_run_exports_through_the_gate_and_serves(tmp_path, data, stage
     pytest.importorskip("onnxruntime")
     import zipfile
 
-    from serve_support import export_fp32, exports_and_serves
+    from serve_support import exports_and_serves
 
     run, _ = stage2
-    result = export_fp32(run, tmp_path / "m.edgetl")  # the default gate
-    assert result.bundle.is_file() and any(a["passed"] for a in result.attempts)
-    with zipfile.ZipFile(result.bundle) as zf:
-        manifest = json.loads(zf.read("manifest.json"))
-        assert not [n for n in zf.namelist() if "exemplar" in n]  # the buffer stays in the run directory
-    assert manifest["labels"] == ["good", "line", "spot"]
     images = [sorted((data / "new" / "test" / cls).glob("*.png"))[0] for cls in ("good", "line", "spot")]
-    exports_and_serves(agent, run, tmp_path, images)
+    exports_and_serves(agent, run, tmp_path, images)  # ONNX and OpenVINO, each through the default gate
+    bundles = sorted(tmp_path.glob(f"{run.name}-*.edgetl"))
+    assert [b.name for b in bundles] == [f"{run.name}-onnx.edgetl", f"{run.name}-openvino.edgetl"]
+    for bundle in bundles:
+        with zipfile.ZipFile(bundle) as zf:
+            manifest = json.loads(zf.read("manifest.json"))
+            assert not [n for n in zf.namelist() if "exemplar" in n]  # the buffer stays in the run directory
+        assert manifest["labels"] == ["good", "line", "spot"]
 
 
 def test_from_run_loads_the_old_backbone_and_expands_the_head(tmp_path, data, stage1):

@@ -10,21 +10,29 @@ from __future__ import annotations
 
 import collections
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from bundle_factory import make_tiny_bundle, make_tiny_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_device_demo_deploys_and_replays_the_folder_through_the_pipeline(tmp_path):
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory):
+    """(bundle, public key, image folder): one tiny signed bundle for both tests."""
     from edgetl.keys import generate_keypair
 
-    key, pub = generate_keypair(tmp_path / "release")
-    bundle = make_tiny_bundle(tmp_path, key=key)
-    images = make_tiny_data(tmp_path) / "val"
+    root = tmp_path_factory.mktemp("demo")
+    key, pub = generate_keypair(root / "release")
+    return make_tiny_bundle(root, key=key), pub, make_tiny_data(root) / "val"
+
+
+def test_device_demo_deploys_and_replays_the_folder_through_the_pipeline(tmp_path, signed):
+    bundle, pub, images = signed
     out = tmp_path / "device-out"
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "device_demo.py"), "--bundle", str(bundle),
                            "--trust", str(pub), "--images", str(images), "--out", str(out), "--reject", "defect",
@@ -52,17 +60,16 @@ def test_device_demo_deploys_and_replays_the_folder_through_the_pipeline(tmp_pat
             sum(counts.values()), counts.get("good", 0), counts.get("defect", 0), 0]  # count, share, count, ...
 
 
-def test_device_demo_refuses_a_reject_name_the_bundle_and_folders_lack(tmp_path):
-    from edgetl.keys import generate_keypair
-
-    key, pub = generate_keypair(tmp_path / "release")
-    bundle = make_tiny_bundle(tmp_path, key=key)
-    images = make_tiny_data(tmp_path) / "val"
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "device_demo.py"), "--bundle", str(bundle),
-                           "--trust", str(pub), "--images", str(images), "--reject", "p067"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert "--reject p067: neither a label of" in proc.stderr and "(defect, good)" in proc.stderr
+def test_device_demo_refuses_a_reject_name_the_bundle_and_folders_lack(tmp_path, signed, monkeypatch):
+    """The script's own check, before any agent starts: run here (the script is what runs, not its process)."""
+    bundle, pub, images = signed
+    monkeypatch.setattr(sys, "argv", ["device_demo.py", "--bundle", str(bundle), "--trust", str(pub),
+                                      "--images", str(images), "--reject", "p067", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(ROOT / "examples" / "device_demo.py"), run_name="__main__")
+    message = str(stop.value.code)  # sys.exit(message): printed to stderr, exit status 1
+    assert "--reject p067: neither a label of" in message and "(defect, good)" in message
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_full_demo_trains_the_four_class_recipe_and_rejects_elpv_labels(monkeypatch):

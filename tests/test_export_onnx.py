@@ -6,19 +6,23 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from bundle_factory import make_tiny_run
 from click.testing import CliRunner
+from train_fixtures import one_torch_thread  # noqa: F401
 
 from edgetl.bundle import extract_bundle, open_bundle, verify_bundle
 from edgetl.cli import cli
 from edgetl.errors import ExportError
 from edgetl.host.export import ExportOptions, export_run
 from edgetl.keys import generate_keypair
+from edgetl.manifest import as_manifest
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
+PROFILES = Path(__file__).resolve().parent.parent / "targets"
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +36,27 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(tiny, tmp_path_factory):
-    """``exported(precision)``: one signed ONNX export per precision, shared by the module's tests."""
+    """``exported(precision)``: one signed ONNX export per precision, shared by the module's tests.
+
+    FP32 goes through the CLI (``edgetl export --json`` with a target profile): its bundle serves the
+    FP32 tests and its JSON/stderr the CLI test; FP16 and INT8 through :func:`export_run`.
+    """
     cache: dict[str, object] = {}
     folder = tmp_path_factory.mktemp("bundles")
 
     def get(precision: str):
         if precision not in cache:
             run_dir, _, key, _ = tiny
-            cache[precision] = export_run(run_dir, _options(folder, precision=precision, sign=key,
-                                                            out=folder / f"{precision}.edgetl"))
+            out = folder / f"{precision}.edgetl"
+            if precision == "fp32":
+                res = CliRunner().invoke(cli, ["export", str(run_dir), "--format", "onnx", "--precision", "fp32",
+                                               "--target", str(PROFILES / "x86-onnxruntime-cpu.yaml"),
+                                               "--calib-count", "24", "--latency-runs", "2", "--sign", str(key),
+                                               "--model-version", "v-test", "--out", str(out), "--json"])
+                assert res.exit_code == 0, res.output
+                cache[precision] = SimpleNamespace(bundle=out, manifest=as_manifest(open_bundle(out).manifest), cli=res)
+            else:
+                cache[precision] = export_run(run_dir, _options(folder, precision=precision, sign=key, out=out))
         return cache[precision]
 
     return get
@@ -120,20 +136,6 @@ def test_round_trip_bundle_reproduces_torch_within_tolerance(tiny, exported, pre
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
 
 
-def test_auto_walks_the_chain_past_a_failing_gate_and_records_every_attempt(tiny, tmp_path, broken_ptq):
-    run_dir, *_ = tiny
-    result = export_run(run_dir, _options(tmp_path, precision="auto"))
-    attempts = result.manifest.export.attempts
-    assert [(a.precision, a.method) for a in attempts] == [("int8", "ptq"), ("int8", "accuracy-aware")]
-    first, second = attempts
-    assert not first.passed and "agreement" in first.reason and first.agreement < 0.98
-    assert second.passed and second.agreement >= 0.98 and second.n == 32
-    assert result.manifest.target.method == "accuracy-aware"
-    # its own full INT8 already meets the target here: early exit, no per-layer ranking spent
-    assert second.details["float_layers"] == [] and second.details["stopped"] == "agreement met"
-    assert second.details["ranked_layers"] == 0
-
-
 def test_explicit_precision_failing_the_gate_fails_without_fallback_and_falls_back_with_it(tiny, tmp_path, broken_int8):
     run_dir, *_ = tiny
     out = tmp_path / "never.edgetl"
@@ -189,24 +191,19 @@ def test_failure_mid_export_leaves_no_bundle(tiny, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_export_json_matches_schema_and_bundle_verify_reruns_the_reference(tiny, tmp_path):
+def test_cli_export_json_matches_schema_and_bundle_verify_reruns_the_reference(tiny, exported):
     import jsonschema
 
-    run_dir, _, key, pub = tiny
-    out = tmp_path / "cli.edgetl"
-    runner = CliRunner()
-    res = runner.invoke(cli, ["export", str(run_dir), "--format", "onnx", "--target",
-                              str(Path(__file__).resolve().parent.parent / "targets" / "x86-onnxruntime-cpu.yaml"),
-                              "--calib-count", "16", "--latency-runs", "2", "--sign", str(key),
-                              "--model-version", "v-test", "--out", str(out), "--json"])
-    assert res.exit_code == 0, res.output
+    _, _, _, pub = tiny
+    fp32 = exported("fp32")  # made by `edgetl export ... --target x86-onnxruntime-cpu.yaml --sign --json`
+    res, out = fp32.cli, fp32.bundle
     doc = json.loads(res.stdout)
     jsonschema.validate(doc, json.loads((SCHEMAS / "export.schema.json").read_text()))
     assert doc["model_version"] == "v-test" and doc["signed"] and "export" in res.stderr
     manifest = open_bundle(out).manifest
     assert manifest["target"]["profile"] == "x86-onnxruntime-cpu"
     assert manifest["compat"]["host_cpu"]["flags"]
-    ver = runner.invoke(cli, ["bundle", "verify", str(out), "--trust", str(pub), "--json"])
+    ver = CliRunner().invoke(cli, ["bundle", "verify", str(out), "--trust", str(pub), "--json"])
     assert ver.exit_code == 0, ver.output
     assert json.loads(ver.stdout)["reference"]["status"] == "passed"
 
@@ -310,11 +307,22 @@ def test_every_step_is_timed_even_a_quantizer_that_fails(tiny, tmp_path, monkeyp
     assert all(s["seconds"] >= 0 for s in result.stages)
 
 
-def test_quantize_budget_option_reaches_the_accuracy_aware_quantizer(tiny, tmp_path, broken_ptq):
+def test_auto_walks_the_chain_past_a_failing_gate_records_every_attempt_and_passes_the_budget(tiny, tmp_path,
+                                                                                            broken_ptq):
+    """``--precision auto`` through the CLI: INT8/PTQ fails the gate, accuracy-aware (given ``--quantize-budget``) passes."""
     run_dir, *_ = tiny
-    res = CliRunner().invoke(cli, ["export", str(run_dir), "--format", "onnx", "--precision", "int8",
-                                   "--calib-count", "16", "--latency-runs", "0", "--quantize-budget", "7",
-                                   "--out", str(tmp_path / "b.edgetl"), "--json"])
+    out = tmp_path / "b.edgetl"
+    res = CliRunner().invoke(cli, ["export", str(run_dir), "--format", "onnx", "--precision", "auto",
+                                   "--calib-count", "24", "--latency-runs", "0", "--quantize-budget", "7",
+                                   "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output[-2000:]
     attempts = json.loads(res.stdout)["attempts"]
-    assert attempts[-1]["method"] == "accuracy-aware" and attempts[-1]["details"]["budget_s"] == 7.0
+    assert [(a["precision"], a["method"]) for a in attempts] == [("int8", "ptq"), ("int8", "accuracy-aware")]
+    first, second = attempts
+    assert not first["passed"] and "agreement" in first["reason"] and first["agreement"] < 0.98
+    assert second["passed"] and second["agreement"] >= 0.98 and second["n"] == 32
+    assert open_bundle(out).manifest["target"]["method"] == "accuracy-aware"
+    # its own full INT8 already meets the target here: early exit, no per-layer ranking spent
+    assert second["details"]["float_layers"] == [] and second["details"]["stopped"] == "agreement met"
+    assert second["details"]["ranked_layers"] == 0
+    assert second["details"]["budget_s"] == 7.0  # --quantize-budget reached the accuracy-aware quantizer

@@ -23,6 +23,17 @@ def run_dir(tmp_path_factory):
     return make_tiny_run(tmp_path_factory.mktemp("ov"))
 
 
+def _export_ir(run_dir, out, precision):
+    return export_run(run_dir, ExportOptions(format="openvino", precision=precision, calib_count=16,
+                                             latency_runs=2, out=out, target=PROFILE))
+
+
+@pytest.fixture(scope="module")
+def fp32_bundle(run_dir, tmp_path_factory):
+    """The FP32 IR export (CPU profile), shared by the round trip and the device-half tests."""
+    return _export_ir(run_dir, tmp_path_factory.mktemp("ov32") / "ov.edgetl", "fp32")
+
+
 def _torch_probs(run_dir, x):
     import torch
 
@@ -42,11 +53,10 @@ def _val_batch(run_dir):
 
 
 @pytest.mark.parametrize("precision,tol", [("fp32", 1e-4), ("fp16", 2e-2)])
-def test_ir_round_trip_matches_torch(run_dir, tmp_path, precision, tol):
+def test_ir_round_trip_matches_torch(run_dir, fp32_bundle, tmp_path, precision, tol):
     from edgetl.bundle_predictor import BundlePredictor
 
-    result = export_run(run_dir, ExportOptions(format="openvino", precision=precision, calib_count=16,
-                                               latency_runs=2, out=tmp_path / "ov.edgetl", target=PROFILE))
+    result = fp32_bundle if precision == "fp32" else _export_ir(run_dir, tmp_path / "ov.edgetl", precision)
     manifest = result.manifest
     assert manifest.target.files == ["model/model.bin", "model/model.xml"]
     assert manifest.target.method == ("weights" if precision == "fp16" else "default")
@@ -85,12 +95,11 @@ def test_int8_goes_through_nncf_and_the_gate_and_json_stdout_stays_clean(run_dir
     assert len(ref["images"]) == open_bundle(out).manifest["reference"]["count"]
 
 
-def test_unavailable_device_is_a_clear_error_and_the_device_half_needs_no_torch(run_dir, tmp_path):
+def test_unavailable_device_is_a_clear_error_and_the_device_half_needs_no_torch(fp32_bundle, tmp_path):
     import subprocess
     import sys
 
-    result = export_run(run_dir, ExportOptions(format="openvino", precision="fp32", calib_count=8,
-                                               latency_runs=0, out=tmp_path / "d.edgetl"))
+    result = fp32_bundle
     dest = extract_bundle(result.bundle, tmp_path / "x", 1 << 26)
     with pytest.raises(BundleError, match="device 'NPU.7' is not available here"):
         load_runtime(dest, result.manifest, {"device": "NPU.7"})

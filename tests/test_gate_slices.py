@@ -77,17 +77,26 @@ pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def sliced_run(tmp_path_factory):
+def tiny_runs(tmp_path_factory):
+    """(root, run_dir, plain copy): the tiny run made once; the copy keeps its config without slices."""
+    import shutil
+
+    from bundle_factory import make_tiny_run
+
+    root = tmp_path_factory.mktemp("sliced")
+    run_dir = make_tiny_run(root)
+    return root, run_dir, shutil.copytree(run_dir, root / "runs" / "plain")
+
+
+@pytest.fixture(scope="module")
+def sliced_run(tiny_runs):
     """(run_dir, row of the flipped image, n): the tiny run with ``slices: [{name: line, manifest}]``.
 
     The val set's 32 images: the last 8 ``good`` ones are ``line2``, the rest ``line1``.
     """
-    from bundle_factory import make_tiny_run
-
     from edgetl.host.calibration import scan
 
-    root = tmp_path_factory.mktemp("sliced")
-    run_dir = make_tiny_run(root)
+    root, run_dir, _ = tiny_runs
     paths, _ = scan(root / "data" / "val", LABELS)
     manifest = root / "data" / "lines.csv"
     line2 = set(paths[-8:])
@@ -165,13 +174,11 @@ def test_gate_slices_records_every_slice_in_the_manifest(sliced_run, tmp_path):
     assert [(r["slice"], r["n"], r["passed"]) for r in rows] == [("line1", 24, True), ("line2", 8, True)]
 
 
-def test_gate_slices_needs_slices_in_the_run_config(tmp_path):
-    from bundle_factory import make_tiny_run
-
+def test_gate_slices_needs_slices_in_the_run_config(tiny_runs, tmp_path):
     from edgetl.errors import UsageError
 
     with pytest.raises(UsageError, match="--gate-slices: the run's config names no slices"):
-        _export(make_tiny_run(tmp_path), tmp_path / "x.edgetl", gate_slices=True)
+        _export(tiny_runs[2], tmp_path / "x.edgetl", gate_slices=True)
 
 
 def test_cli_gate_slices_json_names_the_slice_and_matches_the_schema(sliced_run, one_flip, tmp_path):

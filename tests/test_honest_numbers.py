@@ -41,7 +41,7 @@ class TestReport:
 
         root = tmp_path_factory.mktemp("honest")
         data = make_dataset(root / "data", n_train=12, n_val=6)
-        config = write_config(root / "c.yaml", data, "linear-probe", epochs=3, lr=0.05)
+        config = write_config(root / "c.yaml", data, "linear-probe", epochs=2, lr=0.05)
         common = {"train": {"baseline": "scratch", "threshold": {"policy": "recall", "class": "defect",
                                                                  "target": 0.8}}}
         lines: list[str] = []
@@ -72,6 +72,6 @@ class TestReport:
     def test_epochs_budget_runs_the_same_epochs(self, runs):
         _, epochs, _ = runs
         base = epochs.metrics["baseline"]
-        assert base["budget"] == "epochs" and base["epochs_run"] == 3 and not base["single_epoch"]
-        assert "budget: the same number of epochs (3): 3 run in" in epochs.report.read_text()
-        assert json.loads((epochs.dir / "metrics.json").read_text())["baseline"]["budget_epochs"] == 3
+        assert base["budget"] == "epochs" and base["epochs_run"] == 2 and not base["single_epoch"]
+        assert "budget: the same number of epochs (2): 2 run in" in epochs.report.read_text()
+        assert json.loads((epochs.dir / "metrics.json").read_text())["baseline"]["budget_epochs"] == 2

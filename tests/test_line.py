@@ -24,8 +24,8 @@ def _aravis():
     require_aravis()
 
 
-def camera_source(serial: str, trigger: str = "software", **features) -> dict:
-    return {"source": f"genicam://serial={serial}",
+def camera_source(serial: str, trigger: str = "software", uri: str | None = None, **features) -> dict:
+    return {"source": uri or f"genicam://serial={serial}",
             "source_options": {"trigger": trigger, "roi": [0, 0, 64, 64],
                                "features": {"PixelFormat": "BayerRG8", "ExposureTime": 1000.0, **features}}}
 
@@ -92,7 +92,8 @@ def test_100_software_triggers_reach_an_independent_opcua_client_and_the_modbus_
                     obj.call_method(node["Trigger"])
                 else:
                     assert http.post("/v1/pipeline/trigger").status_code == 200
-                wait_for(lambda before=before: node["Inspected"].read_value() > before, 5, f"result of trigger {i + 1}")
+                wait_for(lambda before=before: node["Inspected"].read_value() > before, 5, f"result of trigger {i + 1}",
+                         every=0.005)
                 seen.append(node["FrameId"].read_value())
                 if i < 3:  # the coil is on right after a rejected part, off once the pulse ends
                     coil_on += modbus.read_coils(0, count=1).bits[0]
@@ -180,17 +181,21 @@ def test_bad_line_configs_are_one_line_errors(tmp_path, b):
     holder.listen()
     users = tmp_path / "users"
     users.write_text("a:b\n")
+    # the camera by address (no discovery round, ~1 s each) where the case is about features or sinks;
+    # by serial where the lookup is the point (NOPE, and the good start at the end)
+    ip = "genicam://ip=127.0.0.1"
     cases = [
         ({**camera_source("NOPE")}, "no camera with serial 'NOPE'"),
-        (camera_source("BADCFG", Shutter=5), "no feature 'Shutter'"),
-        (camera_source("BADCFG", ExposureTime=1e9), "ExposureTime = 1000000000.0 µs is outside the camera's range 10..1e+07"),
-        (camera_source("BADCFG", PixelFormat="Mono16"), "pixel format 'Mono16' is not supported"),
-        ({**camera_source("BADCFG"), "sinks": [{"name": "opcua", "options": {"port": taken,
-                                                                              "users_file": str(users)}}]},
+        (camera_source("BADCFG", uri=ip, Shutter=5), "no feature 'Shutter'"),
+        (camera_source("BADCFG", uri=ip, ExposureTime=1e9),
+         "ExposureTime = 1000000000.0 µs is outside the camera's range 10..1e+07"),
+        (camera_source("BADCFG", uri=ip, PixelFormat="Mono16"), "pixel format 'Mono16' is not supported"),
+        ({**camera_source("BADCFG", uri=ip), "sinks": [{"name": "opcua", "options": {"port": taken,
+                                                                                      "users_file": str(users)}}]},
          "is the port taken"),
-        ({**camera_source("BADCFG"), "sinks": [{"name": "opcua", "options": {"port": free_port()}}]},
+        ({**camera_source("BADCFG", uri=ip), "sinks": [{"name": "opcua", "options": {"port": free_port()}}]},
          "anonymous access is off and no users_file"),
-        ({**camera_source("BADCFG"), "sinks": [{"name": "opcua", "options": {
+        ({**camera_source("BADCFG", uri=ip), "sinks": [{"name": "opcua", "options": {
             "port": free_port(), "users_file": str(tmp_path / "missing")}}]}, "option users_file: cannot read"),
     ]
     try:

@@ -6,6 +6,11 @@ with ``pip --no-index --target`` and selected with ``EDGETL_LOAD_PLUGINS``,
 and goes through the real CLI: ``train`` -> ``export`` (its own quantizer,
 then the gate through its own runtime) -> ``bundle verify`` -> an agent
 installs it (reference check) -> ``/v1/predict``.
+
+The host commands run in this process (click's ``CliRunner``, the plugin's
+folder on ``sys.path``: found through the entry point pip installed); the
+agent is ``edgetl agent serve`` in its own process with torch imports blocked,
+since proving the device half never imports torch needs a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -19,7 +24,11 @@ from pathlib import Path
 
 import pytest
 from agent_support import ProcessAgent, install, write_token
-from train_fixtures import make_dataset, write_config
+from click.testing import CliRunner
+from plugin_factory import activate
+from train_fixtures import make_dataset, one_torch_thread, write_config  # noqa: F401
+
+from edgetl.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,53 +212,56 @@ def _env(site: Path) -> dict[str, str]:
     return {"PYTHONPATH": path, "EDGETL_LOAD_PLUGINS": "tsonnx", "OMP_NUM_THREADS": "1"}
 
 
-def _edgetl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgetl", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, cwd=ROOT)
+def _edgetl(*args: str):
+    """``edgetl ARGS`` in this process (the plugin activated): the result has exit_code, stdout, stderr."""
+    return CliRunner().invoke(cli, list(args))
 
 
 @pytest.fixture(scope="module")
-def plugin_env(tmp_path_factory):
-    return _env(_install_plugin(tmp_path_factory.mktemp("tsonnx")))
+def site(tmp_path_factory):
+    return _install_plugin(tmp_path_factory.mktemp("tsonnx"))
 
 
-def test_third_party_target_and_quantizer_train_export_verify_and_serve(plugin_env, tmp_path):
+def test_third_party_target_and_quantizer_train_export_verify_and_serve(site, tmp_path, monkeypatch):
     from edgetl.keys import generate_keypair
 
-    listed = json.loads(_edgetl(plugin_env, "plugins", "list", "--json").stdout)
+    activate(monkeypatch, site, "tsonnx")
+    listed = json.loads(_edgetl("plugins", "list", "--json").stdout)
     mine = next(p for p in listed if p["name"] == "tsonnx")
     assert mine["status"] == "ok" and {"kind": "target", "name": "tsonnx"} in mine["components"]
     assert {"kind": "quantizer", "name": "tsonnx-fp16-cast"} in mine["components"]
 
-    cfg = write_config(tmp_path / "run.yaml", make_dataset(tmp_path / "data", n_train=12, n_val=10), epochs=2)
-    trained = _edgetl(plugin_env, "train", str(cfg), "--out", str(tmp_path / "run"), "--device", "cpu")
-    assert trained.returncode == 0, trained.stderr[-2000:]
-
     key, pub = generate_keypair(tmp_path / "keys" / "release")
-    bundle = tmp_path / "tiny-tsonnx.edgetl"
-    exported = _edgetl(plugin_env, "export", str(tmp_path / "run"), "--target", "tsonnx-box", "--sign", str(key),
-                       "--calib-count", "8", "--latency-runs", "0", "--out", str(bundle), "--json")
-    assert exported.returncode == 0, exported.stderr[-2000:]
-    doc = json.loads(exported.stdout)
-    assert (doc["target"], doc["precision"], doc["method"]) == ("tsonnx", "fp16", "cast")
-    attempt = doc["attempts"][0]
-    assert attempt["passed"] and attempt["n"] == 20 and attempt["agreement"] >= 0.98
-    details = attempt["details"]
-    assert details["labels"] == ["defect", "good"] and details["calibration_batches"] == 8
-    assert details["self_check_agreement"] >= 0.9 and details["min_agreement"] == 0.98
-    assert details["keep_io_types"] is True  # the profile's quantize section, as the quantizer's ctx.options
-    export_stage = next(s for s in doc["stages"] if s["stage"] == "export")
-    assert export_stage["detail"]["exporter"] == "torchscript"  # ExportSpec.report reached the record
-    assert export_stage["detail"]["opset"] == 16  # the profile's own section, typed by the target's model
-    assert "quantize  cast 1/1" in exported.stderr  # QuantizeContext.progress reached the log
-
-    verified = _edgetl(plugin_env, "bundle", "verify", str(bundle), "--trust", str(pub), "--json")
-    assert verified.returncode == 0, verified.stderr[-2000:]
-    report = json.loads(verified.stdout)
-    assert report["ok"] and report["reference"]["status"] == "passed"
-
-    agent = ProcessAgent(tmp_path / "state", [pub], write_token(tmp_path / "token"), env=plugin_env).wait_ready()
+    # the agent starts in its own process while this one trains and exports
+    agent = ProcessAgent(tmp_path / "state", [pub], write_token(tmp_path / "token"), env=_env(site))
     try:
+        cfg = write_config(tmp_path / "run.yaml", make_dataset(tmp_path / "data", n_train=12, n_val=10), epochs=2)
+        trained = _edgetl("train", str(cfg), "--out", str(tmp_path / "run"), "--device", "cpu")
+        assert trained.exit_code == 0, trained.stderr[-2000:]
+
+        bundle = tmp_path / "tiny-tsonnx.edgetl"
+        exported = _edgetl("export", str(tmp_path / "run"), "--target", "tsonnx-box", "--sign", str(key),
+                           "--calib-count", "8", "--latency-runs", "0", "--out", str(bundle), "--json")
+        assert exported.exit_code == 0, exported.stderr[-2000:]
+        doc = json.loads(exported.stdout)
+        assert (doc["target"], doc["precision"], doc["method"]) == ("tsonnx", "fp16", "cast")
+        attempt = doc["attempts"][0]
+        assert attempt["passed"] and attempt["n"] == 20 and attempt["agreement"] >= 0.98
+        details = attempt["details"]
+        assert details["labels"] == ["defect", "good"] and details["calibration_batches"] == 8
+        assert details["self_check_agreement"] >= 0.9 and details["min_agreement"] == 0.98
+        assert details["keep_io_types"] is True  # the profile's quantize section, as the quantizer's ctx.options
+        export_stage = next(s for s in doc["stages"] if s["stage"] == "export")
+        assert export_stage["detail"]["exporter"] == "torchscript"  # ExportSpec.report reached the record
+        assert export_stage["detail"]["opset"] == 16  # the profile's own section, typed by the target's model
+        assert "quantize  cast 1/1" in exported.stderr  # QuantizeContext.progress reached the log
+
+        verified = _edgetl("bundle", "verify", str(bundle), "--trust", str(pub), "--json")
+        assert verified.exit_code == 0, verified.stderr[-2000:]
+        report = json.loads(verified.stdout)
+        assert report["ok"] and report["reference"]["status"] == "passed"
+
+        agent.wait_ready()
         with agent.client() as client:
             status = install(client, bundle)
             assert status["status"] == "installed", status.get("error")

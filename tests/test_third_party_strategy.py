@@ -5,10 +5,16 @@ temporary folder) and a strategy returning a plain ``nn.Sequential`` with
 non-linear layers both go train -> eval -> export (gate) -> bundle verify ->
 agent install -> /v1/predict. A strategy returning a wrong output shape stops
 with one line naming its plugin, before anything is written.
+
+The steps run through the real CLI in this process (tests/strategy_chain.py);
+the example's ``train`` runs as ``python -m edgetl`` in a fresh interpreter,
+the plugin found through the entry point pip installed: the one chain where
+the fresh process is the point.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -18,9 +24,9 @@ pytest.importorskip("torch")
 pytest.importorskip("timm")
 pytest.importorskip("onnxruntime")
 
-from plugin_factory import make_plugin  # noqa: E402
-from strategy_chain import ROOT, edgetl, plugin_env, train_to_prediction  # noqa: E402
-from train_fixtures import make_dataset, write_config  # noqa: E402
+from plugin_factory import activate, make_plugin  # noqa: E402
+from strategy_chain import ROOT, invoke, plugin_env, train_to_prediction  # noqa: E402
+from train_fixtures import make_dataset, one_torch_thread, write_config  # noqa: E402, F401
 
 SEQUENTIAL = '''
 from edgetl.api import Strategy, TrainedModel
@@ -91,32 +97,36 @@ def _check_chain(doc, strategy):
     assert sum(doc["prediction"]["scores"].values()) == pytest.approx(1, abs=1e-4)
 
 
-def test_example_prototype_strategy_trains_exports_and_serves(tmp_path, data):
+def test_example_prototype_strategy_trains_exports_and_serves(tmp_path, data, monkeypatch):
+    # pip builds in the source folder: build a copy, so the checkout is never written to
+    source = shutil.copytree(ROOT / "examples" / "third_party_strategy", tmp_path / "src",
+                             ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-build-isolation",
-                    "--target", str(site), str(ROOT / "examples" / "third_party_strategy")], check=True,
-                   capture_output=True, text=True)
+                    "--target", str(site), str(source)], check=True, capture_output=True, text=True)
+    activate(monkeypatch, site, "prototype")
     config = write_config(tmp_path / "c.yaml", data, "prototype", {"temperatures": [1, 4, 16]})
-    doc = train_to_prediction(tmp_path, config, data, plugin_env(site, "prototype"))
+    doc = train_to_prediction(tmp_path, config, data, fresh_train_env=plugin_env(site, "prototype"))
     _check_chain(doc, "prototype")
     # random-init backbone (no model hub in tests), seeded: class means still beat chance (0.5) clearly
     assert doc["summary"]["val"]["accuracy"] > 0.6
 
 
-def test_a_plain_sequential_with_nonlinear_layers_trains_exports_and_serves(tmp_path, data):
+def test_a_plain_sequential_with_nonlinear_layers_trains_exports_and_serves(tmp_path, data, monkeypatch):
     make_plugin(tmp_path / "site", "mlp", SEQUENTIAL)
+    activate(monkeypatch, tmp_path / "site", "mlp")
     config = write_config(tmp_path / "c.yaml", data, "mlp-head", epochs=2, lr=0.01)
-    doc = train_to_prediction(tmp_path, config, data, plugin_env(tmp_path / "site", "mlp"))
+    doc = train_to_prediction(tmp_path, config, data)
     _check_chain(doc, "mlp-head")
 
 
-def test_a_wrong_output_shape_is_one_line_naming_the_plugin(tmp_path, data):
+def test_a_wrong_output_shape_is_one_line_naming_the_plugin(tmp_path, data, monkeypatch):
     make_plugin(tmp_path / "site", "wrong", BAD_SHAPE)
+    activate(monkeypatch, tmp_path / "site", "wrong")
     config = write_config(tmp_path / "c.yaml", data, "wrong-shape", epochs=1)
-    result = edgetl("train", config, "--out", tmp_path / "run", "--device", "cpu",
-                    env=plugin_env(tmp_path / "site", "wrong"))
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
+    code, _, err = invoke("train", config, "--out", tmp_path / "run", "--device", "cpu")
+    assert code == 1
+    lines = err.strip().splitlines()
     assert lines[-1] == ("error: strategy 'wrong-shape' (plugin wrong): fit returned a module whose output for a "
                          "(2, 3, 32, 32) batch is (2, 3); expected a float tensor (2, 2) of probabilities"), lines
     assert not (tmp_path / "run" / "model.pt").exists() and not (tmp_path / "run" / "model.pt2").exists()

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +23,7 @@ from edgetl.training import loop  # noqa: E402
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("tiny"), n_test=6)
+    return make_dataset(tmp_path_factory.mktemp("tiny"), n_train=12, n_test=6)
 
 
 def run_cli(*args):
@@ -137,7 +134,7 @@ def test_threshold_class_must_be_a_label(tmp_path, data):
     assert code == 1 and "train.threshold.class: 'crack' is not a class" in err
 
 
-def _trainer(tmp_path, data, out, resume=False, epochs=3):
+def _trainer(tmp_path, data, out, resume=False, epochs=2):
     cfg = load_run_config(write_config(tmp_path / "c.yaml", data, epochs=epochs, dropout=0.2, lr=0.01),
                           ["augment=[hflip, vflip]", "strategy.options.freeze_bn=false"])
     return Trainer(cfg, tmp_path / out, device="cpu", resume=resume, log=lambda m: None)
@@ -153,7 +150,7 @@ def test_rerun_is_deterministic_and_resume_continues_exactly(tmp_path, data, mon
 
     def interrupt(ctx, state):
         real_save(ctx, state)
-        if state["epoch"] + 1 == 2:
+        if state["epoch"] + 1 == 1:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(loop, "save_checkpoint", interrupt)
@@ -165,7 +162,7 @@ def test_rerun_is_deterministic_and_resume_continues_exactly(tmp_path, data, mon
     c = weights(tmp_path / "cut")
     assert all(torch.equal(a[k], c[k]) for k in a)
     history = list(csv.DictReader((tmp_path / "cut" / "history.csv").open()))
-    assert [r["epoch"] for r in history] == ["1", "2", "3"]
+    assert [r["epoch"] for r in history] == ["1", "2"]
     full = list(csv.DictReader((tmp_path / "full" / "history.csv").open()))
     assert [r["train_loss"] for r in history] == [r["train_loss"] for r in full]
 
@@ -199,7 +196,7 @@ def test_trainer_prints_a_counted_stage_every_fifth_of_the_way(tmp_path, data):
 
 
 def test_scratch_baseline_is_reported(tmp_path, data):
-    cfg = load_run_config(write_config(tmp_path / "c.yaml", data, epochs=2), ["train.baseline=scratch"])
+    cfg = load_run_config(write_config(tmp_path / "c.yaml", data, epochs=1), ["train.baseline=scratch"])
     lines = []
     summary = Trainer(cfg, tmp_path / "run", device="cpu", log=lines.append).run()
     assert "  evaluate test (baseline-scratch): 12/12 images" in lines
@@ -213,24 +210,6 @@ def test_scratch_baseline_is_reported(tmp_path, data):
     assert {r["strategy"] for r in history} == {"finetune", "baseline-scratch"}
 
 
-def test_ddp_two_gloo_processes_match_single_process(tmp_path, data):
-    cfg = write_config(tmp_path / "c.yaml", data, epochs=2, lr=0.01)
-    common = ["--set", "strategy.options.freeze_bn=true", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "EDGETL_WORKERS": "0"}
-    exe = [sys.executable, "-m", "edgetl"]
-    single = subprocess.run([*exe, "train", str(cfg), "--out", str(tmp_path / "one"), *common],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
-    multi = subprocess.run([*exe, "train", str(cfg), "--out", str(tmp_path / "two"), "--nproc", "2", "--json",
-                            *common], capture_output=True, text=True, env=env, timeout=300)
-    assert multi.returncode == 0, multi.stderr[-3000:]
-    summary = json.loads(multi.stdout)  # only rank 0 printed
-    assert summary["processes"] == 2
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
-    for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-4, rtol=1e-3), k
-    h1 = list(csv.DictReader((tmp_path / "one" / "history.csv").open()))
-    h2 = list(csv.DictReader((tmp_path / "two" / "history.csv").open()))
-    for r1, r2 in zip(h1, h2, strict=True):
-        assert float(r1["train_loss"]) == pytest.approx(float(r2["train_loss"]), rel=1e-4)
-        assert r1["val_accuracy"] == r2["val_accuracy"]
+# DDP (``--nproc 2``, gloo): the suite's one two-process run is in tests/test_strategy_docs.py,
+# test_the_tutorial_under_two_processes_matches_one (the same weights, per-epoch loss and val accuracy,
+# one JSON document from rank 0), where it also carries the tutorial's extra_loss under DDP.

@@ -172,8 +172,16 @@ def _named(names):
     return [(n, None) for n in names]
 
 
-def test_discriminative_learning_rates_have_configured_ratio(tmp_path, data):
-    _, history = train(tmp_path, data, options={"lr_decay": 0.3}, epochs=1, lr=0.01)
+@pytest.fixture(scope="module")
+def finetune_all(tmp_path_factory, data):
+    """One epoch of finetune with every group trainable (``unfreeze: all``) and ``lr_decay: 0.3``:
+    the learning-rate ladder and the all-trainable parameter count come from the same run."""
+    return train(tmp_path_factory.mktemp("all"), data, options={"unfreeze": "all", "lr_decay": 0.3}, epochs=1,
+                 lr=0.01)
+
+
+def test_discriminative_learning_rates_have_configured_ratio(finetune_all):
+    _, history = finetune_all
     row = history[0]
     lrs = [float(row["lr_head"])] + [float(row[f"lr_group{i}"]) for i in range(6, -1, -1)]
     assert lrs[0] == pytest.approx(0.01)
@@ -181,9 +189,9 @@ def test_discriminative_learning_rates_have_configured_ratio(tmp_path, data):
         assert lower / upper == pytest.approx(0.3)
 
 
-def test_finetune_top_n_freezes_the_rest(tmp_path, data):
+def test_finetune_top_n_freezes_the_rest(tmp_path, data, finetune_all):
     _, history = train(tmp_path, data, options={"unfreeze": 1}, epochs=1)
-    _, all_history = train(tmp_path, data, out="all", options={"unfreeze": "all"}, epochs=1)
+    _, all_history = finetune_all
     assert 0 < int(history[0]["trainable_params"]) < int(all_history[0]["trainable_params"])
 
 

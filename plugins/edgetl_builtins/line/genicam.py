@@ -342,6 +342,7 @@ class GenicamStream(FrameStream):
         self._counts = {"frames": 0, "lost": 0, "incomplete": 0, "timeouts": 0, "triggers": 0, "unsolicited": 0}
         self._pending: list[float] = []  # monotonic send time of each trigger not yet answered
         self._interrupted = threading.Event()
+        self._unreachable = False  # set when the camera stopped answering (no stop command then)
         self._last_raw, self._wraps, self.index = None, 0, 0
 
     # -- the line ----------------------------------------------------------------------
@@ -378,6 +379,7 @@ class GenicamStream(FrameStream):
                 waited += poll_us / 1e6
                 self._expire_triggers()
                 if self._lost_signal.is_set():
+                    self._unreachable = True
                     raise EdgetlError(f"camera {self.uri!r} lost (control connection lost)")
                 if waited >= self.timeout_s:  # quiet for a while: is the camera still there?
                     waited = 0.0
@@ -434,6 +436,7 @@ class GenicamStream(FrameStream):
         try:
             self.cam.get_integer("Width")
         except GLib.Error as exc:
+            self._unreachable = True
             raise EdgetlError(f"camera {self.uri!r} lost: {exc.message}") from None
 
     def close(self) -> None:
@@ -441,6 +444,15 @@ class GenicamStream(FrameStream):
         self._release()
 
     def _release(self) -> None:
+        """Stop the acquisition and let go of the camera. A camera that stopped answering gets no stop
+        command, and is let go of in a thread: each command to it, and the control release that
+        Aravis sends when the device object goes, waits out the GVCP timeout and retries (about 5 s
+        each), which would only delay ``degraded`` and the reconnect."""
+        if getattr(self, "_unreachable", False):
+            held = [getattr(self, "stream", None), getattr(self, "cam", None)]  # the only references left
+            self.stream = self.cam = None
+            threading.Thread(target=held.clear, name="genicam-release", daemon=True).start()
+            return
         cam = getattr(self, "cam", None)
         if cam is not None:
             try:
