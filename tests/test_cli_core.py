@@ -61,7 +61,7 @@ def test_plugins_list_json_validates_and_is_the_only_stdout():
     code, out, _ = invoke("plugins", "list", "--json")
     doc = json.loads(out)
     jsonschema.validate(doc, schema("plugins-list.schema.json"))
-    assert code == 0 and any(p["name"] == "edgetl_stdio" and p["status"] == "ok" for p in doc)
+    assert code == 0 and any(p["name"] == "edgetl_builtins.stdio" and p["status"] == "ok" for p in doc)
 
 
 def test_plugins_list_json_shows_broken_third_party(tmp_path, monkeypatch):
@@ -77,7 +77,7 @@ def test_plugins_list_json_shows_broken_third_party(tmp_path, monkeypatch):
 
 
 def test_plugins_show_json_validates():
-    result = CliRunner().invoke(cli, ["plugins", "show", "edgetl_stdio", "--json"])
+    result = CliRunner().invoke(cli, ["plugins", "show", "edgetl_builtins.stdio", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     jsonschema.validate(doc, schema("plugins-show.schema.json"))
@@ -88,7 +88,7 @@ def test_unknown_plugin_is_one_line_error_exit_1():
     code, _, err = invoke("plugins", "show", "edgetl_builtins.stdo")
     assert code == 1
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: unknown plugin 'edgetl_builtins.stdo'; did you mean 'edgetl_stdio'")
+    assert len(lines) == 1 and lines[0].startswith("error: unknown plugin 'edgetl_builtins.stdo'; did you mean 'edgetl_builtins.stdio'")
 
 
 def test_debug_shows_traceback(monkeypatch):
