@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -129,12 +130,15 @@ class Mosquitto:
 
 class SlowProxy:
     """A TCP proxy on a free loopback port that passes the server's bytes on at ``rate`` bytes/s
-    (so a test can interrupt a download half-way); :meth:`cut` drops every connection."""
+    (so a test can interrupt a download half-way; 0: full speed; read per chunk, so a change applies to
+    open connections too); :meth:`cut` drops every connection; :meth:`hold` stops the server's bytes
+    until :meth:`release` (so a test sees what a client does before its download can go on)."""
 
     def __init__(self, upstream_port: int, rate: int = 256 * 1024):
-        import threading
 
         self.upstream_port, self.rate = upstream_port, rate
+        self.flowing = threading.Event()
+        self.flowing.set()
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.host = f"127.0.0.1:{self.port}"
@@ -144,7 +148,6 @@ class SlowProxy:
         self.thread.start()
 
     def _accept(self) -> None:
-        import threading
 
         while not self.closed:
             try:
@@ -157,19 +160,27 @@ class SlowProxy:
                 client.close()
                 continue
             self.conns += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream, 0), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, self.rate), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, rate: int) -> None:
+    def hold(self) -> None:
+        self.flowing.clear()
+
+    def release(self) -> None:
+        self.flowing.set()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
         chunk = 16 * 1024
         try:
             while True:
                 data = src.recv(chunk)
                 if not data:
                     break
+                if from_server:
+                    self.flowing.wait()
                 dst.sendall(data)
-                if rate:
-                    time.sleep(len(data) / rate)
+                if from_server and self.rate:
+                    time.sleep(len(data) / self.rate)
         except OSError:
             pass
         finally:

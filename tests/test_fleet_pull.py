@@ -305,10 +305,12 @@ def test_kill_9_mid_pull_then_restart_resumes(tmp_path, b, registry):
         wait_for(lambda: any(f.stat().st_size > 50_000 for f in (state / "pull").glob("*.part")), 30, "partial")
         agent.kill()
         proxy.cut()
-        proxy.rate = 0  # the rest at full speed: resuming, not the proxy's pace, is what is tested
+        proxy.hold()  # the resumed download waits until the test has seen what serves after the restart
+        proxy.rate = 0  # then the rest at full speed: resuming, not the proxy's pace, is what is tested
         agent = ProcessAgent(state, [b.pub], token, extra_args=args).wait_ready()
         with agent.client() as client:
             assert serving(client) == b.v1_version  # the old model serves at once after the restart
+            proxy.release()
             wait_for(lambda: client.get("/v1/info").json()["pull"]["state"] == "ok"
                      and serving(client) == b.v2_version, 30, "v2 after the restart")
             pull = client.get("/v1/info").json()["pull"]

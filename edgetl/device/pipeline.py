@@ -330,7 +330,8 @@ class Pipeline:
             self._cond.notify_all()
         for thread in (getattr(self, "_starter", None), getattr(self, "_reader", None),
                        getattr(self, "_worker", None)):
-            if thread is not None and thread is not threading.current_thread():
+            # a thread created by a start still running elsewhere but not started yet: it sees _stop and ends
+            if thread is not None and thread is not threading.current_thread() and thread.ident is not None:
                 thread.join(timeout)
         if self.state in ("running", "reconnecting", "starting"):
             self.state = "stopped"
