@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml constraints.txt scripts/system-packages.txt
 	sh scripts/sysdeps.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[all]"
+# --no-compile: Python compiles what is imported, when it is (compiling all of torch up front took ~30 s)
+	$(BIN)/python -m pip install -q --no-compile -c constraints.txt -e ".[all]"
 	touch $(STAMP)
 
 test: $(STAMP)
