@@ -256,7 +256,7 @@ def test_the_camera_path_delivers_image_files_pixel_exact(tmp_path):
             reader.start()
             for count in range(1, 4):
                 stream.trigger()
-                wait_for(lambda count=count, out=frames: len(out) >= count, 5, f"frame {count}")
+                wait_for(lambda count=count, out=frames: len(out) >= count, 20, f"frame {count}")  # a loaded machine: pixels, not speed, are tested
             stream.interrupt()
             reader.join(5)
             stream.close()
