@@ -316,7 +316,8 @@ def main() -> None:
     parser.add_argument("--label", default="after")
     parser.add_argument("--only", help="run only attacks whose name contains one of these (comma-separated)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="edgetl-attacks-"))
+    scratch = tempfile.TemporaryDirectory(prefix="edgetl-attacks-")  # removed at exit (bundles, agents' state)
+    work = Path(scratch.name)
     b, files = build_inputs(work)
     rows = []
     for name, attack in ATTACKS.items():

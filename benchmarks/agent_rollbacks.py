@@ -83,7 +83,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from agent_support import Bundles, resign
 
-    work = Path(tempfile.mkdtemp(prefix="edgetl-rollbacks-"))
+    scratch = tempfile.TemporaryDirectory(prefix="edgetl-rollbacks-")  # removed at exit (bundles, agents' state)
+    work = Path(scratch.name)
     b = Bundles(work / "bundles")
     # without bundle_version, so that a checkout from before that field installs them too
     v1 = resign(b.v1, work / "v1.edgetl", b.key, edit_manifest=lambda m: m.pop("bundle_version", None))

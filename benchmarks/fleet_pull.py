@@ -111,7 +111,8 @@ async def main_async(args) -> dict:
 
     from edgetl.device.oci import OciRef, Registry, push_bundle
 
-    tmp = Path(tempfile.mkdtemp(prefix="edgetl-fleet-pull-"))
+    scratch = tempfile.TemporaryDirectory(prefix="edgetl-fleet-pull-")  # removed at exit (bundles, agents' state)
+    tmp = Path(scratch.name)
     b = Bundles(tmp / "bundles")
     release_a = resign(b.v1, tmp / "A.edgetl", b.key, edit_manifest=lambda m: m.update(model_version="A"))
     release_b = resign(b.v1, tmp / "B.edgetl", b.key, edit_manifest=lambda m: m.update(
