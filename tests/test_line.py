@@ -69,7 +69,7 @@ def test_100_software_triggers_reach_an_independent_opcua_client_and_the_modbus_
     opc_port, mb_port = free_port(), free_port()
     request = {**camera_source("LINE1"), "sinks": [
         {"name": "opcua", "options": {"port": opc_port, "users_file": str(users), "name": "cell1"}},
-        {"name": "modbus", "options": {"port": mb_port, "pulse_ms": 150, "accept_labels": []}},
+        {"name": "modbus", "options": {"port": mb_port, "pulse_ms": 500, "accept_labels": []}},
         {"name": "jsonl", "options": {"path": str(tmp_path / "results.jsonl")}}]}
     with FakeCamera("LINE1"), ThreadAgent(tmp_path / "state", [b.pub]) as agent, agent.client() as http:
         install(http, b.v1)
@@ -85,7 +85,7 @@ def test_100_software_triggers_reach_an_independent_opcua_client_and_the_modbus_
             node = {name: opc.get_node(f"ns={ns};s=cell1.{name}")
                     for name in ("FrameId", "Inspected", "Rejected", "Label", "State", "Trigger", "ModelVersion")}
             obj = opc.get_node(f"ns={ns};s=cell1")
-            seen, coil_on = [], 0
+            seen = []
             for i in range(100):
                 before = node["Inspected"].read_value()
                 if i % 10 == 9:  # every tenth through the OPC UA method, the rest through the agent's route
@@ -95,12 +95,14 @@ def test_100_software_triggers_reach_an_independent_opcua_client_and_the_modbus_
                 wait_for(lambda before=before: node["Inspected"].read_value() > before, 5, f"result of trigger {i + 1}",
                          every=0.005)
                 seen.append(node["FrameId"].read_value())
-                if i < 3:  # the coil is on right after a rejected part, off once the pulse ends
-                    coil_on += modbus.read_coils(0, count=1).bits[0]
-                    wait_for(lambda: not modbus.read_coils(0, count=1).bits[0], 2, "coil off")
+                if i < 3:  # the coil comes on for a rejected part and goes off once the pulse ends
+                    # (polled: the OPC UA count and the coil are two sinks; under load a single read
+                    # could land before the coil was set or after a short pulse ended)
+                    wait_for(lambda: modbus.read_coils(0, count=1).bits[0], 5, f"coil on after reject {i + 1}",
+                             every=0.005)
+                    wait_for(lambda: not modbus.read_coils(0, count=1).bits[0], 5, "coil off")
             assert node["Inspected"].read_value() == 100
             assert seen == sorted(seen) and len(set(seen)) == 100, seen
-            assert coil_on == 3
             registers = modbus.read_holding_registers(0, count=9).registers
             assert registers[0] + (registers[1] << 16) == seen[-1] and registers[2] == 1 and registers[4] == 100
             results = [line for line in (tmp_path / "results.jsonl").read_text().splitlines() if line]

@@ -24,14 +24,30 @@ deviation over the folds), in %; JSON: benchmarks/results/elpv/folds-<config>-k<
 
     nice -n 10 python benchmarks/experiments/elpv_folds.py --config examples/defect_detection/elpv-four-recipe.yaml --folds 5
     python benchmarks/experiments/elpv_folds.py --table benchmarks/results/elpv/folds-elpv-four-recipe-k5.json
+
+Any other strategy (``partial-finetune`` trains the top stages, so nothing is
+shared between folds) runs the real command on each fold written by
+``edgetl data elpv DATA --classes four --folds K``: ``edgetl train CONFIG
+--set data.train=DATA/fold-<k>/train ...`` into
+benchmarks/results/work/elpv-folds/runs/<config>-fold-<k> (a finished fold is
+reused, so an interrupted sweep resumes), and scores the same rules on the
+run's own ``predictions_val.csv`` / ``predictions_test.csv``. ``--int8`` also
+exports each fold's run to an INT8 ONNX bundle with the gate opened (the
+figure is measured, not gated) and evaluates the bundle on the fold's test:
+
+    edgetl data elpv data/elpv-folds --classes four --folds 5
+    EDGETL_MALLOC=keep nice -n 10 python benchmarks/experiments/elpv_folds.py \
+        --config examples/defect_detection/elpv-four-partial.yaml --data data/elpv-folds --int8
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -150,30 +166,119 @@ def decisions(y_val, y_test, probs: dict, prior, taus, max_drop: float, floors: 
     return out
 
 
-def cross_fit(per_fold: list[dict], fits: list[dict], folds_idx: list[dict], y: np.ndarray, max_drop: float) -> None:
+def cross_fit(per_fold: list[dict], fits: list[dict], val_keys: list[np.ndarray], test_keys: list[np.ndarray],
+              y_val: list[np.ndarray], y_test: list[np.ndarray], max_drop: float) -> None:
     """Add the rule "tau cross-fitted on the other folds' val": fold k's tau is tuned on the val predictions
     of every other fold's model (each on cells that model never trained on), minus fold k's test cells.
 
     So the choice sees ~4x the val cells of one fold (~30 p067 instead of 8) and never a cell of fold
-    k's test: an honest estimate of what a tau fixed in the config from such a search gives.
+    k's test: an honest estimate of what a tau fixed in the config from such a search gives. A cell is
+    known by its key (its index among the cells, or its file name) in ``val_keys`` / ``test_keys``.
     """
     from edgetl.metrics import adjust, adjustment_offsets, tune_adjustment
 
     for k, doc in enumerate(per_fold):
-        test = set(folds_idx[k]["test"].tolist())
+        test = set(test_keys[k].tolist())
         ys, ps = [], []
         for j, fit in enumerate(fits):
             if j == k:
                 continue
-            keep = np.array([i not in test for i in folds_idx[j]["val"]])
-            ys.append(y[folds_idx[j]["val"]][keep])
+            keep = np.array([key not in test for key in val_keys[j]])
+            ys.append(y_val[j][keep])
             ps.append(fit["probs"]["val"][keep])
         prior = np.array(doc["prior"])
         tau, curve = tune_adjustment(np.concatenate(ys), np.concatenate(ps), prior, max_accuracy_drop=max_drop)
         rule = f"balanced, tau cross-fitted on the other folds' val (drop<={max_drop:g})"
-        doc["decisions"][rule] = {**scores(y[folds_idx[k]["test"]],
-                                          adjust(fits[k]["probs"]["test"], adjustment_offsets(prior, tau))),
+        doc["decisions"][rule] = {**scores(y_test[k], adjust(fits[k]["probs"]["test"], adjustment_offsets(prior, tau))),
                                   "tau": tau, "val_cells": int(sum(len(v) for v in ys)), "val_curve": curve}
+
+
+def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(file names, grade indices, probabilities) of a run's predictions_<split>.csv."""
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    names = np.array([Path(r["path"]).name for r in rows])
+    y = np.array([FOUR.index(r["label"]) for r in rows])
+    probs = np.array([[float(r[f"p_{c}"]) for c in FOUR] for r in rows])
+    return names, y, probs
+
+
+def edgetl_cli(*argv: str, log, env: dict | None = None) -> tuple[float, str]:
+    """Run ``python -m edgetl ARGV`` (stderr to our stderr), return (seconds, stdout); a failure stops the sweep."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "edgetl", *argv], stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, **(env or {})}, cwd=ROOT)
+    if proc.returncode:
+        sys.exit(f"edgetl {' '.join(argv)}: exit status {proc.returncode}")
+    return time.perf_counter() - t0, proc.stdout
+
+
+def cli_fold(args, k: int, log) -> dict:
+    """Fold k through the real commands: train (reused when finished), optionally an INT8 bundle's test accuracy."""
+    fold = Path(args.data).resolve() / f"fold-{k}"
+    if not (fold / "test").is_dir():
+        sys.exit(f"{fold}: no such fold; write the folds first: edgetl data elpv {args.data} --classes four "
+                 f"--folds {args.folds} --seed {args.seed}")
+    run = WORK / "runs" / f"{Path(args.config).stem}-fold-{k}"
+    timing = run / "sweep-seconds.json"
+    if not (run / "predictions_test.csv").is_file() or not timing.is_file():
+        log(f"fold {k}: edgetl train {args.config} -> {run}")
+        overrides = [f"data.{s}={fold / s}" for s in ("train", "val", "test")] + args.set
+        seconds, _ = edgetl_cli("train", args.config, *[a for o in overrides for a in ("--set", o)], "--out",
+                                str(run), "--force", log=log)
+        timing.write_text(json.dumps({"train_seconds": seconds, "load_average": os.getloadavg()}))
+    out = {**json.loads(timing.read_text()), "run": str(run.relative_to(ROOT))}
+    val_names, y_val, p_val = read_predictions(run / "predictions_val.csv")
+    test_names, y_test, p_test = read_predictions(run / "predictions_test.csv")
+    train_counts = [sum(1 for _ in (fold / "train" / c).iterdir()) for c in FOUR]
+    out.update(val_names=val_names, test_names=test_names, y_val=y_val, y_test=y_test,
+               probs={"val": p_val, "test": p_test}, prior=np.array(train_counts) / sum(train_counts))
+    metrics = json.loads((run / "metrics.json").read_text())
+    out["best_epoch"] = metrics.get("best_epoch")
+    if args.int8:
+        bundle = run / "int8.edgetl"
+        if not bundle.is_file():
+            log(f"fold {k}: INT8 bundle (gate opened: the figure is measured, not gated)")
+            edgetl_cli("export", str(run), "--format", "onnx", "--precision", "int8", "--gate", "100",
+                       "--min-agreement", "0", "--latency-runs", "0", "--out", str(bundle), "--json", log=log)
+        _, text = edgetl_cli("eval", str(bundle), str(fold / "test"), "--json", log=log)
+        doc = json.loads(text)
+        out["int8_test"] = {"accuracy": doc["accuracy"], "balanced_accuracy": doc["balanced_accuracy"],
+                            "recall": {c: doc["per_class"][c]["recall"] for c in FOUR}}
+    return out
+
+
+def cli_main(args, log, taus: list[float], floors: list[float | None]) -> dict:
+    """Every fold through ``edgetl train`` (and ``--int8``: export + eval); per-fold decisions as for the probe."""
+    per_fold, fits = [], []
+    for k in range(args.folds):
+        fit = cli_fold(args, k, log)
+        fits.append(fit)
+        doc = {"fold": k, "n": {s: int(len(fit[f"y_{s}"])) for s in ("val", "test")}, "run": fit["run"],
+               "best_epoch": fit["best_epoch"], "train_seconds": fit["train_seconds"],
+               "load_average": fit["load_average"], "prior": fit["prior"].tolist(),
+               "decisions": decisions(fit["y_val"], fit["y_test"], fit["probs"], fit["prior"], taus,
+                                      args.max_accuracy_drop, floors)}
+        if "int8_test" in fit:
+            doc["decisions"]["INT8 bundle (the run's own decision)"] = fit["int8_test"]
+        per_fold.append(doc)
+        a = doc["decisions"]["argmax"]
+        log(f"fold {k}: argmax test {a['accuracy']:.3f} balanced {a['balanced_accuracy']:.3f} "
+            + " ".join(f"{c} {a['recall'][c]:.2f}" for c in FOUR) + f"; train {fit['train_seconds']:.0f} s")
+    cross_fit(per_fold, fits, [f["val_names"] for f in fits], [f["test_names"] for f in fits],
+              [f["y_val"] for f in fits], [f["y_test"] for f in fits], args.max_accuracy_drop)
+    tau_all = tau_on_all_val([f["y_val"] for f in fits], [f["probs"]["val"] for f in fits], per_fold,
+                             args.max_accuracy_drop)
+    return {"tau_all_val": tau_all, "data": str(args.data), "per_fold": per_fold}
+
+
+def tau_on_all_val(y_val: list[np.ndarray], p_val: list[np.ndarray], per_fold: list[dict], max_drop: float) -> float:
+    """The tau ``tune_adjustment`` picks on every fold's val predictions together (the value to fix in a config)."""
+    from edgetl.metrics import tune_adjustment
+
+    tau, _ = tune_adjustment(np.concatenate(y_val), np.concatenate(p_val),
+                             np.mean([d["prior"] for d in per_fold], axis=0), max_accuracy_drop=max_drop)
+    return tau
 
 
 def summarise(per_fold: list[dict]) -> dict:
@@ -227,6 +332,9 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N cells (smoke test)")
     ap.add_argument("--set", action="append", default=[], help="config override, as edgetl train --set")
     ap.add_argument("--table", type=Path, help="print the table of a saved JSON and exit")
+    ap.add_argument("--data", help="folds written by edgetl data elpv DATA --classes four --folds K: train each "
+                    "through edgetl train (any strategy; the only way for those other than linear-probe)")
+    ap.add_argument("--int8", action="store_true", help="with --data: also each fold's INT8 bundle's test accuracy")
     args = ap.parse_args()
     if args.table:
         print(markdown(json.loads(args.table.read_text())))
@@ -236,17 +344,21 @@ def main() -> int:
 
     from edgetl.config import load_run_config
     from edgetl.data.elpv import read_cells
-    from edgetl.metrics import tune_adjustment
     from edgetl.training import resolve_options as resolve
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     cfg = load_run_config(args.config, args.set)
-    if cfg.strategy.name != "linear-probe":
-        sys.exit(f"{args.config}: strategy {cfg.strategy.name}: this benchmark shares one frozen pass over the "
-                 "folds, which only linear-probe allows; train other strategies per fold with edgetl train "
-                 "on edgetl data elpv --folds K")
+    taus = [float(t) for t in args.taus.split(",") if t]
+    floors = [None if f == "none" else float(f) for f in args.min_recall.split(",") if f]
+    if cfg.strategy.name != "linear-probe" or args.data:
+        if not args.data:
+            sys.exit(f"{args.config}: strategy {cfg.strategy.name} trains per fold through edgetl train: give "
+                     "--data, the folder of edgetl data elpv DATA --classes four --folds K")
+        doc = {"config": Path(args.config).name, "overrides": args.set, "folds": args.folds, "seed": args.seed,
+               "cpu": os.cpu_count(), **cli_main(args, log, taus, floors)}
+        return finish(doc, args, log)
     if cfg.train.tta:
         sys.exit(f"{args.config}: train.tta is not supported here (the cached test features are one view)")
     torch.set_num_threads(args.threads)
@@ -257,8 +369,6 @@ def main() -> int:
     ctx = context(cfg, log)
     feats, feature_seconds = all_features(ctx, cells, opts, views)
     log(f"features: {feats.shape} in {feature_seconds:.0f} s")
-    taus = [float(t) for t in args.taus.split(",") if t]
-    floors = [None if f == "none" else float(f) for f in args.min_recall.split(",") if f]
     per_fold, fits = [], []
     folds_idx = fold_indices(cells, args.folds, args.val_size, args.seed)
     for k, idx in enumerate(folds_idx):
@@ -274,18 +384,23 @@ def main() -> int:
         log(f"fold {k}: argmax test {a['accuracy']:.3f} balanced {a['balanced_accuracy']:.3f} "
             + " ".join(f"{c} {a['recall'][c]:.2f}" for c in FOUR)
             + f"; kept epoch {fit['best_epoch']} of {fit['epochs_run']}, head {fit['head_seconds']:.1f} s")
-    cross_fit(per_fold, fits, folds_idx, y, args.max_accuracy_drop)
-    tau_all, _ = tune_adjustment(np.concatenate([y[i["val"]] for i in folds_idx]),
-                                 np.concatenate([f["probs"]["val"] for f in fits]),
-                                 np.mean([d["prior"] for d in per_fold], axis=0),
-                                 max_accuracy_drop=args.max_accuracy_drop)
-    log(f"tau tuned on every fold's val predictions together (the value to fix in a config): {tau_all:g}")
-    doc = {"tau_all_val": tau_all, "config": Path(args.config).name, "overrides": args.set, "folds": args.folds, "seed": args.seed,
-           "val_size": args.val_size, "n_cells": len(cells), "views": views,
+    cross_fit(per_fold, fits, [i["val"] for i in folds_idx], [i["test"] for i in folds_idx], [y[i["val"]] for i in folds_idx],
+              [y[i["test"]] for i in folds_idx], args.max_accuracy_drop)
+    tau_all = tau_on_all_val([y[i["val"]] for i in folds_idx], [f["probs"]["val"] for f in fits], per_fold,
+                             args.max_accuracy_drop)
+    doc = {"tau_all_val": tau_all, "config": Path(args.config).name, "overrides": args.set, "folds": args.folds,
+           "seed": args.seed, "val_size": args.val_size, "n_cells": len(cells), "views": views,
            "feature_seconds": feature_seconds, "cpu": os.cpu_count(), "load_average": os.getloadavg(),
-           "per_fold": per_fold, "summary": summarise(per_fold)}
+           "per_fold": per_fold}
+    return finish(doc, args, log, suffix="-limit" if args.limit else "")
+
+
+def finish(doc: dict, args, log, suffix: str = "") -> int:
+    """Summarise, write benchmarks/results/elpv/folds-<config>-k<K>.json, print the table."""
+    log(f"tau tuned on every fold's val predictions together (the value to fix in a config): {doc['tau_all_val']:g}")
+    doc["summary"] = summarise(doc["per_fold"])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"folds-{Path(args.config).stem}-k{args.folds}{'-limit' if args.limit else ''}.json"
+    out = RESULTS / f"folds-{Path(args.config).stem}-k{args.folds}{suffix}.json"
     out.write_text(json.dumps(doc, indent=1))
     print(markdown(doc))
     log(f"wrote {out}")
