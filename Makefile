@@ -6,6 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench lint clean venv
 
+# Python caches compiled modules (__pycache__) beside them, so that each process after the first imports
+# torch & co. from bytecode. A shell with PYTHONDONTWRITEBYTECODE=1 would make every process (xdist workers,
+# agents and CLI chains in the tests) recompile each module it imports from source: 18 s instead of 7 s for
+# the test suite's imports. The venv is installed with --no-compile (below), so this is where its cache is made.
+unexport PYTHONDONTWRITEBYTECODE
+
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt scripts/system-packages.txt
