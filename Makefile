@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/system-packages.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n auto --maxprocesses=4 --dist loadfile --durations=15 -q
+	$(BIN)/python -m pytest -n auto --maxprocesses=4 --dist loadfile --no-loadscope-reorder --durations=15 -q
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
