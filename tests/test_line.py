@@ -159,6 +159,9 @@ def test_a_camera_that_vanishes_degrades_the_pipeline_which_recovers_by_itself(t
             status = wait_for(lambda: (s := http.get("/v1/pipeline").json()["status"])["health"] == "degraded"
                               and s, 20, "degraded")
             assert "VANISH" in status["reason"] and "\n" not in status["reason"]
+            refused = http.post("/v1/pipeline/trigger")  # not queued for a camera that is away: try again later
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "1", refused.text
+            assert "away" in refused.json()["error"], refused.text
             import cv2
 
             ok, png = cv2.imencode(".png", np.zeros((32, 32, 3), np.uint8))

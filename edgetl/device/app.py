@@ -26,6 +26,7 @@ from edgetl.device.asgi import OPEN_PATHS, BodyLimit, RequestMetrics, TokenGate
 from edgetl.device.images import ImageTooLarge, WrongImageType
 from edgetl.device.install import InstallBusy
 from edgetl.device.limits import Limits
+from edgetl.device.pipeline import SourceAway
 from edgetl.device.routes import ApiError, model, pipeline, predict, system
 from edgetl.device.slots import Busy
 from edgetl.device.ui import UiSettings
@@ -37,7 +38,7 @@ IMAGE_TYPES = predict.IMAGE_TYPES
 
 
 def _status_for(exc: EdgetlError) -> int:
-    if isinstance(exc, (NoModelError, Busy)):
+    if isinstance(exc, (NoModelError, Busy, SourceAway)):
         return 503
     if isinstance(exc, (ConflictError, InstallBusy)):
         return 409
@@ -57,7 +58,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EdgetlError)
     async def _edgetl_error(request: Request, exc: EdgetlError):
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, (Busy, SourceAway)) else None
         return JSONResponse({"error": str(exc)}, status_code=_status_for(exc), headers=headers)
 
     @app.exception_handler(ClientDisconnect)

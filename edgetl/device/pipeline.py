@@ -36,6 +36,13 @@ BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 30.0
 STABLE_S = 30.0  # a stream that delivered this long before dying is retried from the shortest wait
 
 
+class SourceAway(EdgetlError):
+    """The camera is away (the pipeline is reconnecting): a trigger is refused, not queued (HTTP 503 with
+    Retry-After: the line may try again once the camera is back)."""
+
+    retry_after = 1
+
+
 @dataclass
 class PipelineConfig:
     """What ``POST /v1/pipeline`` starts (and ``pipeline.json`` keeps).
@@ -359,11 +366,11 @@ class Pipeline:
                 "triggers": stats.get("triggers", 0), "source_stats": stats}
 
     def trigger(self) -> dict[str, Any]:
-        """Fire one software trigger on the source; ConfigError when it takes none, EdgetlError while
+        """Fire one software trigger on the source; ConfigError when it takes none, SourceAway while
         the camera is away (the trigger is not queued: a line must not get a stale verdict)."""
         stream = self._stream
         if stream is None and self.state == "reconnecting":
-            raise EdgetlError(f"pipeline: the source is away ({self.error}); trigger not sent")
+            raise SourceAway(f"pipeline: the source is away ({self.error}); trigger not sent")
         if stream is None or not callable(getattr(stream, "trigger", None)):
             raise ConfigError(f"pipeline: source {self.config.source!r} takes no software trigger "
                               "(use a genicam:// camera with source_options trigger: software)")

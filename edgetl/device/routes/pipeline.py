@@ -26,10 +26,11 @@ def router(agent) -> APIRouter:
             return agent.stop_pipeline()
         return agent.start_pipeline(body.model_dump(exclude={"action"}))
 
-    @api.post("/v1/pipeline/trigger", response_model=schemas.TriggerDoc, responses=errors(400))
+    @api.post("/v1/pipeline/trigger", response_model=schemas.TriggerDoc, responses=errors(400, 503))
     def pipeline_trigger() -> dict[str, Any]:
         """Fire one software trigger on the pipeline's camera (a genicam:// source with
-        ``trigger: software``); the result reaches the sinks with the camera's frame id."""
+        ``trigger: software``); the result reaches the sinks with the camera's frame id. 400: no
+        pipeline, or its source takes no trigger; 503 + Retry-After: the camera is away (not queued)."""
         return agent.trigger_pipeline()
 
     return api
