@@ -177,6 +177,8 @@ def cross_fit(per_fold: list[dict], fits: list[dict], val_keys: list[np.ndarray]
     """
     from edgetl.metrics import adjust, adjustment_offsets, tune_adjustment
 
+    if len(per_fold) < 2:
+        return  # no other fold to tune on
     for k, doc in enumerate(per_fold):
         test = set(test_keys[k].tolist())
         ys, ps = [], []
@@ -222,6 +224,8 @@ def cli_fold(args, k: int, log) -> dict:
     run = WORK / "runs" / f"{Path(args.config).stem}-fold-{k}"
     timing = run / "sweep-seconds.json"
     if not (run / "predictions_test.csv").is_file() or not timing.is_file():
+        if args.score_only:
+            sys.exit(f"fold {k}: {run} has not finished training (--score-only)")
         log(f"fold {k}: edgetl train {args.config} -> {run}")
         overrides = [f"data.{s}={fold / s}" for s in ("train", "val", "test")] + args.set
         seconds, _ = edgetl_cli("train", args.config, *[a for o in overrides for a in ("--set", o)], "--out",
@@ -234,7 +238,7 @@ def cli_fold(args, k: int, log) -> dict:
     out.update(val_names=val_names, test_names=test_names, y_val=y_val, y_test=y_test,
                probs={"val": p_val, "test": p_test}, prior=np.array(train_counts) / sum(train_counts))
     metrics = json.loads((run / "metrics.json").read_text())
-    out["best_epoch"] = metrics.get("best_epoch")
+    out["best_epoch"], out["epochs_run"] = (metrics.get("best") or {}).get("epoch"), metrics.get("epochs_run")
     if args.int8:
         bundle = run / "int8.edgetl"
         if not bundle.is_file():
@@ -251,11 +255,11 @@ def cli_fold(args, k: int, log) -> dict:
 def cli_main(args, log, taus: list[float], floors: list[float | None]) -> dict:
     """Every fold through ``edgetl train`` (and ``--int8``: export + eval); per-fold decisions as for the probe."""
     per_fold, fits = [], []
-    for k in range(args.folds):
+    for k in range(args.first or args.folds):
         fit = cli_fold(args, k, log)
         fits.append(fit)
         doc = {"fold": k, "n": {s: int(len(fit[f"y_{s}"])) for s in ("val", "test")}, "run": fit["run"],
-               "best_epoch": fit["best_epoch"], "train_seconds": fit["train_seconds"],
+               "best_epoch": fit["best_epoch"], "epochs_run": fit["epochs_run"], "train_seconds": fit["train_seconds"],
                "load_average": fit["load_average"], "prior": fit["prior"].tolist(),
                "decisions": decisions(fit["y_val"], fit["y_test"], fit["probs"], fit["prior"], taus,
                                       args.max_accuracy_drop, floors)}
@@ -302,7 +306,10 @@ def summarise(per_fold: list[dict]) -> dict:
 def markdown(doc: dict) -> str:
     """The table: one row per decision rule, mean ± sd over the folds in %, and the worst fold's grade recall."""
     s = doc["summary"]
-    lines = [f"{doc['config']}, K = {doc['folds']} (seed {doc['seed']}); mean ± sd over the folds, %; "
+    used = doc.get("folds_used", doc["folds"])
+    which = (f"K = {doc['folds']}" if used == doc["folds"] else
+             f"fold 0 of K = {doc['folds']}" if used == 1 else f"folds 0-{used - 1} of K = {doc['folds']}")
+    lines = [f"{doc['config']}, {which} (seed {doc['seed']}); mean ± sd over the folds, %; "
              "min over folds in brackets for the grades",
              "", "| decision | test acc. | balanced acc. | recall p000 | p033 | p067 | p100 | tau per fold |",
              "|---|---|---|---|---|---|---|---|"]
@@ -335,6 +342,8 @@ def main() -> int:
     ap.add_argument("--data", help="folds written by edgetl data elpv DATA --classes four --folds K: train each "
                     "through edgetl train (any strategy; the only way for those other than linear-probe)")
     ap.add_argument("--int8", action="store_true", help="with --data: also each fold's INT8 bundle's test accuracy")
+    ap.add_argument("--first", type=int, help="with --data: only folds 0 .. N-1 of the K (when time allows no more)")
+    ap.add_argument("--score-only", action="store_true", help="with --data: score the finished folds, train none")
     args = ap.parse_args()
     if args.table:
         print(markdown(json.loads(args.table.read_text())))
@@ -357,6 +366,7 @@ def main() -> int:
             sys.exit(f"{args.config}: strategy {cfg.strategy.name} trains per fold through edgetl train: give "
                      "--data, the folder of edgetl data elpv DATA --classes four --folds K")
         doc = {"config": Path(args.config).name, "overrides": args.set, "folds": args.folds, "seed": args.seed,
+               "folds_used": args.first or args.folds,
                "cpu": os.cpu_count(), **cli_main(args, log, taus, floors)}
         return finish(doc, args, log)
     if cfg.train.tta:
@@ -400,6 +410,8 @@ def finish(doc: dict, args, log, suffix: str = "") -> int:
     log(f"tau tuned on every fold's val predictions together (the value to fix in a config): {doc['tau_all_val']:g}")
     doc["summary"] = summarise(doc["per_fold"])
     RESULTS.mkdir(parents=True, exist_ok=True)
+    first = getattr(args, "first", None)
+    suffix += f"-first{first}" if first and first < args.folds else ""
     out = RESULTS / f"folds-{Path(args.config).stem}-k{args.folds}{suffix}.json"
     out.write_text(json.dumps(doc, indent=1))
     print(markdown(doc))
