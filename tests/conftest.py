@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import pytest
 
@@ -60,9 +61,7 @@ def pytest_collection_modifyitems(config, items):
     one-test feedback-loop file (over a minute) started last and ran alone for ~90 s while the other
     workers had nothing left."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    count: dict = {}
-    for item in items:
-        count[item.path] = count.get(item.path, 0) + 1
+    count = Counter(item.path for item in items)
     # stable: the order within a file stays
     items.sort(key=lambda item: (item.path not in slow_files, -count[item.path]))
 

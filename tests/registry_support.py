@@ -135,7 +135,6 @@ class SlowProxy:
     until :meth:`release` (so a test sees what a client does before its download can go on)."""
 
     def __init__(self, upstream_port: int, rate: int = 256 * 1024):
-
         self.upstream_port, self.rate = upstream_port, rate
         self.flowing = threading.Event()
         self.flowing.set()
@@ -148,7 +147,6 @@ class SlowProxy:
         self.thread.start()
 
     def _accept(self) -> None:
-
         while not self.closed:
             try:
                 client, _ = self.server.accept()

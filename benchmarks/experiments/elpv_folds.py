@@ -205,11 +205,10 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return names, y, probs
 
 
-def edgetl_cli(*argv: str, log, env: dict | None = None) -> tuple[float, str]:
+def edgetl_cli(*argv: str) -> tuple[float, str]:
     """Run ``python -m edgetl ARGV`` (stderr to our stderr), return (seconds, stdout); a failure stops the sweep."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "edgetl", *argv], stdout=subprocess.PIPE, text=True,
-                          env={**os.environ, **(env or {})}, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "edgetl", *argv], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     if proc.returncode:
         sys.exit(f"edgetl {' '.join(argv)}: exit status {proc.returncode}")
     return time.perf_counter() - t0, proc.stdout
@@ -229,7 +228,7 @@ def cli_fold(args, k: int, log) -> dict:
         log(f"fold {k}: edgetl train {args.config} -> {run}")
         overrides = [f"data.{s}={fold / s}" for s in ("train", "val", "test")] + args.set
         seconds, _ = edgetl_cli("train", args.config, *[a for o in overrides for a in ("--set", o)], "--out",
-                                str(run), "--force", log=log)
+                                str(run), "--force")
         timing.write_text(json.dumps({"train_seconds": seconds, "load_average": os.getloadavg()}))
     out = {**json.loads(timing.read_text()), "run": str(run.relative_to(ROOT))}
     val_names, y_val, p_val = read_predictions(run / "predictions_val.csv")
@@ -244,8 +243,8 @@ def cli_fold(args, k: int, log) -> dict:
         if not bundle.is_file():
             log(f"fold {k}: INT8 bundle (gate opened: the figure is measured, not gated)")
             edgetl_cli("export", str(run), "--format", "onnx", "--precision", "int8", "--gate", "100",
-                       "--min-agreement", "0", "--latency-runs", "0", "--out", str(bundle), "--json", log=log)
-        _, text = edgetl_cli("eval", str(bundle), str(fold / "test"), "--json", log=log)
+                       "--min-agreement", "0", "--latency-runs", "0", "--out", str(bundle), "--json")
+        _, text = edgetl_cli("eval", str(bundle), str(fold / "test"), "--json")
         doc = json.loads(text)
         out["int8_test"] = {"accuracy": doc["accuracy"], "balanced_accuracy": doc["balanced_accuracy"],
                             "recall": {c: doc["per_class"][c]["recall"] for c in FOUR}}
@@ -410,8 +409,7 @@ def finish(doc: dict, args, log, suffix: str = "") -> int:
     log(f"tau tuned on every fold's val predictions together (the value to fix in a config): {doc['tau_all_val']:g}")
     doc["summary"] = summarise(doc["per_fold"])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    first = getattr(args, "first", None)
-    suffix += f"-first{first}" if first and first < args.folds else ""
+    suffix += f"-first{args.first}" if args.first and args.first < args.folds else ""
     out = RESULTS / f"folds-{Path(args.config).stem}-k{args.folds}{suffix}.json"
     out.write_text(json.dumps(doc, indent=1))
     print(markdown(doc))

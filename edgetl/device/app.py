@@ -58,7 +58,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EdgetlError)
     async def _edgetl_error(request: Request, exc: EdgetlError):
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, (Busy, SourceAway)) else None
+        retry_after = getattr(exc, "retry_after", None)  # errors that mean "try again later" carry one
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         return JSONResponse({"error": str(exc)}, status_code=_status_for(exc), headers=headers)
 
     @app.exception_handler(ClientDisconnect)
