@@ -109,6 +109,7 @@ class TrainConfig(_Strict):
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     dropout: float = Field(default=0.2, ge=0, lt=1)
     class_weights: Literal["none", "balanced", "sqrt"] = "none"
+    logit_adjustment: float = Field(default=0.0, ge=0, le=5)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     grad_clip: float | None = Field(default=None, gt=0)
     threshold: ThresholdPolicy = Field(default_factory=ThresholdPolicy)

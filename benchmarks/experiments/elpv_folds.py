@@ -20,7 +20,7 @@ recall of every grade: the argmax; class-prior (logit) adjustment with each
 ``tau`` of a grid (the trade-off curve: accuracy vs balanced accuracy);
 and the operating point ``train.threshold.policy: balanced`` picks on val
 (:func:`edgetl.metrics.tune_adjustment`). Table: mean ± sd (sample standard
-deviation over the folds), in %; JSON: benchmarks/results/elpv/folds-<config>-k<K>.json.
+deviation over the folds), in %; JSON: benchmarks/results/elpv/folds-<name>-k<K>.json (``--name``, default the config's stem).
 
     nice -n 10 python benchmarks/experiments/elpv_folds.py --config examples/defect_detection/elpv-four-recipe.yaml --folds 5
     python benchmarks/experiments/elpv_folds.py --table benchmarks/results/elpv/folds-elpv-four-recipe-k5.json
@@ -220,7 +220,7 @@ def cli_fold(args, k: int, log) -> dict:
     if not (fold / "test").is_dir():
         sys.exit(f"{fold}: no such fold; write the folds first: edgetl data elpv {args.data} --classes four "
                  f"--folds {args.folds} --seed {args.seed}")
-    run = WORK / "runs" / f"{Path(args.config).stem}-fold-{k}"
+    run = WORK / "runs" / f"{args.name}-fold-{k}"
     timing = run / "sweep-seconds.json"
     if not (run / "predictions_test.csv").is_file() or not timing.is_file():
         if args.score_only:
@@ -337,6 +337,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="only the first N cells (smoke test)")
     ap.add_argument("--set", action="append", default=[], help="config override, as edgetl train --set")
+    ap.add_argument("--name", help="names the runs and the JSON (default: the config's stem); give one with --set, "
+                    "e.g. elpv-four-partial-la0.5, so a variant neither reuses nor overwrites the config's runs")
     ap.add_argument("--table", type=Path, help="print the table of a saved JSON and exit")
     ap.add_argument("--data", help="folds written by edgetl data elpv DATA --classes four --folds K: train each "
                     "through edgetl train (any strategy; the only way for those other than linear-probe)")
@@ -344,6 +346,10 @@ def main() -> int:
     ap.add_argument("--first", type=int, help="with --data: only folds 0 .. N-1 of the K (when time allows no more)")
     ap.add_argument("--score-only", action="store_true", help="with --data: score the finished folds, train none")
     args = ap.parse_args()
+    args.name = args.name or Path(args.config).stem
+    if args.set and args.name == Path(args.config).stem and not args.table:
+        sys.exit("--set changes the config: give --name for its runs and JSON (e.g. --name "
+                 f"{args.name}-variant)")
     if args.table:
         print(markdown(json.loads(args.table.read_text())))
         return 0
@@ -405,12 +411,12 @@ def main() -> int:
 
 
 def finish(doc: dict, args, log, suffix: str = "") -> int:
-    """Summarise, write benchmarks/results/elpv/folds-<config>-k<K>.json, print the table."""
+    """Summarise, write benchmarks/results/elpv/folds-<name>-k<K>.json, print the table."""
     log(f"tau tuned on every fold's val predictions together (the value to fix in a config): {doc['tau_all_val']:g}")
     doc["summary"] = summarise(doc["per_fold"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix += f"-first{args.first}" if args.first and args.first < args.folds else ""
-    out = RESULTS / f"folds-{Path(args.config).stem}-k{args.folds}{suffix}.json"
+    out = RESULTS / f"folds-{args.name}-k{args.folds}{suffix}.json"
     out.write_text(json.dumps(doc, indent=1))
     print(markdown(doc))
     log(f"wrote {out}")

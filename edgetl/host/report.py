@@ -273,7 +273,8 @@ def _report_md(out: Path, cfg: Any, metrics: dict[str, Any], figures: dict[str, 
               f"optimizer {t.optimizer}, lr {t.lr:g}, weight decay {t.weight_decay:g}, schedule "
               f"{t.schedule.kind} (warmup {t.schedule.warmup_epochs:g} epochs), batch {t.batch_size}, "
               f"label smoothing {t.label_smoothing:g}, dropout {t.dropout:g}, class weights {t.class_weights}, "
-              f"augment {', '.join(cfg.augment) or 'none'}, seed {t.seed}"
+              + (f"logit adjustment {t.logit_adjustment:g}, " if t.logit_adjustment else "")
+              + f"augment {', '.join(cfg.augment) or 'none'}, seed {t.seed}"
               + (f", test-time views {', '.join(t.tta)}" if t.tta else "") + ".",
               "Files: model.pt2 (the module), model.pt (facts + state dict), config.yaml (resolved), metrics.json, history.csv, predictions_*.csv.", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")

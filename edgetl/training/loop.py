@@ -27,7 +27,7 @@ from edgetl.api import FitContext
 from edgetl.metrics import evaluate
 from edgetl.training import dist
 from edgetl.training.data import autocast, predict, progress_bar, to_device, use_channels_last
-from edgetl.training.optim import Schedule, class_weights, make_optimizer, soft_targets
+from edgetl.training.optim import Schedule, class_weights, make_optimizer, prior_shift, soft_targets
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgetl.training.datasets import Mix
@@ -270,6 +270,7 @@ class _Setup:
     sampler: dist.GlobalBatchSampler
     loader: Any
     weights: torch.Tensor | None
+    shift: torch.Tensor | None
     mix: Mix | None
     scaler: Any
     stopper: EarlyStopping
@@ -303,12 +304,14 @@ def _setup(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, Any]]
     k = len(ctx.labels)
     w = class_weights(train.labels, k, cfg.class_weights)
     weights = None if w is None else torch.tensor(w, dtype=torch.float32, device=device)
+    b = prior_shift(train.labels, k, cfg.logit_adjustment)
+    shift = None if b is None else torch.tensor(b, dtype=torch.float32, device=device)
     images = train is ctx.train  # batch mixing is for image batches
     names = [a for a in ctx.config.augment if a in ("mixup", "cutmix") and images]
     from edgetl.training.datasets import batch_mix
 
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
-    return _Setup(optimizer, schedule, sampler, loader, weights, batch_mix(names, k) if names else None, scaler,
+    return _Setup(optimizer, schedule, sampler, loader, weights, shift, batch_mix(names, k) if names else None, scaler,
                   EarlyStopping(cfg.early_stopping.metric, cfg.early_stopping.patience), epochs)
 
 
@@ -365,7 +368,7 @@ def _train_epoch(ctx: FitContext, model: torch.nn.Module, wrapped: torch.nn.Modu
                 s.optimizer.zero_grad(set_to_none=True)
             with autocast(device):
                 logits = wrapped(x)
-            per = loss_fn(logits, target)
+            per = loss_fn(logits if s.shift is None else logits.float() + s.shift, target)
             if s.weights is not None:
                 per = per * (target @ s.weights)
             loss = per.sum() * (world / global_n)
@@ -409,7 +412,8 @@ def fit_epochs(ctx: FitContext, model: torch.nn.Module, groups: list[dict[str, A
             :func:`param_groups` builds discriminative ones.
         tag: the strategy's name, recorded in history and the checkpoint.
         loss_fn: ``(logits (N, K), soft targets (N, K)) -> per-sample loss (N,)``;
-            default :func:`soft_cross_entropy`. Class weights apply on top.
+            default :func:`soft_cross_entropy`. Class weights apply on top;
+            ``train.logit_adjustment`` adds ``tau * log(prior)`` to the logits it gets.
         callbacks: :class:`Callback` objects (extra columns, extra losses).
         on_epoch_start: shorthand for a callback with only ``on_epoch_start``
             (0-based epoch -> extra history columns; may change ``requires_grad``).

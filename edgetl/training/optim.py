@@ -32,6 +32,24 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> np.ndarray
     return weights
 
 
+def prior_shift(labels: np.ndarray, num_classes: int, tau: float) -> np.ndarray | None:
+    """``tau * log(prior)`` (K,) added to the logits inside the loss: the logit-adjusted loss.
+
+    Menon et al., "Long-tail learning via logit adjustment" (ICLR 2021): training
+    on ``logits + tau * log(pi)`` makes the raw logits fit ``p(y|x) / pi^tau``, so
+    the model's own argmax already favours rare classes (tau 1: balanced
+    softmax, the Bayes rule for balanced accuracy). Unlike class weights it
+    does not scale any sample's gradient. A class absent from the training set
+    gets the prior of one image. ``tau == 0``: None.
+    """
+    if tau == 0:
+        return None
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_classes).astype(np.float64)
+    prior = np.maximum(counts, 1) / max(counts.sum(), 1)
+    shift: np.ndarray = tau * np.log(prior)
+    return shift
+
+
 def soft_targets(y: Any, num_classes: int, smoothing: float) -> Any:
     """One-hot (or already soft, from mixup) targets (N, K), label-smoothed."""
     import torch
