@@ -174,7 +174,7 @@ def test_logit_adjusted_loss_makes_the_models_own_argmax_find_the_rare_class():
     la_recall, la_acc = _fit_minority_recall(1.0)
     assert plain_recall < 0.5 and la_recall > plain_recall + 0.3, (plain_recall, la_recall)
     assert la_acc < plain_acc  # the trade: accuracy on the skewed mix is what it gives up
-    from edgetl.training.optim import prior_shift
+    from edgetl.training import prior_shift
 
     np.testing.assert_allclose(prior_shift(np.array([0, 0, 0, 1]), 3, 2.0), 2.0 * np.log([0.75, 0.25, 0.25]))
     assert prior_shift(np.array([0, 1]), 2, 0.0) is None

@@ -12,7 +12,7 @@ Loop:        :func:`fit_epochs`, :class:`TrainStep`, :func:`default_step`, :clas
              :class:`HistoryRow`, :data:`HIGHER_IS_BETTER`, :func:`val_row`,
              :func:`soft_cross_entropy`, :func:`set_bn_eval`
 Optimiser:   :func:`param_groups`, :func:`make_optimizer`, :class:`Schedule`,
-             :func:`class_weights`, :func:`soft_targets`
+             :func:`class_weights`, :func:`prior_shift`, :func:`soft_targets`
 Features:    :func:`extract_features`, :class:`StagePool`, :func:`gem`, :data:`VIEWS`, :data:`TTA_VIEWS`,
              :data:`SQUARE_TTA_VIEWS`, :func:`apply_view`, :class:`WithTTA`
 Partial:     :func:`split_backbone`, :class:`OnMaps`
@@ -57,7 +57,14 @@ if TYPE_CHECKING:  # the real types for type checkers; at run time each name loa
     )
     from edgetl.training.memory import PeakMemory, rss_bytes
     from edgetl.training.model import Classifier, build_classifier
-    from edgetl.training.optim import Schedule, class_weights, make_optimizer, param_groups, soft_targets
+    from edgetl.training.optim import (
+        Schedule,
+        class_weights,
+        make_optimizer,
+        param_groups,
+        prior_shift,
+        soft_targets,
+    )
     from edgetl.training.options import DefaultOptions, positive_float, resolve_freeze_bn, resolve_options
     from edgetl.training.partial import OnMaps, split_backbone
     from edgetl.training.view_names import SQUARE_TTA_VIEWS, TTA_VIEWS, VIEWS
@@ -68,7 +75,7 @@ _WHERE = {
     "fit_epochs": "loop", "TrainStep": "loop", "default_step": "loop", "Callback": "loop", "EarlyStopping": "loop", "HistoryRow": "loop",
     "HIGHER_IS_BETTER": "loop", "val_row": "loop", "soft_cross_entropy": "loop", "set_bn_eval": "loop",
     "param_groups": "optim", "make_optimizer": "optim", "Schedule": "optim", "class_weights": "optim",
-    "soft_targets": "optim",
+    "soft_targets": "optim", "prior_shift": "optim",
     "extract_features": "features", "StagePool": "features", "gem": "features",
     "split_backbone": "partial", "OnMaps": "partial",
     "VIEWS": "view_names", "TTA_VIEWS": "view_names", "SQUARE_TTA_VIEWS": "view_names",
@@ -88,7 +95,7 @@ __all__ = [
     "TTA_VIEWS", "TrainStep", "VIEWS", "WithTTA", "all_gather", "all_reduce_sum", "apply_view",
     "barrier", "batches", "broadcast", "build_classifier", "class_weights", "default_step", "dist_info",
     "extract_features", "fit_epochs", "gem", "is_main", "make_optimizer", "param_groups",
-    "positive_float", "predict", "resolve_freeze_bn", "resolve_options", "rss_bytes", "set_bn_eval",
+    "positive_float", "predict", "prior_shift", "resolve_freeze_bn", "resolve_options", "rss_bytes", "set_bn_eval",
     "shard", "soft_cross_entropy", "soft_targets", "split_backbone", "to_device", "val_row",
     "with_images",
 ]
