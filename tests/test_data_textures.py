@@ -86,14 +86,18 @@ def test_cli_writes_tiles_masks_and_readme(tmp_path):
 
 @pytest.mark.slow
 def test_lite0_linear_probe_sees_defects_global_statistics_do_not(tmp_path):
-    """The calibration of benchmarks/textures_calibration.py at half the default size (seed 0)."""
+    """The calibration of benchmarks/textures_calibration.py at 60 of the default 200 per class (seed 0).
+
+    At 60 (30 test images) the probe scored 0.90 and the statistics 0.57; at 100, 0.88 and 0.60 in
+    2.3x the time: the claim does not need the larger set, benchmarks/textures_calibration.py runs it whole.
+    """
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     spec = importlib.util.spec_from_file_location("textures_calibration",
                                                   ROOT / "benchmarks" / "textures_calibration.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    make_textures(tmp_path / "t", seed=0, per_class=100)
+    make_textures(tmp_path / "t", seed=0, per_class=60)
     result = bench.calibrate(tmp_path / "t")
     assert result["probe_acc"] >= 0.85, result
     assert result["stats_acc"] <= 0.70, result

@@ -9,6 +9,7 @@ DANN's gradient reversal and its dropped domain head.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections import Counter
 
@@ -86,7 +87,9 @@ def assert_verdict(baseline, report, source_only=False):
 
 
 # -- lora -----------------------------------------------------------------
-pytest.importorskip("peft")
+# a marker, not a module-level importorskip: that skipped the dann and intermediate-pretrain tests as well,
+# and imported peft (1.6 s) in every pytest-xdist worker's collection
+needs_peft = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed (edgetl[peft])")
 
 
 def lora_model(r=4, n_top=None, kinds=("conv", "linear")):
@@ -99,6 +102,7 @@ def lora_model(r=4, n_top=None, kinds=("conv", "linear")):
     return model, add_lora(model, names, r, 2 * r, 0.0), names, implied
 
 
+@needs_peft
 def test_lora_trains_only_adapters_and_head_with_the_count_the_config_implies():
     model, _, names, implied = lora_model(r=4, n_top=2)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -112,6 +116,7 @@ def test_lora_trains_only_adapters_and_head_with_the_count_the_config_implies():
     assert frozen and not any(p.requires_grad for p in frozen)
 
 
+@needs_peft
 def test_lora_skips_depthwise_convolutions_it_cannot_merge():
     _, _, names, _ = lora_model()
     from edgetl.plugins import get_manager  # noqa: F401
@@ -122,6 +127,7 @@ def test_lora_skips_depthwise_convolutions_it_cannot_merge():
     assert depthwise and not set(depthwise) & set(names)
 
 
+@needs_peft
 def test_lora_merged_and_unmerged_outputs_agree(tmp_path):
     from edgetl_builtins.transfer.lora import merge
 
@@ -143,6 +149,7 @@ def test_lora_merged_and_unmerged_outputs_agree(tmp_path):
     assert set(merged.state_dict()) == set(tiny_classifier()[1].state_dict())
 
 
+@needs_peft
 def test_lora_exported_graph_has_only_the_plain_models_ops(tmp_path):
     from edgetl_builtins.transfer.lora import merge
 
@@ -151,6 +158,7 @@ def test_lora_exported_graph_has_only_the_plain_models_ops(tmp_path):
     assert onnx_op_types(merged, tmp_path, "lora") == onnx_op_types(tiny_classifier(1)[1], tmp_path, "plain")
 
 
+@needs_peft
 def test_lora_trains_exports_serves_and_reports(tmp_path, data, agent):
     summary, metrics = train(tmp_path, data, "lora", {"r": 2, "alpha": 4, "groups": 3},
                              overrides=["train.baseline=linear-probe", "slices=[{name: cls, folder: 1}]"])
@@ -167,6 +175,7 @@ def test_lora_trains_exports_serves_and_reports(tmp_path, data, agent):
     exports_and_serves(agent, tmp_path / "run", tmp_path, val_images(data))
 
 
+@needs_peft
 def test_lora_bad_option_is_one_line(tmp_path, data):
     with pytest.raises(ConfigError, match=r"strategy.options.layers"):
         train(tmp_path, data, "lora", {"layers": ["attention"]})
