@@ -238,6 +238,9 @@ def cli_fold(args, k: int, log) -> dict:
                probs={"val": p_val, "test": p_test}, prior=np.array(train_counts) / sum(train_counts))
     metrics = json.loads((run / "metrics.json").read_text())
     out["best_epoch"], out["epochs_run"] = (metrics.get("best") or {}).get("epoch"), metrics.get("epochs_run")
+    # the run's probabilities are its saved model's: with threshold.policy balanced they are already adjusted,
+    # so "argmax" below is the run's own decision and each "tau=x" adjusts on top of it
+    out["run_decision"] = {k: (metrics.get("decision") or {}).get(k) for k in ("policy", "tau")}
     if args.int8:
         bundle = run / "int8.edgetl"
         if not bundle.is_file():
@@ -259,7 +262,7 @@ def cli_main(args, log, taus: list[float], floors: list[float | None]) -> dict:
         fits.append(fit)
         doc = {"fold": k, "n": {s: int(len(fit[f"y_{s}"])) for s in ("val", "test")}, "run": fit["run"],
                "best_epoch": fit["best_epoch"], "epochs_run": fit["epochs_run"], "train_seconds": fit["train_seconds"],
-               "load_average": fit["load_average"], "prior": fit["prior"].tolist(),
+               "load_average": fit["load_average"], "prior": fit["prior"].tolist(), "run_decision": fit["run_decision"],
                "decisions": decisions(fit["y_val"], fit["y_test"], fit["probs"], fit["prior"], taus,
                                       args.max_accuracy_drop, floors)}
         if "int8_test" in fit:
