@@ -14,7 +14,7 @@ unexport PYTHONDONTWRITEBYTECODE
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt scripts/system-packages.txt
+$(STAMP): pyproject.toml constraints.txt scripts/system-packages.txt scripts/install_venv.py
 	sh scripts/sysdeps.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade -c constraints.txt "pip>=24" uv

@@ -24,12 +24,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # pip option -> uv option; the values of a multi-valued pip option are separated by white space
 OPTIONS = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "find-links": "--find-links",
-           "constraint": "--constraint"}
+           "constraint": "--constraints"}
 
 
 def pip_config(python: str) -> dict[str, list[str]]:
     """pip's effective configuration, ``{option: [values]}``: ``PIP_*`` variables over the config files."""
     out = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True, check=True).stdout
+    return parse_pip_config(out)
+
+
+def parse_pip_config(out: str) -> dict[str, list[str]]:
+    """``pip config list``'s lines (``section.option='value'``) as ``{option: [values]}``, ``:env:`` winning."""
     files: dict[str, list[str]] = {}
     env: dict[str, list[str]] = {}
     for line in out.splitlines():
@@ -42,7 +47,7 @@ def pip_config(python: str) -> dict[str, list[str]]:
 
 def uv_command(python: str, extras: str, config: dict[str, list[str]]) -> list[str]:
     cmd = [str(Path(python).parent / "uv"), "pip", "install", "--quiet", "--python", python,
-           "--index-strategy", "unsafe-best-match", "--constraint", str(ROOT / "constraints.txt")]
+           "--index-strategy", "unsafe-best-match", "--constraints", str(ROOT / "constraints.txt")]
     for option, flag in OPTIONS.items():
         for value in config.get(option, []):
             cmd += [flag, value]
