@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml constraints.txt scripts/system-packages.txt scripts/ins
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade -c constraints.txt "pip>=24" uv
 # uv, from pip's own package sources: `make venv` took 37 s against 56 s with pip (fresh clones, uv's cache
-# empty; benchmarks/NOTES.md). It compiles no
-# bytecode: Python compiles what is imported, when it is (compiling all of torch up front took ~30 s)
+# empty; benchmarks/NOTES.md). It compiles no bytecode: Python compiles what is imported, when it is
+# (compiling all of torch up front took ~30 s)
 	$(BIN)/python scripts/install_venv.py all
 	touch $(STAMP)
 
