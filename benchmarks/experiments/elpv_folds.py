@@ -214,6 +214,25 @@ def edgetl_cli(*argv: str) -> tuple[float, str]:
     return time.perf_counter() - t0, proc.stdout
 
 
+def stale_fields(run: Path, config: str, overrides: list[str]) -> list[str]:
+    """The settings (dotted) in which a finished run's config.yaml differs from CONFIG with OVERRIDES: a run is
+    reused only when it is the run this sweep would train, so editing a shipped config cannot score old runs."""
+    import yaml
+
+    from edgetl.config import RunConfig, load_run_config
+
+    want = load_run_config(config, overrides).model_dump(mode="json")
+    have = RunConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+                                    ).model_dump(mode="json")
+
+    def diff(a, b, at: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for key in sorted(set(a) | set(b)) for d in diff(a.get(key), b.get(key), f"{at}{key}.")]
+        return [] if a == b else [at.rstrip(".")]
+
+    return diff(want, have, "")
+
+
 def cli_fold(args, k: int, log) -> dict:
     """Fold k through the real commands: train (reused when finished), optionally an INT8 bundle's test accuracy."""
     fold = Path(args.data).resolve() / f"fold-{k}"
@@ -222,11 +241,15 @@ def cli_fold(args, k: int, log) -> dict:
                  f"--folds {args.folds} --seed {args.seed}")
     run = WORK / "runs" / f"{args.name}-fold-{k}"
     timing = run / "sweep-seconds.json"
-    if not (run / "predictions_test.csv").is_file() or not timing.is_file():
+    overrides = [f"data.{s}={fold / s}" for s in ("train", "val", "test")] + args.set
+    finished = (run / "predictions_test.csv").is_file() and timing.is_file()
+    changed = stale_fields(run, args.config, overrides) if finished else []
+    if changed:
+        log(f"fold {k}: {run} was trained with another config ({', '.join(changed)}): training it again")
+    if not finished or changed:
         if args.score_only:
-            sys.exit(f"fold {k}: {run} has not finished training (--score-only)")
+            sys.exit(f"fold {k}: {run} has not finished training with this config (--score-only)")
         log(f"fold {k}: edgetl train {args.config} -> {run}")
-        overrides = [f"data.{s}={fold / s}" for s in ("train", "val", "test")] + args.set
         seconds, _ = edgetl_cli("train", args.config, *[a for o in overrides for a in ("--set", o)], "--out",
                                 str(run), "--force")
         timing.write_text(json.dumps({"train_seconds": seconds, "load_average": os.getloadavg()}))
