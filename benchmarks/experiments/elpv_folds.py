@@ -33,11 +33,15 @@ benchmarks/results/work/elpv-folds/runs/<config>-fold-<k> (a finished fold is
 reused, so an interrupted sweep resumes), and scores the same rules on the
 run's own ``predictions_val.csv`` / ``predictions_test.csv``. ``--int8`` also
 exports each fold's run to an INT8 ONNX bundle with the gate opened (the
-figure is measured, not gated) and evaluates the bundle on the fold's test:
+figure is measured, not gated) and evaluates the bundle on the fold's test;
+``--ship PROFILE`` exports it as a user would (``edgetl export RUN --target
+PROFILE``: the profile's precision chain through the default gate) and scores
+the bundle that ships, naming its precision per fold:
 
     edgetl data elpv data/elpv-folds --classes four --folds 5
     EDGETL_MALLOC=keep nice -n 10 python benchmarks/experiments/elpv_folds.py \
-        --config examples/defect_detection/elpv-four-partial.yaml --data data/elpv-folds --int8
+        --config examples/defect_detection/elpv-four-partial.yaml --data data/elpv-folds --int8 \
+        --ship x86-openvino-cpu --ship x86-onnxruntime-cpu
 """
 
 from __future__ import annotations
@@ -272,9 +276,24 @@ def cli_fold(args, k: int, log) -> dict:
                        "--min-agreement", "0", "--latency-runs", "0", "--out", str(bundle), "--json")
         _, text = edgetl_cli("eval", str(bundle), str(fold / "test"), "--json")
         doc = json.loads(text)
-        out["int8_test"] = {"accuracy": doc["accuracy"], "balanced_accuracy": doc["balanced_accuracy"],
-                            "recall": {c: doc["per_class"][c]["recall"] for c in FOUR}}
+        out["int8_test"] = scored(doc)
+    for target in args.ship:
+        bundle = run / f"shipped-{target}.edgetl"
+        if not bundle.is_file():
+            log(f"fold {k}: export --target {target}, the default gate (what the profile's chain ships)")
+            edgetl_cli("export", str(run), "--target", target, "--latency-runs", "0", "--out", str(bundle), "--json")
+        _, text = edgetl_cli("bundle", "inspect", str(bundle), "--json")
+        shipped = json.loads(text)
+        _, text = edgetl_cli("eval", str(bundle), str(fold / "test"), "--json")
+        out.setdefault("shipped_test", {})[target] = {**scored(json.loads(text)),
+                                                     "shipped": f"{shipped['precision']}/{shipped['method']}"}
     return out
+
+
+def scored(doc: dict) -> dict:
+    """Accuracy, balanced accuracy and grade recall of an ``edgetl eval --json`` answer."""
+    return {"accuracy": doc["accuracy"], "balanced_accuracy": doc["balanced_accuracy"],
+            "recall": {c: doc["per_class"][c]["recall"] for c in FOUR}}
 
 
 def cli_main(args, log, taus: list[float], floors: list[float | None]) -> dict:
@@ -290,6 +309,8 @@ def cli_main(args, log, taus: list[float], floors: list[float | None]) -> dict:
                                       args.max_accuracy_drop, floors)}
         if "int8_test" in fit:
             doc["decisions"]["INT8 bundle (the run's own decision)"] = fit["int8_test"]
+        for target, shipped in fit.get("shipped_test", {}).items():
+            doc["decisions"][f"bundle --target {target}, as the gate ships it"] = shipped
         per_fold.append(doc)
         a = doc["decisions"]["argmax"]
         log(f"fold {k}: argmax test {a['accuracy']:.3f} balanced {a['balanced_accuracy']:.3f} "
@@ -324,6 +345,8 @@ def summarise(per_fold: list[dict]) -> dict:
                           "min": float(v.min()), "max": float(v.max())}
         if "tau" in docs[0]:
             stats["tau"] = [d["tau"] for d in docs]
+        if "shipped" in docs[0]:
+            stats["shipped"] = [d["shipped"] for d in docs]
         out[rule] = stats
     return out
 
@@ -336,14 +359,59 @@ def markdown(doc: dict) -> str:
              f"fold 0 of K = {doc['folds']}" if used == 1 else f"folds 0-{used - 1} of K = {doc['folds']}")
     lines = [f"{doc['config']}, {which} (seed {doc['seed']}); mean ± sd over the folds, %; "
              "min over folds in brackets for the grades",
-             "", "| decision | test acc. | balanced acc. | recall p000 | p033 | p067 | p100 | tau per fold |",
+             "", "| decision | test acc. | balanced acc. | recall p000 | p033 | p067 | p100 | tau or bundle per fold |",
              "|---|---|---|---|---|---|---|---|"]
     for rule, st in s.items():
         cells = [pm(st["accuracy"]), pm(st["balanced_accuracy"])]
         cells += [f"{pm(st[f'recall_{c}'])} [{100 * st[f'recall_{c}']['min']:.0f}]" for c in FOUR]
-        taus = ", ".join(f"{t:g}" for t in st.get("tau", [])) or "–"
+        taus = ", ".join([f"{t:g}" for t in st.get("tau", [])] + st.get("shipped", [])) or "–"
         lines.append(f"| {rule} | " + " | ".join(cells) + f" | {taus} |")
     return "\n".join(lines)
+
+
+def plot_tradeoff(png: Path, jsons: list[Path], max_drop: float) -> None:
+    """Per saved sweep, its argmax and tau rows as one curve in the (balanced accuracy, accuracy) plane, mean
+    with ± sd bars over the folds; the region the middle-grade target asks for (balanced >= 0.55, accuracy at
+    most MAX_DROP below the best argmax of the sweeps drawn) shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not jsons:
+        sys.exit("--plot: name the sweeps' JSONs with --curves")
+    docs = [json.loads(j.read_text()) for j in jsons]
+    best = max(d["summary"]["argmax"]["accuracy"]["mean"] for d in docs)
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    ax.fill_between([55, 100], 100 * (best - max_drop), 100, color="tab:green", alpha=0.12,
+                    label=f"target: balanced ≥ 55 %, accuracy ≥ best argmax − {100 * max_drop:g}")
+    for j, doc in zip(jsons, docs, strict=True):
+        rows = [("argmax", 0.0)] + sorted(((r, float(r.split("=")[1])) for r in doc["summary"] if r.startswith("tau=")),
+                                          key=lambda rt: rt[1])
+        st = [doc["summary"][r] for r, _ in rows]
+        x = [100 * s_["balanced_accuracy"]["mean"] for s_ in st]
+        y = [100 * s_["accuracy"]["mean"] for s_ in st]
+        line = ax.errorbar(x, y, xerr=[100 * s_["balanced_accuracy"]["sd"] for s_ in st],
+                           yerr=[100 * s_["accuracy"]["sd"] for s_ in st], marker="o", ms=4, capsize=2, lw=1.2,
+                           elinewidth=0.6, label=f"{j.stem.removeprefix('folds-').rsplit('-k', 1)[0]} "
+                                                 f"(K = {doc['folds']})")
+        ax.annotate("argmax", (x[0], y[0]), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                    color=line[0].get_color())
+        for (_, tau), xi, yi in zip(rows[1:], x[1:], y[1:], strict=True):
+            if tau in (0.4, 1.0):
+                ax.annotate(f"τ {tau:g}", (xi, yi), textcoords="offset points", xytext=(4, -9), fontsize=7,
+                            color=line[0].get_color())
+    ax.set_xlim(left=48, right=66)
+    ax.set_ylim(bottom=58, top=83)
+    ax.set_xlabel("balanced accuracy, % (mean ± sd over the folds)")
+    ax.set_ylabel("test accuracy, %")
+    ax.set_title("ELPV four grades, disjoint test folds: argmax, then class-prior adjustment with rising τ", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
 def pm(st: dict) -> str:
@@ -366,9 +434,15 @@ def main() -> int:
     ap.add_argument("--name", help="names the runs and the JSON (default: the config's stem); give one with --set, "
                     "e.g. elpv-four-partial-la0.5, so a variant neither reuses nor overwrites the config's runs")
     ap.add_argument("--table", type=Path, help="print the table of a saved JSON and exit")
+    ap.add_argument("--plot", type=Path, metavar="PNG", help="draw the trade-off curves of the saved JSONs given "
+                    "as --curves (accuracy against balanced accuracy over tau, mean ± sd over the folds) and exit")
+    ap.add_argument("--curves", type=Path, nargs="+", default=[], metavar="JSON", help="with --plot")
     ap.add_argument("--data", help="folds written by edgetl data elpv DATA --classes four --folds K: train each "
                     "through edgetl train (any strategy; the only way for those other than linear-probe)")
     ap.add_argument("--int8", action="store_true", help="with --data: also each fold's INT8 bundle's test accuracy")
+    ap.add_argument("--ship", action="append", default=[], metavar="PROFILE",
+                    help="with --data: also export each fold's run with --target PROFILE through the default gate "
+                    "(e.g. x86-openvino-cpu) and score the bundle the chain ships on the fold's test; repeatable")
     ap.add_argument("--first", type=int, help="with --data: only folds 0 .. N-1 of the K (when time allows no more)")
     ap.add_argument("--score-only", action="store_true", help="with --data: score the finished folds, train none")
     args = ap.parse_args()
@@ -378,6 +452,10 @@ def main() -> int:
                  f"{args.name}-variant)")
     if args.table:
         print(markdown(json.loads(args.table.read_text())))
+        return 0
+    if args.plot:
+        plot_tradeoff(args.plot, args.curves, args.max_accuracy_drop)
+        print(f"wrote {args.plot}")
         return 0
     import torch
     from edgetl_builtins.strategies.linear_probe import LinearProbe, cached_views
