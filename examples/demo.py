@@ -126,6 +126,11 @@ def chosen_precision(fmt: str, bundle: Path) -> None:
     gate = doc["gate"] or {}
     print(f"{fmt} bundle: {chosen}, drop {gate.get('drop_points', 0):+.2f} points on val, agreement "
           f"{gate.get('agreement', 0):.3f}", flush=True)
+    recall = gate.get("recall") or {}  # reported by the gate, not gated: a rare class can lose what the rest keep
+    if recall:
+        print("  recall per class on val, FP32 -> this bundle: " + ", ".join(
+            f"{label} {r['reference']:.0%} -> {r['exported']:.0%} (n={r['n']})" for label, r in recall.items()),
+            flush=True)
     for a in failed:
         print(f"  {a['precision']}/{a['method']} did not pass the gate: {a.get('reason') or 'failed'}", flush=True)
     if failed:

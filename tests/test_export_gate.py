@@ -50,6 +50,31 @@ def test_gate_fails_on_agreement_even_when_accuracy_is_unchanged():
     assert not result["passed"] and "agreement 94/100 = 0.9400 < 0.98" in result["reason"]
 
 
+def test_gate_reports_each_class_recall_and_names_the_rare_class_it_passes_losing():
+    """Four grades, 200 images, 8 of the rare one: 2 of those 8 flip to the commonest grade. Accuracy drops
+    1 point and agreement is 0.99, so the gate passes; the recall figures and the export's line show the loss."""
+    from edgetl.host.export import _attempt_line
+
+    four = ["p000", "p033", "p067", "p100"]
+    y = np.array([0] * 120 + [1] * 32 + [2] * 8 + [3] * 40)
+    ref = np.full((len(y), 4), 0.05)
+    ref[np.arange(len(y)), y] = 0.85
+    exp = ref.copy()
+    rare = np.flatnonzero(y == 2)[:2]
+    exp[rare] = [0.85, 0.05, 0.05, 0.05]
+    result = gate(exp, ref, y, task="classify", labels=four, threshold=None, positive=None,
+                  max_drop_points=1.0, min_agreement=0.98)
+    assert result["passed"] and result["agreement"] == pytest.approx(0.99)
+    assert result["recall"]["p067"] == {"n": 8, "reference": 1.0, "exported": 0.75}
+    assert result["recall"]["p000"] == {"n": 120, "reference": 1.0, "exported": 1.0}
+    line = _attempt_line({"precision": "int8", "method": "ptq", **result})
+    assert "PASS" in line and "class recall lower than FP32 on val: p067 1.00 -> 0.75 (n=8)" in line
+    assert "p000" not in line.split("class recall")[1]  # only the classes that lost recall are named
+    same = gate(ref.copy(), ref, y, task="classify", labels=four, threshold=None, positive=None,
+                max_drop_points=1.0, min_agreement=0.98)
+    assert "class recall" not in _attempt_line({"precision": "fp32", "method": "default", **same})
+
+
 def test_gate_fails_on_a_drop_beyond_the_budget():
     y = np.array([0, 1] * 100)
     exp_pred = list(y)

@@ -32,6 +32,7 @@ from edgetl.api import (
 )
 from edgetl.errors import ExportError, GateFailedError, MissingDependencyError, UsageError
 from edgetl.host.bundle_build import build_and_write, draft_manifest
+from edgetl.host.gate import recall_losses
 from edgetl.manifest import Manifest, as_manifest
 from edgetl.tracking import track_export
 
@@ -564,6 +565,8 @@ def _attempt_line(a: dict[str, Any]) -> str:
     text = (f"{head}  {a['metric']} {a['reference_metric']:.4f} -> {a['exported_metric']:.4f} "
             f"(drop {a['drop_points']:+.2f} pt), agreement {a['agreement']:.3f} [{lo:.3f}, {hi:.3f}], n={a['n']}")
     text += f"  ({a['reason']})" if a.get("reason") else ""
+    if lost := recall_losses(a.get("recall")):  # reported, not gated (edgetl.host.gate)
+        text += f"\n          class recall lower than FP32 on val: {lost}"
     for name, rows in (a.get("slices") or {}).items():  # --gate-slices: one line per attribute
         text += f"\n          slices of {name}: " + ", ".join(
             f"{r['slice']} {'pass' if r['passed'] else 'FAIL'} (drop {r['drop_points']:+.2f} pt, agreement "

@@ -16,6 +16,12 @@ is a tie. If the exported model decides it the other way, that is not a flip
 Every other changed decision is a flip. Agreement is a count: with ``n``
 images the gate needs ``ceil(min_agreement * n)`` of them unflipped, so below
 ``1 / (1 - min_agreement)`` images (50 at 0.98) a single real flip fails.
+
+The figures also carry each class's recall under both models (``recall``),
+reported and not gated: an INT8 model can keep the accuracy and the agreement
+bound while the few changed decisions all land on one rare class (on ELPV,
+the p067 grade), and a class with a handful of validation images cannot be
+bounded without failing on noise.
 """
 
 from __future__ import annotations
@@ -81,6 +87,8 @@ def gate(exported: np.ndarray, reference: np.ndarray, y: np.ndarray, *, task: st
     agreement = same / max(1, n)
     drop = (ref_value - exp_value) * 100.0
     diff = float(np.max(np.abs(exported - reference))) if n else 0.0
+    recall = (class_recall(decide(reference, labels, threshold, positive), decided, y, labels)
+              if name == "accuracy" else None)
     reasons = []
     if drop > max_drop_points + 1e-9:
         reasons.append(f"{name} drops {drop:.2f} points > {max_drop_points:g}")
@@ -92,10 +100,29 @@ def gate(exported: np.ndarray, reference: np.ndarray, y: np.ndarray, *, task: st
         "passed": not reasons, "reason": "; ".join(reasons) or None, "n": n, "metric": name,
         "reference_metric": ref_value, "exported_metric": exp_value, "exported_metric_ci95": exp_ci,
         "drop_points": drop, "agreement": agreement, "agreement_ci95": list(wilson_interval(same, n)),
-        "ties": int(tie.sum()), "tie_margin": tie_margin, "max_abs_diff": diff,
+        "ties": int(tie.sum()), "tie_margin": tie_margin, "max_abs_diff": diff, "recall": recall,
         "warning": (f"only {n} validation images: the 95 % intervals are wide (want >= {SMALL_N})"
                     if n < SMALL_N else None),
     }
+
+
+def class_recall(reference: np.ndarray, exported: np.ndarray, y: np.ndarray,
+                 labels: list[str]) -> dict[str, dict[str, Any]]:
+    """``{label: {n, reference, exported}}``: each class's recall under the two models' decisions (class
+    indices), for the classes present in ``y``."""
+    out = {}
+    for i, label in enumerate(labels):
+        mine = y == i
+        if mine.any():
+            out[label] = {"n": int(mine.sum()), "reference": float((reference[mine] == i).mean()),
+                          "exported": float((exported[mine] == i).mean())}
+    return out
+
+
+def recall_losses(recall: dict[str, dict[str, Any]] | None) -> str:
+    """The classes the exported model recalls less often than FP32, as one line ("" when none)."""
+    return ", ".join(f"{label} {r['reference']:.2f} -> {r['exported']:.2f} (n={r['n']})"
+                     for label, r in (recall or {}).items() if r["exported"] < r["reference"])
 
 
 SLICE_KEYS = ("n", "passed", "reason", "metric", "reference_metric", "exported_metric", "exported_metric_ci95",
