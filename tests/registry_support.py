@@ -94,9 +94,10 @@ class RegistryServer:
 
 
 class Mosquitto:
-    """mosquitto on 127.0.0.1 with a password file and no anonymous access."""
+    """mosquitto on 127.0.0.1 with a password file and no anonymous access; ``tls``: its listener speaks
+    TLS only, with a certificate for 127.0.0.1 that is its own CA (``self.ca``, what a client trusts)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, tls: bool = False):
         self.binary = require_program("mosquitto", "mosquitto")
         passwd = require_program("mosquitto_passwd", "mosquitto")
         self.root = Path(root)
@@ -107,7 +108,14 @@ class Mosquitto:
         subprocess.run([passwd, "-b", str(self.passwords), USER, PASSWORD], check=True, capture_output=True)
         self.passwords.chmod(0o600)
         self.config = self.root / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous false\n"
+        self.ca: Path | None = None
+        tls_lines = ""
+        if tls:
+            from agent_support import self_signed_cert
+
+            self.ca, key = self_signed_cert(self.root)
+            tls_lines = f"cafile {self.ca}\ncertfile {self.ca}\nkeyfile {key}\n"
+        self.config.write_text(f"listener {self.port} 127.0.0.1\n{tls_lines}allow_anonymous false\n"
                                f"password_file {self.passwords}\npersistence false\n"
                                # as root mosquitto would switch to its own user, who cannot read pytest's tmp
                                + ("user root\n" if os.geteuid() == 0 else ""))
