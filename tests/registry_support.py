@@ -43,9 +43,11 @@ def docker_config(path: Path, host: str, user: str = USER, password: str = PASSW
 
 
 class RegistryServer:
-    """``docker-registry serve CONFIG`` on 127.0.0.1 with htpasswd (bcrypt) auth and deletes enabled."""
+    """``docker-registry serve CONFIG`` on 127.0.0.1 with htpasswd (bcrypt) auth and deletes enabled;
+    ``token``: Bearer-token auth by that :class:`TokenServer` instead of htpasswd."""
 
-    def __init__(self, root: Path, port: int | None = None, tls: tuple[Path, Path] | None = None):
+    def __init__(self, root: Path, port: int | None = None, tls: tuple[Path, Path] | None = None,
+                 token: TokenServer | None = None):
         self.binary = require_program("docker-registry", "docker-registry")
         htpasswd = require_program("htpasswd", "apache2-utils")
         self.root = Path(root)
@@ -59,8 +61,10 @@ class RegistryServer:
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n  delete:\n    enabled: true\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n"
-            + (f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else "") +
-            f"auth:\n  htpasswd:\n    realm: edgetl-test\n    path: {self.root / 'htpasswd'}\n")
+            + (f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else "")
+            + (f"auth:\n  token:\n    realm: {token.realm}\n    service: {token.SERVICE}\n"
+               f"    issuer: {token.ISSUER}\n    rootcertbundle: {token.cert}\n" if token else
+               f"auth:\n  htpasswd:\n    realm: edgetl-test\n    path: {self.root / 'htpasswd'}\n"))
         self.auth_file = docker_config(self.root / "docker-config.json", self.host)
         self.proc: subprocess.Popen | None = None
         self.log = self.root / "registry.log"
@@ -209,3 +213,96 @@ class SlowProxy:
         self.closed = True
         self.server.close()
         self.cut()
+
+
+class TokenServer:
+    """A registry token service on a free loopback port (the Docker/OCI token flow that Harbor, GHCR and
+    Docker Hub speak): ``GET /token?service=…&scope=repository:NAME:ACTIONS`` with Basic ``USER:PASSWORD``
+    answers a JWT (RS256, its certificate in the ``x5c`` header) granting those actions; anything else
+    is a 401. ``scopes`` records every scope granted; while ``answering`` is clear a request waits (up to
+    30 s) without an answer. The registry trusts ``self.cert`` (``RegistryServer(..., token=server)``)."""
+
+    SERVICE, ISSUER = "edgetl-test-registry", "edgetl-test-token-issuer"
+
+    def __init__(self, root: Path):
+        import datetime
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.ISSUER)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(self.key, hashes.SHA256()))
+        self.cert = Path(root) / "token-signer.pem"
+        self.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self._x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+        self.scopes: list[str] = []
+        self.refused = 0
+        self.answering = threading.Event()
+        self.answering.set()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                from urllib.parse import parse_qs, urlparse
+
+                server.answering.wait(30)
+                query = parse_qs(urlparse(self.path).query)
+                basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+                if self.headers.get("Authorization") != f"Basic {basic}" or query.get("service") != [server.SERVICE]:
+                    server.refused += 1
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                body = json.dumps({"token": server.token(query.get("scope", [])), "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def token(self, scopes: list[str]) -> str:
+        """A JWT granting each ``repository:NAME:ACTIONS`` scope asked for."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        access = []
+        for scope in scopes:
+            for one in scope.split(" "):
+                kind, _, rest = one.partition(":")
+                repo, _, actions = rest.rpartition(":")
+                access.append({"type": kind, "name": repo, "actions": [a for a in actions.split(",") if a]})
+                self.scopes.append(one)
+        now = int(time.time())
+
+        def part(doc: dict) -> str:
+            return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+        head = part({"typ": "JWT", "alg": "RS256", "x5c": [self._x5c]})
+        claims = part({"iss": self.ISSUER, "sub": USER, "aud": self.SERVICE, "exp": now + 300, "nbf": now - 10,
+                       "iat": now, "jti": os.urandom(8).hex(), "access": access})
+        signature = self.key.sign(f"{head}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{head}.{claims}." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+
+    def __enter__(self) -> TokenServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

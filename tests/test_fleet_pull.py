@@ -1,6 +1,7 @@
-"""Fleets that pull: `edgetl push` to a real registry (CNCF distribution, htpasswd auth), agents in
-pull mode, status over a real mosquitto (password auth), `edgetl fleet promote/status`, and the
-faults: each leaves the old model serving and nothing half-installed."""
+"""Fleets that pull: `edgetl push` to a real registry (CNCF distribution, htpasswd auth; at the end
+Bearer-token auth with a token service started here), agents in pull mode, status over a real
+mosquitto (password auth), `edgetl fleet promote/status`, and the faults: each leaves the old model
+serving and nothing half-installed."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import pytest
 from agent_support import ProcessAgent, ThreadAgent, bundles, install, resign, serving, write_token
 from click.testing import CliRunner
 from net_helpers import free_port
-from registry_support import Mosquitto, RegistryServer, SlowProxy, docker_config
+from registry_support import Mosquitto, RegistryServer, SlowProxy, TokenServer, docker_config
 
 from edgetl.cli import cli
-from edgetl.device.oci import OciRef, Registry
+from edgetl.device.oci import OciRef, Registry, RegistryError
 from edgetl.device.pull import PullConfig, Puller, start_pull
 
 
@@ -425,3 +426,59 @@ def test_bundle_push_in_chunks_is_pulled_byte_for_byte(tmp_path, b, registry):
     layer = bundle_layer(client.manifest()[2], client.ref)
     client.download_blob(layer, tmp_path / "got.part", cap=1 << 30)
     assert (tmp_path / "got.part").read_bytes() == b.v1.read_bytes()
+
+
+# -- a registry with Bearer-token auth (the Docker/OCI token flow of Harbor, GHCR, Docker Hub) -----------------
+@pytest.fixture(scope="module")
+def token_registry(tmp_path_factory):
+    """CNCF distribution configured for token auth, and the token service it trusts, started here."""
+    root = tmp_path_factory.mktemp("token-registry")
+    with TokenServer(root) as tokens, RegistryServer(root / "registry", token=tokens) as registry:
+        yield registry, tokens
+
+
+def test_token_registry_push_and_pull_through_the_token_flow(token_registry, b, tmp_path):
+    registry, tokens = token_registry
+    target = registry.url("line7/cam", "canary")
+    code, out = run("push", b.v1, target, "--insecure", "--registry-auth", registry.auth_file, "--json")
+    assert code == 0, out
+    digest = json.loads(out)["digest"]
+    assert any(s.startswith("repository:line7/cam:") and "push" in s for s in tokens.scopes), tokens.scopes
+    # the device side: the tag's digest, then a pull that installs and serves it
+    ref = OciRef.parse(target)
+    assert Registry(ref, insecure=True, auth_file=registry.auth_file).head_digest() == digest
+    with ThreadAgent(tmp_path / "dev", [b.pub]) as agent:
+        puller = Puller(agent.agent, PullConfig(ref=ref, insecure=True, auth_file=str(registry.auth_file),
+                                                timeout=5))
+        assert puller.poll_once() == "installed", puller.last_error
+        with agent.client() as client:
+            assert serving(client) == b.v1_version
+        assert puller.poll_once() == "unchanged"
+    assert "repository:line7/cam:pull" in tokens.scopes
+
+
+def test_token_registry_refuses_wrong_credentials_in_one_line(token_registry, b, tmp_path):
+    registry, tokens = token_registry
+    wrong = docker_config(tmp_path / "wrong.json", registry.host, password="not-the-password")
+    before = tokens.refused
+    with pytest.raises(RegistryError, match=r"refused the credentials \(HEAD manifest canary: 401\)"):
+        Registry(OciRef.parse(registry.url("line7/cam", "canary")), insecure=True, auth_file=wrong).head_digest()
+    assert tokens.refused > before
+    code, out = run("push", b.v1, registry.url("line7/cam", "canary"), "--insecure", "--registry-auth", wrong)
+    assert code != 0 and "refused the credentials" in out and "Traceback" not in out
+
+
+def test_token_registry_a_silent_token_service_is_an_error_within_the_timeout(token_registry):
+    """oras asks for the token without a timeout; a token service that accepts and never answers must not
+    hold the device's poll: one clear error after ``timeout`` seconds, and the next poll works."""
+    registry, tokens = token_registry
+    ref = OciRef.parse(registry.url("line7/cam", "canary"))
+    tokens.answering.clear()
+    try:
+        start = time.monotonic()
+        with pytest.raises(RegistryError, match=rf"token service {tokens.realm}: no answer within 1 s"):
+            Registry(ref, insecure=True, auth_file=registry.auth_file, timeout=1).head_digest()
+        assert time.monotonic() - start < 10
+    finally:
+        tokens.answering.set()
+    Registry(ref, insecure=True, auth_file=registry.auth_file, timeout=5).ping()

@@ -343,6 +343,16 @@ def _make_client(host: str, insecure: bool, tls_verify: bool | str, credentials,
     class _Client(base):  # type: ignore[misc, valid-type]
         def __init__(self):
             super().__init__(hostname=host, insecure=insecure, tls_verify=tls_verify, auth_backend="token")
+            # oras's token request (the auth backend shares this session) sets no timeout: a token service
+            # that accepts and never answers would hold a device's poll for good. Every request of the
+            # session gets ours unless it names one.
+            plain = self.session.request
+
+            def with_timeout(method, url, **kwargs):
+                kwargs.setdefault("timeout", timeout)
+                return plain(method, url, **kwargs)
+
+            self.session.request = with_timeout  # type: ignore[method-assign]
             self._verify, self._auth_header = tls_verify, {}
             self._basic, self.sent = None, 0
             if credentials:
@@ -351,6 +361,8 @@ def _make_client(host: str, insecure: bool, tls_verify: bool | str, credentials,
 
         def do_request(self, url, method="GET", data=None, headers=None, json=None, stream=False):
             """oras's request without its retry loop and with a timeout; Basic or Bearer on a 401."""
+            import requests
+
             headers = dict(headers or {})
             headers.update(self._auth_header)
             send = dict(method=method, url=url, data=data, json=json, stream=stream, verify=self._verify,
@@ -367,7 +379,14 @@ def _make_client(host: str, insecure: bool, tls_verify: bool | str, credentials,
                 self._auth_header = {"Authorization": f"Basic {self._basic}"}
             else:  # Bearer: oras's token flow (a refused token is fetched again once)
                 bare = {k: v for k, v in headers.items() if k != "Authorization"}
-                new, changed = self.auth.authenticate_request(response, bare, refresh=retried)
+                try:
+                    new, changed = self.auth.authenticate_request(response, bare, refresh=retried)
+                except requests.exceptions.RequestException as exc:
+                    realm = re.search(r'realm="([^"]+)"', challenge)
+                    where = realm.group(1) if realm else "the registry's token service"
+                    why = (f"no answer within {timeout:g} s" if isinstance(exc, requests.exceptions.Timeout)
+                           else f"cannot be reached ({_short(exc)})")
+                    raise RegistryError(f"{host}: token service {where}: {why}") from None
                 if not changed or "Authorization" not in new:
                     return response
                 self._auth_header = {"Authorization": new["Authorization"]}
