@@ -24,8 +24,12 @@ $(STAMP): pyproject.toml constraints.txt scripts/system-packages.txt scripts/ins
 	$(BIN)/python scripts/install_venv.py all
 	touch $(STAMP)
 
+# --max-worker-restart=0: a worker that dies (a native crash in a library) ends the run at once, naming the
+# test it died in; with restarts, pytest-xdist 3.8's loadfile scheduling can wait forever for the
+# replacement (pytest-dev/pytest-xdist#784, #1378)
 test: $(STAMP)
-	$(BIN)/python -m pytest -n auto --maxprocesses=4 --dist loadfile --no-loadscope-reorder --durations=15 -q
+	$(BIN)/python -m pytest -n auto --maxprocesses=4 --dist loadfile --no-loadscope-reorder --max-worker-restart=0 \
+		--durations=15 -q
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

@@ -43,7 +43,11 @@ class FakeCamera:
         if self.loss:
             args += ["-r", str(self.loss)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:  # not left running: it would hold UDP 3956 against every later camera
+            self.kill()
+            raise
         return self
 
     def _wait_ready(self, timeout: float = 10.0) -> None:

@@ -331,7 +331,8 @@ class GenicamStream(FrameStream):
             for _ in range(int(options.get("buffers", 8))):
                 self.stream.push_buffer(self.arv.Buffer.new_allocate(payload))
             self._lost_signal = threading.Event()
-            self.cam.get_device().connect("control-lost", lambda *_: self._lost_signal.set())
+            device = self.cam.get_device()  # Aravis emits control-lost from its heartbeat thread
+            self._lost_handler = (device, device.connect("control-lost", lambda *_: self._lost_signal.set()))
             self.cam.start_acquisition()
         except Exception:
             self._release()
@@ -447,7 +448,16 @@ class GenicamStream(FrameStream):
         """Stop the acquisition and let go of the camera. A camera that stopped answering gets no stop
         command, and is let go of in a thread: each command to it, and the control release that
         Aravis sends when the device object goes, waits out the GVCP timeout and retries (about 5 s
-        each), which would only delay ``degraded`` and the reconnect."""
+        each), which would only delay ``degraded`` and the reconnect. The control-lost handler is
+        disconnected first: Aravis's heartbeat thread must not call into a Python closure whose
+        camera is being let go of in another thread."""
+        handler, self._lost_handler = getattr(self, "_lost_handler", None), None
+        if handler is not None:
+            device, handler_id = handler
+            try:
+                device.disconnect(handler_id)
+            except Exception:  # already gone with its device: nothing left to call us
+                pass
         if getattr(self, "_unreachable", False):
             held = [getattr(self, "stream", None), getattr(self, "cam", None)]  # the only references left
             self.stream = self.cam = None
