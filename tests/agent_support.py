@@ -182,8 +182,9 @@ def _proc_status(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
-def self_signed_cert(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 (and localhost) and its key, PEM; the cert is its own CA."""
+def self_signed_cert(folder: Path, name: str = "edgetl-test-agent") -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (and localhost) and its key, PEM; the cert is its own CA. Give two
+    certificates one peer must tell apart different ``name``s: a verifier finds an issuer by its name."""
     import datetime
     import ipaddress
 
@@ -193,9 +194,9 @@ def self_signed_cert(folder: Path) -> tuple[Path, Path]:
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgetl-test-agent")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),

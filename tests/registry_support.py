@@ -99,9 +99,11 @@ class RegistryServer:
 
 class Mosquitto:
     """mosquitto on 127.0.0.1 with a password file and no anonymous access; ``tls``: its listener speaks
-    TLS only, with a certificate for 127.0.0.1 that is its own CA (``self.ca``, what a client trusts)."""
+    TLS only, with a certificate for 127.0.0.1 that is its own CA (``self.ca``, what a client trusts);
+    ``client_certs``: it also wants a client certificate it trusts (mutual TLS): ``self.client_cert`` and
+    ``self.client_key`` are one."""
 
-    def __init__(self, root: Path, tls: bool = False):
+    def __init__(self, root: Path, tls: bool = False, client_certs: bool = False):
         self.binary = require_program("mosquitto", "mosquitto")
         passwd = require_program("mosquitto_passwd", "mosquitto")
         self.root = Path(root)
@@ -118,7 +120,14 @@ class Mosquitto:
             from agent_support import self_signed_cert
 
             self.ca, key = self_signed_cert(self.root)
-            tls_lines = f"cafile {self.ca}\ncertfile {self.ca}\nkeyfile {key}\n"
+            trusted = self.ca
+            if client_certs:  # the broker trusts its own certificate and the client's (self-signed) one
+                (self.root / "client").mkdir(exist_ok=True)
+                self.client_cert, self.client_key = self_signed_cert(self.root / "client", "edgetl-test-device")
+                trusted = self.root / "trusted.pem"
+                trusted.write_bytes(self.ca.read_bytes() + self.client_cert.read_bytes())
+            tls_lines = (f"cafile {trusted}\ncertfile {self.ca}\nkeyfile {key}\n"
+                         + ("require_certificate true\n" if client_certs else ""))
         self.config.write_text(f"listener {self.port} 127.0.0.1\n{tls_lines}allow_anonymous false\n"
                                f"password_file {self.passwords}\npersistence false\n"
                                # as root mosquitto would switch to its own user, who cannot read pytest's tmp

@@ -56,7 +56,8 @@ def fleet_group() -> None:
 @click.option("--wait", "wait_s", default="1s", show_default=True,
               help="How long to listen after the last retained status arrives.")
 @json_option
-def status_cmd(status_mqtt, status_mqtt_auth, status_mqtt_ca, status_topic_prefix, channel, wait_s, as_json) -> None:
+def status_cmd(status_mqtt, status_mqtt_auth, status_mqtt_ca, status_mqtt_cert, status_mqtt_key, status_topic_prefix,
+               channel, wait_s, as_json) -> None:
     """Every device's channel, serving digest, state and last seen (their retained MQTT status)."""
     import time
 
@@ -65,7 +66,8 @@ def status_cmd(status_mqtt, status_mqtt_auth, status_mqtt_ca, status_topic_prefi
     from edgetl.cli.common import console
     from edgetl.deploy.fleet import Broker, fleet_status
 
-    rows = fleet_status(Broker(status_mqtt, status_mqtt_auth, status_mqtt_ca, status_topic_prefix),
+    rows = fleet_status(Broker(status_mqtt, status_mqtt_auth, status_mqtt_ca, status_topic_prefix,
+                               cert=status_mqtt_cert, key=status_mqtt_key),
                         quiet=_seconds(wait_s), channel=channel)
     if as_json:
         emit_json({"devices": rows})
@@ -98,7 +100,8 @@ def status_cmd(status_mqtt, status_mqtt_auth, status_mqtt_ca, status_topic_prefi
 @with_options(REGISTRY_OPTIONS)
 @json_option
 def promote_cmd(repo, source, target, require, soak, max_error_rate, timeout_s, status_mqtt, status_mqtt_auth,
-                status_mqtt_ca, status_topic_prefix, insecure, registry_auth, registry_ca, as_json) -> None:
+                status_mqtt_ca, status_mqtt_cert, status_mqtt_key, status_topic_prefix, insecure, registry_auth,
+                registry_ca, as_json) -> None:
     """Move tag --to to the bundle --from names, once --require devices on --from run it healthy.
 
     \b
@@ -109,7 +112,8 @@ def promote_cmd(repo, source, target, require, soak, max_error_rate, timeout_s, 
 
     try:
         done = promote(repo, source, target, require,
-                       Broker(status_mqtt, status_mqtt_auth, status_mqtt_ca, status_topic_prefix),
+                       Broker(status_mqtt, status_mqtt_auth, status_mqtt_ca, status_topic_prefix,
+                              cert=status_mqtt_cert, key=status_mqtt_key),
                        soak=_seconds(soak), max_error_rate=max_error_rate, timeout=_seconds(timeout_s),
                        insecure=insecure, ca=registry_ca, auth_file=registry_auth, log=info)
     except PromotionError as exc:

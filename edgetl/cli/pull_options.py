@@ -26,6 +26,10 @@ def broker_options(required: bool, help_broker: str) -> tuple[Any, ...]:
         click.option("--status-mqtt-auth", type=click.Path(dir_okay=False),
                      help="File with the MQTT user (first line) and password (second line)."),
         click.option("--status-mqtt-ca", type=click.Path(dir_okay=False), help="CA certificate (PEM): MQTT over TLS."),
+        click.option("--status-mqtt-cert", type=click.Path(dir_okay=False),
+                     help="Client certificate (PEM, with its key unless --status-mqtt-key): mutual TLS."),
+        click.option("--status-mqtt-key", type=click.Path(dir_okay=False),
+                     help="Private key (PEM) of --status-mqtt-cert."),
         click.option("--status-topic-prefix", default="edgetl", show_default=True,
                      help="Status topic: PREFIX/devices/DEVICE_ID/status."),
     )
@@ -59,6 +63,7 @@ pull_options = with_options(PULL_OPTIONS)
 def pull_settings(pull_ref: str | None, pull_interval: str, pull_insecure: bool, registry_auth: str | None,
                   registry_ca: str | None, pull_allow_downgrade: bool, device_id: str | None,
                   status_mqtt: str | None, status_mqtt_auth: str | None, status_mqtt_ca: str | None,
+                  status_mqtt_cert: str | None, status_mqtt_key: str | None,
                   status_topic_prefix: str) -> tuple[Any, dict[str, Any] | None]:
     """(PullConfig or None, StatusPublisher arguments or None) from the options, checked."""
     from edgetl.errors import UsageError
@@ -76,5 +81,6 @@ def pull_settings(pull_ref: str | None, pull_interval: str, pull_insecure: bool,
     status = None
     if status_mqtt:
         status = {"broker": status_mqtt, "device_id": device_id, "prefix": status_topic_prefix,
-                  "auth_file": status_mqtt_auth, "ca": status_mqtt_ca}
+                  "auth_file": status_mqtt_auth, "ca": status_mqtt_ca, "cert": status_mqtt_cert,
+                  "key": status_mqtt_key}
     return config, status

@@ -38,6 +38,8 @@ class Broker:
     auth_file: str | None = None
     ca: str | None = None
     prefix: str = DEFAULT_PREFIX
+    cert: str | None = None  # client certificate (PEM) and key, for a broker that wants mutual TLS
+    key: str | None = None
 
 
 class StatusWatch:
@@ -52,7 +54,8 @@ class StatusWatch:
         self.error: str | None = None
         self._lock = threading.Lock()
         self.on_update: Callable[[str, dict[str, Any]], None] | None = None
-        self.client = mqtt_client(f"edgetl-fleet-{time.time_ns() % 10**9}", read_auth(broker.auth_file), broker.ca)
+        self.client = mqtt_client(f"edgetl-fleet-{time.time_ns() % 10**9}", read_auth(broker.auth_file), broker.ca,
+                                  broker.cert, broker.key)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a, **k: self.subscribed.set()
         self.client.on_message = self._on_message

@@ -9,7 +9,8 @@ off without saying goodbye, and the agent publishes the same on a clean stop.
 
 paho runs its network loop in a thread and reconnects by itself; a broker that is down when
 the agent starts delays nothing (``connect_async``). Credentials and TLS as for the ``mqtt``
-sink: a user name and password (here from a file: first line user, second password) and a CA.
+sink: a user name and password (here from a file: first line user, second password), a CA, and
+a client certificate and key for a broker that authenticates devices by certificate (mutual TLS).
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ def read_auth(path: str | Path | None) -> tuple[str, str] | None:
     return lines[0].strip(), lines[1].rstrip("\n")
 
 
-def mqtt_client(client_id: str, auth: tuple[str, str] | None, ca: str | None):
-    """A paho client (callback API 2) with the credentials and TLS of the ``mqtt`` sink."""
+def mqtt_client(client_id: str, auth: tuple[str, str] | None, ca: str | None, cert: str | None = None,
+                key: str | None = None):
+    """A paho client (callback API 2) with the credentials and TLS of the ``mqtt`` sink; ``cert`` (PEM,
+    with its key unless ``key`` names the key's file): the client certificate of mutual TLS."""
     try:
         import paho.mqtt.client as mqtt
     except ModuleNotFoundError:
@@ -64,10 +67,16 @@ def mqtt_client(client_id: str, auth: tuple[str, str] | None, ca: str | None):
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
     if auth:
         client.username_pw_set(*auth)
-    if ca:
-        if not Path(ca).is_file():
-            raise ConfigError(f"MQTT CA {ca}: file not found")
-        client.tls_set(ca_certs=ca)
+    if key and not cert:
+        raise ConfigError(f"MQTT client key {key}: given without its certificate (--status-mqtt-cert)")
+    for what, path in (("CA", ca), ("client certificate", cert), ("client key", key)):
+        if path and not Path(path).is_file():
+            raise ConfigError(f"MQTT {what} {path}: file not found")
+    if ca or cert:
+        try:
+            client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a file that is no PEM, a key that
+            raise ConfigError(f"MQTT TLS: {cert or ca}: {exc}") from None  # does not match the certificate
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     return client
 
@@ -76,14 +85,15 @@ class StatusPublisher:
     """Publishes the agent's status (retained, QoS 1) and owns the last will."""
 
     def __init__(self, broker: str, device_id: str | None = None, prefix: str = DEFAULT_PREFIX,
-                 auth_file: str | None = None, ca: str | None = None, keepalive: int = 30):
+                 auth_file: str | None = None, ca: str | None = None, keepalive: int = 30,
+                 cert: str | None = None, key: str | None = None):
         self.host, self.port = parse_broker(broker)
         self.device_id = device_id or socket.gethostname()
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", self.device_id):
             raise ConfigError(f"--device-id {self.device_id!r}: letters, digits, '.', '_' and '-' only "
                               "(it is an MQTT topic level)")
         self.topic = status_topic(prefix, self.device_id)
-        self.client = mqtt_client(f"edgetl-agent-{self.device_id}", read_auth(auth_file), ca)
+        self.client = mqtt_client(f"edgetl-agent-{self.device_id}", read_auth(auth_file), ca, cert, key)
         self.client.will_set(self.topic, json.dumps(self._offline()), qos=1, retain=True)
         self.connected = threading.Event()
         self.refused: str | None = None

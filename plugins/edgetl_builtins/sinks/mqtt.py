@@ -33,8 +33,12 @@ class MqttWriter(SinkWriter):
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         if options.get("username"):
             self.client.username_pw_set(str(options["username"]), options.get("password"))
-        if options.get("tls") or options.get("ca"):
-            self.client.tls_set(ca_certs=options.get("ca"))
+        if options.get("tls") or options.get("ca") or options.get("cert"):
+            try:  # cert (PEM, with its key unless `key` names the key's file): mutual TLS
+                self.client.tls_set(ca_certs=options.get("ca"), certfile=options.get("cert"),
+                                    keyfile=options.get("key"))
+            except (OSError, ValueError) as exc:  # a missing file, no PEM, a key that does not match
+                raise ConfigError(f"sink 'mqtt': TLS files (ca, cert, key): {exc}") from None
         self._connected = threading.Event()
         self.client.on_connect = lambda client, userdata, flags, rc, props=None: self._connected.set()
         host, port = str(options.get("host", "127.0.0.1")), int(options.get("port", 1883))
