@@ -106,6 +106,9 @@ def test_pipeline_paths_are_confined_to_the_data_roots(tmp_path, b):
             {"source": "../..", "sinks": []},
             {"source": "frames", "sinks": [{"name": "capture", "options": {"dir": str(outside)}}]},
             {"source": "frames", "sinks": [{"name": "jsonl", "options": {"path": "../outside/x.jsonl"}}]},
+            # TLS files are paths too: a request cannot make the agent read a key it was not given
+            {"source": "frames", "sinks": [{"name": "mqtt", "options": {"cert": str(outside / "precious.txt")}}]},
+            {"source": "frames", "sinks": [{"name": "mqtt", "options": {"key": "../outside/precious.txt"}}]},
         ]
         for doc in refused:
             r = client.post("/v1/pipeline", json=doc)
