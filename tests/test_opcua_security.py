@@ -1,5 +1,6 @@
 """The ``opcua`` sink's server with a certificate: Basic256Sha256 sign-and-encrypt to an independent
-asyncua client holding its own certificate, and ``require_encryption`` turning the clear endpoint away.
+asyncua client holding its own certificate, ``require_encryption`` turning the clear endpoint away, and
+``trusted_clients`` admitting only the certificates it holds.
 In-process (the sink opened through the plugin manager, as the agent does), on a free loopback port."""
 
 from __future__ import annotations
@@ -113,3 +114,50 @@ def test_require_encryption_offers_no_clear_endpoint_and_a_clear_client_is_turne
             clear.connect()
     finally:
         _stop(clear)
+
+
+def test_trusted_clients_admits_the_certificates_it_holds_and_turns_a_stranger_away(tmp_path):
+    import shutil
+
+    from edgetl.errors import ConfigError
+
+    server_cert, server_key = app_certificate(tmp_path, "server", server=True)
+    trusted = {name: app_certificate(tmp_path, name, server=False) for name in ("client", "stranger")}
+    folder = tmp_path / "trusted-clients"
+    folder.mkdir()
+    shutil.copy(trusted["client"][0], folder / "client.pem")  # the stranger's certificate is not in it
+    users = tmp_path / "opcua-users"
+    users.write_text(f"{USER}:{PASSWORD}\n")
+    sink = get_manager().get("sink", "opcua")
+    base = {"name": "cell1", "users_file": str(users), "certificate": str(server_cert),
+            "private_key": str(server_key), "trusted_clients": str(folder)}
+    with pytest.raises(ConfigError, match="trusted_clients needs certificate, private_key and require_encryption"):
+        sink.open({**base, "port": free_port()})  # a clear endpoint would let any password client past it
+    port = free_port()
+    writer = sink.open({**base, "port": port, "require_encryption": True})
+    writer.write({"label": "good", "scores": {"good": 0.9, "defect": 0.1}, "frame": 11})
+    url = f"opc.tcp://127.0.0.1:{port}/edgetl/"
+    try:
+        for name, admitted in (("client", True), ("stranger", False)):
+            client = _client(url)
+            try:
+                client.application_uri = f"urn:edgetl:test:{name}"
+                cert, key = trusted[name]
+                client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{cert},{key},{server_cert}")
+                if admitted:
+                    with client:
+                        ns = client.get_namespace_index("urn:edgetl:line")
+                        frame = client.get_node(f"ns={ns};s=cell1.FrameId")
+                        deadline = time.monotonic() + 5
+                        while frame.read_value() != 11 and time.monotonic() < deadline:
+                            time.sleep(0.02)
+                        assert frame.read_value() == 11
+                else:
+                    from asyncua.ua.uaerrors import BadCertificateUntrusted
+
+                    with pytest.raises(BadCertificateUntrusted):
+                        client.connect()
+            finally:
+                _stop(client)
+    finally:
+        writer.close()

@@ -118,7 +118,7 @@ class PipelineConfig:
 
 
 PATH_OPTIONS = ("dir", "path", "file", "folder", "ca", "cert", "key", "certfile", "keyfile", "location",
-                "users_file", "password_file", "certificate", "private_key")
+                "users_file", "password_file", "certificate", "private_key", "trusted_clients")
 # numeric options awaited while a pipeline starts: bounded, so a start cannot hold its worker for long
 TIMEOUT_OPTIONS = {"connect_timeout_s": 30.0, "timeout_s": 30.0, "open_timeout_s": 30.0}
 # gst: element properties that name files; any other value that looks like a path is checked too

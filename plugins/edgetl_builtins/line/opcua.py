@@ -8,7 +8,9 @@ the pipeline's state and health, and a ``Trigger`` method that fires a
 software trigger. Clients may read everything and call ``Trigger``; nothing is
 writable. Anonymous access is off unless ``allow_anonymous: true``; users come
 from ``users_file`` (``user:password`` lines). With ``certificate`` and
-``private_key`` the endpoint also offers Basic256Sha256 (sign and encrypt).
+``private_key`` the endpoint also offers Basic256Sha256 (sign and encrypt);
+``trusted_clients`` (a folder of client certificates, or of the CAs that sign
+them; with ``require_encryption``) admits only the clients they vouch for.
 
 Client mode (``mode: client``) writes each verdict into an existing node of the
 PLC (``url``, ``node``), as the node's own type: Boolean gets ``reject``, a
@@ -131,6 +133,8 @@ class OpcUaServerWriter(SinkWriter):
             if options.get("require_encryption"):
                 policies = policies[1:]
         server.set_security_policy(policies)
+        if options.get("trusted_clients"):
+            await self._trust(server, options)
         idx = await server.register_namespace(NAMESPACE)
         self.idx = idx
         obj = await server.nodes.objects.add_object(ua.NodeId(self.name, idx), self.name)
@@ -148,6 +152,27 @@ class OpcUaServerWriter(SinkWriter):
         import asyncio
 
         self._status_task = asyncio.get_running_loop().create_task(self._status_loop())
+
+    async def _trust(self, server, options: dict[str, Any]) -> None:
+        """Only clients whose certificate the ``trusted_clients`` folder vouches for (itself, or its CA) get
+        a session; asyncua's validator also checks the certificate's time range, application URI and
+        key usage. A clear endpoint would let any user/password client past it: require_encryption."""
+        from pathlib import Path
+
+        from asyncua.crypto.truststore import TrustStore
+        from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+
+        folder = Path(str(options["trusted_clients"]))
+        if not (options.get("certificate") and options.get("private_key") and options.get("require_encryption")):
+            raise ConfigError("sink 'opcua': trusted_clients needs certificate, private_key and require_encryption: "
+                              "true (certificates are only checked on the encrypted endpoint)")
+        if not folder.is_dir() or not any(folder.glob("*.*")):
+            raise ConfigError(f"sink 'opcua': trusted_clients {folder}: expected a folder of client or CA "
+                              "certificates (.pem/.der)")
+        store = TrustStore([folder], [])
+        await store.load()
+        server.set_certificate_validator(CertificateValidator(
+            CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT, store))
 
     async def _variable(self, parent, name: str, value: Any, kind: str):
         ua = self.ua.ua
