@@ -269,31 +269,31 @@ def cli_fold(args, k: int, log) -> dict:
     # so "argmax" below is the run's own decision and each "tau=x" adjusts on top of it
     out["run_decision"] = {k: (metrics.get("decision") or {}).get(k) for k in ("policy", "tau")}
     if args.int8:
-        bundle = run / "int8.edgetl"
-        if not bundle.is_file():
-            log(f"fold {k}: INT8 bundle (gate opened: the figure is measured, not gated)")
-            edgetl_cli("export", str(run), "--format", "onnx", "--precision", "int8", "--gate", "100",
-                       "--min-agreement", "0", "--latency-runs", "0", "--out", str(bundle), "--json")
-        _, text = edgetl_cli("eval", str(bundle), str(fold / "test"), "--json")
-        doc = json.loads(text)
-        out["int8_test"] = scored(doc)
+        out["int8_test"] = bundle_test(run, fold, "int8.edgetl", log,
+                                       f"fold {k}: INT8 bundle (gate opened: the figure is measured, not gated)",
+                                       "--format", "onnx", "--precision", "int8", "--gate", "100",
+                                       "--min-agreement", "0")
     for target in args.ship:
-        bundle = run / f"shipped-{target}.edgetl"
-        if not bundle.is_file():
-            log(f"fold {k}: export --target {target}, the default gate (what the profile's chain ships)")
-            edgetl_cli("export", str(run), "--target", target, "--latency-runs", "0", "--out", str(bundle), "--json")
-        _, text = edgetl_cli("bundle", "inspect", str(bundle), "--json")
-        shipped = json.loads(text)
-        _, text = edgetl_cli("eval", str(bundle), str(fold / "test"), "--json")
-        out.setdefault("shipped_test", {})[target] = {**scored(json.loads(text)),
-                                                     "shipped": f"{shipped['precision']}/{shipped['method']}"}
+        out.setdefault("shipped_test", {})[target] = bundle_test(
+            run, fold, f"shipped-{target}.edgetl", log,
+            f"fold {k}: export --target {target}, the default gate (what the profile's chain ships)",
+            "--target", target)
     return out
 
 
-def scored(doc: dict) -> dict:
-    """Accuracy, balanced accuracy and grade recall of an ``edgetl eval --json`` answer."""
+def bundle_test(run: Path, fold: Path, name: str, log, note: str, *export_args: str) -> dict:
+    """``edgetl export RUN EXPORT_ARGS`` into RUN/NAME (logging NOTE; a bundle already there is kept), then
+    its accuracy, balanced accuracy and grade recall on the fold's test by ``edgetl eval``, and which
+    precision it holds."""
+    bundle = run / name
+    if not bundle.is_file():
+        log(note)
+        edgetl_cli("export", str(run), *export_args, "--latency-runs", "0", "--out", str(bundle), "--json")
+    shipped = json.loads(edgetl_cli("bundle", "inspect", str(bundle), "--json")[1])
+    doc = json.loads(edgetl_cli("eval", str(bundle), str(fold / "test"), "--json")[1])
     return {"accuracy": doc["accuracy"], "balanced_accuracy": doc["balanced_accuracy"],
-            "recall": {c: doc["per_class"][c]["recall"] for c in FOUR}}
+            "recall": {c: doc["per_class"][c]["recall"] for c in FOUR},
+            "shipped": f"{shipped['precision']}/{shipped['method']}"}
 
 
 def cli_main(args, log, taus: list[float], floors: list[float | None]) -> dict:

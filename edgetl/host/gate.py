@@ -30,7 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from edgetl.metrics import TIE_MARGIN, binary_auc, decide, flips, is_scores, score_classes, wilson_interval
+from edgetl.metrics import (
+    TIE_MARGIN,
+    binary_auc,
+    confusion_matrix,
+    decide,
+    flips,
+    is_scores,
+    score_classes,
+    wilson_interval,
+)
 
 SMALL_N = 200
 
@@ -74,21 +83,21 @@ def gate(exported: np.ndarray, reference: np.ndarray, y: np.ndarray, *, task: st
     Returns:
         ``{passed, reason, n, metric, reference_metric, exported_metric,
         exported_metric_ci95, drop_points, agreement, agreement_ci95,
-        ties, tie_margin, max_abs_diff, warning}``.
+        ties, tie_margin, max_abs_diff, recall, warning}`` (``recall``: per
+        class, :func:`class_recall`; None for anomaly scores).
     """
     n = len(y)
     real, tie = flips(exported, reference, labels, threshold, positive, tie_margin)
     same = n - int(real.sum())
     # a tie takes the reference's decision, so it costs neither agreement nor accuracy
-    decided = np.where(tie, decide(reference, labels, threshold, positive), decide(exported, labels, threshold,
-                                                                                  positive))
-    name, ref_value, _ = task_metric(reference, y, task, labels, threshold, positive)
+    ref_decided = decide(reference, labels, threshold, positive)
+    decided = np.where(tie, ref_decided, decide(exported, labels, threshold, positive))
+    name, ref_value, _ = task_metric(reference, y, task, labels, threshold, positive, ref_decided)
     _, exp_value, exp_ci = task_metric(exported, y, task, labels, threshold, positive, decided)
     agreement = same / max(1, n)
     drop = (ref_value - exp_value) * 100.0
     diff = float(np.max(np.abs(exported - reference))) if n else 0.0
-    recall = (class_recall(decide(reference, labels, threshold, positive), decided, y, labels)
-              if name == "accuracy" else None)
+    recall = class_recall(ref_decided, decided, y, labels) if name == "accuracy" else None
     reasons = []
     if drop > max_drop_points + 1e-9:
         reasons.append(f"{name} drops {drop:.2f} points > {max_drop_points:g}")
@@ -110,13 +119,10 @@ def class_recall(reference: np.ndarray, exported: np.ndarray, y: np.ndarray,
                  labels: list[str]) -> dict[str, dict[str, Any]]:
     """``{label: {n, reference, exported}}``: each class's recall under the two models' decisions (class
     indices), for the classes present in ``y``."""
-    out = {}
-    for i, label in enumerate(labels):
-        mine = y == i
-        if mine.any():
-            out[label] = {"n": int(mine.sum()), "reference": float((reference[mine] == i).mean()),
-                          "exported": float((exported[mine] == i).mean())}
-    return out
+    ref, exp = (np.diag(confusion_matrix(y, d, len(labels))) for d in (reference, exported))
+    n = np.bincount(np.asarray(y, dtype=int), minlength=len(labels))
+    return {label: {"n": int(n[i]), "reference": float(ref[i] / n[i]), "exported": float(exp[i] / n[i])}
+            for i, label in enumerate(labels) if n[i]}
 
 
 def recall_losses(recall: dict[str, dict[str, Any]] | None) -> str:
